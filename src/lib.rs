@@ -1,0 +1,1 @@
+//! chatd: a single-threaded line chat server (skeleton; the core lands next).
