@@ -1,0 +1,205 @@
+//! Shared helpers for the integration tests: start the real `chatd` binary on
+//! port 0 and talk to it over loopback, always with timeouts so a broken
+//! server fails a test instead of hanging it.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `chatd` child process, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The web port, when the server was started with one.
+    pub http_addr: Option<SocketAddr>,
+}
+
+impl Server {
+    /// Starts chatd on 127.0.0.1 port 0 with the given extra flags and waits
+    /// for the line it prints on stdout naming the bound address(es).
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_chatd")), args)
+    }
+
+    /// Like `start`, from a prepared command (e.g. `sh -c "ulimit -n 64; exec chatd"`).
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
+        cmd.args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn chatd");
+        let stdout = child.stdout.take().expect("chatd stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        // chatd prints "listening on ADDR" (and "http on ADDR") to stdout once bound.
+        let mut addr = None;
+        let mut http_addr = None;
+        for _ in 0..4 {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr = Some(a.trim().parse().expect("listen address"));
+            } else if let Some(a) = line.strip_prefix("http on ") {
+                http_addr = Some(a.trim().parse().expect("http address"));
+            }
+            if line.starts_with("ready") {
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr: addr.expect("chatd did not print its address"),
+            http_addr,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends a signal with kill(1) and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: &str) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        wait_exit(&mut self.child, TIMEOUT).expect("chatd did not exit")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// A blocking line client with a read timeout.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+    /// This client's name, from the welcome line.
+    pub name: String,
+}
+
+impl Client {
+    /// Connects and consumes the welcome line.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let mut c = Client::connect_raw(addr);
+        let welcome = c.read_line().expect("welcome line");
+        c.name = parse_welcome_name(&welcome)
+            .unwrap_or_else(|| panic!("no name in welcome line {welcome:?}"));
+        c
+    }
+
+    /// Connects without reading anything.
+    pub fn connect_raw(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+            name: String::new(),
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.stream.write_all(line.as_bytes()).unwrap();
+        self.stream.write_all(b"\n").unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one line, checks it ends with CRLF and returns it without it.
+    /// None on EOF or timeout.
+    pub fn read_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                assert!(buf.ends_with(b"\r\n"), "line without CRLF: {buf:?}");
+                buf.truncate(buf.len() - 2);
+                Some(String::from_utf8(buf).expect("server sent invalid UTF-8"))
+            }
+        }
+    }
+
+    /// Reads lines until one satisfies `pred`; returns it. Panics on timeout/EOF.
+    pub fn expect(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            match self.read_line() {
+                Some(line) if pred(&line) => return line,
+                Some(line) => seen.push(line),
+                None => break,
+            }
+        }
+        panic!("{}: expected {what}, got {seen:?}", self.name);
+    }
+
+    /// Reads lines until one equals `want` exactly.
+    pub fn expect_line(&mut self, want: &str) -> String {
+        self.expect(&format!("{want:?}"), |l| l == want)
+    }
+
+    /// Asserts that the very next line is `want`.
+    pub fn next_is(&mut self, want: &str) {
+        let got = self.read_line();
+        assert_eq!(got.as_deref(), Some(want), "{}: next line", self.name);
+    }
+
+    /// Waits for EOF from the server, returning what it sent before it.
+    pub fn read_to_eof(&mut self) -> String {
+        let mut rest = String::new();
+        let _ = self.reader.read_to_string(&mut rest);
+        rest
+    }
+
+    /// A round trip through the server: after this returns, everything the
+    /// server sent this client before handling the ping has been read.
+    pub fn sync(&mut self) -> Vec<String> {
+        self.send("/who");
+        let mut before = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            match self.read_line() {
+                Some(l) if l.starts_with("*** #") && l.contains("): ") => return before,
+                Some(l) => before.push(l),
+                None => break,
+            }
+        }
+        panic!("{}: no /who answer; saw {before:?}", self.name);
+    }
+
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+/// "*** welcome to chatd, guest-3! ..." -> "guest-3"
+pub fn parse_welcome_name(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("*** welcome to chatd, ")?;
+    let end = rest.find('!')?;
+    Some(rest[..end].to_string())
+}
