@@ -241,7 +241,7 @@ fn a_client_that_stops_reading_is_cut_off_and_the_others_get_everything() {
     let _ = sender.sync();
     // The fast reader must still get every line, in order, then the stop.
     let notices = fast_thread.join().unwrap();
-    assert!(notices.iter().any(|l| *l == stop), "{notices:?}");
+    assert!(notices.contains(&stop), "{notices:?}");
     assert!(seen.load(Ordering::Relaxed) > 0);
     let rss = vm_kib(server.child.id(), "VmHWM");
     assert!(
