@@ -238,6 +238,10 @@ fn wait_keeps_listening_after_stdin_ends() {
     chat.send("/nick waiter");
     chat.close_stdin();
     raw.expect("waiter's nick", |l| l.ends_with(" is now waiter"));
+    // Nothing a client reads shows when chat has seen the end of its stdin.
+    // This pause only gives a chat that ignores --wait time to leave (so the
+    // test can fail); a working chat passes however long it is, up to 5 s.
+    std::thread::sleep(Duration::from_millis(300));
     raw.send("late news");
     chat.expect("a line sent after stdin ended", |l| {
         l == format!("<{}> late news", raw.name)
