@@ -554,7 +554,7 @@ fn interactive_incoming_line_lands_above_the_half_typed_line() {
 
     raw.send("incoming while typing");
     let incoming = format!("<{}> incoming while typing", raw.name);
-    let rows = tmux.wait_screen("the incoming line", |r| r.iter().any(|l| *l == incoming));
+    let rows = tmux.wait_screen("the incoming line", |r| r.contains(&incoming));
     let at = rows.iter().position(|l| *l == incoming).unwrap();
     assert_eq!(
         &rows[at + 1..],
