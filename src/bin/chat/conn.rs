@@ -239,8 +239,9 @@ fn reader(shared: &Shared, mut stream: TcpStream, target: &Target, out: &Out) {
             return;
         }
         drop(st);
-        out.local_error(&format!("connection to {} lost: {reason}", target.name()));
+        let lost = format!("connection to {} lost: {reason}", target.name());
         if !target.reconnect {
+            out.local_error(&lost);
             let mut st = shared.lock();
             shared.finish(&mut st);
             // The main thread is still reading input (blocked in the editor
@@ -251,7 +252,7 @@ fn reader(shared: &Shared, mut stream: TcpStream, target: &Target, out: &Out) {
             }
             return;
         }
-        match reconnect(shared, target, out) {
+        match reconnect(shared, target, out, lost) {
             Some(s) => stream = s,
             None => return,
         }
@@ -309,10 +310,15 @@ pub fn read_line_bounded<R: BufRead>(
 }
 
 /// Retries with backoff until connected (Some) or the user is done (None).
-fn reconnect(shared: &Shared, target: &Target, out: &Out) -> Option<TcpStream> {
+/// Says one line per attempt: what went wrong and when the next try is.
+fn reconnect(shared: &Shared, target: &Target, out: &Out, lost: String) -> Option<TcpStream> {
+    let mut why = lost;
     for attempt in 0u32.. {
         let delay = backoff(attempt, target.base_delay, target.max_delay);
-        out.local(&format!("reconnecting in {:.1} s", delay.as_secs_f64()));
+        out.local_error(&format!(
+            "{why}; reconnecting in {:.1} s",
+            delay.as_secs_f64()
+        ));
         // Sleep on the condvar so a /quit or Ctrl-D during a long delay ends
         // the client at once instead of after the delay.
         let deadline = Instant::now() + delay;
@@ -336,12 +342,16 @@ fn reconnect(shared: &Shared, target: &Target, out: &Out) -> Option<TcpStream> {
         let stream = match connect(&target.host, target.port) {
             Ok(s) => s,
             Err(e) => {
-                out.local_error(&format!("reconnect failed: {e}"));
+                why = format!("reconnect failed: {e}");
                 continue;
             }
         };
-        let Ok(mut writer) = stream.try_clone() else {
-            continue;
+        let mut writer = match stream.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                why = format!("reconnect failed: {e}");
+                continue;
+            }
         };
         let mut st = shared.lock();
         if st.quitting || st.input_done {
@@ -354,7 +364,8 @@ fn reconnect(shared: &Shared, target: &Target, out: &Out) -> Option<TcpStream> {
             resend.push(b'\n');
         }
         st.pending_join = st.join_cmd.clone();
-        if writer.write_all(&resend).is_err() {
+        if let Err(e) = writer.write_all(&resend) {
+            why = format!("connection lost again at once: {e}");
             continue;
         }
         st.writer = Some(writer);
