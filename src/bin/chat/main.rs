@@ -108,10 +108,16 @@ fn main() {
 
     let shared = Arc::new(Shared::default());
     watch_signals(&shared);
-    let code = if interactive {
-        interactive_session(&shared, stream, target, palette)
-    } else {
-        scripted_session(&shared, stream, target, palette, args.wait)
+    // Saved before the editor first touches the terminal, for the exits
+    // that happen while it is in raw mode.
+    if interactive {
+        term::save();
+    }
+    let code = match interactive.then(|| line_editor(palette)).flatten() {
+        Some((editor, printer)) => {
+            interactive_session(&shared, stream, target, palette, editor, printer)
+        }
+        None => scripted_session(&shared, stream, target, palette, args.wait),
     };
     term::exit(code)
 }
@@ -161,13 +167,12 @@ impl Hinter for InputHelper {
 impl Validator for InputHelper {}
 impl Helper for InputHelper {}
 
-fn interactive_session(
-    shared: &Arc<Shared>,
-    stream: std::net::TcpStream,
-    target: Target,
-    palette: Palette,
-) -> i32 {
-    term::save();
+type LineEditor = Editor<InputHelper, DefaultHistory>;
+
+/// The line editor and its printer, or None where the terminal cannot do
+/// line editing (TERM=dumb, an Emacs shell buffer...): plain line mode,
+/// the scripted session, is the right thing there.
+fn line_editor(palette: Palette) -> Option<(LineEditor, out::Printer)> {
     let config = Config::builder()
         .max_history_size(1000)
         .and_then(|b| b.history_ignore_dups(true))
@@ -181,22 +186,21 @@ fn interactive_session(
                 .build()
         })
         .unwrap_or_default();
-    let mut editor: Editor<InputHelper, DefaultHistory> = match Editor::with_config(config) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("chat: cannot start the line editor: {e}");
-            return 1;
-        }
-    };
+    let mut editor = LineEditor::with_config(config).ok()?;
     editor.set_helper(Some(InputHelper { palette }));
-    let printer = match editor.create_external_printer() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("chat: cannot start the line editor: {e}");
-            return 1;
-        }
-    };
-    let out = Arc::new(Out::new(palette, Some(Box::new(printer))));
+    let printer = editor.create_external_printer().ok()?;
+    Some((editor, Box::new(printer)))
+}
+
+fn interactive_session(
+    shared: &Arc<Shared>,
+    stream: std::net::TcpStream,
+    target: Target,
+    palette: Palette,
+    mut editor: LineEditor,
+    printer: out::Printer,
+) -> i32 {
+    let out = Arc::new(Out::new(palette, Some(printer)));
     out.local(&format!(
         "connected to {}; /help lists the commands, /quit or Ctrl-D leaves",
         target.name()

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use rustyline::ExternalPrinter;
 
 use crate::display::Palette;
+use crate::term;
 
 pub type Printer = Box<dyn ExternalPrinter + Send>;
 
@@ -33,8 +34,13 @@ impl Out {
         let text = self.palette.server(line);
         if !self.print_above(&text) {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{text}");
-            let _ = out.flush();
+            let written = writeln!(out, "{text}").and_then(|()| out.flush());
+            // Nobody reads any more (`chat | head -3`): stop, as a program
+            // killed by SIGPIPE would, rather than chat on unheard.
+            if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+                drop(out);
+                term::exit(128 + libc::SIGPIPE);
+            }
         }
     }
 
