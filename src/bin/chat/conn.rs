@@ -15,7 +15,6 @@ use socket2::{SockRef, TcpKeepalive};
 
 use crate::display::{MAX_LINE, sanitize};
 use crate::out::Out;
-use crate::term;
 
 /// How long one connection attempt may take per address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -241,15 +240,16 @@ fn reader(shared: &Shared, mut stream: TcpStream, target: &Target, out: &Out) {
         drop(st);
         let lost = format!("connection to {} lost: {reason}", target.name());
         if !target.reconnect {
-            out.local_error(&lost);
             let mut st = shared.lock();
             shared.finish(&mut st);
             // The main thread is still reading input (blocked in the editor
             // or on stdin) and cannot notice; end the process from here.
             if !st.input_done {
                 drop(st);
-                term::exit(1);
+                out.fatal(&lost);
             }
+            drop(st);
+            out.local_error(&lost);
             return;
         }
         match reconnect(shared, target, out, lost) {

@@ -66,6 +66,21 @@ impl Out {
         }
     }
 
+    /// Says why the client stops, then ends the process from any thread. The
+    /// editor's printer is bypassed: it draws asynchronously, on the main
+    /// thread, which would not get to it before the exit.
+    pub fn fatal(&self, text: &str) -> ! {
+        self.detach_printer();
+        term::restore();
+        if self.interactive {
+            // The half-typed line stays on screen; start below it.
+            println!("\n{}", self.palette.local(text, true));
+        } else {
+            eprintln!("chat: {text}");
+        }
+        term::exit(1)
+    }
+
     /// After the editor's last `readline`, lines go straight to stdout: a
     /// line queued for an editor that never reads again would be lost.
     pub fn detach_printer(&self) {
