@@ -265,6 +265,7 @@ fn scripted_session(
     }
     let mut stdin = io::stdin().lock();
     let mut buf = Vec::with_capacity(256);
+    let mut status = 0;
     loop {
         buf.clear();
         match conn::read_line_bounded(&mut stdin, &mut buf, MAX_LINE) {
@@ -280,8 +281,24 @@ fn scripted_session(
         if line.trim().is_empty() {
             continue;
         }
-        if shared.send(line, true) == Sent::Finished {
-            return 1;
+        // A write that fails found the connection dead: the reader is
+        // reconnecting, and send(.., true) waits for it, so try again rather
+        // than drop the line (a script cannot retype it). Bounded, in case
+        // every new connection dies at once.
+        let mut sent = Sent::NotConnected;
+        for _ in 0..3 {
+            sent = shared.send(line, true);
+            if sent != Sent::NotConnected {
+                break;
+            }
+        }
+        match sent {
+            Sent::Yes => {}
+            Sent::NotConnected => {
+                eprintln!("chat: not sent (connection keeps failing): {line}");
+                status = 1;
+            }
+            Sent::Finished => return 1,
         }
         if is_quit(line) {
             break;
@@ -300,5 +317,5 @@ fn scripted_session(
         shared.send("/quit", false);
     }
     shared.wait_finished(QUIT_GRACE);
-    0
+    status
 }
