@@ -1,1 +1,3 @@
 //! chatd: a single-threaded line chat server (skeleton; the core lands next).
+
+pub mod http;
