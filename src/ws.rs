@@ -19,6 +19,7 @@
 //!                 Ok(Some(Event::Text(line))) => for l in lines(&line) { hub.input(l) },
 //!                 Ok(Some(Event::Ping(p))) => queue(pong_frame(&p)),
 //!                 Ok(Some(Event::Pong)) => {}
+//!                 Ok(Some(Event::TooLong)) => queue(line_frame(b"*** error: line too long ...")),
 //!                 Ok(Some(Event::Close { code, .. })) => { queue(close_reply(code)); close after flush }
 //!                 Ok(None) => break,
 //!                 Err(v) => { queue(v.close_frame()); close after flush }
@@ -54,6 +55,10 @@ pub enum Event {
     Ping(Vec<u8>),
     /// An answer to a ping, or an unsolicited heartbeat; nothing to do.
     Pong,
+    /// A message over the limit was dropped unread (only with
+    /// [`Oversize::Skip`]): tell the client, as line mode does for a long
+    /// line. Later messages decode as usual.
+    TooLong,
     /// The peer started the closing handshake: answer with
     /// [`close_reply`] and close once it is flushed. `code` is `None` when
     /// the close frame had no body. The decoder yields nothing after this.
@@ -89,6 +94,17 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// What to do with a text message longer than the limit. Either way its
+/// bytes are never buffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// Fail with 1009 (message too big) and close.
+    Close,
+    /// Drop the message as its bytes arrive, report [`Event::TooLong`] once
+    /// and carry on, like line mode's discard of an over-long line.
+    Skip,
+}
+
 /// Decodes client frames. Bounded: the unparsed input never exceeds one
 /// header plus the payload the current frame may still have (what is left of
 /// the message limit, or a control frame's 125 bytes), and the reassembled
@@ -98,6 +114,11 @@ impl std::fmt::Display for Violation {
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
+    oversize: Oversize,
+    /// Payload bytes of a dropped frame still to come and be thrown away.
+    skip: u64,
+    /// The rest of a too-long fragmented message is being dropped.
+    discarding: bool,
     /// Received bytes not yet decoded: at most one frame header plus payload,
     /// then the start of what follows.
     input: Vec<u8>,
@@ -114,16 +135,25 @@ pub struct Decoder {
 
 impl Decoder {
     /// `max_message` is the longest text message accepted, in bytes (chatd
-    /// passes `--max-line`).
+    /// passes `--max-line`). A longer one is a violation (1009); see
+    /// [`with_oversize`](Self::with_oversize) to skip it instead.
     pub fn new(max_message: usize) -> Decoder {
         Decoder {
             max_message,
+            oversize: Oversize::Close,
+            skip: 0,
+            discarding: false,
             input: Vec::new(),
             message: Vec::new(),
             valid: 0,
             fragmented: false,
             finished: false,
         }
+    }
+
+    pub fn with_oversize(mut self, oversize: Oversize) -> Decoder {
+        self.oversize = oversize;
+        self
     }
 
     /// True once a close frame or a violation has been decoded.
@@ -166,6 +196,17 @@ impl Decoder {
             if self.finished {
                 return Ok(None);
             }
+            if self.skip > 0 {
+                let n = self
+                    .input
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                self.input.drain(..n);
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return Ok(None);
+                }
+            }
             let mut cursor = Cursor::new(self.input.as_slice());
             let (header, declared) = match FrameHeader::parse(&mut cursor) {
                 Ok(Some(parsed)) => parsed,
@@ -177,7 +218,19 @@ impl Decoder {
             // Every check that needs only the header runs before the payload
             // is waited for, so a bad or huge frame is never buffered.
             let (mask, len) = match self.check(&header, declared) {
-                Ok(ok) => ok,
+                Ok(Verdict::Take(mask, len)) => (mask, len),
+                Ok(Verdict::Drop { oversize }) => {
+                    self.input.drain(..header_len);
+                    self.skip = declared;
+                    self.discarding = !header.is_final;
+                    self.fragmented = !header.is_final;
+                    if oversize {
+                        self.message.clear();
+                        self.valid = 0;
+                        return Ok(Some(Event::TooLong));
+                    }
+                    continue;
+                }
                 Err(v) => return self.fail(v),
             };
             let end = header_len + len;
@@ -224,8 +277,9 @@ impl Decoder {
         }
     }
 
-    /// Header-only checks; returns the mask and the payload length.
-    fn check(&self, h: &FrameHeader, declared: u64) -> Result<([u8; 4], usize), Violation> {
+    /// Header-only checks: take the frame (its mask and payload length),
+    /// drop it unread, or fail.
+    fn check(&self, h: &FrameHeader, declared: u64) -> Result<Verdict, Violation> {
         use CloseCode::{Protocol, Size, Unsupported};
         if h.rsv1 || h.rsv2 || h.rsv3 {
             // No extension was negotiated (permessage-deflate would set rsv1).
@@ -259,11 +313,17 @@ impl Decoder {
             OpCode::Data(Data::Reserved(op)) => {
                 return Err(Violation::new(Protocol, format!("reserved opcode {op}")));
             }
+            OpCode::Data(_) if self.discarding => {
+                return Ok(Verdict::Drop { oversize: false });
+            }
             OpCode::Data(_) => {
                 // Compared in u64 before narrowing, so a declared length
                 // beyond usize cannot wrap past the check.
                 let left = self.max_message.saturating_sub(self.message.len());
                 if declared > left as u64 {
+                    if self.oversize == Oversize::Skip {
+                        return Ok(Verdict::Drop { oversize: true });
+                    }
                     let why = format!("message longer than {} bytes", self.max_message);
                     return Err(Violation::new(Size, why));
                 }
@@ -272,7 +332,7 @@ impl Decoder {
         // Both branches above bound `declared` by a usize.
         let len = usize::try_from(declared)
             .map_err(|_| Violation::new(Size, "frame length does not fit"))?;
-        Ok((mask, len))
+        Ok(Verdict::Take(mask, len))
     }
 
     /// The frame's unmasked payload has been appended to `message`: check
@@ -310,10 +370,21 @@ impl Decoder {
 
     fn finish(&mut self) {
         self.finished = true;
+        self.skip = 0;
+        self.discarding = false;
         self.input = Vec::new();
         self.message = Vec::new();
         self.valid = 0;
     }
+}
+
+enum Verdict {
+    Take([u8; 4], usize),
+    /// Throw the payload away unread; `oversize` when this frame starts the
+    /// dropping (rather than continuing a message already being dropped).
+    Drop {
+        oversize: bool,
+    },
 }
 
 /// Splits a text message into protocol lines the way line mode frames bytes:
@@ -500,7 +571,15 @@ mod tests {
     }
 
     fn decode_chunked(max: usize, bytes: &[u8], chunk: usize) -> (Vec<Event>, Option<Violation>) {
-        let mut dec = Decoder::new(max);
+        decode_with(Decoder::new(max), bytes, chunk)
+    }
+
+    fn decode_with(
+        mut dec: Decoder,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> (Vec<Event>, Option<Violation>) {
+        let max = dec.max_message;
         let mut events = Vec::new();
         for piece in bytes.chunks(chunk) {
             let mut rest = piece;
@@ -696,6 +775,61 @@ mod tests {
         assert_eq!(events.len(), 40);
         let dec = Decoder::new(MAX);
         assert!(dec.room() <= MAX + MAX_HEADER + MAX_CONTROL_PAYLOAD);
+    }
+
+    #[test]
+    fn skip_mode_drops_an_oversize_message_and_carries_on() {
+        let mut raw = text(&"x".repeat(MAX + 1));
+        raw.extend(text("next"));
+        // A fragmented one that goes over the limit in its second fragment,
+        // with a ping in the part being dropped.
+        raw.extend(client_frame(0x1, false, &[b'a'; MAX - 1]));
+        raw.extend(client_frame(0x0, false, b"bc"));
+        raw.extend(client_frame(0x9, true, b"p"));
+        raw.extend(client_frame(0x0, false, &[b'd'; 3 * MAX]));
+        raw.extend(client_frame(0x0, true, b"e"));
+        raw.extend(text("after"));
+        for chunk in [1, 3, 64, raw.len()] {
+            let dec = Decoder::new(MAX).with_oversize(Oversize::Skip);
+            let (events, v) = decode_with(dec, &raw, chunk);
+            assert_eq!(v, None, "chunk {chunk}");
+            assert_eq!(
+                events,
+                vec![
+                    Event::TooLong,
+                    Event::Text("next".into()),
+                    Event::TooLong,
+                    Event::Ping(b"p".to_vec()),
+                    Event::Text("after".into()),
+                ],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn skip_mode_never_buffers_the_dropped_bytes() {
+        // A header declaring 2^40 bytes, then a stream of them: the decoder
+        // keeps taking and dropping without growing.
+        let mut dec = Decoder::new(MAX).with_oversize(Oversize::Skip);
+        let mut raw = vec![0x81, 0xFF];
+        raw.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        raw.extend_from_slice(&MASK);
+        assert_eq!(dec.feed(&raw), raw.len());
+        assert_eq!(dec.next_event(), Ok(Some(Event::TooLong)));
+        let junk = [0u8; 4096];
+        for _ in 0..1000 {
+            let took = dec.feed(&junk);
+            assert!(took > 0);
+            assert!(dec.input.len() <= MAX + MAX_HEADER + MAX_CONTROL_PAYLOAD);
+            assert_eq!(dec.next_event(), Ok(None));
+            assert!(dec.input.is_empty());
+        }
+        // Still strict about everything else.
+        let mut dec = Decoder::new(MAX).with_oversize(Oversize::Skip);
+        dec.feed(&client_frame(0x1, false, b"x"));
+        dec.feed(&text("interleaved"));
+        assert_eq!(dec.next_event().map_err(|v| v.code), Err(1002));
     }
 
     #[test]
