@@ -261,9 +261,12 @@ impl Browser {
             .to_string()
     }
 
-    /// Types `line` into the message input and presses Enter.
+    /// Types `line` into the emptied message input and presses Enter (the
+    /// page keeps a line it refused to send, for editing).
     fn say(&self, line: &str) {
         let input = self.find("#input");
+        self.cmd("POST", &format!("/element/{input}/clear"), json!({}))
+            .unwrap_or_else(|e| panic!("clear the input: {e}"));
         self.cmd(
             "POST",
             &format!("/element/{input}/value"),
@@ -551,7 +554,8 @@ fn serve(
             "*** welcome to chatd, {name}! you are in #lobby with 2 users online; /help lists the commands"
         ),
     );
-    let mut dec = ws::Decoder::new(512);
+    // Over-long lines are refused and the connection stays, as in line mode.
+    let mut dec = ws::Decoder::new(512).with_oversize(ws::Oversize::Skip);
     // Frames the page sent right behind its request head.
     let mut pending = buf.split_off(len);
     loop {
@@ -577,6 +581,9 @@ fn serve(
                         let _ = out.write_all(&ws::pong_frame(&p));
                     }
                     Ok(Some(Event::Pong)) => {}
+                    Ok(Some(Event::TooLong)) => {
+                        reply(&mut out, "*** error: line too long (max 512 bytes)");
+                    }
                     Ok(Some(Event::Close { code, .. })) => {
                         let _ = out.write_all(&ws::close_reply(code));
                         return;
@@ -660,6 +667,16 @@ fn page_against_a_scripted_server() {
     browser.say("/who");
     chat.expect_line("/who");
     browser.wait_log_line("*** #lobby (2): bob, guest-1");
+
+    // An over-long line is refused by the server; after that the page knows
+    // the limit and says so itself instead of sending.
+    let long = "x".repeat(600);
+    browser.say(&long);
+    browser.wait_log_line("*** error: line too long (max 512 bytes)");
+    browser.say(&long);
+    browser.wait_log_line("— that line is 600 bytes; the server takes at most 512");
+    browser.say("short");
+    assert_eq!(chat.next_line(), "short", "the long line was sent again");
 
     browser.say("/nick alice");
     chat.expect_line("/nick alice");

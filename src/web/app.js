@@ -41,14 +41,14 @@
     ticker: 0,
     // Set by /quit: the server said bye on purpose, so do not come back.
     stopped: false,
-    // Learnt from the server's close reason when a line was too long.
+    // Learnt from the server when a line was too long (its error line, or
+    // the reason of a 1009 close).
     maxBytes: Infinity,
     // One entry per /who or /rooms in flight, oldest first: true when the
     // page asked (its answer only updates the side panel), false when the
     // person typed it (the answer is shown too). The server answers in order.
     wantWho: [],
     wantRooms: [],
-    lastTyped: '',
     refreshTimer: 0,
     history: [],
     historyPos: 0,
@@ -204,10 +204,10 @@
       note('not connected; the line was not sent', 'err');
       return false;
     }
-    if (/^\/who(\s|$)/.test(line)) state.wantWho.push(false);
-    if (/^\/rooms(\s|$)/.test(line)) state.wantRooms.push(false);
-    if (/^\/quit(\s|$)/.test(line)) state.stopped = true;
-    state.lastTyped = line;
+    // Commands are case-insensitive, and /who and /rooms ignore arguments.
+    if (/^\/who(\s|$)/i.test(line)) state.wantWho.push(false);
+    if (/^\/rooms(\s|$)/i.test(line)) state.wantRooms.push(false);
+    if (/^\/quit(\s|$)/i.test(line)) state.stopped = true;
     sendRaw(line);
     if (line.startsWith('/')) {
       show(line, 'cmd');
@@ -243,7 +243,9 @@
       const mine = state.wantRooms.length > 0 && state.wantRooms.shift();
       setRooms(m[1]);
       if (mine) return;
-    } else if ((m = /^\*\*\* (\S+) (joined|left)(?: \(.*\))?$/.exec(line))) {
+    } else if ((m = /^\*\*\* (\S+) (joined|left)(?: #\S+)?(?: \(.*\))?$/.exec(line))) {
+      // "alice joined", "alice left (too slow)", and when someone switches
+      // rooms "alice left #lobby" / "alice joined #games".
       if (m[2] === 'joined') {
         if (!state.users.includes(m[1])) setUsers(state.users.concat([m[1]]));
       } else {
@@ -254,20 +256,11 @@
       rename(m[1], m[2]);
     } else if (line === '*** bye') {
       state.stopped = true;
-    } else if (line.startsWith('*** error: ')) {
-      // A /who or /rooms with a bad argument gets an error, not an answer:
-      // drop its entry so later answers are still matched to their askers.
-      dropTyped(/^\/who\s/, state.wantWho);
-      dropTyped(/^\/rooms\s/, state.wantRooms);
+    } else if ((m = /^\*\*\* error: line too long \(max (\d+) bytes\)$/.exec(line))) {
+      // From now on, say so before sending rather than after.
+      state.maxBytes = Number(m[1]);
     }
     show(line);
-  }
-
-  function dropTyped(re, queue) {
-    if (!re.test(state.lastTyped)) return;
-    const i = queue.lastIndexOf(false);
-    if (i >= 0) queue.splice(i, 1);
-    state.lastTyped = '';
   }
 
   function names(list) {
