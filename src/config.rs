@@ -30,7 +30,7 @@ pub enum OnSlow {
     name = "chatd",
     version,
     about = "A line chat server: connect with telnet or nc, every line reaches every other client.",
-    after_help = "Examples:\n  chatd --port 3000                 then: telnet localhost 3000\n  chatd --host 0.0.0.0 --port 3000  reachable from other machines\n  chatd --rate 20 --burst 40 --on-slow drop"
+    after_help = "Examples:\n  chatd --port 3000                 then: telnet localhost 3000, or browse http://localhost:8080\n  chatd --host 0.0.0.0 --port 3000  reachable from other machines\n  chatd --rate 20 --burst 40 --on-slow drop"
 )]
 pub struct Config {
     /// Address to listen on (0.0.0.0 for every interface).
@@ -40,6 +40,18 @@ pub struct Config {
     /// TCP port for line clients (0 picks a free one).
     #[arg(long, default_value_t = 3000)]
     pub port: u16,
+
+    /// Port for the web page and WebSocket (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+
+    /// Do not serve the web page and WebSocket.
+    #[arg(long)]
+    pub no_http: bool,
+
+    /// Seconds a web client may take to send its request head.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_timeout: u64,
 
     /// Longest line accepted, in bytes; longer lines are refused and discarded.
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]

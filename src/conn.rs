@@ -4,6 +4,7 @@
 use crate::config::{MAX_IOVECS, OnSlow};
 use crate::line::Framer;
 use crate::msg::Msg;
+use crate::ws;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -19,6 +20,26 @@ pub enum State {
     Closing,
     /// Out of the chat; flushing what is queued until the deadline.
     Draining(Instant),
+}
+
+/// What the connection speaks; an HTTP connection becomes a WebSocket by
+/// replacing this, keeping its socket, slab key and queue.
+pub enum Proto {
+    /// telnet / nc: LF-terminated lines.
+    Line(Framer),
+    /// The web port before the request head is complete: the bytes so far
+    /// (at most `http::MAX_HEAD`) and when the client must be done sending it.
+    Http(Vec<u8>, Instant),
+    /// A browser after the upgrade.
+    Ws(Box<ws::Decoder>),
+}
+
+/// One entry of the output queue: a chat line shared with other
+/// recipients, encoded as this connection's protocol needs; or bytes for
+/// this connection alone (an HTTP answer, a pong, a close frame).
+enum Item {
+    Shared(Rc<Msg>),
+    Own(Box<[u8]>),
 }
 
 /// What happened to a line offered to a connection's queue.
@@ -38,7 +59,7 @@ pub enum Push {
 pub struct Conn {
     pub sock: TcpStream,
     pub peer: SocketAddr,
-    pub framer: Framer,
+    pub proto: Proto,
     pub state: State,
     /// Why it leaves, for the room and the log; None for a plain EOF.
     pub reason: Option<String>,
@@ -53,7 +74,7 @@ pub struct Conn {
     pub eof: bool,
     pub bucket: Option<Bucket>,
     pub since: Instant,
-    out: VecDeque<Rc<Msg>>,
+    out: VecDeque<Item>,
     /// Bytes of `out[0]` already written.
     head: usize,
     queued: usize,
@@ -62,11 +83,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, peer: SocketAddr, max_line: usize, bucket: Option<Bucket>) -> Conn {
+    pub fn new(sock: TcpStream, peer: SocketAddr, proto: Proto, bucket: Option<Bucket>) -> Conn {
         Conn {
             sock,
             peer,
-            framer: Framer::new(max_line),
+            proto,
             state: State::Open,
             reason: None,
             graceful: true,
@@ -87,12 +108,25 @@ impl Conn {
         self.queued
     }
 
+    pub fn is_ws(&self) -> bool {
+        matches!(self.proto, Proto::Ws(_))
+    }
+
+    /// The bytes this connection sends for `item`.
+    fn bytes<'a>(&self, item: &'a Item) -> &'a [u8] {
+        match (item, &self.proto) {
+            (Item::Shared(msg), Proto::Ws(_)) => msg.ws_frame(),
+            (Item::Shared(msg), _) => msg.wire(),
+            (Item::Own(bytes), _) => bytes,
+        }
+    }
+
     /// Offers a chat line under the --sendq policy.
     pub fn push(&mut self, msg: &Rc<Msg>, sendq: usize, on_slow: OnSlow) -> Push {
         if self.state != State::Open {
             return Push::Ignored;
         }
-        let len = msg.wire().len();
+        let len = self.bytes_of(msg);
         if self.queued + len > sendq {
             return match on_slow {
                 OnSlow::Disconnect => Push::TooSlow,
@@ -103,29 +137,45 @@ impl Conn {
             };
         }
         let first = self.out.is_empty();
-        self.enqueue(msg.clone());
+        self.enqueue(Item::Shared(msg.clone()));
         if !self.warned && self.queued > sendq / 2 {
             // Once per episode of falling behind: re-armed when the queue empties.
             self.warned = true;
             let kib = self.queued / 1024;
-            self.enqueue(Msg::new(&format!(
+            self.push_notice(&format!(
                 "*** warning: you are falling behind ({kib} KiB queued)"
-            )));
+            ));
         }
         if first { Push::First } else { Push::Queued }
     }
 
+    fn bytes_of(&self, msg: &Rc<Msg>) -> usize {
+        match self.proto {
+            Proto::Ws(_) => msg.ws_frame().len(),
+            _ => msg.wire().len(),
+        }
+    }
+
     /// Queues a line regardless of state and limits: the server's own last
     /// words (bye, shutting down), which are small and bounded in number.
+    /// True if the queue was empty (the connection needs a flush).
     pub fn push_notice(&mut self, text: &str) -> bool {
         let first = self.out.is_empty();
-        self.enqueue(Msg::new(text));
+        self.enqueue(Item::Shared(Msg::new(text)));
         first
     }
 
-    fn enqueue(&mut self, msg: Rc<Msg>) {
-        self.queued += msg.wire().len();
-        self.out.push_back(msg);
+    /// Queues protocol bytes for this connection alone (HTTP answers,
+    /// WebSocket control frames). Like notices, they are few and small.
+    pub fn push_raw(&mut self, bytes: Vec<u8>) -> bool {
+        let first = self.out.is_empty();
+        self.enqueue(Item::Own(bytes.into_boxed_slice()));
+        first
+    }
+
+    fn enqueue(&mut self, item: Item) {
+        self.queued += self.bytes(&item).len();
+        self.out.push_back(item);
     }
 
     /// Drops everything queued (a connection that is cut off).
@@ -152,16 +202,12 @@ impl Conn {
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
-            for (i, msg) in self.out.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = if i == 0 {
-                    &msg.wire()[self.head..]
-                } else {
-                    msg.wire()
-                };
-                iov[i] = IoSlice::new(bytes);
+            for (i, item) in self.out.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = self.bytes(item);
+                iov[i] = IoSlice::new(if i == 0 { &bytes[self.head..] } else { bytes });
                 n += 1;
             }
-            match self.sock.write_vectored(&iov[..n]) {
+            match (&self.sock).write_vectored(&iov[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.advance(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -175,7 +221,7 @@ impl Conn {
         self.queued -= written;
         while written > 0 {
             let Some(front) = self.out.front() else { break };
-            let left = front.wire().len() - self.head;
+            let left = self.bytes(front).len() - self.head;
             if written >= left {
                 written -= left;
                 self.head = 0;

@@ -32,7 +32,12 @@ fn main() -> ExitCode {
         Ok((s, addr)) => {
             // Scripts and tests read the bound address (port 0 picks one).
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "listening on {addr}\nready");
+            let _ = writeln!(out, "listening on {addr}");
+            if let Some(web) = s.http_addr() {
+                log::info!("web chat on http://{web}/");
+                let _ = writeln!(out, "http on {web}");
+            }
+            let _ = writeln!(out, "ready");
             let _ = out.flush();
             s
         }

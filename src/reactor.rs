@@ -17,10 +17,12 @@
 //! when the event was produced.
 
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
-use crate::conn::{Bucket, Conn, Push, State, reason_for};
+use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for};
+use crate::http::{self, After, Head};
 use crate::hub::{ClientId, Hub, Outbox};
-use crate::line::{Frame, sanitize};
+use crate::line::{Frame, Framer, sanitize};
 use crate::msg::Msg;
+use crate::ws::{self, Decoder, Event, Oversize};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -28,11 +30,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const HTTP_LISTENER: Token = Token(usize::MAX - 3);
 
 /// How long to wait before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -43,6 +47,7 @@ pub struct Server {
     poll: Poll,
     events: Events,
     listener: Option<TcpListener>,
+    http_listener: Option<TcpListener>,
     signals: Signals,
     conns: Slab<Conn>,
     hub: Hub,
@@ -60,6 +65,8 @@ pub struct Server {
     draining: Vec<usize>,
     /// Rate-limited connections and when they may be read again.
     throttled: Vec<(Instant, usize)>,
+    /// Web connections still sending their request head.
+    http_waiting: Vec<usize>,
     accept_retry: Option<Instant>,
     accept_warned: Option<Instant>,
     shutdown: Option<Instant>,
@@ -92,6 +99,11 @@ impl Outbox for Out<'_> {
                     c.queued()
                 );
                 c.discard_output();
+                if c.is_ws() {
+                    // Best effort: the socket is likely full, but a browser
+                    // that gets this knows why it was dropped.
+                    let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
+                }
                 mark_closing(c, to, self.closing, Some("too slow".into()), false);
             }
             _ => {}
@@ -128,7 +140,16 @@ enum Next {
     Eof,
 }
 
+/// Which listening socket a connection came in on.
+#[derive(Clone, Copy)]
+enum Port {
+    Line,
+    Http,
+}
+
 impl Server {
+    /// Sets up the loop around a bound line listener; binds the web port
+    /// from `cfg` unless --no-http.
     pub fn new(listener: std::net::TcpListener, cfg: Config) -> io::Result<Server> {
         cfg.check()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -137,6 +158,25 @@ impl Server {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let http_listener = if cfg.no_http {
+            None
+        } else {
+            let l =
+                std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port)).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot listen on {}:{} for the web: {e} (--http-port, or --no-http)",
+                            cfg.host, cfg.http_port
+                        ),
+                    )
+                })?;
+            l.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, HTTP_LISTENER, Interest::READABLE)?;
+            Some(l)
+        };
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -144,6 +184,7 @@ impl Server {
             poll,
             events: Events::with_capacity(1024),
             listener: Some(listener),
+            http_listener,
             signals,
             conns: Slab::new(),
             hub: Hub::new(cfg.announce_max),
@@ -154,10 +195,18 @@ impl Server {
             closing: Vec::new(),
             draining: Vec::new(),
             throttled: Vec::new(),
+            http_waiting: Vec::new(),
             accept_retry: None,
             accept_warned: None,
             shutdown: None,
         })
+    }
+
+    /// Where the web page is served, unless --no-http.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Runs until SIGINT or SIGTERM, then says goodbye to everyone, flushes
@@ -214,11 +263,22 @@ impl Server {
                 }) => Some(*t),
                 _ => None,
             });
+        let heads = self
+            .http_waiting
+            .iter()
+            .filter_map(|&k| match self.conns.get(k) {
+                Some(Conn {
+                    proto: Proto::Http(_, t),
+                    ..
+                }) => Some(*t),
+                _ => None,
+            });
         let next = self
             .throttled
             .iter()
             .map(|&(t, _)| t)
             .chain(drains)
+            .chain(heads)
             .chain(self.accept_retry)
             .chain(self.shutdown)
             .min()?;
@@ -227,10 +287,12 @@ impl Server {
 
     fn dispatch(&mut self) {
         let mut accept = false;
+        let mut accept_http = false;
         let mut signalled = false;
         for event in self.events.iter() {
             match event.token() {
                 LISTENER => accept = true,
+                HTTP_LISTENER => accept_http = true,
                 SIGNALS => signalled = true,
                 Token(k) => {
                     let Some(c) = self.conns.get_mut(k) else {
@@ -255,7 +317,10 @@ impl Server {
             self.on_signals();
         }
         if accept {
-            self.accept();
+            self.accept(Port::Line);
+        }
+        if accept_http {
+            self.accept(Port::Http);
         }
     }
 
@@ -267,12 +332,27 @@ impl Server {
         info!("signal {got:?}: shutting down");
         let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         self.shutdown = Some(deadline);
-        if let Some(mut l) = self.listener.take() {
+        for mut l in [self.listener.take(), self.http_listener.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = self.poll.registry().deregister(&mut l);
         }
         for (k, c) in self.conns.iter_mut() {
             if c.state == State::Open || c.state == State::Closing {
-                c.push_notice("*** server shutting down");
+                match c.proto {
+                    Proto::Http(..) => {}
+                    Proto::Line(_) => {
+                        c.push_notice("*** server shutting down");
+                    }
+                    Proto::Ws(_) => {
+                        c.push_notice("*** server shutting down");
+                        c.push_raw(ws::close_frame(
+                            Some(ws::GOING_AWAY),
+                            "server shutting down",
+                        ));
+                    }
+                }
                 c.state = State::Draining(deadline);
                 if !c.in_pending {
                     c.in_pending = true;
@@ -283,12 +363,16 @@ impl Server {
         self.closing.clear();
     }
 
-    fn accept(&mut self) {
-        self.accept_retry = None;
+    fn accept(&mut self, port: Port) {
+        if matches!(port, Port::Line) {
+            self.accept_retry = None;
+        }
         loop {
-            let Some(listener) = self.listener.as_ref() else {
-                return;
+            let listener = match port {
+                Port::Line => self.listener.as_ref(),
+                Port::Http => self.http_listener.as_ref(),
             };
+            let Some(listener) = listener else { return };
             let (mut sock, peer) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -298,7 +382,8 @@ impl Server {
                     // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS):
                     // the pending connection stays in the backlog. Retrying
                     // at once would spin, so wait a little or until one of
-                    // our own connections closes, and keep serving.
+                    // our own connections closes, and keep serving. One
+                    // retry timer serves both ports.
                     let now = Instant::now();
                     if self
                         .accept_warned
@@ -317,8 +402,18 @@ impl Server {
             let max = self.cfg.max_clients;
             if self.conns.len() >= max as usize {
                 warn!("{peer} refused: server full ({max} clients)");
-                let _ =
-                    (&sock).write(format!("*** error: server full ({max} clients)\r\n").as_bytes());
+                let text = format!("*** error: server full ({max} clients)");
+                let answer = match port {
+                    Port::Line => format!("{text}\r\n").into_bytes(),
+                    Port::Http => http::response(
+                        503,
+                        "text/plain; charset=utf-8",
+                        text.as_bytes(),
+                        false,
+                        &[],
+                    ),
+                };
+                let _ = (&sock).write(&answer);
                 let _ = sock.shutdown(std::net::Shutdown::Write);
                 continue;
             }
@@ -335,34 +430,55 @@ impl Server {
             // Chat lines are small and latency matters; we already batch
             // every line for a client into one writev per turn.
             let _ = sock.set_nodelay(true);
+            let now = Instant::now();
             let bucket = self
                 .cfg
                 .rate
-                .map(|rate| Bucket::new(rate, self.cfg.burst.unwrap_or(rate), Instant::now()));
-            let mut conn = Conn::new(sock, peer, self.cfg.max_line as usize, bucket);
+                .map(|rate| Bucket::new(rate, self.cfg.burst.unwrap_or(rate), now));
+            let proto = match port {
+                Port::Line => Proto::Line(Framer::new(self.cfg.max_line as usize)),
+                Port::Http => {
+                    let deadline = now + Duration::from_secs(self.cfg.http_timeout);
+                    Proto::Http(Vec::new(), deadline)
+                }
+            };
+            let mut conn = Conn::new(sock, peer, proto, bucket);
             // Data may have arrived before registration.
             conn.in_readable = true;
             entry.insert(conn);
             self.readable.push(k);
-            let (hub, mut out) = self.out();
-            hub.connect(k, &mut out);
-            info!("{peer} connected as {}", self.hub.name(k).unwrap_or("?"));
+            match port {
+                Port::Line => {
+                    let (hub, mut out) = self.out();
+                    hub.connect(k, &mut out);
+                    info!("{peer} connected as {}", self.hub.name(k).unwrap_or("?"));
+                }
+                Port::Http => {
+                    debug!("{peer} web connection");
+                    self.http_waiting.push(k);
+                }
+            }
         }
     }
 
     fn read_ready(&mut self) {
         let list = std::mem::take(&mut self.readable);
         for k in list {
-            if let Some(c) = self.conns.get_mut(k) {
-                c.in_readable = false;
-                self.read_conn(k);
+            let Some(c) = self.conns.get_mut(k) else {
+                continue;
+            };
+            c.in_readable = false;
+            match c.proto {
+                Proto::Line(_) => self.read_lines(k),
+                Proto::Http(..) => self.read_http(k),
+                Proto::Ws(_) => self.read_ws(k),
             }
         }
     }
 
-    /// Takes lines from one connection until it would block, leaves, is
-    /// throttled, or has had its share of this turn.
-    fn read_conn(&mut self, k: usize) {
+    /// Takes lines from one line connection until it would block, leaves,
+    /// is throttled, or has had its share of this turn.
+    fn read_lines(&mut self, k: usize) {
         let now = Instant::now();
         let (mut lines, mut bytes) = (0, 0);
         loop {
@@ -385,10 +501,13 @@ impl Server {
                 self.throttled.push((wake, k));
                 return;
             }
-            let next = match c.framer.next_frame() {
+            let Proto::Line(framer) = &mut c.proto else {
+                return;
+            };
+            let next = match framer.next_frame() {
                 Some(Frame::Line(raw)) => Next::Line(sanitize(raw)),
                 Some(Frame::TooLong) => Next::TooLong,
-                None if c.eof => match c.framer.finish() {
+                None if c.eof => match framer.finish() {
                     Some(Frame::Line(raw)) => Next::Line(sanitize(raw)),
                     _ => Next::Eof,
                 },
@@ -403,17 +522,12 @@ impl Server {
                 Next::Line(text) => {
                     lines += 1;
                     if let Some(text) = text {
-                        debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
-                        let (hub, mut out) = self.out();
-                        hub.line(k, &text, &mut out);
+                        self.input(k, &text);
                     }
                 }
                 Next::TooLong => {
                     lines += 1;
-                    let max = self.cfg.max_line;
-                    warn!("{} sent a line over --max-line ({max} bytes)", c.peer);
-                    let msg = Msg::new(&format!("*** error: line too long (max {max} bytes)"));
-                    self.out().1.send(k, &msg);
+                    self.too_long(k);
                 }
                 Next::Eof => {
                     mark_closing(c, k, &mut self.closing, None, true);
@@ -423,10 +537,10 @@ impl Server {
                     Ok(0) => c.eof = true,
                     Ok(n) => {
                         bytes += n;
-                        c.framer.feed(&self.scratch[..n]);
+                        framer.feed(&self.scratch[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        c.framer.release_if_empty();
+                        framer.release_if_empty();
                         return;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -435,6 +549,209 @@ impl Server {
                         return;
                     }
                 },
+            }
+        }
+    }
+
+    /// One accepted line of chat from any transport.
+    fn input(&mut self, k: usize, text: &str) {
+        if log::log_enabled!(log::Level::Debug)
+            && let Some(c) = self.conns.get(k)
+        {
+            debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
+        }
+        let (hub, mut out) = self.out();
+        hub.line(k, text, &mut out);
+    }
+
+    fn too_long(&mut self, k: usize) {
+        let max = self.cfg.max_line;
+        if let Some(c) = self.conns.get(k) {
+            warn!("{} sent a line over --max-line ({max} bytes)", c.peer);
+        }
+        let msg = Msg::new(&format!("*** error: line too long (max {max} bytes)"));
+        self.out().1.send(k, &msg);
+    }
+
+    /// The web port: collect a request head (at most `http::MAX_HEAD` bytes,
+    /// within --http-timeout), answer it, and either close or become a
+    /// WebSocket.
+    fn read_http(&mut self, k: usize) {
+        loop {
+            let Some(c) = self.conns.get_mut(k) else {
+                return;
+            };
+            if c.state != State::Open {
+                return;
+            }
+            let Proto::Http(buf, _) = &mut c.proto else {
+                return;
+            };
+            match http::parse_head(buf) {
+                Head::Incomplete => {
+                    let room = (http::MAX_HEAD + 1).saturating_sub(buf.len()).max(1);
+                    match c.sock.read(&mut self.scratch[..room]) {
+                        Ok(0) => {
+                            debug!("{} closed before its request was complete", c.peer);
+                            self.end_http(k);
+                            return;
+                        }
+                        Ok(n) => buf.extend_from_slice(&self.scratch[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.remove(k);
+                            return;
+                        }
+                    }
+                }
+                Head::Invalid(e) => {
+                    debug!("{} bad request: {e:?}", c.peer);
+                    c.push_raw(e.response());
+                    self.end_http(k);
+                    return;
+                }
+                Head::Complete { request, len } => {
+                    let early = buf[len..].to_vec();
+                    let route = http::route(&request);
+                    debug!(
+                        "{} {} {} -> {route:?}",
+                        c.peer, request.method, request.path
+                    );
+                    c.push_raw(route.response(request.is_head()));
+                    if route.after() == After::Close {
+                        self.end_http(k);
+                        return;
+                    }
+                    let mut dec =
+                        Decoder::new(self.cfg.max_line as usize).with_oversize(Oversize::Skip);
+                    // A client may send its first frames right behind the
+                    // head; they belong to the WebSocket. A browser waits
+                    // for the 101, so more than fits is not to be expected.
+                    if dec.feed(&early) < early.len() {
+                        warn!(
+                            "{} sent more than a message before the handshake completed",
+                            c.peer
+                        );
+                    }
+                    c.proto = Proto::Ws(Box::new(dec));
+                    let peer = c.peer;
+                    self.mark_pending(k);
+                    let (hub, mut out) = self.out();
+                    hub.connect(k, &mut out);
+                    info!(
+                        "{peer} connected over WebSocket as {}",
+                        self.hub.name(k).unwrap_or("?")
+                    );
+                    return self.read_ws(k);
+                }
+            }
+        }
+    }
+
+    /// A web connection that will not become a WebSocket: flush, close.
+    fn end_http(&mut self, k: usize) {
+        if let Some(c) = self.conns.get_mut(k) {
+            c.state = State::Draining(Instant::now() + Duration::from_secs(DRAIN_SECS));
+            self.draining.push(k);
+            self.mark_pending(k);
+        }
+    }
+
+    fn mark_pending(&mut self, k: usize) {
+        if let Some(c) = self.conns.get_mut(k)
+            && !c.in_pending
+        {
+            c.in_pending = true;
+            self.pending.push(k);
+        }
+    }
+
+    /// A browser: decode frames into lines for the hub, answer pings, close
+    /// cleanly; same budgets and rate limit as line clients.
+    fn read_ws(&mut self, k: usize) {
+        let now = Instant::now();
+        let (mut messages, mut bytes) = (0, 0);
+        loop {
+            let Some(c) = self.conns.get_mut(k) else {
+                return;
+            };
+            if c.state != State::Open {
+                return;
+            }
+            if messages >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
+                c.in_readable = true;
+                self.readable.push(k);
+                return;
+            }
+            if let Some(bucket) = c.bucket.as_mut()
+                && let Err(wake) = bucket.take(now)
+            {
+                self.throttled.push((wake, k));
+                return;
+            }
+            let Proto::Ws(dec) = &mut c.proto else { return };
+            let event = dec.next_event();
+            if !matches!(event, Ok(Some(Event::Text(_) | Event::TooLong)))
+                && let Some(bucket) = c.bucket.as_mut()
+            {
+                bucket.refund();
+            }
+            match event {
+                Ok(Some(Event::Text(text))) => {
+                    messages += 1;
+                    // One message is one line; CR or LF inside it must not
+                    // smuggle extra lines, so each piece is a line of its own.
+                    for piece in ws::lines(&text) {
+                        if let Some(line) = sanitize(piece.as_bytes()) {
+                            self.input(k, &line);
+                        }
+                    }
+                }
+                Ok(Some(Event::TooLong)) => {
+                    messages += 1;
+                    self.too_long(k);
+                }
+                Ok(Some(Event::Ping(payload))) => {
+                    c.push_raw(ws::pong_frame(&payload));
+                    self.mark_pending(k);
+                }
+                Ok(Some(Event::Pong)) => {}
+                Ok(Some(Event::Close { code, .. })) => {
+                    c.push_raw(ws::close_reply(code));
+                    mark_closing(c, k, &mut self.closing, None, true);
+                    return;
+                }
+                Err(violation) => {
+                    warn!("{} WebSocket error: {violation}", c.peer);
+                    c.push_raw(violation.close_frame());
+                    let reason = format!("websocket error: {}", violation.reason);
+                    mark_closing(c, k, &mut self.closing, Some(reason), true);
+                    return;
+                }
+                Ok(None) if c.eof => {
+                    mark_closing(c, k, &mut self.closing, None, true);
+                    return;
+                }
+                Ok(None) => {
+                    let room = dec.room().min(READ_CHUNK);
+                    if room == 0 {
+                        return;
+                    }
+                    match c.sock.read(&mut self.scratch[..room]) {
+                        Ok(0) => c.eof = true,
+                        Ok(n) => {
+                            bytes += n;
+                            dec.feed(&self.scratch[..n]);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            mark_closing(c, k, &mut self.closing, Some(reason_for(&e)), false);
+                            return;
+                        }
+                    }
+                }
             }
         }
     }
@@ -546,8 +863,20 @@ impl Server {
                 _ => {}
             }
         }
+        let waiting = std::mem::take(&mut self.http_waiting);
+        for k in waiting {
+            match self.conns.get(k).map(|c| (&c.proto, c.peer)) {
+                Some((Proto::Http(_, t), peer)) if *t <= now => {
+                    info!("{peer} closed: no complete request within --http-timeout");
+                    self.remove(k);
+                }
+                Some((Proto::Http(..), _)) => self.http_waiting.push(k),
+                _ => {}
+            }
+        }
         if self.accept_retry.is_some_and(|t| t <= now) {
-            self.accept();
+            self.accept(Port::Line);
+            self.accept(Port::Http);
             self.settle();
         }
     }

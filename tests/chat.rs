@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use support::{Server, TIMEOUT, wait_exit};
 
 const CHAT: &str = env!("CARGO_BIN_EXE_chat");
-const CHATD: &str = env!("CARGO_BIN_EXE_chatd");
 
 /// A `chat` in scripted mode: stdin and stdout are pipes, stdout is read line
 /// by line on a thread so every wait has a deadline.
@@ -138,32 +137,9 @@ impl Drop for Chat {
     }
 }
 
-/// Starts chatd on a given port (Server::start always asks for port 0).
+/// Starts chatd on a given port (to restart a server where clients expect it).
 fn start_chatd_on(port: u16) -> Server {
-    let mut child = Command::new(CHATD)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn chatd");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    for _ in 0..4 {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Some(a) = line.strip_prefix("listening on ") {
-            addr = Some(a.trim().parse().expect("listen address"));
-        }
-        if line.starts_with("ready") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        addr: addr.expect("chatd did not print its address"),
-        http_addr: None,
-    }
+    Server::start(&["--port", &port.to_string()])
 }
 
 fn is_welcome(l: &str) -> bool {

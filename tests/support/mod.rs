@@ -27,9 +27,17 @@ impl Server {
     }
 
     /// Like `start`, from a prepared command (e.g. `sh -c "ulimit -n 64; exec chatd"`).
+    /// Unless `args` say otherwise, both ports are 0 (picked by the kernel),
+    /// so tests never collide.
     pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
-        cmd.args(["--host", "127.0.0.1", "--port", "0"])
-            .args(args)
+        cmd.args(["--host", "127.0.0.1"]);
+        if !args.contains(&"--port") {
+            cmd.args(["--port", "0"]);
+        }
+        if !args.contains(&"--http-port") && !args.contains(&"--no-http") {
+            cmd.args(["--http-port", "0"]);
+        }
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
