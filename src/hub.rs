@@ -10,6 +10,7 @@ use crate::msg::Msg;
 use slab::Slab;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// A connection as the transports know it (the reactor's slab key).
 pub type ClientId = usize;
@@ -23,6 +24,34 @@ pub trait Outbox {
     /// `id` asked to leave (`/quit`): flush what is queued for it, then
     /// close it and call [`Hub::disconnect`] with `reason`.
     fn close(&mut self, id: ClientId, reason: String);
+    /// What `/stats` tells `id` about its own connection; None where the
+    /// transport keeps no such figures (recorders in tests and benches).
+    fn conn_stats(&self, _id: ClientId) -> Option<ConnStats> {
+        None
+    }
+    /// The server-wide figures only the transport knows, for `/stats`.
+    fn server_stats(&self) -> Option<ServerStats> {
+        None
+    }
+}
+
+/// One connection's figures for `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnStats {
+    /// Bytes waiting in its output queue.
+    pub queued: usize,
+    /// Lines skipped for it since it connected (`--on-slow drop`).
+    pub dropped: u64,
+    pub connected: Duration,
+}
+
+/// The server's figures for `/stats` that the hub does not keep itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerStats {
+    pub uptime: Duration,
+    /// Lines received from clients per second, over the last minute (or
+    /// since start, if that was less than a minute ago).
+    pub lines_per_sec: f64,
 }
 
 pub const MAX_NAME: usize = 24;
@@ -36,6 +65,7 @@ const HELP: &[&str] = &[
     "***   /me text          say what you are doing: * alice waves",
     "***   /join ROOM        leave your room and enter ROOM (created if new)",
     "***   /rooms            list the rooms and how many are in each",
+    "***   /stats            your queue, drops and time online; the server's load",
     "***   /quit [reason]    leave the chat",
     "***   /help             this list",
     "***   //text            send a message that begins with /",
@@ -65,6 +95,8 @@ pub struct Hub {
     next_guest: u64,
     online: usize,
     announce_max: usize,
+    /// Chat lines passed on (messages, /me, /msg), for the metrics.
+    relayed: u64,
 }
 
 impl Hub {
@@ -79,6 +111,7 @@ impl Hub {
             next_guest: 1,
             online: 0,
             announce_max,
+            relayed: 0,
         }
     }
 
@@ -88,6 +121,11 @@ impl Hub {
 
     pub fn rooms(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Chat lines relayed so far: messages, `/me` and `/msg`, not commands.
+    pub fn relayed(&self) -> u64 {
+        self.relayed
     }
 
     pub fn name(&self, id: ClientId) -> Option<&str> {
@@ -156,11 +194,13 @@ impl Hub {
         if let Some(rest) = text.strip_prefix("//") {
             let msg = Msg::new(&format!("<{}> /{rest}", client.name));
             self.to_room(client.room, id, &msg, out);
+            self.relayed += 1;
         } else if let Some(command) = text.strip_prefix('/') {
             self.command(id, command, out);
         } else {
             let msg = Msg::new(&format!("<{}> {text}", client.name));
             self.to_room(client.room, id, &msg, out);
+            self.relayed += 1;
         }
     }
 
@@ -179,6 +219,7 @@ impl Hub {
                 let Some(c) = self.client(id) else { return };
                 let msg = Msg::new(&format!("* {} {rest}", c.name));
                 self.to_room(c.room, id, &msg, out);
+                self.relayed += 1;
             }
             "join" => self.join(id, rest, out),
             "rooms" => {
@@ -199,6 +240,15 @@ impl Hub {
                     format!("quit: {rest}")
                 };
                 out.close(id, reason);
+            }
+            "stats" => {
+                let line = stats_line(
+                    self.online,
+                    self.rooms.len(),
+                    out.conn_stats(id),
+                    out.server_stats(),
+                );
+                reply(out, id, &line);
             }
             "help" => {
                 for line in HELP {
@@ -266,6 +316,7 @@ impl Hub {
         };
         out.send(to, &Msg::new(&format!("*{}* {text}", from.name)));
         reply(out, id, &format!("-> *{}* {text}", dest.name));
+        self.relayed += 1;
     }
 
     fn join(&mut self, id: ClientId, wanted: &str, out: &mut impl Outbox) {
@@ -361,6 +412,62 @@ impl Hub {
 
 fn reply(out: &mut impl Outbox, id: ClientId, text: &str) {
     out.send(id, &Msg::new(text));
+}
+
+/// The `/stats` answer: "*** you: 0 bytes queued, 0 lines dropped,
+/// connected 5m 3s; server: 3 users, 2 rooms, up 2h 10m, 0.4 lines/s over
+/// the last minute". Parts the transport cannot tell are left out.
+pub fn stats_line(
+    users: usize,
+    rooms: usize,
+    you: Option<ConnStats>,
+    server: Option<ServerStats>,
+) -> String {
+    let mut line = String::from("*** ");
+    if let Some(you) = you {
+        line.push_str(&format!(
+            "you: {}, {}, connected {}; ",
+            plural(you.queued as u64, "byte") + " queued",
+            plural(you.dropped, "line") + " dropped",
+            human_duration(you.connected),
+        ));
+    }
+    line.push_str(&format!(
+        "server: {}, {}",
+        plural(users as u64, "user"),
+        plural(rooms as u64, "room")
+    ));
+    if let Some(server) = server {
+        line.push_str(&format!(
+            ", up {}, {:.1} lines/s over the last minute",
+            human_duration(server.uptime),
+            server.lines_per_sec
+        ));
+    }
+    line
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// The two largest units: "42s", "5m 3s", "2h 10m", "3d 4h".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
 }
 
 fn split_word(s: &str) -> (&str, &str) {
@@ -720,7 +827,7 @@ mod tests {
         hub.line(0, "/help", &mut rec);
         let help = rec.to(0);
         for cmd in [
-            "/nick", "/who", "/msg", "/me", "/join", "/rooms", "/quit", "/help",
+            "/nick", "/who", "/msg", "/me", "/join", "/rooms", "/stats", "/quit", "/help",
         ] {
             assert!(help.iter().any(|l| l.contains(cmd)), "{cmd} in help");
         }
@@ -752,6 +859,95 @@ mod tests {
         assert_eq!(rec.take().len(), 2, "a room of 3 announces");
         hub.line(0, "/who", &mut rec);
         assert_eq!(rec.to(0), vec!["*** #lobby (2): guest-1, guest-2"]);
+    }
+
+    #[test]
+    fn stats_line_formats_every_part() {
+        let you = ConnStats {
+            queued: 1,
+            dropped: 12,
+            connected: Duration::from_secs(5 * 60 + 3),
+        };
+        let server = ServerStats {
+            uptime: Duration::from_secs(2 * 3600 + 10 * 60 + 59),
+            lines_per_sec: 0.4166,
+        };
+        assert_eq!(
+            stats_line(3, 1, Some(you), Some(server)),
+            "*** you: 1 byte queued, 12 lines dropped, connected 5m 3s; \
+             server: 3 users, 1 room, up 2h 10m, 0.4 lines/s over the last minute"
+        );
+        assert_eq!(stats_line(1, 2, None, None), "*** server: 1 user, 2 rooms");
+    }
+
+    #[test]
+    fn durations_show_their_two_largest_units() {
+        let d = |s| human_duration(Duration::from_secs(s));
+        assert_eq!(d(0), "0s");
+        assert_eq!(d(59), "59s");
+        assert_eq!(d(60), "1m 0s");
+        assert_eq!(d(3599), "59m 59s");
+        assert_eq!(d(3600), "1h 0m");
+        assert_eq!(d(86399), "23h 59m");
+        assert_eq!(d(3 * 86400 + 4 * 3600 + 59), "3d 4h");
+    }
+
+    #[test]
+    fn stats_asks_the_transport_about_the_caller() {
+        struct WithStats(Rec);
+        impl Outbox for WithStats {
+            fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+                self.0.send(to, msg);
+            }
+            fn close(&mut self, id: ClientId, reason: String) {
+                self.0.close(id, reason);
+            }
+            fn conn_stats(&self, id: ClientId) -> Option<ConnStats> {
+                Some(ConnStats {
+                    queued: id * 100,
+                    dropped: 7,
+                    connected: Duration::from_secs(61),
+                })
+            }
+            fn server_stats(&self) -> Option<ServerStats> {
+                Some(ServerStats {
+                    uptime: Duration::from_secs(5),
+                    lines_per_sec: 2.0,
+                })
+            }
+        }
+        let (mut hub, rec) = hub_with(3);
+        let mut out = WithStats(rec);
+        hub.line(2, "/join games", &mut out);
+        out.0.take();
+        hub.line(2, "/STATS", &mut out);
+        assert_eq!(
+            out.0.take(),
+            pairs(&[(
+                2,
+                "*** you: 200 bytes queued, 7 lines dropped, connected 1m 1s; \
+                 server: 3 users, 2 rooms, up 5s, 2.0 lines/s over the last minute"
+            )])
+        );
+        // The recorder keeps no figures: only the hub's own are shown.
+        let (mut hub, mut rec) = hub_with(2);
+        hub.line(0, "/stats", &mut rec);
+        assert_eq!(rec.take(), pairs(&[(0, "*** server: 2 users, 1 room")]));
+    }
+
+    #[test]
+    fn relayed_counts_chat_lines_not_commands() {
+        let (mut hub, mut rec) = hub_with(3);
+        hub.line(0, "hello", &mut rec);
+        hub.line(0, "//slash", &mut rec);
+        hub.line(0, "/me waves", &mut rec);
+        hub.line(0, "/msg guest-2 psst", &mut rec);
+        assert_eq!(hub.relayed(), 4);
+        hub.line(0, "/who", &mut rec);
+        hub.line(0, "/msg nobody hi", &mut rec);
+        hub.line(0, "/me", &mut rec);
+        hub.line(0, "/stats", &mut rec);
+        assert_eq!(hub.relayed(), 4);
     }
 
     #[test]

@@ -102,6 +102,7 @@ fn help_lists_every_command() {
         "/me text",
         "/join ROOM",
         "/rooms",
+        "/stats",
         "/quit",
         "/help",
     ] {
