@@ -14,12 +14,17 @@
 //! - [`msg`]: one outgoing line, shared by all its recipients.
 //! - [`http`]: the web port's request heads, routes and answers; pure.
 //! - [`ws`]: RFC 6455 frames for browsers, bounded decoder and encoders; pure.
+//! - [`metrics`]: counters for `/metrics` and `/stats`, turned into
+//!   Prometheus text only when scraped; pure.
+//! - [`idle`]: --idle-timeout deadlines, a heap looked at only when one is due; pure.
 
 pub mod config;
 pub mod conn;
 pub mod http;
 pub mod hub;
+pub mod idle;
 pub mod line;
+pub mod metrics;
 pub mod msg;
 pub mod reactor;
 pub mod ws;
