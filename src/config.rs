@@ -1,6 +1,7 @@
 //! Every flag, bound and default in one place.
 
 use clap::{Parser, ValueEnum};
+use std::time::Duration;
 
 /// Bytes read from one socket per `read` call, into a buffer shared by all
 /// connections (so idle connections cost no read buffer).
@@ -16,6 +17,11 @@ pub const MAX_IOVECS: usize = 64;
 /// How long a closing connection (quit, half-close, shutdown) may take to
 /// flush what is queued for it.
 pub const DRAIN_SECS: u64 = 2;
+
+/// Linux refuses a TCP_KEEPIDLE above this (MAX_TCP_KEEPIDLE).
+pub const MAX_KEEPALIVE: u64 = 32767;
+/// A year: far beyond any use, and far from overflowing an `Instant`.
+pub const MAX_IDLE_TIMEOUT: u64 = 365 * 24 * 3600;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnSlow {
@@ -81,6 +87,22 @@ pub struct Config {
     #[arg(long, default_value_t = 200)]
     pub announce_max: usize,
 
+    /// This server's name in metrics (and in the cluster); default: a random
+    /// 6-character id, new at every start.
+    #[arg(long, default_value_t = random_node_id(), hide_default_value = true, value_parser = parse_node_id)]
+    pub node_id: String,
+
+    /// Seconds a client connection may be silent before TCP keepalive probes
+    /// start; a peer that vanished without closing is then dropped within
+    /// about this long plus 30 s at most. 0 turns keepalive off.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=MAX_KEEPALIVE))]
+    pub keepalive: u64,
+
+    /// Close a client that has sent nothing for this many seconds (WebSocket
+    /// clients are pinged at half of it; answering counts). Default: off.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_IDLE_TIMEOUT))]
+    pub idle_timeout: Option<u64>,
+
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -94,6 +116,32 @@ impl Default for Config {
     fn default() -> Config {
         Config::parse_from(["chatd"])
     }
+}
+
+/// Six lowercase letters and digits: short enough to read in a dashboard,
+/// enough (36^6) that two nodes started without --node-id do not collide.
+fn random_node_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..6)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Node ids appear in metric labels, logs and (in a cluster) channel names:
+/// keep them short and plain.
+fn parse_node_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{bad:?} is not allowed; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 impl Config {
@@ -118,5 +166,9 @@ impl Config {
             return Err("--burst needs --rate".into());
         }
         Ok(())
+    }
+
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout.map(Duration::from_secs)
     }
 }

@@ -6,6 +6,7 @@ use crate::line::Framer;
 use crate::msg::Msg;
 use crate::ws;
 use mio::net::TcpStream;
+use socket2::{SockRef, TcpKeepalive};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
@@ -74,16 +75,29 @@ pub struct Conn {
     pub eof: bool,
     pub bucket: Option<Bucket>,
     pub since: Instant,
+    /// When bytes last arrived from the peer (--idle-timeout).
+    pub last_active: Instant,
+    /// A WebSocket ping went out since `last_active` (--idle-timeout).
+    pub pinged: bool,
+    /// Tells this connection from an earlier one under the same slab key, so
+    /// a timer set for the earlier one cannot fire on it.
+    pub serial: u64,
     out: VecDeque<Item>,
     /// Bytes of `out[0]` already written.
     head: usize,
     queued: usize,
+    /// Lines dropped since the client was last told (--on-slow drop).
     dropped: u64,
+    /// Lines dropped since it connected, for /stats.
+    dropped_total: u64,
+    /// Bytes written to the socket since it connected, for the metrics.
+    sent: u64,
     warned: bool,
 }
 
 impl Conn {
     pub fn new(sock: TcpStream, peer: SocketAddr, proto: Proto, bucket: Option<Bucket>) -> Conn {
+        let now = Instant::now();
         Conn {
             sock,
             peer,
@@ -95,17 +109,38 @@ impl Conn {
             in_pending: false,
             eof: false,
             bucket,
-            since: Instant::now(),
+            since: now,
+            last_active: now,
+            pinged: false,
+            serial: 0,
             out: VecDeque::new(),
             head: 0,
             queued: 0,
             dropped: 0,
+            dropped_total: 0,
+            sent: 0,
             warned: false,
         }
     }
 
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// Lines dropped for this client since it connected (--on-slow drop).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// Bytes written to the socket since it connected.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// The peer sent something: it is not idle, and owes no pong.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_active = now;
+        self.pinged = false;
     }
 
     pub fn is_ws(&self) -> bool {
@@ -132,6 +167,7 @@ impl Conn {
                 OnSlow::Disconnect => Push::TooSlow,
                 OnSlow::Drop => {
                     self.dropped += 1;
+                    self.dropped_total += 1;
                     Push::Dropped
                 }
             };
@@ -219,6 +255,7 @@ impl Conn {
 
     fn advance(&mut self, mut written: usize) {
         self.queued -= written;
+        self.sent += written as u64;
         while written > 0 {
             let Some(front) = self.out.front() else { break };
             let left = self.bytes(front).len() - self.head;
@@ -271,6 +308,28 @@ impl Bucket {
         self.tokens = (self.tokens + 1.0).min(self.burst);
     }
 }
+
+/// TCP keepalive for a client socket: probes start after `idle` of silence,
+/// then go every `idle / 10` (1 to 10 s) and three unanswered ones drop the
+/// peer, so a vanished one is noticed after `idle` plus at most 30 s.
+/// TCP_USER_TIMEOUT gets the same total: keepalive only runs while nothing
+/// is in flight, and without it a peer that vanished with chat lines
+/// unacknowledged would be retransmitted to for about 15 minutes.
+/// Either way the next read fails with ETIMEDOUT: "connection lost".
+pub fn set_keepalive(sock: &TcpStream, idle: Duration) -> io::Result<()> {
+    // Whole seconds: that is what TCP_KEEPINTVL holds.
+    let interval = Duration::from_secs((idle.as_secs() / 10).clamp(1, 10));
+    let params = TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(KEEPALIVE_PROBES);
+    let sock = SockRef::from(sock);
+    sock.set_tcp_keepalive(&params)?;
+    sock.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES))
+}
+
+/// Unanswered keepalive probes before a peer counts as gone.
+pub const KEEPALIVE_PROBES: u32 = 3;
 
 /// One place decides what a socket error means for the room.
 pub fn reason_for(e: &io::Error) -> String {

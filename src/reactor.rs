@@ -17,10 +17,12 @@
 //! when the event was produced.
 
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
-use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for};
-use crate::http::{self, After, Head};
-use crate::hub::{ClientId, Hub, Outbox};
+use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for, set_keepalive};
+use crate::http::{self, After, Head, Request};
+use crate::hub::{ClientId, ConnStats, Hub, Outbox, ServerStats};
+use crate::idle::{self, Action};
 use crate::line::{Frame, Framer, sanitize};
+use crate::metrics::{self, Metrics, Scrape};
 use crate::msg::Msg;
 use crate::ws::{self, Decoder, Event, Oversize};
 use log::{debug, info, warn};
@@ -70,6 +72,11 @@ pub struct Server {
     accept_retry: Option<Instant>,
     accept_warned: Option<Instant>,
     shutdown: Option<Instant>,
+    metrics: Metrics,
+    /// --idle-timeout deadlines; empty without it.
+    idle: idle::Queue,
+    /// The serial the next accepted connection gets.
+    next_serial: u64,
 }
 
 /// The hub's view of the connections: queue under the --sendq policy, and
@@ -80,6 +87,7 @@ struct Out<'a> {
     closing: &'a mut Vec<usize>,
     sendq: usize,
     on_slow: OnSlow,
+    metrics: &'a mut Metrics,
 }
 
 impl Outbox for Out<'_> {
@@ -87,12 +95,19 @@ impl Outbox for Out<'_> {
         let Some(c) = self.conns.get_mut(to) else {
             return;
         };
-        match c.push(msg, self.sendq, self.on_slow) {
+        let push = c.push(msg, self.sendq, self.on_slow);
+        // Counted here, once per recipient, as a plain add: see metrics.rs.
+        if matches!(push, Push::First | Push::Queued) {
+            self.metrics.deliveries += 1;
+        }
+        match push {
             Push::First if !c.in_pending => {
                 c.in_pending = true;
                 self.pending.push(to);
             }
+            Push::Dropped => self.metrics.dropped += 1,
             Push::TooSlow => {
+                self.metrics.too_slow += 1;
                 warn!(
                     "{} cut off: output queue would pass --sendq ({} bytes queued)",
                     c.peer,
@@ -114,6 +129,19 @@ impl Outbox for Out<'_> {
         if let Some(c) = self.conns.get_mut(id) {
             mark_closing(c, id, self.closing, Some(reason), true);
         }
+    }
+
+    fn conn_stats(&self, id: ClientId) -> Option<ConnStats> {
+        let c = self.conns.get(id)?;
+        Some(ConnStats {
+            queued: c.queued(),
+            dropped: c.dropped_total(),
+            connected: c.since.elapsed(),
+        })
+    }
+
+    fn server_stats(&self) -> Option<ServerStats> {
+        Some(self.metrics.server_stats(Instant::now()))
     }
 }
 
@@ -199,6 +227,9 @@ impl Server {
             accept_retry: None,
             accept_warned: None,
             shutdown: None,
+            metrics: Metrics::new(Instant::now()),
+            idle: idle::Queue::default(),
+            next_serial: 0,
         })
     }
 
@@ -220,10 +251,12 @@ impl Server {
                 }
                 return Err(e);
             }
+            let turn = Instant::now();
             self.dispatch();
             self.read_ready();
             self.settle();
             self.timers();
+            self.metrics.turn(turn.elapsed());
             if let Some(deadline) = self.shutdown
                 && (self.conns.is_empty() || Instant::now() >= deadline)
             {
@@ -245,6 +278,7 @@ impl Server {
                 closing: &mut self.closing,
                 sendq: self.cfg.sendq as usize,
                 on_slow: self.cfg.on_slow,
+                metrics: &mut self.metrics,
             },
         )
     }
@@ -281,6 +315,8 @@ impl Server {
             .chain(heads)
             .chain(self.accept_retry)
             .chain(self.shutdown)
+            .chain(self.idle.next())
+            .chain(Some(self.metrics.next_tick()))
             .min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
@@ -379,6 +415,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
+                    self.metrics.accept_errors += 1;
                     // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS):
                     // the pending connection stays in the backlog. Retrying
                     // at once would spin, so wait a little or until one of
@@ -430,6 +467,11 @@ impl Server {
             // Chat lines are small and latency matters; we already batch
             // every line for a client into one writev per turn.
             let _ = sock.set_nodelay(true);
+            if self.cfg.keepalive > 0
+                && let Err(e) = set_keepalive(&sock, Duration::from_secs(self.cfg.keepalive))
+            {
+                warn!("{peer}: cannot set TCP keepalive: {e}");
+            }
             let now = Instant::now();
             let bucket = self
                 .cfg
@@ -443,12 +485,15 @@ impl Server {
                 }
             };
             let mut conn = Conn::new(sock, peer, proto, bucket);
+            conn.serial = self.next_serial;
+            self.next_serial += 1;
             // Data may have arrived before registration.
             conn.in_readable = true;
             entry.insert(conn);
             self.readable.push(k);
             match port {
                 Port::Line => {
+                    self.track_idle(k);
                     let (hub, mut out) = self.out();
                     hub.connect(k, &mut out);
                     info!("{peer} connected as {}", self.hub.name(k).unwrap_or("?"));
@@ -498,6 +543,7 @@ impl Server {
                 && let Err(wake) = bucket.take(now)
             {
                 debug!("{} rate-limited until {wake:?}", c.peer);
+                self.metrics.rate_limited += 1;
                 self.throttled.push((wake, k));
                 return;
             }
@@ -537,7 +583,9 @@ impl Server {
                     Ok(0) => c.eof = true,
                     Ok(n) => {
                         bytes += n;
+                        self.metrics.bytes_in += n as u64;
                         framer.feed(&self.scratch[..n]);
+                        c.touch(now);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         framer.release_if_empty();
@@ -560,6 +608,7 @@ impl Server {
         {
             debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
         }
+        self.metrics.lines_in += 1;
         let (hub, mut out) = self.out();
         hub.line(k, text, &mut out);
     }
@@ -596,7 +645,10 @@ impl Server {
                             self.end_http(k);
                             return;
                         }
-                        Ok(n) => buf.extend_from_slice(&self.scratch[..n]),
+                        Ok(n) => {
+                            self.metrics.bytes_in += n as u64;
+                            buf.extend_from_slice(&self.scratch[..n]);
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => {
@@ -612,6 +664,9 @@ impl Server {
                     return;
                 }
                 Head::Complete { request, len } => {
+                    if request.path == "/metrics" {
+                        return self.serve_metrics(k, &request);
+                    }
                     let early = buf[len..].to_vec();
                     let route = http::route(&request);
                     debug!(
@@ -635,8 +690,10 @@ impl Server {
                         );
                     }
                     c.proto = Proto::Ws(Box::new(dec));
+                    c.touch(Instant::now());
                     let peer = c.peer;
                     self.mark_pending(k);
+                    self.track_idle(k);
                     let (hub, mut out) = self.out();
                     hub.connect(k, &mut out);
                     info!(
@@ -687,6 +744,7 @@ impl Server {
             if let Some(bucket) = c.bucket.as_mut()
                 && let Err(wake) = bucket.take(now)
             {
+                self.metrics.rate_limited += 1;
                 self.throttled.push((wake, k));
                 return;
             }
@@ -742,7 +800,9 @@ impl Server {
                         Ok(0) => c.eof = true,
                         Ok(n) => {
                             bytes += n;
+                            self.metrics.bytes_in += n as u64;
                             dec.feed(&self.scratch[..n]);
+                            c.touch(now);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -808,7 +868,10 @@ impl Server {
             return;
         };
         c.in_pending = false;
-        match c.flush() {
+        let sent = c.sent();
+        let result = c.flush();
+        self.metrics.bytes_out += c.sent() - sent;
+        match result {
             Ok(true) if matches!(c.state, State::Draining(_)) => self.remove(k),
             Ok(_) => {}
             Err(e) => {
@@ -879,5 +942,92 @@ impl Server {
             self.accept(Port::Http);
             self.settle();
         }
+        if now >= self.metrics.next_tick() {
+            self.metrics.tick(now);
+        }
+        self.idle_check(now);
+    }
+
+    /// Puts a connection that just entered the chat under --idle-timeout.
+    fn track_idle(&mut self, k: usize) {
+        let (Some(limit), Some(c)) = (self.cfg.idle_timeout(), self.conns.get(k)) else {
+            return;
+        };
+        if let Action::Wait(at) | Action::Ping(at) =
+            idle::decide(c.last_active, c.pinged, c.is_ws(), limit, Instant::now())
+        {
+            self.idle.push(at, k, c.serial);
+        }
+        let conns = &self.conns;
+        self.idle.compact(conns.len(), |k, serial| {
+            conns.get(k).is_some_and(|c| c.serial == serial)
+        });
+    }
+
+    /// --idle-timeout: pings and closes whatever has come due. See idle.rs.
+    fn idle_check(&mut self, now: Instant) {
+        let Some(limit) = self.cfg.idle_timeout() else {
+            return;
+        };
+        let mut acted = false;
+        while let Some((k, serial)) = self.idle.pop_due(now) {
+            let Some(c) = self.conns.get_mut(k) else {
+                continue;
+            };
+            if c.serial != serial || c.state != State::Open {
+                continue;
+            }
+            match idle::decide(c.last_active, c.pinged, c.is_ws(), limit, now) {
+                Action::Wait(at) => self.idle.push(at, k, serial),
+                Action::Ping(at) => {
+                    c.pinged = true;
+                    c.push_raw(ws::ping_frame(b"chatd"));
+                    self.idle.push(at, k, serial);
+                    self.mark_pending(k);
+                    acted = true;
+                }
+                Action::Close => {
+                    info!("{} closed: idle for {limit:?}", c.peer);
+                    self.metrics.idle_closed += 1;
+                    c.push_notice("*** idle for too long");
+                    if c.is_ws() {
+                        c.push_raw(ws::close_frame(Some(ws::POLICY), "idle for too long"));
+                    }
+                    mark_closing(c, k, &mut self.closing, Some("idle".into()), true);
+                    acted = true;
+                }
+            }
+        }
+        if acted {
+            self.settle();
+        }
+    }
+
+    /// `GET /metrics` on the web port: the answer, then close.
+    fn serve_metrics(&mut self, k: usize, request: &Request) {
+        let (mut line_clients, mut ws_clients) = (0, 0);
+        for (_, c) in &self.conns {
+            match (&c.proto, c.state) {
+                (Proto::Line(_), State::Open) => line_clients += 1,
+                (Proto::Ws(_), State::Open) => ws_clients += 1,
+                _ => {}
+            }
+        }
+        let scrape = Scrape {
+            node_id: &self.cfg.node_id,
+            metrics: &self.metrics,
+            line_clients,
+            ws_clients,
+            rooms: self.hub.rooms() as u64,
+            lines_relayed: self.hub.relayed(),
+            // The cluster link fills this in.
+            cluster: None,
+        };
+        let answer = metrics::answer(request, &scrape);
+        if let Some(c) = self.conns.get_mut(k) {
+            debug!("{} {} /metrics", c.peer, request.method);
+            c.push_raw(answer);
+        }
+        self.end_http(k);
     }
 }
