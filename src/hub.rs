@@ -1240,4 +1240,279 @@ mod tests {
         hub.connect(0, &mut rec);
         assert_eq!(hub.name(0), Some("guest-2"));
     }
+
+    /// Two instances joined by an in-memory stand-in for Redis: what one
+    /// hub publishes reaches the other as the cluster link would deliver it.
+    mod cluster {
+        use super::*;
+        use std::collections::HashSet;
+
+        #[derive(Default)]
+        struct Bus {
+            got: Vec<(ClientId, String)>,
+            room_lines: Vec<(String, String)>,
+            presence: Vec<Presence>,
+            privates: Vec<(String, u64, String, String)>,
+            claims: Vec<(ClientId, String)>,
+            released: Vec<String>,
+            subscribed: HashSet<String>,
+        }
+
+        impl Outbox for Bus {
+            fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+                self.got.push((to, msg.text().to_string()));
+            }
+            fn close(&mut self, _: ClientId, _: String) {}
+            fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
+                self.room_lines.push((room.into(), msg.text().into()));
+            }
+            fn presence(&mut self, event: Presence) {
+                self.presence.push(event);
+            }
+            fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
+                self.privates
+                    .push((node.into(), to, to_name.into(), msg.text().into()));
+            }
+            fn subscribe(&mut self, room: &str, on: bool) {
+                if on {
+                    self.subscribed.insert(room.into());
+                } else {
+                    self.subscribed.remove(room);
+                }
+            }
+            fn claim(&mut self, id: ClientId, name: &str) {
+                self.claims.push((id, name.into()));
+            }
+            fn release(&mut self, name: &str) {
+                self.released.push(name.into());
+            }
+        }
+
+        struct Net {
+            hubs: [Hub; 2],
+            bus: [Bus; 2],
+            names: HashMap<String, (usize, ClientId)>,
+        }
+
+        impl Net {
+            fn new() -> Net {
+                let mut net = Net {
+                    hubs: [
+                        Hub::new(200).with_cluster("a"),
+                        Hub::new(200).with_cluster("b"),
+                    ],
+                    bus: [Bus::default(), Bus::default()],
+                    names: HashMap::new(),
+                };
+                net.hubs[0].add_guests(1, 100);
+                net.hubs[1].add_guests(101, 100);
+                for h in 0..2 {
+                    net.hubs[h].link_up(&mut net.bus[h]);
+                }
+                net.pump();
+                net
+            }
+
+            /// Delivers everything published, as Redis would, until quiet.
+            fn pump(&mut self) {
+                for _ in 0..10 {
+                    let mut quiet = true;
+                    for from in 0..2 {
+                        let to = 1 - from;
+                        let b = &mut self.bus[from];
+                        let lines = std::mem::take(&mut b.room_lines);
+                        let presence = std::mem::take(&mut b.presence);
+                        let privates = std::mem::take(&mut b.privates);
+                        let claims = std::mem::take(&mut b.claims);
+                        for name in std::mem::take(&mut b.released) {
+                            self.names.remove(&name);
+                        }
+                        quiet &= lines.is_empty()
+                            && presence.is_empty()
+                            && privates.is_empty()
+                            && claims.is_empty();
+                        for (room, text) in lines {
+                            if self.bus[to].subscribed.contains(&room) {
+                                self.hubs[to].remote_line(&room, &text, &mut self.bus[to]);
+                            }
+                        }
+                        for p in presence {
+                            self.hubs[to].remote_presence(p, &mut self.bus[to]);
+                        }
+                        for (_, id, name, text) in privates {
+                            self.hubs[to].remote_private(
+                                id as usize,
+                                &name,
+                                &text,
+                                &mut self.bus[to],
+                            );
+                        }
+                        for (id, name) in claims {
+                            let ok = !self.names.contains_key(&name);
+                            if ok {
+                                self.names.insert(name.clone(), (from, id));
+                            }
+                            self.hubs[from].claimed(id, &name, ok, &mut self.bus[from]);
+                        }
+                    }
+                    if quiet {
+                        return;
+                    }
+                }
+                panic!("the bus never went quiet");
+            }
+
+            fn line(&mut self, h: usize, id: ClientId, text: &str) {
+                self.hubs[h].line(id, text, &mut self.bus[h]);
+                self.pump();
+            }
+
+            fn take(&mut self, h: usize) -> Vec<(ClientId, String)> {
+                std::mem::take(&mut self.bus[h].got)
+            }
+        }
+
+        #[test]
+        fn two_instances_are_one_chat() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.pump();
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.pump();
+            let welcome = net.take(1);
+            assert!(
+                welcome[0].1.contains("guest-101!") && welcome[0].1.contains("1 other user online"),
+                "{welcome:?}"
+            );
+            assert_eq!(
+                net.take(0),
+                pairs(&[
+                    (
+                        0,
+                        "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands"
+                    ),
+                    (0, "*** guest-101 joined")
+                ])
+            );
+
+            net.line(0, 0, "hello b");
+            assert_eq!(net.take(1), pairs(&[(0, "<guest-1> hello b")]));
+            assert_eq!(net.take(0), vec![], "no echo, no double delivery");
+
+            net.line(1, 0, "/nick bob");
+            assert_eq!(net.take(1), pairs(&[(0, "*** you are now bob")]));
+            assert_eq!(net.take(0), pairs(&[(0, "*** guest-101 is now bob")]));
+
+            net.line(0, 0, "/nick BOB");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** error: the name BOB is taken")])
+            );
+
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (2): bob, guest-1")]));
+
+            net.line(0, 0, "/msg bob psst");
+            assert_eq!(net.take(0), pairs(&[(0, "-> *bob* psst")]));
+            assert_eq!(net.take(1), pairs(&[(0, "*guest-1* psst")]));
+
+            net.line(1, 0, "/join games");
+            net.take(1);
+            assert_eq!(net.take(0), pairs(&[(0, "*** bob left #lobby")]));
+            net.line(0, 0, "lobby only");
+            assert_eq!(net.take(1), vec![], "rooms stay apart across instances");
+            net.line(0, 0, "/rooms");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** rooms (2): #games (1), #lobby (1)")])
+            );
+            assert!(
+                !net.bus[1].subscribed.contains("lobby"),
+                "b has nobody left in #lobby"
+            );
+        }
+
+        #[test]
+        fn a_name_reserved_elsewhere_first_is_refused() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            // Both ask before either hears of the other: the store decides.
+            net.hubs[0].line(0, "/nick twin", &mut net.bus[0]);
+            net.hubs[1].line(0, "/nick Twin", &mut net.bus[1]);
+            net.pump();
+            let a = net.take(0);
+            let b = net.take(1);
+            assert!(a.iter().any(|(_, l)| l == "*** you are now twin"), "{a:?}");
+            assert!(
+                b.iter()
+                    .any(|(_, l)| l == "*** error: the name Twin is taken"),
+                "{b:?}"
+            );
+        }
+
+        #[test]
+        fn a_lost_node_takes_its_users_with_it() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            assert_eq!(net.hubs[0].remote_nodes(), vec![Rc::<str>::from("b")]);
+            net.hubs[0].node_lost("b", &mut net.bus[0]);
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** guest-101 left (server lost)")])
+            );
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+        }
+
+        #[test]
+        fn link_down_and_up_tell_local_users_once_and_rebuild_the_mirror() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            net.hubs[0].link_down(&mut net.bus[0]);
+            net.hubs[0].link_down(&mut net.bus[0]);
+            assert_eq!(net.take(0), pairs(&[(0, LINK_DOWN)]));
+            net.line(0, 0, "/nick x");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(
+                    0,
+                    "*** error: names cannot change while the cluster link is down"
+                )])
+            );
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+            net.hubs[0].link_up(&mut net.bus[0]);
+            net.pump();
+            assert_eq!(net.take(0), pairs(&[(0, LINK_UP)]));
+            net.line(0, 0, "/who");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** #lobby (2): guest-1, guest-101")])
+            );
+        }
+
+        #[test]
+        fn guests_come_from_reserved_blocks_or_carry_the_node_id() {
+            let mut hub = Hub::new(200).with_cluster("n7");
+            let mut bus = Bus::default();
+            hub.connect(0, &mut bus);
+            assert_eq!(hub.name(0), Some("guest-n7-1"));
+            hub.add_guests(500, 2);
+            assert_eq!(hub.guests_left(), 2);
+            hub.connect(1, &mut bus);
+            hub.connect(2, &mut bus);
+            hub.connect(3, &mut bus);
+            assert_eq!(hub.name(1), Some("guest-500"));
+            assert_eq!(hub.name(2), Some("guest-501"));
+            assert_eq!(hub.name(3), Some("guest-n7-2"));
+            assert_eq!(hub.guests_used(), 501);
+        }
+    }
 }
