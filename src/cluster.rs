@@ -283,6 +283,9 @@ pub struct Link {
     next_tick: Instant,
     warned: Option<Instant>,
     guests_asked: bool,
+    /// Just (re)connected: a restarted Redis has forgotten our users'
+    /// names, so reserve them again on the next tick.
+    reclaim: bool,
     scratch: Vec<u8>,
 }
 
@@ -308,6 +311,7 @@ impl Link {
             next_tick: Instant::now(),
             warned: None,
             guests_asked: false,
+            reclaim: false,
             scratch: vec![0; 64 * 1024],
         }
     }
