@@ -668,13 +668,25 @@ impl Link {
                     true,
                 );
                 let secs = NAME_SECS.to_string();
+                let reclaim = std::mem::take(&mut self.reclaim);
+                let owner = format!("{}:?", self.node);
                 for name in hub.claimed_names() {
                     let key = format!("chatd:name:{name}");
-                    self.send_cmd(
-                        &[b"EXPIRE", key.as_bytes(), secs.as_bytes()],
-                        Expect::Ignore,
-                        true,
-                    );
+                    // After a reconnect, NX: a name someone else took
+                    // meanwhile stays theirs. Otherwise just renew.
+                    let args: &[&[u8]] = if reclaim {
+                        &[
+                            b"SET",
+                            key.as_bytes(),
+                            owner.as_bytes(),
+                            b"NX",
+                            b"EX",
+                            secs.as_bytes(),
+                        ]
+                    } else {
+                        &[b"EXPIRE", key.as_bytes(), secs.as_bytes()]
+                    };
+                    self.send_cmd(args, Expect::Ignore, true);
                 }
                 for node in hub.remote_nodes() {
                     let key = format!("chatd:alive:{node}");
