@@ -606,10 +606,15 @@ impl Server {
                 self.readable.push(k);
                 return;
             }
+            if c.throttled {
+                // Already waiting for its budget; the timer wakes it.
+                return;
+            }
             if let Some(bucket) = c.bucket.as_mut()
                 && let Err(wake) = bucket.take(now)
             {
                 debug!("{} rate-limited until {wake:?}", c.peer);
+                c.throttled = true;
                 self.throttled.push((wake, k));
                 return;
             }
@@ -796,9 +801,13 @@ impl Server {
                 self.readable.push(k);
                 return;
             }
+            if c.throttled {
+                return;
+            }
             if let Some(bucket) = c.bucket.as_mut()
                 && let Err(wake) = bucket.take(now)
             {
+                c.throttled = true;
                 self.throttled.push((wake, k));
                 return;
             }
@@ -954,11 +963,12 @@ impl Server {
             let (t, k) = self.throttled[i];
             if t <= now {
                 self.throttled.swap_remove(i);
-                if let Some(c) = self.conns.get_mut(k)
-                    && !c.in_readable
-                {
-                    c.in_readable = true;
-                    self.readable.push(k);
+                if let Some(c) = self.conns.get_mut(k) {
+                    c.throttled = false;
+                    if !c.in_readable {
+                        c.in_readable = true;
+                        self.readable.push(k);
+                    }
                 }
             } else {
                 i += 1;
