@@ -478,22 +478,23 @@ impl Link {
     /// Reserves `name` for `id`; the answer comes back as `Inbound::Claimed`.
     /// While the link is down the hub does not ask.
     pub fn claim(&mut self, id: ClientId, name: &str) -> bool {
-        let key = format!("chatd:name:{name}");
         let owner = format!("{}:{id}", self.node);
+        self.state == State::Up && self.reserve(name, &owner, Expect::Claim(id, name.to_string()))
+    }
+
+    /// SET NX with expiry: the first instance to ask gets the name.
+    fn reserve(&mut self, name: &str, owner: &str, expect: Expect) -> bool {
+        let key = format!("chatd:name:{name}");
         let secs = NAME_SECS.to_string();
-        self.state == State::Up
-            && self.send_cmd(
-                &[
-                    b"SET",
-                    key.as_bytes(),
-                    owner.as_bytes(),
-                    b"NX",
-                    b"EX",
-                    secs.as_bytes(),
-                ],
-                Expect::Claim(id, name.to_string()),
-                true,
-            )
+        let args: [&[u8]; 6] = [
+            b"SET",
+            key.as_bytes(),
+            owner.as_bytes(),
+            b"NX",
+            b"EX",
+            secs.as_bytes(),
+        ];
+        self.send_cmd(&args, expect, true)
     }
 
     pub fn release(&mut self, name: &str) {
@@ -671,22 +672,18 @@ impl Link {
                 let reclaim = std::mem::take(&mut self.reclaim);
                 let owner = format!("{}:?", self.node);
                 for name in hub.claimed_names() {
-                    let key = format!("chatd:name:{name}");
-                    // After a reconnect, NX: a name someone else took
-                    // meanwhile stays theirs. Otherwise just renew.
-                    let args: &[&[u8]] = if reclaim {
-                        &[
-                            b"SET",
-                            key.as_bytes(),
-                            owner.as_bytes(),
-                            b"NX",
-                            b"EX",
-                            secs.as_bytes(),
-                        ]
+                    // After a reconnect, reserve again (a name someone else
+                    // took meanwhile stays theirs); otherwise just renew.
+                    if reclaim {
+                        self.reserve(name, &owner, Expect::Ignore);
                     } else {
-                        &[b"EXPIRE", key.as_bytes(), secs.as_bytes()]
-                    };
-                    self.send_cmd(args, Expect::Ignore, true);
+                        let key = format!("chatd:name:{name}");
+                        self.send_cmd(
+                            &[b"EXPIRE", key.as_bytes(), secs.as_bytes()],
+                            Expect::Ignore,
+                            true,
+                        );
+                    }
                 }
                 for node in hub.remote_nodes() {
                     let key = format!("chatd:alive:{node}");

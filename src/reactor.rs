@@ -176,6 +176,40 @@ fn mark_closing(
     }
 }
 
+/// Whether connection `k` may take one more line (or WebSocket message)
+/// now: it is open, within its share of this turn, and under --rate has a
+/// token, which this takes (give it back with `Bucket::refund` if there was
+/// no line after all). If not, it is put where it will be resumed: the next
+/// turn's readable list, or the timer list until its budget refills.
+fn admit(
+    c: &mut Conn,
+    k: usize,
+    now: Instant,
+    taken: usize,
+    bytes: usize,
+    readable: &mut Vec<usize>,
+    throttled: &mut Vec<(Instant, usize)>,
+) -> bool {
+    if c.state != State::Open || c.throttled {
+        // A throttled connection is already on the timer list.
+        return false;
+    }
+    if taken >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
+        c.in_readable = true;
+        readable.push(k);
+        return false;
+    }
+    if let Some(bucket) = c.bucket.as_mut()
+        && let Err(wake) = bucket.take(now)
+    {
+        debug!("{} rate-limited until {wake:?}", c.peer);
+        c.throttled = true;
+        throttled.push((wake, k));
+        return false;
+    }
+    true
+}
+
 /// What the read loop found next on a connection.
 enum Next {
     Line(Option<String>),
@@ -597,25 +631,15 @@ impl Server {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
             };
-            if c.state != State::Open {
-                return;
-            }
-            if lines >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
-                // Its share of this turn is used; the rest waits for the next.
-                c.in_readable = true;
-                self.readable.push(k);
-                return;
-            }
-            if c.throttled {
-                // Already waiting for its budget; the timer wakes it.
-                return;
-            }
-            if let Some(bucket) = c.bucket.as_mut()
-                && let Err(wake) = bucket.take(now)
-            {
-                debug!("{} rate-limited until {wake:?}", c.peer);
-                c.throttled = true;
-                self.throttled.push((wake, k));
+            if !admit(
+                c,
+                k,
+                now,
+                lines,
+                bytes,
+                &mut self.readable,
+                &mut self.throttled,
+            ) {
                 return;
             }
             let Proto::Line(framer) = &mut c.proto else {
@@ -793,22 +817,15 @@ impl Server {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
             };
-            if c.state != State::Open {
-                return;
-            }
-            if messages >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
-                c.in_readable = true;
-                self.readable.push(k);
-                return;
-            }
-            if c.throttled {
-                return;
-            }
-            if let Some(bucket) = c.bucket.as_mut()
-                && let Err(wake) = bucket.take(now)
-            {
-                c.throttled = true;
-                self.throttled.push((wake, k));
+            if !admit(
+                c,
+                k,
+                now,
+                messages,
+                bytes,
+                &mut self.readable,
+                &mut self.throttled,
+            ) {
                 return;
             }
             let Proto::Ws(dec) = &mut c.proto else { return };
