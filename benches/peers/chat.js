@@ -1,7 +1,8 @@
 // A minimal Node.js chat relay like the seed's, kept as a benchmark peer:
 // every line a client sends goes to every other client as "<name> line".
 // Like the seed it buffers without bound for clients that stop reading
-// (socket.write queues in user space and never pushes back).
+// (socket.write queues in user space and never pushes back), and it keeps
+// Node's socket defaults (Nagle on), as such a seed does.
 // Usage: node chat.js [PORT] [HOST]   (port 0: the kernel picks; printed)
 'use strict';
 const net = require('net');
@@ -14,7 +15,6 @@ let seq = 0;
 const server = net.createServer((sock) => {
   const name = `user${++seq}`;
   let partial = '';
-  sock.setNoDelay(true);
   clients.add(sock);
   sock.write(`welcome, ${name}\n`);
   sock.on('data', (chunk) => {

@@ -99,6 +99,9 @@ pub struct Outcome {
     pub server: Option<ServerStats>,
     pub slow_closed: usize,
     pub slow_drained_bytes: u64,
+    /// flood's own CPU seconds in the run, to show when the tool, not the
+    /// server, was what saturated.
+    pub self_cpu_s: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -606,6 +609,7 @@ impl<'a> Engine<'a> {
                 Err(e) => eprintln!("flood: timerfd unavailable ({e}); pacing to 1 ms"),
             }
         }
+        let me = procstat::sample(std::process::id()).unwrap_or_default();
         self.phase = Phase::Measure;
         self.t0 = Instant::now();
         self.t0_us = self.now_us();
@@ -642,6 +646,8 @@ impl<'a> Engine<'a> {
             self.turn(Some(timeout));
         }
         self.out.duration = self.last_delivery.saturating_duration_since(self.t0);
+        let me_end = procstat::sample(std::process::id()).unwrap_or_default();
+        self.out.self_cpu_s = me_end.cpu_s - me.cpu_s;
         if let Some(st) = &mut self.out.server {
             st.at_end = cfg.pid.and_then(procstat::sample).unwrap_or_default();
         }

@@ -8,6 +8,9 @@
 //! latency. One thread, one mio::Poll: it shares the machine with the server
 //! it measures, so it must cost far less CPU than that server.
 
+// The --json object is one json! literal; it nests deeper than the default.
+#![recursion_limit = "256"]
+
 mod conn;
 mod engine;
 mod hist;

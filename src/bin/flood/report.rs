@@ -125,6 +125,7 @@ impl Report<'_> {
                 "p999": h.quantile(0.999),
                 "max": h.max(),
             },
+            "flood_cpu_s": o.self_cpu_s,
             "server": server,
             "slow_readers": (c.slow > 0).then(|| json!({
                 "count": c.slow,
@@ -192,18 +193,21 @@ impl Report<'_> {
                 o.first_failure.as_deref().unwrap_or("")
             );
         }
-        s += &format!(
-            "sent      {} lines in {:.3} s: {:.0} lines/s\n",
-            o.lines_sent,
-            self.secs(),
-            per_s(o.lines_sent, self.secs())
-        );
-        s += &format!(
-            "delivered {} of {}: {:.0} deliveries/s\n",
-            o.deliveries,
-            o.expected,
-            per_s(o.deliveries, self.secs())
-        );
+        if !c.idle {
+            s += &format!(
+                "sent      {} lines in {:.3} s: {:.0} lines/s (flood itself used {:.2} s of CPU)\n",
+                o.lines_sent,
+                self.secs(),
+                per_s(o.lines_sent, self.secs()),
+                o.self_cpu_s
+            );
+            s += &format!(
+                "delivered {} of {}: {:.0} deliveries/s\n",
+                o.deliveries,
+                o.expected,
+                per_s(o.deliveries, self.secs())
+            );
+        }
         let h = &o.hist;
         s += &format!(
             "latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples{})\n",
