@@ -1,1 +1,29 @@
-//! chatd: a single-threaded line chat server (skeleton; the core lands next).
+//! chatd: a chat server for telnet, netcat and browsers, on one thread.
+//!
+//! A line read from a socket travels reactor -> conn -> line -> hub ->
+//! conn queues -> the reactor's flush, and never back:
+//!
+//! - [`config`]: every flag, bound and default in one place.
+//! - [`reactor`]: the mio loop — poll, accept, read within budgets, tell the
+//!   hub, flush with writev, sweep closed connections after each batch.
+//! - [`conn`]: one connection: socket, framer, output queue of shared
+//!   lines, --sendq policy, rate-limit bucket.
+//! - [`line`]: bytes -> lines (LF/CRLF, max length, discard mode, telnet
+//!   stripping) and sanitising; pure, no sockets.
+//! - [`hub`]: names, rooms and commands; a line in -> deliveries out; pure.
+//! - [`msg`]: one outgoing line, shared by all its recipients.
+
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod line;
+pub mod msg;
+pub mod reactor;
+
+pub use config::Config;
+pub use reactor::Server;
+
+/// Serves `listener` with `config` until SIGINT or SIGTERM.
+pub fn run(listener: std::net::TcpListener, config: Config) -> std::io::Result<()> {
+    Server::new(listener, config)?.run()
+}

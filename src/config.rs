@@ -1,0 +1,110 @@
+//! Every flag, bound and default in one place.
+
+use clap::{Parser, ValueEnum};
+
+/// Bytes read from one socket per `read` call, into a buffer shared by all
+/// connections (so idle connections cost no read buffer).
+pub const READ_CHUNK: usize = 64 * 1024;
+/// Fairness: the most a single connection may be read per turn of the loop.
+/// A connection that still has input after this waits for the next turn,
+/// after every other ready connection has had its go.
+pub const READ_BUDGET_BYTES: usize = 64 * 1024;
+/// Fairness: the most lines taken from one connection per turn of the loop.
+pub const LINE_BUDGET: usize = 64;
+/// Slices handed to one `writev`.
+pub const MAX_IOVECS: usize = 64;
+/// How long a closing connection (quit, half-close, shutdown) may take to
+/// flush what is queued for it.
+pub const DRAIN_SECS: u64 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnSlow {
+    /// Cut the slow client off; its room sees "(too slow)".
+    Disconnect,
+    /// Skip whole lines for it and tell it how many it missed.
+    Drop,
+}
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "chatd",
+    version,
+    about = "A line chat server: connect with telnet or nc, every line reaches every other client.",
+    after_help = "Examples:\n  chatd --port 3000                 then: telnet localhost 3000\n  chatd --host 0.0.0.0 --port 3000  reachable from other machines\n  chatd --rate 20 --burst 40 --on-slow drop"
+)]
+pub struct Config {
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// TCP port for line clients (0 picks a free one).
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+
+    /// Longest line accepted, in bytes; longer lines are refused and discarded.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_line: u32,
+
+    /// Most simultaneous clients; one more is told the server is full.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: u32,
+
+    /// Most output queued for one client, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub sendq: u32,
+
+    /// What to do with a client whose queue would pass --sendq.
+    #[arg(long, value_enum, default_value_t = OnSlow::Disconnect)]
+    pub on_slow: OnSlow,
+
+    /// Lines per second each client may send (default: unlimited).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+
+    /// Lines a client may send at once before --rate applies (default: --rate).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub burst: Option<u32>,
+
+    /// Rooms with more members than this do not announce joins, leaves and nick changes.
+    #[arg(long, default_value_t = 200)]
+    pub announce_max: usize,
+
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::parse_from(["chatd"])
+    }
+}
+
+impl Config {
+    pub fn log_level(&self) -> log::LevelFilter {
+        match (self.quiet, self.verbose) {
+            (true, _) => log::LevelFilter::Warn,
+            (false, 0) => log::LevelFilter::Info,
+            (false, 1) => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        }
+    }
+
+    /// Flags that only make sense together.
+    pub fn check(&self) -> Result<(), String> {
+        if (self.sendq as u64) < self.max_line as u64 + 64 {
+            return Err(format!(
+                "--sendq ({}) must be at least --max-line ({}) + 64, or a relayed line could never be queued",
+                self.sendq, self.max_line
+            ));
+        }
+        if self.burst.is_some() && self.rate.is_none() {
+            return Err("--burst needs --rate".into());
+        }
+        Ok(())
+    }
+}

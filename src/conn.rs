@@ -1,0 +1,271 @@
+//! One client connection: its socket, its input framer, its output queue
+//! and the limits that keep one client from hurting the others.
+
+use crate::config::{MAX_IOVECS, OnSlow};
+use crate::line::Framer;
+use crate::msg::Msg;
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// In the chat: read from, written to.
+    Open,
+    /// Marked to leave; the sweep after this batch of events tells the hub.
+    Closing,
+    /// Out of the chat; flushing what is queued until the deadline.
+    Draining(Instant),
+}
+
+/// What happened to a line offered to a connection's queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// Queued, and the queue was empty: the connection needs a flush.
+    First,
+    /// Not queued: the connection is not taking chat lines any more.
+    Ignored,
+    /// Not queued (`--on-slow drop`); counted and reported later.
+    Dropped,
+    /// Would pass --sendq under `--on-slow disconnect`.
+    TooSlow,
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    pub peer: SocketAddr,
+    pub framer: Framer,
+    pub state: State,
+    /// Why it leaves, for the room and the log; None for a plain EOF.
+    pub reason: Option<String>,
+    /// Whether leaving lets queued output drain first (quit, EOF) or not
+    /// (reset, too slow).
+    pub graceful: bool,
+    /// Already on the reactor's list of connections with unread input.
+    pub in_readable: bool,
+    /// Already on the reactor's list of connections to flush.
+    pub in_pending: bool,
+    /// The peer shut down its write side; once its lines are taken, close.
+    pub eof: bool,
+    pub bucket: Option<Bucket>,
+    pub since: Instant,
+    out: VecDeque<Rc<Msg>>,
+    /// Bytes of `out[0]` already written.
+    head: usize,
+    queued: usize,
+    dropped: u64,
+    warned: bool,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, peer: SocketAddr, max_line: usize, bucket: Option<Bucket>) -> Conn {
+        Conn {
+            sock,
+            peer,
+            framer: Framer::new(max_line),
+            state: State::Open,
+            reason: None,
+            graceful: true,
+            in_readable: false,
+            in_pending: false,
+            eof: false,
+            bucket,
+            since: Instant::now(),
+            out: VecDeque::new(),
+            head: 0,
+            queued: 0,
+            dropped: 0,
+            warned: false,
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Offers a chat line under the --sendq policy.
+    pub fn push(&mut self, msg: &Rc<Msg>, sendq: usize, on_slow: OnSlow) -> Push {
+        if self.state != State::Open {
+            return Push::Ignored;
+        }
+        let len = msg.wire().len();
+        if self.queued + len > sendq {
+            return match on_slow {
+                OnSlow::Disconnect => Push::TooSlow,
+                OnSlow::Drop => {
+                    self.dropped += 1;
+                    Push::Dropped
+                }
+            };
+        }
+        let first = self.out.is_empty();
+        self.enqueue(msg.clone());
+        if !self.warned && self.queued > sendq / 2 {
+            // Once per episode of falling behind: re-armed when the queue empties.
+            self.warned = true;
+            let kib = self.queued / 1024;
+            self.enqueue(Msg::new(&format!(
+                "*** warning: you are falling behind ({kib} KiB queued)"
+            )));
+        }
+        if first { Push::First } else { Push::Queued }
+    }
+
+    /// Queues a line regardless of state and limits: the server's own last
+    /// words (bye, shutting down), which are small and bounded in number.
+    pub fn push_notice(&mut self, text: &str) -> bool {
+        let first = self.out.is_empty();
+        self.enqueue(Msg::new(text));
+        first
+    }
+
+    fn enqueue(&mut self, msg: Rc<Msg>) {
+        self.queued += msg.wire().len();
+        self.out.push_back(msg);
+    }
+
+    /// Drops everything queued (a connection that is cut off).
+    pub fn discard_output(&mut self) {
+        self.out.clear();
+        self.head = 0;
+        self.queued = 0;
+    }
+
+    /// Writes as much of the queue as the socket takes, in as few syscalls
+    /// as possible: one writev carries up to MAX_IOVECS queued lines.
+    /// Ok(true) when the queue is empty.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        loop {
+            if self.out.is_empty() {
+                if self.dropped > 0 && self.state == State::Open {
+                    let n = std::mem::take(&mut self.dropped);
+                    let s = if n == 1 { "" } else { "s" };
+                    self.push_notice(&format!("*** {n} line{s} dropped (you fell behind)"));
+                    continue;
+                }
+                self.warned = false;
+                return Ok(true);
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (i, msg) in self.out.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = if i == 0 {
+                    &msg.wire()[self.head..]
+                } else {
+                    msg.wire()
+                };
+                iov[i] = IoSlice::new(bytes);
+                n += 1;
+            }
+            match self.sock.write_vectored(&iov[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.queued -= written;
+        while written > 0 {
+            let Some(front) = self.out.front() else { break };
+            let left = front.wire().len() - self.head;
+            if written >= left {
+                written -= left;
+                self.head = 0;
+                self.out.pop_front();
+            } else {
+                self.head += written;
+                written = 0;
+            }
+        }
+    }
+}
+
+/// Token bucket for --rate/--burst: `burst` lines at once, then `rate` a second.
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Bucket {
+        Bucket {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: now,
+        }
+    }
+
+    /// Takes one line's worth, or says when one will be there.
+    pub fn take(&mut self, now: Instant) -> Result<(), Instant> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / self.rate;
+            Err(now + Duration::from_secs_f64(wait))
+        }
+    }
+
+    /// Gives back a token taken for a line that was not there after all.
+    pub fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+}
+
+/// One place decides what a socket error means for the room.
+pub fn reason_for(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::WriteZero => "connection reset".into(),
+        io::ErrorKind::TimedOut | io::ErrorKind::HostUnreachable => "connection lost".into(),
+        _ => format!("error: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10, 3, t0);
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_ok());
+        let wake = b.take(t0).unwrap_err();
+        assert!(wake > t0 && wake <= t0 + Duration::from_millis(101));
+        assert!(b.take(t0 + Duration::from_millis(100)).is_ok());
+        assert!(b.take(t0 + Duration::from_millis(100)).is_err());
+        // Refill never exceeds the burst.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(b.take(later).is_ok());
+        }
+        assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn io_errors_are_classified_in_one_place() {
+        let r = |k: io::ErrorKind| reason_for(&io::Error::from(k));
+        assert_eq!(r(io::ErrorKind::ConnectionReset), "connection reset");
+        assert_eq!(r(io::ErrorKind::BrokenPipe), "connection reset");
+        assert_eq!(r(io::ErrorKind::TimedOut), "connection lost");
+    }
+}
