@@ -550,7 +550,10 @@ impl<'a> Engine<'a> {
         self.phase = Phase::Quiet;
         let start = Instant::now();
         loop {
-            let since = self.last_rx.elapsed();
+            // At least `quiet` from now, even if nothing ever arrived: a
+            // server that does not greet may still be adding the last
+            // connections it accepted.
+            let since = self.last_rx.elapsed().min(start.elapsed());
             if since >= self.cfg.quiet {
                 break;
             }
