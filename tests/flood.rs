@@ -255,3 +255,68 @@ fn stalled_server_ends_the_run_with_missing_lines() {
     assert_eq!(count(&v, "deliveries"), got);
     assert_eq!(count(&v, "missing"), 2 * 50 - got);
 }
+
+/// A WebSocket relay (tungstenite, thread per client) standing in for
+/// chatd's web port until it exists: greets with one text frame, relays every
+/// text frame to every other client as `<uN> text`, one frame per line.
+fn ws_relay() -> SocketAddr {
+    use tungstenite::protocol::frame::FrameHeader;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let writers: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
+    std::thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let Ok(mut ws) = tungstenite::accept(stream) else {
+                continue;
+            };
+            let Ok(raw) = ws.get_ref().try_clone() else {
+                continue;
+            };
+            if ws.send(tungstenite::Message::text("welcome")).is_err() {
+                continue;
+            }
+            writers.lock().unwrap().push((id, raw));
+            let writers = writers.clone();
+            std::thread::spawn(move || {
+                while let Ok(msg) = ws.read() {
+                    let tungstenite::Message::Text(text) = msg else {
+                        continue;
+                    };
+                    let payload = format!("<u{id}> {}", text.as_str());
+                    let mut frame = Vec::new();
+                    let header = FrameHeader {
+                        opcode: OpCode::Data(Data::Text),
+                        ..FrameHeader::default()
+                    };
+                    header
+                        .format(payload.len() as u64, &mut frame)
+                        .expect("format");
+                    frame.extend_from_slice(payload.as_bytes());
+                    for (other, w) in writers.lock().unwrap().iter_mut() {
+                        if *other != id {
+                            let _ = w.write_all(&frame);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn websocket_transport_against_a_ws_relay() {
+    let addr = ws_relay();
+    let (code, v) = flood(addr, &["--ws", "-n", "4", "-s", "2", "-m", "100"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["transport"], "ws");
+    assert_eq!(
+        v["greeting"], true,
+        "the welcome frame counts as a greeting"
+    );
+    assert_eq!(count(&v, "deliveries"), 3 * 2 * 100);
+    assert_eq!(count(&v, "missing"), 0);
+}
