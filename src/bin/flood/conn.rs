@@ -59,6 +59,7 @@ pub fn start_connect(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<TcpStr
         Some(ip) => {
             let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             sock.set_nonblocking(true)?;
+            bind_address_no_port(&sock)?;
             sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
             match sock.connect(&SockAddr::from(addr)) {
                 Ok(()) => {}
@@ -72,6 +73,30 @@ pub fn start_connect(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<TcpStr
     // that belongs to neither the server nor the network.
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Lets bind() fix only the source address and leaves the port to
+/// connect(), which may reuse a port for another 4-tuple and recycle
+/// loopback TIME_WAIT ports; a plain bind to port 0 needs a port free on that
+/// address for good and runs out after a few runs.
+fn bind_address_no_port(sock: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: the descriptor is open (owned by `sock`); the option value
+    // points to a live c_int and the length passed is its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Conn {
