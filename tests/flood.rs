@@ -320,3 +320,21 @@ fn websocket_transport_against_a_ws_relay() {
     assert_eq!(count(&v, "deliveries"), 3 * 2 * 100);
     assert_eq!(count(&v, "missing"), 0);
 }
+
+#[test]
+fn connections_the_server_refuses_are_counted_not_waited_for() {
+    // chatd answers the 4th and 5th connection with "server full" and
+    // closes them: data and FIN arrive together, and flood must see the EOF
+    // even though no later event will come for that socket.
+    let server = Server::start(&["--max-clients", "3"]);
+    let (code, v) = flood(server.addr, &["-n", "5", "-s", "1", "-m", "50"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(count(&v, "connected"), 3);
+    assert_eq!(
+        count(&v, "connect_failed") + count(&v, "lost_before_start"),
+        2
+    );
+    assert_eq!(v["stalled"], false, "{v}");
+    assert_eq!(count(&v, "deliveries"), 2 * 50);
+    assert_eq!(count(&v, "missing"), 0);
+}

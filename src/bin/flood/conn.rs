@@ -39,6 +39,9 @@ pub struct Conn {
     pub state: State,
     ws: Option<Box<Ws>>,
     pub got_bytes: bool,
+    /// The peer has shut down or reset (epoll said so): read to the end
+    /// rather than stopping at a short read, since no new edge will come.
+    pub hup: bool,
     /// Tail of the last read that may be the start of a token.
     carry: [u8; token::MAX_LEN],
     carry_len: usize,
@@ -106,6 +109,7 @@ impl Conn {
             state: State::Connecting,
             ws: websocket.then(|| Box::new(Ws::new())),
             got_bytes: false,
+            hup: false,
             carry: [0; token::MAX_LEN],
             carry_len: 0,
             wbuf: Vec::new(),
@@ -239,7 +243,7 @@ impl Conn {
             // A short read means the socket was empty; with edge-triggered
             // polling new data brings a new event, so the extra read that
             // would only return WouldBlock is saved (half the syscalls).
-            if n < room {
+            if n < room && !self.hup {
                 return (ReadOutcome::Drained, total);
             }
         }

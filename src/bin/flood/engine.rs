@@ -276,11 +276,11 @@ impl<'a> Engine<'a> {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         for ev in self.events.iter() {
-            fired.push((
-                ev.token().0,
-                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                ev.is_writable(),
-            ));
+            let hup = ev.is_read_closed() || ev.is_error();
+            if hup && let Some(c) = self.conns.get_mut(ev.token().0) {
+                c.hup = true;
+            }
+            fired.push((ev.token().0, ev.is_readable() || hup, ev.is_writable()));
         }
         for &(i, readable, writable) in &fired {
             if i == TIMER.0 {
@@ -473,7 +473,8 @@ impl<'a> Engine<'a> {
         let n = self.cfg.clients;
         let mut up_at: Option<(usize, Instant)> = None;
         self.last_confirm = start;
-        while self.n_confirmed + self.out.connect_failed + self.out.lost_before_start < n {
+        // n_confirmed includes connections lost after they came up.
+        while self.n_confirmed + self.out.connect_failed < n {
             // Until we know whether the server greets, only the first
             // connection is in flight.
             let limit = if self.greeting.is_none() {
