@@ -12,13 +12,17 @@
 //!   stripping) and sanitising; pure, no sockets.
 //! - [`hub`]: names, rooms and commands; a line in -> deliveries out; pure.
 //! - [`msg`]: one outgoing line, shared by all its recipients.
+//! - [`http`]: the web port's request heads, routes and answers; pure.
+//! - [`ws`]: RFC 6455 frames for browsers, bounded decoder and encoders; pure.
 
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod hub;
 pub mod line;
 pub mod msg;
 pub mod reactor;
+pub mod ws;
 
 pub use config::Config;
 pub use reactor::Server;

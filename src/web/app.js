@@ -1,0 +1,410 @@
+// chatd in the browser: one WebSocket to the host the page came from, one
+// protocol line per text frame, the same commands as telnet. Everything the
+// server or other people send is shown with textContent, never parsed as HTML.
+'use strict';
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const log = $('log');
+  const form = $('form');
+  const input = $('input');
+  const statusEl = $('status');
+  const retry = $('retry');
+  const meEl = $('me');
+  const roomEl = $('room');
+  const usersEl = $('users');
+  const countEl = $('count');
+  const roomsEl = $('rooms');
+  const side = $('side');
+  const toggle = $('toggle');
+
+  // Bounds: the page may stay open for days.
+  const MAX_LOG = 2000;
+  const MAX_HISTORY = 100;
+  const BACKOFF_MIN_MS = 1000;
+  const BACKOFF_MAX_MS = 30000;
+  // Joins and leaves come in bursts; refresh the lists once per burst.
+  const REFRESH_DELAY_MS = 1500;
+
+  const state = {
+    ws: null,
+    wasOpen: false,
+    name: '',
+    room: '',
+    users: [],
+    // The last /nick and /join the server confirmed, sent again after a
+    // reconnect (and after a reload, from sessionStorage).
+    nick: stored('chatd.nick'),
+    joined: stored('chatd.room'),
+    attempt: 0,
+    timer: 0,
+    ticker: 0,
+    // Set by /quit: the server said bye on purpose, so do not come back.
+    stopped: false,
+    // Learnt from the server when a line was too long (its error line, or
+    // the reason of a 1009 close).
+    maxBytes: Infinity,
+    // One entry per /who or /rooms in flight, oldest first: true when the
+    // page asked (its answer only updates the side panel), false when the
+    // person typed it (the answer is shown too). The server answers in order.
+    wantWho: [],
+    wantRooms: [],
+    refreshTimer: 0,
+    history: [],
+    historyPos: 0,
+  };
+
+  function stored(key) {
+    try {
+      return sessionStorage.getItem(key) || '';
+    } catch (e) {
+      return ''; // storage disabled: just forget across reloads
+    }
+  }
+
+  function store(key, value) {
+    try {
+      sessionStorage.setItem(key, value);
+    } catch (e) {
+      // as above
+    }
+  }
+
+  // ws: or wss: to the same host, port and path prefix as the page, so it
+  // works on localhost, behind a TLS proxy and under a tunnel's host name.
+  function socketUrl() {
+    const url = new URL('ws', location.href);
+    url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    url.search = '';
+    url.hash = '';
+    return url.href;
+  }
+
+  function setStatus(text, down) {
+    statusEl.textContent = text;
+    statusEl.classList.toggle('down', down);
+    document.body.dataset.state = down ? 'down' : (state.ws && state.ws.readyState === 1 ? 'open' : 'connecting');
+  }
+
+  function connect() {
+    clearTimeout(state.timer);
+    clearInterval(state.ticker);
+    retry.hidden = true;
+    state.wantWho = [];
+    state.wantRooms = [];
+    setStatus('connecting…', false);
+    let ws;
+    try {
+      ws = new WebSocket(socketUrl());
+    } catch (e) {
+      closed(0, String(e.message || e));
+      return;
+    }
+    state.ws = ws;
+    ws.onopen = function () {
+      state.wasOpen = true;
+      setStatus('connected', false);
+      if (state.nick) sendRaw('/nick ' + state.nick);
+      if (state.joined) {
+        sendRaw('/join ' + state.joined); // its answer lists the people
+      } else {
+        ask('who');
+      }
+      ask('rooms');
+    };
+    ws.onmessage = function (ev) {
+      if (typeof ev.data === 'string') receive(ev.data);
+    };
+    ws.onclose = function (ev) {
+      if (state.ws !== ws) return;
+      state.ws = null;
+      closed(ev.code, ev.reason);
+    };
+    // onclose always follows with the code and reason.
+    ws.onerror = function () {};
+  }
+
+  function closed(code, reason) {
+    const why = reason ? ' (' + reason + ')' : '';
+    if (code === 1009) {
+      const m = /longer than (\d+) bytes/.exec(reason);
+      if (m) state.maxBytes = Number(m[1]);
+    }
+    const wasOpen = state.wasOpen;
+    state.wasOpen = false;
+    if (state.stopped) {
+      if (wasOpen) note('disconnected' + why, 'net');
+      setStatus('disconnected', true);
+      retry.hidden = false;
+      return;
+    }
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, state.attempt));
+    // Jitter so that many pages do not all come back at the same instant
+    // after a restart.
+    const delay = Math.round(base / 2 + Math.random() * base / 2);
+    state.attempt += 1;
+    let left = Math.ceil(delay / 1000);
+    if (wasOpen) note('connection lost' + why + '; reconnecting in ' + left + ' s', 'net');
+    const show = function () {
+      setStatus('disconnected — reconnecting in ' + left + ' s (attempt ' + state.attempt + ')', true);
+    };
+    show();
+    state.ticker = setInterval(function () {
+      left = Math.max(0, left - 1);
+      show();
+    }, 1000);
+    state.timer = setTimeout(connect, delay);
+    retry.hidden = false;
+  }
+
+  function reconnectNow() {
+    if (state.ws) return;
+    state.stopped = false;
+    state.attempt = 0;
+    connect();
+  }
+
+  function isOpen() {
+    return state.ws !== null && state.ws.readyState === WebSocket.OPEN;
+  }
+
+  function sendRaw(line) {
+    if (!isOpen()) return false;
+    state.ws.send(line);
+    return true;
+  }
+
+  // A /who or /rooms the page needs for the side panel; at most one of each
+  // in flight.
+  function ask(kind) {
+    const queue = kind === 'who' ? state.wantWho : state.wantRooms;
+    if (queue.includes(true) || !isOpen()) return;
+    queue.push(true);
+    sendRaw('/' + kind);
+  }
+
+  function refreshSoon() {
+    if (state.refreshTimer) return;
+    state.refreshTimer = setTimeout(function () {
+      state.refreshTimer = 0;
+      ask('who');
+      ask('rooms');
+    }, REFRESH_DELAY_MS);
+  }
+
+  // A line typed by the person: sent as-is, commands included.
+  function submit(line) {
+    if (line.trim() === '') return true;
+    const bytes = new TextEncoder().encode(line).length;
+    if (bytes > state.maxBytes) {
+      note('that line is ' + bytes + ' bytes; the server takes at most ' + state.maxBytes, 'err');
+      return false;
+    }
+    if (!isOpen()) {
+      note('not connected; the line was not sent', 'err');
+      return false;
+    }
+    // Commands are case-insensitive, and /who and /rooms ignore arguments.
+    if (/^\/who(\s|$)/i.test(line)) state.wantWho.push(false);
+    if (/^\/rooms(\s|$)/i.test(line)) state.wantRooms.push(false);
+    if (/^\/quit(\s|$)/i.test(line)) state.stopped = true;
+    sendRaw(line);
+    if (line.startsWith('/')) {
+      show(line, 'cmd');
+    } else {
+      // The server does not echo our own lines back.
+      show('<' + state.name + '> ' + line, 'self');
+    }
+    return true;
+  }
+
+  function receive(line) {
+    let m;
+    if ((m = /^\*\*\* welcome to chatd, (.+?)! you are in (\S+)/.exec(line))) {
+      state.attempt = 0; // a real welcome: the connection is good
+      setName(m[1]);
+      setRoom(m[2]);
+    } else if ((m = /^\*\*\* you are now (\S+)$/.exec(line))) {
+      rename(state.name, m[1]);
+      setName(m[1]);
+      state.nick = m[1];
+      store('chatd.nick', m[1]);
+    } else if ((m = /^\*\*\* you joined (\S+) \(\d+\): (.*)$/.exec(line))) {
+      setRoom(m[1]);
+      state.joined = m[1];
+      store('chatd.room', m[1]);
+      setUsers(names(m[2]));
+      ask('rooms');
+    } else if ((m = /^\*\*\* (#\S+) \(\d+\): (.*)$/.exec(line))) {
+      const mine = state.wantWho.length > 0 && state.wantWho.shift();
+      if (m[1] === state.room) setUsers(names(m[2]));
+      if (mine) return;
+    } else if ((m = /^\*\*\* rooms \(\d+\): (.*)$/.exec(line))) {
+      const mine = state.wantRooms.length > 0 && state.wantRooms.shift();
+      setRooms(m[1]);
+      if (mine) return;
+    } else if ((m = /^\*\*\* (\S+) (joined|left)(?: #\S+)?(?: \(.*\))?$/.exec(line))) {
+      // "alice joined", "alice left (too slow)", and when someone switches
+      // rooms "alice left #lobby" / "alice joined #games".
+      if (m[2] === 'joined') {
+        if (!state.users.includes(m[1])) setUsers(state.users.concat([m[1]]));
+      } else {
+        setUsers(state.users.filter(function (u) { return u !== m[1]; }));
+      }
+      refreshSoon();
+    } else if ((m = /^\*\*\* (\S+) is now (\S+)$/.exec(line))) {
+      rename(m[1], m[2]);
+    } else if (line === '*** bye') {
+      state.stopped = true;
+    } else if ((m = /^\*\*\* error: line too long \(max (\d+) bytes\)$/.exec(line))) {
+      // From now on, say so before sending rather than after.
+      state.maxBytes = Number(m[1]);
+    }
+    show(line);
+  }
+
+  function names(list) {
+    return list.split(', ').map(function (s) { return s.trim(); }).filter(Boolean);
+  }
+
+  function setName(name) {
+    state.name = name;
+    meEl.textContent = name;
+    setUsers(state.users); // to mark who "you" are
+  }
+
+  function setRoom(room) {
+    state.room = room;
+    roomEl.textContent = room;
+    document.title = 'chatd ' + room;
+    markRoom();
+  }
+
+  function rename(from, to) {
+    if (state.users.includes(from)) {
+      setUsers(state.users.map(function (u) { return u === from ? to : u; }));
+    }
+  }
+
+  function setUsers(users) {
+    state.users = users.slice().sort(function (a, b) { return a.localeCompare(b); });
+    countEl.textContent = '(' + state.users.length + ')';
+    usersEl.replaceChildren();
+    for (const user of state.users) {
+      const li = document.createElement('li');
+      li.textContent = user;
+      li.title = 'message ' + user;
+      if (user === state.name) li.className = 'you';
+      li.addEventListener('click', function () {
+        input.value = '/msg ' + user + ' ';
+        closeSide();
+        input.focus();
+      });
+      usersEl.appendChild(li);
+    }
+  }
+
+  // "#games (1), #lobby (3)"
+  function setRooms(list) {
+    roomsEl.replaceChildren();
+    for (const item of list.split(', ')) {
+      const m = /^(\S+) \((\d+)\)$/.exec(item.trim());
+      if (!m) continue;
+      const li = document.createElement('li');
+      li.dataset.room = m[1];
+      li.textContent = m[1] + ' (' + m[2] + ')';
+      li.title = 'join ' + m[1];
+      li.addEventListener('click', function () {
+        if (m[1] !== state.room) submit('/join ' + m[1]);
+        closeSide();
+        input.focus();
+      });
+      roomsEl.appendChild(li);
+    }
+    markRoom();
+  }
+
+  function markRoom() {
+    for (const li of roomsEl.children) {
+      li.classList.toggle('here', li.dataset.room === state.room);
+    }
+  }
+
+  // One line in the message list; `kind` overrides the style worked out
+  // from the line's shape.
+  function show(line, kind) {
+    const li = document.createElement('li');
+    let m;
+    if (kind) {
+      li.className = kind;
+    } else if (line.startsWith('*** error: ')) {
+      li.className = 'err';
+    } else if (line.startsWith('*** warning: ')) {
+      li.className = 'warn';
+    } else if (line.startsWith('*** ')) {
+      li.className = 'sys';
+    } else if (line.startsWith('-> *') || /^\*[^* ]+\* /.test(line)) {
+      li.className = 'priv';
+    }
+    if ((m = /^<([^>]+)> ([\s\S]*)$/.exec(line))) {
+      const nick = document.createElement('span');
+      nick.className = 'nick';
+      nick.textContent = '<' + m[1] + '>';
+      li.append(nick, ' ' + m[2]);
+    } else {
+      li.textContent = line;
+    }
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
+    log.appendChild(li);
+    while (log.childElementCount > MAX_LOG) log.firstElementChild.remove();
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  // Something the page itself says (not from the server).
+  function note(text, kind) {
+    show('— ' + text, kind);
+  }
+
+  function openSide(open) {
+    side.classList.toggle('open', open);
+    toggle.setAttribute('aria-expanded', String(open));
+  }
+
+  function closeSide() {
+    openSide(false);
+  }
+
+  form.addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    const line = input.value;
+    if (!submit(line)) return; // keep what was typed so it can be sent later
+    if (line.trim() !== '') {
+      state.history.push(line);
+      if (state.history.length > MAX_HISTORY) state.history.shift();
+    }
+    state.historyPos = state.history.length;
+    input.value = '';
+  });
+
+  // Up and down walk through what was sent, as in a terminal.
+  input.addEventListener('keydown', function (ev) {
+    if (ev.key !== 'ArrowUp' && ev.key !== 'ArrowDown') return;
+    if (state.history.length === 0) return;
+    ev.preventDefault();
+    const step = ev.key === 'ArrowUp' ? -1 : 1;
+    state.historyPos = Math.max(0, Math.min(state.history.length, state.historyPos + step));
+    input.value = state.history[state.historyPos] || '';
+  });
+
+  toggle.addEventListener('click', function () {
+    openSide(!side.classList.contains('open'));
+  });
+  // On a phone the panel covers the messages: a tap beside it closes it.
+  $('chat').addEventListener('click', closeSide);
+  retry.addEventListener('click', reconnectNow);
+  window.addEventListener('online', function () {
+    if (!state.stopped) reconnectNow();
+  });
+
+  connect();
+})();

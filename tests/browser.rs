@@ -1,0 +1,784 @@
+//! The web page in a real browser: headless Chromium driven by chromedriver
+//! through the W3C WebDriver HTTP protocol, spoken with a tiny blocking
+//! HTTP/1.1 client over std::net (a handful of JSON requests does not need a
+//! WebDriver crate).
+//!
+//! Needs Debian's `chromium` and `chromium-driver`:
+//! `cargo test --test browser -- --ignored`.
+//!
+//! - `browser_and_telnet_chat` runs the real chatd and writes the screenshot
+//!   shown in the README to docs/screenshot.png.
+//! - `page_against_a_scripted_server` serves the page with chatd's own http
+//!   and ws modules from a scripted stand-in for the chat, to pin down what
+//!   the page does (hidden /who and /rooms answers, text never parsed as
+//!   HTML, reconnect with /nick re-sent, phone layout) independently of
+//!   the reactor.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::TIMEOUT;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Starting a browser on a loaded 2-core machine can take a while; each
+/// single WebDriver request may take this long.
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends one request to chromedriver on a fresh connection and returns the
+/// JSON `value`, or the WebDriver error as text.
+fn webdriver(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(DRIVER_TIMEOUT)).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    // chromedriver keeps the connection open despite Connection: close, so
+    // the body ends after Content-Length bytes, not at EOF.
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let (code, body) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(start)) = resp.parse(&raw) {
+            let length = resp.headers.iter().find_map(|h| {
+                h.name
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .flatten()
+            });
+            let length = length.ok_or_else(|| format!("{method} {path}: no Content-Length"))?;
+            if raw.len() >= start + length {
+                break (resp.code.unwrap_or(0), &raw[start..start + length]);
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(format!("{method} {path}: EOF in the answer")),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("{method} {path}: {e}")),
+        }
+    };
+    let json: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("{method} {path}: {code} with non-JSON body: {e}"))?;
+    let value = json.get("value").cloned().unwrap_or(Value::Null);
+    if (200..300).contains(&code) {
+        Ok(value)
+    } else {
+        Err(format!("{method} {path}: {code} {value}"))
+    }
+}
+
+/// chromedriver plus one headless Chromium session with a fresh profile;
+/// both end when this is dropped.
+struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    profile: PathBuf,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "chatd-browser-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+
+        // Port 0: chromedriver picks a free port and says which on stdout.
+        let mut driver = Command::new(CHROMEDRIVER)
+            .args(["--port=0", "--log-level=WARNING"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn chromedriver");
+        let stdout = driver.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut port = None;
+        for _ in 0..20 {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                port = rest.trim_end_matches('.').trim().parse::<u16>().ok();
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let Some(port) = port else {
+            let _ = driver.kill();
+            panic!("chromedriver did not say its port");
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
+            "timeouts": {"script": TIMEOUT.as_millis() as u64, "pageLoad": TIMEOUT.as_millis() as u64},
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1000,640",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+        }}});
+        let mut browser = Browser {
+            driver,
+            addr,
+            session: String::new(),
+            profile,
+        };
+        let session = webdriver(addr, "POST", "/session", Some(&caps)).expect("new session");
+        browser.session = session["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_string();
+        browser
+    }
+
+    fn cmd(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
+        let path = format!("/session/{}{path}", self.session);
+        let body = (method == "POST").then_some(&body);
+        webdriver(self.addr, method, &path, body)
+    }
+
+    fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", json!({ "url": url }))
+            .unwrap_or_else(|e| panic!("load {url}: {e}"));
+    }
+
+    fn run(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": args}),
+        )
+        .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Waits until the JS expression `cond` is true, re-checking on every
+    /// DOM change (a MutationObserver, so no polling); `arg` is available to
+    /// it as `arg`. Fails after the session's script timeout with what the
+    /// page showed.
+    fn wait(&self, what: &str, cond: &str, arg: Value) {
+        let script = format!(
+            "const arg = arguments[0]; const done = arguments[arguments.length - 1];
+             const check = () => {{ try {{ return !!({cond}); }} catch (e) {{ return false; }} }};
+             if (check()) {{ done(true); return; }}
+             const obs = new MutationObserver(() => {{
+               if (check()) {{ obs.disconnect(); done(true); }}
+             }});
+             obs.observe(document.documentElement,
+               {{subtree: true, childList: true, characterData: true, attributes: true}});"
+        );
+        if let Err(e) = self.cmd(
+            "POST",
+            "/execute/async",
+            json!({"script": script, "args": [arg]}),
+        ) {
+            panic!(
+                "waiting for {what}: {e}\nstatus: {:?}\nlog: {:#?}\nconsole: {:#}",
+                self.text("#status"),
+                self.log(),
+                self.console()
+            );
+        }
+    }
+
+    fn wait_log_line(&self, line: &str) {
+        self.wait(
+            &format!("{line:?} in the page"),
+            "Array.from(document.querySelectorAll('#log li')).some(li => li.textContent === arg)",
+            json!(line),
+        );
+    }
+
+    /// The browser console (errors, CSP violations) since the last call.
+    fn console(&self) -> Value {
+        self.cmd("POST", "/se/log", json!({"type": "browser"}))
+            .unwrap_or_else(|e| json!(e))
+    }
+
+    fn text(&self, css: &str) -> String {
+        let v = self.run(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+            json!([css]),
+        );
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// The message list as the person sees it.
+    fn log(&self) -> Vec<String> {
+        let v = self.run(
+            "return Array.from(document.querySelectorAll('#log li'), li => li.textContent);",
+            json!([]),
+        );
+        serde_json::from_value(v).unwrap_or_default()
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self
+            .cmd(
+                "POST",
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .unwrap_or_else(|e| panic!("find {css}: {e}"));
+        // The W3C element reference key.
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .expect("element id")
+            .to_string()
+    }
+
+    /// Types `line` into the emptied message input and presses Enter (the
+    /// page keeps a line it refused to send, for editing).
+    fn say(&self, line: &str) {
+        let input = self.find("#input");
+        self.cmd("POST", &format!("/element/{input}/clear"), json!({}))
+            .unwrap_or_else(|e| panic!("clear the input: {e}"));
+        self.cmd(
+            "POST",
+            &format!("/element/{input}/value"),
+            json!({ "text": format!("{line}\u{E007}") }),
+        )
+        .unwrap_or_else(|e| panic!("type {line:?}: {e}"));
+    }
+
+    fn click(&self, css: &str) {
+        let el = self.find(css);
+        self.cmd("POST", &format!("/element/{el}/click"), json!({}))
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    fn resize(&self, width: u32, height: u32) {
+        self.cmd(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .expect("resize");
+    }
+
+    fn screenshot(&self) -> Vec<u8> {
+        let v = self
+            .cmd("GET", "/screenshot", Value::Null)
+            .expect("screenshot");
+        base64_decode(v.as_str().expect("base64 screenshot"))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.cmd("DELETE", "", Value::Null);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        // If the session never got going (or DELETE failed), chromium is
+        // still running and now orphaned: find it by its unique profile
+        // directory and stop exactly those processes.
+        let marker = format!("--user-data-dir={}", self.profile.display());
+        for pid in processes_with_arg(&marker) {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Pids whose command line has exactly `arg` as one argument.
+fn processes_with_arg(arg: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        cmdline
+            .split(|&b| b == 0)
+            .any(|a| a == arg.as_bytes())
+            .then_some(pid)
+    })
+    .collect()
+}
+
+/// Standard base64, for the screenshot WebDriver returns (test-only; the
+/// crate has no base64 dependency and the handshake uses tungstenite's).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let clean: Vec<u8> = s
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &c)| acc | value(c) << (18 - 6 * i));
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len() - 1]);
+    }
+    out
+}
+
+#[test]
+fn base64_decodes() {
+    assert_eq!(base64_decode("aGVsbG8="), b"hello");
+    assert_eq!(base64_decode("aGk="), b"hi");
+    assert_eq!(base64_decode("YWJj"), b"abc");
+    assert_eq!(base64_decode(""), b"");
+}
+
+#[test]
+#[ignore = "needs chromium"]
+fn browser_and_telnet_chat() {
+    let server = support::Server::start(&["--http-port", "0"]);
+    let http = server
+        .http_addr
+        .expect("chatd printed no `http on ADDR` line");
+    let mut telnet = server.client();
+    // A real name, for a friendlier screenshot.
+    telnet.send("/nick tess");
+    telnet.expect_line("*** you are now tess");
+    telnet.name = "tess".into();
+
+    let browser = Browser::start();
+    browser.goto(&format!("http://{http}/"));
+    browser.wait(
+        "the welcome",
+        "document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)",
+        Value::Null,
+    );
+    let web_name = browser.text("#me");
+    telnet.expect_line(&format!("*** {web_name} joined"));
+    // The page asked /who by itself: the telnet user is listed, and the
+    // answer is not in the message list.
+    browser.wait(
+        "the telnet user in the people list",
+        "Array.from(document.querySelectorAll('#users li')).some(li => li.textContent === arg)",
+        json!(telnet.name),
+    );
+
+    browser.say("hello from the browser");
+    telnet.expect_line(&format!("<{web_name}> hello from the browser"));
+
+    let answer = "hi browser! <b>this is not bold</b> & neither is <img src=x>";
+    telnet.send(answer);
+    browser.wait_log_line(&format!("<{}> {answer}", telnet.name));
+    let markup = browser.run(
+        "return document.querySelectorAll('#log b, #log img').length;",
+        json!([]),
+    );
+    assert_eq!(markup, json!(0), "text from others must not become HTML");
+
+    // Commands typed in the page behave as in telnet.
+    browser.say("/nick webber");
+    telnet.expect_line(&format!("*** {web_name} is now webber"));
+    browser.wait(
+        "the new name",
+        "document.getElementById('me').textContent === 'webber'",
+        Value::Null,
+    );
+    browser.say("/me waves from a browser tab");
+    telnet.expect_line("* webber waves from a browser tab");
+    telnet.send("welcome, webber");
+    browser.wait_log_line(&format!("<{}> welcome, webber", telnet.name));
+
+    let log = browser.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("*** #") || l.starts_with("*** rooms (")),
+        "the page showed the answers to its own /who or /rooms: {log:#?}"
+    );
+    browser.wait(
+        "the rooms list",
+        "document.querySelectorAll('#rooms li').length > 0",
+        Value::Null,
+    );
+
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshot.png");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+}
+
+/// A scripted stand-in for chatd on one port: the page and /ws through
+/// chatd's http and ws modules, and a chat that answers /who, /rooms and
+/// /nick and reports every other line to the test.
+struct ScriptedChat {
+    addr: SocketAddr,
+    /// Every text line the page sent, in order, from all connections.
+    lines: Receiver<String>,
+    /// The current WebSocket connection, for sending and for cutting it.
+    current: Arc<Mutex<Option<TcpStream>>>,
+}
+
+impl ScriptedChat {
+    fn start() -> ScriptedChat {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, lines) = channel();
+        let current = Arc::new(Mutex::new(None));
+        let cur = Arc::clone(&current);
+        // Guests are numbered per WebSocket, as chatd numbers clients.
+        let guests = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (tx, cur, guests) = (tx.clone(), Arc::clone(&cur), Arc::clone(&guests));
+                std::thread::spawn(move || serve(stream, &guests, tx, cur));
+            }
+        });
+        ScriptedChat {
+            addr,
+            lines,
+            current,
+        }
+    }
+
+    fn send(&self, line: &str) {
+        let mut cur = self.current.lock().unwrap();
+        let stream = cur.as_mut().expect("no WebSocket connection");
+        stream.write_all(&chatd::ws::text_frame(line)).unwrap();
+    }
+
+    /// Drops the connection the way a crashed server or a network cut would.
+    fn cut(&self) {
+        if let Some(s) = self.current.lock().unwrap().take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// The next line the page sent; fails after the timeout.
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .expect("the page sent nothing")
+    }
+
+    fn expect_line(&self, want: &str) {
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            let line = self.next_line();
+            if line == want {
+                return;
+            }
+            seen.push(line);
+        }
+        panic!("page never sent {want:?}; sent {seen:?}");
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    guests: &AtomicUsize,
+    tx: Sender<String>,
+    current: Arc<Mutex<Option<TcpStream>>>,
+) {
+    use chatd::http::{self, After, Head};
+    use chatd::ws::{self, Event};
+    stream.set_read_timeout(Some(TIMEOUT * 6)).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (request, len) = loop {
+        match http::parse_head(&buf) {
+            Head::Complete { request, len } => break (request, len),
+            Head::Invalid(e) => {
+                let _ = stream.write_all(&e.response());
+                return;
+            }
+            Head::Incomplete => {}
+        }
+        let room = (http::MAX_HEAD - buf.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let route = http::route(&request);
+    if stream
+        .write_all(&route.response(request.is_head()))
+        .is_err()
+        || route.after() == After::Close
+    {
+        return;
+    }
+    let mut name = format!("guest-{}", guests.fetch_add(1, Ordering::Relaxed) + 1);
+    let mut out = stream.try_clone().unwrap();
+    *current.lock().unwrap() = Some(stream.try_clone().unwrap());
+    reply(
+        &mut out,
+        &format!(
+            "*** welcome to chatd, {name}! you are in #lobby with 2 users online; /help lists the commands"
+        ),
+    );
+    // Over-long lines are refused and the connection stays, as in line mode.
+    let mut dec = ws::Decoder::new(512).with_oversize(ws::Oversize::Skip);
+    // Frames the page sent right behind its request head.
+    let mut pending = buf.split_off(len);
+    loop {
+        let mut rest = pending.as_slice();
+        loop {
+            rest = &rest[dec.feed(rest)..];
+            loop {
+                match dec.next_event() {
+                    Ok(Some(Event::Text(text))) => {
+                        for line in ws::lines(&text) {
+                            if line == "/who" {
+                                reply(&mut out, &format!("*** #lobby (2): bob, {name}"));
+                            } else if line == "/rooms" {
+                                reply(&mut out, "*** rooms (2): #games (1), #lobby (2)");
+                            } else if let Some(new) = line.strip_prefix("/nick ") {
+                                reply(&mut out, &format!("*** you are now {new}"));
+                                name = new.to_string();
+                            }
+                            let _ = tx.send(line.to_string());
+                        }
+                    }
+                    Ok(Some(Event::Ping(p))) => {
+                        let _ = out.write_all(&ws::pong_frame(&p));
+                    }
+                    Ok(Some(Event::Pong)) => {}
+                    Ok(Some(Event::TooLong)) => {
+                        reply(&mut out, "*** error: line too long (max 512 bytes)");
+                    }
+                    Ok(Some(Event::Close { code, .. })) => {
+                        let _ = out.write_all(&ws::close_reply(code));
+                        return;
+                    }
+                    Ok(None) => break,
+                    Err(v) => {
+                        let _ = out.write_all(&v.close_frame());
+                        // Surfaces in the test as an unexpected line.
+                        let _ = tx.send(format!("!protocol violation: {v}"));
+                        return;
+                    }
+                }
+            }
+            // After draining, the decoder has room again, so this ends.
+            if rest.is_empty() {
+                break;
+            }
+        }
+        let room = dec.room().min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pending = chunk[..n].to_vec(),
+        }
+    }
+}
+
+fn reply(out: &mut TcpStream, line: &str) {
+    let _ = out.write_all(&chatd::ws::text_frame(line));
+}
+
+#[test]
+#[ignore = "needs chromium"]
+fn page_against_a_scripted_server() {
+    let chat = ScriptedChat::start();
+    let browser = Browser::start();
+    browser.goto(&format!("http://{}/", chat.addr));
+    browser.wait(
+        "the welcome",
+        "document.body.dataset.state === 'open' && document.getElementById('me').textContent === 'guest-1'",
+        Value::Null,
+    );
+    // The page asks for the people and rooms itself, shows the answers in
+    // the side panel and not in the message list.
+    chat.expect_line("/who");
+    chat.expect_line("/rooms");
+    browser.wait(
+        "the people and rooms",
+        "document.querySelectorAll('#users li').length === 2 && document.querySelectorAll('#rooms li').length === 2",
+        Value::Null,
+    );
+    assert_eq!(browser.text("#room"), "#lobby");
+    assert_eq!(browser.text("#rooms li.here"), "#lobby (2)");
+    let log = browser.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("*** #lobby (") || l.starts_with("*** rooms")),
+        "{log:#?}"
+    );
+
+    browser.say("hello there");
+    chat.expect_line("hello there");
+    browser.wait_log_line("<guest-1> hello there");
+
+    // Other people's text is text, whatever it looks like.
+    let hostile = "<bob> <img src=x onerror=\"document.title='pwned'\"> <b>bold</b> &amp;";
+    chat.send(hostile);
+    browser.wait_log_line(hostile);
+    assert_eq!(
+        browser.run(
+            "return document.querySelectorAll('#log img, #log b').length;",
+            json!([])
+        ),
+        json!(0)
+    );
+    assert_ne!(
+        browser.run("return document.title;", json!([])),
+        json!("pwned")
+    );
+
+    // A /who typed by the person is shown.
+    browser.say("/who");
+    chat.expect_line("/who");
+    browser.wait_log_line("*** #lobby (2): bob, guest-1");
+
+    // An over-long line is refused by the server; after that the page knows
+    // the limit and says so itself instead of sending.
+    let long = "x".repeat(600);
+    browser.say(&long);
+    browser.wait_log_line("*** error: line too long (max 512 bytes)");
+    browser.say(&long);
+    browser.wait_log_line("— that line is 600 bytes; the server takes at most 512");
+    browser.say("short");
+    assert_eq!(chat.next_line(), "short", "the long line was sent again");
+
+    browser.say("/nick alice");
+    chat.expect_line("/nick alice");
+    browser.wait(
+        "the new name",
+        "document.getElementById('me').textContent === 'alice'",
+        Value::Null,
+    );
+
+    // Cut the connection: the page says so, comes back by itself and
+    // takes its name back.
+    chat.cut();
+    browser.wait(
+        "the reconnect notice",
+        "document.body.dataset.state === 'down' && /reconnecting in/.test(document.getElementById('status').textContent)",
+        Value::Null,
+    );
+    assert!(
+        browser.log().iter().any(|l| l.contains("connection lost")),
+        "{:#?}",
+        browser.log()
+    );
+    let down = browser.screenshot();
+    std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page-reconnecting.png"),
+        down,
+    )
+    .unwrap();
+    chat.expect_line("/nick alice");
+    browser.wait(
+        "the reconnected page",
+        "document.body.dataset.state === 'open' && document.getElementById('me').textContent === 'alice'",
+        Value::Null,
+    );
+
+    // Phone-sized: no sideways scrolling, the side panel behind a button.
+    browser.resize(390, 844);
+    browser.wait(
+        "the narrow layout",
+        "getComputedStyle(document.getElementById('toggle')).display !== 'none'",
+        Value::Null,
+    );
+    let fits = browser.run(
+        "return document.documentElement.scrollWidth <= window.innerWidth
+           && getComputedStyle(document.getElementById('side')).display === 'none'
+           && document.getElementById('input').getBoundingClientRect().right <= window.innerWidth;",
+        json!([]),
+    );
+    assert_eq!(fits, json!(true), "page does not fit a phone screen");
+    browser.click("#toggle");
+    browser.wait(
+        "the side panel",
+        "getComputedStyle(document.getElementById('side')).display !== 'none'",
+        Value::Null,
+    );
+    let phone = browser.screenshot();
+    std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page-phone.png"),
+        phone,
+    )
+    .unwrap();
+}
+
+/// The page served from a port with no chat behind /ws: the page must load
+/// under its own CSP (or the script would never run) and say it is
+/// reconnecting.
+#[test]
+#[ignore = "needs chromium"]
+fn page_says_when_it_cannot_connect() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            let answer = loop {
+                match chatd::http::parse_head(&buf) {
+                    chatd::http::Head::Complete { request, .. } => {
+                        break match chatd::http::route(&request) {
+                            chatd::http::Route::WebSocket { .. } => {
+                                chatd::http::response(503, "text/plain", b"no chat\n", false, &[])
+                            }
+                            route => route.response(request.is_head()),
+                        };
+                    }
+                    chatd::http::Head::Invalid(e) => break e.response(),
+                    chatd::http::Head::Incomplete => match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break Vec::new(),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    },
+                }
+            };
+            let _ = stream.write_all(&answer);
+        }
+    });
+    let browser = Browser::start();
+    browser.goto(&format!("http://{addr}/"));
+    browser.wait(
+        "the reconnect notice",
+        "document.body.dataset.state === 'down' && /reconnecting in \\d+ s/.test(document.getElementById('status').textContent)",
+        Value::Null,
+    );
+}
