@@ -27,7 +27,7 @@ aborts past descriptor 1024), node benches/peers/chat.js.
 Writes the markdown table to OUT.md, or to stdout. Progress goes to stderr.
 Environment: RUNS (default 3), SERVERS (default "chatd ncat node"),
 CASES (default: all of the above), FLOOD_TIMEOUT (default 5 s).
-Takes a few minutes; it loads both cores: run it on a quiet machine.
+Takes about five minutes; it loads both cores: run it on a quiet machine.
 EOF
 }
 
@@ -314,8 +314,10 @@ cpu='.server.cpu_us_per_delivery'
 row "fan-out N=100 S=10 64 B" fanout100 "deliveries/s (↑)" '.deliveries_per_s' rate
 row "" fanout100 "server CPU per delivery (↓)" "$cpu" us3
 row "" fanout100 "p99 latency, closed loop (↓)" '.latency_us.p99' us
+row "" fanout100 "flood's own CPU, share of one core" '.flood_cpu_s / .duration_s' pct noratio
 row "fan-out N=1000 S=1 64 B" fanout1000 "deliveries/s (↑)" '.deliveries_per_s' rate
 row "" fanout1000 "server CPU per delivery (↓)" "$cpu" us3
+row "" fanout1000 "flood's own CPU, share of one core" '.flood_cpu_s / .duration_s' pct noratio
 row "open loop 2000 lines/s, N=100" open2000 "p50 latency (↓)" '.latency_us.p50' us
 row "" open2000 "p99 latency (↓)" '.latency_us.p99' us
 row "" open2000 "p99.9 latency (↓)" '.latency_us.p999' us
@@ -398,7 +400,8 @@ render() {
     echo "$(command -v ncat >/dev/null && ncat --version 2>&1 | head -1 | sed 's/ ( https.*//'), node $(command -v node >/dev/null && node --version);"
     echo "load from flood on the same machine (\`flood --json --pid\`); whole run: ${elapsed} s."
     echo "Ratio columns are chatd's value divided by the peer's: above 1 is better for chatd where"
-    echo "more is better (↑), below 1 where less is better (↓)."
+    echo "more is better (↑), below 1 where less is better (↓). Where flood's own CPU nears 100 %"
+    echo "of a core, the tool rather than the server set the pace of that case."
     echo
     printf '%s\n' "${table[@]}"
     if [[ ${#targets[@]} -gt 0 ]]; then
