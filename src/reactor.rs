@@ -792,6 +792,17 @@ impl Server {
             return;
         };
         if graceful {
+            // A WebSocket must end with a close frame, or the browser sees an
+            // abnormal closure (1006) after /quit. Not when one is already
+            // queued: the reply to the peer's close, or a violation's.
+            if let Proto::Ws(dec) = &c.proto
+                && !dec.is_finished()
+            {
+                c.push_raw(ws::close_frame(
+                    Some(ws::NORMAL),
+                    reason.as_deref().unwrap_or(""),
+                ));
+            }
             c.state = State::Draining(Instant::now() + Duration::from_secs(DRAIN_SECS));
             self.draining.push(k);
             if !c.in_pending {

@@ -532,6 +532,8 @@ pub fn close_reply(code: Option<u16>) -> Vec<u8> {
     close_frame(code, "")
 }
 
+/// A normal close: the client asked to leave (`/quit`) or hung up.
+pub const NORMAL: u16 = 1000;
 /// A server-side close for shutdown or a slow consumer, e.g.
 /// `close_frame(Some(GOING_AWAY), "server shutting down")`.
 pub const GOING_AWAY: u16 = 1001;
