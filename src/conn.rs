@@ -73,6 +73,11 @@ pub struct Conn {
     /// The peer shut down its write side; once its lines are taken, close.
     pub eof: bool,
     pub bucket: Option<Bucket>,
+    /// A WebSocket text message with several lines in it, and how far its
+    /// lines have been taken: each is a line of its own under --rate and the
+    /// per-turn budget, as in line mode. At most --max-line bytes; nothing
+    /// more is decoded until it is used up.
+    pub held: Option<(String, usize)>,
     pub since: Instant,
     out: VecDeque<Item>,
     /// Bytes of `out[0]` already written.
@@ -95,6 +100,7 @@ impl Conn {
             in_pending: false,
             eof: false,
             bucket,
+            held: None,
             since: Instant::now(),
             out: VecDeque::new(),
             head: 0,

@@ -671,7 +671,7 @@ impl Server {
     /// cleanly; same budgets and rate limit as line clients.
     fn read_ws(&mut self, k: usize) {
         let now = Instant::now();
-        let (mut messages, mut bytes) = (0, 0);
+        let (mut lines, mut bytes) = (0, 0);
         loop {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
@@ -679,10 +679,31 @@ impl Server {
             if c.state != State::Open {
                 return;
             }
-            if messages >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
+            if lines >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
                 c.in_readable = true;
                 self.readable.push(k);
                 return;
+            }
+            // One message is meant to be one line; CR or LF inside it must
+            // not smuggle extra lines past --rate or this turn's budget, so
+            // each piece is a line of its own, taken one at a time.
+            if let Some((text, at)) = c.held.as_mut() {
+                if let Some((piece, next)) = ws::next_line(text, *at) {
+                    if let Some(bucket) = c.bucket.as_mut()
+                        && let Err(wake) = bucket.take(now)
+                    {
+                        self.throttled.push((wake, k));
+                        return;
+                    }
+                    let line = sanitize(piece.as_bytes());
+                    *at = next;
+                    lines += 1;
+                    if let Some(line) = line {
+                        self.input(k, &line);
+                    }
+                    continue;
+                }
+                c.held = None;
             }
             if let Some(bucket) = c.bucket.as_mut()
                 && let Err(wake) = bucket.take(now)
@@ -692,24 +713,17 @@ impl Server {
             }
             let Proto::Ws(dec) = &mut c.proto else { return };
             let event = dec.next_event();
-            if !matches!(event, Ok(Some(Event::Text(_) | Event::TooLong)))
+            // Only the error line costs a token here; a text message's lines
+            // pay for themselves above.
+            if !matches!(event, Ok(Some(Event::TooLong)))
                 && let Some(bucket) = c.bucket.as_mut()
             {
                 bucket.refund();
             }
             match event {
-                Ok(Some(Event::Text(text))) => {
-                    messages += 1;
-                    // One message is one line; CR or LF inside it must not
-                    // smuggle extra lines, so each piece is a line of its own.
-                    for piece in ws::lines(&text) {
-                        if let Some(line) = sanitize(piece.as_bytes()) {
-                            self.input(k, &line);
-                        }
-                    }
-                }
+                Ok(Some(Event::Text(text))) => c.held = Some((text, 0)),
                 Ok(Some(Event::TooLong)) => {
-                    messages += 1;
+                    lines += 1;
                     self.too_long(k);
                 }
                 Ok(Some(Event::Ping(payload))) => {
