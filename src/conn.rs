@@ -184,6 +184,12 @@ impl Conn {
         self.out.push_back(item);
     }
 
+    /// Part of the front item is on the wire: the peer is inside a line or
+    /// a frame, so anything else written now would land in the middle of it.
+    pub fn mid_item(&self) -> bool {
+        self.head > 0
+    }
+
     /// Drops everything queued (a connection that is cut off).
     pub fn discard_output(&mut self) {
         self.out.clear();
@@ -311,6 +317,32 @@ mod tests {
             assert!(b.take(later).is_ok());
         }
         assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn mid_item_while_a_queued_line_is_partly_written() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = sock.local_addr().unwrap();
+        let mut c = Conn::new(
+            TcpStream::from_std(sock),
+            peer,
+            Proto::Http(Vec::new(), Instant::now()),
+            None,
+        );
+        c.push_raw(b"first".to_vec());
+        c.push_raw(b"second".to_vec());
+        assert!(!c.mid_item());
+        c.advance(3);
+        assert!(c.mid_item(), "3 of 5 bytes of the first item written");
+        c.advance(2);
+        assert!(!c.mid_item(), "at the start of the second");
+        c.advance(6);
+        assert!(!c.mid_item());
+        c.push_raw(b"third".to_vec());
+        c.advance(1);
+        c.discard_output();
+        assert!(!c.mid_item());
     }
 
     #[test]

@@ -98,10 +98,12 @@ impl Outbox for Out<'_> {
                     c.peer,
                     c.queued()
                 );
+                // Best effort: the socket is likely full, but a browser that
+                // gets this knows why it was dropped. Not in the middle of a
+                // partly written frame, whose payload it would become.
+                let close = c.is_ws() && !c.mid_item();
                 c.discard_output();
-                if c.is_ws() {
-                    // Best effort: the socket is likely full, but a browser
-                    // that gets this knows why it was dropped.
+                if close {
                     let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
                 }
                 mark_closing(c, to, self.closing, Some("too slow".into()), false);
