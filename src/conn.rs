@@ -171,6 +171,28 @@ impl Conn {
         first
     }
 
+    /// Queues the answer to something the peer sent (a pong) under the
+    /// --sendq policy, like a chat line: a client that pings and never reads
+    /// would otherwise grow its queue without bound. Under `--on-slow drop`
+    /// the answer is skipped (RFC 6455 5.5.3 lets a pong answer only the
+    /// latest of several pings); it is not a line, so it is not counted.
+    pub fn push_reply(&mut self, bytes: Vec<u8>, sendq: usize, on_slow: OnSlow) -> Push {
+        if self.state != State::Open {
+            return Push::Ignored;
+        }
+        if self.queued + bytes.len() > sendq {
+            return match on_slow {
+                OnSlow::Disconnect => Push::TooSlow,
+                OnSlow::Drop => Push::Dropped,
+            };
+        }
+        if self.push_raw(bytes) {
+            Push::First
+        } else {
+            Push::Queued
+        }
+    }
+
     /// Queues protocol bytes for this connection alone (HTTP answers,
     /// WebSocket control frames). Like notices, they are few and small.
     pub fn push_raw(&mut self, bytes: Vec<u8>) -> bool {
@@ -343,6 +365,31 @@ mod tests {
         c.advance(1);
         c.discard_output();
         assert!(!c.mid_item());
+    }
+
+    #[test]
+    fn replies_obey_sendq() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = sock.local_addr().unwrap();
+        let proto = Proto::Http(Vec::new(), Instant::now());
+        let mut c = Conn::new(TcpStream::from_std(sock), peer, proto, None);
+        assert_eq!(
+            c.push_reply(vec![0; 60], 100, OnSlow::Disconnect),
+            Push::First
+        );
+        assert_eq!(
+            c.push_reply(vec![0; 40], 100, OnSlow::Disconnect),
+            Push::Queued
+        );
+        assert_eq!(
+            c.push_reply(vec![0; 1], 100, OnSlow::Disconnect),
+            Push::TooSlow
+        );
+        assert_eq!(c.push_reply(vec![0; 1], 100, OnSlow::Drop), Push::Dropped);
+        assert_eq!(c.queued(), 100);
+        c.state = State::Closing;
+        assert_eq!(c.push_reply(vec![0; 1], 1000, OnSlow::Drop), Push::Ignored);
     }
 
     #[test]

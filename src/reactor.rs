@@ -92,22 +92,7 @@ impl Outbox for Out<'_> {
                 c.in_pending = true;
                 self.pending.push(to);
             }
-            Push::TooSlow => {
-                warn!(
-                    "{} cut off: output queue would pass --sendq ({} bytes queued)",
-                    c.peer,
-                    c.queued()
-                );
-                // Best effort: the socket is likely full, but a browser that
-                // gets this knows why it was dropped. Not in the middle of a
-                // partly written frame, whose payload it would become.
-                let close = c.is_ws() && !c.mid_item();
-                c.discard_output();
-                if close {
-                    let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
-                }
-                mark_closing(c, to, self.closing, Some("too slow".into()), false);
-            }
+            Push::TooSlow => cut_off(c, to, self.closing),
             _ => {}
         }
     }
@@ -117,6 +102,24 @@ impl Outbox for Out<'_> {
             mark_closing(c, id, self.closing, Some(reason), true);
         }
     }
+}
+
+/// The --sendq policy's disconnect: drop what is queued and leave at once.
+fn cut_off(c: &mut Conn, k: usize, closing: &mut Vec<usize>) {
+    warn!(
+        "{} cut off: output queue would pass --sendq ({} bytes queued)",
+        c.peer,
+        c.queued()
+    );
+    // Best effort: the socket is likely full, but a browser that gets this
+    // knows why it was dropped. Not in the middle of a partly written frame,
+    // whose payload it would become.
+    let close = c.is_ws() && !c.mid_item();
+    c.discard_output();
+    if close {
+        let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
+    }
+    mark_closing(c, k, closing, Some("too slow".into()), false);
 }
 
 fn mark_closing(
@@ -729,8 +732,15 @@ impl Server {
                     self.too_long(k);
                 }
                 Ok(Some(Event::Ping(payload))) => {
-                    c.push_raw(ws::pong_frame(&payload));
-                    self.mark_pending(k);
+                    let (sendq, on_slow) = (self.cfg.sendq as usize, self.cfg.on_slow);
+                    match c.push_reply(ws::pong_frame(&payload), sendq, on_slow) {
+                        Push::TooSlow => {
+                            cut_off(c, k, &mut self.closing);
+                            return;
+                        }
+                        Push::First | Push::Queued => self.mark_pending(k),
+                        Push::Dropped | Push::Ignored => {}
+                    }
                 }
                 Ok(Some(Event::Pong)) => {}
                 Ok(Some(Event::Close { code, .. })) => {
