@@ -327,6 +327,19 @@ fn the_lines_of_one_message_are_rate_limited_like_telnet_lines() {
         !before.contains(&format!("<{}> n10", w.name)),
         "all ten lines of one message got past --rate 1: {before:?}"
     );
+
+    // Held back, not lost: every line of a long message arrives, in order,
+    // across many waits for a token.
+    let server = Server::start(&["--rate", "1000", "--burst", "1"]);
+    let mut t = server.client();
+    let mut w = Web::connect(&server);
+    t.next_is(&format!("*** {} joined", w.name));
+    let many: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    w.send(&many.join("\n"));
+    w.send("after");
+    for l in many.iter().chain([&"after".to_string()]) {
+        t.next_is(&format!("<{}> {l}", w.name));
+    }
 }
 
 // ---------------------------------------------------------------- violations
