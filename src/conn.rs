@@ -141,7 +141,7 @@ impl Conn {
             return match on_slow {
                 OnSlow::Disconnect => Push::TooSlow,
                 OnSlow::Drop => {
-                    self.dropped += 1;
+                    self.dropped += msg.lines() as u64;
                     Push::Dropped
                 }
             };

@@ -271,6 +271,8 @@ impl Server {
                 (hub, Some(link))
             }
         };
+        // A batch of one sender's lines must always fit a recipient's queue.
+        let hub = hub.with_batch_max((cfg.sendq as usize / 8).min(16 * 1024));
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -630,6 +632,30 @@ impl Server {
     /// Takes lines from one line connection until it would block, leaves,
     /// is throttled, or has had its share of this turn.
     fn read_lines(&mut self, k: usize) {
+        let mut batch = Vec::new();
+        self.take_lines(k, &mut batch);
+        self.deliver(k, &mut batch);
+    }
+
+    /// The lines a connection sent in one go reach the hub together, so
+    /// consecutive messages become one shared buffer per recipient.
+    fn deliver(&mut self, k: usize, batch: &mut Vec<String>) {
+        if batch.is_empty() {
+            return;
+        }
+        if log::log_enabled!(log::Level::Debug)
+            && let Some(c) = self.conns.get(k)
+        {
+            for text in batch.iter() {
+                debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
+            }
+        }
+        let (hub, mut out) = self.out();
+        hub.lines(k, batch, &mut out);
+        batch.clear();
+    }
+
+    fn take_lines(&mut self, k: usize, batch: &mut Vec<String>) {
         let now = Instant::now();
         let (mut lines, mut bytes) = (0, 0);
         loop {
@@ -667,12 +693,11 @@ impl Server {
             match next {
                 Next::Line(text) => {
                     lines += 1;
-                    if let Some(text) = text {
-                        self.input(k, &text);
-                    }
+                    batch.extend(text);
                 }
                 Next::TooLong => {
                     lines += 1;
+                    self.deliver(k, batch);
                     self.too_long(k);
                 }
                 Next::Eof => {
