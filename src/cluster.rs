@@ -717,6 +717,7 @@ impl Link {
 pub fn encode_presence(event: &Presence) -> String {
     match event {
         Presence::Hello { node } => format!("H {node}"),
+        Presence::Bye { node } => format!("B {node}"),
         Presence::Here {
             node,
             id,
@@ -741,6 +742,7 @@ pub fn decode_presence(s: &str) -> Option<Presence> {
     let id = || f.get(2)?.parse::<u64>().ok();
     Some(match (f[0], f.len()) {
         ("H", 2) => Presence::Hello { node },
+        ("B", 2) => Presence::Bye { node },
         ("J", 6) => Presence::Here {
             node,
             id: id()?,
@@ -796,6 +798,7 @@ mod tests {
         let node: Rc<str> = "n1".into();
         for e in [
             Presence::Hello { node: node.clone() },
+            Presence::Bye { node: node.clone() },
             Presence::Here {
                 node: node.clone(),
                 id: 7,

@@ -74,6 +74,17 @@ pub enum Presence {
     Hello {
         node: Rc<str>,
     },
+    /// `node` is shutting down: its users are leaving now.
+    Bye {
+        node: Rc<str>,
+    },
+}
+
+/// Instances are named on the wire `ID~INCARNATION` (`~` cannot appear in a
+/// node id), so an instance restarted under the same --node-id is a new
+/// node, and the others can tell its old users are gone.
+pub fn same_instance_name(a: &str, b: &str) -> bool {
+    a.split('~').next() == b.split('~').next()
 }
 
 pub const MAX_NAME: usize = 24;
@@ -241,7 +252,8 @@ impl Hub {
         // Never reached the shared counter: the node id keeps it unique.
         let n = c.fallback;
         c.fallback += 1;
-        format!("guest-{}-{n}", c.node)
+        let id = c.node.split('~').next().unwrap_or_default();
+        format!("guest-{id}-{n}")
     }
 
     /// A new connection: it gets a guest name, lands in the lobby and is
@@ -720,11 +732,18 @@ impl Hub {
         let me = cl.node.clone();
         match event {
             Presence::Hello { node } if node != me => {
+                // A restart under the same name: the old one's users are gone.
+                for old in self.remote_nodes() {
+                    if old != node && same_instance_name(&old, &node) {
+                        self.node_lost(&old, "server lost", out);
+                    }
+                }
                 for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
                     self.here(i, out);
                 }
             }
             Presence::Hello { .. } => {}
+            Presence::Bye { node } => self.node_lost(&node, "server shutting down", out),
             Presence::Here {
                 node,
                 id,
@@ -779,9 +798,9 @@ impl Hub {
         }
     }
 
-    /// Another instance stopped answering: its users are gone, and the
-    /// rooms they were in are told so.
-    pub fn node_lost(&mut self, node: &str, out: &mut impl Outbox) {
+    /// Another instance stopped answering (or said goodbye): its users are
+    /// gone, and the rooms they were in are told so, with `reason`.
+    pub fn node_lost(&mut self, node: &str, reason: &str, out: &mut impl Outbox) {
         let gone: Vec<usize> = self
             .remote
             .iter()
@@ -790,7 +809,7 @@ impl Hub {
             .collect();
         self.remote.retain(|(n, _), _| &**n != node);
         for i in gone {
-            self.drop_client(i, Some("server lost"), false, out);
+            self.drop_client(i, Some(reason), false, out);
         }
     }
 
@@ -819,6 +838,18 @@ impl Hub {
             .filter(|(_, r)| r.local > 0)
             .map(|(_, r)| &*r.key)
             .collect()
+    }
+
+    /// This instance is shutting down: the others drop its users at once
+    /// instead of waiting for its heartbeat to expire.
+    pub fn shutdown(&mut self, out: &mut impl Outbox) {
+        if let Some(c) = &self.cluster
+            && c.up
+        {
+            out.presence(Presence::Bye {
+                node: c.node.clone(),
+            });
+        }
     }
 
     /// The link to the other instances is up again (or for the first time).
@@ -1557,13 +1588,40 @@ mod tests {
             net.pump();
             net.take(0);
             assert_eq!(net.hubs[0].remote_nodes(), vec![Rc::<str>::from("b")]);
-            net.hubs[0].node_lost("b", &mut net.bus[0]);
+            net.hubs[0].node_lost("b", "server lost", &mut net.bus[0]);
             assert_eq!(
                 net.take(0),
                 pairs(&[(0, "*** guest-101 left (server lost)")])
             );
             net.line(0, 0, "/who");
             assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+        }
+
+        #[test]
+        fn a_restarted_or_departing_node_takes_its_old_users_with_it() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            // "b" comes back as a new incarnation of the same instance.
+            let hello = Presence::Hello { node: "b~2".into() };
+            net.hubs[0].remote_presence(hello, &mut net.bus[0]);
+            assert!(same_instance_name("b", "b~2") && !same_instance_name("b~1", "bb~1"));
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** guest-101 left (server lost)")])
+            );
+            net.pump();
+            net.hubs[1].connect(4, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            net.hubs[1].shutdown(&mut net.bus[1]);
+            net.pump();
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** guest-102 left (server shutting down)")])
+            );
         }
 
         #[test]

@@ -266,8 +266,11 @@ impl Server {
                 let url = RedisUrl::parse(url, std::env::var("REDIS_PASSWORD").ok())
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 info!("cluster mode: node {}, Redis at {}", cfg.node_id, url.addr);
-                let hub = Hub::new(cfg.announce_max).with_cluster(&cfg.node_id);
-                let link = Link::new(url, &cfg.node_id, cfg.cluster_queue as usize);
+                // Each start is a new incarnation on the wire, so the others
+                // can tell a restarted instance's old users are gone.
+                let wire = format!("{}~{:x}", cfg.node_id, fastrand::u32(..));
+                let hub = Hub::new(cfg.announce_max).with_cluster(&wire);
+                let link = Link::new(url, &wire, cfg.cluster_queue as usize);
                 (hub, Some(link))
             }
         };
@@ -367,7 +370,7 @@ impl Server {
                     Inbound::Guests(start) => hub.add_guests(start, crate::hub::GUEST_BLOCK),
                     Inbound::NodeLost(node) => {
                         info!("cluster: node {node} stopped answering; its users are gone");
-                        hub.node_lost(&node, &mut out);
+                        hub.node_lost(&node, "server lost", &mut out);
                     }
                 }
             }
@@ -483,6 +486,8 @@ impl Server {
             return;
         }
         info!("signal {got:?}: shutting down");
+        let (hub, mut out) = self.out();
+        hub.shutdown(&mut out);
         let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         self.shutdown = Some(deadline);
         for mut l in [self.listener.take(), self.http_listener.take()]
