@@ -81,6 +81,19 @@ pub struct Config {
     #[arg(long, default_value_t = 200)]
     pub announce_max: usize,
 
+    /// Cluster mode: share the chat with every instance using this Redis,
+    /// redis://[:PASSWORD@]HOST[:PORT][/DB] (password also from REDIS_PASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// This instance's name in the cluster, logs and metrics (default: random).
+    #[arg(long, default_value_t = random_node_id())]
+    pub node_id: String,
+
+    /// Cluster mode: the most bytes queued toward Redis; what would pass it is dropped and counted.
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..))]
+    pub cluster_queue: u32,
+
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -88,6 +101,10 @@ pub struct Config {
     /// Only warnings and errors.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+}
+
+fn random_node_id() -> String {
+    format!("node-{:06x}", fastrand::u32(..0x100_0000))
 }
 
 impl Default for Config {
@@ -112,6 +129,13 @@ impl Config {
             return Err(format!(
                 "--sendq ({}) must be at least --max-line ({}) + 64, or a relayed line could never be queued",
                 self.sendq, self.max_line
+            ));
+        }
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.node_id.is_empty() || self.node_id.len() > 32 || !self.node_id.chars().all(id_ok) {
+            return Err(format!(
+                "--node-id {:?}: use 1 to 32 letters, digits, '-', '_' and '.'",
+                self.node_id
             ));
         }
         if self.burst.is_some() && self.rate.is_none() {

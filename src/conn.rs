@@ -73,6 +73,9 @@ pub struct Conn {
     /// The peer shut down its write side; once its lines are taken, close.
     pub eof: bool,
     pub bucket: Option<Bucket>,
+    /// Out of budget, on the reactor's timer list: not read until woken
+    /// (one entry per wait, however many readable events arrive meanwhile).
+    pub throttled: bool,
     pub since: Instant,
     out: VecDeque<Item>,
     /// Bytes of `out[0]` already written.
@@ -95,6 +98,7 @@ impl Conn {
             in_pending: false,
             eof: false,
             bucket,
+            throttled: false,
             since: Instant::now(),
             out: VecDeque::new(),
             head: 0,

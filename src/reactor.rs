@@ -16,10 +16,11 @@
 //! dispatched, so a key seen in an event always names the connection it did
 //! when the event was produced.
 
+use crate::cluster::{self, Inbound, Link, RedisUrl};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
 use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for};
 use crate::http::{self, After, Head};
-use crate::hub::{ClientId, Hub, Outbox};
+use crate::hub::{ClientId, Hub, Outbox, Presence};
 use crate::line::{Frame, Framer, sanitize};
 use crate::msg::Msg;
 use crate::ws::{self, Decoder, Event, Oversize};
@@ -70,6 +71,10 @@ pub struct Server {
     accept_retry: Option<Instant>,
     accept_warned: Option<Instant>,
     shutdown: Option<Instant>,
+    /// Cluster mode: the link to Redis, and what it heard but the hub has
+    /// not been told yet.
+    link: Option<Link>,
+    inbound: Vec<Inbound>,
 }
 
 /// The hub's view of the connections: queue under the --sendq policy, and
@@ -80,6 +85,7 @@ struct Out<'a> {
     closing: &'a mut Vec<usize>,
     sendq: usize,
     on_slow: OnSlow,
+    link: Option<&'a mut Link>,
 }
 
 impl Outbox for Out<'_> {
@@ -115,6 +121,44 @@ impl Outbox for Out<'_> {
             mark_closing(c, id, self.closing, Some(reason), true);
         }
     }
+
+    fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.publish_room(room, msg.text());
+        }
+    }
+
+    fn presence(&mut self, event: Presence) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.presence(&event);
+        }
+    }
+
+    fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.private(node, to, to_name, msg.text());
+        }
+    }
+
+    fn subscribe(&mut self, room: &str, on: bool) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.subscribe(room, on);
+        }
+    }
+
+    fn claim(&mut self, id: ClientId, name: &str) {
+        // The hub only asks while the link is up; should the link fail
+        // before the answer, its Down event makes the hub give up waiting.
+        if let Some(link) = self.link.as_deref_mut() {
+            link.claim(id, name);
+        }
+    }
+
+    fn release(&mut self, name: &str) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.release(name);
+        }
+    }
 }
 
 fn mark_closing(
@@ -130,6 +174,40 @@ fn mark_closing(
         c.graceful = graceful;
         closing.push(k);
     }
+}
+
+/// Whether connection `k` may take one more line (or WebSocket message)
+/// now: it is open, within its share of this turn, and under --rate has a
+/// token, which this takes (give it back with `Bucket::refund` if there was
+/// no line after all). If not, it is put where it will be resumed: the next
+/// turn's readable list, or the timer list until its budget refills.
+fn admit(
+    c: &mut Conn,
+    k: usize,
+    now: Instant,
+    taken: usize,
+    bytes: usize,
+    readable: &mut Vec<usize>,
+    throttled: &mut Vec<(Instant, usize)>,
+) -> bool {
+    if c.state != State::Open || c.throttled {
+        // A throttled connection is already on the timer list.
+        return false;
+    }
+    if taken >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
+        c.in_readable = true;
+        readable.push(k);
+        return false;
+    }
+    if let Some(bucket) = c.bucket.as_mut()
+        && let Err(wake) = bucket.take(now)
+    {
+        debug!("{} rate-limited until {wake:?}", c.peer);
+        c.throttled = true;
+        throttled.push((wake, k));
+        return false;
+    }
+    true
 }
 
 /// What the read loop found next on a connection.
@@ -177,6 +255,17 @@ impl Server {
                 .register(&mut l, HTTP_LISTENER, Interest::READABLE)?;
             Some(l)
         };
+        let (hub, link) = match &cfg.redis {
+            None => (Hub::new(cfg.announce_max), None),
+            Some(url) => {
+                let url = RedisUrl::parse(url, std::env::var("REDIS_PASSWORD").ok())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                info!("cluster mode: node {}, Redis at {}", cfg.node_id, url.addr);
+                let hub = Hub::new(cfg.announce_max).with_cluster(&cfg.node_id);
+                let link = Link::new(url, &cfg.node_id, cfg.cluster_queue as usize);
+                (hub, Some(link))
+            }
+        };
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -187,7 +276,7 @@ impl Server {
             http_listener,
             signals,
             conns: Slab::new(),
-            hub: Hub::new(cfg.announce_max),
+            hub,
             cfg,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             readable: Vec::new(),
@@ -199,6 +288,8 @@ impl Server {
             accept_retry: None,
             accept_warned: None,
             shutdown: None,
+            link,
+            inbound: Vec::new(),
         })
     }
 
@@ -224,6 +315,7 @@ impl Server {
             self.read_ready();
             self.settle();
             self.timers();
+            self.flush_link();
             if let Some(deadline) = self.shutdown
                 && (self.conns.is_empty() || Instant::now() >= deadline)
             {
@@ -245,8 +337,55 @@ impl Server {
                 closing: &mut self.closing,
                 sendq: self.cfg.sendq as usize,
                 on_slow: self.cfg.on_slow,
+                link: self.link.as_mut(),
             },
         )
+    }
+
+    /// Hands what the cluster link heard to the hub.
+    fn apply_inbound(&mut self) {
+        while !self.inbound.is_empty() {
+            let events = std::mem::take(&mut self.inbound);
+            for event in events {
+                let (hub, mut out) = self.out();
+                match event {
+                    Inbound::Up => hub.link_up(&mut out),
+                    Inbound::Down(_) => hub.link_down(&mut out),
+                    Inbound::Room(room, text) => hub.remote_line(&room, &text, &mut out),
+                    Inbound::Presence(p) => hub.remote_presence(p, &mut out),
+                    Inbound::Private(to, name, text) => {
+                        hub.remote_private(to, &name, &text, &mut out)
+                    }
+                    Inbound::Claimed(id, name, ok) => hub.claimed(id, &name, ok, &mut out),
+                    Inbound::Guests(start) => hub.add_guests(start, crate::hub::GUEST_BLOCK),
+                    Inbound::NodeLost(node) => {
+                        info!("cluster: node {node} stopped answering; its users are gone");
+                        hub.node_lost(&node, &mut out);
+                    }
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Sends what the hub queued for Redis, and keeps the link's timers.
+    fn flush_link(&mut self) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        link.tick(
+            Instant::now(),
+            &self.hub,
+            self.poll.registry(),
+            &mut self.inbound,
+        );
+        link.flush(self.poll.registry(), &mut self.inbound);
+        if !self.inbound.is_empty() {
+            self.apply_inbound();
+            if let Some(link) = self.link.as_mut() {
+                link.flush(self.poll.registry(), &mut self.inbound);
+            }
+        }
     }
 
     fn timeout(&self) -> Option<Duration> {
@@ -281,6 +420,7 @@ impl Server {
             .chain(heads)
             .chain(self.accept_retry)
             .chain(self.shutdown)
+            .chain(self.link.as_ref().and_then(Link::deadline))
             .min()?;
         Some(next.saturating_duration_since(Instant::now()))
     }
@@ -293,6 +433,11 @@ impl Server {
             match event.token() {
                 LISTENER => accept = true,
                 HTTP_LISTENER => accept_http = true,
+                cluster::CMD | cluster::SUB => {
+                    if let Some(link) = self.link.as_mut() {
+                        link.ready(event.token(), self.poll.registry(), &mut self.inbound);
+                    }
+                }
                 SIGNALS => signalled = true,
                 Token(k) => {
                     let Some(c) = self.conns.get_mut(k) else {
@@ -316,6 +461,7 @@ impl Server {
         if signalled {
             self.on_signals();
         }
+        self.apply_inbound();
         if accept {
             self.accept(Port::Line);
         }
@@ -485,20 +631,15 @@ impl Server {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
             };
-            if c.state != State::Open {
-                return;
-            }
-            if lines >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
-                // Its share of this turn is used; the rest waits for the next.
-                c.in_readable = true;
-                self.readable.push(k);
-                return;
-            }
-            if let Some(bucket) = c.bucket.as_mut()
-                && let Err(wake) = bucket.take(now)
-            {
-                debug!("{} rate-limited until {wake:?}", c.peer);
-                self.throttled.push((wake, k));
+            if !admit(
+                c,
+                k,
+                now,
+                lines,
+                bytes,
+                &mut self.readable,
+                &mut self.throttled,
+            ) {
                 return;
             }
             let Proto::Line(framer) = &mut c.proto else {
@@ -676,18 +817,15 @@ impl Server {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
             };
-            if c.state != State::Open {
-                return;
-            }
-            if messages >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
-                c.in_readable = true;
-                self.readable.push(k);
-                return;
-            }
-            if let Some(bucket) = c.bucket.as_mut()
-                && let Err(wake) = bucket.take(now)
-            {
-                self.throttled.push((wake, k));
+            if !admit(
+                c,
+                k,
+                now,
+                messages,
+                bytes,
+                &mut self.readable,
+                &mut self.throttled,
+            ) {
                 return;
             }
             let Proto::Ws(dec) = &mut c.proto else { return };
@@ -842,11 +980,12 @@ impl Server {
             let (t, k) = self.throttled[i];
             if t <= now {
                 self.throttled.swap_remove(i);
-                if let Some(c) = self.conns.get_mut(k)
-                    && !c.in_readable
-                {
-                    c.in_readable = true;
-                    self.readable.push(k);
+                if let Some(c) = self.conns.get_mut(k) {
+                    c.throttled = false;
+                    if !c.in_readable {
+                        c.in_readable = true;
+                        self.readable.push(k);
+                    }
                 }
             } else {
                 i += 1;
