@@ -1018,6 +1018,7 @@ fn redis_going_away_keeps_local_chat_and_coming_back_restores_the_cluster() {
         !before.iter().any(|l| l.contains("only here")),
         "a line from the outage reached the other instance late: {before:?}"
     );
+    assert_eq!(next_said(&mut carol), "<alice> across again");
     bob.send("welcome back");
     assert_eq!(next_said(&mut alice), "<bob> welcome back");
     assert_eq!(next_said(&mut carol), "<bob> welcome back");
