@@ -95,14 +95,18 @@ redis_ping() {
 }
 
 # The pid in pid file $1 if that process is alive and its command line
-# contains $2 (so a recycled pid is never mistaken for ours).
+# contains $2 (so a recycled pid is never mistaken for ours). A zombie (dead,
+# not yet reaped: our processes are orphans, and not every init reaps at
+# once) is not alive.
 live_pid() {
-  local file=$1 name=$2 pid args
+  local file=$1 name=$2 pid line
   [ -f "$file" ] || return 1
   pid=$(cat "$file" 2>/dev/null) || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
-  case $args in
+  line=$(ps -o stat= -o args= -p "$pid" 2>/dev/null) || return 1
+  line=${line#"${line%%[![:space:]]*}"}
+  case $line in
+    Z*) return 1 ;;
     *"$name"*) printf '%s\n' "$pid" ;;
     *) return 1 ;;
   esac
@@ -279,11 +283,11 @@ redis_ready() { [ -n "$(redis_ping "$REDIS_PORT")" ]; }
 chatd_ready() { grep -q '^ready$' "$1"; }
 # The last word chatd logged about its link to Redis is "up".
 link_up() {
-  [ "$(grep -o 'cluster link \(up\|down\)' "$1" | tail -n 1)" = "cluster link up" ]
+  [ "$(grep -o 'cluster link \(up\|down\)' "$1" | tail -n 1 || true)" = "cluster link up" ]
 }
 lb_ready() {
   local r
-  r=$(http_get "$(lb_host)" "$HTTP_PORT" /healthz)
+  r=$(http_get "$(lb_host)" "$HTTP_PORT" /healthz) || true
   [ "${r%% *}" = 200 ]
 }
 
@@ -353,7 +357,7 @@ write_haproxy_cfg() {
     web_servers+="    server node$i 127.0.0.1:$(node_http_port "$i") check"$'\n'
   done
   {
-    printf '# Written by scripts/cluster.sh from scripts/haproxy.cfg; rewritten by each `up`.\n'
+    printf '# Written by scripts/cluster.sh from scripts/haproxy.cfg; rewritten by each "up".\n'
     LINE_SERVERS=${line_servers%$'\n'} WEB_SERVERS=${web_servers%$'\n'} awk '
       /^backend[ \t]/ { backend = $2 }
       /^[ \t]*# servers[ \t]*$/ {
@@ -372,7 +376,7 @@ write_haproxy_cfg() {
         -e "s/\\$\\{CHATD_LB_BIND(-[^}]*)?\\}/$BIND/g" \
         -e "s/\\$\\{CHATD_LB_PORT(-[^}]*)?\\}/$PORT/g" \
         -e "s/\\$\\{CHATD_LB_HTTP_PORT(-[^}]*)?\\}/$HTTP_PORT/g"
-    printf '\n# For `scripts/cluster.sh status`.\nglobal\n'
+    printf '\n# For "scripts/cluster.sh status".\nglobal\n'
     printf '    stats socket "%s" mode 600 level user\n' "$RUN/haproxy.sock"
   } >"$out" || fail_up "cannot write $out from $TEMPLATE"
   # The template must have kept its markers: one server per instance in
@@ -412,10 +416,10 @@ cmd_up() {
     warn "N must be a number from 1 to 64, not '$want'"
     usage
   fi
-  mkdir -p "$RUN" && chmod 700 "$RUN" || {
+  if ! mkdir -p "$RUN" || ! chmod 700 "$RUN"; then
     warn "cannot use run dir $RUN"
     exit 1
-  }
+  fi
   load_settings
   # A subshell, so that a stale record does not override the environment.
   if (load_saved && any_running); then
@@ -508,8 +512,8 @@ cmd_status() {
     lp=$(node_port "$i")
     hp=$(node_http_port "$i")
     if pid=$(live_pid "$RUN/node$i.pid" chatd); then
-      health=$(http_get 127.0.0.1 "$hp" /healthz)
-      link=$(grep -o 'cluster link \(up\|down\)' "$RUN/node$i.log" 2>/dev/null | tail -n 1)
+      health=$(http_get 127.0.0.1 "$hp" /healthz) || true
+      link=$(grep -o 'cluster link \(up\|down\)' "$RUN/node$i.log" 2>/dev/null | tail -n 1) || true
       say "node$i    up    pid $pid  line 127.0.0.1:$lp  web 127.0.0.1:$hp  /healthz: ${health:-no answer}  ${link:-cluster link: not up yet}"
       [ "${health%% *}" = 200 ] || ok=0
       [ "$link" = "cluster link up" ] || ok=0
@@ -525,7 +529,10 @@ cmd_status() {
     say "haproxy  DOWN"
     ok=0
   fi
-  [ "$ok" = 1 ] || exit 1
+  if [ "$ok" != 1 ]; then
+    say "something is down: scripts/cluster.sh up starts what is missing (logs: $RUN/*.log)"
+    exit 1
+  fi
 }
 
 # --- down --------------------------------------------------------------------
