@@ -536,11 +536,21 @@ fn expect_within(
     what: &str,
     pred: impl Fn(&str) -> bool,
 ) -> Vec<String> {
+    read_until(c, bound, what, pred).1
+}
+
+/// Like `expect_within`; returns the line found too.
+fn read_until(
+    c: &mut Client,
+    bound: Duration,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> (String, Vec<String>) {
     let deadline = Instant::now() + bound;
     let mut before = Vec::new();
     while let Some(line) = read_line_until(c, deadline) {
         if pred(&line) {
-            return before;
+            return (line, before);
         }
         before.push(line);
     }
@@ -985,6 +995,21 @@ fn redis_going_away_keeps_local_chat_and_coming_back_restores_the_cluster() {
     bob.send("/who");
     let who = bob.expect("bob's /who", |l| l.starts_with("*** #lobby ("));
     assert!(who.contains("bob"), "{who}");
+    // Names stay unique while the instances cannot ask each other.
+    bob.send("/nick alice");
+    let (answer, before) = read_until(&mut bob, TIMEOUT, "the /nick answer", |l| {
+        l.starts_with("*** error") || l.starts_with("*** you are now")
+    });
+    outage[2].extend(before);
+    assert!(
+        answer.starts_with("*** error"),
+        "bob, during the outage: {answer}"
+    );
+    let guests = [cl.client(0), cl.client(1)];
+    assert_ne!(
+        guests[0].name, guests[1].name,
+        "one guest name on both instances"
+    );
     outage[0].extend(alice.sync());
     outage[2].extend(bob.sync());
 
