@@ -1098,6 +1098,55 @@ fn the_users_of_a_killed_instance_leave_within_the_bound() {
     nick_eventually(&mut d, "bob");
 }
 
+/// What `scripts/cluster.sh up` (or a supervisor) does after a crash: the
+/// same node id, back at once, long before its heartbeat would have
+/// expired. The users of the dead incarnation must still leave, with the
+/// notice, however the new incarnation numbers its own users.
+#[test]
+#[ignore = "needs redis-server"]
+fn the_users_of_an_instance_restarted_under_the_same_id_leave_within_the_bound() {
+    let mut cl = Cluster::start(2);
+    let mut alice = cl.named(0, "alice");
+    let old: Vec<Client> = ["bob", "dave", "erin"]
+        .iter()
+        .map(|n| cl.named(1, n))
+        .collect();
+    wait_who(&mut alice, TIMEOUT, "bob, dave and erin", |n| {
+        has_all(n, &["bob", "dave", "erin"])
+    });
+
+    let killed = Instant::now();
+    cl.nodes[1].child.kill().expect("SIGKILL node 2");
+    let _ = cl.nodes[1].child.wait();
+    drop(old);
+    cl.nodes[1] = Server::start(&["--redis", &cl.redis.url(), "--node-id", "n2"]);
+    let mut carol = cl.named(1, "carol");
+
+    let bound = SERVER_LOST_BOUND + SLACK;
+    let (mut gone, mut seen) = (HashSet::new(), Vec::new());
+    while gone.len() < 3 {
+        let Some(line) = read_line_until(&mut alice, killed + bound) else {
+            panic!(
+                "alice: within {bound:?} of the kill, saw {seen:?}; /who now {:?}",
+                who(&mut alice)
+            );
+        };
+        for name in ["bob", "dave", "erin"] {
+            if line == format!("*** {name} left (server lost)") {
+                gone.insert(name);
+            }
+        }
+        seen.push(line);
+    }
+    eprintln!("leaves seen {:?} after the kill", killed.elapsed());
+    wait_who(&mut alice, TIMEOUT, "alice and carol only", |n| {
+        n == ["alice", "carol"]
+    });
+    wait_who(&mut carol, TIMEOUT, "alice and carol only", |n| {
+        n == ["alice", "carol"]
+    });
+}
+
 // --- HAProxy in front ----------------------------------------------------------
 
 /// A WebSocket client (as the web page is), with a read timeout.
