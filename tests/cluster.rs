@@ -1098,6 +1098,30 @@ fn the_users_of_a_killed_instance_leave_within_the_bound() {
     nick_eventually(&mut d, "bob");
 }
 
+#[test]
+#[ignore = "needs redis-server"]
+fn the_users_of_a_stopped_instance_leave_at_once() {
+    let mut cl = Cluster::start(2);
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut alice, TIMEOUT, "bob", |n| has_all(n, &["bob"]));
+    let status = cl.nodes[1].signal_and_wait("TERM");
+    assert!(status.success(), "node 2 after SIGTERM: {status}");
+    let told = bob.read_to_eof();
+    assert!(told.contains("*** server shutting down"), "{told:?}");
+    // A rolling restart: the instance says goodbye for its users itself,
+    // rather than leave them to the heartbeat's 7 to 13 s and a "server
+    // lost" that is not what happened.
+    let (line, _) = read_until(&mut alice, TIMEOUT, "bob's leave", |l| {
+        l.starts_with("*** bob left")
+    });
+    assert_ne!(
+        line, "*** bob left (server lost)",
+        "the heartbeat told, not node 2"
+    );
+    wait_who(&mut alice, TIMEOUT, "alice alone", |n| n == ["alice"]);
+}
+
 /// What `scripts/cluster.sh up` (or a supervisor) does after a crash: the
 /// same node id, back at once, long before its heartbeat would have
 /// expired. The users of the dead incarnation must still leave, with the
