@@ -147,6 +147,7 @@ pub struct Hub {
     next_guest: u64,
     online: usize,
     announce_max: usize,
+    batch_max: usize,
     cluster: Option<Cluster>,
 }
 
@@ -167,6 +168,7 @@ impl Hub {
             next_guest: 1,
             online: 0,
             announce_max,
+            batch_max: 16 * 1024,
             cluster: None,
         }
     }
@@ -341,6 +343,55 @@ impl Hub {
             let msg = Msg::new(&format!("<{}> {text}", client.name));
             self.broadcast(client.room, i, &msg, out);
         }
+    }
+
+    /// Several lines from `id`, in the order they came. Consecutive plain
+    /// messages go out as one batch: one shared buffer, one queue entry and
+    /// one iovec per recipient instead of one per line. A batch never
+    /// passes `batch_max` bytes, so it always fits a recipient's queue.
+    pub fn lines(&mut self, id: ClientId, texts: &[String], out: &mut impl Outbox) {
+        let mut run = String::new();
+        for text in texts {
+            let Some(i) = self.idx(id) else { return };
+            if !text.starts_with('/') || text.starts_with("//") {
+                if !run.is_empty() && run.len() + text.len() + 32 > self.batch_max {
+                    self.flush_run(i, &mut run, out);
+                }
+                if !run.is_empty() {
+                    run.push_str("\r\n");
+                }
+                let body = text.strip_prefix('/').unwrap_or(text);
+                let c = &self.clients[i];
+                run.push('<');
+                run.push_str(&c.name);
+                run.push_str("> ");
+                run.push_str(body);
+                continue;
+            }
+            self.flush_run(i, &mut run, out);
+            self.line(id, text, out);
+            // After /quit nothing more from this client is taken.
+            if split_word(&text[1..]).0.eq_ignore_ascii_case("quit") {
+                return;
+            }
+        }
+        if let Some(i) = self.idx(id) {
+            self.flush_run(i, &mut run, out);
+        }
+    }
+
+    fn flush_run(&self, i: usize, run: &mut String, out: &mut impl Outbox) {
+        if !run.is_empty() {
+            self.broadcast(self.clients[i].room, i, &Msg::new(run), out);
+            run.clear();
+        }
+    }
+
+    /// The most bytes of messages relayed as one batch (default 16 KiB);
+    /// the reactor keeps it well under --sendq.
+    pub fn with_batch_max(mut self, bytes: usize) -> Hub {
+        self.batch_max = bytes;
+        self
     }
 
     fn command(&mut self, id: ClientId, i: usize, line: &str, out: &mut impl Outbox) {
@@ -1239,6 +1290,53 @@ mod tests {
         hub.disconnect(0, None, &mut rec);
         hub.connect(0, &mut rec);
         assert_eq!(hub.name(0), Some("guest-2"));
+    }
+
+    #[test]
+    fn a_burst_of_messages_is_one_shared_batch_and_commands_keep_their_place() {
+        let (mut hub, mut rec) = hub_with(3);
+        let texts: Vec<String> = ["one", "//two", "/nick al", "three", "/quit bye", "lost"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        hub.lines(0, &texts, &mut rec);
+        assert_eq!(
+            rec.take(),
+            pairs(&[
+                (1, "<guest-1> one\r\n<guest-1> /two"),
+                (2, "<guest-1> one\r\n<guest-1> /two"),
+                (0, "*** you are now al"),
+                (1, "*** guest-1 is now al"),
+                (2, "*** guest-1 is now al"),
+                (1, "<al> three"),
+                (2, "<al> three"),
+                (0, "*** bye"),
+            ])
+        );
+        assert_eq!(rec.closed, vec![(0, "quit: bye".to_string())]);
+    }
+
+    #[test]
+    fn batches_stay_under_their_bound() {
+        let mut hub = Hub::new(200).with_batch_max(100);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.connect(1, &mut rec);
+        rec.take();
+        let texts: Vec<String> = (0..10).map(|i| format!("{i}{}", "x".repeat(30))).collect();
+        hub.lines(0, &texts, &mut rec);
+        let got = rec.to(1);
+        assert!(
+            got.len() > 1 && got.iter().all(|m| m.len() + 2 <= 100),
+            "{got:?}"
+        );
+        let joined: Vec<String> = got
+            .iter()
+            .flat_map(|m| m.split("\r\n"))
+            .map(String::from)
+            .collect();
+        let want: Vec<String> = texts.iter().map(|t| format!("<guest-1> {t}")).collect();
+        assert_eq!(joined, want, "every line, in order");
     }
 
     /// Two instances joined by an in-memory stand-in for Redis: what one

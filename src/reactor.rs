@@ -98,20 +98,7 @@ impl Outbox for Out<'_> {
                 c.in_pending = true;
                 self.pending.push(to);
             }
-            Push::TooSlow => {
-                warn!(
-                    "{} cut off: output queue would pass --sendq ({} bytes queued)",
-                    c.peer,
-                    c.queued()
-                );
-                c.discard_output();
-                if c.is_ws() {
-                    // Best effort: the socket is likely full, but a browser
-                    // that gets this knows why it was dropped.
-                    let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
-                }
-                mark_closing(c, to, self.closing, Some("too slow".into()), false);
-            }
+            Push::TooSlow => cut_off(c, to, self.closing),
             _ => {}
         }
     }
@@ -159,6 +146,24 @@ impl Outbox for Out<'_> {
             link.release(name);
         }
     }
+}
+
+/// The --sendq policy's disconnect: drop what is queued and leave at once.
+fn cut_off(c: &mut Conn, k: usize, closing: &mut Vec<usize>) {
+    warn!(
+        "{} cut off: output queue would pass --sendq ({} bytes queued)",
+        c.peer,
+        c.queued()
+    );
+    // Best effort: the socket is likely full, but a browser that gets this
+    // knows why it was dropped. Not in the middle of a partly written frame,
+    // whose payload it would become.
+    let close = c.is_ws() && !c.mid_item();
+    c.discard_output();
+    if close {
+        let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
+    }
+    mark_closing(c, k, closing, Some("too slow".into()), false);
 }
 
 fn mark_closing(
@@ -266,6 +271,8 @@ impl Server {
                 (hub, Some(link))
             }
         };
+        // A batch of one sender's lines must always fit a recipient's queue.
+        let hub = hub.with_batch_max((cfg.sendq as usize / 8).min(16 * 1024));
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -625,6 +632,30 @@ impl Server {
     /// Takes lines from one line connection until it would block, leaves,
     /// is throttled, or has had its share of this turn.
     fn read_lines(&mut self, k: usize) {
+        let mut batch = Vec::new();
+        self.take_lines(k, &mut batch);
+        self.deliver(k, &mut batch);
+    }
+
+    /// The lines a connection sent in one go reach the hub together, so
+    /// consecutive messages become one shared buffer per recipient.
+    fn deliver(&mut self, k: usize, batch: &mut Vec<String>) {
+        if batch.is_empty() {
+            return;
+        }
+        if log::log_enabled!(log::Level::Debug)
+            && let Some(c) = self.conns.get(k)
+        {
+            for text in batch.iter() {
+                debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
+            }
+        }
+        let (hub, mut out) = self.out();
+        hub.lines(k, batch, &mut out);
+        batch.clear();
+    }
+
+    fn take_lines(&mut self, k: usize, batch: &mut Vec<String>) {
         let now = Instant::now();
         let (mut lines, mut bytes) = (0, 0);
         loop {
@@ -662,12 +693,11 @@ impl Server {
             match next {
                 Next::Line(text) => {
                     lines += 1;
-                    if let Some(text) = text {
-                        self.input(k, &text);
-                    }
+                    batch.extend(text);
                 }
                 Next::TooLong => {
                     lines += 1;
+                    self.deliver(k, batch);
                     self.too_long(k);
                 }
                 Next::Eof => {
@@ -812,7 +842,7 @@ impl Server {
     /// cleanly; same budgets and rate limit as line clients.
     fn read_ws(&mut self, k: usize) {
         let now = Instant::now();
-        let (mut messages, mut bytes) = (0, 0);
+        let (mut lines, mut bytes) = (0, 0);
         loop {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
@@ -821,38 +851,54 @@ impl Server {
                 c,
                 k,
                 now,
-                messages,
+                lines,
                 bytes,
                 &mut self.readable,
                 &mut self.throttled,
             ) {
                 return;
             }
+            // One message is meant to be one line; CR or LF inside it must
+            // not smuggle extra lines past --rate or this turn's budget, so
+            // each piece is a line of its own, taken one at a time (the
+            // token `admit` took pays for it).
+            if let Some((text, at)) = c.held.as_mut() {
+                if let Some((piece, next)) = ws::next_line(text, *at) {
+                    let line = sanitize(piece.as_bytes());
+                    *at = next;
+                    lines += 1;
+                    if let Some(line) = line {
+                        self.input(k, &line);
+                    }
+                    continue;
+                }
+                c.held = None;
+            }
             let Proto::Ws(dec) = &mut c.proto else { return };
             let event = dec.next_event();
-            if !matches!(event, Ok(Some(Event::Text(_) | Event::TooLong)))
+            // Only the error line costs a token here; a text message's lines
+            // pay for themselves above.
+            if !matches!(event, Ok(Some(Event::TooLong)))
                 && let Some(bucket) = c.bucket.as_mut()
             {
                 bucket.refund();
             }
             match event {
-                Ok(Some(Event::Text(text))) => {
-                    messages += 1;
-                    // One message is one line; CR or LF inside it must not
-                    // smuggle extra lines, so each piece is a line of its own.
-                    for piece in ws::lines(&text) {
-                        if let Some(line) = sanitize(piece.as_bytes()) {
-                            self.input(k, &line);
-                        }
-                    }
-                }
+                Ok(Some(Event::Text(text))) => c.held = Some((text, 0)),
                 Ok(Some(Event::TooLong)) => {
-                    messages += 1;
+                    lines += 1;
                     self.too_long(k);
                 }
                 Ok(Some(Event::Ping(payload))) => {
-                    c.push_raw(ws::pong_frame(&payload));
-                    self.mark_pending(k);
+                    let (sendq, on_slow) = (self.cfg.sendq as usize, self.cfg.on_slow);
+                    match c.push_reply(ws::pong_frame(&payload), sendq, on_slow) {
+                        Push::TooSlow => {
+                            cut_off(c, k, &mut self.closing);
+                            return;
+                        }
+                        Push::First | Push::Queued => self.mark_pending(k),
+                        Push::Dropped | Push::Ignored => {}
+                    }
                 }
                 Ok(Some(Event::Pong)) => {}
                 Ok(Some(Event::Close { code, .. })) => {
@@ -930,6 +976,17 @@ impl Server {
             return;
         };
         if graceful {
+            // A WebSocket must end with a close frame, or the browser sees an
+            // abnormal closure (1006) after /quit. Not when one is already
+            // queued: the reply to the peer's close, or a violation's.
+            if let Proto::Ws(dec) = &c.proto
+                && !dec.is_finished()
+            {
+                c.push_raw(ws::close_frame(
+                    Some(ws::NORMAL),
+                    reason.as_deref().unwrap_or(""),
+                ));
+            }
             c.state = State::Draining(Instant::now() + Duration::from_secs(DRAIN_SECS));
             self.draining.push(k);
             if !c.in_pending {
