@@ -46,6 +46,9 @@ pub enum Greeting {
 
 pub struct Config {
     pub addr: SocketAddr,
+    /// More servers (cluster instances): connection i goes to
+    /// `[addr, also...][i % (1 + also.len())]`.
+    pub also: Vec<SocketAddr>,
     pub host: String,
     pub clients: usize,
     pub senders: usize,
@@ -448,8 +451,14 @@ impl<'a> Engine<'a> {
 
     fn open(&mut self, i: usize) -> Result<(), String> {
         let src = (!self.src.is_empty()).then(|| self.src[i % self.src.len()]);
-        let mut stream = conn::start_connect(self.cfg.addr, src)
-            .map_err(|e| format!("connect #{i} to {}: {e}", self.cfg.addr))?;
+        let n = i % (1 + self.cfg.also.len());
+        let addr = if n == 0 {
+            self.cfg.addr
+        } else {
+            self.cfg.also[n - 1]
+        };
+        let mut stream =
+            conn::start_connect(addr, src).map_err(|e| format!("connect #{i} to {addr}: {e}"))?;
         self.poll
             .registry()
             .register(

@@ -120,6 +120,11 @@ struct Cli {
     /// long (welcomes, joined notices).
     #[arg(long, default_value_t = 100)]
     quiet_ms: u64,
+    /// More ports of the same host (e.g. the other instances of a cluster):
+    /// connections are dealt round-robin over --port and these, so senders
+    /// and receivers sit on every instance.
+    #[arg(long, value_name = "PORT,...", value_delimiter = ',')]
+    also_ports: Vec<u16>,
     /// Spread connections over 127.0.0.1..=127.0.0.N (default: as many as
     /// the ephemeral port range requires).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -132,6 +137,11 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
         .map_err(|e| format!("{}:{}: {e}", cli.host, cli.port))?
         .next()
         .ok_or_else(|| format!("{}: no address", cli.host))?;
+    let also = cli
+        .also_ports
+        .iter()
+        .map(|&p| std::net::SocketAddr::new(addr.ip(), p))
+        .collect();
     let (clients, senders, lines, window) = match cli.idle {
         Some(k) => (k, 1, 1, 1),
         None => (cli.clients, cli.senders, cli.lines, cli.window),
@@ -165,6 +175,7 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
     Ok((
         Config {
             addr,
+            also,
             host: cli.host,
             clients,
             senders,
