@@ -87,10 +87,18 @@ pub struct Config {
     #[arg(long, default_value_t = 200)]
     pub announce_max: usize,
 
-    /// This server's name in metrics (and in the cluster); default: a random
-    /// 6-character id, new at every start.
-    #[arg(long, default_value_t = random_node_id(), hide_default_value = true, value_parser = parse_node_id)]
+    /// Cluster mode: share the chat with every instance using this Redis,
+    /// redis://[:PASSWORD@]HOST[:PORT][/DB] (password also from REDIS_PASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// This instance's name in the cluster, logs and metrics (default: random).
+    #[arg(long, default_value_t = random_node_id())]
     pub node_id: String,
+
+    /// Cluster mode: the most bytes queued toward Redis; what would pass it is dropped and counted.
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..))]
+    pub cluster_queue: u32,
 
     /// Seconds a client connection may be silent before TCP keepalive probes
     /// start; a peer that vanished without closing is then dropped within
@@ -112,36 +120,14 @@ pub struct Config {
     pub quiet: bool,
 }
 
+fn random_node_id() -> String {
+    format!("node-{:06x}", fastrand::u32(..0x100_0000))
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config::parse_from(["chatd"])
     }
-}
-
-/// Six lowercase letters and digits: short enough to read in a dashboard,
-/// enough (36^6) that two nodes started without --node-id do not collide.
-fn random_node_id() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..6)
-        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
-        .collect()
-}
-
-/// Node ids appear in metric labels, logs and (in a cluster) channel names:
-/// keep them short and plain.
-fn parse_node_id(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 64 {
-        return Err("must be 1 to 64 characters".into());
-    }
-    if let Some(bad) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "{bad:?} is not allowed; use letters, digits, '-', '_' and '.'"
-        ));
-    }
-    Ok(s.to_string())
 }
 
 impl Config {
@@ -160,6 +146,13 @@ impl Config {
             return Err(format!(
                 "--sendq ({}) must be at least --max-line ({}) + 64, or a relayed line could never be queued",
                 self.sendq, self.max_line
+            ));
+        }
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.node_id.is_empty() || self.node_id.len() > 32 || !self.node_id.chars().all(id_ok) {
+            return Err(format!(
+                "--node-id {:?}: use 1 to 32 letters, digits, '-', '_' and '.'",
+                self.node_id
             ));
         }
         if self.burst.is_some() && self.rate.is_none() {

@@ -74,6 +74,14 @@ pub struct Conn {
     /// The peer shut down its write side; once its lines are taken, close.
     pub eof: bool,
     pub bucket: Option<Bucket>,
+    /// Out of budget, on the reactor's timer list: not read until woken
+    /// (one entry per wait, however many readable events arrive meanwhile).
+    pub throttled: bool,
+    /// A WebSocket text message with several lines in it, and how far its
+    /// lines have been taken: each is a line of its own under --rate and the
+    /// per-turn budget, as in line mode. At most --max-line bytes; nothing
+    /// more is decoded until it is used up.
+    pub held: Option<(String, usize)>,
     pub since: Instant,
     /// When bytes last arrived from the peer (--idle-timeout).
     pub last_active: Instant,
@@ -109,6 +117,8 @@ impl Conn {
             in_pending: false,
             eof: false,
             bucket,
+            throttled: false,
+            held: None,
             since: now,
             last_active: now,
             pinged: false,
@@ -166,8 +176,8 @@ impl Conn {
             return match on_slow {
                 OnSlow::Disconnect => Push::TooSlow,
                 OnSlow::Drop => {
-                    self.dropped += 1;
-                    self.dropped_total += 1;
+                    self.dropped += msg.lines() as u64;
+                    self.dropped_total += msg.lines() as u64;
                     Push::Dropped
                 }
             };
@@ -201,6 +211,28 @@ impl Conn {
         first
     }
 
+    /// Queues the answer to something the peer sent (a pong) under the
+    /// --sendq policy, like a chat line: a client that pings and never reads
+    /// would otherwise grow its queue without bound. Under `--on-slow drop`
+    /// the answer is skipped (RFC 6455 5.5.3 lets a pong answer only the
+    /// latest of several pings); it is not a line, so it is not counted.
+    pub fn push_reply(&mut self, bytes: Vec<u8>, sendq: usize, on_slow: OnSlow) -> Push {
+        if self.state != State::Open {
+            return Push::Ignored;
+        }
+        if self.queued + bytes.len() > sendq {
+            return match on_slow {
+                OnSlow::Disconnect => Push::TooSlow,
+                OnSlow::Drop => Push::Dropped,
+            };
+        }
+        if self.push_raw(bytes) {
+            Push::First
+        } else {
+            Push::Queued
+        }
+    }
+
     /// Queues protocol bytes for this connection alone (HTTP answers,
     /// WebSocket control frames). Like notices, they are few and small.
     pub fn push_raw(&mut self, bytes: Vec<u8>) -> bool {
@@ -212,6 +244,12 @@ impl Conn {
     fn enqueue(&mut self, item: Item) {
         self.queued += self.bytes(&item).len();
         self.out.push_back(item);
+    }
+
+    /// Part of the front item is on the wire: the peer is inside a line or
+    /// a frame, so anything else written now would land in the middle of it.
+    pub fn mid_item(&self) -> bool {
+        self.head > 0
     }
 
     /// Drops everything queued (a connection that is cut off).
@@ -364,6 +402,57 @@ mod tests {
             assert!(b.take(later).is_ok());
         }
         assert!(b.take(later).is_err());
+    }
+
+    #[test]
+    fn mid_item_while_a_queued_line_is_partly_written() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = sock.local_addr().unwrap();
+        let mut c = Conn::new(
+            TcpStream::from_std(sock),
+            peer,
+            Proto::Http(Vec::new(), Instant::now()),
+            None,
+        );
+        c.push_raw(b"first".to_vec());
+        c.push_raw(b"second".to_vec());
+        assert!(!c.mid_item());
+        c.advance(3);
+        assert!(c.mid_item(), "3 of 5 bytes of the first item written");
+        c.advance(2);
+        assert!(!c.mid_item(), "at the start of the second");
+        c.advance(6);
+        assert!(!c.mid_item());
+        c.push_raw(b"third".to_vec());
+        c.advance(1);
+        c.discard_output();
+        assert!(!c.mid_item());
+    }
+
+    #[test]
+    fn replies_obey_sendq() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = sock.local_addr().unwrap();
+        let proto = Proto::Http(Vec::new(), Instant::now());
+        let mut c = Conn::new(TcpStream::from_std(sock), peer, proto, None);
+        assert_eq!(
+            c.push_reply(vec![0; 60], 100, OnSlow::Disconnect),
+            Push::First
+        );
+        assert_eq!(
+            c.push_reply(vec![0; 40], 100, OnSlow::Disconnect),
+            Push::Queued
+        );
+        assert_eq!(
+            c.push_reply(vec![0; 1], 100, OnSlow::Disconnect),
+            Push::TooSlow
+        );
+        assert_eq!(c.push_reply(vec![0; 1], 100, OnSlow::Drop), Push::Dropped);
+        assert_eq!(c.queued(), 100);
+        c.state = State::Closing;
+        assert_eq!(c.push_reply(vec![0; 1], 1000, OnSlow::Drop), Push::Ignored);
     }
 
     #[test]

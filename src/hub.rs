@@ -1,14 +1,19 @@
 //! The chat hub, pure: names, rooms and commands. A line in, deliveries out.
 //!
-//! The hub never touches a socket. Transports (line clients now, WebSocket
-//! and the cluster link later) call `connect`, `line` and `disconnect`, and
-//! the hub answers through an [`Outbox`]: one shared [`Msg`] per broadcast,
-//! handed to each recipient. Routing a message costs O(members of the
-//! room); every lookup by name is a hash lookup.
+//! The hub never touches a socket. Transports (line clients, WebSocket, and
+//! the cluster link) call `connect`, `line` and `disconnect`, and the hub
+//! answers through an [`Outbox`]: one shared [`Msg`] per broadcast, handed
+//! to each recipient. Routing a message costs O(members of the room); every
+//! lookup by name is a hash lookup.
+//!
+//! In cluster mode the hub also holds a mirror of the users on the other
+//! instances (kept up to date by presence events from the cluster link), so
+//! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
+//! each instance delivers lines only to its own local clients.
 
 use crate::msg::Msg;
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,7 +21,8 @@ use std::time::Duration;
 pub type ClientId = usize;
 
 /// Where the hub's output goes. Implemented by the reactor over its
-/// connections, and by recorders in tests and benches.
+/// connections, and by recorders in tests and benches. The cluster methods
+/// do nothing unless a cluster link is attached.
 pub trait Outbox {
     /// Queue `msg` for `to`. Must not call back into the hub: a transport
     /// that needs to drop `to` marks it and tells the hub after the call.
@@ -24,6 +30,18 @@ pub trait Outbox {
     /// `id` asked to leave (`/quit`): flush what is queued for it, then
     /// close it and call [`Hub::disconnect`] with `reason`.
     fn close(&mut self, id: ClientId, reason: String);
+    /// A line for the members of `room` on the other instances.
+    fn publish(&mut self, _room: &str, _msg: &Rc<Msg>) {}
+    /// A change to who is where, for the other instances' mirrors.
+    fn presence(&mut self, _event: Presence) {}
+    /// A line for one user on another instance.
+    fn private(&mut self, _node: &str, _to: u64, _to_name: &str, _msg: &Rc<Msg>) {}
+    /// This instance now has local members in `room` (true) or none (false).
+    fn subscribe(&mut self, _room: &str, _on: bool) {}
+    /// Reserve `name` cluster-wide for `id`; answered by [`Hub::claimed`].
+    fn claim(&mut self, _id: ClientId, _name: &str) {}
+    /// Give up a name reserved with `claim`.
+    fn release(&mut self, _name: &str) {}
     /// What `/stats` tells `id` about its own connection; None where the
     /// transport keeps no such figures (recorders in tests and benches).
     fn conn_stats(&self, _id: ClientId) -> Option<ConnStats> {
@@ -54,6 +72,50 @@ pub struct ServerStats {
     pub lines_per_sec: f64,
 }
 
+/// Presence events exchanged by instances (room keys are lowercase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// A user is on `node` as `id`, named `name`, in room `room` (shown as
+    /// `shown`). Sent when a user arrives and, for everyone, in answer to `Hello`.
+    Here {
+        node: Rc<str>,
+        id: u64,
+        name: String,
+        room: String,
+        shown: String,
+    },
+    Gone {
+        node: Rc<str>,
+        id: u64,
+    },
+    Renamed {
+        node: Rc<str>,
+        id: u64,
+        name: String,
+    },
+    Moved {
+        node: Rc<str>,
+        id: u64,
+        room: String,
+        shown: String,
+    },
+    /// `node` (re)joined the cluster: everyone re-announces their users.
+    Hello {
+        node: Rc<str>,
+    },
+    /// `node` is shutting down: its users are leaving now.
+    Bye {
+        node: Rc<str>,
+    },
+}
+
+/// Instances are named on the wire `ID~INCARNATION` (`~` cannot appear in a
+/// node id), so an instance restarted under the same --node-id is a new
+/// node, and the others can tell its old users are gone.
+pub fn same_instance_name(a: &str, b: &str) -> bool {
+    a.split('~').next() == b.split('~').next()
+}
+
 pub const MAX_NAME: usize = 24;
 pub const LOBBY: &str = "lobby";
 
@@ -71,6 +133,16 @@ const HELP: &[&str] = &[
     "***   //text            send a message that begins with /",
 ];
 
+pub const LINK_DOWN: &str = "*** cluster link down: messages reach this server only";
+pub const LINK_UP: &str = "*** cluster link restored";
+
+/// Where a user is connected.
+#[derive(Clone)]
+enum Home {
+    Local(ClientId),
+    Remote(Rc<str>, u64),
+}
+
 struct Client {
     name: Box<str>,
     /// Lowercased name: the key in `Hub::names`.
@@ -78,43 +150,87 @@ struct Client {
     room: usize,
     /// Index of this client in its room's `members`, for O(1) removal.
     slot: usize,
+    home: Home,
 }
 
 struct Room {
     /// As shown, with the leading '#' and the casing of whoever created it.
     name: Box<str>,
     key: Box<str>,
-    members: Vec<ClientId>,
+    /// Hub indices of everyone in the room, local and remote.
+    members: Vec<usize>,
+    /// How many of `members` are local: the cluster link subscribes to a
+    /// room's channel only while this is non-zero.
+    local: usize,
+}
+
+/// Cluster mode: who we are, whether the link is up, and name bookkeeping.
+struct Cluster {
+    node: Rc<str>,
+    up: bool,
+    /// Reserved ranges of guest numbers [next, end) from the shared counter.
+    guests: VecDeque<(u64, u64)>,
+    /// Fallback numbering before any range was ever reserved.
+    fallback: u64,
+    /// Clients waiting for a cluster-wide name reservation.
+    pending: HashMap<ClientId, Box<str>>,
 }
 
 pub struct Hub {
-    clients: Vec<Option<Client>>,
-    names: HashMap<Box<str>, ClientId>,
+    /// Everyone, local and remote; rooms and names refer to these indices.
+    clients: Slab<Client>,
+    /// ClientId (reactor key) -> index in `clients`.
+    local: Vec<Option<usize>>,
+    remote: HashMap<(Rc<str>, u64), usize>,
+    names: HashMap<Box<str>, usize>,
     rooms: Slab<Room>,
     room_keys: HashMap<Box<str>, usize>,
     next_guest: u64,
     online: usize,
     announce_max: usize,
+    batch_max: usize,
+    cluster: Option<Cluster>,
     /// Chat lines passed on (messages, /me, /msg), for the metrics.
     relayed: u64,
 }
+
+/// How many guest numbers the cluster link reserves at a time.
+pub const GUEST_BLOCK: u64 = 100;
 
 impl Hub {
     /// `announce_max`: rooms with more members than this do not announce
     /// joins, leaves and nick changes (they would cost O(N²) lines).
     pub fn new(announce_max: usize) -> Hub {
         Hub {
-            clients: Vec::new(),
+            clients: Slab::new(),
+            local: Vec::new(),
+            remote: HashMap::new(),
             names: HashMap::new(),
             rooms: Slab::new(),
             room_keys: HashMap::new(),
             next_guest: 1,
             online: 0,
             announce_max,
+            batch_max: 16 * 1024,
+            cluster: None,
             relayed: 0,
         }
     }
 
+    /// Turns on cluster mode for this instance, named `node`. The link
+    /// starts down; [`Hub::link_up`] says when it is not.
+    pub fn with_cluster(mut self, node: &str) -> Hub {
+        self.cluster = Some(Cluster {
+            node: node.into(),
+            up: false,
+            guests: VecDeque::new(),
+            fallback: 1,
+            pending: HashMap::new(),
+        });
+        self
+    }
+
+    /// Local clients.
     pub fn online(&self) -> usize {
         self.online
     }
@@ -129,35 +245,78 @@ impl Hub {
     }
 
     pub fn name(&self, id: ClientId) -> Option<&str> {
-        self.client(id).map(|c| &*c.name)
+        self.idx(id).map(|i| &*self.clients[i].name)
     }
 
-    fn client(&self, id: ClientId) -> Option<&Client> {
-        self.clients.get(id).and_then(Option::as_ref)
+    fn idx(&self, id: ClientId) -> Option<usize> {
+        self.local.get(id).copied().flatten()
+    }
+
+    /// The highest guest number handed out, so a shared counter that lost
+    /// its state (a restarted Redis) can be moved past it.
+    pub fn guests_used(&self) -> u64 {
+        self.next_guest - 1
+    }
+
+    /// How many reserved guest numbers are left.
+    pub fn guests_left(&self) -> u64 {
+        self.cluster
+            .as_ref()
+            .map_or(u64::MAX, |c| c.guests.iter().map(|(a, b)| b - a).sum())
+    }
+
+    /// The cluster link reserved guest numbers [start, start + len).
+    pub fn add_guests(&mut self, start: u64, len: u64) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.guests.push_back((start, start + len));
+        }
+    }
+
+    fn guest_name(&mut self) -> String {
+        let Some(c) = self.cluster.as_mut() else {
+            let n = self.next_guest;
+            self.next_guest += 1;
+            return format!("guest-{n}");
+        };
+        while let Some((next, end)) = c.guests.front_mut() {
+            if next < end {
+                let n = *next;
+                *next += 1;
+                self.next_guest = self.next_guest.max(n + 1);
+                return format!("guest-{n}");
+            }
+            c.guests.pop_front();
+        }
+        // Never reached the shared counter: the node id keeps it unique.
+        let n = c.fallback;
+        c.fallback += 1;
+        let id = c.node.split('~').next().unwrap_or_default();
+        format!("guest-{id}-{n}")
     }
 
     /// A new connection: it gets a guest name, lands in the lobby and is
     /// welcomed; the lobby hears of it.
     pub fn connect(&mut self, id: ClientId, out: &mut impl Outbox) {
-        if self.client(id).is_some() {
+        if self.idx(id).is_some() {
             return;
         }
-        let name = format!("guest-{}", self.next_guest);
-        self.next_guest += 1;
+        let name = self.guest_name();
         let key: Box<str> = name.clone().into();
-        self.names.insert(key.clone(), id);
-        if self.clients.len() <= id {
-            self.clients.resize_with(id + 1, || None);
-        }
-        self.clients[id] = Some(Client {
+        let i = self.clients.insert(Client {
             name: name.clone().into(),
-            key,
+            key: key.clone(),
             room: usize::MAX,
             slot: 0,
+            home: Home::Local(id),
         });
+        self.names.insert(key, i);
+        if self.local.len() <= id {
+            self.local.resize(id + 1, None);
+        }
+        self.local[id] = Some(i);
         self.online += 1;
-        let room = self.enter(id, LOBBY);
-        let others = self.online - 1;
+        let room = self.enter(i, LOBBY, LOBBY, out);
+        let others = self.clients.len() - 1;
         let who = match others {
             0 => "nobody else online".to_string(),
             1 => "1 other user online".to_string(),
@@ -168,60 +327,144 @@ impl Hub {
             self.rooms[room].name
         );
         out.send(id, &Msg::new(&welcome));
-        self.announce(room, id, &format!("*** {name} joined"), out);
+        if self.cluster.as_ref().is_some_and(|c| !c.up) {
+            reply(out, id, LINK_DOWN);
+        }
+        self.here(i, out);
+        self.announce(room, i, &format!("*** {name} joined"), out);
     }
 
     /// The connection is gone; its room hears why, and its name is free.
     pub fn disconnect(&mut self, id: ClientId, reason: Option<&str>, out: &mut impl Outbox) {
-        let Some(client) = self.clients.get_mut(id).and_then(Option::take) else {
-            return;
-        };
+        let Some(i) = self.idx(id) else { return };
+        self.local[id] = None;
         self.online -= 1;
-        self.names.remove(&client.key);
+        if let Some(c) = self.cluster.as_mut() {
+            c.pending.remove(&id);
+            let node = c.node.clone();
+            out.presence(Presence::Gone {
+                node,
+                id: id as u64,
+            });
+            if !self.clients[i].key.starts_with("guest-") {
+                out.release(&self.clients[i].key);
+            }
+        }
+        self.drop_client(i, reason, true, out);
+    }
+
+    /// Removes a client (local or remote) and tells its room, locally and,
+    /// when `publish`, on the other instances too.
+    fn drop_client(
+        &mut self,
+        i: usize,
+        reason: Option<&str>,
+        publish: bool,
+        out: &mut impl Outbox,
+    ) {
+        let c = &self.clients[i];
         let text = match reason {
-            Some(r) => format!("*** {} left ({r})", client.name),
-            None => format!("*** {} left", client.name),
+            Some(r) => format!("*** {} left ({r})", c.name),
+            None => format!("*** {} left", c.name),
         };
-        self.announce(client.room, id, &text, out);
-        self.remove_member(client.room, client.slot);
+        let room = c.room;
+        if publish {
+            self.announce(room, i, &text, out);
+        } else if self.announces(room) {
+            self.to_room(room, Some(i), &Msg::new(&text), out);
+        }
+        let c = self.clients.remove(i);
+        if self.names.get(&c.key) == Some(&i) {
+            self.names.remove(&c.key);
+        }
+        self.remove_member(room, c.slot, matches!(c.home, Home::Local(_)), out);
     }
 
     /// One line from `id`, already sanitised and known to be non-blank.
     pub fn line(&mut self, id: ClientId, text: &str, out: &mut impl Outbox) {
-        let Some(client) = self.client(id) else {
-            return;
-        };
+        let Some(i) = self.idx(id) else { return };
+        let client = &self.clients[i];
         if let Some(rest) = text.strip_prefix("//") {
             let msg = Msg::new(&format!("<{}> /{rest}", client.name));
-            self.to_room(client.room, id, &msg, out);
+            self.broadcast(client.room, i, &msg, out);
             self.relayed += 1;
         } else if let Some(command) = text.strip_prefix('/') {
-            self.command(id, command, out);
+            self.command(id, i, command, out);
         } else {
             let msg = Msg::new(&format!("<{}> {text}", client.name));
-            self.to_room(client.room, id, &msg, out);
+            self.broadcast(client.room, i, &msg, out);
             self.relayed += 1;
         }
     }
 
-    fn command(&mut self, id: ClientId, line: &str, out: &mut impl Outbox) {
+    /// Several lines from `id`, in the order they came. Consecutive plain
+    /// messages go out as one batch: one shared buffer, one queue entry and
+    /// one iovec per recipient instead of one per line. A batch never
+    /// passes `batch_max` bytes, so it always fits a recipient's queue.
+    pub fn lines(&mut self, id: ClientId, texts: &[String], out: &mut impl Outbox) {
+        let mut run = String::new();
+        for text in texts {
+            let Some(i) = self.idx(id) else { return };
+            if !text.starts_with('/') || text.starts_with("//") {
+                if !run.is_empty() && run.len() + text.len() + 32 > self.batch_max {
+                    self.flush_run(i, &mut run, out);
+                }
+                if !run.is_empty() {
+                    run.push_str("\r\n");
+                }
+                let body = text.strip_prefix('/').unwrap_or(text);
+                let c = &self.clients[i];
+                run.push('<');
+                run.push_str(&c.name);
+                run.push_str("> ");
+                run.push_str(body);
+                self.relayed += 1;
+                continue;
+            }
+            self.flush_run(i, &mut run, out);
+            self.line(id, text, out);
+            // After /quit nothing more from this client is taken.
+            if split_word(&text[1..]).0.eq_ignore_ascii_case("quit") {
+                return;
+            }
+        }
+        if let Some(i) = self.idx(id) {
+            self.flush_run(i, &mut run, out);
+        }
+    }
+
+    fn flush_run(&self, i: usize, run: &mut String, out: &mut impl Outbox) {
+        if !run.is_empty() {
+            self.broadcast(self.clients[i].room, i, &Msg::new(run), out);
+            run.clear();
+        }
+    }
+
+    /// The most bytes of messages relayed as one batch (default 16 KiB);
+    /// the reactor keeps it well under --sendq.
+    pub fn with_batch_max(mut self, bytes: usize) -> Hub {
+        self.batch_max = bytes;
+        self
+    }
+
+    fn command(&mut self, id: ClientId, i: usize, line: &str, out: &mut impl Outbox) {
         let (cmd, rest) = split_word(line);
         let rest = rest.trim();
         match cmd.to_ascii_lowercase().as_str() {
-            "nick" => self.nick(id, rest, out),
+            "nick" => self.nick(id, i, rest, out),
             "who" => {
-                let room = self.clients[id].as_ref().map_or(0, |c| c.room);
+                let room = self.clients[i].room;
                 out.send(id, &Msg::new(&format!("*** {}", self.roster(room))));
             }
-            "msg" => self.private(id, rest, out),
+            "msg" => self.private(id, i, rest, out),
             "me" if rest.is_empty() => reply(out, id, "*** error: usage: /me text"),
             "me" => {
-                let Some(c) = self.client(id) else { return };
+                let c = &self.clients[i];
                 let msg = Msg::new(&format!("* {} {rest}", c.name));
-                self.to_room(c.room, id, &msg, out);
+                self.broadcast(c.room, i, &msg, out);
                 self.relayed += 1;
             }
-            "join" => self.join(id, rest, out),
+            "join" => self.join(id, i, rest, out),
             "rooms" => {
                 let mut rooms: Vec<&Room> = self.rooms.iter().map(|(_, r)| r).collect();
                 rooms.sort_by(|a, b| a.key.cmp(&b.key));
@@ -243,7 +486,7 @@ impl Hub {
             }
             "stats" => {
                 let line = stats_line(
-                    self.online,
+                    self.clients.len(),
                     self.rooms.len(),
                     out.conn_stats(id),
                     out.server_stats(),
@@ -266,7 +509,7 @@ impl Hub {
         }
     }
 
-    fn nick(&mut self, id: ClientId, wanted: &str, out: &mut impl Outbox) {
+    fn nick(&mut self, id: ClientId, i: usize, wanted: &str, out: &mut impl Outbox) {
         if wanted.is_empty() {
             return reply(out, id, "*** error: usage: /nick NAME");
         }
@@ -282,27 +525,84 @@ impl Hub {
             );
         }
         match self.names.get(key.as_str()) {
-            Some(&owner) if owner != id => {
+            Some(&owner) if owner != i => {
                 return reply(out, id, &format!("*** error: the name {wanted} is taken"));
             }
             _ => {}
         }
-        let Some(client) = self.clients.get_mut(id).and_then(Option::as_mut) else {
-            return;
-        };
-        if *client.name == *wanted {
+        if *self.clients[i].name == *wanted {
             return reply(out, id, &format!("*** you are already {wanted}"));
         }
-        let old = std::mem::replace(&mut client.name, wanted.into());
-        let old_key = std::mem::replace(&mut client.key, key.into());
-        let room = client.room;
-        self.names.remove(&old_key);
-        self.names.insert(client.key.clone(), id);
-        reply(out, id, &format!("*** you are now {wanted}"));
-        self.announce(room, id, &format!("*** {old} is now {wanted}"), out);
+        if let Some(c) = self.cluster.as_mut()
+            && *self.clients[i].key != *key
+        {
+            // Another instance may be granting the same name right now:
+            // the shared store decides, and `claimed` finishes the change.
+            if !c.up {
+                return reply(
+                    out,
+                    id,
+                    "*** error: names cannot change while the cluster link is down",
+                );
+            }
+            if c.pending.contains_key(&id) {
+                return reply(out, id, "*** error: a name change is already under way");
+            }
+            c.pending.insert(id, wanted.into());
+            out.claim(id, &key);
+            return;
+        }
+        self.rename(id, i, wanted, out);
     }
 
-    fn private(&mut self, id: ClientId, rest: &str, out: &mut impl Outbox) {
+    /// The cluster's answer to `Outbox::claim`.
+    pub fn claimed(&mut self, id: ClientId, name: &str, ok: bool, out: &mut impl Outbox) {
+        let Some(wanted) = self.cluster.as_mut().and_then(|c| c.pending.remove(&id)) else {
+            // The client left meanwhile: give the name back.
+            if ok {
+                out.release(name);
+            }
+            return;
+        };
+        let Some(i) = self.idx(id) else { return };
+        let taken = self
+            .names
+            .get(wanted.to_ascii_lowercase().as_str())
+            .is_some_and(|&o| o != i);
+        if !ok || taken {
+            if ok {
+                out.release(name);
+            }
+            return reply(out, id, &format!("*** error: the name {wanted} is taken"));
+        }
+        let old = self.clients[i].key.clone();
+        if !old.starts_with("guest-") {
+            out.release(&old);
+        }
+        self.rename(id, i, &wanted, out);
+    }
+
+    fn rename(&mut self, id: ClientId, i: usize, wanted: &str, out: &mut impl Outbox) {
+        let client = &mut self.clients[i];
+        let old = std::mem::replace(&mut client.name, wanted.into());
+        let old_key = std::mem::replace(&mut client.key, wanted.to_ascii_lowercase().into());
+        let room = client.room;
+        if self.names.get(&old_key) == Some(&i) {
+            self.names.remove(&old_key);
+        }
+        self.names.insert(self.clients[i].key.clone(), i);
+        reply(out, id, &format!("*** you are now {wanted}"));
+        if let Some(c) = &self.cluster {
+            out.presence(Presence::Renamed {
+                node: c.node.clone(),
+                id: id as u64,
+                name: wanted.to_string(),
+            });
+        }
+        self.announce(room, i, &format!("*** {old} is now {wanted}"), out);
+    }
+
+    fn private(&mut self, id: ClientId, i: usize, rest: &str, out: &mut impl Outbox) {
         let (target, text) = split_word(rest);
         let text = text.trim();
         if target.is_empty() || text.is_empty() {
@@ -311,15 +611,17 @@ impl Hub {
         let Some(&to) = self.names.get(target.to_ascii_lowercase().as_str()) else {
             return reply(out, id, &format!("*** error: no user named {target}"));
         };
-        let (Some(from), Some(dest)) = (self.client(id), self.client(to)) else {
-            return;
-        };
-        out.send(to, &Msg::new(&format!("*{}* {text}", from.name)));
+        let (from, dest) = (&self.clients[i], &self.clients[to]);
+        let msg = Msg::new(&format!("*{}* {text}", from.name));
+        match &dest.home {
+            Home::Local(c) => out.send(*c, &msg),
+            Home::Remote(node, rid) => out.private(node, *rid, &dest.key, &msg),
+        }
         reply(out, id, &format!("-> *{}* {text}", dest.name));
         self.relayed += 1;
     }
 
-    fn join(&mut self, id: ClientId, wanted: &str, out: &mut impl Outbox) {
+    fn join(&mut self, id: ClientId, i: usize, wanted: &str, out: &mut impl Outbox) {
         let wanted = wanted.strip_prefix('#').unwrap_or(wanted);
         if wanted.is_empty() {
             return reply(out, id, "*** error: usage: /join ROOM");
@@ -327,56 +629,74 @@ impl Hub {
         if let Err(why) = check_name(wanted) {
             return reply(out, id, &format!("*** error: invalid room name: {why}"));
         }
-        let Some(client) = self.client(id) else {
-            return;
-        };
+        let client = &self.clients[i];
         let (old, slot, name) = (client.room, client.slot, client.name.clone());
-        if *self.rooms[old].key == *wanted.to_ascii_lowercase() {
+        let key = wanted.to_ascii_lowercase();
+        if *self.rooms[old].key == *key {
             let text = format!("*** error: you are already in {}", self.rooms[old].name);
             return reply(out, id, &text);
         }
         let text = format!("*** {name} left {}", self.rooms[old].name);
-        self.announce(old, id, &text, out);
-        self.remove_member(old, slot);
-        let room = self.enter(id, wanted);
+        self.announce(old, i, &text, out);
+        self.remove_member(old, slot, true, out);
+        let room = self.enter(i, &key, wanted, out);
+        if let Some(c) = &self.cluster {
+            let r = &self.rooms[room];
+            out.presence(Presence::Moved {
+                node: c.node.clone(),
+                id: id as u64,
+                room: r.key.to_string(),
+                shown: r.name[1..].to_string(),
+            });
+        }
         let text = format!("*** {name} joined {}", self.rooms[room].name);
-        self.announce(room, id, &text, out);
+        self.announce(room, i, &text, out);
         reply(out, id, &format!("*** you joined {}", self.roster(room)));
     }
 
-    /// Adds `id` to the room named `wanted` (created if new); returns its key.
-    fn enter(&mut self, id: ClientId, wanted: &str) -> usize {
-        let key = wanted.to_ascii_lowercase();
-        let room = match self.room_keys.get(key.as_str()) {
+    /// Adds client `i` to the room `key` (created, shown as `#shown`, if
+    /// new); returns the room.
+    fn enter(&mut self, i: usize, key: &str, shown: &str, out: &mut impl Outbox) -> usize {
+        let room = match self.room_keys.get(key) {
             Some(&r) => r,
             None => {
                 let r = self.rooms.insert(Room {
-                    name: format!("#{wanted}").into(),
-                    key: key.clone().into(),
+                    name: format!("#{shown}").into(),
+                    key: key.into(),
                     members: Vec::new(),
+                    local: 0,
                 });
                 self.room_keys.insert(key.into(), r);
                 r
             }
         };
-        let members = &mut self.rooms[room].members;
-        if let Some(c) = self.clients[id].as_mut() {
-            c.room = room;
-            c.slot = members.len();
+        let r = &mut self.rooms[room];
+        let c = &mut self.clients[i];
+        c.room = room;
+        c.slot = r.members.len();
+        r.members.push(i);
+        if matches!(c.home, Home::Local(_)) {
+            r.local += 1;
+            if r.local == 1 && self.cluster.is_some() {
+                out.subscribe(&r.key, true);
+            }
         }
-        members.push(id);
         room
     }
 
-    fn remove_member(&mut self, room: usize, slot: usize) {
-        let members = &mut self.rooms[room].members;
-        members.swap_remove(slot);
-        if let Some(&moved) = members.get(slot)
-            && let Some(c) = self.clients[moved].as_mut()
-        {
-            c.slot = slot;
+    fn remove_member(&mut self, room: usize, slot: usize, local: bool, out: &mut impl Outbox) {
+        let r = &mut self.rooms[room];
+        r.members.swap_remove(slot);
+        if let Some(&moved) = r.members.get(slot) {
+            self.clients[moved].slot = slot;
         }
-        if members.is_empty() {
+        if local {
+            r.local -= 1;
+            if r.local == 0 && self.cluster.is_some() {
+                out.subscribe(&r.key, false);
+            }
+        }
+        if r.members.is_empty() {
             let gone = self.rooms.remove(room);
             self.room_keys.remove(&gone.key);
         }
@@ -385,28 +705,270 @@ impl Hub {
     /// "#lobby (3): alice, bob, guest-7"
     fn roster(&self, room: usize) -> String {
         let r = &self.rooms[room];
-        let mut names: Vec<&Client> = r.members.iter().filter_map(|&m| self.client(m)).collect();
+        let mut names: Vec<&Client> = r.members.iter().map(|&m| &self.clients[m]).collect();
         names.sort_by(|a, b| a.key.cmp(&b.key));
         let names: Vec<&str> = names.iter().map(|c| &*c.name).collect();
         format!("{} ({}): {}", r.name, names.len(), names.join(", "))
     }
 
-    /// Everyone in `room` but `from` gets `msg`.
-    fn to_room(&self, room: usize, from: ClientId, msg: &Rc<Msg>, out: &mut impl Outbox) {
+    /// Every local member of `room` but `from` gets `msg`.
+    fn to_room(&self, room: usize, from: Option<usize>, msg: &Rc<Msg>, out: &mut impl Outbox) {
         for &member in &self.rooms[room].members {
-            if member != from {
-                out.send(member, msg);
+            if Some(member) != from
+                && let Home::Local(c) = self.clients[member].home
+            {
+                out.send(c, msg);
             }
         }
     }
 
+    /// A line from a local user for the whole room, on every instance.
+    fn broadcast(&self, room: usize, from: usize, msg: &Rc<Msg>, out: &mut impl Outbox) {
+        self.to_room(room, Some(from), msg, out);
+        if self.cluster.is_some() {
+            out.publish(&self.rooms[room].key, msg);
+        }
+    }
+
+    fn announces(&self, room: usize) -> bool {
+        let members = self.rooms[room].members.len();
+        members <= self.announce_max && members > 1
+    }
+
     /// A join/leave/nick notice: only in rooms small enough to afford it.
     /// `from` is counted as a member whether or not it still is one.
-    fn announce(&self, room: usize, from: ClientId, text: &str, out: &mut impl Outbox) {
-        let members = self.rooms[room].members.len();
-        if members <= self.announce_max && members > 1 {
-            self.to_room(room, from, &Msg::new(text), out);
+    fn announce(&self, room: usize, from: usize, text: &str, out: &mut impl Outbox) {
+        if self.announces(room) {
+            self.broadcast(room, from, &Msg::new(text), out);
         }
+    }
+
+    /// Tells the other instances that local client `i` is here.
+    fn here(&self, i: usize, out: &mut impl Outbox) {
+        let (Some(cl), Home::Local(id)) = (&self.cluster, &self.clients[i].home) else {
+            return;
+        };
+        let c = &self.clients[i];
+        let r = &self.rooms[c.room];
+        out.presence(Presence::Here {
+            node: cl.node.clone(),
+            id: *id as u64,
+            name: c.name.to_string(),
+            room: r.key.to_string(),
+            shown: r.name[1..].to_string(),
+        });
+    }
+
+    // ---- Cluster input: what the link heard from the other instances ----
+
+    /// A room line published by another instance.
+    pub fn remote_line(&self, room: &str, text: &str, out: &mut impl Outbox) {
+        if let Some(&r) = self.room_keys.get(room) {
+            self.to_room(r, None, &Msg::new(text), out);
+        }
+    }
+
+    /// A private line for local client `to`, if it is still `to_name`.
+    pub fn remote_private(&self, to: ClientId, to_name: &str, text: &str, out: &mut impl Outbox) {
+        if let Some(i) = self.idx(to)
+            && *self.clients[i].key == *to_name
+        {
+            out.send(to, &Msg::new(text));
+        }
+    }
+
+    /// Another instance's presence event updates the mirror. Notices for
+    /// people arriving or leaving travel as room lines, not from here.
+    pub fn remote_presence(&mut self, event: Presence, out: &mut impl Outbox) {
+        let Some(cl) = &self.cluster else { return };
+        let me = cl.node.clone();
+        match event {
+            Presence::Hello { node } if node != me => {
+                // A restart under the same name: the old one's users are gone.
+                for old in self.remote_nodes() {
+                    if old != node && same_instance_name(&old, &node) {
+                        self.node_lost(&old, "server lost", out);
+                    }
+                }
+                for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
+                    self.here(i, out);
+                }
+            }
+            Presence::Hello { .. } => {}
+            Presence::Bye { node } => self.node_lost(&node, "server shutting down", out),
+            Presence::Here {
+                node,
+                id,
+                name,
+                room,
+                shown,
+            } if node != me => {
+                if let Some(&i) = self.remote.get(&(node.clone(), id)) {
+                    self.drop_client(i, None, false, &mut Silent(out));
+                }
+                let key: Box<str> = name.to_ascii_lowercase().into();
+                let i = self.clients.insert(Client {
+                    name: name.into(),
+                    key: key.clone(),
+                    room: usize::MAX,
+                    slot: 0,
+                    home: Home::Remote(node.clone(), id),
+                });
+                self.names.entry(key).or_insert(i);
+                self.remote.insert((node, id), i);
+                self.enter(i, &room, &shown, out);
+            }
+            Presence::Gone { node, id } => {
+                if let Some(i) = self.remote.remove(&(node, id)) {
+                    self.drop_client(i, None, false, &mut Silent(out));
+                }
+            }
+            Presence::Renamed { node, id, name } => {
+                if let Some(&i) = self.remote.get(&(node, id)) {
+                    let c = &mut self.clients[i];
+                    let old = std::mem::replace(&mut c.key, name.to_ascii_lowercase().into());
+                    c.name = name.into();
+                    if self.names.get(&old) == Some(&i) {
+                        self.names.remove(&old);
+                    }
+                    self.names.entry(self.clients[i].key.clone()).or_insert(i);
+                }
+            }
+            Presence::Moved {
+                node,
+                id,
+                room,
+                shown,
+            } => {
+                if let Some(&i) = self.remote.get(&(node, id)) {
+                    let (old, slot) = (self.clients[i].room, self.clients[i].slot);
+                    self.remove_member(old, slot, false, out);
+                    self.enter(i, &room, &shown, out);
+                }
+            }
+            Presence::Here { .. } => {}
+        }
+    }
+
+    /// Another instance stopped answering (or said goodbye): its users are
+    /// gone, and the rooms they were in are told so, with `reason`.
+    pub fn node_lost(&mut self, node: &str, reason: &str, out: &mut impl Outbox) {
+        let gone: Vec<usize> = self
+            .remote
+            .iter()
+            .filter(|((n, _), _)| &**n == node)
+            .map(|(_, &i)| i)
+            .collect();
+        self.remote.retain(|(n, _), _| &**n != node);
+        for i in gone {
+            self.drop_client(i, Some(reason), false, out);
+        }
+    }
+
+    /// Nodes that have users in the mirror (to check they are alive).
+    pub fn remote_nodes(&self) -> Vec<Rc<str>> {
+        let mut nodes: Vec<Rc<str>> = self.remote.keys().map(|(n, _)| n.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Local users' reserved names, to renew them.
+    pub fn claimed_names(&self) -> Vec<&str> {
+        self.local
+            .iter()
+            .flatten()
+            .map(|&i| &*self.clients[i].key)
+            .filter(|k| !k.starts_with("guest-"))
+            .collect()
+    }
+
+    /// Local rooms (for re-subscribing after a reconnect).
+    pub fn local_rooms(&self) -> Vec<&str> {
+        self.rooms
+            .iter()
+            .filter(|(_, r)| r.local > 0)
+            .map(|(_, r)| &*r.key)
+            .collect()
+    }
+
+    /// This instance is shutting down: the others drop its users at once
+    /// instead of waiting for its heartbeat to expire.
+    pub fn shutdown(&mut self, out: &mut impl Outbox) {
+        if let Some(c) = &self.cluster
+            && c.up
+        {
+            out.presence(Presence::Bye {
+                node: c.node.clone(),
+            });
+        }
+    }
+
+    /// The link to the other instances is up again (or for the first time).
+    pub fn link_up(&mut self, out: &mut impl Outbox) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if c.up {
+            return;
+        }
+        c.up = true;
+        let node = c.node.clone();
+        for id in self.local_ids() {
+            reply(out, id, LINK_UP);
+        }
+        out.presence(Presence::Hello { node });
+        for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
+            self.here(i, out);
+        }
+    }
+
+    /// The link is down: the other instances' users are out of reach, so
+    /// they leave the mirror (quietly: they did not leave the chat).
+    pub fn link_down(&mut self, out: &mut impl Outbox) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let was_up = std::mem::replace(&mut c.up, false);
+        let waiting: Vec<ClientId> = c.pending.drain().map(|(id, _)| id).collect();
+        for id in waiting {
+            reply(
+                out,
+                id,
+                "*** error: the cluster link went down; try /nick again later",
+            );
+        }
+        let remote: Vec<usize> = self.remote.drain().map(|(_, i)| i).collect();
+        for i in remote {
+            self.drop_client(i, None, false, &mut Silent(out));
+        }
+        if was_up {
+            for id in self.local_ids() {
+                reply(out, id, LINK_DOWN);
+            }
+        }
+    }
+
+    fn local_ids(&self) -> Vec<ClientId> {
+        self.local
+            .iter()
+            .enumerate()
+            .filter_map(|(id, i)| i.map(|_| id))
+            .collect()
+    }
+}
+
+/// Passes everything on but room notices' deliveries: for mirror changes
+/// that must not make a sound.
+struct Silent<'a, O: Outbox>(&'a mut O);
+
+impl<O: Outbox> Outbox for Silent<'_, O> {
+    fn send(&mut self, _: ClientId, _: &Rc<Msg>) {}
+    fn close(&mut self, id: ClientId, reason: String) {
+        self.0.close(id, reason)
+    }
+    fn subscribe(&mut self, room: &str, on: bool) {
+        self.0.subscribe(room, on)
     }
 }
 
@@ -478,7 +1040,7 @@ fn split_word(s: &str) -> (&str, &str) {
 }
 
 /// Names and rooms: 1 to 24 of letters, digits, '-', '_', '.'.
-fn check_name(s: &str) -> Result<(), String> {
+pub fn check_name(s: &str) -> Result<(), String> {
     if s.len() > MAX_NAME {
         return Err(format!("at most {MAX_NAME} characters"));
     }
@@ -956,5 +1518,354 @@ mod tests {
         hub.disconnect(0, None, &mut rec);
         hub.connect(0, &mut rec);
         assert_eq!(hub.name(0), Some("guest-2"));
+    }
+
+    #[test]
+    fn a_burst_of_messages_is_one_shared_batch_and_commands_keep_their_place() {
+        let (mut hub, mut rec) = hub_with(3);
+        let texts: Vec<String> = ["one", "//two", "/nick al", "three", "/quit bye", "lost"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        hub.lines(0, &texts, &mut rec);
+        assert_eq!(
+            rec.take(),
+            pairs(&[
+                (1, "<guest-1> one\r\n<guest-1> /two"),
+                (2, "<guest-1> one\r\n<guest-1> /two"),
+                (0, "*** you are now al"),
+                (1, "*** guest-1 is now al"),
+                (2, "*** guest-1 is now al"),
+                (1, "<al> three"),
+                (2, "<al> three"),
+                (0, "*** bye"),
+            ])
+        );
+        assert_eq!(rec.closed, vec![(0, "quit: bye".to_string())]);
+    }
+
+    #[test]
+    fn batches_stay_under_their_bound() {
+        let mut hub = Hub::new(200).with_batch_max(100);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.connect(1, &mut rec);
+        rec.take();
+        let texts: Vec<String> = (0..10).map(|i| format!("{i}{}", "x".repeat(30))).collect();
+        hub.lines(0, &texts, &mut rec);
+        let got = rec.to(1);
+        assert!(
+            got.len() > 1 && got.iter().all(|m| m.len() + 2 <= 100),
+            "{got:?}"
+        );
+        let joined: Vec<String> = got
+            .iter()
+            .flat_map(|m| m.split("\r\n"))
+            .map(String::from)
+            .collect();
+        let want: Vec<String> = texts.iter().map(|t| format!("<guest-1> {t}")).collect();
+        assert_eq!(joined, want, "every line, in order");
+    }
+
+    /// Two instances joined by an in-memory stand-in for Redis: what one
+    /// hub publishes reaches the other as the cluster link would deliver it.
+    mod cluster {
+        use super::*;
+        use std::collections::HashSet;
+
+        #[derive(Default)]
+        struct Bus {
+            got: Vec<(ClientId, String)>,
+            room_lines: Vec<(String, String)>,
+            presence: Vec<Presence>,
+            privates: Vec<(String, u64, String, String)>,
+            claims: Vec<(ClientId, String)>,
+            released: Vec<String>,
+            subscribed: HashSet<String>,
+        }
+
+        impl Outbox for Bus {
+            fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+                self.got.push((to, msg.text().to_string()));
+            }
+            fn close(&mut self, _: ClientId, _: String) {}
+            fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
+                self.room_lines.push((room.into(), msg.text().into()));
+            }
+            fn presence(&mut self, event: Presence) {
+                self.presence.push(event);
+            }
+            fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
+                self.privates
+                    .push((node.into(), to, to_name.into(), msg.text().into()));
+            }
+            fn subscribe(&mut self, room: &str, on: bool) {
+                if on {
+                    self.subscribed.insert(room.into());
+                } else {
+                    self.subscribed.remove(room);
+                }
+            }
+            fn claim(&mut self, id: ClientId, name: &str) {
+                self.claims.push((id, name.into()));
+            }
+            fn release(&mut self, name: &str) {
+                self.released.push(name.into());
+            }
+        }
+
+        struct Net {
+            hubs: [Hub; 2],
+            bus: [Bus; 2],
+            names: HashMap<String, (usize, ClientId)>,
+        }
+
+        impl Net {
+            fn new() -> Net {
+                let mut net = Net {
+                    hubs: [
+                        Hub::new(200).with_cluster("a"),
+                        Hub::new(200).with_cluster("b"),
+                    ],
+                    bus: [Bus::default(), Bus::default()],
+                    names: HashMap::new(),
+                };
+                net.hubs[0].add_guests(1, 100);
+                net.hubs[1].add_guests(101, 100);
+                for h in 0..2 {
+                    net.hubs[h].link_up(&mut net.bus[h]);
+                }
+                net.pump();
+                net
+            }
+
+            /// Delivers everything published, as Redis would, until quiet.
+            fn pump(&mut self) {
+                for _ in 0..10 {
+                    let mut quiet = true;
+                    for from in 0..2 {
+                        let to = 1 - from;
+                        let b = &mut self.bus[from];
+                        let lines = std::mem::take(&mut b.room_lines);
+                        let presence = std::mem::take(&mut b.presence);
+                        let privates = std::mem::take(&mut b.privates);
+                        let claims = std::mem::take(&mut b.claims);
+                        for name in std::mem::take(&mut b.released) {
+                            self.names.remove(&name);
+                        }
+                        quiet &= lines.is_empty()
+                            && presence.is_empty()
+                            && privates.is_empty()
+                            && claims.is_empty();
+                        for (room, text) in lines {
+                            if self.bus[to].subscribed.contains(&room) {
+                                self.hubs[to].remote_line(&room, &text, &mut self.bus[to]);
+                            }
+                        }
+                        for p in presence {
+                            self.hubs[to].remote_presence(p, &mut self.bus[to]);
+                        }
+                        for (_, id, name, text) in privates {
+                            self.hubs[to].remote_private(
+                                id as usize,
+                                &name,
+                                &text,
+                                &mut self.bus[to],
+                            );
+                        }
+                        for (id, name) in claims {
+                            let ok = !self.names.contains_key(&name);
+                            if ok {
+                                self.names.insert(name.clone(), (from, id));
+                            }
+                            self.hubs[from].claimed(id, &name, ok, &mut self.bus[from]);
+                        }
+                    }
+                    if quiet {
+                        return;
+                    }
+                }
+                panic!("the bus never went quiet");
+            }
+
+            fn line(&mut self, h: usize, id: ClientId, text: &str) {
+                self.hubs[h].line(id, text, &mut self.bus[h]);
+                self.pump();
+            }
+
+            fn take(&mut self, h: usize) -> Vec<(ClientId, String)> {
+                std::mem::take(&mut self.bus[h].got)
+            }
+        }
+
+        #[test]
+        fn two_instances_are_one_chat() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.pump();
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.pump();
+            let welcome = net.take(1);
+            assert!(
+                welcome[0].1.contains("guest-101!") && welcome[0].1.contains("1 other user online"),
+                "{welcome:?}"
+            );
+            assert_eq!(
+                net.take(0),
+                pairs(&[
+                    (
+                        0,
+                        "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands"
+                    ),
+                    (0, "*** guest-101 joined")
+                ])
+            );
+
+            net.line(0, 0, "hello b");
+            assert_eq!(net.take(1), pairs(&[(0, "<guest-1> hello b")]));
+            assert_eq!(net.take(0), vec![], "no echo, no double delivery");
+
+            net.line(1, 0, "/nick bob");
+            assert_eq!(net.take(1), pairs(&[(0, "*** you are now bob")]));
+            assert_eq!(net.take(0), pairs(&[(0, "*** guest-101 is now bob")]));
+
+            net.line(0, 0, "/nick BOB");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** error: the name BOB is taken")])
+            );
+
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (2): bob, guest-1")]));
+
+            net.line(0, 0, "/msg bob psst");
+            assert_eq!(net.take(0), pairs(&[(0, "-> *bob* psst")]));
+            assert_eq!(net.take(1), pairs(&[(0, "*guest-1* psst")]));
+
+            net.line(1, 0, "/join games");
+            net.take(1);
+            assert_eq!(net.take(0), pairs(&[(0, "*** bob left #lobby")]));
+            net.line(0, 0, "lobby only");
+            assert_eq!(net.take(1), vec![], "rooms stay apart across instances");
+            net.line(0, 0, "/rooms");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** rooms (2): #games (1), #lobby (1)")])
+            );
+            assert!(
+                !net.bus[1].subscribed.contains("lobby"),
+                "b has nobody left in #lobby"
+            );
+        }
+
+        #[test]
+        fn a_name_reserved_elsewhere_first_is_refused() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            // Both ask before either hears of the other: the store decides.
+            net.hubs[0].line(0, "/nick twin", &mut net.bus[0]);
+            net.hubs[1].line(0, "/nick Twin", &mut net.bus[1]);
+            net.pump();
+            let a = net.take(0);
+            let b = net.take(1);
+            assert!(a.iter().any(|(_, l)| l == "*** you are now twin"), "{a:?}");
+            assert!(
+                b.iter()
+                    .any(|(_, l)| l == "*** error: the name Twin is taken"),
+                "{b:?}"
+            );
+        }
+
+        #[test]
+        fn a_lost_node_takes_its_users_with_it() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            assert_eq!(net.hubs[0].remote_nodes(), vec![Rc::<str>::from("b")]);
+            net.hubs[0].node_lost("b", "server lost", &mut net.bus[0]);
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** guest-101 left (server lost)")])
+            );
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+        }
+
+        #[test]
+        fn a_restarted_or_departing_node_takes_its_old_users_with_it() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            // "b" comes back as a new incarnation of the same instance.
+            let hello = Presence::Hello { node: "b~2".into() };
+            net.hubs[0].remote_presence(hello, &mut net.bus[0]);
+            assert!(same_instance_name("b", "b~2") && !same_instance_name("b~1", "bb~1"));
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** guest-101 left (server lost)")])
+            );
+            net.pump();
+            net.hubs[1].connect(4, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            net.hubs[1].shutdown(&mut net.bus[1]);
+            net.pump();
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** guest-102 left (server shutting down)")])
+            );
+        }
+
+        #[test]
+        fn link_down_and_up_tell_local_users_once_and_rebuild_the_mirror() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            net.hubs[0].link_down(&mut net.bus[0]);
+            net.hubs[0].link_down(&mut net.bus[0]);
+            assert_eq!(net.take(0), pairs(&[(0, LINK_DOWN)]));
+            net.line(0, 0, "/nick x");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(
+                    0,
+                    "*** error: names cannot change while the cluster link is down"
+                )])
+            );
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+            net.hubs[0].link_up(&mut net.bus[0]);
+            net.pump();
+            assert_eq!(net.take(0), pairs(&[(0, LINK_UP)]));
+            net.line(0, 0, "/who");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** #lobby (2): guest-1, guest-101")])
+            );
+        }
+
+        #[test]
+        fn guests_come_from_reserved_blocks_or_carry_the_node_id() {
+            let mut hub = Hub::new(200).with_cluster("n7");
+            let mut bus = Bus::default();
+            hub.connect(0, &mut bus);
+            assert_eq!(hub.name(0), Some("guest-n7-1"));
+            hub.add_guests(500, 2);
+            assert_eq!(hub.guests_left(), 2);
+            hub.connect(1, &mut bus);
+            hub.connect(2, &mut bus);
+            hub.connect(3, &mut bus);
+            assert_eq!(hub.name(1), Some("guest-500"));
+            assert_eq!(hub.name(2), Some("guest-501"));
+            assert_eq!(hub.name(3), Some("guest-n7-2"));
+            assert_eq!(hub.guests_used(), 501);
+        }
     }
 }

@@ -12,12 +12,16 @@
 //!   stripping) and sanitising; pure, no sockets.
 //! - [`hub`]: names, rooms and commands; a line in -> deliveries out; pure.
 //! - [`msg`]: one outgoing line, shared by all its recipients.
+//! - [`http`], [`ws`]: the web port — request heads, routes, the page, and
+//!   RFC 6455 frames; pure, no sockets.
+//! - [`cluster`]: the Redis link that makes several instances one chat.
 //! - [`http`]: the web port's request heads, routes and answers; pure.
 //! - [`ws`]: RFC 6455 frames for browsers, bounded decoder and encoders; pure.
 //! - [`metrics`]: counters for `/metrics` and `/stats`, turned into
 //!   Prometheus text only when scraped; pure.
 //! - [`idle`]: --idle-timeout deadlines, a heap looked at only when one is due; pure.
 
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod http;

@@ -194,8 +194,9 @@ impl EncodeMetric for TurnHistogram {
     }
 }
 
-/// The cluster link's figures. The reactor fills one in when it runs with a
-/// cluster link; [`encode`] then adds the `chatd_cluster_*` metrics.
+/// The cluster link's figures (from its `LinkStats`). The reactor fills one
+/// in when it runs with a cluster link; [`encode`] then adds the
+/// `chatd_cluster_*` metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
     /// The link to Redis is up (subscribed and able to publish).
@@ -204,6 +205,8 @@ pub struct Cluster {
     pub published: u64,
     /// Messages received from the other nodes.
     pub received: u64,
+    /// Messages not published because the queue to Redis was full.
+    pub dropped: u64,
     /// Times the link was re-established after it failed.
     pub reconnects: u64,
 }
@@ -330,6 +333,11 @@ pub fn encode(s: &Scrape) -> String {
             ConstCounter::new(c.received),
         );
         cl.register(
+            "dropped",
+            "Messages not published because the queue to Redis was full (--cluster-queue)",
+            ConstCounter::new(c.dropped),
+        );
+        cl.register(
             "reconnects",
             "Times the cluster link was re-established",
             ConstCounter::new(c.reconnects),
@@ -431,6 +439,7 @@ mod tests {
                 link_up: true,
                 published: 3,
                 received: 4,
+                dropped: 2,
                 reconnects: 1,
             }),
         );
@@ -438,6 +447,7 @@ mod tests {
             "chatd_cluster_link_up{node=\"n1\"} 1",
             "chatd_cluster_published_total{node=\"n1\"} 3",
             "chatd_cluster_received_total{node=\"n1\"} 4",
+            "chatd_cluster_dropped_total{node=\"n1\"} 2",
             "chatd_cluster_reconnects_total{node=\"n1\"} 1",
         ] {
             assert!(text.lines().any(|l| l == want), "{want} in\n{text}");

@@ -10,8 +10,10 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 
 pub struct Msg {
-    /// The text followed by CRLF, exactly as line clients receive it.
+    /// The text followed by CRLF, exactly as line clients receive it. A
+    /// batch of lines from one sender is one Msg with CRLF between them.
     wire: Box<[u8]>,
+    lines: u32,
     ws: OnceCell<Box<[u8]>>,
 }
 
@@ -20,10 +22,17 @@ impl Msg {
         let mut wire = Vec::with_capacity(text.len() + 2);
         wire.extend_from_slice(text.as_bytes());
         wire.extend_from_slice(b"\r\n");
+        let lines = memchr::memchr_iter(b'\n', &wire).count() as u32;
         Rc::new(Msg {
             wire: wire.into_boxed_slice(),
+            lines,
             ws: OnceCell::new(),
         })
+    }
+
+    /// How many lines this carries (for the count of lines dropped).
+    pub fn lines(&self) -> u32 {
+        self.lines
     }
 
     /// The line without its CRLF.
@@ -37,11 +46,16 @@ impl Msg {
         &self.wire
     }
 
-    /// The line as one WebSocket text frame (without the CRLF), encoded
+    /// Each line as one WebSocket text frame (without the CRLF), encoded
     /// once however many browsers receive it.
     pub fn ws_frame(&self) -> &[u8] {
-        self.ws
-            .get_or_init(|| crate::ws::text_frame(self.text()).into_boxed_slice())
+        self.ws.get_or_init(|| {
+            let mut frames = Vec::with_capacity(self.wire.len() + 4 * self.lines as usize);
+            for line in self.text().split("\r\n") {
+                frames.extend_from_slice(&crate::ws::text_frame(line));
+            }
+            frames.into_boxed_slice()
+        })
     }
 }
 
@@ -56,5 +70,17 @@ mod tests {
         assert_eq!(m.text(), "hi");
         assert_eq!(m.ws_frame(), &[0x81, 2, b'h', b'i']);
         assert_eq!(m.ws_frame().as_ptr(), m.ws_frame().as_ptr(), "encoded once");
+        assert_eq!(m.lines(), 1);
+    }
+
+    #[test]
+    fn a_batch_is_several_lines_and_several_frames() {
+        let m = Msg::new("<a> x\r\n<a> yz");
+        assert_eq!(m.wire(), b"<a> x\r\n<a> yz\r\n");
+        assert_eq!(m.lines(), 2);
+        assert_eq!(
+            m.ws_frame(),
+            [&[0x81, 5][..], b"<a> x", &[0x81, 6], b"<a> yz"].concat()
+        );
     }
 }

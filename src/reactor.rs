@@ -16,10 +16,11 @@
 //! dispatched, so a key seen in an event always names the connection it did
 //! when the event was produced.
 
+use crate::cluster::{self, Inbound, Link, RedisUrl};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
 use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for, set_keepalive};
 use crate::http::{self, After, Head, Request};
-use crate::hub::{ClientId, ConnStats, Hub, Outbox, ServerStats};
+use crate::hub::{ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
 use crate::idle::{self, Action};
 use crate::line::{Frame, Framer, sanitize};
 use crate::metrics::{self, Metrics, Scrape};
@@ -72,6 +73,10 @@ pub struct Server {
     accept_retry: Option<Instant>,
     accept_warned: Option<Instant>,
     shutdown: Option<Instant>,
+    /// Cluster mode: the link to Redis, and what it heard but the hub has
+    /// not been told yet.
+    link: Option<Link>,
+    inbound: Vec<Inbound>,
     metrics: Metrics,
     /// --idle-timeout deadlines; empty without it.
     idle: idle::Queue,
@@ -87,6 +92,7 @@ struct Out<'a> {
     closing: &'a mut Vec<usize>,
     sendq: usize,
     on_slow: OnSlow,
+    link: Option<&'a mut Link>,
     metrics: &'a mut Metrics,
 }
 
@@ -96,31 +102,19 @@ impl Outbox for Out<'_> {
             return;
         };
         let push = c.push(msg, self.sendq, self.on_slow);
-        // Counted here, once per recipient, as a plain add: see metrics.rs.
-        if matches!(push, Push::First | Push::Queued) {
-            self.metrics.deliveries += 1;
+        // Counted here, per recipient, as plain adds: see metrics.rs.
+        match push {
+            Push::First | Push::Queued => self.metrics.deliveries += msg.lines() as u64,
+            Push::Dropped => self.metrics.dropped += msg.lines() as u64,
+            Push::TooSlow => self.metrics.too_slow += 1,
+            Push::Ignored => {}
         }
         match push {
             Push::First if !c.in_pending => {
                 c.in_pending = true;
                 self.pending.push(to);
             }
-            Push::Dropped => self.metrics.dropped += 1,
-            Push::TooSlow => {
-                self.metrics.too_slow += 1;
-                warn!(
-                    "{} cut off: output queue would pass --sendq ({} bytes queued)",
-                    c.peer,
-                    c.queued()
-                );
-                c.discard_output();
-                if c.is_ws() {
-                    // Best effort: the socket is likely full, but a browser
-                    // that gets this knows why it was dropped.
-                    let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
-                }
-                mark_closing(c, to, self.closing, Some("too slow".into()), false);
-            }
+            Push::TooSlow => cut_off(c, to, self.closing),
             _ => {}
         }
     }
@@ -128,6 +122,44 @@ impl Outbox for Out<'_> {
     fn close(&mut self, id: ClientId, reason: String) {
         if let Some(c) = self.conns.get_mut(id) {
             mark_closing(c, id, self.closing, Some(reason), true);
+        }
+    }
+
+    fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.publish_room(room, msg.text());
+        }
+    }
+
+    fn presence(&mut self, event: Presence) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.presence(&event);
+        }
+    }
+
+    fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.private(node, to, to_name, msg.text());
+        }
+    }
+
+    fn subscribe(&mut self, room: &str, on: bool) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.subscribe(room, on);
+        }
+    }
+
+    fn claim(&mut self, id: ClientId, name: &str) {
+        // The hub only asks while the link is up; should the link fail
+        // before the answer, its Down event makes the hub give up waiting.
+        if let Some(link) = self.link.as_deref_mut() {
+            link.claim(id, name);
+        }
+    }
+
+    fn release(&mut self, name: &str) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.release(name);
         }
     }
 
@@ -145,6 +177,24 @@ impl Outbox for Out<'_> {
     }
 }
 
+/// The --sendq policy's disconnect: drop what is queued and leave at once.
+fn cut_off(c: &mut Conn, k: usize, closing: &mut Vec<usize>) {
+    warn!(
+        "{} cut off: output queue would pass --sendq ({} bytes queued)",
+        c.peer,
+        c.queued()
+    );
+    // Best effort: the socket is likely full, but a browser that gets this
+    // knows why it was dropped. Not in the middle of a partly written frame,
+    // whose payload it would become.
+    let close = c.is_ws() && !c.mid_item();
+    c.discard_output();
+    if close {
+        let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
+    }
+    mark_closing(c, k, closing, Some("too slow".into()), false);
+}
+
 fn mark_closing(
     c: &mut Conn,
     k: usize,
@@ -158,6 +208,40 @@ fn mark_closing(
         c.graceful = graceful;
         closing.push(k);
     }
+}
+
+/// Whether connection `k` may take one more line (or WebSocket message)
+/// now: it is open, within its share of this turn, and under --rate has a
+/// token, which this takes (give it back with `Bucket::refund` if there was
+/// no line after all). If not, it is put where it will be resumed: the next
+/// turn's readable list, or the timer list until its budget refills.
+fn admit(
+    c: &mut Conn,
+    k: usize,
+    now: Instant,
+    taken: usize,
+    bytes: usize,
+    readable: &mut Vec<usize>,
+    throttled: &mut Vec<(Instant, usize)>,
+) -> bool {
+    if c.state != State::Open || c.throttled {
+        // A throttled connection is already on the timer list.
+        return false;
+    }
+    if taken >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
+        c.in_readable = true;
+        readable.push(k);
+        return false;
+    }
+    if let Some(bucket) = c.bucket.as_mut()
+        && let Err(wake) = bucket.take(now)
+    {
+        debug!("{} rate-limited until {wake:?}", c.peer);
+        c.throttled = true;
+        throttled.push((wake, k));
+        return false;
+    }
+    true
 }
 
 /// What the read loop found next on a connection.
@@ -205,6 +289,22 @@ impl Server {
                 .register(&mut l, HTTP_LISTENER, Interest::READABLE)?;
             Some(l)
         };
+        let (hub, link) = match &cfg.redis {
+            None => (Hub::new(cfg.announce_max), None),
+            Some(url) => {
+                let url = RedisUrl::parse(url, std::env::var("REDIS_PASSWORD").ok())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                info!("cluster mode: node {}, Redis at {}", cfg.node_id, url.addr);
+                // Each start is a new incarnation on the wire, so the others
+                // can tell a restarted instance's old users are gone.
+                let wire = format!("{}~{:x}", cfg.node_id, fastrand::u32(..));
+                let hub = Hub::new(cfg.announce_max).with_cluster(&wire);
+                let link = Link::new(url, &wire, cfg.cluster_queue as usize);
+                (hub, Some(link))
+            }
+        };
+        // A batch of one sender's lines must always fit a recipient's queue.
+        let hub = hub.with_batch_max((cfg.sendq as usize / 8).min(16 * 1024));
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -215,7 +315,7 @@ impl Server {
             http_listener,
             signals,
             conns: Slab::new(),
-            hub: Hub::new(cfg.announce_max),
+            hub,
             cfg,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             readable: Vec::new(),
@@ -227,6 +327,8 @@ impl Server {
             accept_retry: None,
             accept_warned: None,
             shutdown: None,
+            link,
+            inbound: Vec::new(),
             metrics: Metrics::new(Instant::now()),
             idle: idle::Queue::default(),
             next_serial: 0,
@@ -256,6 +358,7 @@ impl Server {
             self.read_ready();
             self.settle();
             self.timers();
+            self.flush_link();
             self.metrics.turn(turn.elapsed());
             if let Some(deadline) = self.shutdown
                 && (self.conns.is_empty() || Instant::now() >= deadline)
@@ -278,9 +381,56 @@ impl Server {
                 closing: &mut self.closing,
                 sendq: self.cfg.sendq as usize,
                 on_slow: self.cfg.on_slow,
+                link: self.link.as_mut(),
                 metrics: &mut self.metrics,
             },
         )
+    }
+
+    /// Hands what the cluster link heard to the hub.
+    fn apply_inbound(&mut self) {
+        while !self.inbound.is_empty() {
+            let events = std::mem::take(&mut self.inbound);
+            for event in events {
+                let (hub, mut out) = self.out();
+                match event {
+                    Inbound::Up => hub.link_up(&mut out),
+                    Inbound::Down(_) => hub.link_down(&mut out),
+                    Inbound::Room(room, text) => hub.remote_line(&room, &text, &mut out),
+                    Inbound::Presence(p) => hub.remote_presence(p, &mut out),
+                    Inbound::Private(to, name, text) => {
+                        hub.remote_private(to, &name, &text, &mut out)
+                    }
+                    Inbound::Claimed(id, name, ok) => hub.claimed(id, &name, ok, &mut out),
+                    Inbound::Guests(start) => hub.add_guests(start, crate::hub::GUEST_BLOCK),
+                    Inbound::NodeLost(node) => {
+                        info!("cluster: node {node} stopped answering; its users are gone");
+                        hub.node_lost(&node, "server lost", &mut out);
+                    }
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Sends what the hub queued for Redis, and keeps the link's timers.
+    fn flush_link(&mut self) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        link.tick(
+            Instant::now(),
+            &self.hub,
+            self.poll.registry(),
+            &mut self.inbound,
+        );
+        link.flush(self.poll.registry(), &mut self.inbound);
+        if !self.inbound.is_empty() {
+            self.apply_inbound();
+            if let Some(link) = self.link.as_mut() {
+                link.flush(self.poll.registry(), &mut self.inbound);
+            }
+        }
     }
 
     fn timeout(&self) -> Option<Duration> {
@@ -315,6 +465,7 @@ impl Server {
             .chain(heads)
             .chain(self.accept_retry)
             .chain(self.shutdown)
+            .chain(self.link.as_ref().and_then(Link::deadline))
             .chain(self.idle.next())
             .chain(Some(self.metrics.next_tick()))
             .min()?;
@@ -329,6 +480,11 @@ impl Server {
             match event.token() {
                 LISTENER => accept = true,
                 HTTP_LISTENER => accept_http = true,
+                cluster::CMD | cluster::SUB => {
+                    if let Some(link) = self.link.as_mut() {
+                        link.ready(event.token(), self.poll.registry(), &mut self.inbound);
+                    }
+                }
                 SIGNALS => signalled = true,
                 Token(k) => {
                     let Some(c) = self.conns.get_mut(k) else {
@@ -352,6 +508,7 @@ impl Server {
         if signalled {
             self.on_signals();
         }
+        self.apply_inbound();
         if accept {
             self.accept(Port::Line);
         }
@@ -366,6 +523,8 @@ impl Server {
             return;
         }
         info!("signal {got:?}: shutting down");
+        let (hub, mut out) = self.out();
+        hub.shutdown(&mut out);
         let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         self.shutdown = Some(deadline);
         for mut l in [self.listener.take(), self.http_listener.take()]
@@ -524,27 +683,46 @@ impl Server {
     /// Takes lines from one line connection until it would block, leaves,
     /// is throttled, or has had its share of this turn.
     fn read_lines(&mut self, k: usize) {
+        let mut batch = Vec::new();
+        self.take_lines(k, &mut batch);
+        self.deliver(k, &mut batch);
+    }
+
+    /// The lines a connection sent in one go reach the hub together, so
+    /// consecutive messages become one shared buffer per recipient.
+    fn deliver(&mut self, k: usize, batch: &mut Vec<String>) {
+        if batch.is_empty() {
+            return;
+        }
+        if log::log_enabled!(log::Level::Debug)
+            && let Some(c) = self.conns.get(k)
+        {
+            for text in batch.iter() {
+                debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
+            }
+        }
+        self.metrics.lines_in += batch.len() as u64;
+        let (hub, mut out) = self.out();
+        hub.lines(k, batch, &mut out);
+        batch.clear();
+    }
+
+    fn take_lines(&mut self, k: usize, batch: &mut Vec<String>) {
         let now = Instant::now();
         let (mut lines, mut bytes) = (0, 0);
         loop {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
             };
-            if c.state != State::Open {
-                return;
-            }
-            if lines >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
-                // Its share of this turn is used; the rest waits for the next.
-                c.in_readable = true;
-                self.readable.push(k);
-                return;
-            }
-            if let Some(bucket) = c.bucket.as_mut()
-                && let Err(wake) = bucket.take(now)
-            {
-                debug!("{} rate-limited until {wake:?}", c.peer);
-                self.metrics.rate_limited += 1;
-                self.throttled.push((wake, k));
+            if !admit(
+                c,
+                k,
+                now,
+                lines,
+                bytes,
+                &mut self.readable,
+                &mut self.throttled,
+            ) {
                 return;
             }
             let Proto::Line(framer) = &mut c.proto else {
@@ -567,12 +745,11 @@ impl Server {
             match next {
                 Next::Line(text) => {
                     lines += 1;
-                    if let Some(text) = text {
-                        self.input(k, &text);
-                    }
+                    batch.extend(text);
                 }
                 Next::TooLong => {
                     lines += 1;
+                    self.deliver(k, batch);
                     self.too_long(k);
                 }
                 Next::Eof => {
@@ -728,51 +905,64 @@ impl Server {
     /// cleanly; same budgets and rate limit as line clients.
     fn read_ws(&mut self, k: usize) {
         let now = Instant::now();
-        let (mut messages, mut bytes) = (0, 0);
+        let (mut lines, mut bytes) = (0, 0);
         loop {
             let Some(c) = self.conns.get_mut(k) else {
                 return;
             };
-            if c.state != State::Open {
+            if !admit(
+                c,
+                k,
+                now,
+                lines,
+                bytes,
+                &mut self.readable,
+                &mut self.throttled,
+            ) {
                 return;
             }
-            if messages >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
-                c.in_readable = true;
-                self.readable.push(k);
-                return;
-            }
-            if let Some(bucket) = c.bucket.as_mut()
-                && let Err(wake) = bucket.take(now)
-            {
-                self.metrics.rate_limited += 1;
-                self.throttled.push((wake, k));
-                return;
+            // One message is meant to be one line; CR or LF inside it must
+            // not smuggle extra lines past --rate or this turn's budget, so
+            // each piece is a line of its own, taken one at a time (the
+            // token `admit` took pays for it).
+            if let Some((text, at)) = c.held.as_mut() {
+                if let Some((piece, next)) = ws::next_line(text, *at) {
+                    let line = sanitize(piece.as_bytes());
+                    *at = next;
+                    lines += 1;
+                    if let Some(line) = line {
+                        self.input(k, &line);
+                    }
+                    continue;
+                }
+                c.held = None;
             }
             let Proto::Ws(dec) = &mut c.proto else { return };
             let event = dec.next_event();
-            if !matches!(event, Ok(Some(Event::Text(_) | Event::TooLong)))
+            // Only the error line costs a token here; a text message's lines
+            // pay for themselves above.
+            if !matches!(event, Ok(Some(Event::TooLong)))
                 && let Some(bucket) = c.bucket.as_mut()
             {
                 bucket.refund();
             }
             match event {
-                Ok(Some(Event::Text(text))) => {
-                    messages += 1;
-                    // One message is one line; CR or LF inside it must not
-                    // smuggle extra lines, so each piece is a line of its own.
-                    for piece in ws::lines(&text) {
-                        if let Some(line) = sanitize(piece.as_bytes()) {
-                            self.input(k, &line);
-                        }
-                    }
-                }
+                Ok(Some(Event::Text(text))) => c.held = Some((text, 0)),
                 Ok(Some(Event::TooLong)) => {
-                    messages += 1;
+                    lines += 1;
                     self.too_long(k);
                 }
                 Ok(Some(Event::Ping(payload))) => {
-                    c.push_raw(ws::pong_frame(&payload));
-                    self.mark_pending(k);
+                    let (sendq, on_slow) = (self.cfg.sendq as usize, self.cfg.on_slow);
+                    match c.push_reply(ws::pong_frame(&payload), sendq, on_slow) {
+                        Push::TooSlow => {
+                            self.metrics.too_slow += 1;
+                            cut_off(c, k, &mut self.closing);
+                            return;
+                        }
+                        Push::First | Push::Queued => self.mark_pending(k),
+                        Push::Dropped | Push::Ignored => {}
+                    }
                 }
                 Ok(Some(Event::Pong)) => {}
                 Ok(Some(Event::Close { code, .. })) => {
@@ -852,6 +1042,17 @@ impl Server {
             return;
         };
         if graceful {
+            // A WebSocket must end with a close frame, or the browser sees an
+            // abnormal closure (1006) after /quit. Not when one is already
+            // queued: the reply to the peer's close, or a violation's.
+            if let Proto::Ws(dec) = &c.proto
+                && !dec.is_finished()
+            {
+                c.push_raw(ws::close_frame(
+                    Some(ws::NORMAL),
+                    reason.as_deref().unwrap_or(""),
+                ));
+            }
             c.state = State::Draining(Instant::now() + Duration::from_secs(DRAIN_SECS));
             self.draining.push(k);
             if !c.in_pending {
@@ -905,11 +1106,14 @@ impl Server {
             let (t, k) = self.throttled[i];
             if t <= now {
                 self.throttled.swap_remove(i);
-                if let Some(c) = self.conns.get_mut(k)
-                    && !c.in_readable
-                {
-                    c.in_readable = true;
-                    self.readable.push(k);
+                // One entry per pause (see `admit`): counted as it ends.
+                self.metrics.rate_limited += 1;
+                if let Some(c) = self.conns.get_mut(k) {
+                    c.throttled = false;
+                    if !c.in_readable {
+                        c.in_readable = true;
+                        self.readable.push(k);
+                    }
                 }
             } else {
                 i += 1;
@@ -990,9 +1194,8 @@ impl Server {
                     info!("{} closed: idle for {limit:?}", c.peer);
                     self.metrics.idle_closed += 1;
                     c.push_notice("*** idle for too long");
-                    if c.is_ws() {
-                        c.push_raw(ws::close_frame(Some(ws::POLICY), "idle for too long"));
-                    }
+                    // leave() ends a WebSocket with a close frame giving
+                    // the reason.
                     mark_closing(c, k, &mut self.closing, Some("idle".into()), true);
                     acted = true;
                 }
@@ -1020,8 +1223,13 @@ impl Server {
             ws_clients,
             rooms: self.hub.rooms() as u64,
             lines_relayed: self.hub.relayed(),
-            // The cluster link fills this in.
-            cluster: None,
+            cluster: self.link.as_ref().map(|l| metrics::Cluster {
+                link_up: l.is_up(),
+                published: l.stats.published,
+                received: l.stats.received,
+                dropped: l.stats.dropped,
+                reconnects: l.stats.reconnects,
+            }),
         };
         let answer = metrics::answer(request, &scrape);
         if let Some(c) = self.conns.get_mut(k) {

@@ -391,9 +391,31 @@ enum Verdict {
 /// at LF, dropping a CR before it, skipping blank lines. A well-behaved page
 /// sends exactly one line per message.
 pub fn lines(text: &str) -> impl Iterator<Item = &str> {
-    text.split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .filter(|l| !l.is_empty())
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let (line, next) = next_line(text, at)?;
+        at = next;
+        Some(line)
+    })
+}
+
+/// The first line of `text[from..]` as [`lines`] splits it, and the offset
+/// just after it; None when only blank lines are left. Lets a caller hand
+/// out a message's lines one at a time (each waits for `--rate` like a
+/// telnet line) while keeping only the message and an offset.
+pub fn next_line(text: &str, mut from: usize) -> Option<(&str, usize)> {
+    while let Some(rest) = text.get(from..).filter(|r| !r.is_empty()) {
+        let (line, len) = match rest.find('\n') {
+            Some(i) => (&rest[..i], i + 1),
+            None => (rest, rest.len()),
+        };
+        from += len;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if !line.is_empty() {
+            return Some((line, from));
+        }
+    }
+    None
 }
 
 fn parse_close(payload: &[u8]) -> Result<Event, Violation> {
@@ -532,6 +554,8 @@ pub fn close_reply(code: Option<u16>) -> Vec<u8> {
     close_frame(code, "")
 }
 
+/// A normal close: the client asked to leave (`/quit`) or hung up.
+pub const NORMAL: u16 = 1000;
 /// A server-side close for shutdown or a slow consumer, e.g.
 /// `close_frame(Some(GOING_AWAY), "server shutting down")`.
 pub const GOING_AWAY: u16 = 1001;
@@ -959,6 +983,11 @@ mod tests {
         assert_eq!(lines("a\r\nb\n\nc\r").collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(lines("").count(), 0);
         assert_eq!(lines("\r\n").count(), 0);
+        assert_eq!(lines("\n\nx\r\r\n").collect::<Vec<_>>(), ["x\r"]);
+        assert_eq!(next_line("a\nb", 0), Some(("a", 2)));
+        assert_eq!(next_line("a\nb", 2), Some(("b", 3)));
+        assert_eq!(next_line("a\nb", 3), None);
+        assert_eq!(next_line("a\n\r\n", 2), None);
     }
 
     /// Decodes a server frame with tungstenite's parser.

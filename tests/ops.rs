@@ -669,10 +669,10 @@ fn a_websocket_client_that_ignores_pings_is_closed_as_idle() {
     assert!(all.starts_with(b"HTTP/1.1 101 "));
     let got = frames(&all[end..]);
     let ops: Vec<u8> = got.iter().map(|(op, _)| *op).collect();
-    // Welcome, ping, the notice, close (1008).
+    // Welcome, ping, the notice, close.
     assert_eq!(ops, vec![0x1, 0x9, 0x1, 0x8], "{got:?}");
     assert_eq!(got[2].1, b"*** idle for too long");
-    assert_eq!(&got[3].1[..2], &1008u16.to_be_bytes());
+    assert_eq!(got[3].1, b"\x03\xe8idle", "1000, reason 'idle'");
     let name = support::parse_welcome_name(std::str::from_utf8(&got[0].1).unwrap()).unwrap();
     assert_eq!(gone, format!("*** {name} left (idle)"));
 }
@@ -700,4 +700,89 @@ fn node_id_must_be_plain() {
         .expect("run chatd");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node-id"));
+}
+
+// ---------------------------------------------------------------------------
+// Cluster metrics (needs redis-server, as tests/cluster.rs).
+
+/// A throwaway redis-server on a free loopback port, killed on drop.
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Redis {
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let deadline = Instant::now() + TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: try another
+                }
+                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                    let mut pong = [0u8; 7];
+                    if s.write_all(b"PING\r\n").is_ok()
+                        && s.read_exact(&mut pong).is_ok()
+                        && &pong == b"+PONG\r\n"
+                    {
+                        return Redis(child, port);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server would not start");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn cluster_metrics_show_the_link_and_what_crossed_it() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let a = Server::start(&["--redis", &url, "--node-id", "a"]);
+    let b = Server::start(&["--redis", &url, "--node-id", "b"]);
+    let (mut alice, mut bob) = (a.client(), b.client());
+    // Bob's /who lists alice once both links are up and have met.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        bob.send("/who");
+        let who = bob.expect("the /who answer", |l| l.starts_with("*** #lobby"));
+        if who.contains(&alice.name) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the instances never met: {who}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    alice.send("across");
+    bob.expect_line(&format!("<{}> across", alice.name));
+    let (ma, mb) = (scrape(&a), scrape(&b));
+    assert_eq!(ma.get("chatd_cluster_link_up{node=\"a\"}"), 1.0);
+    assert_eq!(mb.get("chatd_cluster_link_up{node=\"b\"}"), 1.0);
+    assert!(ma.get("chatd_cluster_published_total{node=\"a\"}") >= 1.0);
+    assert!(mb.get("chatd_cluster_received_total{node=\"b\"}") >= 1.0);
+    assert_eq!(ma.get("chatd_cluster_dropped_total{node=\"a\"}"), 0.0);
+    assert!(
+        ma.series
+            .contains_key("chatd_cluster_reconnects_total{node=\"a\"}")
+    );
+    // Without --redis there is no cluster section at all.
+    let alone = Server::start(&["--node-id", "c"]);
+    assert!(!scrape(&alone).raw.contains("chatd_cluster_"));
 }

@@ -1,0 +1,340 @@
+//! The real `flood` binary against the real chatd (smoke test), and against
+//! a tiny in-test line relay that can drop, duplicate or reorder a line or
+//! stall, to prove that flood's verification fails when delivery is wrong.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Server, wait_exit};
+
+/// Runs flood with `args` against `addr`; returns its exit code and the JSON
+/// it printed. Fails the test if flood does not end within a minute.
+fn flood(addr: SocketAddr, args: &[&str]) -> (i32, Value) {
+    let mut args = args.to_vec();
+    if !args.contains(&"--timeout") {
+        args.extend(["--timeout", "5"]);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flood"))
+        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
+        .arg("--json")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn flood");
+    let mut stdout = child.stdout.take().expect("flood stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let status = match wait_exit(&mut child, Duration::from_secs(60)) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            panic!("flood did not finish within 60 s");
+        }
+    };
+    let out = reader.join().expect("stdout reader");
+    let json = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("flood printed no JSON ({e}): {out:?}"));
+    (status.code().unwrap_or(-1), json)
+}
+
+fn count(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+#[test]
+fn smoke_against_chatd() {
+    let server = Server::start(&[]);
+    let pid = server.child.id().to_string();
+    let (code, v) = flood(
+        server.addr,
+        &["-n", "20", "-s", "4", "-m", "200", "--pid", &pid],
+    );
+    assert_eq!(code, 0, "flood failed: {v}");
+    assert_eq!(v["ok"], true);
+    assert_eq!(count(&v, "deliveries"), 19 * 4 * 200);
+    assert_eq!(count(&v, "expected_deliveries"), 19 * 4 * 200);
+    assert_eq!(count(&v, "missing"), 0);
+    assert_eq!(count(&v, "out_of_order"), 0);
+    assert_eq!(count(&v, "duplicates"), 0);
+    assert_eq!(count(&v, "echoes"), 0, "chatd must not echo to the sender");
+    assert_eq!(v["greeting"], true, "chatd welcomes every connection");
+    assert!(v["server"]["rss_peak_kib"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(count(&v["latency_us"], "count"), 19 * 4 * 200);
+}
+
+#[test]
+fn open_loop_and_slow_reader_against_chatd() {
+    let server = Server::start(&["--sendq", "65536"]);
+    let (code, v) = flood(
+        server.addr,
+        &["-n", "10", "-s", "2", "-m", "100", "--rate", "2000"],
+    );
+    assert_eq!(code, 0, "open loop failed: {v}");
+    assert_eq!(count(&v, "deliveries"), 9 * 2 * 100);
+    assert!(v["window"].is_null());
+
+    // One reader stops; 2 x 20000 lines of 200 B (8.5 MB for it) pass its
+    // 64 KiB queue plus what loopback buffers in the kernel (a few MB), so
+    // chatd cuts it off and the others still get everything.
+    let (code, v) = flood(
+        server.addr,
+        &[
+            "-n", "6", "-s", "2", "-m", "20000", "-b", "200", "--slow", "1",
+        ],
+    );
+    assert_eq!(code, 0, "slow-reader run failed: {v}");
+    assert_eq!(count(&v, "deliveries"), 4 * 2 * 20000);
+    assert_eq!(count(&v["slow_readers"], "closed_by_server"), 1, "{v}");
+}
+
+#[test]
+fn idle_mode_against_chatd() {
+    let server = Server::start(&[]);
+    let pid = server.child.id().to_string();
+    let (code, v) = flood(server.addr, &["--idle", "200", "--pid", &pid]);
+    assert_eq!(code, 0, "idle run failed: {v}");
+    assert_eq!(count(&v["idle"], "connections"), 200);
+    assert_eq!(count(&v, "deliveries"), 199);
+    assert!(v["idle"]["rss_per_conn_bytes"].is_number(), "{v}");
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Drop,
+    Duplicate,
+    Reorder,
+    /// Stop relaying after the faulty line (keep reading).
+    Stall,
+}
+
+/// The relayed line (counted from 0, over all senders) that the fault hits.
+const FAULT_AT: usize = 10;
+
+struct Relay {
+    clients: Vec<(usize, TcpStream)>,
+    relayed: usize,
+    /// Reorder: (recipient, line) held back until that recipient's next line.
+    held: Option<(usize, Vec<u8>)>,
+}
+
+/// A thread-per-client line relay like a small seed chat: every line to
+/// every other client as `<uN> line`, with one injected `fault`.
+fn line_server(fault: Fault, greet: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let relay = Arc::new(Mutex::new(Relay {
+        clients: Vec::new(),
+        relayed: 0,
+        held: None,
+    }));
+    let ids = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let id = ids.fetch_add(1, Ordering::SeqCst);
+            if greet && stream.write_all(b"hello\r\n").is_err() {
+                continue;
+            }
+            let Ok(writer) = stream.try_clone() else {
+                continue;
+            };
+            relay.lock().unwrap().clients.push((id, writer));
+            let relay = relay.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    relay_line(&relay, fault, id, &line);
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn relay_line(relay: &Mutex<Relay>, fault: Fault, from: usize, line: &str) {
+    let mut r = relay.lock().unwrap();
+    let n = r.relayed;
+    r.relayed += 1;
+    if fault == Fault::Stall && n > FAULT_AT {
+        return;
+    }
+    let out = format!("<u{from}> {line}\r\n").into_bytes();
+    let mut first_other = true;
+    let Relay { clients, held, .. } = &mut *r;
+    for (id, w) in clients.iter_mut() {
+        if *id == from {
+            continue;
+        }
+        let hit = n == FAULT_AT && first_other;
+        first_other = false;
+        let _ = match (hit, fault) {
+            (true, Fault::Drop) => Ok(()),
+            (true, Fault::Duplicate) => w.write_all(&out).and_then(|_| w.write_all(&out)),
+            (true, Fault::Reorder) => {
+                *held = Some((*id, out.clone()));
+                Ok(())
+            }
+            _ => w.write_all(&out),
+        };
+        if !hit && held.as_ref().is_some_and(|(h, _)| h == id) {
+            let (_, late) = held.take().expect("held line");
+            let _ = w.write_all(&late);
+        }
+    }
+}
+
+/// One sender so that "the next line to the same receiver" is the same
+/// sender's next line, which makes a held-back line arrive out of order.
+fn flood_faulty(fault: Fault) -> (i32, Value) {
+    let addr = line_server(fault, true);
+    flood(addr, &["-n", "3", "-s", "1", "-m", "50", "--window", "4"])
+}
+
+#[test]
+fn generic_relay_without_greeting_passes() {
+    let addr = line_server(Fault::None, false);
+    let (code, v) = flood(addr, &["-n", "4", "-s", "2", "-m", "100"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["greeting"], false,
+        "auto-detected: this relay says nothing"
+    );
+    assert_eq!(count(&v, "deliveries"), 3 * 2 * 100);
+}
+
+#[test]
+fn dropped_line_is_missing() {
+    let (code, v) = flood_faulty(Fault::Drop);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["ok"], false);
+    assert_eq!(count(&v, "missing"), 1);
+    assert_eq!(count(&v, "duplicates"), 0);
+    assert_eq!(count(&v, "out_of_order"), 0);
+    assert_eq!(count(&v, "deliveries"), 2 * 50 - 1);
+}
+
+#[test]
+fn duplicated_line_is_counted() {
+    let (code, v) = flood_faulty(Fault::Duplicate);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(count(&v, "duplicates"), 1);
+    assert_eq!(count(&v, "missing"), 0);
+    assert_eq!(count(&v, "deliveries"), 2 * 50);
+}
+
+#[test]
+fn reordered_line_is_counted() {
+    let (code, v) = flood_faulty(Fault::Reorder);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(count(&v, "out_of_order"), 1);
+    assert_eq!(count(&v, "missing"), 0);
+    assert_eq!(count(&v, "duplicates"), 0);
+}
+
+#[test]
+fn stalled_server_ends_the_run_with_missing_lines() {
+    let addr = line_server(Fault::Stall, true);
+    let (code, v) = flood(addr, &["-n", "3", "-s", "1", "-m", "50", "--timeout", "1"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["stalled"], true);
+    // Lines 0..=FAULT_AT reach both receivers; the rest reach nobody.
+    let got = (FAULT_AT as u64 + 1) * 2;
+    assert_eq!(count(&v, "deliveries"), got);
+    assert_eq!(count(&v, "missing"), 2 * 50 - got);
+}
+
+/// A WebSocket relay (tungstenite, thread per client) standing in for
+/// chatd's web port until it exists: greets with one text frame, relays every
+/// text frame to every other client as `<uN> text`, one frame per line.
+fn ws_relay() -> SocketAddr {
+    use tungstenite::protocol::frame::FrameHeader;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let writers: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
+    std::thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let Ok(mut ws) = tungstenite::accept(stream) else {
+                continue;
+            };
+            let Ok(raw) = ws.get_ref().try_clone() else {
+                continue;
+            };
+            if ws.send(tungstenite::Message::text("welcome")).is_err() {
+                continue;
+            }
+            writers.lock().unwrap().push((id, raw));
+            let writers = writers.clone();
+            std::thread::spawn(move || {
+                while let Ok(msg) = ws.read() {
+                    let tungstenite::Message::Text(text) = msg else {
+                        continue;
+                    };
+                    let payload = format!("<u{id}> {}", text.as_str());
+                    let mut frame = Vec::new();
+                    let header = FrameHeader {
+                        opcode: OpCode::Data(Data::Text),
+                        ..FrameHeader::default()
+                    };
+                    header
+                        .format(payload.len() as u64, &mut frame)
+                        .expect("format");
+                    frame.extend_from_slice(payload.as_bytes());
+                    for (other, w) in writers.lock().unwrap().iter_mut() {
+                        if *other != id {
+                            let _ = w.write_all(&frame);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn websocket_transport_against_a_ws_relay() {
+    let addr = ws_relay();
+    let (code, v) = flood(addr, &["--ws", "-n", "4", "-s", "2", "-m", "100"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["transport"], "ws");
+    assert_eq!(
+        v["greeting"], true,
+        "the welcome frame counts as a greeting"
+    );
+    assert_eq!(count(&v, "deliveries"), 3 * 2 * 100);
+    assert_eq!(count(&v, "missing"), 0);
+}
+
+#[test]
+fn connections_the_server_refuses_are_counted_not_waited_for() {
+    // chatd answers the 4th and 5th connection with "server full" and
+    // closes them: data and FIN arrive together, and flood must see the EOF
+    // even though no later event will come for that socket.
+    let server = Server::start(&["--max-clients", "3"]);
+    let (code, v) = flood(server.addr, &["-n", "5", "-s", "1", "-m", "50"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(count(&v, "connected"), 3);
+    assert_eq!(
+        count(&v, "connect_failed") + count(&v, "lost_before_start"),
+        2
+    );
+    assert_eq!(v["stalled"], false, "{v}");
+    assert_eq!(count(&v, "deliveries"), 2 * 50);
+    assert_eq!(count(&v, "missing"), 0);
+}
