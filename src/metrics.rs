@@ -251,7 +251,7 @@ pub fn encode(s: &Scrape) -> String {
             .get_or_create(&[("transport", transport)])
             .set(n as i64);
     }
-    r.register("clients", "Clients in the chat, by transport", clients);
+    r.register("clients", "This instance's clients, by transport", clients);
     r.register("rooms", "Rooms with at least one member", gauge(s.rooms));
     for (name, help, value) in [
         (
