@@ -1144,6 +1144,8 @@ fn the_users_of_an_instance_restarted_under_the_same_id_leave_within_the_bound()
     let _ = cl.nodes[1].child.wait();
     drop(old);
     cl.nodes[1] = Server::start(&["--redis", &cl.redis.url(), "--node-id", "n2"]);
+    // The new n2 says ready before its link is up; names need the link.
+    wait_linked(&cl.nodes);
     let mut carol = cl.named(1, "carol");
 
     let bound = SERVER_LOST_BOUND + SLACK;
