@@ -77,6 +77,9 @@ pub struct Conn {
     /// Out of budget, on the reactor's timer list: not read until woken
     /// (one entry per wait, however many readable events arrive meanwhile).
     pub throttled: bool,
+    /// Registered for writable events: only while a flush left output
+    /// behind.
+    pub want_write: bool,
     /// A WebSocket text message with several lines in it, and how far its
     /// lines have been taken: each is a line of its own under --rate and the
     /// per-turn budget, as in line mode. At most --max-line bytes; nothing
@@ -118,6 +121,7 @@ impl Conn {
             eof: false,
             bucket,
             throttled: false,
+            want_write: false,
             held: None,
             since: now,
             last_active: now,

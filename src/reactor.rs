@@ -618,7 +618,9 @@ impl Server {
             if let Err(e) = self.poll.registry().register(
                 &mut sock,
                 Token(k),
-                Interest::READABLE | Interest::WRITABLE,
+                // Writable interest is added only while output is stuck
+                // (see `flush`): a socket with room gets no events for it.
+                Interest::READABLE,
             ) {
                 warn!("{peer} dropped: cannot register: {e}");
                 continue;
@@ -1072,6 +1074,26 @@ impl Server {
         let sent = c.sent();
         let result = c.flush();
         self.metrics.bytes_out += c.sent() - sent;
+        // Ask for writable events only while output waits on the socket,
+        // as Redis installs a write handler only for clients it could not
+        // drain: with it always on, every ACK to every busy recipient
+        // would wake the loop for nothing.
+        let stuck = matches!(result, Ok(false));
+        if stuck != c.want_write {
+            let interest = if stuck {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut c.sock, Token(k), interest)
+            {
+                warn!("{} cannot change interest: {e}", c.peer);
+            }
+            c.want_write = stuck;
+        }
         match result {
             Ok(true) if matches!(c.state, State::Draining(_)) => self.remove(k),
             Ok(_) => {}

@@ -801,3 +801,54 @@ fn cluster_metrics_show_the_link_and_what_crossed_it() {
     let alone = Server::start(&["--node-id", "c"]);
     assert!(!scrape(&alone).raw.contains("chatd_cluster_"));
 }
+
+/// `--cluster-queue` bounds what waits to go to Redis. A Redis that stops
+/// reading (frozen with SIGSTOP, as a wedged one would be) makes the queue
+/// overflow: what would pass the bound is dropped and counted, and the
+/// instance's own users go on chatting without losing a line.
+#[test]
+#[ignore = "needs redis-server"]
+fn a_stalled_redis_overflows_the_cluster_queue_not_the_loop() {
+    let redis = Redis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.1);
+    let a = Server::start(&["--redis", &url, "--node-id", "a", "--cluster-queue", "4096"]);
+    let deadline = Instant::now() + TIMEOUT;
+    while scrape(&a).get("chatd_cluster_link_up{node=\"a\"}") != 1.0 {
+        assert!(Instant::now() < deadline, "the link never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut alice = a.client();
+    let mut bob = a.client();
+    alice.expect_line(&format!("*** {} joined", bob.name));
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &redis.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // 20 MB of chat: far more than the kernel buffers toward a Redis that
+    // does not read, plus the 4 KiB queue.
+    let total = 40_000;
+    let pad = "q".repeat(500);
+    let mut w = alice.stream.try_clone().unwrap();
+    let line_pad = pad.clone();
+    let writer = std::thread::spawn(move || {
+        let pad = line_pad;
+        for chunk in 0..total / 1000 {
+            let mut batch = String::new();
+            for i in chunk * 1000..(chunk + 1) * 1000 {
+                batch.push_str(&format!("n={i} {pad}\n"));
+            }
+            w.write_all(batch.as_bytes()).unwrap();
+        }
+    });
+    for i in 0..total {
+        bob.next_is(&format!("<{}> n={i} {pad}", alice.name));
+    }
+    writer.join().unwrap();
+    let dropped = scrape(&a).get("chatd_cluster_dropped_total{node=\"a\"}");
+    signal("-CONT");
+    assert!(dropped > 0.0, "the queue toward Redis never overflowed");
+}
