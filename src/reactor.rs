@@ -780,18 +780,6 @@ impl Server {
         }
     }
 
-    /// One accepted line of chat from any transport.
-    fn input(&mut self, k: usize, text: &str) {
-        if log::log_enabled!(log::Level::Debug)
-            && let Some(c) = self.conns.get(k)
-        {
-            debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
-        }
-        self.metrics.lines_in += 1;
-        let (hub, mut out) = self.out();
-        hub.line(k, text, &mut out);
-    }
-
     fn too_long(&mut self, k: usize) {
         let max = self.cfg.max_line;
         if let Some(c) = self.conns.get(k) {
@@ -906,6 +894,12 @@ impl Server {
     /// A browser: decode frames into lines for the hub, answer pings, close
     /// cleanly; same budgets and rate limit as line clients.
     fn read_ws(&mut self, k: usize) {
+        let mut batch = Vec::new();
+        self.take_ws(k, &mut batch);
+        self.deliver(k, &mut batch);
+    }
+
+    fn take_ws(&mut self, k: usize, batch: &mut Vec<String>) {
         let now = Instant::now();
         let (mut lines, mut bytes) = (0, 0);
         loop {
@@ -932,9 +926,7 @@ impl Server {
                     let line = sanitize(piece.as_bytes());
                     *at = next;
                     lines += 1;
-                    if let Some(line) = line {
-                        self.input(k, &line);
-                    }
+                    batch.extend(line);
                     continue;
                 }
                 c.held = None;
@@ -952,6 +944,7 @@ impl Server {
                 Ok(Some(Event::Text(text))) => c.held = Some((text, 0)),
                 Ok(Some(Event::TooLong)) => {
                     lines += 1;
+                    self.deliver(k, batch);
                     self.too_long(k);
                 }
                 Ok(Some(Event::Ping(payload))) => {
