@@ -260,21 +260,9 @@ fn with_on_slow_drop_a_slow_reader_is_warned_and_told_what_it_missed() {
     let mut sender = server.client();
     let mut slow = server.client();
     sender.expect_line(&format!("*** {} joined", slow.name));
-    // Kernel buffers on loopback hold a few MiB for a client that does not
-    // read; 20 MB of lines is sure to overflow them and the 16 KiB queue.
-    // (Shrinking the client's receive buffer instead makes TCP fall back to
-    // slow zero-window probes, which only slows the test down.)
-    let pad = "d".repeat(500);
     let total = 40_000;
-    let mut batch = String::new();
-    for i in 0..total {
-        batch.push_str(&format!("n={i} {pad}\n"));
-    }
-    let mut w = sender.stream.try_clone().unwrap();
-    let writer = std::thread::spawn(move || w.write_all(batch.as_bytes()).unwrap());
-    writer.join().unwrap();
-    // Every line has been handled (queued or dropped) once /who answers.
-    let _ = sender.sync();
+    // Every line has been handled (queued or dropped) when this returns.
+    support::send_many(&mut sender, total);
     let mut got = 0;
     let mut last = None;
     let mut dropped = 0;

@@ -374,17 +374,8 @@ fn stats_and_metrics_count_lines_dropped_for_a_slow_reader() {
     let mut sender = server.client();
     let mut slow = server.client();
     sender.expect_line(&format!("*** {} joined", slow.name));
-    // As in core.rs: 20 MB overflows loopback buffers and the 16 KiB queue.
-    let pad = "d".repeat(500);
-    let total = 40_000;
-    let mut batch = String::new();
-    for i in 0..total {
-        batch.push_str(&format!("n={i} {pad}\n"));
-    }
-    let mut w = sender.stream.try_clone().unwrap();
-    let writer = std::thread::spawn(move || w.write_all(batch.as_bytes()).unwrap());
-    writer.join().unwrap();
-    let _ = sender.sync();
+    let total: u64 = 40_000;
+    support::send_many(&mut sender, total as usize);
     let (mut got, mut dropped) = (0, 0);
     while got + dropped < total {
         let line = slow.read_line().expect("slow reader line");

@@ -211,3 +211,22 @@ pub fn parse_welcome_name(line: &str) -> Option<String> {
     let end = rest.find('!')?;
     Some(rest[..end].to_string())
 }
+
+/// Sends `total` lines `n=I PAD` (PAD: 500 bytes) from `sender` in one
+/// write, then waits until the server has handled every one (its /who
+/// answer comes after them). 40 000 lines are 20 MB: far more than
+/// loopback buffers hold for a client that does not read, so a small
+/// --sendq is sure to overflow. (Shrinking the reader's receive buffer
+/// instead makes TCP fall back to slow zero-window probes.) Returns PAD.
+pub fn send_many(sender: &mut Client, total: usize) -> String {
+    let pad = "d".repeat(500);
+    let mut batch = String::new();
+    for i in 0..total {
+        batch.push_str(&format!("n={i} {pad}\n"));
+    }
+    let mut w = sender.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(batch.as_bytes()).unwrap());
+    writer.join().unwrap();
+    let _ = sender.sync();
+    pad
+}
