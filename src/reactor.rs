@@ -1147,12 +1147,14 @@ impl Server {
         }
         let waiting = std::mem::take(&mut self.http_waiting);
         for k in waiting {
-            match self.conns.get(k).map(|c| (&c.proto, c.peer)) {
-                Some((Proto::Http(_, t), peer)) if *t <= now => {
+            // Only while the head is still being read: an answer being
+            // flushed is bounded by its drain deadline instead.
+            match self.conns.get(k).map(|c| (&c.proto, c.state, c.peer)) {
+                Some((Proto::Http(_, t), State::Open, peer)) if *t <= now => {
                     info!("{peer} closed: no complete request within --http-timeout");
                     self.remove(k);
                 }
-                Some((Proto::Http(..), _)) => self.http_waiting.push(k),
+                Some((Proto::Http(..), State::Open, _)) => self.http_waiting.push(k),
                 _ => {}
             }
         }
