@@ -223,18 +223,7 @@ fn a_client_that_stops_reading_is_cut_off_and_the_others_get_everything() {
         seen.clone(),
         done.clone(),
     );
-    let pad = "p".repeat(1000);
-    let mut sent = 0;
-    // Kernel buffers on loopback take a few MiB before the server's queue
-    // fills; 200 MiB is a bound, not an expectation.
-    while !done.load(Ordering::Relaxed) && sent < 200_000 {
-        let mut batch = String::new();
-        for _ in 0..100 {
-            batch.push_str(&format!("seq={sent} {pad}\n"));
-            sent += 1;
-        }
-        sender.send_raw(batch.as_bytes());
-    }
+    support::send_until(&mut sender, &done);
     sender.send("/who");
     sender.expect(&stop, |l| l == stop);
     sender.send("last");

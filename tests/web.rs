@@ -634,18 +634,7 @@ fn a_websocket_that_never_reads_is_cut_off_while_telnet_gets_everything() {
             false
         })
     };
-    let pad = "p".repeat(1000);
-    let mut sent = 0;
-    // Loopback buffers take a few MiB before the server's queue fills;
-    // 200 MB is a bound, not an expectation.
-    while !done.load(Ordering::Relaxed) && sent < 200_000 {
-        let mut batch = String::new();
-        for _ in 0..100 {
-            batch.push_str(&format!("seq={sent} {pad}\n"));
-            sent += 1;
-        }
-        sender.send_raw(batch.as_bytes());
-    }
+    support::send_until(&mut sender, &done);
     sender.expect(&stop, |l| l == stop);
     let _ = sender.sync();
     assert!(fast_thread.join().unwrap(), "telnet reader saw the cut-off");

@@ -230,3 +230,22 @@ pub fn send_many(sender: &mut Client, total: usize) -> String {
     let _ = sender.sync();
     pad
 }
+
+/// Sends numbered 1 KB lines `seq=N ...` from `sender`, 100 per write, until
+/// `done` is set (by a reader that saw what the test waits for), or 200 000
+/// lines have gone: loopback buffers take a few MiB before a server's
+/// queue for a client that does not read fills, so that is a bound, not an
+/// expectation. Returns how many were sent.
+pub fn send_until(sender: &mut Client, done: &std::sync::atomic::AtomicBool) -> usize {
+    let pad = "p".repeat(1000);
+    let mut sent = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) && sent < 200_000 {
+        let mut batch = String::new();
+        for _ in 0..100 {
+            batch.push_str(&format!("seq={sent} {pad}\n"));
+            sent += 1;
+        }
+        sender.send_raw(batch.as_bytes());
+    }
+    sent
+}
