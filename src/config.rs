@@ -92,8 +92,11 @@ pub struct Config {
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
 
-    /// This instance's name in the cluster, logs and metrics (default: random).
-    #[arg(long, default_value_t = random_node_id())]
+    /// This instance's name in the cluster, logs and metrics
+    /// [default: node-<random>, e.g. node-3fa91c].
+    // The random default is drawn at every parse; hidden so that --help reads
+    // the same every time.
+    #[arg(long, value_name = "ID", default_value_t = random_node_id(), hide_default_value = true)]
     pub node_id: String,
 
     /// Cluster mode: the most bytes queued toward Redis; what would pass it is dropped and counted.

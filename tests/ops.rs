@@ -698,6 +698,25 @@ fn version_prints_the_crate_version() {
     );
 }
 
+/// The node id's default is random; --help must still read the same on every
+/// run (a changing help text looks like a bug and defeats diffing it).
+#[test]
+fn help_is_the_same_every_time() {
+    let help = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .arg("--help")
+            .output()
+            .expect("run chatd --help");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = help();
+    assert!(first.contains("--node-id"), "{first}");
+    for _ in 0..3 {
+        assert_eq!(help(), first);
+    }
+}
+
 #[test]
 fn node_id_must_be_plain() {
     let out = Command::new(env!("CARGO_BIN_EXE_chatd"))
