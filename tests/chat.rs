@@ -393,7 +393,8 @@ impl Tmux {
         std::fs::create_dir_all(&dir).unwrap();
         let script = format!(
             "{env} '{CHAT}' {args}; echo \"exit=$?\" > '{dir}/status.tmp'; \
-             stty -a >> '{dir}/status.tmp'; mv '{dir}/status.tmp' '{dir}/status'; sleep 600",
+             stty -a >> '{dir}/status.tmp'; printf '{AFTER}\\n'; \
+             mv '{dir}/status.tmp' '{dir}/status'; sleep 600",
             dir = dir.display()
         );
         let t = Tmux { socket, dir };
@@ -492,6 +493,10 @@ impl Drop for Tmux {
     }
 }
 
+/// What the pane's shell prints once chat has exited: on a row of its own
+/// unless chat left the cursor in the middle of a line.
+const AFTER: &str = "after-chat";
+
 /// After chat exits the terminal must be back in cooked mode with echo.
 fn assert_sane_terminal(status: &str, code: i32) {
     assert!(status.starts_with(&format!("exit={code}\n")), "{status}");
@@ -573,9 +578,9 @@ fn interactive_ctrl_c_exits_cleanly() {
     raw.expect("chat left", |l| l.starts_with(&format!("*** {name} left")));
 }
 
-#[test]
-#[ignore = "needs tmux"]
-fn interactive_sigterm_restores_the_terminal() {
+/// Killed mid-edit, chat restores the terminal and ends the line being typed,
+/// as Ctrl-C does, so whatever the shell prints next starts on a row of its own.
+fn killed_mid_edit(signal: &str, number: i32) {
     let server = Server::start(&[]);
     let tmux = Tmux::start(&chat_args(&server, ""), "");
     tmux.wait_screen("welcome", |r| r.iter().any(|l| is_welcome(l)));
@@ -584,12 +589,27 @@ fn interactive_sigterm_restores_the_terminal() {
     let pid = tmux.chat_pid();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
             .unwrap()
             .success()
     );
-    assert_sane_terminal(&tmux.wait_status(), 128 + 15);
+    assert_sane_terminal(&tmux.wait_status(), 128 + number);
+    tmux.wait_screen("the typed line kept, the shell's output below it", |r| {
+        r.iter().any(|l| l == "> mid-edit") && r.iter().any(|l| l == AFTER)
+    });
+}
+
+#[test]
+#[ignore = "needs tmux"]
+fn interactive_sigterm_restores_the_terminal() {
+    killed_mid_edit("-TERM", 15);
+}
+
+#[test]
+#[ignore = "needs tmux"]
+fn interactive_sighup_restores_the_terminal() {
+    killed_mid_edit("-HUP", 1);
 }
 
 #[test]

@@ -135,7 +135,7 @@ fn watch_signals(shared: &Arc<Shared>) {
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 shared.try_quit();
-                term::exit(128 + sig);
+                term::exit_on_signal(128 + sig);
             }
         });
 }

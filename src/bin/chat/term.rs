@@ -43,6 +43,17 @@ pub fn restore() {
     let _ = crossterm::execute!(out, DisableBracketedPaste);
 }
 
+/// Ends the process on a signal that may arrive mid-edit: the line being
+/// typed stays on screen and is ended, as the editor does on Ctrl-C, so the
+/// shell's next output starts on a row of its own.
+pub fn exit_on_signal(code: i32) -> ! {
+    if SAVED.get().is_some() {
+        // Raw mode: a bare LF would not return the cursor to column 0.
+        let _ = std::io::stdout().write_all(b"\r\n");
+    }
+    exit(code)
+}
+
 /// Ends the process from any thread with the terminal as it was found.
 pub fn exit(code: i32) -> ! {
     restore();
