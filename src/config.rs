@@ -23,6 +23,9 @@ pub const MAX_KEEPALIVE: u64 = 32767;
 /// A year: far beyond any use, and far from overflowing an `Instant`.
 pub const MAX_IDLE_TIMEOUT: u64 = 365 * 24 * 3600;
 
+/// --max-line's default, also the hub's when it is used without a config.
+pub const DEFAULT_MAX_LINE: u32 = 8192;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnSlow {
     /// Cut the slow client off; its room sees "(too slow)".
@@ -60,7 +63,7 @@ pub struct Config {
     pub http_timeout: u64,
 
     /// Longest line accepted, in bytes; longer lines are refused and discarded.
-    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_line: u32,
 
     /// Most simultaneous clients; one more is told the server is full.

@@ -189,6 +189,9 @@ pub struct Hub {
     online: usize,
     announce_max: usize,
     batch_max: usize,
+    /// --max-line, told in the welcome so a client (the web page) can refuse
+    /// an over-long line before sending it rather than after.
+    max_line: usize,
     cluster: Option<Cluster>,
     /// Chat lines passed on (messages, /me, /msg), for the metrics.
     relayed: u64,
@@ -212,6 +215,7 @@ impl Hub {
             online: 0,
             announce_max,
             batch_max: 16 * 1024,
+            max_line: crate::config::DEFAULT_MAX_LINE as usize,
             cluster: None,
             relayed: 0,
         }
@@ -323,8 +327,8 @@ impl Hub {
             n => format!("{n} other users online"),
         };
         let welcome = format!(
-            "*** welcome to chatd, {name}! you are in {} with {who}; /help lists the commands",
-            self.rooms[room].name
+            "*** welcome to chatd, {name}! you are in {} with {who}; /help lists the commands; lines up to {} bytes",
+            self.rooms[room].name, self.max_line
         );
         out.send(id, &Msg::new(&welcome));
         if self.cluster.as_ref().is_some_and(|c| !c.up) {
@@ -438,6 +442,12 @@ impl Hub {
             self.broadcast(self.clients[i].room, i, &Msg::new(run), out);
             run.clear();
         }
+    }
+
+    /// The longest line a client may send (--max-line), for the welcome.
+    pub fn with_max_line(mut self, bytes: usize) -> Hub {
+        self.max_line = bytes;
+        self
     }
 
     /// The most bytes of messages relayed as one batch (default 16 KiB);
@@ -1110,7 +1120,7 @@ mod tests {
             rec.take(),
             pairs(&[(
                 0,
-                "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands"
+                "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands; lines up to 8192 bytes"
             )])
         );
         hub.connect(5, &mut rec);
@@ -1715,7 +1725,7 @@ mod tests {
                 pairs(&[
                     (
                         0,
-                        "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands"
+                        "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands; lines up to 8192 bytes"
                     ),
                     (0, "*** guest-101 joined")
                 ])

@@ -304,7 +304,9 @@ impl Server {
             }
         };
         // A batch of one sender's lines must always fit a recipient's queue.
-        let hub = hub.with_batch_max((cfg.sendq as usize / 8).min(16 * 1024));
+        let hub = hub
+            .with_batch_max((cfg.sendq as usize / 8).min(16 * 1024))
+            .with_max_line(cfg.max_line as usize);
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;

@@ -449,6 +449,25 @@ fn every_other_protocol_violation_gets_its_close_code() {
 
 // ---------------------------------------------------------------- size
 
+/// The page must know --max-line before its first over-long line, not learn
+/// it from the refusal; the welcome says it, to telnet users as well.
+#[test]
+fn the_welcome_tells_the_longest_line_accepted() {
+    let server = Server::start(&["--max-line", "100"]);
+    let mut t = server.client();
+    let mut w = Web::connect_raw(&server);
+    let welcome = w.next_text();
+    assert!(
+        welcome.starts_with("*** welcome to chatd, ")
+            && welcome.ends_with("; lines up to 100 bytes"),
+        "{welcome:?}"
+    );
+    let mut t2 = Client::connect_raw(server.addr);
+    let welcome = t2.read_line().expect("welcome");
+    assert!(welcome.ends_with("; lines up to 100 bytes"), "{welcome:?}");
+    t.expect("the others joined", |l| l.ends_with(" joined"));
+}
+
 #[test]
 fn an_over_long_message_is_refused_and_the_connection_stays_usable() {
     let server = Server::start(&["--max-line", "16"]);

@@ -25,6 +25,12 @@
   const BACKOFF_MAX_MS = 30000;
   // Joins and leaves come in bursts; refresh the lists once per burst.
   const REFRESH_DELAY_MS = 1500;
+  // Rooms elsewhere come and go without a word to this room: the list is
+  // asked for again this often while the page is visible.
+  const ROOMS_POLL_MS = 10000;
+  // A server error this soon after a typed line is taken as its answer, and
+  // the line goes back into an empty input to be fixed and sent again.
+  const REJECT_WINDOW_MS = 5000;
 
   const state = {
     ws: null,
@@ -41,9 +47,13 @@
     ticker: 0,
     // Set by /quit: the server said bye on purpose, so do not come back.
     stopped: false,
-    // Learnt from the server when a line was too long (its error line, or
-    // the reason of a 1009 close).
+    // The longest line the server takes: said in its welcome (and, from
+    // older servers, learnt from a refusal or the reason of a 1009 close).
     maxBytes: Infinity,
+    // The last line typed and sent, until an error sends it back to the
+    // input or REJECT_WINDOW_MS passes.
+    lastSent: null,
+    roomsPoll: 0,
     // One entry per /who or /rooms in flight, oldest first: true when the
     // page asked (its answer only updates the side panel), false when the
     // person typed it (the answer is shown too). The server answers in order.
@@ -111,6 +121,10 @@
         ask('who');
       }
       ask('rooms');
+      clearInterval(state.roomsPoll);
+      state.roomsPoll = setInterval(function () {
+        if (document.visibilityState === 'visible') ask('rooms');
+      }, ROOMS_POLL_MS);
     };
     ws.onmessage = function (ev) {
       if (typeof ev.data === 'string') receive(ev.data);
@@ -125,6 +139,7 @@
   }
 
   function closed(code, reason) {
+    clearInterval(state.roomsPoll);
     const why = reason ? ' (' + reason + ')' : '';
     if (code === 1009) {
       const m = /longer than (\d+) bytes/.exec(reason);
@@ -197,7 +212,7 @@
     if (line.trim() === '') return true;
     const bytes = new TextEncoder().encode(line).length;
     if (bytes > state.maxBytes) {
-      note('that line is ' + bytes + ' bytes; the server takes at most ' + state.maxBytes, 'err');
+      note('that line is ' + bytes + ' bytes; the server takes at most ' + state.maxBytes + ' (it is still in the input)', 'err');
       return false;
     }
     if (!isOpen()) {
@@ -209,8 +224,15 @@
     if (/^\/rooms(\s|$)/i.test(line)) state.wantRooms.push(false);
     if (/^\/quit(\s|$)/i.test(line)) state.stopped = true;
     sendRaw(line);
-    if (line.startsWith('/')) {
+    state.lastSent = { line: line, at: Date.now() };
+    let m;
+    if ((m = /^\/me\s+(\S[\s\S]*)$/i.exec(line))) {
+      // As the others see it.
+      show('* ' + state.name + ' ' + m[1].trim(), 'self');
+    } else if (line.startsWith('/') && !line.startsWith('//')) {
       show(line, 'cmd');
+    } else if (line.startsWith('//')) {
+      show('<' + state.name + '> ' + line.slice(1), 'self');
     } else {
       // The server does not echo our own lines back.
       show('<' + state.name + '> ' + line, 'self');
@@ -224,6 +246,8 @@
       state.attempt = 0; // a real welcome: the connection is good
       setName(m[1]);
       setRoom(m[2]);
+      const max = /; lines up to (\d+) bytes$/.exec(line);
+      if (max) state.maxBytes = Number(max[1]);
     } else if ((m = /^\*\*\* you are now (\S+)$/.exec(line))) {
       rename(state.name, m[1]);
       setName(m[1]);
@@ -260,7 +284,17 @@
       // From now on, say so before sending rather than after.
       state.maxBytes = Number(m[1]);
     }
+    if (line.startsWith('*** error: ')) giveBack();
     show(line);
+  }
+
+  // The server refused the line just typed: put it back to be fixed, unless
+  // something new is being typed already.
+  function giveBack() {
+    const last = state.lastSent;
+    state.lastSent = null;
+    if (!last || Date.now() - last.at > REJECT_WINDOW_MS || input.value !== '') return;
+    input.value = last.line;
   }
 
   function names(list) {
@@ -346,14 +380,21 @@
     } else if (line.startsWith('-> *') || /^\*[^* ]+\* /.test(line)) {
       li.className = 'priv';
     }
+    const time = document.createElement('time');
+    const now = new Date();
+    time.dateTime = now.toISOString();
+    time.textContent = now.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+    const text = document.createElement('span');
+    text.className = 'text';
     if ((m = /^<([^>]+)> ([\s\S]*)$/.exec(line))) {
       const nick = document.createElement('span');
       nick.className = 'nick';
       nick.textContent = '<' + m[1] + '>';
-      li.append(nick, ' ' + m[2]);
+      text.append(nick, ' ' + m[2]);
     } else {
-      li.textContent = line;
+      text.textContent = line;
     }
+    li.append(time, text);
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
     log.appendChild(li);
     while (log.childElementCount > MAX_LOG) log.firstElementChild.remove();
@@ -404,6 +445,10 @@
   retry.addEventListener('click', reconnectNow);
   window.addEventListener('online', function () {
     if (!state.stopped) reconnectNow();
+  });
+  // Back to a tab that was hidden: the rooms may have changed meanwhile.
+  document.addEventListener('visibilitychange', function () {
+    if (document.visibilityState === 'visible') ask('rooms');
   });
 
   connect();
