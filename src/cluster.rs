@@ -34,12 +34,38 @@ use std::time::{Duration, Instant};
 pub const CMD: Token = Token(usize::MAX - 10);
 pub const SUB: Token = Token(usize::MAX - 11);
 
-/// Heartbeats, name renewals and liveness checks run this often.
-pub const TICK: Duration = Duration::from_secs(3);
-/// A heartbeat lives this long: an instance silent for longer is dead.
-pub const ALIVE_SECS: u64 = 10;
-/// A reserved name lives this long unless renewed (every TICK).
-pub const NAME_SECS: u64 = 15;
+/// The cluster's timers. Everything but the reply deadline is a multiple of
+/// the heartbeat interval, `tick` (3 s; `--cluster-tick-ms` lets tests run
+/// the same story in a fraction of the time).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Heartbeats, name renewals and liveness checks run this often.
+    pub tick: Duration,
+    /// The most Redis may take to answer (`--cluster-timeout`).
+    pub reply: Duration,
+}
+
+impl Timing {
+    pub fn new(tick: Duration, reply: Duration) -> Timing {
+        Timing { tick, reply }
+    }
+
+    /// A heartbeat lives this long: an instance silent for longer is dead.
+    fn alive_ms(&self) -> String {
+        (self.tick.as_millis() * 10 / 3).to_string()
+    }
+
+    /// A reserved name lives this long unless renewed (every tick).
+    fn name_ms(&self) -> String {
+        (self.tick.as_millis() * 5).to_string()
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing::new(Duration::from_secs(3), Duration::from_secs(5))
+    }
+}
 /// A connect plus handshake that takes longer has failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -277,6 +303,7 @@ pub struct Link {
     /// a reconnect.
     rooms: BTreeSet<String>,
     max_queue: usize,
+    timing: Timing,
     pub stats: LinkStats,
     backoff: Duration,
     retry_at: Option<Instant>,
@@ -292,8 +319,9 @@ pub struct Link {
 impl Link {
     /// `max_queue`: the most bytes waiting to go to Redis; past it, what
     /// would be published is dropped, counted and logged.
-    pub fn new(url: RedisUrl, node: &str, max_queue: usize) -> Link {
+    pub fn new(url: RedisUrl, node: &str, max_queue: usize, timing: Timing) -> Link {
         Link {
+            timing,
             prefix: format!("chatd:{}:", url.db),
             url,
             node: node.into(),
@@ -485,14 +513,14 @@ impl Link {
     /// SET NX with expiry: the first instance to ask gets the name.
     fn reserve(&mut self, name: &str, owner: &str, expect: Expect) -> bool {
         let key = format!("chatd:name:{name}");
-        let secs = NAME_SECS.to_string();
+        let ms = self.timing.name_ms();
         let args: [&[u8]; 6] = [
             b"SET",
             key.as_bytes(),
             owner.as_bytes(),
             b"NX",
-            b"EX",
-            secs.as_bytes(),
+            b"PX",
+            ms.as_bytes(),
         ];
         self.send_cmd(&args, expect, true)
     }
@@ -660,15 +688,15 @@ impl Link {
                 if self.next_tick > now {
                     return;
                 }
-                self.next_tick = now + TICK;
+                self.next_tick = now + self.timing.tick;
                 let alive = format!("chatd:alive:{}", self.node);
-                let secs = ALIVE_SECS.to_string();
+                let ms = self.timing.alive_ms();
                 self.send_cmd(
-                    &[b"SET", alive.as_bytes(), b"1", b"EX", secs.as_bytes()],
+                    &[b"SET", alive.as_bytes(), b"1", b"PX", ms.as_bytes()],
                     Expect::Ignore,
                     true,
                 );
-                let secs = NAME_SECS.to_string();
+                let ms = self.timing.name_ms();
                 let reclaim = std::mem::take(&mut self.reclaim);
                 let owner = format!("{}:?", self.node);
                 for name in hub.claimed_names() {
@@ -679,7 +707,7 @@ impl Link {
                     } else {
                         let key = format!("chatd:name:{name}");
                         self.send_cmd(
-                            &[b"EXPIRE", key.as_bytes(), secs.as_bytes()],
+                            &[b"PEXPIRE", key.as_bytes(), ms.as_bytes()],
                             Expect::Ignore,
                             true,
                         );
@@ -831,7 +859,7 @@ mod tests {
     #[test]
     fn own_room_lines_are_skipped_and_others_decoded() {
         let url = RedisUrl::parse("redis://127.0.0.1:1/3", None).unwrap();
-        let link = Link::new(url, "me", 1024);
+        let link = Link::new(url, "me", 1024, Timing::default());
         assert_eq!(link.decode_message("chatd:3:r:lobby", "me <a> hi"), None);
         assert_eq!(
             link.decode_message("chatd:3:r:lobby", "n2 <b> hi there"),

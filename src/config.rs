@@ -20,6 +20,9 @@ pub const DRAIN_SECS: u64 = 2;
 
 /// Linux refuses a TCP_KEEPIDLE above this (MAX_TCP_KEEPIDLE).
 pub const MAX_KEEPALIVE: u64 = 32767;
+/// The longest --cluster-timeout: a Redis that has not answered for a
+/// minute is gone, whatever the network.
+pub const MAX_CLUSTER_TIMEOUT: u64 = 60;
 /// A year: far beyond any use, and far from overflowing an `Instant`.
 pub const MAX_IDLE_TIMEOUT: u64 = 365 * 24 * 3600;
 
@@ -99,6 +102,16 @@ pub struct Config {
     /// Cluster mode: the most bytes queued toward Redis; what would pass it is dropped and counted.
     #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..))]
     pub cluster_queue: u32,
+
+    /// Cluster mode: seconds Redis may take to answer the oldest command still
+    /// waiting for a reply; past it the link counts as down and reconnects.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=MAX_CLUSTER_TIMEOUT))]
+    pub cluster_timeout: u64,
+
+    /// Cluster mode, for tests: the heartbeat interval in milliseconds; every
+    /// other cluster timer is a multiple of it (docs/cluster.md).
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub cluster_tick_ms: u64,
 
     /// Seconds a client connection may be silent before TCP keepalive probes
     /// start; a peer that vanished without closing is then dropped within

@@ -299,7 +299,11 @@ impl Server {
                 // can tell a restarted instance's old users are gone.
                 let wire = format!("{}~{:x}", cfg.node_id, fastrand::u32(..));
                 let hub = Hub::new(cfg.announce_max).with_cluster(&wire);
-                let link = Link::new(url, &wire, cfg.cluster_queue as usize);
+                let timing = cluster::Timing::new(
+                    Duration::from_millis(cfg.cluster_tick_ms),
+                    Duration::from_secs(cfg.cluster_timeout),
+                );
+                let link = Link::new(url, &wire, cfg.cluster_queue as usize, timing);
                 (hub, Some(link))
             }
         };
