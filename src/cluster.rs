@@ -443,8 +443,11 @@ enum Kind {
     /// A name claim: refused, and the user told to try again.
     Claim,
     /// Heartbeats, renewals, node checks, releases, guest numbers: without
-    /// them the cluster cannot stay true, so the link is dropped and
-    /// re-established (and heals) instead.
+    /// them the cluster cannot stay true, so they are never dropped. They
+    /// are bounded by what they are about instead: one round at a time (one
+    /// renewal per local named user, one check per known node, at most
+    /// MAX_NODES), and a Redis too slow to answer them within
+    /// --cluster-timeout has the link dropped and re-established.
     Book,
 }
 
@@ -464,6 +467,8 @@ pub struct Link {
     /// a reconnect.
     rooms: BTreeSet<String>,
     max_queue: usize,
+    /// The most replies awaited before lines are dropped and claims
+    /// refused: `max_queue` / 64 (a PUBLISH is rarely smaller).
     max_pending: usize,
     max_text: usize,
     timing: Timing,
@@ -486,7 +491,7 @@ pub struct Link {
     /// Renewals and node checks of the last round still unanswered: a slow
     /// Redis gets no second round on top of the first.
     round_left: usize,
-    /// A bookkeeping command found the queue full: drop the link.
+    /// The subscriber's queue passed its bound: drop the link.
     stuck: Option<String>,
     /// Nodes whose heartbeat was missing, since when (our link up throughout).
     missing: HashMap<Rc<str>, Instant>,
@@ -498,9 +503,9 @@ pub struct Link {
 }
 
 impl Link {
-    /// `max_queue`: the most bytes waiting to go to Redis on either
-    /// connection (and, / 64, the most replies awaited); `max_text`: the
-    /// longest text accepted from the other instances.
+    /// `max_queue`: the most bytes of lines and claims waiting to go to
+    /// Redis, and of (un)subscriptions; `max_text`: the longest text
+    /// accepted from the other instances.
     pub fn new(
         url: RedisUrl,
         node: &str,
@@ -520,7 +525,7 @@ impl Link {
             pending: VecDeque::new(),
             rooms: BTreeSet::new(),
             max_queue,
-            max_pending: (max_queue / 64).max(64),
+            max_pending: max_queue / 64,
             max_text,
             timing,
             stats: LinkStats::default(),
@@ -590,7 +595,11 @@ impl Link {
             let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
             self.send_cmd(&args, Expect::Check("AUTH"), Kind::Force);
         }
-        self.send_cmd(&[b"SELECT", db.as_bytes()], Expect::Check("SELECT"), Kind::Force);
+        self.send_cmd(
+            &[b"SELECT", db.as_bytes()],
+            Expect::Check("SELECT"),
+            Kind::Force,
+        );
         self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
         let mut channels = vec![
             format!("{}p", self.prefix),
@@ -657,7 +666,7 @@ impl Link {
             return false;
         };
         let full = cmd.wbuf.len() > self.max_queue || self.pending.len() >= self.max_pending;
-        if full && kind != Kind::Force {
+        if full && matches!(kind, Kind::Publish | Kind::Claim) {
             let (bytes, replies) = (cmd.wbuf.len(), self.pending.len());
             match kind {
                 Kind::Publish => {
@@ -671,14 +680,7 @@ impl Link {
                         self.warned = Some(now);
                     }
                 }
-                Kind::Book => {
-                    self.stuck.get_or_insert_with(|| {
-                        format!(
-                            "queue to Redis is full ({bytes} bytes, {replies} replies awaited): Redis is not keeping up"
-                        )
-                    });
-                }
-                Kind::Claim | Kind::Force => {}
+                Kind::Claim | Kind::Book | Kind::Force => {}
             }
             return false;
         }
@@ -909,10 +911,7 @@ impl Link {
     }
 
     fn on_reply(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
-        let (_, expect) = self
-            .pending
-            .pop_front()
-            .ok_or("a reply nobody asked for")?;
+        let (_, expect) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
         match (expect, frame) {
             (Expect::Check(what), OwnedFrame::Error(e)) => {
                 self.stats.refused += 1;
@@ -1082,7 +1081,11 @@ impl Link {
     /// A publication, checked and cleaned as a client's line would be:
     /// `Ok(None)` when it is not for us (our own lines, other databases),
     /// `Err` when it is malformed (logged and dropped by the caller).
-    fn decode_message(&self, channel: &[u8], payload: &[u8]) -> Result<Option<Inbound>, &'static str> {
+    fn decode_message(
+        &self,
+        channel: &[u8],
+        payload: &[u8],
+    ) -> Result<Option<Inbound>, &'static str> {
         let channel = std::str::from_utf8(channel).map_err(|_| "channel not UTF-8")?;
         let Some(rest) = channel.strip_prefix(&self.prefix) else {
             return Ok(None);
@@ -1356,7 +1359,10 @@ pub fn decode_presence(s: &str) -> Option<Presence> {
                 room,
             }
         }
-        ("E", 3) => Presence::End { node, round: num(2)? },
+        ("E", 3) => Presence::End {
+            node,
+            round: num(2)?,
+        },
         ("W", 2) => Presence::Who { node },
         _ => return None,
     })
@@ -1470,7 +1476,11 @@ mod tests {
         );
         assert_eq!(
             dm("chatd:3:n:me~1", "4 bob *alice* psst"),
-            Ok(Some(Inbound::Private(4, "bob".into(), "*alice* psst".into())))
+            Ok(Some(Inbound::Private(
+                4,
+                "bob".into(),
+                "*alice* psst".into()
+            )))
         );
         assert_eq!(dm("chatd:0:r:lobby", "n2 x"), Ok(None), "other database");
         assert_eq!(dm("chatd:3:n:other", "4 bob x"), Ok(None), "not ours");
@@ -1491,7 +1501,10 @@ mod tests {
             )))
         );
         assert_eq!(
-            dm(b"chatd:3:r:lobby", b"n2 <m> \x1b]0;x\x07\x1b[2Jred\x7f \xff"),
+            dm(
+                b"chatd:3:r:lobby",
+                b"n2 <m> \x1b]0;x\x07\x1b[2Jred\x7f \xff"
+            ),
             Ok(Some(Inbound::Room(
                 "lobby".into(),
                 "<m> ]0;x[2Jred \u{fffd}".into()

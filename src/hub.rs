@@ -965,7 +965,10 @@ impl Hub {
                     since: round,
                 });
                 self.name_add(&key, i);
-                let back = self.cluster.as_ref().is_some_and(|c| c.lost.contains(&node));
+                let back = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.lost.contains(&node));
                 self.remote.insert((node, id), i);
                 let r = self.enter(i, &room, &shown, out);
                 if back && known.is_none() && self.announces(r) {

@@ -408,9 +408,7 @@ impl Server {
                     Inbound::Private(to, name, text) => {
                         hub.remote_private(to, &name, &text, &mut out)
                     }
-                    Inbound::Claimed(id, name, answer) => {
-                        hub.claimed(id, &name, answer, &mut out)
-                    }
+                    Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, &mut out),
                     Inbound::NameLost(id, name) => hub.name_lost(id, &name, &mut out),
                     Inbound::NodeBack(node) => {
                         info!("cluster: node {node} has a heartbeat again; asking for its users");

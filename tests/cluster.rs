@@ -1605,6 +1605,234 @@ fn forged_publications_reach_clients_cleaned_or_not_at_all() {
     assert_eq!(next_said(&mut c), "<dave> still here");
 }
 
+// --- the link's health: passwords, ACLs, full queues, reconnects -------------
+
+/// One `chatd_cluster_*` figure from an instance's /metrics.
+fn metric(server: &Server, name: &str) -> f64 {
+    let addr = server.http_addr.expect("a web port");
+    let page = http_get(addr, "/metrics");
+    let want = format!("chatd_cluster_{name}{{");
+    page.lines()
+        .find(|l| l.starts_with(&want))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {want} in /metrics:\n{page}"))
+}
+
+/// Polls a metric until `pred` holds, for up to `bound`.
+fn wait_metric(server: &Server, name: &str, bound: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + bound;
+    let mut v = metric(server, name);
+    while !pred(v) {
+        assert!(
+            Instant::now() < deadline,
+            "chatd_cluster_{name} never as wanted within {bound:?}; last {v}"
+        );
+        std::thread::sleep(POLL);
+        v = metric(server, name);
+    }
+    v
+}
+
+/// chatd with `args`, its log (stderr) kept in `log`.
+fn start_logged(log: &Path, args: &[&str]) -> Server {
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "exec \"$0\" \"$@\" 2>>\"$CHATD_LOG\"",
+        env!("CARGO_BIN_EXE_chatd"),
+    ])
+    .env("CHATD_LOG", log);
+    Server::start_with(cmd, args)
+}
+
+/// Polls a log file until a line contains every one of `want`.
+fn wait_log(log: &Path, want: &[&str], bound: Duration) -> String {
+    let deadline = Instant::now() + bound;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| want.iter().all(|w| l.contains(w))) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {want:?} within {bound:?}; log:\n{text}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The sample ACL from docs/cluster.md, as arguments for `ACL SETUSER`,
+/// with `password` for its placeholder.
+fn sample_acl(password: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cluster.md"))
+        .expect("read docs/cluster.md");
+    let line = doc
+        .lines()
+        .find(|l| l.trim_start().starts_with("ACL SETUSER chatd "))
+        .expect("docs/cluster.md: a sample `ACL SETUSER chatd ...` line");
+    line.split_whitespace()
+        .skip(1)
+        .map(|w| w.replace("CHANGE-ME", password))
+        .collect()
+}
+
+fn acl_setuser(port: u16, args: &[String]) {
+    let mut cmd: Vec<&[u8]> = vec![b"ACL"];
+    cmd.extend(args.iter().map(|a| a.as_bytes()));
+    assert_eq!(
+        redis_cmd(port, &cmd),
+        Resp::Simple("OK".into()),
+        "ACL {args:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_wrong_password_is_logged_at_once_and_shown_in_metrics() {
+    let redis = Redis::start();
+    acl_setuser(redis.port, &sample_acl("right"));
+    let dir = TempDir::new("wrongpw");
+    let log = dir.path().join("chatd.log");
+    let url = format!("redis://chatd:wrong@127.0.0.1:{}", redis.port);
+    let node = start_logged(&log, &["--redis", &url, "--node-id", "n1"]);
+    let line = wait_log(&log, &["refused AUTH", "WRONGPASS"], TIMEOUT);
+    assert!(line.contains("WARN"), "not a warning: {line}");
+    assert!(
+        !line.contains("wrong"),
+        "the password itself was logged: {line}"
+    );
+    wait_metric(&node, "refused_total", TIMEOUT, |v| v >= 1.0);
+    wait_metric(&node, "connect_failures_total", TIMEOUT, |v| v >= 1.0);
+    assert_eq!(metric(&node, "link_up"), 0.0);
+    assert_eq!(
+        metric(&node, "reconnects_total"),
+        0.0,
+        "nothing was re-established"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn the_sample_acl_is_enough_and_a_missing_right_is_logged_and_retried() {
+    let redis = Redis::start();
+    acl_setuser(redis.port, &sample_acl("s3cret"));
+    let mut no_eval = sample_acl("s3cret");
+    no_eval[1] = "chatd-noeval".into();
+    no_eval.retain(|a| a != "+eval");
+    acl_setuser(redis.port, &no_eval);
+
+    // Two instances as the ACL user: the whole cluster works.
+    let url = format!("redis://chatd:s3cret@127.0.0.1:{}", redis.port);
+    let nodes: Vec<Server> = (1..=2)
+        .map(|i| {
+            let id = format!("n{i}");
+            Server::start(&["--redis", &url, "--node-id", &id])
+        })
+        .collect();
+    wait_linked(&nodes);
+    let mut alice = named(&nodes[0], "alice");
+    let mut b = nodes[1].client();
+    wait_who(&mut b, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    refused(&mut b, "alice", "under the sample ACL");
+    b.send("/msg alice hi");
+    alice.expect_line(&format!("*{}* hi", b.name));
+    wait_owner(redis.port, "alice", "n1", TIMEOUT);
+
+    // One without EVAL: told at once, in the log and /metrics, with
+    // Redis's own words; asked again later (with backoff), link kept.
+    let dir = TempDir::new("noeval");
+    let log = dir.path().join("chatd.log");
+    let url = format!("redis://chatd-noeval:s3cret@127.0.0.1:{}", redis.port);
+    let n3 = start_logged(&log, &["--redis", &url, "--node-id", "n3"]);
+    wait_log(
+        &log,
+        &["refused EVAL (reserve guest numbers)", "NOPERM"],
+        TIMEOUT,
+    );
+    wait_metric(&n3, "refused_total", TIMEOUT, |v| v >= 3.0);
+    assert_eq!(metric(&n3, "link_up"), 1.0);
+}
+
+/// Redis frozen, so nothing it is sent is answered: past the bound on
+/// replies awaited (--cluster-queue / 64), lines for the other instances are
+/// dropped and counted and a /nick is refused as busy; the link stays (the
+/// reply deadline is a minute here), and works again once Redis does.
+#[test]
+#[ignore = "needs redis-server"]
+fn a_full_queue_toward_redis_drops_lines_and_refuses_claims_but_keeps_the_link() {
+    let flags = ["--cluster-queue", "4096", "--cluster-timeout", "60"];
+    let cl = Cluster::start_with(1, &flags);
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.client(0);
+    signal(cl.redis.pid(), "STOP");
+    // 64 replies awaited fill the bound; 200 lines are well past it.
+    let mut batch = String::new();
+    for i in 0..200 {
+        batch.push_str(&format!("line {i}\n"));
+    }
+    alice.send_raw(batch.as_bytes());
+    alice.sync();
+    bob.send("/nick bobby");
+    let got = bob.expect("the /nick answer", |l| l.starts_with("*** "));
+    assert_eq!(
+        got, "*** error: the cluster is busy; try /nick again in a moment",
+        "a claim past the bound"
+    );
+    assert!(metric(&cl.nodes[0], "dropped_total") > 0.0);
+    assert_eq!(metric(&cl.nodes[0], "link_up"), 1.0);
+    signal(cl.redis.pid(), "CONT");
+    // Once Redis answers again, claims go through on the same link.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        bob.send("/nick bobby");
+        let got = bob.expect("the /nick answer", |l| {
+            l.starts_with("*** you are now ") || l.starts_with("*** error")
+        });
+        if got == "*** you are now bobby" {
+            break;
+        }
+        assert_eq!(
+            got,
+            "*** error: the cluster is busy; try /nick again in a moment"
+        );
+        assert!(Instant::now() < deadline, "still busy after {TIMEOUT:?}");
+        std::thread::sleep(POLL);
+    }
+    let seen = alice.sync();
+    assert!(
+        !seen.iter().any(|l| l == LINK_DOWN),
+        "the link went down: {seen:?}"
+    );
+    assert_eq!(metric(&cl.nodes[0], "reconnects_total"), 0.0);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn reconnects_count_links_that_came_back_and_failures_apart() {
+    let mut redis = Redis::start();
+    redis.stop();
+    let node = Server::start(&["--redis", &redis.url(), "--node-id", "n1"]);
+    wait_metric(&node, "connect_failures_total", TIMEOUT, |v| v >= 2.0);
+    assert_eq!(
+        metric(&node, "reconnects_total"),
+        0.0,
+        "failed attempts are not reconnects"
+    );
+    redis.restart();
+    wait_metric(&node, "link_up", RELINK, |v| v == 1.0);
+    assert_eq!(
+        metric(&node, "reconnects_total"),
+        0.0,
+        "the first link is not a reconnect"
+    );
+    redis.stop();
+    wait_metric(&node, "link_up", TIMEOUT, |v| v == 0.0);
+    redis.restart();
+    wait_metric(&node, "link_up", RELINK, |v| v == 1.0);
+    assert_eq!(metric(&node, "reconnects_total"), 1.0);
+}
+
 // --- HAProxy in front ----------------------------------------------------------
 
 /// A WebSocket client (as the web page is), with a read timeout.
