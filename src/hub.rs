@@ -2082,6 +2082,170 @@ mod tests {
         }
 
         #[test]
+        fn a_lost_node_heard_again_is_relearned_and_its_rooms_told() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.line(1, 3, "/nick bob");
+            net.take(0);
+            net.hubs[0].node_lost("b", "server lost", &mut net.bus[0]);
+            assert_eq!(net.take(0), pairs(&[(0, "*** bob left (server lost)")]));
+            assert_eq!(net.hubs[0].lost_nodes(), vec![Rc::<str>::from("b")]);
+            // Its heartbeat is back: asked for its users, it announces them.
+            net.hubs[0].node_back("b", &mut net.bus[0]);
+            net.pump();
+            assert_eq!(net.take(0), pairs(&[(0, "*** bob is back")]));
+            assert!(net.hubs[0].lost_nodes().is_empty(), "re-learned in full");
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (2): bob, guest-1")]));
+            // Asking about a node that was never lost does nothing.
+            net.hubs[0].node_back("b", &mut net.bus[0]);
+            assert!(net.bus[0].presence.is_empty());
+        }
+
+        #[test]
+        fn a_roster_without_a_user_means_it_left_while_we_could_not_hear() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.hubs[1].connect(4, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            net.hubs[0].link_down(&mut net.bus[0]);
+            // guest-101 leaves while a cannot hear it.
+            net.hubs[1].disconnect(3, None, &mut net.bus[1]);
+            net.bus[1] = Bus {
+                subscribed: std::mem::take(&mut net.bus[1].subscribed),
+                ..Bus::default()
+            };
+            net.take(0);
+            net.line(0, 0, "/who");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** #lobby (3): guest-1, guest-101, guest-102")]),
+                "out of reach, not gone"
+            );
+            // Back: b answers a's hello with its roster, without guest-101.
+            net.hubs[0].link_up(&mut net.bus[0]);
+            net.pump();
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, LINK_UP), (0, "*** guest-101 left")])
+            );
+            net.line(0, 0, "/who");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** #lobby (2): guest-1, guest-102")])
+            );
+        }
+
+        #[test]
+        fn the_later_claim_gives_its_name_up_and_its_room_sees_the_rename() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.line(1, 0, "/nick alice");
+            net.take(0);
+            net.take(1);
+            assert_eq!(net.hubs[1].claimed_names(), vec![(0, "alice", 1000)]);
+            net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+            net.pump();
+            assert_eq!(
+                net.take(1),
+                pairs(&[(
+                    0,
+                    "*** your name alice was also taken on another server while the cluster was split; you are now guest-102"
+                )])
+            );
+            assert_eq!(net.take(0), pairs(&[(0, "*** alice is now guest-102")]));
+            assert!(net.hubs[1].claimed_names().is_empty());
+            assert!(
+                net.bus[1].released.is_empty(),
+                "the key is the winner's: not released"
+            );
+            // A stale verdict (the user changed name since) changes nothing.
+            net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+            assert!(net.take(1).is_empty());
+        }
+
+        #[test]
+        fn a_name_held_twice_in_the_mirror_stays_taken_until_both_let_go() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[0].connect(1, &mut net.bus[0]);
+            net.line(0, 0, "/nick alice");
+            // Another instance's alice (a split): both are in the mirror.
+            let c: Rc<str> = "c".into();
+            let here = Presence::Here {
+                node: c.clone(),
+                id: 9,
+                name: "alice".into(),
+                room: "lobby".into(),
+                shown: "lobby".into(),
+                round: 1,
+            };
+            net.hubs[0].remote_presence(here, &mut net.bus[0]);
+            net.take(0);
+            // The local alice lets go: the other still holds it.
+            net.line(0, 0, "/nick al");
+            net.line(0, 1, "/nick alice");
+            assert!(
+                net.take(0)
+                    .iter()
+                    .any(|(id, l)| *id == 1 && l == "*** error: the name alice is taken")
+            );
+            let gone = Presence::Gone { node: c, id: 9 };
+            net.hubs[0].remote_presence(gone, &mut net.bus[0]);
+            net.line(0, 1, "/nick alice");
+            assert!(
+                net.take(0)
+                    .iter()
+                    .any(|(id, l)| *id == 1 && l == "*** you are now alice")
+            );
+        }
+
+        #[test]
+        fn a_claim_that_cannot_be_queued_is_refused_with_a_reason() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.take(0);
+            net.bus[0].busy = true;
+            for _ in 0..2 {
+                net.line(0, 0, "/nick x");
+                assert_eq!(
+                    net.take(0),
+                    pairs(&[(
+                        0,
+                        "*** error: the cluster is busy; try /nick again in a moment"
+                    )]),
+                    "refused, and nothing left waiting"
+                );
+            }
+        }
+
+        #[test]
+        fn the_mirror_has_a_bound() {
+            let mut hub = Hub::new(200).with_cluster("a").with_max_remote(2);
+            let mut bus = Bus::default();
+            hub.link_up(&mut bus);
+            hub.connect(0, &mut bus);
+            for id in 0..5 {
+                let here = Presence::Here {
+                    node: "z".into(),
+                    id,
+                    name: format!("z{id}"),
+                    room: "lobby".into(),
+                    shown: "lobby".into(),
+                    round: 1,
+                };
+                hub.remote_presence(here, &mut bus);
+            }
+            bus.got.clear();
+            hub.line(0, "/who", &mut bus);
+            assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
+        }
+
+        #[test]
         fn guests_come_from_reserved_blocks_or_carry_the_node_id() {
             let mut hub = Hub::new(200).with_cluster("n7");
             let mut bus = Bus::default();
