@@ -178,3 +178,21 @@ impl Config {
         self.idle_timeout.map(Duration::from_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_timers_are_bounded() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.cluster_timeout, c.cluster_tick_ms), (5, 3000));
+        assert!(parse(&["--cluster-timeout", "60"]).is_ok());
+        for bad in ["0", "61", "-1", "x"] {
+            assert!(parse(&["--cluster-timeout", bad]).is_err(), "{bad}");
+        }
+        assert!(parse(&["--cluster-tick-ms", "49"]).is_err());
+        assert!(parse(&["--cluster-tick-ms", "60001"]).is_err());
+    }
+}
