@@ -8,10 +8,11 @@
 //!
 //! Channels (pub/sub is not per database, so the database number is part of
 //! every name, and clusters on different databases stay apart):
-//! - `chatd:DB:r:ROOM` — lines for a room, `NODE TEXT`, one line per
-//!   publication; subscribed while this instance has local members in ROOM;
-//!   our own lines come back and are skipped by NODE, so nothing is
-//!   delivered twice;
+//! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
+//!   or LF in it removed) or `NODE\nLINE\nLINE...` (a sender's batch, each
+//!   line cleaned on its own); subscribed while this instance has local
+//!   members in ROOM; our own lines come back and are skipped by NODE, so
+//!   nothing is delivered twice;
 //! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
 //! - `chatd:DB:n:NODE` — private lines for users on NODE.
 //!
@@ -504,8 +505,9 @@ pub struct Link {
 
 impl Link {
     /// `max_queue`: the most bytes of lines and claims waiting to go to
-    /// Redis, and of (un)subscriptions; `max_text`: the longest text
-    /// accepted from the other instances.
+    /// Redis, and of (un)subscriptions; `max_text`: the longest line
+    /// accepted from the other instances (a batch of lines may hold up to
+    /// COALESCE bytes more).
     pub fn new(
         url: RedisUrl,
         node: &str,
@@ -565,10 +567,14 @@ impl Link {
         let base = match self.state {
             State::Down => self.retry_at,
             State::Connecting => Some(self.connect_by),
-            State::Healing | State::Up => Some(self.next_tick),
+            // Waiting for the renewals' replies: their deadline below.
+            State::Healing if self.heal_sent => None,
+            State::Healing => Some(self.next_tick),
+            State::Up => Some(self.next_tick),
         };
         let reply = self.pending.front().map(|(t, _)| *t + self.timing.reply);
-        [base, reply, self.guests_retry].into_iter().flatten().min()
+        let guests = self.guests_retry.filter(|_| self.state == State::Up);
+        [base, reply, guests].into_iter().flatten().min()
     }
 
     fn connect(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
@@ -744,14 +750,19 @@ impl Link {
     // ---- From the hub ----
 
     /// A local line, or a batch of them (CRLF between), for the room on the
-    /// other instances: one publication per line, because a receiver takes
-    /// each publication as one line and removes any CR or LF in it.
+    /// other instances. One line travels as `NODE TEXT`; a batch as one
+    /// publication `NODE\nLINE\nLINE...` (one PUBLISH for the lot, which is
+    /// most of what Redis costs), never with a CR: a receiver cleans each
+    /// line on its own, and a CR or LF inside a `NODE TEXT` publication is
+    /// removed, not taken as a line break.
     pub fn publish_room(&mut self, room: &str, text: &str) {
         let channel = self.room_channel(room);
-        for line in text.split("\r\n") {
-            let payload = format!("{} {line}", self.node);
-            self.publish(&channel, payload.as_bytes());
-        }
+        let payload = if text.contains("\r\n") {
+            format!("{}\n{}", self.node, text.replace("\r\n", "\n"))
+        } else {
+            format!("{} {text}", self.node)
+        };
+        self.publish(&channel, payload.as_bytes());
     }
 
     pub fn presence(&mut self, event: &Presence) {
@@ -1090,7 +1101,13 @@ impl Link {
         let Some(rest) = channel.strip_prefix(&self.prefix) else {
             return Ok(None);
         };
-        if payload.len() > self.max_text {
+        // Room batches may hold several lines; anything else is one.
+        let most = if rest.starts_with("r:") {
+            self.max_text + COALESCE
+        } else {
+            self.max_text
+        };
+        if payload.len() > most {
             return Err("too long");
         }
         if rest == "p" {
@@ -1103,7 +1120,11 @@ impl Link {
             if !room_key_ok(room) {
                 return Err("bad room name");
             }
-            let (node, text) = split(payload).ok_or("no node")?;
+            let at = payload
+                .iter()
+                .position(|&c| c == b' ' || c == b'\n')
+                .ok_or("no node")?;
+            let (node, text) = (&payload[..at], &payload[at + 1..]);
             let node = std::str::from_utf8(node).map_err(|_| "bad node")?;
             if !valid_node(node) {
                 return Err("bad node");
@@ -1112,8 +1133,25 @@ impl Link {
             if node == &*self.node {
                 return Ok(None);
             }
-            let text = sanitize(text).ok_or("blank line")?;
-            return Ok(Some(Inbound::Room(room.to_string(), text)));
+            if payload[at] == b' ' {
+                if text.len() > self.max_text {
+                    return Err("too long");
+                }
+                let text = sanitize(text).ok_or("blank line")?;
+                return Ok(Some(Inbound::Room(room.to_string(), text)));
+            }
+            // A batch: each line cleaned and bounded as a line of its own.
+            let mut lines = Vec::new();
+            for line in text.split(|&c| c == b'\n') {
+                if line.len() > self.max_text {
+                    return Err("too long");
+                }
+                lines.extend(sanitize(line));
+            }
+            if lines.is_empty() {
+                return Err("blank batch");
+            }
+            return Ok(Some(Inbound::Room(room.to_string(), lines.join("\r\n"))));
         }
         if rest.strip_prefix("n:") == Some(&*self.node) {
             let (to, rest) = split(payload).ok_or("no recipient")?;
@@ -1180,11 +1218,13 @@ impl Link {
                 }
             }
             State::Up => {
+                if self.guests_retry.is_some_and(|t| t <= now) {
+                    self.guests_retry = None;
+                }
                 if hub.guests_left() < GUEST_BLOCK / 2
                     && !self.guests_asked
-                    && self.guests_retry.is_none_or(|t| t <= now)
+                    && self.guests_retry.is_none()
                 {
-                    self.guests_retry = None;
                     let used = hub.guests_used().to_string();
                     let block = GUEST_BLOCK.to_string();
                     self.guests_asked = self.send_cmd(
@@ -1534,6 +1574,23 @@ mod tests {
         ] {
             assert!(dm(c, p).is_err(), "{c:?} {p:?}");
         }
+        // A batch from an instance: one publication, each line cleaned on
+        // its own (a CR in one is removed, blank ones skipped).
+        assert_eq!(
+            dm(b"chatd:3:r:lobby", b"n2\n<a> one\n<a> t\x1bwo\r\n\n"),
+            Ok(Some(Inbound::Room(
+                "lobby".into(),
+                "<a> one\r\n<a> two".into()
+            )))
+        );
+        assert_eq!(dm(b"chatd:3:r:lobby", b"n2\n\r\n \n"), Err("blank batch"));
+        let long = format!("n2\n<m> a\n<m> {}", "b".repeat(100));
+        assert_eq!(dm(b"chatd:3:r:lobby", long.as_bytes()), Err("too long"));
+        let many = format!("n2\n{}", "<m> ok\n".repeat(20));
+        assert!(
+            dm(b"chatd:3:r:lobby", many.as_bytes()).is_ok(),
+            "a batch may pass one line's bound"
+        );
         // Longer than any instance sends (max_text 100 here): dropped whole.
         let long = format!("n2 <m> {}", "a".repeat(100));
         assert_eq!(dm(b"chatd:3:r:lobby", long.as_bytes()), Err("too long"));

@@ -635,7 +635,10 @@ impl Hub {
             }
             return;
         }
-        self.rename(id, i, wanted, 0, None, out);
+        // Only the casing changes (or there is no cluster): the claim, and
+        // so its time, stay as they were.
+        let since = self.clients[i].since;
+        self.rename(id, i, wanted, since, None, out);
     }
 
     /// The cluster's answer to `Outbox::claim`.
