@@ -1766,13 +1766,16 @@ fn a_full_queue_toward_redis_drops_lines_and_refuses_claims_but_keeps_the_link()
     let mut alice = cl.named(0, "alice");
     let mut bob = cl.client(0);
     signal(cl.redis.pid(), "STOP");
-    // 64 replies awaited fill the bound; 200 lines are well past it.
+    // 64 replies awaited fill the bound; 200 publications are well past
+    // it (a command between lines keeps them from going out as one batch).
     let mut batch = String::new();
     for i in 0..200 {
-        batch.push_str(&format!("line {i}\n"));
+        batch.push_str(&format!("line {i}\n/who\n"));
     }
     alice.send_raw(batch.as_bytes());
-    alice.sync();
+    for _ in 0..200 {
+        alice.expect("a /who answer", |l| l.starts_with("*** #lobby ("));
+    }
     bob.send("/nick bobby");
     let got = bob.expect("the /nick answer", |l| l.starts_with("*** "));
     assert_eq!(
