@@ -1616,4 +1616,80 @@ mod tests {
             assert!(!claim_wins(junk, &a), "{junk:?}");
         }
     }
+
+    /// A "Redis" that accepts connections and never answers or reads.
+    fn mute_redis(queue: usize, reply: Duration) -> (std::net::TcpListener, Link) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = RedisUrl::parse(&format!("redis://{}", l.local_addr().unwrap()), None).unwrap();
+        let timing = Timing::new(Duration::from_secs(3), reply);
+        (l, Link::new(url, "me~1", queue, timing, 100))
+    }
+
+    #[test]
+    fn a_redis_that_does_not_answer_in_time_is_a_lost_link() {
+        let (_redis, mut link) = mute_redis(1 << 20, Duration::from_millis(500));
+        let poll = mio::Poll::new().unwrap();
+        let hub = Hub::new(200).with_cluster("me~1");
+        let mut inbound = Vec::new();
+        let t0 = Instant::now();
+        link.tick(t0, &hub, poll.registry(), &mut inbound);
+        assert_eq!(link.state, State::Connecting);
+        assert!(
+            link.deadline()
+                .is_some_and(|d| d <= t0 + Duration::from_millis(600))
+        );
+        link.tick(
+            t0 + Duration::from_millis(100),
+            &hub,
+            poll.registry(),
+            &mut inbound,
+        );
+        assert!(inbound.is_empty(), "not yet");
+        link.tick(
+            t0 + Duration::from_secs(1),
+            &hub,
+            poll.registry(),
+            &mut inbound,
+        );
+        assert_eq!(link.state, State::Down);
+        assert!(
+            matches!(&inbound[..], [Inbound::Down(why)] if why.contains("Redis did not answer"))
+        );
+        assert_eq!((link.stats.timeouts, link.stats.connect_failures), (1, 1));
+        assert_eq!(link.stats.reconnects, 0);
+    }
+
+    #[test]
+    fn the_queues_toward_redis_are_bounded_by_kind() {
+        let (_redis, mut link) = mute_redis(4096, Duration::from_secs(60));
+        let poll = mio::Poll::new().unwrap();
+        let hub = Hub::new(200).with_cluster("me~1");
+        let mut inbound = Vec::new();
+        link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+        // Pretend the handshake is done (nothing answers here).
+        link.state = State::Up;
+        link.pending.clear();
+        // Replies awaited: at most 4096 / 64 = 64; past it lines are
+        // dropped and counted, and claims refused.
+        for _ in 0..100 {
+            link.publish_room("lobby", "<a> hi");
+        }
+        assert_eq!((link.stats.published, link.stats.dropped), (64, 36));
+        assert!(!link.claim(1, "alice"), "a claim past the bound is refused");
+        // Bookkeeping is not dropped: a release still goes out.
+        link.release("alice", 1, 5);
+        assert_eq!(link.pending.len(), 65);
+        // The subscriber's queue: past 4096 bytes the link is dropped and
+        // re-established, keeping every room for the new subscription.
+        for i in 0..200 {
+            link.subscribe(&format!("room{i}"), true);
+        }
+        link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+        assert_eq!(link.state, State::Down);
+        assert!(
+            matches!(&inbound[..], [Inbound::Down(why)] if why.contains("subscriber queue")),
+            "{inbound:?}"
+        );
+        assert_eq!(link.rooms.len(), 200);
+    }
 }
