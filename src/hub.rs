@@ -1038,14 +1038,6 @@ impl Hub {
     /// Another instance stopped answering (or said goodbye): its users are
     /// gone, and the rooms they were in are told so, with `reason`.
     pub fn node_lost(&mut self, node: &str, reason: &str, out: &mut impl Outbox) {
-        if let Some(c) = self.cluster.as_mut()
-            && !c.lost.iter().any(|n| &**n == node)
-        {
-            if c.lost.len() >= MAX_LOST {
-                c.lost.pop_front();
-            }
-            c.lost.push_back(node.into());
-        }
         let gone: Vec<usize> = self
             .remote
             .iter()
@@ -1064,6 +1056,22 @@ impl Hub {
         nodes.sort();
         nodes.dedup();
         nodes
+    }
+
+    /// Another instance's heartbeat lapsed: its users are gone ("server
+    /// lost"), and it is remembered, to be re-learned should it beat again
+    /// (it may only have been frozen or cut off). One that said goodbye or
+    /// was replaced by a new incarnation is not coming back.
+    pub fn node_silent(&mut self, node: &str, out: &mut impl Outbox) {
+        if let Some(c) = self.cluster.as_mut()
+            && !c.lost.iter().any(|n| &**n == node)
+        {
+            if c.lost.len() >= MAX_LOST {
+                c.lost.pop_front();
+            }
+            c.lost.push_back(node.into());
+        }
+        self.node_lost(node, "server lost", out);
     }
 
     /// Instances declared lost (to notice when their heartbeat is back).
@@ -2038,6 +2046,9 @@ mod tests {
                 net.take(0),
                 pairs(&[(0, "*** guest-102 left (server shutting down)")])
             );
+            // Neither a replaced incarnation nor one that said goodbye is
+            // waited for to come back.
+            assert!(net.hubs[0].lost_nodes().is_empty());
         }
 
         #[test]
@@ -2091,7 +2102,7 @@ mod tests {
             net.hubs[1].connect(3, &mut net.bus[1]);
             net.line(1, 3, "/nick bob");
             net.take(0);
-            net.hubs[0].node_lost("b", "server lost", &mut net.bus[0]);
+            net.hubs[0].node_silent("b", &mut net.bus[0]);
             assert_eq!(net.take(0), pairs(&[(0, "*** bob left (server lost)")]));
             assert_eq!(net.hubs[0].lost_nodes(), vec![Rc::<str>::from("b")]);
             // Its heartbeat is back: asked for its users, it announces them.

@@ -417,7 +417,7 @@ impl Server {
                     Inbound::Guests(start) => hub.add_guests(start, crate::hub::GUEST_BLOCK),
                     Inbound::NodeLost(node) => {
                         info!("cluster: node {node} stopped answering; its users are gone");
-                        hub.node_lost(&node, "server lost", &mut out);
+                        hub.node_silent(&node, &mut out);
                     }
                 }
             }
