@@ -1055,20 +1055,17 @@ impl Link {
             }
             _ => return Ok(()), // +OK to AUTH
         };
-        let bytes = |f: &OwnedFrame| match f {
-            OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => Some(b.clone()),
-            _ => None,
-        };
-        match parts.first().and_then(bytes).as_deref() {
+        match parts.first().and_then(frame_bytes) {
             Some(b"subscribe") => self.sub_ready = true,
             Some(b"message") => {
-                let (Some(channel), Some(payload)) =
-                    (parts.get(1).and_then(bytes), parts.get(2).and_then(bytes))
-                else {
+                let (Some(channel), Some(payload)) = (
+                    parts.get(1).and_then(frame_bytes),
+                    parts.get(2).and_then(frame_bytes),
+                ) else {
                     return Ok(());
                 };
                 self.stats.received += 1;
-                match self.decode_message(&channel, &payload) {
+                match self.decode_message(channel, payload) {
                     Ok(Some(Inbound::Room(room, text))) => match inbound.last_mut() {
                         // Lines that came together go out together.
                         Some(Inbound::Room(r, t))
@@ -1081,7 +1078,7 @@ impl Link {
                     },
                     Ok(Some(event)) => inbound.push(event),
                     Ok(None) => {}
-                    Err(why) => self.malformed(&channel, why),
+                    Err(why) => self.malformed(channel, why),
                 }
             }
             _ => {}
@@ -1307,6 +1304,13 @@ impl Link {
                 return self.fail(&e.to_string(), registry, inbound);
             }
         }
+    }
+}
+
+fn frame_bytes(f: &OwnedFrame) -> Option<&[u8]> {
+    match f {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => Some(b),
+        _ => None,
     }
 }
 
