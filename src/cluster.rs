@@ -461,6 +461,8 @@ pub struct Link {
     state: State,
     cmd_ready: bool,
     sub_ready: bool,
+    /// The subscriber connection's AUTH is still to be answered.
+    sub_auth: bool,
     /// Commands on `cmd` awaiting their reply, in order, with when each was
     /// queued: the oldest one's age is the link's liveness.
     pending: VecDeque<(Instant, Expect)>,
@@ -524,6 +526,7 @@ impl Link {
             state: State::Down,
             cmd_ready: false,
             sub_ready: false,
+            sub_auth: false,
             pending: VecDeque::new(),
             rooms: BTreeSet::new(),
             max_queue,
@@ -612,6 +615,7 @@ impl Link {
             format!("{}n:{}", self.prefix, self.node),
         ];
         channels.extend(self.rooms.iter().map(|r| self.room_channel(r)));
+        self.sub_auth = auth.is_some();
         let Some(sub) = self.sub.as_mut() else { return };
         if let Some(auth) = &auth {
             let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
@@ -1047,11 +1051,16 @@ impl Link {
     }
 
     fn on_push(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
+        let what = if std::mem::take(&mut self.sub_auth) {
+            "AUTH"
+        } else {
+            "SUBSCRIBE"
+        };
         let parts = match frame {
             OwnedFrame::Array(parts) => parts,
             OwnedFrame::Error(e) => {
                 self.stats.refused += 1;
-                return Err(format!("Redis refused SUBSCRIBE: {}", e.escape_debug()));
+                return Err(format!("Redis refused {what}: {}", e.escape_debug()));
             }
             _ => return Ok(()), // +OK to AUTH
         };

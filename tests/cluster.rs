@@ -541,6 +541,10 @@ impl Cluster {
 /// connect their own clients only after this. The probes then leave; the
 /// tests' clients may see their `left` notices, and skip them.
 fn wait_linked(nodes: &[Server]) {
+    // A lone instance's probe sees itself at once: ask each for its link too.
+    for node in nodes {
+        wait_metric(node, "link_up", RELINK, |v| v == 1.0);
+    }
     let mut probes: Vec<Client> = nodes.iter().map(|s| s.client()).collect();
     let deadline = Instant::now() + RELINK;
     for probe in &mut probes {
