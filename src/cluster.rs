@@ -1298,9 +1298,11 @@ impl Link {
         }
     }
 
-    /// Writes what is queued (called before the loop sleeps).
+    /// Writes what is queued (called before the loop sleeps). Subscriptions
+    /// first: a user who just joined a room announces it on `cmd`, and the
+    /// SUBSCRIBE for the room's lines should reach Redis no later.
     pub fn flush(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
-        for token in [CMD, SUB] {
+        for token in [SUB, CMD] {
             let conn = if token == CMD {
                 self.cmd.as_mut()
             } else {
