@@ -1555,6 +1555,12 @@ fn forged_publications_reach_clients_cleaned_or_not_at_all() {
         (b"chatd:0:p", b"\xff\xff".to_vec()),
         (b"chatd:0:r:lobby", big.into_bytes()),
         (b"chatd:0:r:lob\x1bby", b"evil <mallory> m7".to_vec()),
+        // The batch form (how an instance sends a run of lines): each line
+        // is cleaned on its own, as a client's would be.
+        (
+            b"chatd:0:r:lobby",
+            b"evil\n<mallory> m9 \x1b[2Jone\r\n<mallory> m9 t\x07wo\n\x1b]0;x\x07".to_vec(),
+        ),
     ];
     let mut forged = forged;
     for id in 0..8u8 {
@@ -1597,6 +1603,12 @@ fn forged_publications_reach_clients_cleaned_or_not_at_all() {
             .count();
         assert!(n <= 1, "{marker} became {n} lines: {before_shown:?}");
     }
+    let batch: Vec<&String> = before.iter().filter(|l| l.contains(" m9 ")).collect();
+    assert_eq!(
+        batch,
+        ["<mallory> m9 [2Jone", "<mallory> m9 two"],
+        "the batch's lines, each cleaned"
+    );
     let private_lines = before.iter().filter(|l| l.contains("psst")).count();
     assert!(private_lines <= 8, "{before_shown:?}");
     // The mirror took no bad name or room, and the server keeps serving.
