@@ -346,11 +346,20 @@
     } else if (line.startsWith('-> *') || /^\*[^* ]+\* /.test(line)) {
       li.className = 'priv';
     }
+    // What someone typed goes in a <bdi>: right-to-left text reads right
+    // but cannot reorder the name in front of it.
+    const said = (text) => {
+      const bdi = document.createElement('bdi');
+      bdi.textContent = text;
+      return bdi;
+    };
     if ((m = /^<([^>]+)> ([\s\S]*)$/.exec(line))) {
       const nick = document.createElement('span');
       nick.className = 'nick';
       nick.textContent = '<' + m[1] + '>';
-      li.append(nick, ' ' + m[2]);
+      li.append(nick, ' ', said(m[2]));
+    } else if ((m = /^(\* [^ ]+ |\*[^* ]+\* |-> \*[^* ]+\* )([\s\S]*)$/.exec(line))) {
+      li.append(m[1], said(m[2]));
     } else {
       li.textContent = line;
     }
