@@ -94,6 +94,11 @@ pub struct Request {
     pub upgrade_websocket: bool,
     pub websocket_version: Option<String>,
     pub websocket_key: Option<String>,
+    /// The head announces a body (Transfer-Encoding, or a Content-Length
+    /// other than 0). None is ever read: after a WebSocket upgrade it would
+    /// be taken for frames. Refused, but only once the method is known to
+    /// be allowed, so a POST gets its 405.
+    pub has_body: bool,
 }
 
 impl Request {
@@ -185,6 +190,7 @@ fn request_from(req: &httparse::Request) -> Result<Request, &'static str> {
         upgrade_websocket: false,
         websocket_version: None,
         websocket_key: None,
+        has_body: false,
     };
     let mut hosts = 0;
     for h in req.headers.iter() {
@@ -196,15 +202,21 @@ fn request_from(req: &httparse::Request) -> Result<Request, &'static str> {
         } else if name.eq_ignore_ascii_case("upgrade") {
             out.upgrade_websocket |= has_token(h.value, "websocket");
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            // RFC 6455 4.1: each of these appears once; with two, which
+            // one the accept key answers would be a guess.
+            if out.websocket_version.is_some() {
+                return Err("more than one Sec-WebSocket-Version header");
+            }
             out.websocket_version = Some(text(h.value)?.trim().to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            if out.websocket_key.is_some() {
+                return Err("more than one Sec-WebSocket-Key header");
+            }
             out.websocket_key = Some(text(h.value)?.trim().to_string());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // We never read a body; after a WebSocket upgrade one would be
-            // taken for frames, so refuse rather than guess where it ends.
-            return Err("request bodies are not accepted");
+            out.has_body = true;
         } else if name.eq_ignore_ascii_case("content-length") && text(h.value)?.trim() != "0" {
-            return Err("request bodies are not accepted");
+            out.has_body = true;
         }
     }
     // RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host.
@@ -263,6 +275,8 @@ pub enum Route {
     },
     /// `/ws` without a valid upgrade: 400 with the reason.
     BadUpgrade(&'static str),
+    /// An allowed method with a body: 400 (bodies are never read).
+    BodyRefused,
     /// A known path with the wrong method: 405 with `Allow`.
     MethodNotAllowed {
         allow: &'static str,
@@ -285,6 +299,7 @@ pub fn route(req: &Request) -> Route {
         "/app.css" => Route::Style,
         "/favicon.svg" => Route::Icon,
         "/healthz" => Route::Health,
+        "/ws" if req.method == "GET" && req.has_body => return Route::BodyRefused,
         "/ws" if req.method == "GET" => match req.websocket_accept() {
             Ok(accept) => Route::WebSocket { accept },
             Err(why) => Route::BadUpgrade(why),
@@ -292,10 +307,12 @@ pub fn route(req: &Request) -> Route {
         "/ws" => return Route::MethodNotAllowed { allow: "GET" },
         _ => return Route::NotFound,
     };
-    if get_or_head {
-        file
-    } else {
+    if !get_or_head {
         Route::MethodNotAllowed { allow: "GET, HEAD" }
+    } else if req.has_body {
+        Route::BodyRefused
+    } else {
+        file
     }
 }
 
@@ -343,6 +360,13 @@ impl Route {
                 b"method not allowed\n",
                 head_only,
                 &[("Allow", allow)],
+            ),
+            Route::BodyRefused => response(
+                400,
+                TEXT,
+                b"bad request: request bodies are not accepted\n",
+                head_only,
+                &[],
             ),
             Route::NotFound => response(404, TEXT, b"not found\n", head_only, &[]),
         }
@@ -564,11 +588,34 @@ mod tests {
     }
 
     #[test]
-    fn request_bodies_are_refused() {
+    fn request_bodies_are_refused_after_the_method_is_decided() {
+        let route_of = |raw: &str| route(&complete(raw).0);
+        let allow = "GET, HEAD";
+        assert_eq!(
+            route_of("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"),
+            Route::MethodNotAllowed { allow }
+        );
+        assert_eq!(
+            route_of("POST /ws HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Route::MethodNotAllowed { allow: "GET" }
+        );
         for raw in [
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
             "GET /ws HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
+            assert_eq!(route_of(raw), Route::BodyRefused, "{raw:?}");
+        }
+        let (req, _) = complete("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(route(&req), Route::Page);
+    }
+
+    #[test]
+    fn a_second_websocket_key_or_version_is_refused() {
+        for dup in [
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            "Sec-WebSocket-Version: 13\r\n",
+        ] {
+            let raw = UPGRADE.replace("\r\n\r\n", &format!("\r\n{dup}\r\n"));
             assert!(
                 matches!(
                     parse_head(raw.as_bytes()),
@@ -577,8 +624,6 @@ mod tests {
                 "{raw:?}"
             );
         }
-        let (req, _) = complete("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(route(&req), Route::Page);
     }
 
     #[test]

@@ -281,6 +281,11 @@ impl Decoder {
     /// drop it unread, or fail.
     fn check(&self, h: &FrameHeader, declared: u64) -> Result<Verdict, Violation> {
         use CloseCode::{Protocol, Size, Unsupported};
+        if declared >> 63 != 0 {
+            // RFC 6455 5.2: the most significant bit of a 64-bit length
+            // MUST be 0. Not a long message to skip: a broken peer.
+            return Err(Violation::new(Protocol, "frame length has its top bit set"));
+        }
         if h.rsv1 || h.rsv2 || h.rsv3 {
             // No extension was negotiated (permessage-deflate would set rsv1).
             return Err(Violation::new(Protocol, "reserved bits set"));
@@ -771,6 +776,18 @@ mod tests {
         assert_eq!(dec.feed(&raw), raw.len());
         assert_eq!(dec.next_event().map_err(|v| v.code), Err(1009));
         assert_eq!(dec.room(), 0);
+    }
+
+    #[test]
+    fn a_length_with_the_top_bit_set_is_1002_even_when_skipping() {
+        let mut raw = vec![0x81, 0xFF];
+        raw.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
+        raw.extend_from_slice(&MASK);
+        for oversize in [Oversize::Close, Oversize::Skip] {
+            let mut dec = Decoder::new(MAX).with_oversize(oversize);
+            dec.feed(&raw);
+            assert_eq!(dec.next_event().map_err(|v| v.code), Err(1002));
+        }
     }
 
     #[test]

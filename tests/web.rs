@@ -838,7 +838,7 @@ fn a_malformed_request_gets_400_and_is_closed() {
         b"GET / HTTP/1.1\r\n\r\n",                             // no Host
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",       // two
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", // space in a name
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", // a body
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", // a body
         b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
