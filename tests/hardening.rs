@@ -307,7 +307,7 @@ fn tail(s: &str) -> String {
 fn rooms_and_who_answer_within_the_bound_with_5000_rooms() {
     let rooms = 5000;
     raise_nofile(2 * rooms as u64 + 200);
-    let server = Server::start(&["--no-http"]);
+    let server = Server::start(&["--no-http", "-q"]);
     let mut conns = Vec::with_capacity(rooms);
     for i in 0..rooms {
         let mut s = TcpStream::connect(server.addr).unwrap();

@@ -264,7 +264,9 @@
   }
 
   function names(list) {
-    return list.split(', ').map(function (s) { return s.trim(); }).filter(Boolean);
+    // A long list ends with "… and 12 more", which is nobody's name.
+    return list.split(', ').map(function (s) { return s.trim(); })
+      .filter(function (s) { return s && !s.startsWith('… and '); });
   }
 
   function setName(name) {
