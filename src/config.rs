@@ -155,9 +155,10 @@ impl Config {
 
     /// Flags that only make sense together.
     pub fn check(&self) -> Result<(), String> {
-        if (self.sendq as u64) < self.max_line as u64 + 64 {
+        let room = crate::conn::ENTRY_OVERHEAD as u64 + 64;
+        if (self.sendq as u64) < self.max_line as u64 + room {
             return Err(format!(
-                "--sendq ({}) must be at least --max-line ({}) + 64, or a relayed line could never be queued",
+                "--sendq ({}) must be at least --max-line ({}) + {room}, or a relayed line could never be queued",
                 self.sendq, self.max_line
             ));
         }

@@ -77,6 +77,7 @@ fn a_stalled_reader_of_700_000_one_byte_private_messages_stays_within_the_bound(
     assert!(cut_off, "the victim was never cut off: the queue never filled");
     let peak = vm_kib(pid, "VmHWM");
     let bound_kib = before + 2 * per_client_bound(sendq, max_line) / 1024;
+    eprintln!("RSS at start {before} KiB, peak {peak} KiB, bound {bound_kib} KiB");
     assert!(
         peak <= bound_kib,
         "server peak RSS {peak} KiB, more than the bound {bound_kib} KiB \
