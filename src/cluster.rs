@@ -126,6 +126,12 @@ enum Expect {
     Alive(Rc<str>),
 }
 
+/// What a command costs --cluster-queue beyond its RESP bytes: its
+/// `Expect` in `pending` until Redis answers, in a VecDeque that may be up
+/// to twice as large as it is full. With 1-byte messages (about 50 bytes of
+/// PUBLISH) that is the difference between the bound and 2.3 times it.
+const PENDING_OVERHEAD: usize = 2 * size_of::<Expect>();
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Down,
@@ -404,13 +410,15 @@ impl Link {
         let Some(cmd) = self.cmd.as_mut() else {
             return false;
         };
-        if !force && cmd.wbuf.len() > self.max_queue {
+        // Each command waiting for its reply also holds a slot in `pending`.
+        let queued = cmd.wbuf.len() + self.pending.len() * PENDING_OVERHEAD;
+        if !force && queued > self.max_queue {
             self.stats.dropped += 1;
             let now = Instant::now();
             if self.warned.is_none_or(|t| now >= t + WARN_EVERY) {
                 warn!(
                     "cluster: queue to Redis is full ({} bytes); dropped {} message(s) so far",
-                    cmd.wbuf.len(),
+                    queued,
                     self.stats.dropped
                 );
                 self.warned = Some(now);
@@ -784,6 +792,28 @@ mod tests {
         assert_eq!(u.password.as_deref(), Some("env"));
         assert!(RedisUrl::parse("http://x", None).is_err());
         assert!(RedisUrl::parse("redis://127.0.0.1:1/x", None).is_err());
+    }
+
+    #[test]
+    fn the_publish_queue_counts_what_waits_for_a_reply() {
+        // A Redis that never reads nor answers: its backlog completes the
+        // connect, nothing else happens.
+        let redis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = RedisUrl::parse(&format!("redis://{}", redis.local_addr().unwrap()), None);
+        let poll = mio::Poll::new().unwrap();
+        let max = 64 * 1024;
+        let mut link = Link::new(url.unwrap(), "n1", max);
+        let conn = Redis::connect(link.url.addr, CMD, poll.registry()).unwrap();
+        link.cmd = Some(conn);
+        link.state = State::Up;
+        while link.stats.dropped == 0 {
+            link.publish_room("lobby", "x");
+            assert!(link.stats.published < max as u64, "never full");
+        }
+        let wbuf = link.cmd.as_ref().unwrap().wbuf.len();
+        let pending = link.pending.len() * size_of::<Expect>();
+        // At most one command past the bound, whose own bytes are counted.
+        assert!(wbuf + pending <= max + 64, "{wbuf} + {pending} > {max}");
     }
 
     #[test]
