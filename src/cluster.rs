@@ -418,8 +418,7 @@ impl Link {
             if self.warned.is_none_or(|t| now >= t + WARN_EVERY) {
                 warn!(
                     "cluster: queue to Redis is full ({} bytes); dropped {} message(s) so far",
-                    queued,
-                    self.stats.dropped
+                    queued, self.stats.dropped
                 );
                 self.warned = Some(now);
             }

@@ -587,7 +587,10 @@ mod tests {
         for left in (0..10_000).rev() {
             c.advance(3);
             let cap = c.out.capacity();
-            assert!(cap <= (left * SLOTS_PER_ENTRY).max(MIN_SLOTS), "{left} in {cap}");
+            assert!(
+                cap <= (left * SLOTS_PER_ENTRY).max(MIN_SLOTS),
+                "{left} in {cap}"
+            );
         }
         assert_eq!(c.charged(), 0);
     }

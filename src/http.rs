@@ -609,6 +609,93 @@ mod tests {
         assert_eq!(route(&req), Route::Page);
     }
 
+    /// Property: a head is judged as it arrives and never changes its
+    /// mind — once the bytes so far are complete or invalid, every longer
+    /// prefix gets the same answer — and no input panics the parser or the
+    /// router. Inputs are random sequences of request pieces (methods,
+    /// targets, versions, headers, line ends, a second key, bodies) and
+    /// random bytes.
+    #[test]
+    fn head_parsing_is_decided_as_bytes_arrive_and_never_panics() {
+        let pieces: &[&[u8]] = &[
+            b"GET",
+            b"POST",
+            b"HEAD",
+            b" ",
+            b"/",
+            b"/ws",
+            b"?q=1",
+            b"http://h/x",
+            b" HTTP/1.1",
+            b" HTTP/1.0",
+            b" HTTP/2",
+            b"\r\n",
+            b"\n",
+            b"\r\n\r\n",
+            b"Host: x",
+            b"host:y",
+            b"Upgrade: websocket",
+            b"Connection: keep-alive, Upgrade",
+            b"Sec-WebSocket-Version: 13",
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            b"\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n",
+            b"Content-Length: 5",
+            b"Transfer-Encoding: chunked",
+            b":",
+            b"\0",
+            b"\xff\xfe",
+            "é".as_bytes(),
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..3000 {
+            let mut buf = Vec::new();
+            // Most inputs start like a request, so the parser gets deep.
+            match rng.u8(0..3) {
+                0 => buf.extend_from_slice(b"GET /ws HTTP/1.1\r\nHost: x\r\n"),
+                1 => buf.extend_from_slice(UPGRADE.trim_end().as_bytes()),
+                _ => {}
+            }
+            for _ in 0..rng.usize(0..24) {
+                if rng.u8(0..8) == 0 {
+                    buf.push(rng.u8(..));
+                } else {
+                    buf.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+                }
+            }
+            let full = parse_head(&buf);
+            if let Head::Complete { request, len } = &full {
+                assert!(*len <= buf.len() && *len <= MAX_HEAD);
+                let route = route(request);
+                let _ = route.response(request.is_head());
+                if let Route::WebSocket { .. } = route {
+                    // An upgrade answers exactly one key, and no body
+                    // follows it to be mistaken for frames.
+                    let head = String::from_utf8_lossy(&buf[..*len]).to_ascii_lowercase();
+                    let keys = head
+                        .split('\n')
+                        .filter(|l| l.starts_with("sec-websocket-key:"));
+                    assert_eq!(keys.count(), 1, "{head:?}");
+                    assert!(!request.has_body, "{head:?}");
+                }
+            }
+            let mut decided: Option<Head> = None;
+            for k in 0..=buf.len() {
+                let now = parse_head(&buf[..k]);
+                match (&decided, &now) {
+                    (None, Head::Incomplete) => {}
+                    (None, _) => decided = Some(now),
+                    (Some(d), _) => assert_eq!(
+                        d,
+                        &now,
+                        "changed its mind at byte {k} of {:?}",
+                        String::from_utf8_lossy(&buf)
+                    ),
+                }
+            }
+            assert_eq!(decided.unwrap_or(Head::Incomplete), full);
+        }
+    }
+
     #[test]
     fn a_second_websocket_key_or_version_is_refused() {
         for dup in [

@@ -1374,7 +1374,10 @@ mod tests {
         let rooms = rec.to(1).pop().unwrap();
         assert!(rooms.starts_with(&format!("*** rooms ({n}): #r000 (1), #r001 (1), ")));
         let last = LIST_MAX - 1;
-        assert!(rooms.ends_with(&format!("#r{last} (1), … and 5 more")), "{rooms}");
+        assert!(
+            rooms.ends_with(&format!("#r{last} (1), … and 5 more")),
+            "{rooms}"
+        );
     }
 
     #[test]

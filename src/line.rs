@@ -431,7 +431,11 @@ mod tests {
         ] {
             assert_eq!(s(&format!("a{c}b")).as_deref(), Some("ab"), "{c:?}");
         }
-        assert_eq!(s("\u{202e}\u{200b}\u{2066} \u{feff}"), None, "nothing visible");
+        assert_eq!(
+            s("\u{202e}\u{200b}\u{2066} \u{feff}"),
+            None,
+            "nothing visible"
+        );
         // Right-to-left text itself is kept: only the controls go.
         assert_eq!(s("שלום \u{202b}עולם").as_deref(), Some("שלום עולם"));
     }

@@ -74,7 +74,10 @@ fn a_stalled_reader_of_700_000_one_byte_private_messages_stays_within_the_bound(
     }
     writer.join().unwrap();
     assert_eq!(answers, total, "every /msg was answered");
-    assert!(cut_off, "the victim was never cut off: the queue never filled");
+    assert!(
+        cut_off,
+        "the victim was never cut off: the queue never filled"
+    );
     let peak = vm_kib(pid, "VmHWM");
     let bound_kib = before + 2 * per_client_bound(sendq, max_line) / 1024;
     eprintln!("RSS at start {before} KiB, peak {peak} KiB, bound {bound_kib} KiB");
@@ -120,7 +123,9 @@ fn ws_text(ws: &mut WebSocket<TcpStream>) -> String {
 fn line_until(c: &mut Client, want: &str) {
     let deadline = Instant::now() + TIMEOUT;
     while Instant::now() < deadline {
-        let l = c.read_line().unwrap_or_else(|| panic!("{}: no {want:?}", c.name));
+        let l = c
+            .read_line()
+            .unwrap_or_else(|| panic!("{}: no {want:?}", c.name));
         assert!(clean(&l), "{} got {l:?}", c.name);
         if l == want {
             return;
@@ -265,7 +270,11 @@ fn a_duration_or_size_flag_past_its_maximum_is_refused_at_start_with_status_2() 
         let mut err = String::new();
         let _ = child.stderr.take().unwrap().read_to_string(&mut err);
         let _ = child.wait();
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{flag} {value}: {err}");
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(2),
+            "{flag} {value}: {err}"
+        );
         assert!(err.contains(flag), "{flag} {value}: {err}");
     }
 }
