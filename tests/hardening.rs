@@ -28,10 +28,10 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
 
 /// The README's per-connection bound ("Memory in the worst case"): the
 /// output queue (--sendq, which counts each entry's real cost), the input
-/// buffer (one 64 KiB read plus a partial line of --max-line) and the fixed
-/// cost of a connection.
+/// (at most two --max-line buffers and one 64 KiB read) and a fixed cost
+/// under 16 KiB.
 fn per_client_bound(sendq: u64, max_line: u64) -> u64 {
-    sendq + max_line + 64 * 1024 + 16 * 1024
+    sendq + 2 * max_line + 80 * 1024
 }
 
 #[test]
