@@ -213,9 +213,9 @@ fn request_from(req: &httparse::Request) -> Result<Request, &'static str> {
                 return Err("more than one Sec-WebSocket-Key header");
             }
             out.websocket_key = Some(text(h.value)?.trim().to_string());
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            out.has_body = true;
-        } else if name.eq_ignore_ascii_case("content-length") && text(h.value)?.trim() != "0" {
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && text(h.value)?.trim() != "0")
+        {
             out.has_body = true;
         }
     }
