@@ -65,10 +65,6 @@ pub const ENTRY_OVERHEAD: usize = SLOTS_PER_ENTRY * size_of::<Item>()
     + malloc_chunk(2 * size_of::<usize>() + size_of::<Msg>())
     + 32;
 
-/// SO_SNDBUF for a client that has fallen behind; Linux doubles it for its
-/// bookkeeping, so such a socket holds at most about 128 KiB of output.
-pub const SLOW_SNDBUF: usize = 64 * 1024;
-
 /// Queue slots allocated per queued entry at most (see `shrink_queue`).
 const SLOTS_PER_ENTRY: usize = 4;
 /// A queue never shrinks below this: an active connection would otherwise
@@ -236,13 +232,6 @@ impl Conn {
         if !self.warned && self.charged() > sendq / 2 {
             // Once per episode of falling behind: re-armed when the queue empties.
             self.warned = true;
-            // The kernel's send buffer grows to net.ipv4.tcp_wmem's maximum
-            // (4 MiB by default) for a peer that does not read; a client
-            // that fell behind gets a small fixed one for the rest of its
-            // connection (chat needs little), so under --on-slow drop a crowd
-            // of slow readers does not hold megabytes of kernel memory each.
-            // Best effort: a failure only leaves the kernel's default.
-            let _ = SockRef::from(&self.sock).set_send_buffer_size(SLOW_SNDBUF);
             let kib = self.charged() / 1024;
             self.push_notice(&format!(
                 "*** warning: you are falling behind ({kib} KiB queued)"
@@ -562,18 +551,6 @@ mod tests {
         assert_eq!(c.out.len(), n + 1);
         assert_eq!(c.charged(), c.queued() + (n + 1) * ENTRY_OVERHEAD);
         assert!(c.charged() <= sendq);
-    }
-
-    #[test]
-    fn a_client_that_falls_behind_gets_a_small_kernel_send_buffer() {
-        let mut c = conn();
-        let sndbuf = |c: &Conn| SockRef::from(&c.sock).send_buffer_size().unwrap();
-        let before = sndbuf(&c);
-        let msg = Msg::new(&"x".repeat(1000));
-        while !c.warned {
-            c.push(&msg, 64 * 1024, OnSlow::Drop);
-        }
-        assert_eq!(sndbuf(&c), 2 * SLOW_SNDBUF, "was {before}");
     }
 
     #[test]
