@@ -606,7 +606,10 @@ fn read_head(s: &mut TcpStream) -> String {
 
 #[test]
 fn a_websocket_that_never_reads_is_cut_off_while_telnet_gets_everything() {
-    let server = Server::start(&["--sendq", "65536"]);
+    // --sendq holds one turn's fan-out (64 KiB read from the sender) plus
+    // each entry's bookkeeping, so the telnet reader cannot overflow within
+    // a turn (see tests/core.rs).
+    let server = Server::start(&["--sendq", "131072"]);
     let mut sender = server.client();
     let fast = server.client();
     let mut slow = Web::connect(&server);
