@@ -810,6 +810,27 @@ fn page_against_a_scripted_server() {
         json!("pwned")
     );
 
+    // What someone says is isolated from their name, so right-to-left text
+    // (or an override a server let through) cannot reorder the name.
+    let shalom = "\u{5e9}\u{5dc}\u{5d5}\u{5dd}";
+    for (line, said) in [
+        (format!("<bob> {shalom} hi"), format!("{shalom} hi")),
+        (format!("* bob {shalom}"), shalom.to_string()),
+        (format!("*bob* {shalom}"), shalom.to_string()),
+    ] {
+        chat.send(&line);
+        browser.wait_log_line(&line);
+        assert_eq!(
+            browser.run(
+                "const b = document.querySelector('#log li:last-child bdi'); \
+                 return b && [b.textContent, getComputedStyle(b).unicodeBidi];",
+                json!([])
+            ),
+            json!([said, "isolate"]),
+            "{line}"
+        );
+    }
+
     // A /who typed by the person is shown.
     browser.say("/who");
     chat.expect_line("/who");

@@ -207,7 +207,10 @@ fn reader(
 
 #[test]
 fn a_client_that_stops_reading_is_cut_off_and_the_others_get_everything() {
-    let server = Server::start(&["--sendq", "65536"]);
+    // One turn reads up to 64 KiB from the sender and queues all of it for
+    // every reader before flushing: --sendq must hold that much plus each
+    // entry's bookkeeping, or even a fast reader overflows within a turn.
+    let server = Server::start(&["--sendq", "131072"]);
     let mut sender = server.client();
     let fast = server.client();
     let mut slow = server.client();
