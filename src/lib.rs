@@ -31,6 +31,8 @@ pub mod line;
 pub mod metrics;
 pub mod msg;
 pub mod reactor;
+pub mod socket;
+pub mod timer;
 pub mod ws;
 
 pub use config::Config;
