@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token as MioToken};
 
-use crate::conn::{self, Conn, ReadOutcome, State};
+use crate::conn::{self, Conn, ReadOutcome, State, Transport};
 use crate::hist::Histogram;
 use crate::procstat::{self, Sample};
 use crate::timer::Timer;
@@ -61,7 +61,13 @@ pub struct Config {
     pub pid: Option<u32>,
     pub slow: usize,
     pub idle: bool,
+    /// The upgrade path for WebSocket and socket.io.
     pub ws_path: Option<String>,
+    pub transport: Transport,
+    /// Connection i sits on instance `i % instances` (through --also-ports,
+    /// or a balancer that deals connections round-robin): deliveries from a
+    /// sender on another instance are also timed on their own.
+    pub instances: usize,
     pub connect_batch: usize,
     pub greeting: Greeting,
     pub settle: Duration,
@@ -99,6 +105,8 @@ pub struct Outcome {
     pub closed_by_server: usize,
     pub stalled: bool,
     pub hist: Histogram,
+    /// Deliveries whose sender sits on another instance (`instances` > 1).
+    pub hist_cross: Histogram,
     pub server: Option<ServerStats>,
     pub slow_closed: usize,
     pub slow_drained_bytes: u64,
@@ -347,15 +355,21 @@ impl<'a> Engine<'a> {
         let was_upgrading = self.conns[i].state == State::Upgrading;
         let now_us = self.now_us();
         let mut accepted = 0u64;
+        let k = self.cfg.instances.max(1);
         let (outcome, n) = {
             let ledger = &mut self.ledger;
             let hist = &mut self.out.hist;
+            let hist_cross = &mut self.out.hist_cross;
             let scanner = scanning.then_some(&self.scanner);
             self.conns[i].read(&mut self.buf, scanner, &mut |tok: Token| {
                 if let Some(l) = ledger.as_mut()
                     && let Receipt::New = l.on_token(i, tok.sender, tok.seq)
                 {
-                    hist.record(now_us.saturating_sub(tok.t_us));
+                    let us = now_us.saturating_sub(tok.t_us);
+                    hist.record(us);
+                    if k > 1 && tok.sender as usize % k != i % k {
+                        hist_cross.record(us);
+                    }
                     accepted += 1;
                 }
             })
@@ -467,8 +481,7 @@ impl<'a> Engine<'a> {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("register: {e}"))?;
-        self.conns
-            .push(Conn::new(stream, self.cfg.ws_path.is_some()));
+        self.conns.push(Conn::new(stream, self.cfg.transport));
         self.pending += 1;
         Ok(())
     }

@@ -16,6 +16,7 @@ mod engine;
 mod hist;
 mod procstat;
 mod report;
+mod sio;
 mod timer;
 mod token;
 mod verify;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use conn::Transport;
 use engine::{Config, Greeting};
 use report::Report;
 
@@ -103,8 +105,21 @@ struct Cli {
     /// Drive WebSocket clients (GET --ws-path on --port, one line per text frame).
     #[arg(long)]
     ws: bool,
-    #[arg(long, default_value = "/ws")]
-    ws_path: String,
+    /// Drive socket.io v4 clients over the websocket transport: a line is
+    /// sent as `42["chat","LINE"]`, and every string argument of an event
+    /// the server sends is scanned for tokens.
+    #[arg(long, conflicts_with = "ws")]
+    socketio: bool,
+    /// The upgrade path (default /ws, or /socket.io/?EIO=4&transport=websocket
+    /// with --socketio).
+    #[arg(long)]
+    ws_path: Option<String>,
+    /// Connection i is on instance i % K (default: 1 + the number of
+    /// --also-ports; give it for a balancer that deals connections
+    /// round-robin, with --connect-batch 1 so they arrive in order):
+    /// latency from senders on another instance is reported on its own.
+    #[arg(long, value_name = "K")]
+    instances: Option<usize>,
     /// Connections being set up at once (ncat --chat has a listen backlog
     /// of 10: use 8 there).
     #[arg(long, default_value_t = 64)]
@@ -142,6 +157,10 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
         .iter()
         .map(|&p| std::net::SocketAddr::new(addr.ip(), p))
         .collect();
+    let instances = cli.instances.unwrap_or(1 + cli.also_ports.len());
+    if instances == 0 {
+        return Err("--instances must be at least 1".into());
+    }
     let (clients, senders, lines, window) = match cli.idle {
         Some(k) => (k, 1, 1, 1),
         None => (cli.clients, cli.senders, cli.lines, cli.window),
@@ -188,7 +207,17 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
             pid: cli.pid,
             slow: cli.slow,
             idle: cli.idle.is_some(),
-            ws_path: cli.ws.then_some(cli.ws_path),
+            ws_path: match (cli.ws, cli.socketio) {
+                (_, true) => Some(cli.ws_path.unwrap_or_else(|| sio::PATH.into())),
+                (true, false) => Some(cli.ws_path.unwrap_or_else(|| "/ws".into())),
+                (false, false) => None,
+            },
+            transport: match (cli.ws, cli.socketio) {
+                (_, true) => Transport::SocketIo,
+                (true, false) => Transport::WebSocket,
+                (false, false) => Transport::Lines,
+            },
+            instances,
             connect_batch: cli.connect_batch,
             greeting: cli.greeting,
             settle: Duration::from_millis(cli.settle_ms),
