@@ -54,6 +54,95 @@ failures() {
         (if .[0].stalled then ", stalled (nothing delivered for the flood timeout)" else "" end) end'
 }
 
+# The table helpers below read globals the script sets: servers (chatd
+# first), peers (the others), cases, and append to the array `table`.
+
+# One cell: the formatted median, or why there is none; flags runs that
+# failed verification.
+cell() {
+    local server=$1 case=$2 expr=$3 kind=$4 v bad total
+    if [[ -f $work/$server.$case.skip ]]; then
+        note "$server, $case: cannot run: $(cat "$work/$server.$case.skip")"
+        return
+    fi
+    total=$(find "$work" -name "$server.$case.*.json" | wc -l)
+    if [[ $total -eq 0 ]]; then
+        local err
+        err=$(cat "$work/$server.$case".*.err 2>/dev/null | grep -v '^$' | tail -1)
+        note "$server, $case: no run completed: ${err:-no output}"
+        return
+    fi
+    v=$(med "$server" "$case" "$expr")
+    printf "%s" "$(fmt "$kind" "$v")"
+    bad=$(cat "$work/$server.$case".*.json | jq -s '[.[] | select(.ok | not)] | length')
+    if [[ $bad -gt 0 ]]; then
+        local why
+        why=$(cat "$work/$server.$case".*.json | jq -rs '[.[] | select(.ok | not)] | .[0] |
+            "missing \(.missing), out of order \(.out_of_order), duplicates \(.duplicates), " +
+            "closed by server \(.closed_by_server), connect failed \(.connect_failed)" +
+            (if .stalled then ", stalled (nothing delivered for the flood timeout)" else "" end)')
+        printf " (!)%s" "$(note "$server, $case: $bad of $total runs failed verification, e.g. $why")"
+    fi
+}
+
+# chatd's value divided by a peer's.
+ratio() {
+    local case=$1 expr=$2 peer=$3 a b
+    [[ -f $work/$peer.$case.skip || -f $work/chatd.$case.skip ]] && return
+    a=$(med chatd "$case" "$expr")
+    b=$(med "$peer" "$case" "$expr")
+    [[ -z $a || -z $b ]] && return
+    awk -v a="$a" -v b="$b" 'BEGIN {if (b != 0) printf "%.2f", a/b}'
+}
+
+# row CASE_LABEL CASE METRIC_LABEL JQ KIND [noratio]
+row() {
+    local clabel=$1 case=$2 mlabel=$3 expr=$4 kind=$5 noratio=${6:-} s line
+    [[ " $cases " == *" $case "* ]] || return 0
+    line="| $clabel | $mlabel |"
+    for s in $servers; do line+=" $(cell "$s" "$case" "$expr" "$kind") |"; done
+    for s in "${peers[@]}"; do
+        if [[ -n $noratio || " $servers " != *" chatd "* ]]; then
+            line+=" |"
+        else
+            line+=" $(ratio "$case" "$expr" "$s") |"
+        fi
+    done
+    table+=("$line")
+}
+
+# The slow-reader case's throughput relative to the same run without it.
+slow_ratio() {
+    local server=$1 a b
+    a=$(med "$server" slow '.deliveries_per_s')
+    b=$(med "$server" slowbase '.deliveries_per_s')
+    [[ -z $a || -z $b ]] && return
+    awk -v a="$a" -v b="$b" 'BEGIN {if (b > 0) printf "%.3f", a/b}'
+}
+
+# The row "others' throughput with a slow reader vs without it".
+slow_vs_base_row() {
+    local line s stalled
+    if [[ " $cases " == *" slow "* && " $cases " == *" slowbase "* ]]; then
+        line="| | others' throughput vs without (↑) |"
+        for s in $servers; do
+            stalled=$(med "$s" slow 'if .stalled then 1 else 0 end')
+            if [[ ${stalled:-0} == 1 ]]; then
+                # Throughput until the last delivery would flatter a server that
+                # froze everyone: say so instead.
+                line+=" froze: $(fmt pct "$(med "$s" slow '.deliveries / .expected_deliveries')") of lines delivered |"
+            else
+                line+=" $(fmt pct "$(slow_ratio "$s")") |"
+            fi
+        done
+        for s in "${peers[@]}"; do line+=" |"; done
+        table+=("$line")
+    fi
+}
+
+target() { targets+=("- $1: $2"); }
+verdict() { awk -v v="${1:-}" -v t="$2" 'BEGIN {if (v == "") print "not measured"; else if (v >= t) print "met (" v ")"; else print "NOT met (" v ")"}'; }
+
 # A free TCP port on 127.0.0.1 (the kernel's pick; racy only against
 # other programs binding at the same instant).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -196,44 +196,6 @@ elapsed=$(($(date +%s) - start))
 # ---- the table -------------------------------------------------------------
 : >"$work/notes"
 
-# One cell: the formatted median, or why there is none; flags runs that
-# failed verification.
-cell() {
-    local server=$1 case=$2 expr=$3 kind=$4 v bad total
-    if [[ -f $work/$server.$case.skip ]]; then
-        note "$server, $case: cannot run: $(cat "$work/$server.$case.skip")"
-        return
-    fi
-    total=$(find "$work" -name "$server.$case.*.json" | wc -l)
-    if [[ $total -eq 0 ]]; then
-        local err
-        err=$(cat "$work/$server.$case".*.err 2>/dev/null | grep -v '^$' | tail -1)
-        note "$server, $case: no run completed: ${err:-no output}"
-        return
-    fi
-    v=$(med "$server" "$case" "$expr")
-    printf "%s" "$(fmt "$kind" "$v")"
-    bad=$(cat "$work/$server.$case".*.json | jq -s '[.[] | select(.ok | not)] | length')
-    if [[ $bad -gt 0 ]]; then
-        local why
-        why=$(cat "$work/$server.$case".*.json | jq -rs '[.[] | select(.ok | not)] | .[0] |
-            "missing \(.missing), out of order \(.out_of_order), duplicates \(.duplicates), " +
-            "closed by server \(.closed_by_server), connect failed \(.connect_failed)" +
-            (if .stalled then ", stalled (nothing delivered for the flood timeout)" else "" end)')
-        printf " (!)%s" "$(note "$server, $case: $bad of $total runs failed verification, e.g. $why")"
-    fi
-}
-
-# chatd's value divided by a peer's.
-ratio() {
-    local case=$1 expr=$2 peer=$3 a b
-    [[ -f $work/$peer.$case.skip || -f $work/chatd.$case.skip ]] && return
-    a=$(med chatd "$case" "$expr")
-    b=$(med "$peer" "$case" "$expr")
-    [[ -z $a || -z $b ]] && return
-    awk -v a="$a" -v b="$b" 'BEGIN {if (b != 0) printf "%.2f", a/b}'
-}
-
 peers=()
 for s in $servers; do [[ $s != chatd ]] && peers+=("$s"); done
 label() {
@@ -242,31 +204,6 @@ label() {
         node) echo "node (benches/peers)" ;;
         *) echo "$1" ;;
     esac
-}
-
-# row CASE_LABEL CASE METRIC_LABEL JQ KIND [noratio]
-row() {
-    local clabel=$1 case=$2 mlabel=$3 expr=$4 kind=$5 noratio=${6:-} s line
-    [[ " $cases " == *" $case "* ]] || return 0
-    line="| $clabel | $mlabel |"
-    for s in $servers; do line+=" $(cell "$s" "$case" "$expr" "$kind") |"; done
-    for s in "${peers[@]}"; do
-        if [[ -n $noratio || " $servers " != *" chatd "* ]]; then
-            line+=" |"
-        else
-            line+=" $(ratio "$case" "$expr" "$s") |"
-        fi
-    done
-    table+=("$line")
-}
-
-# The slow-reader case's throughput relative to the same run without it.
-slow_ratio() {
-    local server=$1 a b
-    a=$(med "$server" slow '.deliveries_per_s')
-    b=$(med "$server" slowbase '.deliveries_per_s')
-    [[ -z $a || -z $b ]] && return
-    awk -v a="$a" -v b="$b" 'BEGIN {if (b > 0) printf "%.3f", a/b}'
 }
 
 latency_bound="Window 32 is a latency test, not a throughput one: a sender may have only 32 lines in flight, so each waits for the round trip. ncat --chat writes each relayed chunk without TCP_NODELAY, so Nagle holds its next small write until the last one is ACKed, and the receiving socket's delayed ACK (up to 40 ms) sets the pace: ncat idles, and its deliveries/s here measure that timer, not its throughput. The saturating rows sweep the window and show the best run of each server."
@@ -352,21 +289,7 @@ row "" idle19000 "server RSS per connection (↓)" '.server.rss_per_conn_bytes' 
 row "" idle19000 "one broadcast reaches all (↓)" '.idle.broadcast_ms' ms
 row "1 slow reader among 20" slowbase "deliveries/s without it (↑)" '.deliveries_per_s' rate
 row "" slow "deliveries/s to the 19 others (↑)" '.deliveries_per_s' rate
-if [[ " $cases " == *" slow "* && " $cases " == *" slowbase "* ]]; then
-    line="| | others' throughput vs without (↑) |"
-    for s in $servers; do
-        stalled=$(med "$s" slow 'if .stalled then 1 else 0 end')
-        if [[ ${stalled:-0} == 1 ]]; then
-            # Throughput until the last delivery would flatter a server that
-            # froze everyone: say so instead.
-            line+=" froze: $(fmt pct "$(med "$s" slow '.deliveries / .expected_deliveries')") of lines delivered |"
-        else
-            line+=" $(fmt pct "$(slow_ratio "$s")") |"
-        fi
-    done
-    for s in "${peers[@]}"; do line+=" |"; done
-    table+=("$line")
-fi
+slow_vs_base_row
 row "" slow "server RSS at start (↓)" '.server.rss_before_connect_kib' mib noratio
 row "" slow "server peak RSS (↓)" '.server.rss_peak_kib' mib
 row "" slow "slow reader cut off by server" '.slow_readers.closed_by_server' yesno noratio
@@ -374,8 +297,6 @@ row "" slow "server CPU per delivery (↓)" "$cpu" us3
 
 # ---- targets (issue 4), judged on this run ----------------------------------
 targets=()
-target() { targets+=("- $1: $2"); }
-verdict() { awk -v v="${1:-}" -v t="$2" 'BEGIN {if (v == "") print "not measured"; else if (v >= t) print "met (" v ")"; else print "NOT met (" v ")"}'; }
 if [[ " $servers " == *" chatd "* ]]; then
     [[ " $servers " == *" ncat "* && " $cases " == *" fanout100 "* ]] &&
         target "fan-out N=100 deliveries/s ≥ 1.25 × ncat (closed loop window 32, latency-bound for ncat)" "$(verdict "$(ratio fanout100 '.deliveries_per_s' ncat)" 1.25)"

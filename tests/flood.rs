@@ -484,3 +484,31 @@ fn cross_instance_latency_counts_only_senders_on_another_instance() {
     assert_eq!(count(&v["latency_cross_us"], "count"), 2 * 2 * 100);
     assert_eq!(count(&v["latency_us"], "count"), 3 * 2 * 100);
 }
+
+#[test]
+fn watched_processes_get_their_cpu_over_the_run_reported() {
+    let server = Server::start(&[]);
+    let pid = server.child.id();
+    let me = std::process::id();
+    let (code, v) = flood(
+        server.addr,
+        &[
+            "-n",
+            "10",
+            "-s",
+            "2",
+            "-m",
+            "200",
+            "--watch",
+            &format!("{pid},{me}"),
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    let watched = v["watched"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(watched.len(), 2, "{v}");
+    assert_eq!(watched[0]["pid"], pid);
+    assert_eq!(watched[1]["pid"], me);
+    for w in watched {
+        assert!(w["cpu_s"].as_f64().is_some_and(|c| c >= 0.0), "{v}");
+    }
+}

@@ -59,6 +59,8 @@ pub struct Config {
     pub timeout: Duration,
     pub hello: Option<String>,
     pub pid: Option<u32>,
+    /// More processes whose CPU over the measure phase is reported.
+    pub watch: Vec<u32>,
     pub slow: usize,
     pub idle: bool,
     /// The upgrade path for WebSocket and socket.io.
@@ -113,6 +115,9 @@ pub struct Outcome {
     /// flood's own CPU seconds in the run, to show when the tool, not the
     /// server, was what saturated.
     pub self_cpu_s: f64,
+    /// (pid, CPU seconds over the measure phase) of each watched process;
+    /// None if it could not be read (gone, or no /proc).
+    pub watched: Vec<(u32, Option<f64>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -638,6 +643,11 @@ impl<'a> Engine<'a> {
             }
         }
         let me = procstat::sample(std::process::id()).unwrap_or_default();
+        let watched: Vec<Option<f64>> = cfg
+            .watch
+            .iter()
+            .map(|&p| procstat::sample(p).map(|s| s.cpu_s))
+            .collect();
         self.phase = Phase::Measure;
         self.t0 = Instant::now();
         self.t0_us = self.now_us();
@@ -676,6 +686,15 @@ impl<'a> Engine<'a> {
         self.out.duration = self.last_delivery.saturating_duration_since(self.t0);
         let me_end = procstat::sample(std::process::id()).unwrap_or_default();
         self.out.self_cpu_s = me_end.cpu_s - me.cpu_s;
+        self.out.watched = cfg
+            .watch
+            .iter()
+            .zip(watched)
+            .map(|(&p, before)| {
+                let after = procstat::sample(p).map(|s| s.cpu_s);
+                (p, before.zip(after).map(|(b, a)| a - b))
+            })
+            .collect();
         if let Some(st) = &mut self.out.server {
             st.at_end = cfg.pid.and_then(procstat::sample).unwrap_or_default();
         }

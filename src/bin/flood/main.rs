@@ -90,6 +90,10 @@ struct Cli {
     /// The server's process id: report its CPU time and RSS from /proc.
     #[arg(long)]
     pid: Option<u32>,
+    /// More processes (cluster instances, Redis, a balancer) whose CPU
+    /// seconds over the measured run alone, connecting excluded, are reported.
+    #[arg(long, value_name = "PID,...", value_delimiter = ',')]
+    watch: Vec<u32>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -205,6 +209,7 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
             timeout: Duration::from_secs_f64(cli.timeout),
             hello: cli.hello,
             pid: cli.pid,
+            watch: cli.watch,
             slow: cli.slow,
             idle: cli.idle.is_some(),
             ws_path: match (cli.ws, cli.socketio) {

@@ -147,6 +147,7 @@ impl Report<'_> {
                 })
             }),
             "flood_cpu_s": o.self_cpu_s,
+            "watched": o.watched.iter().map(|&(pid, cpu)| json!({"pid": pid, "cpu_s": cpu})).collect::<Vec<_>>(),
             "server": server,
             "slow_readers": (c.slow > 0).then(|| json!({
                 "count": c.slow,
@@ -296,6 +297,17 @@ impl Report<'_> {
                 "slow      {} readers stopped reading: {} of them closed by the server; {} bytes drained after the run\n",
                 c.slow, o.slow_closed, o.slow_drained_bytes
             );
+        }
+        if !o.watched.is_empty() {
+            let list: Vec<String> = o
+                .watched
+                .iter()
+                .map(|&(pid, cpu)| match cpu {
+                    Some(c) => format!("pid {pid} {c:.2} s"),
+                    None => format!("pid {pid} unreadable"),
+                })
+                .collect();
+            s += &format!("watched   cpu in the run: {}\n", list.join(", "));
         }
         if let Some(st) = &o.server {
             s += &format!(
