@@ -24,7 +24,7 @@ note() {
 }
 
 # Formats a value: rate (per s), us (-> ms), us3 (us), kib (bytes -> KiB),
-# mib (KiB -> MiB), s, ms, pct, int, yesno.
+# mib (KiB -> MiB), s, ms, pct, int, int2 (2 decimals), yesno.
 fmt() {
     local kind=$1 v=$2
     [[ -z $v ]] && return
@@ -38,6 +38,7 @@ fmt() {
         ms) awk -v v="$v" 'BEGIN {printf "%.1f ms", v}' ;;
         pct) awk -v v="$v" 'BEGIN {printf "%.0f %%", v*100}' ;;
         int) printf "%s" "$v" ;;
+        int2) awk -v v="$v" 'BEGIN {printf "%.2f", v}' ;;
         yesno) awk -v v="$v" 'BEGIN {print (v >= 1 ? "yes" : "no")}' ;;
     esac
 }

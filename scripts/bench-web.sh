@@ -261,6 +261,17 @@ EOF
     return 1
 }
 
+# Redis's own counters: "PUBLISH-calls reads-processed writes-processed",
+# to tell how many lines ride on one PUBLISH and how many commands on one
+# read (pipelining) — what Redis CPU per line comes down to.
+redis_counters() {
+    redis-cli -p "$redis_port" INFO all 2>/dev/null | tr -d '\r' | awk -F'[:=,]' '
+        $1 == "cmdstat_publish" {p = $3}
+        $1 == "total_reads_processed" {r = $2}
+        $1 == "total_writes_processed" {w = $2}
+        END {print p + 0, r + 0, w + 0}'
+}
+
 # Sessions HAProxy sent to each instance ("a b"): proves the spread.
 lb_sessions() {
     python3 - "$work/haproxy.sock" <<'EOF'
@@ -297,17 +308,21 @@ for case in $cluster_cases; do
             read -r pb portb < <(start_one "$server" b || true)
             pids+=("$pa" "$pb")
             if [[ -n $porta && -n $portb ]] && start_lb "$porta" "$portb"; then
+                read -r p0 r0 w0 < <(redis_counters)
                 # shellcheck disable=SC2046 # the case's flags are meant to split
                 timeout 300 "$tgt/flood" "$(transport "$server")" --port "$lb_port" --json \
                     --connect-batch 1 --instances 2 --timeout "$flood_timeout" \
                     --watch "$pa,$pb,$redis_pid,$lb_pid" $(case_args "$case" "$server") \
                     >"$f.json" 2>"$f.err" || true
                 spread=$(lb_sessions 2>/dev/null || true)
+                read -r p1 r1 w1 < <(redis_counters)
                 if [[ -s $f.json ]]; then
-                    jq --arg spread "$spread" \
+                    jq --arg spread "$spread" --argjson p "$((p1 - p0))" --argjson r "$((r1 - r0))" \
+                        --argjson w "$((w1 - w0))" \
                         '. + {servers_cpu_s: (.watched[0].cpu_s + .watched[1].cpu_s),
                               redis_cpu_s: .watched[2].cpu_s, haproxy_cpu_s: .watched[3].cpu_s,
-                              lb_sessions: ($spread | split(" ") | map(tonumber? // 0))}' \
+                              lb_sessions: ($spread | split(" ") | map(tonumber? // 0)),
+                              redis_publish: $p, redis_reads: $r, redis_writes: $w}' \
                         "$f.json" >"$f.x" && mv "$f.x" "$f.json"
                 fi
             else
@@ -382,6 +397,8 @@ header " ×2"
 row "fan-out N=100 S=10 64 B through HAProxy" clfanout "deliveries/s (↑)" '.deliveries_per_s' rate
 row "" clfanout "CPU of both instances per delivery (↓)" '.servers_cpu_s / .deliveries * 1e6' us3
 row "" clfanout "Redis CPU per line sent (↓)" '.redis_cpu_s / .lines_sent * 1e6' us3
+row "" clfanout "PUBLISH commands per line sent (↓)" '.redis_publish / .lines_sent' int2
+row "" clfanout "commands per Redis read (pipelining)" '.redis_publish / .redis_reads' int2 noratio
 row "" clfanout "HAProxy CPU per delivery (↓)" '.haproxy_cpu_s / .deliveries * 1e6' us3
 row "" clfanout "cross-instance p99, closed loop (↓)" '.latency_cross_us.p99' us
 row "" clfanout "flood's own CPU, share of one core" "$flood_share" pct noratio
@@ -390,11 +407,15 @@ row "" clopen "cross-instance p50 (↓)" '.latency_cross_us.p50' us
 row "" clopen "cross-instance p99 (↓)" '.latency_cross_us.p99' us
 row "" clopen "cross-instance p99.9 (↓)" '.latency_cross_us.p999' us
 row "" clopen "Redis CPU per line sent (↓)" '.redis_cpu_s / .lines_sent * 1e6' us3
+row "" clopen "PUBLISH commands per line sent (↓)" '.redis_publish / .lines_sent' int2
+row "" clopen "commands per Redis read (pipelining)" '.redis_publish / .redis_reads' int2 noratio
 row "open loop 500 lines/s, N=100, through HAProxy" clopen500 "p50 latency (↓)" '.latency_us.p50' us
 row "" clopen500 "cross-instance p50 (↓)" '.latency_cross_us.p50' us
 row "" clopen500 "cross-instance p99 (↓)" '.latency_cross_us.p99' us
 row "" clopen500 "cross-instance p99.9 (↓)" '.latency_cross_us.p999' us
 row "" clopen500 "Redis CPU per line sent (↓)" '.redis_cpu_s / .lines_sent * 1e6' us3
+row "" clopen500 "PUBLISH commands per line sent (↓)" '.redis_publish / .lines_sent' int2
+row "" clopen500 "commands per Redis read (pipelining)" '.redis_publish / .redis_reads' int2 noratio
 cluster_table=("${table[@]}")
 spreads=$(cat "$work"/*.cl*.json 2>/dev/null | jq -rs '[.[] | .lb_sessions | map(tostring) | join("/")] | unique | join(", ")')
 servers=$servers_all cases=$cases_all
@@ -465,7 +486,8 @@ render() {
         echo "Two instances sharing one Redis behind HAProxy (round-robin; flood connects one at a time,"
         echo "so client i is on instance i % 2; sessions HAProxy sent to each instance, per run: ${spreads:-?})."
         echo "CPU figures are from /proc over the measured part of each run (\`flood --watch\`, connecting excluded);"
-    echo "\"per line sent\" divides by lines, not deliveries."
+    echo "\"per line sent\" divides by lines, not deliveries. PUBLISH and read counts are Redis's own"
+    echo "(\`INFO commandstats\`, \`total_reads_processed\`) over the whole run, connecting included."
         echo
         printf '%s\n' "${cluster_table[@]}"
     fi
