@@ -32,7 +32,7 @@ Writes the markdown table to OUT.md, or to stdout. Progress goes to stderr.
 Environment: RUNS (default 3), SERVERS (default "chatd ncat node"),
 CASES (default: all of the above), FLOOD_TIMEOUT (default 5 s),
 WINDOWS (default "32 128 512 2048").
-Takes about five minutes; it loads both cores: run it on a quiet machine.
+Takes about eight minutes; it loads both cores: run it on a quiet machine.
 EOF
 }
 

@@ -3,7 +3,8 @@
 //! N connections, S of them sending M lines of B bytes; every line carries a
 //! token `[F:sender,seq,micros]` that flood finds anywhere in what it
 //! receives, so it works with chatd (`<guest-3> ...`), `ncat --chat`
-//! (`<user5> ...`) and other line relays. It checks that every receiver got
+//! (`<user5> ...`) and other line relays, over plain TCP, WebSocket
+//! (`--ws`) or socket.io (`--socketio`). It checks that every receiver got
 //! every other sender's lines in order and once, and measures throughput and
 //! latency. One thread, one mio::Poll: it shares the machine with the server
 //! it measures, so it must cost far less CPU than that server.
@@ -40,6 +41,8 @@ Examples:
   flood --port 3000 --idle 10000 --pid $(pidof chatd) RSS per idle connection
   flood --port 3000 -n 20 -s 5 -m 20000 --slow 1      one reader stops reading
   flood --port 4000 --connect-batch 8 --hello '/nick u{i}'   e.g. ncat --chat
+  flood --ws --port 8080                               chatd's web port (or any WebSocket chat)
+  flood --socketio --port 3000                         a socket.io v4 chat (event: chat)
 
 Exit status: 0 when every line arrived in order once; 1 when anything was
 missing, out of order, duplicated, cut off or stalled; 2 on a setup error.";
