@@ -64,7 +64,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/bench-lib.sh
 source "$root/scripts/bench-lib.sh"
 cd "$root"
-for tool in node npm jq python3; do
+# The smoke (CI) needs only Node; the tables need jq, python3 for free ports.
+needs=(node npm)
+[[ -z $smoke ]] && needs+=(jq python3)
+for tool in "${needs[@]}"; do
     command -v "$tool" >/dev/null || { echo "bench-web.sh: needs $tool" >&2; exit 2; }
 done
 if [[ -n $smoke ]]; then
