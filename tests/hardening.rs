@@ -14,16 +14,6 @@ use support::{Client, Server, TIMEOUT, parse_welcome_name};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-/// A field of /proc/PID/status, in KiB.
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 // ------------------------------------------------------------- memory bound
 
 /// The README's per-connection bound ("Memory in the worst case"): the
@@ -40,7 +30,7 @@ fn a_stalled_reader_of_700_000_one_byte_private_messages_stays_within_the_bound(
     let max_line: u64 = 8192;
     let server = Server::start(&["--sendq", &sendq.to_string(), "--no-http"]);
     let pid = server.child.id();
-    let before = vm_kib(pid, "VmRSS");
+    let before = support::vm_kib(pid, "VmRSS");
     let mut victim = server.client();
     let mut sender = server.client();
     victim.expect_line(&format!("*** {} joined", sender.name));
@@ -78,7 +68,7 @@ fn a_stalled_reader_of_700_000_one_byte_private_messages_stays_within_the_bound(
         cut_off,
         "the victim was never cut off: the queue never filled"
     );
-    let peak = vm_kib(pid, "VmHWM");
+    let peak = support::vm_kib(pid, "VmHWM");
     let bound_kib = before + 2 * per_client_bound(sendq, max_line) / 1024;
     eprintln!("RSS at start {before} KiB, peak {peak} KiB, bound {bound_kib} KiB");
     assert!(

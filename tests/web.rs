@@ -993,18 +993,8 @@ fn a_ping_flood_from_a_client_that_never_reads_is_cut_off() {
     });
     t.next_is(&format!("*** {} left (too slow)", w.name));
     flooder.join().unwrap();
-    let rss = vm_kib(server.child.id(), "VmHWM");
+    let rss = support::vm_kib(server.child.id(), "VmHWM");
     assert!(rss < 96 * 1024, "server peak RSS {rss} KiB: pongs piled up");
-}
-
-/// A field of /proc/PID/status, in KiB.
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 #[test]
