@@ -756,7 +756,8 @@ impl Server {
                             c.proto.would_block();
                             break;
                         }
-                        SocketResult::Error(reason) => {
+                        SocketResult::Error(e) => {
+                            let reason = socket::reason_for(&e);
                             mark_closing(c, k, &mut self.closing, Some(reason), false);
                             break;
                         }
@@ -901,7 +902,7 @@ impl Server {
         // as Redis installs a write handler only for clients it could not
         // drain: with it always on, every ACK to every busy recipient
         // would wake the loop for nothing.
-        let stuck = result == SocketResult::WouldBlock;
+        let stuck = matches!(result, SocketResult::WouldBlock);
         if stuck != c.want_write {
             let interest = if stuck {
                 Interest::READABLE | Interest::WRITABLE
@@ -922,7 +923,7 @@ impl Server {
             SocketResult::Done(_) | SocketResult::WouldBlock => {}
             SocketResult::Closed | SocketResult::Error(_) => {
                 let reason = match result {
-                    SocketResult::Error(reason) => reason,
+                    SocketResult::Error(e) => socket::reason_for(&e),
                     _ => "connection reset".into(),
                 };
                 match c.state {

@@ -2,12 +2,12 @@
 //! connections and the Redis link alike (sozu's `SocketResult`): the
 //! would-block / interrupted / error ladder is written out once, here, and
 //! what an error means for the room ("connection reset", "connection lost")
-//! is decided in one place.
+//! is decided in one place ([`reason_for`]).
 
 use std::io::{self, IoSlice, Read, Write};
 
 /// What one read or write did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum SocketResult {
     /// Moved this many bytes (never 0).
     Done(usize),
@@ -15,8 +15,9 @@ pub enum SocketResult {
     WouldBlock,
     /// The peer finished sending (a read of 0 bytes).
     Closed,
-    /// The connection failed; the reason as the room and the log see it.
-    Error(String),
+    /// The connection failed ([`reason_for`] says what that means for the
+    /// room). A write of 0 bytes is one: the socket cannot take more.
+    Error(io::Error),
 }
 
 /// Reads once into `buf`, retrying if interrupted by a signal.
@@ -26,7 +27,7 @@ pub fn read(mut sock: impl Read, buf: &mut [u8]) -> SocketResult {
             Ok(0) => SocketResult::Closed,
             Ok(n) => SocketResult::Done(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => classify(&e),
+            Err(e) => classify(e),
         };
     }
 }
@@ -36,19 +37,19 @@ pub fn read(mut sock: impl Read, buf: &mut [u8]) -> SocketResult {
 pub fn write(mut sock: impl Write, iov: &[IoSlice<'_>]) -> SocketResult {
     loop {
         return match sock.write_vectored(iov) {
-            Ok(0) => SocketResult::Error(reason_for(&io::ErrorKind::WriteZero.into())),
+            Ok(0) => SocketResult::Error(io::ErrorKind::WriteZero.into()),
             Ok(n) => SocketResult::Done(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => classify(&e),
+            Err(e) => classify(e),
         };
     }
 }
 
-fn classify(e: &io::Error) -> SocketResult {
+fn classify(e: io::Error) -> SocketResult {
     if e.kind() == io::ErrorKind::WouldBlock {
         SocketResult::WouldBlock
     } else {
-        SocketResult::Error(reason_for(e))
+        SocketResult::Error(e)
     }
 }
 
@@ -96,29 +97,32 @@ mod tests {
 
     #[test]
     fn reads_and_writes_say_what_happened() {
-        use io::ErrorKind::*;
+        use SocketResult::*;
+        use io::ErrorKind::{ConnectionReset, Interrupted, WouldBlock};
         let mut buf = [0; 8];
         let read1 = |r: io::Result<usize>| read(Script(vec![r]), &mut [0; 8]);
-        assert_eq!(read1(Ok(5)), SocketResult::Done(5));
-        assert_eq!(read1(Ok(0)), SocketResult::Closed);
-        assert_eq!(read1(Err(WouldBlock.into())), SocketResult::WouldBlock);
-        assert_eq!(
-            read1(Err(ConnectionReset.into())),
-            SocketResult::Error("connection reset".into())
+        assert!(matches!(read1(Ok(5)), Done(5)));
+        assert!(matches!(read1(Ok(0)), Closed));
+        assert!(matches!(
+            read1(Err(WouldBlock.into())),
+            SocketResult::WouldBlock
+        ));
+        assert!(
+            matches!(read1(Err(ConnectionReset.into())), Error(e) if e.kind() == ConnectionReset)
         );
         // Interrupted is retried, not reported.
         let s = Script(vec![Err(Interrupted.into()), Ok(3)]);
-        assert_eq!(read(s, &mut buf), SocketResult::Done(3));
+        assert!(matches!(read(s, &mut buf), Done(3)));
         let iov = [IoSlice::new(b"abc")];
         let s = Script(vec![Err(Interrupted.into()), Ok(0)]);
-        assert_eq!(
-            write(s, &iov),
-            SocketResult::Error("connection reset".into())
-        );
-        assert_eq!(write(Script(vec![Ok(2)]), &iov), SocketResult::Done(2));
-        assert_eq!(
+        let Error(e) = write(s, &iov) else {
+            panic!("a zero write is not an error");
+        };
+        assert_eq!(reason_for(&e), "connection reset");
+        assert!(matches!(write(Script(vec![Ok(2)]), &iov), Done(2)));
+        assert!(matches!(
             write(Script(vec![Err(WouldBlock.into())]), &iov),
             SocketResult::WouldBlock
-        );
+        ));
     }
 }
