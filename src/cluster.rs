@@ -26,7 +26,7 @@
 //! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
 //! `chatd:guests` (the shared guest-number counter).
 
-use crate::hub::{ClientId, GUEST_BLOCK, Hub, Presence, check_name};
+use crate::hub::{Claim, ClientId, GUEST_BLOCK, Hub, Presence, check_name};
 use crate::line::sanitize;
 use crate::socket::{self, SocketResult};
 use log::{debug, info, warn};
@@ -190,16 +190,6 @@ pub enum Inbound {
     NodeLost(Rc<str>),
     /// A node declared lost has a heartbeat again.
     NodeBack(Rc<str>),
-}
-
-/// Redis's answer to a name claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// Reserved for us, claimed at this time (ms since the Unix epoch).
-    Granted(u64),
-    Taken,
-    /// Redis refused the command (logged with its text).
-    Failed,
 }
 
 /// What a reply on `cmd` answers.
