@@ -70,7 +70,7 @@ impl<'a> Command<'a> {
 }
 
 impl Hub {
-    pub(super) fn command(&mut self, id: ClientId, i: usize, cmd: Command, out: &mut impl Outbox) {
+    pub(super) fn command(&mut self, id: ClientId, i: Member, cmd: Command, out: &mut impl Outbox) {
         match cmd {
             Command::Nick(name) => self.nick(id, i, name, out),
             Command::Who => {

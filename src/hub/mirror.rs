@@ -69,7 +69,7 @@ impl Hub {
     }
 
     /// Tells the other instances that local client `i` is here.
-    pub(super) fn here(&self, i: usize, out: &mut impl Outbox) {
+    pub(super) fn here(&self, i: Member, out: &mut impl Outbox) {
         let (Some(cl), Home::Local(id)) = (&self.cluster, &self.clients[i].home) else {
             return;
         };
@@ -149,14 +149,14 @@ impl Hub {
                     return;
                 }
                 let key: Box<str> = name.to_ascii_lowercase().into();
-                let i = self.clients.insert(Client {
+                let i = Member(self.clients.insert(Client {
                     name: name.into(),
                     key: key.clone(),
                     room: usize::MAX,
                     slot: 0,
                     home: Home::Remote(node.clone(), id),
                     since: round,
-                });
+                }));
                 self.name_add(&key, i);
                 let back = self
                     .cluster
@@ -189,7 +189,7 @@ impl Hub {
             Presence::End { node, round } if node != me => {
                 // Users of `node` it did not announce in this round left
                 // while we could not hear it: their rooms are told now.
-                let gone: Vec<(u64, usize)> = self
+                let gone: Vec<(u64, Member)> = self
                     .remote
                     .iter()
                     .filter(|((n, _), i)| *n == node && self.clients[**i].since < round)
@@ -228,7 +228,7 @@ impl Hub {
     /// Another instance stopped answering (or said goodbye): its users are
     /// gone, and the rooms they were in are told so, with `reason`.
     pub fn node_lost(&mut self, node: &str, reason: &str, out: &mut impl Outbox) {
-        let gone: Vec<usize> = self
+        let gone: Vec<Member> = self
             .remote
             .iter()
             .filter(|((n, _), _)| &**n == node)

@@ -10,6 +10,17 @@
 //! instances (kept up to date by presence events from the cluster link), so
 //! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
 //! each instance delivers lines only to its own local clients.
+//!
+//! One `Hub`, its `impl` in a file per concern:
+//! - this file: the types, arriving and leaving, and lines in;
+//! - names.rs: identity — guest numbers, `/nick`, name claims;
+//! - rooms.rs: rooms and routing — who gets a line, `/join`, `/msg`;
+//! - command.rs: a `/` line parsed into a [`Command`], then carried out;
+//! - mirror.rs: cluster mode — the other instances' users, link up/down.
+//!
+//! Two indices, two types: a [`ClientId`] is the transport's name for a
+//! local connection (the reactor's slab key); a `Member` is the hub's own
+//! slot for any user, local or remote, which rooms and names refer to.
 
 mod command;
 mod mirror;
@@ -31,6 +42,25 @@ use std::time::Duration;
 
 /// A connection as the transports know it (the reactor's slab key).
 pub type ClientId = usize;
+
+/// A user as the hub knows it, local or remote: its slot in `Hub::clients`,
+/// which rooms and names refer to. A type of its own so that it is never
+/// taken for a [`ClientId`], which only local users have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Member(usize);
+
+impl std::ops::Index<Member> for Slab<Client> {
+    type Output = Client;
+    fn index(&self, i: Member) -> &Client {
+        &self[i.0]
+    }
+}
+
+impl std::ops::IndexMut<Member> for Slab<Client> {
+    fn index_mut(&mut self, i: Member) -> &mut Client {
+        &mut self[i.0]
+    }
+}
 
 /// Where the hub's output goes. Implemented by the reactor over its
 /// connections, and by recorders in tests and benches. The cluster methods
@@ -163,7 +193,7 @@ struct Room {
     name: Box<str>,
     key: Box<str>,
     /// Hub indices of everyone in the room, local and remote.
-    members: Vec<usize>,
+    members: Vec<Member>,
     /// How many of `members` are local: the cluster link subscribes to a
     /// room's channel only while this is non-zero.
     local: usize,
@@ -173,13 +203,13 @@ pub struct Hub {
     /// Everyone, local and remote; rooms and names refer to these indices.
     clients: Slab<Client>,
     /// ClientId (reactor key) -> index in `clients`.
-    local: Vec<Option<usize>>,
-    remote: HashMap<(Rc<str>, u64), usize>,
-    names: HashMap<Box<str>, usize>,
+    local: Vec<Option<Member>>,
+    remote: HashMap<(Rc<str>, u64), Member>,
+    names: HashMap<Box<str>, Member>,
     /// Further holders of a name already in `names`: only after a split,
     /// until the collision is resolved (or within one instance's mirror,
     /// a remote user whose instance has not yet seen our claim).
-    dups: HashMap<Box<str>, Vec<usize>>,
+    dups: HashMap<Box<str>, Vec<Member>>,
     max_remote: usize,
     rooms: Slab<Room>,
     /// Sorted, so `/rooms` names its first entries without sorting them all.
@@ -253,7 +283,7 @@ impl Hub {
         self.idx(id).map(|i| &*self.clients[i].name)
     }
 
-    pub(super) fn idx(&self, id: ClientId) -> Option<usize> {
+    fn idx(&self, id: ClientId) -> Option<Member> {
         self.local.get(id).copied().flatten()
     }
 
@@ -265,14 +295,14 @@ impl Hub {
         }
         let name = self.guest_name();
         let key: Box<str> = name.clone().into();
-        let i = self.clients.insert(Client {
+        let i = Member(self.clients.insert(Client {
             name: name.clone().into(),
             key: key.clone(),
             room: usize::MAX,
             slot: 0,
             home: Home::Local(id),
             since: 0,
-        });
+        }));
         self.name_add(&key, i);
         if self.local.len() <= id {
             self.local.resize(id + 1, None);
@@ -320,9 +350,9 @@ impl Hub {
 
     /// Removes a client (local or remote) and tells its room, locally and,
     /// when `publish`, on the other instances too.
-    pub(super) fn drop_client(
+    fn drop_client(
         &mut self,
-        i: usize,
+        i: Member,
         reason: Option<&str>,
         publish: bool,
         out: &mut impl Outbox,
@@ -338,7 +368,7 @@ impl Hub {
         } else if self.announces(room) {
             self.to_room(room, Some(i), &Msg::new(&text), out);
         }
-        let c = self.clients.remove(i);
+        let c = self.clients.remove(i.0);
         self.name_drop(&c.key, i);
         self.remove_member(room, c.slot, matches!(c.home, Home::Local(_)), out);
     }
@@ -396,7 +426,7 @@ impl Hub {
         }
     }
 
-    pub(super) fn flush_run(&self, i: usize, run: &mut String, out: &mut impl Outbox) {
+    fn flush_run(&self, i: Member, run: &mut String, out: &mut impl Outbox) {
         if !run.is_empty() {
             self.broadcast(self.clients[i].room, i, &Msg::new(run), out);
             run.clear();

@@ -8,7 +8,7 @@ pub const MAX_NAME: usize = 24;
 
 impl Hub {
     /// Records that `i` holds name `key` (a second holder waits in `dups`).
-    pub(super) fn name_add(&mut self, key: &str, i: usize) {
+    pub(super) fn name_add(&mut self, key: &str, i: Member) {
         match self.names.get(key) {
             None => {
                 self.names.insert(key.into(), i);
@@ -19,7 +19,7 @@ impl Hub {
     }
 
     /// `i` no longer holds `key`; another holder, if any, now does.
-    pub(super) fn name_drop(&mut self, key: &str, i: usize) {
+    pub(super) fn name_drop(&mut self, key: &str, i: Member) {
         if self.names.get(key) == Some(&i) {
             self.names.remove(key);
             if let Some(d) = self.dups.get_mut(key) {
@@ -80,7 +80,7 @@ impl Hub {
         format!("guest-{id}-{n}")
     }
 
-    pub(super) fn nick(&mut self, id: ClientId, i: usize, wanted: &str, out: &mut impl Outbox) {
+    pub(super) fn nick(&mut self, id: ClientId, i: Member, wanted: &str, out: &mut impl Outbox) {
         if wanted.is_empty() {
             return reply(out, id, "*** error: usage: /nick NAME");
         }
@@ -195,7 +195,7 @@ impl Hub {
     pub(super) fn rename(
         &mut self,
         id: ClientId,
-        i: usize,
+        i: Member,
         wanted: &str,
         since: u64,
         notice: Option<&str>,

@@ -33,7 +33,7 @@ impl Hub {
     pub(super) fn private(
         &mut self,
         id: ClientId,
-        i: usize,
+        i: Member,
         target: &str,
         text: &str,
         out: &mut impl Outbox,
@@ -63,7 +63,7 @@ impl Hub {
         self.relayed += 1;
     }
 
-    pub(super) fn join(&mut self, id: ClientId, i: usize, wanted: &str, out: &mut impl Outbox) {
+    pub(super) fn join(&mut self, id: ClientId, i: Member, wanted: &str, out: &mut impl Outbox) {
         let wanted = wanted.strip_prefix('#').unwrap_or(wanted);
         if wanted.is_empty() {
             return reply(out, id, "*** error: usage: /join ROOM");
@@ -100,7 +100,7 @@ impl Hub {
     /// new); returns the room.
     pub(super) fn enter(
         &mut self,
-        i: usize,
+        i: Member,
         key: &str,
         shown: &str,
         out: &mut impl Outbox,
@@ -176,7 +176,7 @@ impl Hub {
     pub(super) fn to_room(
         &self,
         room: usize,
-        from: Option<usize>,
+        from: Option<Member>,
         msg: &Rc<Msg>,
         out: &mut impl Outbox,
     ) {
@@ -190,7 +190,13 @@ impl Hub {
     }
 
     /// A line from a local user for the whole room, on every instance.
-    pub(super) fn broadcast(&self, room: usize, from: usize, msg: &Rc<Msg>, out: &mut impl Outbox) {
+    pub(super) fn broadcast(
+        &self,
+        room: usize,
+        from: Member,
+        msg: &Rc<Msg>,
+        out: &mut impl Outbox,
+    ) {
         self.to_room(room, Some(from), msg, out);
         if self.cluster.is_some() {
             out.publish(&self.rooms[room].key, msg);
@@ -204,7 +210,7 @@ impl Hub {
 
     /// A join/leave/nick notice: only in rooms small enough to afford it.
     /// `from` is counted as a member whether or not it still is one.
-    pub(super) fn announce(&self, room: usize, from: usize, text: &str, out: &mut impl Outbox) {
+    pub(super) fn announce(&self, room: usize, from: Member, text: &str, out: &mut impl Outbox) {
         if self.announces(room) {
             self.broadcast(room, from, &Msg::new(text), out);
         }
