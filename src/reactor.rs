@@ -964,6 +964,12 @@ impl Server {
         if self.accept_stalled {
             self.timers.push(Instant::now(), Timer::Accept);
         }
+        // Departures are what leave timers behind (an HTTP head's deadline,
+        // an idle check): drop them once they pile up.
+        let conns = &self.conns;
+        self.timers.compact(conns.len(), |me| {
+            conns.get(me.key).is_some_and(|c| c.serial == me.serial)
+        });
     }
 
     fn timers(&mut self) {
@@ -1043,10 +1049,6 @@ impl Server {
         ) {
             self.timers.push(at, Timer::Idle(me));
         }
-        let conns = &self.conns;
-        self.timers.compact(conns.len(), |me| {
-            conns.get(me.key).is_some_and(|c| c.serial == me.serial)
-        });
     }
 
     /// --idle-timeout: pings or closes a connection whose entry came up, or
