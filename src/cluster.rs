@@ -26,7 +26,7 @@
 //! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
 //! `chatd:guests` (the shared guest-number counter).
 
-use crate::hub::{Claim, ClientId, GUEST_BLOCK, Hub, Presence, check_name};
+use crate::hub::{Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence, check_name};
 use crate::line::sanitize;
 use crate::socket::{self, SocketResult};
 use log::{debug, info, warn};
@@ -190,6 +190,30 @@ pub enum Inbound {
     NodeLost(Rc<str>),
     /// A node declared lost has a heartbeat again.
     NodeBack(Rc<str>),
+}
+
+impl Inbound {
+    /// Tells the hub what the link heard.
+    pub fn apply(self, hub: &mut Hub, out: &mut impl Outbox) {
+        match self {
+            Inbound::Up => hub.link_up(out),
+            Inbound::Down(_) => hub.link_down(out),
+            Inbound::Room(room, text) => hub.remote_line(&room, &text, out),
+            Inbound::Presence(p) => hub.remote_presence(p, out),
+            Inbound::Private(to, name, text) => hub.remote_private(to, &name, &text, out),
+            Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, out),
+            Inbound::NameLost(id, name) => hub.name_lost(id, &name, out),
+            Inbound::NodeBack(node) => {
+                info!("cluster: node {node} has a heartbeat again; asking for its users");
+                hub.node_back(&node, out);
+            }
+            Inbound::Guests(start) => hub.add_guests(start, GUEST_BLOCK),
+            Inbound::NodeLost(node) => {
+                info!("cluster: node {node} stopped answering; its users are gone");
+                hub.node_silent(&node, out);
+            }
+        }
+    }
 }
 
 /// What a reply on `cmd` answers.

@@ -415,26 +415,7 @@ impl Server {
             let events = std::mem::take(&mut self.inbound);
             for event in events {
                 let (hub, mut out) = self.out();
-                match event {
-                    Inbound::Up => hub.link_up(&mut out),
-                    Inbound::Down(_) => hub.link_down(&mut out),
-                    Inbound::Room(room, text) => hub.remote_line(&room, &text, &mut out),
-                    Inbound::Presence(p) => hub.remote_presence(p, &mut out),
-                    Inbound::Private(to, name, text) => {
-                        hub.remote_private(to, &name, &text, &mut out)
-                    }
-                    Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, &mut out),
-                    Inbound::NameLost(id, name) => hub.name_lost(id, &name, &mut out),
-                    Inbound::NodeBack(node) => {
-                        info!("cluster: node {node} has a heartbeat again; asking for its users");
-                        hub.node_back(&node, &mut out);
-                    }
-                    Inbound::Guests(start) => hub.add_guests(start, crate::hub::GUEST_BLOCK),
-                    Inbound::NodeLost(node) => {
-                        info!("cluster: node {node} stopped answering; its users are gone");
-                        hub.node_silent(&node, &mut out);
-                    }
-                }
+                event.apply(hub, &mut out);
             }
             self.settle();
         }

@@ -763,4 +763,56 @@ mod tests {
         }
         assert_eq!(c.charged(), 0);
     }
+
+    #[test]
+    fn an_http_connection_becomes_a_websocket_by_moving_its_state() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut p = Proto::Http(HttpSession::new(Instant::now(), 100));
+        assert!(!p.in_chat() && p.deadline().is_some() && !p.pings());
+        // The head, and a masked text frame "hi" right behind it.
+        p.feed(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+              \x81\x82\x01\x02\x03\x04\x69\x6b",
+        );
+        let Step::Upgrade(answer) = p.next(peer, false) else {
+            panic!("no upgrade");
+        };
+        assert!(answer.starts_with(b"HTTP/1.1 101 "));
+        assert!(matches!(p, Proto::Ws(_)));
+        assert!(p.in_chat() && p.deadline().is_none() && p.pings());
+        assert_eq!(p.encoding(), Encoding::WsFrame);
+        // The frame that came with the head is the WebSocket's first line.
+        assert_eq!(p.next(peer, false), Step::Line(Some("hi".into())));
+        assert!(matches!(p.next(peer, false), Step::Read(n) if n > 0));
+        assert!(p.goodbye("bye").is_some() && p.shutdown().is_some());
+    }
+
+    #[test]
+    fn each_protocol_knows_its_own_goodbye() {
+        let line = Proto::Line(LineSession::new(10));
+        assert_eq!(line.goodbye("quit"), None);
+        assert_eq!(line.shutdown(), None);
+        assert_eq!(line.cut_off(), None);
+        assert_eq!(line.ping(), None);
+        assert_eq!(line.encoding(), Encoding::Wire);
+        let ws = Proto::Ws(Box::new(WsSession::new(10)));
+        assert_eq!(
+            ws.goodbye("idle"),
+            Some(crate::ws::close_frame(Some(crate::ws::NORMAL), "idle"))
+        );
+        assert_eq!(
+            ws.cut_off(),
+            Some(crate::ws::close_frame(Some(crate::ws::POLICY), "too slow"))
+        );
+        assert_eq!(ws.ping(), Some(crate::ws::ping_frame(b"chatd")));
+        let http = Proto::Http(HttpSession::new(Instant::now(), 10));
+        assert_eq!(http.goodbye("x"), None);
+        assert!(
+            http.expired(Instant::now() + Duration::from_secs(1))
+                .is_some()
+        );
+        assert_eq!(refusal(&line, "full"), b"full\r\n");
+        assert!(refusal(&http, "full").starts_with(b"HTTP/1.1 503 "));
+    }
 }
