@@ -14,6 +14,7 @@ pub mod http;
 pub mod line;
 pub mod ws;
 
+pub use crate::config::ENTRY_OVERHEAD;
 use crate::config::{MAX_IOVECS, OnSlow};
 use crate::http::Request;
 use crate::msg::Msg;
@@ -275,9 +276,15 @@ enum Item {
 /// Together 160 bytes: a 1-byte private message (`*bob* x`, 9 bytes on
 /// the wire with its CRLF) is charged 169 bytes; it occupies 16 × 1 to 4
 /// for the slot, 64 for the `Rc<Msg>` and 32 for the buffer: 112 to 160.
-pub const ENTRY_OVERHEAD: usize = SLOTS_PER_ENTRY * size_of::<Item>()
-    + malloc_chunk(2 * size_of::<usize>() + size_of::<Msg>())
-    + 32;
+///
+/// The figure lives in config.rs with the other bounds (--sendq's minimum
+/// depends on it); this proves it against the layout at compile time.
+const _: () = assert!(
+    ENTRY_OVERHEAD
+        == SLOTS_PER_ENTRY * size_of::<Item>()
+            + malloc_chunk(2 * size_of::<usize>() + size_of::<Msg>())
+            + 32
+);
 
 /// Queue slots allocated per queued entry at most (see `shrink_queue`).
 const SLOTS_PER_ENTRY: usize = 4;
