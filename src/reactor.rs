@@ -68,7 +68,7 @@ pub struct Server {
     hub: Hub,
     cfg: Config,
     /// One read buffer for every connection: input is copied out of it into
-    /// a connection's framer only as far as a line is still incomplete.
+    /// a connection's state machine only as far as a line is still incomplete.
     scratch: Box<[u8]>,
     /// Connections that may have unread input; kept across turns, so
     /// named with their serial.
