@@ -24,7 +24,8 @@ FLOOD defaults to target/release/flood. Cases (bench-peers.sh's flags):
   open2000    open loop, 2000 lines/s in total into 100 clients
   ws100       fanout100 over WebSocket (flood --ws on the web port)
 
-Prints one line per run and a markdown table of min-max per build.
+Prints one line per run and a markdown table per build: the median run's
+figure and, in brackets, the range.
 Environment: RUNS (default 5), CASES (default all of the above).
 Loads both cores: run it on a quiet machine.
 USAGE
@@ -107,7 +108,7 @@ for case in $cases; do
         files=("$work/$case.$build".*.json)
         [[ -e ${files[0]} ]] || { echo "| $case | $build | 0 | | | |"; continue; }
         jq -rs --arg c "$case" --arg b "$build" '
-            def r(f): (map(f) | min) as $lo | (map(f) | max) as $hi | "\($lo)–\($hi)";
+            def r(f): map(f) | sort | "\(.[length / 2 | floor]) (\(min)–\(max))";
             "| \($c) | \($b) | \(map(select(.ok)) | length)/\(length) | \(r(.deliveries_per_s / 10000 | floor / 100)) M | \(r(.latency_us.p99 / 1000 | . * 10 | floor / 10)) ms | \(r(.server.cpu_us_per_delivery | . * 1000 | floor / 1000)) µs |"' \
             "${files[@]}"
     done
