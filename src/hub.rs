@@ -11,6 +11,7 @@
 //! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
 //! each instance delivers lines only to its own local clients.
 
+use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -128,6 +129,9 @@ const HELP: &[&str] = &[
     "***   /join ROOM        leave your room and enter ROOM (created if new)",
     "***   /rooms            list the rooms and how many are in each",
     "***   /stats            your queue, drops and time online; the server's load",
+    "***   /history [N]      the last N lines said in your room (times in UTC)",
+    "***   /history since ID the lines said after the one with that id",
+    "***   /ids on|off       room lines carry their id, yours echoed (for clients)",
     "***   /quit [reason]    leave the chat",
     "***   /help             this list",
     "***   //text            send a message that begins with /",
@@ -151,6 +155,9 @@ struct Client {
     /// Index of this client in its room's `members`, for O(1) removal.
     slot: usize,
     home: Home,
+    /// `/ids on`: room lines reach it tagged with their id, its own come
+    /// back to it, and entering a room replays nothing (it asks itself).
+    ids: bool,
 }
 
 struct Room {
@@ -162,6 +169,8 @@ struct Room {
     /// How many of `members` are local: the cluster link subscribes to a
     /// room's channel only while this is non-zero.
     local: usize,
+    /// The room's record in `Hub::history`.
+    hist: usize,
 }
 
 /// Cluster mode: who we are, whether the link is up, and name bookkeeping.
@@ -195,6 +204,15 @@ pub struct Hub {
     cluster: Option<Cluster>,
     /// Chat lines passed on (messages, /me, /msg), for the metrics.
     relayed: u64,
+    history: History,
+    /// --history-on-join: lines replayed to a client entering a room.
+    on_join: usize,
+    /// The most bytes one history answer may take, so that it fits the
+    /// client's queue (the reactor makes it a fraction of --sendq).
+    reply_max: usize,
+    /// Wall-clock time, ms since the Unix epoch, as of this turn of the
+    /// loop (see [`Hub::tick`]): history times and epochs come from it.
+    now_ms: u64,
 }
 
 /// How many guest numbers the cluster link reserves at a time.
@@ -218,7 +236,42 @@ impl Hub {
             max_line: crate::config::DEFAULT_MAX_LINE as usize,
             cluster: None,
             relayed: 0,
+            history: History::new(history::Limits::default()),
+            on_join: 20,
+            reply_max: 256 * 1024,
+            now_ms: 0,
         }
+    }
+
+    /// History bounds (--history, --history-bytes, --history-ttl) and the
+    /// lines replayed on entering a room (--history-on-join).
+    pub fn with_history(mut self, limits: history::Limits, on_join: usize) -> Hub {
+        self.history = History::new(limits);
+        self.on_join = on_join;
+        self
+    }
+
+    /// The most bytes one history answer may take.
+    pub fn with_reply_max(mut self, bytes: usize) -> Hub {
+        self.reply_max = bytes;
+        self
+    }
+
+    /// The wall clock for this turn, ms since the Unix epoch; forgets the
+    /// history of rooms empty for longer than --history-ttl.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.history.expire(now_ms);
+    }
+
+    /// History lines held, over all rooms.
+    pub fn history_lines(&self) -> usize {
+        self.history.lines()
+    }
+
+    /// History bytes held (charged as for --history-bytes).
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
     }
 
     /// Turns on cluster mode for this instance, named `node`. The link
@@ -312,6 +365,7 @@ impl Hub {
             room: usize::MAX,
             slot: 0,
             home: Home::Local(id),
+            ids: false,
         });
         self.names.insert(key, i);
         if self.local.len() <= id {
@@ -334,6 +388,7 @@ impl Hub {
         if self.cluster.as_ref().is_some_and(|c| !c.up) {
             reply(out, id, LINK_DOWN);
         }
+        self.replay(id, i, room, out);
         self.here(i, out);
         self.announce(room, i, &format!("*** {name} joined"), out);
     }
@@ -389,14 +444,14 @@ impl Hub {
         let Some(i) = self.idx(id) else { return };
         let client = &self.clients[i];
         if let Some(rest) = text.strip_prefix("//") {
-            let msg = Msg::new(&format!("<{}> /{rest}", client.name));
-            self.broadcast(client.room, i, &msg, out);
+            let line = format!("<{}> /{rest}", client.name);
+            self.say(client.room, Some(i), line, out);
             self.relayed += 1;
         } else if let Some(command) = text.strip_prefix('/') {
             self.command(id, i, command, out);
         } else {
-            let msg = Msg::new(&format!("<{}> {text}", client.name));
-            self.broadcast(client.room, i, &msg, out);
+            let line = format!("<{}> {text}", client.name);
+            self.say(client.room, Some(i), line, out);
             self.relayed += 1;
         }
     }
@@ -437,10 +492,9 @@ impl Hub {
         }
     }
 
-    fn flush_run(&self, i: usize, run: &mut String, out: &mut impl Outbox) {
+    fn flush_run(&mut self, i: usize, run: &mut String, out: &mut impl Outbox) {
         if !run.is_empty() {
-            self.broadcast(self.clients[i].room, i, &Msg::new(run), out);
-            run.clear();
+            self.say(self.clients[i].room, Some(i), std::mem::take(run), out);
         }
     }
 
@@ -470,9 +524,20 @@ impl Hub {
             "me" if rest.is_empty() => reply(out, id, "*** error: usage: /me text"),
             "me" => {
                 let c = &self.clients[i];
-                let msg = Msg::new(&format!("* {} {rest}", c.name));
-                self.broadcast(c.room, i, &msg, out);
+                let line = format!("* {} {rest}", c.name);
+                self.say(c.room, Some(i), line, out);
                 self.relayed += 1;
+            }
+            "history" => self.history_command(id, i, rest, out),
+            "ids" => {
+                let on = match rest.to_ascii_lowercase().as_str() {
+                    "on" => true,
+                    "off" => false,
+                    "" => self.clients[i].ids,
+                    _ => return reply(out, id, "*** error: usage: /ids on|off"),
+                };
+                self.clients[i].ids = on;
+                reply(out, id, if on { "*** ids on" } else { "*** ids off" });
             }
             "join" => self.join(id, i, rest, out),
             "rooms" => {
@@ -662,6 +727,7 @@ impl Hub {
         let text = format!("*** {name} joined {}", self.rooms[room].name);
         self.announce(room, i, &text, out);
         reply(out, id, &format!("*** you joined {}", self.roster(room)));
+        self.replay(id, i, room, out);
     }
 
     /// Adds client `i` to the room `key` (created, shown as `#shown`, if
@@ -670,11 +736,13 @@ impl Hub {
         let room = match self.room_keys.get(key) {
             Some(&r) => r,
             None => {
+                let hist = self.history.open(key, self.now_ms);
                 let r = self.rooms.insert(Room {
                     name: format!("#{shown}").into(),
                     key: key.into(),
                     members: Vec::new(),
                     local: 0,
+                    hist,
                 });
                 self.room_keys.insert(key.into(), r);
                 r
@@ -709,6 +777,7 @@ impl Hub {
         if r.members.is_empty() {
             let gone = self.rooms.remove(room);
             self.room_keys.remove(&gone.key);
+            self.history.close(gone.hist, self.now_ms);
         }
     }
 
@@ -738,6 +807,145 @@ impl Hub {
         if self.cluster.is_some() {
             out.publish(&self.rooms[room].key, msg);
         }
+    }
+
+    /// Messages and actions (`lines`: one, or several joined by CRLF) for
+    /// everyone in `room`: kept in the history, numbered, and sent as one
+    /// shared buffer to the members without ids, and one more, built only
+    /// if someone needs it, with every line tagged to the members with ids
+    /// (the sender included). `from`: the local sender, or None for lines
+    /// from another instance (which are not published again).
+    fn say(&mut self, room: usize, from: Option<usize>, lines: String, out: &mut impl Outbox) {
+        let hist = self.rooms[room].hist;
+        let mut first = None;
+        for line in lines.split("\r\n") {
+            let id = self.history.push(hist, self.now_ms, line);
+            first.get_or_insert(id);
+        }
+        let first = first.unwrap_or(Id { epoch: 0, n: 0 });
+        let plain = Msg::new(&lines);
+        let mut tagged: Option<Rc<Msg>> = None;
+        for &member in &self.rooms[room].members {
+            let c = &self.clients[member];
+            let Home::Local(to) = c.home else { continue };
+            if c.ids {
+                let msg = tagged.get_or_insert_with(|| Msg::new(&tag_lines(&lines, first)));
+                out.send(to, msg);
+            } else if Some(member) != from {
+                out.send(to, &plain);
+            }
+        }
+        if from.is_some() && self.cluster.is_some() {
+            out.publish(&self.rooms[room].key, &plain);
+        }
+    }
+
+    /// The last --history-on-join lines of `room`, for client `i` that just
+    /// entered it (not for clients with ids: they ask for what they lack).
+    fn replay(&self, id: ClientId, i: usize, room: usize, out: &mut impl Outbox) {
+        if self.on_join == 0 || self.clients[i].ids {
+            return;
+        }
+        let kept = self.history.kept(self.rooms[room].hist).len();
+        if kept > 0 {
+            let from = kept.saturating_sub(self.on_join);
+            let text = self.history_answer(room, from, false, Ask::Last);
+            out.send(id, &Msg::new(&text));
+        }
+    }
+
+    /// `/history`, `/history N`, `/history since ID`.
+    fn history_command(&self, id: ClientId, i: usize, rest: &str, out: &mut impl Outbox) {
+        const USAGE: &str = "*** error: usage: /history [N] or /history since ID";
+        let (room, ids) = (self.clients[i].room, self.clients[i].ids);
+        let r = &self.rooms[room];
+        let (word, arg) = split_word(rest);
+        // Ok(n): the last n lines; Err(id): the lines after id.
+        let ask: Result<usize, Id> = if rest.is_empty() {
+            Ok(if self.on_join > 0 { self.on_join } else { 20 })
+        } else if word.eq_ignore_ascii_case("since") {
+            match arg.trim().parse::<Id>() {
+                Ok(since) => Err(since),
+                Err(()) => return reply(out, id, USAGE),
+            }
+        } else {
+            match rest.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => return reply(out, id, USAGE),
+            }
+        };
+        if self.history.limits().per_room == 0 {
+            let text = format!("*** history of {}: off on this server", r.name);
+            return reply(out, id, &text);
+        }
+        let kept = self.history.kept(r.hist).len();
+        let text = match ask {
+            Ok(n) => self.history_answer(room, kept.saturating_sub(n), ids, Ask::Last),
+            Err(since) => match self.history.since(r.hist, since) {
+                Since::Kept { from, evicted } => {
+                    self.history_answer(room, from, ids, Ask::Resume(since, evicted))
+                }
+                Since::Lost => self.history_answer(room, 0, ids, Ask::Lost(since)),
+            },
+        };
+        out.send(id, &Msg::new(&text));
+    }
+
+    /// One history answer, as one buffer: the kept lines of `room` from
+    /// index `from` on, newest first as far as `reply_max` allows, framed
+    /// by a header and an end line, and preceded by what was missed.
+    fn history_answer(&self, room: usize, from: usize, ids: bool, ask: Ask) -> String {
+        let r = &self.rooms[room];
+        let kept = self.history.kept(r.hist);
+        let epoch = self.history.head(r.hist).map_or(0, |h| h.epoch);
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        for l in kept.range(from.min(kept.len())..).rev() {
+            let line = history_line(l, epoch, ids);
+            bytes += line.len() + 2;
+            if bytes > self.reply_max {
+                break;
+            }
+            lines.push(line);
+        }
+        let left_out = (kept.len().saturating_sub(from) - lines.len()) as u64;
+        let shown = lines.len();
+        let mut text = String::new();
+        match ask {
+            Ask::Resume(_, evicted) if left_out + evicted > 0 => text.push_str(&format!(
+                "*** {} missed; showing the last {shown}\r\n",
+                plural(left_out + evicted, "line") + if left_out + evicted == 1 { " was" } else { " were" },
+            )),
+            Ask::Lost(since) => text.push_str(&format!(
+                "*** the history since {since} is gone (the server restarted, or the room was empty for too long); showing the last {shown}\r\n"
+            )),
+            _ if left_out > 0 => text.push_str(&format!(
+                "*** {} left out: too long to send at once\r\n",
+                plural(left_out, "older line")
+            )),
+            _ => {}
+        }
+        if shown == 0 {
+            match ask {
+                Ask::Resume(since, _) if left_out == 0 => text.push_str(&format!(
+                    "*** history of {}: nothing new since {since}",
+                    r.name
+                )),
+                _ => text.push_str(&format!("*** history of {}: empty", r.name)),
+            }
+            return text;
+        }
+        text.push_str(&format!(
+            "*** history of {} ({}, times UTC):",
+            r.name,
+            plural(shown as u64, "line")
+        ));
+        for line in lines.iter().rev() {
+            text.push_str("\r\n");
+            text.push_str(line);
+        }
+        text.push_str("\r\n*** end of history");
+        text
     }
 
     fn announces(&self, room: usize) -> bool {
@@ -771,10 +979,32 @@ impl Hub {
 
     // ---- Cluster input: what the link heard from the other instances ----
 
-    /// A room line published by another instance.
-    pub fn remote_line(&self, room: &str, text: &str, out: &mut impl Outbox) {
-        if let Some(&r) = self.room_keys.get(room) {
-            self.to_room(r, None, &Msg::new(text), out);
+    /// A room line (or a batch of them) published by another instance:
+    /// messages and actions are kept and numbered here as local ones are,
+    /// notices are only passed on.
+    pub fn remote_line(&mut self, room: &str, text: &str, out: &mut impl Outbox) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let mut run = String::new();
+        for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+            if line.is_empty() {
+                continue;
+            }
+            if is_room_line(line) {
+                if !run.is_empty() {
+                    run.push_str("\r\n");
+                }
+                run.push_str(line);
+                continue;
+            }
+            if !run.is_empty() {
+                self.say(r, None, std::mem::take(&mut run), out);
+            }
+            self.to_room(r, None, &Msg::new(line), out);
+        }
+        if !run.is_empty() {
+            self.say(r, None, run, out);
         }
     }
 
@@ -823,6 +1053,7 @@ impl Hub {
                     room: usize::MAX,
                     slot: 0,
                     home: Home::Remote(node.clone(), id),
+                    ids: false,
                 });
                 self.names.entry(key).or_insert(i);
                 self.remote.insert((node, id), i);
@@ -979,6 +1210,52 @@ impl<O: Outbox> Outbox for Silent<'_, O> {
     }
     fn subscribe(&mut self, room: &str, on: bool) {
         self.0.subscribe(room, on)
+    }
+}
+
+/// What a history answer answers.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// The last lines: a join replay or `/history N`.
+    Last,
+    /// `/history since ID` with the same record; how many lines after the
+    /// id were evicted before the first kept one.
+    Resume(Id, u64),
+    /// `/history since ID` from a record that is gone.
+    Lost(Id),
+}
+
+/// Messages and actions, which history keeps; not notices (`*** `) nor
+/// private messages (which never reach a room).
+fn is_room_line(line: &str) -> bool {
+    line.starts_with('<') || (line.starts_with("* ") && !line.starts_with("*** "))
+}
+
+/// `@id=EPOCH-N <alice> hi` for each line of a batch numbered from `first`.
+fn tag_lines(lines: &str, first: Id) -> String {
+    let mut out = String::with_capacity(lines.len() + 32);
+    for (k, line) in lines.split("\r\n").enumerate() {
+        if k > 0 {
+            out.push_str("\r\n");
+        }
+        let id = Id {
+            epoch: first.epoch,
+            n: first.n + k as u64,
+        };
+        out.push_str(&format!("@id={id} {line}"));
+    }
+    out
+}
+
+/// `[12:03] <alice> hi`, or with ids `@id=EPOCH-N;ms=UNIXMS [12:03] <alice> hi`;
+/// the time is UTC.
+fn history_line(l: &history::Line, epoch: u64, ids: bool) -> String {
+    let secs = l.ms / 1000 % 86400;
+    let (h, m) = (secs / 3600, secs / 60 % 60);
+    if ids {
+        format!("@id={epoch}-{};ms={} [{h:02}:{m:02}] {}", l.n, l.ms, l.text)
+    } else {
+        format!("[{h:02}:{m:02}] {}", l.text)
     }
 }
 
@@ -1575,6 +1852,287 @@ mod tests {
             .collect();
         let want: Vec<String> = texts.iter().map(|t| format!("<guest-1> {t}")).collect();
         assert_eq!(joined, want, "every line, in order");
+    }
+
+    /// 2026-12-01 12:03:00 UTC, in ms.
+    const NOON: u64 = 1_796_126_580_000;
+
+    fn history_hub(per_room: usize, on_join: usize) -> Hub {
+        let limits = history::Limits {
+            per_room,
+            ..history::Limits::default()
+        };
+        let mut hub = Hub::new(200).with_history(limits, on_join);
+        hub.tick(NOON);
+        hub
+    }
+
+    #[test]
+    fn joining_shows_the_last_lines_with_their_time_between_markers() {
+        let mut hub = history_hub(100, 2);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.line(0, "/nick alice", &mut rec);
+        hub.line(0, "one", &mut rec);
+        hub.tick(NOON + 61_000);
+        hub.line(0, "/me waves", &mut rec);
+        hub.line(0, "*** not a notice, a message", &mut rec);
+        rec.take();
+        hub.connect(1, &mut rec);
+        let got = rec.to(1);
+        assert!(got[0].starts_with("*** welcome"), "{got:?}");
+        assert_eq!(
+            got[1],
+            "*** history of #lobby (2 lines, times UTC):\r\n\
+             [12:04] * alice waves\r\n\
+             [12:04] <alice> *** not a notice, a message\r\n\
+             *** end of history"
+        );
+        assert_eq!(got.len(), 2);
+        // Entering another room replays that room's lines.
+        hub.line(0, "/join games", &mut rec);
+        hub.line(0, "in games", &mut rec);
+        rec.take();
+        hub.line(1, "/join games", &mut rec);
+        let got = rec.to(1);
+        assert_eq!(got[0], "*** you joined #games (2): alice, guest-2");
+        assert_eq!(
+            got[1],
+            "*** history of #games (1 line, times UTC):\r\n[12:04] <alice> in games\r\n*** end of history"
+        );
+    }
+
+    #[test]
+    fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
+        let mut hub = history_hub(100, 20);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.connect(1, &mut rec);
+        hub.line(0, "/msg guest-2 secret", &mut rec);
+        hub.line(1, "/nick bob", &mut rec);
+        hub.line(0, "/who", &mut rec);
+        hub.line(0, "//slash", &mut rec);
+        hub.disconnect(1, None, &mut rec);
+        assert_eq!(hub.history_lines(), 1);
+        rec.take();
+        hub.connect(2, &mut rec);
+        let got = rec.to(2).join("\n");
+        assert!(!got.contains("secret") && !got.contains("bob"), "{got}");
+        assert!(got.contains("[12:03] <guest-1> /slash"), "{got}");
+    }
+
+    #[test]
+    fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
+        let mut hub = history_hub(5, 0);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        rec.take();
+        let texts: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+        hub.lines(0, &texts, &mut rec);
+        hub.connect(1, &mut rec);
+        assert_eq!(rec.to(1).len(), 1, "--history-on-join 0: no replay");
+        let count = |rec: &mut Rec| {
+            let got = rec.to(1);
+            assert_eq!(got.len(), 1, "one buffer: {got:?}");
+            got[0]
+                .lines()
+                .filter(|l| l.starts_with("[12:03] <guest-1> m"))
+                .count()
+        };
+        hub.line(1, "/history 3", &mut rec);
+        assert_eq!(count(&mut rec), 3);
+        hub.line(1, "/history 1000", &mut rec);
+        assert_eq!(count(&mut rec), 5, "--history 5 is all there is");
+        hub.line(1, "/history", &mut rec);
+        assert_eq!(count(&mut rec), 5, "the default is 20");
+        for bad in [
+            "/history 0",
+            "/history -1",
+            "/history x",
+            "/history since",
+            "/history since 5",
+        ] {
+            hub.line(1, bad, &mut rec);
+            assert_eq!(
+                rec.to(1),
+                ["*** error: usage: /history [N] or /history since ID"],
+                "{bad}"
+            );
+        }
+        // An answer never passes reply_max: the oldest lines are left out.
+        let mut hub = history_hub(5, 0).with_reply_max(3 * 22);
+        hub.connect(0, &mut rec);
+        hub.lines(0, &texts, &mut rec);
+        rec.take();
+        hub.line(0, "/history 5", &mut rec);
+        let got = rec.to(0);
+        assert!(got[0].starts_with("*** 2 older lines left out: too long to send at once\r\n*** history of #lobby (3 lines"), "{got:?}");
+        assert!(
+            got[0].ends_with("<guest-1> m8\r\n*** end of history"),
+            "{got:?}"
+        );
+        let mut hub = history_hub(0, 20);
+        hub.connect(0, &mut rec);
+        hub.line(0, "hi", &mut rec);
+        rec.take();
+        hub.line(0, "/history", &mut rec);
+        assert_eq!(rec.to(0), ["*** history of #lobby: off on this server"]);
+    }
+
+    #[test]
+    fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
+        struct Ptrs(Vec<(ClientId, *const Msg, String)>);
+        impl Outbox for Ptrs {
+            fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+                self.0.push((to, Rc::as_ptr(msg), msg.text().to_string()));
+            }
+            fn close(&mut self, _: ClientId, _: String) {}
+        }
+        let mut hub = history_hub(100, 20);
+        let mut p = Ptrs(Vec::new());
+        for id in 0..4 {
+            hub.connect(id, &mut p);
+        }
+        hub.line(0, "/ids on", &mut p);
+        hub.line(2, "/IDS on", &mut p);
+        assert_eq!(p.0.pop().map(|x| x.2).as_deref(), Some("*** ids on"));
+        p.0.clear();
+        let texts = vec!["a".to_string(), "b".to_string()];
+        hub.lines(0, &texts, &mut p);
+        let epoch = hub.history.head(0).map(|h| h.epoch).unwrap();
+        let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
+        let got: Vec<(ClientId, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (0, tagged.as_str()),
+                (1, "<guest-1> a\r\n<guest-1> b"),
+                (2, tagged.as_str()),
+                (3, "<guest-1> a\r\n<guest-1> b"),
+            ],
+            "the sender with ids gets its own lines back"
+        );
+        assert_eq!(p.0[0].1, p.0[2].1, "one tagged buffer");
+        assert_eq!(p.0[1].1, p.0[3].1, "one plain buffer");
+        p.0.clear();
+        // Without ids the sender still gets nothing back, and notices are
+        // never tagged.
+        hub.line(1, "/me x", &mut p);
+        hub.line(2, "/ids off", &mut p);
+        hub.line(1, "/nick bob", &mut p);
+        let got: Vec<(ClientId, String)> = p.0.drain(..).map(|(t, _, s)| (t, s)).collect();
+        assert_eq!(
+            got,
+            pairs(&[
+                (0, &format!("@id={epoch}-3 * guest-2 x")),
+                (2, &format!("@id={epoch}-3 * guest-2 x")),
+                (3, "* guest-2 x"),
+                (2, "*** ids off"),
+                (1, "*** you are now bob"),
+                (0, "*** guest-2 is now bob"),
+                (2, "*** guest-2 is now bob"),
+                (3, "*** guest-2 is now bob"),
+            ])
+        );
+    }
+
+    #[test]
+    fn with_ids_entering_a_room_replays_nothing_and_history_is_tagged_with_its_time() {
+        let mut hub = history_hub(100, 20);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.line(0, "/join games", &mut rec);
+        hub.line(0, "hi", &mut rec);
+        hub.connect(1, &mut rec);
+        hub.line(1, "/ids on", &mut rec);
+        rec.take();
+        hub.line(1, "/join games", &mut rec);
+        assert_eq!(rec.to(1), ["*** you joined #games (2): guest-1, guest-2"]);
+        hub.line(1, "/history", &mut rec);
+        let epoch = hub
+            .history
+            .head(hub.rooms[hub.room_keys["games"]].hist)
+            .unwrap()
+            .epoch;
+        assert_eq!(
+            rec.to(1),
+            [format!(
+                "*** history of #games (1 line, times UTC):\r\n\
+                 @id={epoch}-1;ms={NOON} [12:03] <guest-1> hi\r\n*** end of history"
+            )]
+        );
+        hub.line(1, "/ids", &mut rec);
+        assert_eq!(rec.to(1), ["*** ids on"]);
+        hub.line(1, "/ids maybe", &mut rec);
+        assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
+    }
+
+    #[test]
+    fn since_resumes_after_an_id_and_says_what_was_missed() {
+        let mut hub = history_hub(3, 20);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.connect(1, &mut rec);
+        let epoch = hub.history.head(0).unwrap().epoch;
+        let texts: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+        hub.lines(0, &texts, &mut rec);
+        rec.take();
+        let ask = |hub: &mut Hub, rec: &mut Rec, since: String| {
+            hub.line(1, &format!("/history since {since}"), rec);
+            rec.to(1).join("\r\n")
+        };
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-3"));
+        assert_eq!(
+            got,
+            "*** history of #lobby (2 lines, times UTC):\r\n[12:03] <guest-1> m4\r\n[12:03] <guest-1> m5\r\n*** end of history"
+        );
+        // Kept: m3 m4 m5; m1 and m2 are gone.
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-0"));
+        assert!(
+            got.starts_with(
+                "*** 2 lines were missed; showing the last 3\r\n*** history of #lobby (3 lines"
+            ),
+            "{got}"
+        );
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-1"));
+        assert!(
+            got.starts_with("*** 1 line was missed; showing the last 3\r\n"),
+            "{got}"
+        );
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-5"));
+        assert_eq!(
+            got,
+            format!("*** history of #lobby: nothing new since {epoch}-5")
+        );
+        let got = ask(&mut hub, &mut rec, format!("{}-5", epoch - 1));
+        assert!(
+            got.starts_with(&format!("*** the history since {}-5 is gone (the server restarted, or the room was empty for too long); showing the last 3\r\n", epoch - 1)),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn an_empty_room_keeps_its_history_for_the_ttl() {
+        let limits = history::Limits {
+            per_room: 10,
+            bytes: 1 << 20,
+            ttl_ms: 60_000,
+        };
+        let mut hub = Hub::new(200).with_history(limits, 20);
+        hub.tick(NOON);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.line(0, "hello?", &mut rec);
+        hub.disconnect(0, None, &mut rec);
+        assert_eq!(hub.rooms(), 0);
+        hub.tick(NOON + 59_999);
+        hub.connect(1, &mut rec);
+        assert!(rec.to(1).join("\n").contains("[12:03] <guest-1> hello?"));
+        hub.disconnect(1, None, &mut rec);
+        hub.tick(NOON + 200_000);
+        assert_eq!(hub.history_lines(), 0);
+        hub.connect(2, &mut rec);
+        assert_eq!(rec.to(2).len(), 1, "only the welcome");
     }
 
     /// Two instances joined by an in-memory stand-in for Redis: what one
