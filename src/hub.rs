@@ -155,8 +155,9 @@ struct Client {
     /// Index of this client in its room's `members`, for O(1) removal.
     slot: usize,
     home: Home,
-    /// `/ids on`: room lines reach it tagged with their id, its own come
-    /// back to it, and entering a room replays nothing (it asks itself).
+    /// `/ids on`: room lines and history reach it tagged with their id,
+    /// its own come back to it, and entering a room ends with the room's
+    /// last id (see [`Hub::mark`]).
     ids: bool,
 }
 
@@ -537,7 +538,11 @@ impl Hub {
                     _ => return reply(out, id, "*** error: usage: /ids on|off"),
                 };
                 self.clients[i].ids = on;
-                reply(out, id, if on { "*** ids on" } else { "*** ids off" });
+                if on {
+                    self.mark(id, self.clients[i].room, out);
+                } else {
+                    reply(out, id, "*** ids off");
+                }
             }
             "join" => self.join(id, i, rest, out),
             "rooms" => {
@@ -841,17 +846,32 @@ impl Hub {
     }
 
     /// The last --history-on-join lines of `room`, for client `i` that just
-    /// entered it (not for clients with ids: they ask for what they lack).
+    /// entered it; with ids, then the room's last id.
     fn replay(&self, id: ClientId, i: usize, room: usize, out: &mut impl Outbox) {
-        if self.on_join == 0 || self.clients[i].ids {
-            return;
-        }
+        let ids = self.clients[i].ids;
         let kept = self.history.kept(self.rooms[room].hist).len();
-        if kept > 0 {
+        if self.on_join > 0 && kept > 0 {
             let from = kept.saturating_sub(self.on_join);
-            let text = self.history_answer(room, from, false, Ask::Last);
+            let text = self.history_answer(room, from, ids, Ask::Last);
             out.send(id, &Msg::new(&text));
         }
+        if ids {
+            self.mark(id, room, out);
+        }
+    }
+
+    /// `*** ids on: #lobby at EPOCH-N`: the id of the last line said in the
+    /// room so far (N = 0 before the first). A client with ids has been
+    /// shown, or was not there for, everything up to it, and every room
+    /// line after it reaches it tagged: so it always knows where to resume.
+    fn mark(&self, id: ClientId, room: usize, out: &mut impl Outbox) {
+        let r = &self.rooms[room];
+        let head = self.history.head(r.hist).unwrap_or(Id { epoch: 0, n: 1 });
+        let last = Id {
+            epoch: head.epoch,
+            n: head.n - 1,
+        };
+        reply(out, id, &format!("*** ids on: {} at {last}", r.name));
     }
 
     /// `/history`, `/history N`, `/history since ID`.
@@ -935,8 +955,12 @@ impl Hub {
             }
             return text;
         }
+        let since = match ask {
+            Ask::Resume(since, _) | Ask::Lost(since) => format!(" since {since}"),
+            Ask::Last => String::new(),
+        };
         text.push_str(&format!(
-            "*** history of {} ({}, times UTC):",
+            "*** history of {}{since} ({}, times UTC):",
             r.name,
             plural(shown as u64, "line")
         ));
@@ -1995,11 +2019,12 @@ mod tests {
         }
         hub.line(0, "/ids on", &mut p);
         hub.line(2, "/IDS on", &mut p);
-        assert_eq!(p.0.pop().map(|x| x.2).as_deref(), Some("*** ids on"));
+        let epoch = hub.history.head(0).map(|h| h.epoch).unwrap();
+        let mark = format!("*** ids on: #lobby at {epoch}-0");
+        assert_eq!(p.0.pop().map(|x| x.2), Some(mark), "where it stands");
         p.0.clear();
         let texts = vec!["a".to_string(), "b".to_string()];
         hub.lines(0, &texts, &mut p);
-        let epoch = hub.history.head(0).map(|h| h.epoch).unwrap();
         let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
         let got: Vec<(ClientId, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
         assert_eq!(
@@ -2037,7 +2062,7 @@ mod tests {
     }
 
     #[test]
-    fn with_ids_entering_a_room_replays_nothing_and_history_is_tagged_with_its_time() {
+    fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_stands() {
         let mut hub = history_hub(100, 20);
         let mut rec = Rec::default();
         hub.connect(0, &mut rec);
@@ -2047,22 +2072,24 @@ mod tests {
         hub.line(1, "/ids on", &mut rec);
         rec.take();
         hub.line(1, "/join games", &mut rec);
-        assert_eq!(rec.to(1), ["*** you joined #games (2): guest-1, guest-2"]);
-        hub.line(1, "/history", &mut rec);
         let epoch = hub
             .history
             .head(hub.rooms[hub.room_keys["games"]].hist)
             .unwrap()
             .epoch;
+        let block = format!(
+            "*** history of #games (1 line, times UTC):\r\n\
+             @id={epoch}-1;ms={NOON} [12:03] <guest-1> hi\r\n*** end of history"
+        );
+        let mark = format!("*** ids on: #games at {epoch}-1");
         assert_eq!(
             rec.to(1),
-            [format!(
-                "*** history of #games (1 line, times UTC):\r\n\
-                 @id={epoch}-1;ms={NOON} [12:03] <guest-1> hi\r\n*** end of history"
-            )]
+            ["*** you joined #games (2): guest-1, guest-2", &block, &mark]
         );
+        hub.line(1, "/history", &mut rec);
+        assert_eq!(rec.to(1), [block]);
         hub.line(1, "/ids", &mut rec);
-        assert_eq!(rec.to(1), ["*** ids on"]);
+        assert_eq!(rec.to(1), [mark]);
         hub.line(1, "/ids maybe", &mut rec);
         assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
     }
@@ -2084,14 +2111,18 @@ mod tests {
         let got = ask(&mut hub, &mut rec, format!("{epoch}-3"));
         assert_eq!(
             got,
-            "*** history of #lobby (2 lines, times UTC):\r\n[12:03] <guest-1> m4\r\n[12:03] <guest-1> m5\r\n*** end of history"
+            format!(
+                "*** history of #lobby since {epoch}-3 (2 lines, times UTC):\r\n\
+                 [12:03] <guest-1> m4\r\n[12:03] <guest-1> m5\r\n*** end of history"
+            )
         );
         // Kept: m3 m4 m5; m1 and m2 are gone.
         let got = ask(&mut hub, &mut rec, format!("{epoch}-0"));
         assert!(
-            got.starts_with(
-                "*** 2 lines were missed; showing the last 3\r\n*** history of #lobby (3 lines"
-            ),
+            got.starts_with(&format!(
+                "*** 2 lines were missed; showing the last 3\r\n\
+                 *** history of #lobby since {epoch}-0 (3 lines"
+            )),
             "{got}"
         );
         let got = ask(&mut hub, &mut rec, format!("{epoch}-1"));

@@ -186,9 +186,15 @@ fn browser_and_telnet_see_each_other() {
     let mut w2 = Web::connect(&server);
     w2.next_is("*** history of #lobby (2 lines, times UTC):");
     let said = w2.next_text();
-    assert!(said.ends_with(&format!("] <{}> hello from the browser ✓", w.name)), "{said}");
+    assert!(
+        said.ends_with(&format!("] <{}> hello from the browser ✓", w.name)),
+        "{said}"
+    );
     let said = w2.next_text();
-    assert!(said.ends_with(&format!("] <{}> hello from telnet, café", t.name)), "{said}");
+    assert!(
+        said.ends_with(&format!("] <{}> hello from telnet, café", t.name)),
+        "{said}"
+    );
     w2.next_is("*** end of history");
     t.next_is(&format!("*** {} joined", w2.name));
     w.next_is(&format!("*** {} joined", w2.name));
