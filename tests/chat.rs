@@ -368,6 +368,9 @@ fn a_cut_connection_resumes_without_loss_or_duplicates() {
     let server = Server::start(&[]);
     let proxy = support::Proxy::start(server.addr);
     let mut raw = server.client();
+    // Said before chat came: the lobby's history on connect.
+    raw.send("line 0");
+    raw.sync();
     let mut chat = Chat::spawn(proxy.addr, &["--reconnect-base-ms", "50"]);
     let mut seen = Vec::new();
     let upto =
@@ -419,7 +422,7 @@ fn a_cut_connection_resumes_without_loss_or_duplicates() {
     chat.close_stdin();
     seen.extend(chat.rest());
     let name = &raw.name;
-    for i in 1..=20 {
+    for i in 0..=20 {
         let said = format!("<{name}> line {i}");
         let shown = seen
             .iter()

@@ -8,8 +8,9 @@
 //! a reconnect it re-sends `/nick` and `/join` and then asks
 //! `/history since ID`; until that answer is over it hides what the answer
 //! covers (the lobby replay before ids were on, the room's join replay, and
-//! live lines), so each line shows once and in order. Tags are never
-//! printed. Pure: lines in, lines out.
+//! live lines), so each line shows once and in order. On a first
+//! connection everything is shown: there is nothing to repeat. Tags are
+//! never printed. Pure: lines in, lines out.
 
 use std::collections::HashMap;
 
@@ -155,9 +156,9 @@ impl Tracker {
                 return Some(line.to_string());
             }
             let since = rest.split(" (").next().unwrap_or("").contains(" since ");
-            let block = if !self.ids_on || (self.resuming.is_some() && !since) {
-                // Before ids were on (the lobby's replay on connect), or a
-                // join replay that the awaited answer covers.
+            let block = if self.resuming.is_some() && (!self.ids_on || !since) {
+                // The lobby's replay on connect or the room's join replay:
+                // the awaited answer covers what they hold.
                 Block::Skip
             } else {
                 if since {
@@ -252,8 +253,14 @@ mod tests {
         );
         assert_eq!(
             shown[1..],
-            ["<a> just before ids", "<a> live"],
-            "the replay before ids is skipped (asked again on resume)"
+            [
+                "*** history of #lobby (1 line, times UTC):",
+                "[12:00] <a> old",
+                "*** end of history",
+                "<a> just before ids",
+                "<a> live"
+            ],
+            "everything but tags and one's own lines"
         );
         assert_eq!(t.resume().as_deref(), Some("/history since 5-4"));
     }
