@@ -8,24 +8,33 @@
 //!
 //! Channels (pub/sub is not per database, so the database number is part of
 //! every name, and clusters on different databases stay apart):
-//! - `chatd:DB:r:ROOM` — lines for a room, `NODE TEXT`; subscribed while
-//!   this instance has local members in ROOM; our own lines come back and
-//!   are skipped by NODE, so nothing is delivered twice;
+//! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
+//!   or LF in it removed) or `NODE\nLINE\nLINE...` (a sender's batch, each
+//!   line cleaned on its own); subscribed while this instance has local
+//!   members in ROOM; our own lines come back and are skipped by NODE, so
+//!   nothing is delivered twice;
 //! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
 //! - `chatd:DB:n:NODE` — private lines for users on NODE.
 //!
-//! Keys: `chatd:name:NAME` (a name reserved with SET NX, renewed while its
-//! user is connected), `chatd:alive:NODE` (a heartbeat that expires when
-//! the instance dies), `chatd:guests` (the shared guest-number counter).
+//! Anyone who can reach Redis can publish on these, so nothing that arrives
+//! is trusted more than a client's line: texts are cleaned by the same
+//! `line::sanitize` and bounded in length, names and rooms must pass the
+//! hub's own rules, and anything else is logged (rate-limited) and dropped.
+//!
+//! Keys: `chatd:name:NAME` (a claim `MS NODE ID`: reserved with SET NX,
+//! renewed every tick by a script that re-creates it if Redis lost it),
+//! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
+//! `chatd:guests` (the shared guest-number counter).
 
-use crate::hub::{ClientId, GUEST_BLOCK, Hub, Presence};
+use crate::hub::{ClientId, GUEST_BLOCK, Hub, Presence, check_name};
+use crate::line::sanitize;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode_borrowed;
 use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -34,14 +43,56 @@ use std::time::{Duration, Instant};
 pub const CMD: Token = Token(usize::MAX - 10);
 pub const SUB: Token = Token(usize::MAX - 11);
 
-/// Heartbeats, name renewals and liveness checks run this often.
-pub const TICK: Duration = Duration::from_secs(3);
-/// A heartbeat lives this long: an instance silent for longer is dead.
-pub const ALIVE_SECS: u64 = 10;
-/// A reserved name lives this long unless renewed (every TICK).
-pub const NAME_SECS: u64 = 15;
-/// A connect plus handshake that takes longer has failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The cluster's timers. Everything but the reply deadline is a multiple of
+/// the heartbeat interval, `tick` (3 s; `--cluster-tick-ms` lets tests run
+/// the same story in a fraction of the time).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Heartbeats, name renewals and liveness checks run this often.
+    pub tick: Duration,
+    /// The most Redis may take to answer (`--cluster-timeout`).
+    pub reply: Duration,
+}
+
+impl Timing {
+    pub fn new(tick: Duration, reply: Duration) -> Timing {
+        Timing { tick, reply }
+    }
+
+    /// A heartbeat lives 2 ticks unless refreshed (every tick).
+    fn alive_ms(&self) -> String {
+        (self.tick.as_millis() * 2).to_string()
+    }
+
+    /// A reserved name lives 5 ticks unless renewed (every tick).
+    fn name_ms(&self) -> String {
+        (self.tick.as_millis() * 5).to_string()
+    }
+
+    /// A node whose heartbeat has been missing this long (2 ticks, our own
+    /// link up throughout) is declared lost.
+    fn lost_after(&self) -> Duration {
+        self.tick * 2
+    }
+
+    /// After our own link comes back, the nodes we knew before are not
+    /// declared lost for 8 ticks: they may still be reconnecting (backoff).
+    fn grace(&self) -> Duration {
+        self.tick * 8
+    }
+
+    /// The longest wait between two attempts to connect: 10 s, or less
+    /// with a shorter tick (so the grace above always covers it).
+    fn backoff_max(&self) -> Duration {
+        BACKOFF_MAX.min(self.tick * 10 / 3).max(BACKOFF_MIN)
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing::new(Duration::from_secs(3), Duration::from_secs(5))
+    }
+}
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// The most a single reply may take before it is complete.
@@ -58,6 +109,8 @@ const GUESTS_LUA: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
 #[derive(Debug, Clone)]
 pub struct RedisUrl {
     pub addr: SocketAddr,
+    /// An ACL user (`redis://USER:PASSWORD@...`); none: the default user.
+    pub user: Option<String>,
     pub password: Option<String>,
     pub db: u32,
 }
@@ -78,6 +131,10 @@ impl RedisUrl {
             .map(|a| a.split_once(':').map_or(a, |(_, p)| p).to_string())
             .filter(|p| !p.is_empty())
             .or(env_password.filter(|p| !p.is_empty()));
+        let user = auth
+            .and_then(|a| a.split_once(':'))
+            .map(|(u, _)| u.to_string())
+            .filter(|u| !u.is_empty());
         let (hostport, db) = match rest.split_once('/') {
             Some((hp, "")) => (hp, 0),
             Some((hp, db)) => (
@@ -97,11 +154,26 @@ impl RedisUrl {
             .map_err(|e| format!("{url}: {e}"))?
             .next()
             .ok_or_else(|| format!("{url}: no address"))?;
-        Ok(RedisUrl { addr, password, db })
+        Ok(RedisUrl {
+            addr,
+            user,
+            password,
+            db,
+        })
+    }
+
+    /// The AUTH command to send first, if any.
+    fn auth_args(&self) -> Option<Vec<String>> {
+        let pw = self.password.clone()?;
+        Some(match &self.user {
+            Some(u) => vec!["AUTH".into(), u.clone(), pw],
+            None => vec!["AUTH".into(), pw],
+        })
     }
 }
 
-/// What the link heard, for the reactor to hand to the hub.
+/// What the link heard, for the reactor to hand to the hub. Every text in
+/// here has been cleaned and every name checked (see `decode_message`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
     Up,
@@ -109,27 +181,57 @@ pub enum Inbound {
     Room(String, String),
     Presence(Presence),
     Private(ClientId, String, String),
-    Claimed(ClientId, String, bool),
+    Claimed(ClientId, String, Claim),
     Guests(u64),
+    /// Another instance holds `name` by an earlier claim: our user `id`
+    /// must give it up.
+    NameLost(ClientId, String),
     NodeLost(Rc<str>),
+    /// A node declared lost has a heartbeat again.
+    NodeBack(Rc<str>),
+}
+
+/// Redis's answer to a name claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Reserved for us, claimed at this time (ms since the Unix epoch).
+    Granted(u64),
+    Taken,
+    /// Redis refused the command (logged with its text).
+    Failed,
 }
 
 /// What a reply on `cmd` answers.
 #[derive(Debug)]
 enum Expect {
-    /// Must not be an error, or the link is useless (AUTH, SELECT).
-    Check,
+    /// Must not be an error, or the link is useless (AUTH, SELECT): the
+    /// command's name, for the log.
+    Check(&'static str),
     Pong,
-    Ignore,
-    Claim(ClientId, String),
+    /// Nothing to do with the answer but log an error (PUBLISH, DEL, the
+    /// heartbeat): the command, for the log.
+    Ignore(&'static str),
+    Claim(ClientId, String, u64),
+    /// A renewal of local user `id`'s `name` with our claim `mine`; `heal`
+    /// while the link is healing (the link is up once all are answered).
+    Renew {
+        id: ClientId,
+        name: String,
+        mine: String,
+        heal: bool,
+    },
     Guests,
     Alive(Rc<str>),
+    Back(Rc<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Down,
     Connecting,
+    /// Connected and subscribed; re-asserting our names before anyone is
+    /// told the link is back or may claim a new name.
+    Healing,
     Up,
 }
 
@@ -139,9 +241,72 @@ pub struct LinkStats {
     pub published: u64,
     pub received: u64,
     pub dropped: u64,
+    /// Times the link came back up after it had been up before.
     pub reconnects: u64,
+    /// Attempts to connect that failed (refused, timed out, or Redis
+    /// refused AUTH/SELECT).
+    pub connect_failures: u64,
+    /// Commands Redis answered with an error (wrong password, missing ACL
+    /// right, a failed script).
+    pub refused: u64,
+    /// Messages from Redis dropped as malformed.
+    pub malformed: u64,
+    /// Times the link was dropped because Redis did not answer in time.
+    pub timeouts: u64,
 }
 
+/// Renewal: re-creates the key if it is gone (a restarted or flushed Redis,
+/// or expired during a freeze), extends it if it is ours, and takes it over
+/// from a claim we beat (ARGV[3]). Returns who holds the name now.
+const RENEW_LUA: &str = "local v = redis.call('get', KEYS[1]) \
+     if not v or v == ARGV[1] or v == ARGV[3] then \
+     redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
+     return v";
+
+/// Gives a name back only if it is still ours: after a collision the key
+/// belongs to the winner, and a plain DEL would free it for a third user.
+const RELEASE_LUA: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
+     return redis.call('del', KEYS[1]) end return 0";
+
+/// A claim on a name, as stored in its key: `MS NODE ID`, the time of the
+/// claim in ms since the Unix epoch, the node and the user's id there.
+pub fn claim_value(since: u64, node: &str, id: ClientId) -> String {
+    format!("{since} {node} {id}")
+}
+
+/// Which of two claims on one name keeps it: the earlier, ties broken by
+/// node id then user id. Every instance compares the same two strings, so
+/// all decide alike without asking each other. A value that is not a claim
+/// (written by something else) always loses.
+pub fn claim_wins(mine: &str, theirs: &str) -> bool {
+    fn parse(v: &str) -> Option<(u64, &str, u64)> {
+        let mut f = v.split(' ');
+        let t = f.next()?.parse().ok()?;
+        let node = f.next()?;
+        let id = f.next()?.parse().ok()?;
+        f.next().is_none().then_some((t, node, id))
+    }
+    match (parse(mine), parse(theirs)) {
+        (Some(a), Some(b)) => a < b,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A node id as it travels (`ID~INCARNATION`): what --node-id allows, plus
+/// the `~`.
+pub fn valid_node(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+}
 /// One connection to Redis.
 struct Redis {
     sock: TcpStream,
@@ -263,6 +428,30 @@ fn command(buf: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
+/// The most nodes the link checks, or remembers as lost, at a time.
+pub const MAX_NODES: usize = 256;
+/// Room lines that arrive together are delivered as one batch of at most
+/// this many bytes (one shared buffer per recipient, as for local lines).
+const COALESCE: usize = 16 * 1024;
+
+/// What a command is, for what to do when the queue toward Redis is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The handshake: always queued (the queue is empty then).
+    Force,
+    /// A line for the other instances: dropped and counted.
+    Publish,
+    /// A name claim: refused, and the user told to try again.
+    Claim,
+    /// Heartbeats, renewals, node checks, releases, guest numbers: without
+    /// them the cluster cannot stay true, so they are never dropped. They
+    /// are bounded by what they are about instead: one round at a time (one
+    /// renewal per local named user, one check per known node, at most
+    /// MAX_NODES), and a Redis too slow to answer them within
+    /// --cluster-timeout has the link dropped and re-established.
+    Book,
+}
+
 pub struct Link {
     url: RedisUrl,
     node: Rc<str>,
@@ -272,27 +461,62 @@ pub struct Link {
     state: State,
     cmd_ready: bool,
     sub_ready: bool,
-    pending: VecDeque<Expect>,
+    /// The subscriber connection's AUTH is still to be answered.
+    sub_auth: bool,
+    /// Commands on `cmd` awaiting their reply, in order, with when each was
+    /// queued: the oldest one's age is the link's liveness.
+    pending: VecDeque<(Instant, Expect)>,
     /// Rooms with local members: subscribed while up, re-subscribed after
     /// a reconnect.
     rooms: BTreeSet<String>,
     max_queue: usize,
+    /// The most replies awaited before lines are dropped and claims
+    /// refused: `max_queue` / 64 (a PUBLISH is rarely smaller).
+    max_pending: usize,
+    max_text: usize,
+    timing: Timing,
     pub stats: LinkStats,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// Connecting: the handshake must be done by then.
+    connect_by: Instant,
     next_tick: Instant,
     warned: Option<Instant>,
+    warned_refused: Option<(Instant, String)>,
+    warned_bad: Option<Instant>,
+    warned_fail: Option<(Instant, String)>,
     guests_asked: bool,
-    /// Just (re)connected: a restarted Redis has forgotten our users'
-    /// names, so reserve them again on the next tick.
-    reclaim: bool,
+    guests_retry: Option<Instant>,
+    guests_backoff: Duration,
+    ever_up: bool,
+    heal_sent: bool,
+    heal_left: usize,
+    /// Renewals and node checks of the last round still unanswered: a slow
+    /// Redis gets no second round on top of the first.
+    round_left: usize,
+    /// The subscriber's queue passed its bound: drop the link.
+    stuck: Option<String>,
+    /// Nodes whose heartbeat was missing, since when (our link up throughout).
+    missing: HashMap<Rc<str>, Instant>,
+    /// Nodes we knew before our own link went down, and until when they
+    /// may not be declared lost: they may still be reconnecting.
+    grace: HashMap<Rc<str>, Instant>,
+    carry: bool,
     scratch: Vec<u8>,
 }
 
 impl Link {
-    /// `max_queue`: the most bytes waiting to go to Redis; past it, what
-    /// would be published is dropped, counted and logged.
-    pub fn new(url: RedisUrl, node: &str, max_queue: usize) -> Link {
+    /// `max_queue`: the most bytes of lines and claims waiting to go to
+    /// Redis, and of (un)subscriptions; `max_text`: the longest line
+    /// accepted from the other instances (a batch of lines may hold up to
+    /// COALESCE bytes more).
+    pub fn new(
+        url: RedisUrl,
+        node: &str,
+        max_queue: usize,
+        timing: Timing,
+        max_text: usize,
+    ) -> Link {
         Link {
             prefix: format!("chatd:{}:", url.db),
             url,
@@ -302,16 +526,33 @@ impl Link {
             state: State::Down,
             cmd_ready: false,
             sub_ready: false,
+            sub_auth: false,
             pending: VecDeque::new(),
             rooms: BTreeSet::new(),
             max_queue,
+            max_pending: max_queue / 64,
+            max_text,
+            timing,
             stats: LinkStats::default(),
             backoff: BACKOFF_MIN,
             retry_at: Some(Instant::now()),
+            connect_by: Instant::now(),
             next_tick: Instant::now(),
             warned: None,
+            warned_refused: None,
+            warned_bad: None,
+            warned_fail: None,
             guests_asked: false,
-            reclaim: false,
+            guests_retry: None,
+            guests_backoff: BACKOFF_MIN,
+            ever_up: false,
+            heal_sent: false,
+            heal_left: 0,
+            round_left: 0,
+            stuck: None,
+            missing: HashMap::new(),
+            grace: HashMap::new(),
+            carry: false,
             scratch: vec![0; 64 * 1024],
         }
     }
@@ -326,11 +567,17 @@ impl Link {
 
     /// When the link next needs the loop's attention.
     pub fn deadline(&self) -> Option<Instant> {
-        match self.state {
+        let base = match self.state {
             State::Down => self.retry_at,
-            State::Connecting => Some(self.next_tick),
+            State::Connecting => Some(self.connect_by),
+            // Waiting for the renewals' replies: their deadline below.
+            State::Healing if self.heal_sent => None,
+            State::Healing => Some(self.next_tick),
             State::Up => Some(self.next_tick),
-        }
+        };
+        let reply = self.pending.front().map(|(t, _)| *t + self.timing.reply);
+        let guests = self.guests_retry.filter(|_| self.state == State::Up);
+        [base, reply, guests].into_iter().flatten().min()
     }
 
     fn connect(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
@@ -346,27 +593,33 @@ impl Link {
         self.cmd = Some(cmd);
         self.sub = Some(sub);
         self.state = State::Connecting;
-        // While connecting, `next_tick` is the deadline for the handshake.
-        self.next_tick = Instant::now() + CONNECT_TIMEOUT;
+        self.connect_by = Instant::now() + self.timing.reply;
         self.cmd_ready = false;
         self.sub_ready = false;
         self.guests_asked = false;
         self.pending.clear();
         let db = self.url.db.to_string();
-        let pw = self.url.password.clone();
-        if let Some(pw) = &pw {
-            self.send_cmd(&[b"AUTH", pw.as_bytes()], Expect::Check, true);
+        let auth = self.url.auth_args();
+        if let Some(auth) = &auth {
+            let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
+            self.send_cmd(&args, Expect::Check("AUTH"), Kind::Force);
         }
-        self.send_cmd(&[b"SELECT", db.as_bytes()], Expect::Check, true);
-        self.send_cmd(&[b"PING"], Expect::Pong, true);
+        self.send_cmd(
+            &[b"SELECT", db.as_bytes()],
+            Expect::Check("SELECT"),
+            Kind::Force,
+        );
+        self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
         let mut channels = vec![
             format!("{}p", self.prefix),
             format!("{}n:{}", self.prefix, self.node),
         ];
         channels.extend(self.rooms.iter().map(|r| self.room_channel(r)));
+        self.sub_auth = auth.is_some();
         let Some(sub) = self.sub.as_mut() else { return };
-        if let Some(pw) = &pw {
-            command(&mut sub.wbuf, &[b"AUTH", pw.as_bytes()]);
+        if let Some(auth) = &auth {
+            let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
+            command(&mut sub.wbuf, &args);
         }
         let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
         args.extend(channels.iter().map(|c| c.as_bytes()));
@@ -384,41 +637,65 @@ impl Link {
         let jitter = 0.75 + fastrand::f64() * 0.5;
         let wait = self.backoff.mul_f64(jitter);
         self.retry_at = Some(Instant::now() + wait);
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        self.stats.reconnects += 1;
+        self.backoff = (self.backoff * 2).min(self.timing.backoff_max());
         self.pending.clear();
+        self.missing.clear();
+        self.round_left = 0;
+        self.heal_left = 0;
+        self.stuck = None;
+        self.guests_asked = false;
         if was == State::Up {
             warn!("cluster link down: {why}; reconnecting");
+            self.warned_fail = None;
         } else {
-            debug!(
-                "cluster: cannot reach Redis at {}: {why}; retrying in {wait:?}",
-                self.url.addr
-            );
+            self.stats.connect_failures += 1;
+            // A new reason is logged at once (a wrong password must not
+            // wait); the same one again only now and then.
+            let now = Instant::now();
+            let again = self
+                .warned_fail
+                .as_ref()
+                .is_some_and(|(t, w)| w == why && now < *t + WARN_EVERY * 6);
+            if again {
+                debug!("cluster: cannot use Redis at {}: {why}", self.url.addr);
+            } else {
+                warn!(
+                    "cluster: cannot use Redis at {}: {why}; retrying in {wait:?}",
+                    self.url.addr
+                );
+                self.warned_fail = Some((now, why.to_string()));
+            }
         }
         inbound.push(Inbound::Down(why.to_string()));
     }
 
-    /// Queues a command on `cmd` within the queue bound; `force` for the
-    /// handshake, which must not be dropped.
-    fn send_cmd(&mut self, args: &[&[u8]], expect: Expect, force: bool) -> bool {
+    /// Queues a command on `cmd` if the queue has room (bytes and replies
+    /// awaited); what happens otherwise depends on `kind`.
+    fn send_cmd(&mut self, args: &[&[u8]], expect: Expect, kind: Kind) -> bool {
         let Some(cmd) = self.cmd.as_mut() else {
             return false;
         };
-        if !force && cmd.wbuf.len() > self.max_queue {
-            self.stats.dropped += 1;
-            let now = Instant::now();
-            if self.warned.is_none_or(|t| now >= t + WARN_EVERY) {
-                warn!(
-                    "cluster: queue to Redis is full ({} bytes); dropped {} message(s) so far",
-                    cmd.wbuf.len(),
-                    self.stats.dropped
-                );
-                self.warned = Some(now);
+        let full = cmd.wbuf.len() > self.max_queue || self.pending.len() >= self.max_pending;
+        if full && matches!(kind, Kind::Publish | Kind::Claim) {
+            let (bytes, replies) = (cmd.wbuf.len(), self.pending.len());
+            match kind {
+                Kind::Publish => {
+                    self.stats.dropped += 1;
+                    let now = Instant::now();
+                    if self.warned.is_none_or(|t| now >= t + WARN_EVERY) {
+                        warn!(
+                            "cluster: queue to Redis is full ({bytes} bytes, {replies} replies awaited); dropped {} message(s) so far",
+                            self.stats.dropped
+                        );
+                        self.warned = Some(now);
+                    }
+                }
+                Kind::Claim | Kind::Book | Kind::Force => {}
             }
             return false;
         }
         command(&mut cmd.wbuf, args);
-        self.pending.push_back(expect);
+        self.pending.push_back((Instant::now(), expect));
         true
     }
 
@@ -431,8 +708,8 @@ impl Link {
         }
         if self.send_cmd(
             &[b"PUBLISH", channel.as_bytes(), payload],
-            Expect::Ignore,
-            false,
+            Expect::Ignore("PUBLISH"),
+            Kind::Publish,
         ) {
             self.stats.published += 1;
         }
@@ -442,11 +719,53 @@ impl Link {
         format!("{}r:{room}", self.prefix)
     }
 
+    /// Logs what Redis refused, with its text: at once when the text is
+    /// new (a missing ACL right), then at most every WARN_EVERY.
+    fn refused(&mut self, what: &str, err: &str) {
+        self.stats.refused += 1;
+        let now = Instant::now();
+        let again = self
+            .warned_refused
+            .as_ref()
+            .is_some_and(|(t, e)| e == err && now < *t + WARN_EVERY);
+        if !again {
+            warn!(
+                "cluster: Redis refused {what}: {} ({} refusal(s) so far)",
+                err.escape_debug(),
+                self.stats.refused
+            );
+            self.warned_refused = Some((now, err.to_string()));
+        }
+    }
+
+    fn malformed(&mut self, channel: &[u8], why: &str) {
+        self.stats.malformed += 1;
+        let now = Instant::now();
+        if self.warned_bad.is_none_or(|t| now >= t + WARN_EVERY) {
+            warn!(
+                "cluster: dropped a malformed message on {:?}: {why} ({} so far; Redis is open to someone it should not be?)",
+                String::from_utf8_lossy(&channel[..channel.len().min(64)]),
+                self.stats.malformed
+            );
+            self.warned_bad = Some(now);
+        }
+    }
+
     // ---- From the hub ----
 
+    /// A local line, or a batch of them (CRLF between), for the room on the
+    /// other instances. One line travels as `NODE TEXT`; a batch as one
+    /// publication `NODE\nLINE\nLINE...` (one PUBLISH for the lot, which is
+    /// most of what Redis costs), never with a CR: a receiver cleans each
+    /// line on its own, and a CR or LF inside a `NODE TEXT` publication is
+    /// removed, not taken as a line break.
     pub fn publish_room(&mut self, room: &str, text: &str) {
         let channel = self.room_channel(room);
-        let payload = format!("{} {text}", self.node);
+        let payload = if text.contains("\r\n") {
+            format!("{}\n{}", self.node, text.replace("\r\n", "\n"))
+        } else {
+            format!("{} {text}", self.node)
+        };
         self.publish(&channel, payload.as_bytes());
     }
 
@@ -469,6 +788,17 @@ impl Link {
         if changed && self.state != State::Down {
             let channel = self.room_channel(room);
             if let Some(sub) = self.sub.as_mut() {
+                if sub.wbuf.len() > self.max_queue {
+                    // The set of rooms is kept; a new connection subscribes
+                    // to all of them at once.
+                    self.stuck.get_or_insert_with(|| {
+                        format!(
+                            "subscriber queue to Redis is full ({} bytes)",
+                            sub.wbuf.len()
+                        )
+                    });
+                    return;
+                }
                 let verb: &[u8] = if on { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
                 command(&mut sub.wbuf, &[verb, channel.as_bytes()]);
             }
@@ -476,32 +806,70 @@ impl Link {
     }
 
     /// Reserves `name` for `id`; the answer comes back as `Inbound::Claimed`.
-    /// While the link is down the hub does not ask.
+    /// False when it cannot be asked now (link not up, queue full).
     pub fn claim(&mut self, id: ClientId, name: &str) -> bool {
-        let owner = format!("{}:{id}", self.node);
-        self.state == State::Up && self.reserve(name, &owner, Expect::Claim(id, name.to_string()))
-    }
-
-    /// SET NX with expiry: the first instance to ask gets the name.
-    fn reserve(&mut self, name: &str, owner: &str, expect: Expect) -> bool {
+        if self.state != State::Up {
+            return false;
+        }
+        let since = now_ms();
         let key = format!("chatd:name:{name}");
-        let secs = NAME_SECS.to_string();
+        let value = claim_value(since, &self.node, id);
+        let ms = self.timing.name_ms();
         let args: [&[u8]; 6] = [
             b"SET",
             key.as_bytes(),
-            owner.as_bytes(),
+            value.as_bytes(),
             b"NX",
-            b"EX",
-            secs.as_bytes(),
+            b"PX",
+            ms.as_bytes(),
         ];
-        self.send_cmd(&args, expect, true)
+        self.send_cmd(
+            &args,
+            Expect::Claim(id, name.to_string(), since),
+            Kind::Claim,
+        )
     }
 
-    pub fn release(&mut self, name: &str) {
+    /// Gives `name` back, if the key still holds our claim on it.
+    pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
         if self.state == State::Up {
             let key = format!("chatd:name:{name}");
-            self.send_cmd(&[b"DEL", key.as_bytes()], Expect::Ignore, true);
+            let value = claim_value(since, &self.node, id);
+            self.send_cmd(
+                &[
+                    b"EVAL",
+                    RELEASE_LUA.as_bytes(),
+                    b"1",
+                    key.as_bytes(),
+                    value.as_bytes(),
+                ],
+                Expect::Ignore("EVAL (release a name)"),
+                Kind::Book,
+            );
         }
+    }
+
+    /// Renews (or re-creates, or takes over from `beat`) our claim on a
+    /// local user's name.
+    fn renew(&mut self, id: ClientId, name: &str, mine: String, beat: &str, heal: bool) -> bool {
+        let key = format!("chatd:name:{name}");
+        let ms = self.timing.name_ms();
+        let args: [&[u8]; 7] = [
+            b"EVAL",
+            RENEW_LUA.as_bytes(),
+            b"1",
+            key.as_bytes(),
+            mine.as_bytes(),
+            ms.as_bytes(),
+            beat.as_bytes(),
+        ];
+        let expect = Expect::Renew {
+            id,
+            name: name.to_string(),
+            mine: mine.clone(),
+            heal,
+        };
+        self.send_cmd(&args, expect, Kind::Book)
     }
 
     // ---- From the loop ----
@@ -532,68 +900,194 @@ impl Link {
             }
         }
         if self.state == State::Connecting && self.cmd_ready && self.sub_ready {
-            self.state = State::Up;
-            self.backoff = BACKOFF_MIN;
+            // Connected and subscribed: re-assert our names (on the next
+            // tick, which has the hub) before anyone hears the link is up.
+            self.state = State::Healing;
+            self.heal_sent = false;
             self.next_tick = Instant::now();
-            info!(
-                "cluster link up: node {} via Redis at {}",
-                self.node, self.url.addr
-            );
-            inbound.push(Inbound::Up);
         }
     }
 
+    fn go_up(&mut self, inbound: &mut Vec<Inbound>) {
+        self.state = State::Up;
+        if self.ever_up {
+            self.stats.reconnects += 1;
+        }
+        self.ever_up = true;
+        self.backoff = BACKOFF_MIN;
+        self.next_tick = Instant::now();
+        self.carry = true;
+        self.warned_fail = None;
+        info!(
+            "cluster link up: node {} via Redis at {}",
+            self.node, self.url.addr
+        );
+        inbound.push(Inbound::Up);
+    }
+
     fn on_reply(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
-        let expect = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+        let (_, expect) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
         match (expect, frame) {
-            (Expect::Check | Expect::Pong, OwnedFrame::Error(e)) => {
-                return Err(format!("Redis said: {e}"));
+            (Expect::Check(what), OwnedFrame::Error(e)) => {
+                self.stats.refused += 1;
+                return Err(format!("Redis refused {what}: {}", e.escape_debug()));
+            }
+            (Expect::Pong, OwnedFrame::Error(e)) => {
+                self.stats.refused += 1;
+                return Err(format!("Redis refused PING: {}", e.escape_debug()));
             }
             (Expect::Pong, _) => self.cmd_ready = true,
-            (Expect::Claim(id, name), OwnedFrame::Error(e)) => {
-                warn!("cluster: cannot reserve a name: {e}");
-                inbound.push(Inbound::Claimed(id, name, false));
+            (Expect::Claim(id, name, _), OwnedFrame::Error(e)) => {
+                self.refused(&format!("SET (a claim on {name})"), &e);
+                inbound.push(Inbound::Claimed(id, name, Claim::Failed));
             }
-            (Expect::Claim(id, name), f) => {
-                inbound.push(Inbound::Claimed(id, name, f != OwnedFrame::Null));
+            (Expect::Claim(id, name, since), f) => {
+                let answer = if f == OwnedFrame::Null {
+                    Claim::Taken
+                } else {
+                    Claim::Granted(since)
+                };
+                inbound.push(Inbound::Claimed(id, name, answer));
+            }
+            (
+                Expect::Renew {
+                    id,
+                    name,
+                    mine,
+                    heal,
+                },
+                f,
+            ) => {
+                match f {
+                    OwnedFrame::BulkString(v) if v != mine.as_bytes() => {
+                        let theirs = String::from_utf8_lossy(&v).into_owned();
+                        if claim_wins(&mine, &theirs) {
+                            // Take it over; this round is done when that
+                            // one is answered.
+                            if self.renew(id, &name, mine, &theirs, heal) {
+                                return Ok(());
+                            }
+                        } else {
+                            info!(
+                                "cluster: the name {name} is held by an earlier claim ({}); our user gives it up",
+                                theirs.escape_debug()
+                            );
+                            inbound.push(Inbound::NameLost(id, name));
+                        }
+                    }
+                    OwnedFrame::Error(e) => self.refused("EVAL (renew a name)", &e),
+                    _ => {}
+                }
+                if heal {
+                    self.heal_left = self.heal_left.saturating_sub(1);
+                    if self.heal_left == 0 && self.state == State::Healing {
+                        self.go_up(inbound);
+                    }
+                } else {
+                    self.round_left = self.round_left.saturating_sub(1);
+                }
             }
             (Expect::Guests, OwnedFrame::Integer(last)) => {
                 self.guests_asked = false;
+                self.guests_backoff = BACKOFF_MIN;
                 inbound.push(Inbound::Guests(
                     (last as u64).saturating_sub(GUEST_BLOCK - 1),
                 ));
             }
-            (Expect::Alive(node), OwnedFrame::Integer(0)) => inbound.push(Inbound::NodeLost(node)),
-            (_, OwnedFrame::Error(e)) => warn!("cluster: Redis said: {e}"),
+            (Expect::Guests, f) => {
+                let text = match f {
+                    OwnedFrame::Error(e) => e,
+                    other => format!("unexpected reply {other:?}"),
+                };
+                self.refused("EVAL (reserve guest numbers)", &text);
+                // Asked again after a backoff, not at once in a loop.
+                self.guests_asked = false;
+                self.guests_retry = Some(Instant::now() + self.guests_backoff);
+                self.guests_backoff = (self.guests_backoff * 2).min(self.timing.backoff_max());
+            }
+            (Expect::Alive(node), f) => {
+                self.round_left = self.round_left.saturating_sub(1);
+                match f {
+                    OwnedFrame::Integer(n) => self.alive(node, n != 0, inbound),
+                    OwnedFrame::Error(e) => self.refused("EXISTS (a heartbeat)", &e),
+                    _ => {}
+                }
+            }
+            (Expect::Back(node), f) => {
+                self.round_left = self.round_left.saturating_sub(1);
+                match f {
+                    OwnedFrame::Integer(1) => inbound.push(Inbound::NodeBack(node)),
+                    OwnedFrame::Error(e) => self.refused("EXISTS (a heartbeat)", &e),
+                    _ => {}
+                }
+            }
+            (Expect::Ignore(what), OwnedFrame::Error(e)) => self.refused(what, &e),
             _ => {}
         }
         Ok(())
     }
 
+    /// A node's heartbeat key, present or not. A node is declared lost only
+    /// once its heartbeat has been missing for `lost_after` while our link
+    /// was up (a flushed Redis loses every heartbeat at once; each instance
+    /// writes its own again within a tick), and not while it is in its grace
+    /// after our own outage.
+    fn alive(&mut self, node: Rc<str>, exists: bool, inbound: &mut Vec<Inbound>) {
+        if exists {
+            self.missing.remove(&node);
+            self.grace.remove(&node);
+            return;
+        }
+        let now = Instant::now();
+        if self.grace.get(&node).is_some_and(|&t| now < t) {
+            return;
+        }
+        let since = *self.missing.entry(node.clone()).or_insert(now);
+        if now >= since + self.timing.lost_after() {
+            self.missing.remove(&node);
+            self.grace.remove(&node);
+            inbound.push(Inbound::NodeLost(node));
+        }
+    }
+
     fn on_push(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
+        let what = if std::mem::take(&mut self.sub_auth) {
+            "AUTH"
+        } else {
+            "SUBSCRIBE"
+        };
         let parts = match frame {
             OwnedFrame::Array(parts) => parts,
-            OwnedFrame::Error(e) => return Err(format!("Redis said: {e}")),
+            OwnedFrame::Error(e) => {
+                self.stats.refused += 1;
+                return Err(format!("Redis refused {what}: {}", e.escape_debug()));
+            }
             _ => return Ok(()), // +OK to AUTH
         };
-        let bulk = |f: &OwnedFrame| match f {
-            OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
-                Some(String::from_utf8_lossy(b).into_owned())
-            }
-            _ => None,
-        };
-        let kind = parts.first().and_then(bulk).unwrap_or_default();
-        match kind.as_str() {
-            "subscribe" => self.sub_ready = true,
-            "message" => {
-                let (Some(channel), Some(payload)) =
-                    (parts.get(1).and_then(bulk), parts.get(2).and_then(bulk))
-                else {
+        match parts.first().and_then(frame_bytes) {
+            Some(b"subscribe") => self.sub_ready = true,
+            Some(b"message") => {
+                let (Some(channel), Some(payload)) = (
+                    parts.get(1).and_then(frame_bytes),
+                    parts.get(2).and_then(frame_bytes),
+                ) else {
                     return Ok(());
                 };
                 self.stats.received += 1;
-                if let Some(event) = self.decode_message(&channel, &payload) {
-                    inbound.push(event);
+                match self.decode_message(channel, payload) {
+                    Ok(Some(Inbound::Room(room, text))) => match inbound.last_mut() {
+                        // Lines that came together go out together.
+                        Some(Inbound::Room(r, t))
+                            if *r == room && t.len() + text.len() + 2 <= COALESCE =>
+                        {
+                            t.push_str("\r\n");
+                            t.push_str(&text);
+                        }
+                        _ => inbound.push(Inbound::Room(room, text)),
+                    },
+                    Ok(Some(event)) => inbound.push(event),
+                    Ok(None) => {}
+                    Err(why) => self.malformed(channel, why),
                 }
             }
             _ => {}
@@ -601,31 +1095,91 @@ impl Link {
         Ok(())
     }
 
-    fn decode_message(&self, channel: &str, payload: &str) -> Option<Inbound> {
-        let rest = channel.strip_prefix(&self.prefix)?;
+    /// A publication, checked and cleaned as a client's line would be:
+    /// `Ok(None)` when it is not for us (our own lines, other databases),
+    /// `Err` when it is malformed (logged and dropped by the caller).
+    fn decode_message(
+        &self,
+        channel: &[u8],
+        payload: &[u8],
+    ) -> Result<Option<Inbound>, &'static str> {
+        let channel = std::str::from_utf8(channel).map_err(|_| "channel not UTF-8")?;
+        let Some(rest) = channel.strip_prefix(&self.prefix) else {
+            return Ok(None);
+        };
+        // Room batches may hold several lines; anything else is one.
+        let most = if rest.starts_with("r:") {
+            self.max_text + COALESCE
+        } else {
+            self.max_text
+        };
+        if payload.len() > most {
+            return Err("too long");
+        }
         if rest == "p" {
-            return decode_presence(payload).map(Inbound::Presence);
+            let text = std::str::from_utf8(payload).map_err(|_| "presence not UTF-8")?;
+            return decode_presence(text)
+                .map(|p| Some(Inbound::Presence(p)))
+                .ok_or("bad presence message");
         }
         if let Some(room) = rest.strip_prefix("r:") {
-            let (node, text) = payload.split_once(' ')?;
+            if !room_key_ok(room) {
+                return Err("bad room name");
+            }
+            let at = payload
+                .iter()
+                .position(|&c| c == b' ' || c == b'\n')
+                .ok_or("no node")?;
+            let (node, text) = (&payload[..at], &payload[at + 1..]);
+            let node = std::str::from_utf8(node).map_err(|_| "bad node")?;
+            if !valid_node(node) {
+                return Err("bad node");
+            }
             // Our own lines were delivered locally when they were sent.
-            return (node != &*self.node)
-                .then(|| Inbound::Room(room.to_string(), text.to_string()));
+            if node == &*self.node {
+                return Ok(None);
+            }
+            if payload[at] == b' ' {
+                if text.len() > self.max_text {
+                    return Err("too long");
+                }
+                let text = sanitize(text).ok_or("blank line")?;
+                return Ok(Some(Inbound::Room(room.to_string(), text)));
+            }
+            // A batch: each line cleaned and bounded as a line of its own.
+            let mut lines = Vec::new();
+            for line in text.split(|&c| c == b'\n') {
+                if line.len() > self.max_text {
+                    return Err("too long");
+                }
+                lines.extend(sanitize(line));
+            }
+            if lines.is_empty() {
+                return Err("blank batch");
+            }
+            return Ok(Some(Inbound::Room(room.to_string(), lines.join("\r\n"))));
         }
         if rest.strip_prefix("n:") == Some(&*self.node) {
-            let (to, rest) = payload.split_once(' ')?;
-            let (name, text) = rest.split_once(' ')?;
-            return Some(Inbound::Private(
-                to.parse().ok()?,
-                name.to_string(),
-                text.to_string(),
-            ));
+            let (to, rest) = split(payload).ok_or("no recipient")?;
+            let (name, text) = split(rest).ok_or("no name")?;
+            let to = std::str::from_utf8(to)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or("bad recipient")?;
+            let name = std::str::from_utf8(name).map_err(|_| "bad name")?;
+            if !name_ok(name) {
+                return Err("bad name");
+            }
+            let text = sanitize(text).ok_or("blank line")?;
+            return Ok(Some(Inbound::Private(to, name.to_string(), text)));
         }
-        None
+        Ok(None)
     }
 
-    /// Reconnects when due; when up, every TICK: heartbeat, renew names,
-    /// check that the instances we mirror are alive, top up guest numbers.
+    /// Reconnects when due; drops a link whose oldest command has waited
+    /// too long for its reply; heals; when up, every tick: heartbeat, renew
+    /// names, check the instances we mirror and the ones we lost, top up
+    /// guest numbers.
     pub fn tick(
         &mut self,
         now: Instant,
@@ -633,15 +1187,50 @@ impl Link {
         registry: &Registry,
         inbound: &mut Vec<Inbound>,
     ) {
+        if self.state != State::Down {
+            if let Some(why) = self.stuck.take() {
+                return self.fail(&why, registry, inbound);
+            }
+            if let Some((at, _)) = self.pending.front()
+                && now >= *at + self.timing.reply
+            {
+                self.stats.timeouts += 1;
+                let why = format!(
+                    "Redis did not answer within {:?} (--cluster-timeout)",
+                    self.timing.reply
+                );
+                return self.fail(&why, registry, inbound);
+            }
+        }
         match self.state {
             State::Down if self.retry_at.is_some_and(|t| t <= now) => {
                 self.connect(registry, inbound)
             }
-            State::Connecting if self.next_tick <= now => {
-                self.fail("no answer from Redis in time", registry, inbound)
+            State::Connecting if self.connect_by <= now => {
+                let why = format!("no answer from Redis within {:?}", self.timing.reply);
+                self.fail(&why, registry, inbound)
+            }
+            State::Healing if !self.heal_sent => {
+                self.heal_sent = true;
+                self.heal_left = 0;
+                for (id, name, since) in hub.claimed_names() {
+                    let mine = claim_value(since, &self.node, id);
+                    if self.renew(id, name, mine, "", true) {
+                        self.heal_left += 1;
+                    }
+                }
+                if self.heal_left == 0 {
+                    self.go_up(inbound);
+                }
             }
             State::Up => {
-                if hub.guests_left() < GUEST_BLOCK / 2 && !self.guests_asked {
+                if self.guests_retry.is_some_and(|t| t <= now) {
+                    self.guests_retry = None;
+                }
+                if hub.guests_left() < GUEST_BLOCK / 2
+                    && !self.guests_asked
+                    && self.guests_retry.is_none()
+                {
                     let used = hub.guests_used().to_string();
                     let block = GUEST_BLOCK.to_string();
                     self.guests_asked = self.send_cmd(
@@ -654,49 +1243,66 @@ impl Link {
                             block.as_bytes(),
                         ],
                         Expect::Guests,
-                        true,
+                        Kind::Book,
                     );
                 }
                 if self.next_tick > now {
                     return;
                 }
-                self.next_tick = now + TICK;
+                self.next_tick = now + self.timing.tick;
+                if std::mem::take(&mut self.carry) {
+                    let until = now + self.timing.grace();
+                    self.grace = hub
+                        .remote_nodes()
+                        .into_iter()
+                        .take(MAX_NODES)
+                        .map(|n| (n, until))
+                        .collect();
+                }
                 let alive = format!("chatd:alive:{}", self.node);
-                let secs = ALIVE_SECS.to_string();
+                let ms = self.timing.alive_ms();
                 self.send_cmd(
-                    &[b"SET", alive.as_bytes(), b"1", b"EX", secs.as_bytes()],
-                    Expect::Ignore,
-                    true,
+                    &[b"SET", alive.as_bytes(), b"1", b"PX", ms.as_bytes()],
+                    Expect::Ignore("SET (our heartbeat)"),
+                    Kind::Book,
                 );
-                let secs = NAME_SECS.to_string();
-                let reclaim = std::mem::take(&mut self.reclaim);
-                let owner = format!("{}:?", self.node);
-                for name in hub.claimed_names() {
-                    // After a reconnect, reserve again (a name someone else
-                    // took meanwhile stays theirs); otherwise just renew.
-                    if reclaim {
-                        self.reserve(name, &owner, Expect::Ignore);
-                    } else {
-                        let key = format!("chatd:name:{name}");
-                        self.send_cmd(
-                            &[b"EXPIRE", key.as_bytes(), secs.as_bytes()],
-                            Expect::Ignore,
-                            true,
-                        );
+                if self.round_left > 0 {
+                    return;
+                }
+                for (id, name, since) in hub.claimed_names() {
+                    let mine = claim_value(since, &self.node, id);
+                    if self.renew(id, name, mine, "", false) {
+                        self.round_left += 1;
                     }
                 }
-                for node in hub.remote_nodes() {
+                let lost = hub.lost_nodes();
+                let checks = hub
+                    .remote_nodes()
+                    .into_iter()
+                    .map(|n| (n, true))
+                    .chain(lost.into_iter().map(|n| (n, false)))
+                    .take(MAX_NODES);
+                for (node, mirrored) in checks {
                     let key = format!("chatd:alive:{node}");
-                    self.send_cmd(&[b"EXISTS", key.as_bytes()], Expect::Alive(node), true);
+                    let expect = if mirrored {
+                        Expect::Alive(node)
+                    } else {
+                        Expect::Back(node)
+                    };
+                    if self.send_cmd(&[b"EXISTS", key.as_bytes()], expect, Kind::Book) {
+                        self.round_left += 1;
+                    }
                 }
             }
             _ => {}
         }
     }
 
-    /// Writes what is queued (called before the loop sleeps).
+    /// Writes what is queued (called before the loop sleeps). Subscriptions
+    /// first: a user who just joined a room announces it on `cmd`, and the
+    /// SUBSCRIBE for the room's lines should reach Redis no later.
     pub fn flush(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
-        for token in [CMD, SUB] {
+        for token in [SUB, CMD] {
             let conn = if token == CMD {
                 self.cmd.as_mut()
             } else {
@@ -712,8 +1318,31 @@ impl Link {
     }
 }
 
-/// `H node` | `J node id name room shown` | `L node id` | `N node id name` |
-/// `M node id room shown`. Names, rooms and node ids contain no spaces.
+fn frame_bytes(f: &OwnedFrame) -> Option<&[u8]> {
+    match f {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// `WORD REST` at the first space.
+fn split(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = b.iter().position(|&c| c == b' ')?;
+    Some((&b[..i], &b[i + 1..]))
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && check_name(s).is_ok()
+}
+
+/// A room as the hub keys it: a valid name, lowercase.
+fn room_key_ok(s: &str) -> bool {
+    name_ok(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// `H node` | `B node` | `J node id name room shown round` | `L node id` |
+/// `N node id name` | `M node id room shown` | `E node round` | `W node`.
+/// Names, rooms and node ids contain no spaces.
 pub fn encode_presence(event: &Presence) -> String {
     match event {
         Presence::Hello { node } => format!("H {node}"),
@@ -724,7 +1353,8 @@ pub fn encode_presence(event: &Presence) -> String {
             name,
             room,
             shown,
-        } => format!("J {node} {id} {name} {room} {shown}"),
+            round,
+        } => format!("J {node} {id} {name} {room} {shown} {round}"),
         Presence::Gone { node, id } => format!("L {node} {id}"),
         Presence::Renamed { node, id, name } => format!("N {node} {id} {name}"),
         Presence::Moved {
@@ -733,35 +1363,62 @@ pub fn encode_presence(event: &Presence) -> String {
             room,
             shown,
         } => format!("M {node} {id} {room} {shown}"),
+        Presence::End { node, round } => format!("E {node} {round}"),
+        Presence::Who { node } => format!("W {node}"),
     }
 }
 
+/// Parses a presence message, accepting only what the hub's own rules
+/// allow: node ids, names and room names as a client could choose them.
 pub fn decode_presence(s: &str) -> Option<Presence> {
     let f: Vec<&str> = s.split(' ').collect();
-    let node: Rc<str> = (*f.get(1)?).into();
-    let id = || f.get(2)?.parse::<u64>().ok();
+    let node = *f.get(1)?;
+    if !valid_node(node) {
+        return None;
+    }
+    let node: Rc<str> = node.into();
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    let name = |i: usize| f.get(i).filter(|n| name_ok(n)).map(|n| n.to_string());
+    let room = |i: usize| f.get(i).filter(|r| room_key_ok(r)).map(|r| r.to_string());
+    let shown = |i: usize, room: &str| {
+        f.get(i)
+            .filter(|s| name_ok(s) && s.eq_ignore_ascii_case(room))
+            .map(|s| s.to_string())
+    };
     Some(match (f[0], f.len()) {
         ("H", 2) => Presence::Hello { node },
         ("B", 2) => Presence::Bye { node },
-        ("J", 6) => Presence::Here {
-            node,
-            id: id()?,
-            name: f[3].into(),
-            room: f[4].into(),
-            shown: f[5].into(),
-        },
-        ("L", 3) => Presence::Gone { node, id: id()? },
+        ("J", 7) => {
+            let room = room(4)?;
+            Presence::Here {
+                node,
+                id: num(2)?,
+                name: name(3)?,
+                shown: shown(5, &room)?,
+                room,
+                round: num(6)?,
+            }
+        }
+        ("L", 3) => Presence::Gone { node, id: num(2)? },
         ("N", 4) => Presence::Renamed {
             node,
-            id: id()?,
-            name: f[3].into(),
+            id: num(2)?,
+            name: name(3)?,
         },
-        ("M", 5) => Presence::Moved {
+        ("M", 5) => {
+            let room = room(3)?;
+            Presence::Moved {
+                node,
+                id: num(2)?,
+                shown: shown(4, &room)?,
+                room,
+            }
+        }
+        ("E", 3) => Presence::End {
             node,
-            id: id()?,
-            room: f[3].into(),
-            shown: f[4].into(),
+            round: num(2)?,
         },
+        ("W", 2) => Presence::Who { node },
         _ => return None,
     })
 }
@@ -795,7 +1452,7 @@ mod tests {
 
     #[test]
     fn presence_round_trips() {
-        let node: Rc<str> = "n1".into();
+        let node: Rc<str> = "n1~3f".into();
         for e in [
             Presence::Hello { node: node.clone() },
             Presence::Bye { node: node.clone() },
@@ -805,6 +1462,7 @@ mod tests {
                 name: "alice".into(),
                 room: "games".into(),
                 shown: "Games".into(),
+                round: 3,
             },
             Presence::Gone {
                 node: node.clone(),
@@ -821,30 +1479,232 @@ mod tests {
                 room: "lobby".into(),
                 shown: "lobby".into(),
             },
+            Presence::End {
+                node: node.clone(),
+                round: 3,
+            },
+            Presence::Who { node: node.clone() },
         ] {
             assert_eq!(decode_presence(&encode_presence(&e)), Some(e));
         }
-        assert_eq!(decode_presence("J n1 x a b c"), None);
+        assert_eq!(decode_presence("J n1 x a b b 1"), None);
         assert_eq!(decode_presence(""), None);
     }
 
     #[test]
-    fn own_room_lines_are_skipped_and_others_decoded() {
+    fn presence_with_what_a_client_could_not_choose_is_refused() {
+        for bad in [
+            "J n1 1 bad\x1bname lobby lobby 1",
+            "J n1 1 ali\r\nce lobby lobby 1",
+            "J n1 1 waytoolongforanameinthischat lobby lobby 1",
+            "J n1 1 guest-1 lob\x07by lob\x07by 1",
+            "J n1 1 alice Lobby Lobby 1", // a room key is lowercase
+            "J n1 1 alice lobby games 1", // shown is the key, cased
+            "J n1 1  lobby lobby 1",      // empty name
+            "J n\x1b1 1 alice lobby lobby 1",
+            "J n1 1 alice lobby lobby",
+            "N n1 1 x\r\ny",
+            "N n1 1 ",
+            "M n1 1 room\u{9b} room\u{9b}",
+            "E n1 x",
+            "W",
+            "Z n1",
+            "H n1 extra",
+        ] {
+            assert_eq!(decode_presence(bad), None, "{bad:?}");
+        }
+    }
+
+    fn link() -> Link {
         let url = RedisUrl::parse("redis://127.0.0.1:1/3", None).unwrap();
-        let link = Link::new(url, "me", 1024);
-        assert_eq!(link.decode_message("chatd:3:r:lobby", "me <a> hi"), None);
+        Link::new(url, "me~1", 1 << 20, Timing::default(), 100)
+    }
+
+    #[test]
+    fn own_room_lines_are_skipped_and_others_decoded() {
+        let link = link();
+        let dm = |c: &str, p: &str| link.decode_message(c.as_bytes(), p.as_bytes());
+        assert_eq!(dm("chatd:3:r:lobby", "me~1 <a> hi"), Ok(None));
         assert_eq!(
-            link.decode_message("chatd:3:r:lobby", "n2 <b> hi there"),
-            Some(Inbound::Room("lobby".into(), "<b> hi there".into()))
+            dm("chatd:3:r:lobby", "n2~5 <b> hi there"),
+            Ok(Some(Inbound::Room("lobby".into(), "<b> hi there".into())))
         );
         assert_eq!(
-            link.decode_message("chatd:3:n:me", "4 bob *alice* psst"),
-            Some(Inbound::Private(4, "bob".into(), "*alice* psst".into()))
+            dm("chatd:3:n:me~1", "4 bob *alice* psst"),
+            Ok(Some(Inbound::Private(
+                4,
+                "bob".into(),
+                "*alice* psst".into()
+            )))
+        );
+        assert_eq!(dm("chatd:0:r:lobby", "n2 x"), Ok(None), "other database");
+        assert_eq!(dm("chatd:3:n:other", "4 bob x"), Ok(None), "not ours");
+    }
+
+    #[test]
+    fn what_arrives_is_cleaned_as_a_clients_line_is() {
+        let link = link();
+        let dm = |c: &[u8], p: &[u8]| link.decode_message(c, p);
+        // One publication is one line: CR and LF go, like every control
+        // character (ESC sequences lose their ESC, so they cannot drive a
+        // terminal); invalid UTF-8 becomes U+FFFD.
+        assert_eq!(
+            dm(b"chatd:3:r:lobby", b"n2 <m> hi\r\n*** bobby is now admin"),
+            Ok(Some(Inbound::Room(
+                "lobby".into(),
+                "<m> hi*** bobby is now admin".into()
+            )))
         );
         assert_eq!(
-            link.decode_message("chatd:0:r:lobby", "n2 x"),
-            None,
-            "other database"
+            dm(
+                b"chatd:3:r:lobby",
+                b"n2 <m> \x1b]0;x\x07\x1b[2Jred\x7f \xff"
+            ),
+            Ok(Some(Inbound::Room(
+                "lobby".into(),
+                "<m> ]0;x[2Jred \u{fffd}".into()
+            )))
         );
+        assert_eq!(
+            dm(b"chatd:3:n:me~1", b"4 bob *m* a\r\n*** bob is now banned"),
+            Ok(Some(Inbound::Private(
+                4,
+                "bob".into(),
+                "*m* a*** bob is now banned".into()
+            )))
+        );
+        // Malformed: dropped (and logged by the caller).
+        for (c, p) in [
+            (&b"chatd:3:r:lobby"[..], &b"n2 \r\n\x1b"[..]),
+            (b"chatd:3:r:lobby", b"n2"),
+            (b"chatd:3:r:lobby", b"n\x1b2 <m> hi"),
+            (b"chatd:3:r:Lobby", b"n2 <m> hi"),
+            (b"chatd:3:r:lob\x1bby", b"n2 <m> hi"),
+            (b"chatd:3:r:\xff", b"n2 <m> hi"),
+            (b"chatd:3:n:me~1", b"x bob hi"),
+            (b"chatd:3:n:me~1", b"4 b\x1bb hi"),
+            (b"chatd:3:n:me~1", b"4 bob"),
+            (b"chatd:3:p", b"J n2 1 bad\x1b lobby lobby 1"),
+            (b"chatd:3:p", b"\xff"),
+        ] {
+            assert!(dm(c, p).is_err(), "{c:?} {p:?}");
+        }
+        // A batch from an instance: one publication, each line cleaned on
+        // its own (a CR in one is removed, blank ones skipped).
+        assert_eq!(
+            dm(b"chatd:3:r:lobby", b"n2\n<a> one\n<a> t\x1bwo\r\n\n"),
+            Ok(Some(Inbound::Room(
+                "lobby".into(),
+                "<a> one\r\n<a> two".into()
+            )))
+        );
+        assert_eq!(dm(b"chatd:3:r:lobby", b"n2\n\r\n \n"), Err("blank batch"));
+        let long = format!("n2\n<m> a\n<m> {}", "b".repeat(100));
+        assert_eq!(dm(b"chatd:3:r:lobby", long.as_bytes()), Err("too long"));
+        let many = format!("n2\n{}", "<m> ok\n".repeat(20));
+        assert!(
+            dm(b"chatd:3:r:lobby", many.as_bytes()).is_ok(),
+            "a batch may pass one line's bound"
+        );
+        // Longer than any instance sends (max_text 100 here): dropped whole.
+        let long = format!("n2 <m> {}", "a".repeat(100));
+        assert_eq!(dm(b"chatd:3:r:lobby", long.as_bytes()), Err("too long"));
+    }
+
+    #[test]
+    fn the_earlier_claim_wins_and_both_sides_agree() {
+        let a = claim_value(1000, "n1~a", 3);
+        let b = claim_value(1001, "n2~b", 1);
+        assert!(claim_wins(&a, &b) && !claim_wins(&b, &a), "earlier wins");
+        // Same millisecond: the node id decides, then the user id.
+        let c = claim_value(1000, "n0~z", 9);
+        assert!(claim_wins(&c, &a) && !claim_wins(&a, &c));
+        let d = claim_value(1000, "n1~a", 4);
+        assert!(claim_wins(&a, &d) && !claim_wins(&d, &a));
+        // Exactly one of any two different claims wins.
+        for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &d)] {
+            assert!(claim_wins(x, y) != claim_wins(y, x), "{x} vs {y}");
+        }
+        // Something that is not a claim never keeps a name.
+        for junk in ["", "n1~a:3", "x n1 3", "1 n1 3 extra"] {
+            assert!(claim_wins(&a, junk), "{junk:?}");
+            assert!(!claim_wins(junk, &a), "{junk:?}");
+        }
+    }
+
+    /// A "Redis" that accepts connections and never answers or reads.
+    fn mute_redis(queue: usize, reply: Duration) -> (std::net::TcpListener, Link) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = RedisUrl::parse(&format!("redis://{}", l.local_addr().unwrap()), None).unwrap();
+        let timing = Timing::new(Duration::from_secs(3), reply);
+        (l, Link::new(url, "me~1", queue, timing, 100))
+    }
+
+    #[test]
+    fn a_redis_that_does_not_answer_in_time_is_a_lost_link() {
+        let (_redis, mut link) = mute_redis(1 << 20, Duration::from_millis(500));
+        let poll = mio::Poll::new().unwrap();
+        let hub = Hub::new(200).with_cluster("me~1");
+        let mut inbound = Vec::new();
+        let t0 = Instant::now();
+        link.tick(t0, &hub, poll.registry(), &mut inbound);
+        assert_eq!(link.state, State::Connecting);
+        assert!(
+            link.deadline()
+                .is_some_and(|d| d <= t0 + Duration::from_millis(600))
+        );
+        link.tick(
+            t0 + Duration::from_millis(100),
+            &hub,
+            poll.registry(),
+            &mut inbound,
+        );
+        assert!(inbound.is_empty(), "not yet");
+        link.tick(
+            t0 + Duration::from_secs(1),
+            &hub,
+            poll.registry(),
+            &mut inbound,
+        );
+        assert_eq!(link.state, State::Down);
+        assert!(
+            matches!(&inbound[..], [Inbound::Down(why)] if why.contains("Redis did not answer"))
+        );
+        assert_eq!((link.stats.timeouts, link.stats.connect_failures), (1, 1));
+        assert_eq!(link.stats.reconnects, 0);
+    }
+
+    #[test]
+    fn the_queues_toward_redis_are_bounded_by_kind() {
+        let (_redis, mut link) = mute_redis(4096, Duration::from_secs(60));
+        let poll = mio::Poll::new().unwrap();
+        let hub = Hub::new(200).with_cluster("me~1");
+        let mut inbound = Vec::new();
+        link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+        // Pretend the handshake is done (nothing answers here).
+        link.state = State::Up;
+        link.pending.clear();
+        // Replies awaited: at most 4096 / 64 = 64; past it lines are
+        // dropped and counted, and claims refused.
+        for _ in 0..100 {
+            link.publish_room("lobby", "<a> hi");
+        }
+        assert_eq!((link.stats.published, link.stats.dropped), (64, 36));
+        assert!(!link.claim(1, "alice"), "a claim past the bound is refused");
+        // Bookkeeping is not dropped: a release still goes out.
+        link.release("alice", 1, 5);
+        assert_eq!(link.pending.len(), 65);
+        // The subscriber's queue: past 4096 bytes the link is dropped and
+        // re-established, keeping every room for the new subscription.
+        for i in 0..200 {
+            link.subscribe(&format!("room{i}"), true);
+        }
+        link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+        assert_eq!(link.state, State::Down);
+        assert!(
+            matches!(&inbound[..], [Inbound::Down(why)] if why.contains("subscriber queue")),
+            "{inbound:?}"
+        );
+        assert_eq!(link.rooms.len(), 200);
     }
 }

@@ -20,6 +20,9 @@ pub const DRAIN_SECS: u64 = 2;
 
 /// Linux refuses a TCP_KEEPIDLE above this (MAX_TCP_KEEPIDLE).
 pub const MAX_KEEPALIVE: u64 = 32767;
+/// The longest --cluster-timeout: a Redis that has not answered for a
+/// minute is gone, whatever the network.
+pub const MAX_CLUSTER_TIMEOUT: u64 = 60;
 /// A year: far beyond any use, and far from overflowing an `Instant`.
 pub const MAX_IDLE_TIMEOUT: u64 = 365 * 24 * 3600;
 
@@ -133,6 +136,16 @@ pub struct Config {
     #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..))]
     pub cluster_queue: u32,
 
+    /// Cluster mode: seconds Redis may take to answer the oldest command still
+    /// waiting for a reply; past it the link counts as down and reconnects.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=MAX_CLUSTER_TIMEOUT))]
+    pub cluster_timeout: u64,
+
+    /// Cluster mode, for tests: the heartbeat interval in milliseconds; every
+    /// other cluster timer is a multiple of it (docs/cluster.md).
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub cluster_tick_ms: u64,
+
     /// Seconds a client connection may be silent before TCP keepalive probes
     /// start; a peer that vanished without closing is then dropped within
     /// about this long plus 30 s at most. 0 turns keepalive off.
@@ -204,5 +217,23 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout.map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_timers_are_bounded() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.cluster_timeout, c.cluster_tick_ms), (5, 3000));
+        assert!(parse(&["--cluster-timeout", "60"]).is_ok());
+        for bad in ["0", "61", "-1", "x"] {
+            assert!(parse(&["--cluster-timeout", bad]).is_err(), "{bad}");
+        }
+        assert!(parse(&["--cluster-tick-ms", "49"]).is_err());
+        assert!(parse(&["--cluster-tick-ms", "60001"]).is_err());
     }
 }

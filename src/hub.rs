@@ -11,6 +11,7 @@
 //! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
 //! each instance delivers lines only to its own local clients.
 
+use crate::cluster::Claim;
 use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
@@ -40,9 +41,12 @@ pub trait Outbox {
     /// This instance now has local members in `room` (true) or none (false).
     fn subscribe(&mut self, _room: &str, _on: bool) {}
     /// Reserve `name` cluster-wide for `id`; answered by [`Hub::claimed`].
-    fn claim(&mut self, _id: ClientId, _name: &str) {}
-    /// Give up a name reserved with `claim`.
-    fn release(&mut self, _name: &str) {}
+    /// False when it cannot be asked now (the queue toward Redis is full).
+    fn claim(&mut self, _id: ClientId, _name: &str) -> bool {
+        true
+    }
+    /// Give up `name`, reserved for `id` by a claim made at `since`.
+    fn release(&mut self, _name: &str, _id: ClientId, _since: u64) {}
     /// What `/stats` tells `id` about its own connection; None where the
     /// transport keeps no such figures (recorders in tests and benches).
     fn conn_stats(&self, _id: ClientId) -> Option<ConnStats> {
@@ -77,13 +81,15 @@ pub struct ServerStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
     /// A user is on `node` as `id`, named `name`, in room `room` (shown as
-    /// `shown`). Sent when a user arrives and, for everyone, in answer to `Hello`.
+    /// `shown`). Sent when a user arrives and, for everyone, in a roster
+    /// (answering `Hello` or `Who`); `round` is the sender's roster count.
     Here {
         node: Rc<str>,
         id: u64,
         name: String,
         room: String,
         shown: String,
+        round: u64,
     },
     Gone {
         node: Rc<str>,
@@ -106,6 +112,17 @@ pub enum Presence {
     },
     /// `node` is shutting down: its users are leaving now.
     Bye {
+        node: Rc<str>,
+    },
+    /// `node` has announced all its users in roster `round`: those of its
+    /// users announced only in earlier rounds left while we could not hear.
+    End {
+        node: Rc<str>,
+        round: u64,
+    },
+    /// `node` is asked to announce all its users (it was declared lost and
+    /// has a heartbeat again).
+    Who {
         node: Rc<str>,
     },
 }
@@ -138,6 +155,11 @@ const HELP: &[&str] = &[
 ];
 
 pub const LINK_DOWN: &str = "*** cluster link down: messages reach this server only";
+/// The most users of other instances the mirror holds (forged presence
+/// messages must not grow it without end); past it, new ones are ignored.
+pub const MAX_REMOTE: usize = 1 << 20;
+/// The most instances remembered as lost (to notice when they are back).
+pub const MAX_LOST: usize = 64;
 pub const LINK_UP: &str = "*** cluster link restored";
 
 /// Where a user is connected.
@@ -155,6 +177,10 @@ struct Client {
     /// Index of this client in its room's `members`, for O(1) removal.
     slot: usize,
     home: Home,
+    /// Local users with a chosen name: when they claimed it (ms since the
+    /// Unix epoch), the claim's identity in Redis. Remote users: the roster
+    /// round that last announced them.
+    since: u64,
     /// `/ids on`: room lines and history reach it tagged with their id,
     /// its own come back to it, and entering a room ends with the room's
     /// last id (see [`Hub::mark`]).
@@ -184,6 +210,10 @@ struct Cluster {
     fallback: u64,
     /// Clients waiting for a cluster-wide name reservation.
     pending: HashMap<ClientId, Box<str>>,
+    /// How many rosters we have announced.
+    round: u64,
+    /// Instances declared lost, newest last, to re-learn if they come back.
+    lost: VecDeque<Rc<str>>,
 }
 
 pub struct Hub {
@@ -193,6 +223,11 @@ pub struct Hub {
     local: Vec<Option<usize>>,
     remote: HashMap<(Rc<str>, u64), usize>,
     names: HashMap<Box<str>, usize>,
+    /// Further holders of a name already in `names`: only after a split,
+    /// until the collision is resolved (or within one instance's mirror,
+    /// a remote user whose instance has not yet seen our claim).
+    dups: HashMap<Box<str>, Vec<usize>>,
+    max_remote: usize,
     rooms: Slab<Room>,
     room_keys: HashMap<Box<str>, usize>,
     next_guest: u64,
@@ -228,6 +263,8 @@ impl Hub {
             local: Vec::new(),
             remote: HashMap::new(),
             names: HashMap::new(),
+            dups: HashMap::new(),
+            max_remote: MAX_REMOTE,
             rooms: Slab::new(),
             room_keys: HashMap::new(),
             next_guest: 1,
@@ -284,8 +321,47 @@ impl Hub {
             guests: VecDeque::new(),
             fallback: 1,
             pending: HashMap::new(),
+            round: 0,
+            lost: VecDeque::new(),
         });
         self
+    }
+
+    /// The most remote users the mirror holds (default MAX_REMOTE).
+    pub fn with_max_remote(mut self, n: usize) -> Hub {
+        self.max_remote = n;
+        self
+    }
+
+    /// Records that `i` holds name `key` (a second holder waits in `dups`).
+    fn name_add(&mut self, key: &str, i: usize) {
+        match self.names.get(key) {
+            None => {
+                self.names.insert(key.into(), i);
+            }
+            Some(&o) if o == i => {}
+            Some(_) => self.dups.entry(key.into()).or_default().push(i),
+        }
+    }
+
+    /// `i` no longer holds `key`; another holder, if any, now does.
+    fn name_drop(&mut self, key: &str, i: usize) {
+        if self.names.get(key) == Some(&i) {
+            self.names.remove(key);
+            if let Some(d) = self.dups.get_mut(key) {
+                if let Some(next) = d.pop() {
+                    self.names.insert(key.into(), next);
+                }
+                if d.is_empty() {
+                    self.dups.remove(key);
+                }
+            }
+        } else if let Some(d) = self.dups.get_mut(key) {
+            d.retain(|&x| x != i);
+            if d.is_empty() {
+                self.dups.remove(key);
+            }
+        }
     }
 
     /// Local clients.
@@ -366,9 +442,10 @@ impl Hub {
             room: usize::MAX,
             slot: 0,
             home: Home::Local(id),
+            since: 0,
             ids: false,
         });
-        self.names.insert(key, i);
+        self.name_add(&key, i);
         if self.local.len() <= id {
             self.local.resize(id + 1, None);
         }
@@ -406,8 +483,9 @@ impl Hub {
                 node,
                 id: id as u64,
             });
-            if !self.clients[i].key.starts_with("guest-") {
-                out.release(&self.clients[i].key);
+            let c = &self.clients[i];
+            if !c.key.starts_with("guest-") {
+                out.release(&c.key, id, c.since);
             }
         }
         self.drop_client(i, reason, true, out);
@@ -434,9 +512,7 @@ impl Hub {
             self.to_room(room, Some(i), &Msg::new(&text), out);
         }
         let c = self.clients.remove(i);
-        if self.names.get(&c.key) == Some(&i) {
-            self.names.remove(&c.key);
-        }
+        self.name_drop(&c.key, i);
         self.remove_member(room, c.slot, matches!(c.home, Home::Local(_)), out);
     }
 
@@ -629,18 +705,28 @@ impl Hub {
                 return reply(out, id, "*** error: a name change is already under way");
             }
             c.pending.insert(id, wanted.into());
-            out.claim(id, &key);
+            if !out.claim(id, &key) {
+                c.pending.remove(&id);
+                return reply(
+                    out,
+                    id,
+                    "*** error: the cluster is busy; try /nick again in a moment",
+                );
+            }
             return;
         }
-        self.rename(id, i, wanted, out);
+        // Only the casing changes (or there is no cluster): the claim, and
+        // so its time, stay as they were.
+        let since = self.clients[i].since;
+        self.rename(id, i, wanted, since, None, out);
     }
 
     /// The cluster's answer to `Outbox::claim`.
-    pub fn claimed(&mut self, id: ClientId, name: &str, ok: bool, out: &mut impl Outbox) {
+    pub fn claimed(&mut self, id: ClientId, name: &str, answer: Claim, out: &mut impl Outbox) {
         let Some(wanted) = self.cluster.as_mut().and_then(|c| c.pending.remove(&id)) else {
             // The client left meanwhile: give the name back.
-            if ok {
-                out.release(name);
+            if let Claim::Granted(since) = answer {
+                out.release(name, id, since);
             }
             return;
         };
@@ -649,29 +735,69 @@ impl Hub {
             .names
             .get(wanted.to_ascii_lowercase().as_str())
             .is_some_and(|&o| o != i);
-        if !ok || taken {
-            if ok {
-                out.release(name);
+        let since = match answer {
+            Claim::Granted(since) if taken => {
+                out.release(name, id, since);
+                return reply(out, id, &format!("*** error: the name {wanted} is taken"));
             }
-            return reply(out, id, &format!("*** error: the name {wanted} is taken"));
+            Claim::Granted(since) => since,
+            Claim::Taken => {
+                return reply(out, id, &format!("*** error: the name {wanted} is taken"));
+            }
+            Claim::Failed => {
+                return reply(
+                    out,
+                    id,
+                    "*** error: the cluster could not reserve that name; try /nick again later",
+                );
+            }
+        };
+        let c = &self.clients[i];
+        if !c.key.starts_with("guest-") {
+            out.release(&c.key, id, c.since);
         }
-        let old = self.clients[i].key.clone();
-        if !old.starts_with("guest-") {
-            out.release(&old);
-        }
-        self.rename(id, i, &wanted, out);
+        self.rename(id, i, &wanted, since, None, out);
     }
 
-    fn rename(&mut self, id: ClientId, i: usize, wanted: &str, out: &mut impl Outbox) {
+    /// Another instance holds the name of local user `id` by an earlier
+    /// claim (both were granted while the cluster was split): ours gives it
+    /// up for a fresh guest name, and is told why.
+    pub fn name_lost(&mut self, id: ClientId, name: &str, out: &mut impl Outbox) {
+        let Some(i) = self.idx(id) else { return };
+        if *self.clients[i].key != *name {
+            return;
+        }
+        let guest = self.guest_name();
+        let why = format!(
+            "*** your name {} was also taken on another server while the cluster was split; you are now {guest}",
+            self.clients[i].name
+        );
+        self.rename(id, i, &guest, 0, Some(&why), out);
+    }
+
+    /// Gives local client `i` the name `wanted`, claimed at `since`, and
+    /// tells it so (`notice`, or the usual line) and its room.
+    fn rename(
+        &mut self,
+        id: ClientId,
+        i: usize,
+        wanted: &str,
+        since: u64,
+        notice: Option<&str>,
+        out: &mut impl Outbox,
+    ) {
         let client = &mut self.clients[i];
         let old = std::mem::replace(&mut client.name, wanted.into());
         let old_key = std::mem::replace(&mut client.key, wanted.to_ascii_lowercase().into());
+        client.since = since;
         let room = client.room;
-        if self.names.get(&old_key) == Some(&i) {
-            self.names.remove(&old_key);
+        self.name_drop(&old_key, i);
+        let key = self.clients[i].key.clone();
+        self.name_add(&key, i);
+        match notice {
+            Some(text) => reply(out, id, text),
+            None => reply(out, id, &format!("*** you are now {wanted}")),
         }
-        self.names.insert(self.clients[i].key.clone(), i);
-        reply(out, id, &format!("*** you are now {wanted}"));
         if let Some(c) = &self.cluster {
             out.presence(Presence::Renamed {
                 node: c.node.clone(),
@@ -692,6 +818,15 @@ impl Hub {
             return reply(out, id, &format!("*** error: no user named {target}"));
         };
         let (from, dest) = (&self.clients[i], &self.clients[to]);
+        if matches!(dest.home, Home::Remote(..)) && self.cluster.as_ref().is_some_and(|c| !c.up) {
+            // Kept in the mirror through an outage, but out of reach: the
+            // line would be lost, so it is refused instead.
+            let text = format!(
+                "*** error: {} is on another server, out of reach while the cluster link is down",
+                dest.name
+            );
+            return reply(out, id, &text);
+        }
         let msg = Msg::new(&format!("*{}* {text}", from.name));
         match &dest.home {
             Home::Local(c) => out.send(*c, &msg),
@@ -998,7 +1133,22 @@ impl Hub {
             name: c.name.to_string(),
             room: r.key.to_string(),
             shown: r.name[1..].to_string(),
+            round: cl.round,
         });
+    }
+
+    /// Announces every local user to the other instances, as a new roster
+    /// round closed by `End`: whoever is not in it has left.
+    fn roster_all(&mut self, out: &mut impl Outbox) {
+        let Some(cl) = self.cluster.as_mut() else {
+            return;
+        };
+        cl.round += 1;
+        let (node, round) = (cl.node.clone(), cl.round);
+        for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
+            self.here(i, out);
+        }
+        out.presence(Presence::End { node, round });
     }
 
     // ---- Cluster input: what the link heard from the other instances ----
@@ -1054,9 +1204,7 @@ impl Hub {
                         self.node_lost(&old, "server lost", out);
                     }
                 }
-                for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
-                    self.here(i, out);
-                }
+                self.roster_all(out);
             }
             Presence::Hello { .. } => {}
             Presence::Bye { node } => self.node_lost(&node, "server shutting down", out),
@@ -1066,9 +1214,13 @@ impl Hub {
                 name,
                 room,
                 shown,
+                round,
             } if node != me => {
-                if let Some(&i) = self.remote.get(&(node.clone(), id)) {
+                let known = self.remote.get(&(node.clone(), id)).copied();
+                if let Some(i) = known {
                     self.drop_client(i, None, false, &mut Silent(out));
+                } else if self.remote.len() >= self.max_remote {
+                    return;
                 }
                 let key: Box<str> = name.to_ascii_lowercase().into();
                 let i = self.clients.insert(Client {
@@ -1077,11 +1229,22 @@ impl Hub {
                     room: usize::MAX,
                     slot: 0,
                     home: Home::Remote(node.clone(), id),
+                    since: round,
                     ids: false,
                 });
-                self.names.entry(key).or_insert(i);
+                self.name_add(&key, i);
+                let back = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.lost.contains(&node));
                 self.remote.insert((node, id), i);
-                self.enter(i, &room, &shown, out);
+                let r = self.enter(i, &room, &shown, out);
+                if back && known.is_none() && self.announces(r) {
+                    // Declared lost, heard from again: its rooms saw it
+                    // leave, so they see it come back.
+                    let text = format!("*** {} is back", self.clients[i].name);
+                    self.to_room(r, Some(i), &Msg::new(&text), out);
+                }
             }
             Presence::Gone { node, id } => {
                 if let Some(i) = self.remote.remove(&(node, id)) {
@@ -1093,12 +1256,34 @@ impl Hub {
                     let c = &mut self.clients[i];
                     let old = std::mem::replace(&mut c.key, name.to_ascii_lowercase().into());
                     c.name = name.into();
-                    if self.names.get(&old) == Some(&i) {
-                        self.names.remove(&old);
-                    }
-                    self.names.entry(self.clients[i].key.clone()).or_insert(i);
+                    self.name_drop(&old, i);
+                    let key = self.clients[i].key.clone();
+                    self.name_add(&key, i);
                 }
             }
+            Presence::End { node, round } if node != me => {
+                // Users of `node` it did not announce in this round left
+                // while we could not hear it: their rooms are told now.
+                let gone: Vec<(u64, usize)> = self
+                    .remote
+                    .iter()
+                    .filter(|((n, _), i)| *n == node && self.clients[**i].since < round)
+                    .map(|((_, id), i)| (*id, *i))
+                    .collect();
+                for (id, i) in gone {
+                    self.remote.remove(&(node.clone(), id));
+                    self.drop_client(i, None, false, out);
+                }
+                if let Some(c) = self.cluster.as_mut() {
+                    c.lost.retain(|n| *n != node);
+                }
+            }
+            Presence::Who { node } => {
+                if node == me {
+                    self.roster_all(out);
+                }
+            }
+            Presence::End { .. } => {}
             Presence::Moved {
                 node,
                 id,
@@ -1138,13 +1323,46 @@ impl Hub {
         nodes
     }
 
-    /// Local users' reserved names, to renew them.
-    pub fn claimed_names(&self) -> Vec<&str> {
+    /// Another instance's heartbeat lapsed: its users are gone ("server
+    /// lost"), and it is remembered, to be re-learned should it beat again
+    /// (it may only have been frozen or cut off). One that said goodbye or
+    /// was replaced by a new incarnation is not coming back.
+    pub fn node_silent(&mut self, node: &str, out: &mut impl Outbox) {
+        if let Some(c) = self.cluster.as_mut()
+            && !c.lost.iter().any(|n| &**n == node)
+        {
+            if c.lost.len() >= MAX_LOST {
+                c.lost.pop_front();
+            }
+            c.lost.push_back(node.into());
+        }
+        self.node_lost(node, "server lost", out);
+    }
+
+    /// Instances declared lost (to notice when their heartbeat is back).
+    pub fn lost_nodes(&self) -> Vec<Rc<str>> {
+        self.cluster
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.lost.iter().cloned().collect())
+    }
+
+    /// A lost instance has a heartbeat again: ask it for all its users.
+    pub fn node_back(&mut self, node: &str, out: &mut impl Outbox) {
+        if let Some(c) = &self.cluster
+            && c.lost.iter().any(|n| &**n == node)
+        {
+            out.presence(Presence::Who { node: node.into() });
+        }
+    }
+
+    /// Local users' reserved names, to renew them: (id, name, claimed at).
+    pub fn claimed_names(&self) -> Vec<(ClientId, &str, u64)> {
         self.local
             .iter()
-            .flatten()
-            .map(|&i| &*self.clients[i].key)
-            .filter(|k| !k.starts_with("guest-"))
+            .enumerate()
+            .filter_map(|(id, i)| i.map(|i| (id, &self.clients[i])))
+            .filter(|(_, c)| !c.key.starts_with("guest-"))
+            .map(|(id, c)| (id, &*c.key, c.since))
             .collect()
     }
 
@@ -1183,13 +1401,13 @@ impl Hub {
             reply(out, id, LINK_UP);
         }
         out.presence(Presence::Hello { node });
-        for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
-            self.here(i, out);
-        }
+        self.roster_all(out);
     }
 
-    /// The link is down: the other instances' users are out of reach, so
-    /// they leave the mirror (quietly: they did not leave the chat).
+    /// The link is down: the other instances' users are out of reach, not
+    /// gone. They stay in the mirror, so their names are not given away,
+    /// until their instance re-announces itself without them (`End`) or is
+    /// declared lost.
     pub fn link_down(&mut self, out: &mut impl Outbox) {
         let Some(c) = self.cluster.as_mut() else {
             return;
@@ -1202,10 +1420,6 @@ impl Hub {
                 id,
                 "*** error: the cluster link went down; try /nick again later",
             );
-        }
-        let remote: Vec<usize> = self.remote.drain().map(|(_, i)| i).collect();
-        for i in remote {
-            self.drop_client(i, None, false, &mut Silent(out));
         }
         if was_up {
             for id in self.local_ids() {
@@ -2179,8 +2393,10 @@ mod tests {
             presence: Vec<Presence>,
             privates: Vec<(String, u64, String, String)>,
             claims: Vec<(ClientId, String)>,
-            released: Vec<String>,
+            released: Vec<(String, ClientId)>,
             subscribed: HashSet<String>,
+            /// Answer claims with "busy" (the queue toward Redis is full).
+            busy: bool,
         }
 
         impl Outbox for Bus {
@@ -2205,11 +2421,14 @@ mod tests {
                     self.subscribed.remove(room);
                 }
             }
-            fn claim(&mut self, id: ClientId, name: &str) {
-                self.claims.push((id, name.into()));
+            fn claim(&mut self, id: ClientId, name: &str) -> bool {
+                if !self.busy {
+                    self.claims.push((id, name.into()));
+                }
+                !self.busy
             }
-            fn release(&mut self, name: &str) {
-                self.released.push(name.into());
+            fn release(&mut self, name: &str, id: ClientId, _since: u64) {
+                self.released.push((name.into(), id));
             }
         }
 
@@ -2249,8 +2468,11 @@ mod tests {
                         let presence = std::mem::take(&mut b.presence);
                         let privates = std::mem::take(&mut b.privates);
                         let claims = std::mem::take(&mut b.claims);
-                        for name in std::mem::take(&mut b.released) {
-                            self.names.remove(&name);
+                        for (name, id) in std::mem::take(&mut b.released) {
+                            // Only the holder's own claim is given back.
+                            if self.names.get(&name) == Some(&(from, id)) {
+                                self.names.remove(&name);
+                            }
                         }
                         quiet &= lines.is_empty()
                             && presence.is_empty()
@@ -2277,7 +2499,12 @@ mod tests {
                             if ok {
                                 self.names.insert(name.clone(), (from, id));
                             }
-                            self.hubs[from].claimed(id, &name, ok, &mut self.bus[from]);
+                            let answer = if ok {
+                                Claim::Granted(1000 + id as u64)
+                            } else {
+                                Claim::Taken
+                            };
+                            self.hubs[from].claimed(id, &name, answer, &mut self.bus[from]);
                         }
                     }
                     if quiet {
@@ -2418,6 +2645,9 @@ mod tests {
                 net.take(0),
                 pairs(&[(0, "*** guest-102 left (server shutting down)")])
             );
+            // Neither a replaced incarnation nor one that said goodbye is
+            // waited for to come back.
+            assert!(net.hubs[0].lost_nodes().is_empty());
         }
 
         #[test]
@@ -2438,8 +2668,22 @@ mod tests {
                     "*** error: names cannot change while the cluster link is down"
                 )])
             );
+            // Issue 12: the other instance's users are out of reach, not
+            // gone (this asserted they left /who before): they stay, and
+            // so their names stay taken; a line to them is refused.
             net.line(0, 0, "/who");
-            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** #lobby (2): guest-1, guest-101")])
+            );
+            net.line(0, 0, "/msg guest-101 hi");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(
+                    0,
+                    "*** error: guest-101 is on another server, out of reach while the cluster link is down"
+                )])
+            );
             net.hubs[0].link_up(&mut net.bus[0]);
             net.pump();
             assert_eq!(net.take(0), pairs(&[(0, LINK_UP)]));
@@ -2448,6 +2692,170 @@ mod tests {
                 net.take(0),
                 pairs(&[(0, "*** #lobby (2): guest-1, guest-101")])
             );
+        }
+
+        #[test]
+        fn a_lost_node_heard_again_is_relearned_and_its_rooms_told() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.line(1, 3, "/nick bob");
+            net.take(0);
+            net.hubs[0].node_silent("b", &mut net.bus[0]);
+            assert_eq!(net.take(0), pairs(&[(0, "*** bob left (server lost)")]));
+            assert_eq!(net.hubs[0].lost_nodes(), vec![Rc::<str>::from("b")]);
+            // Its heartbeat is back: asked for its users, it announces them.
+            net.hubs[0].node_back("b", &mut net.bus[0]);
+            net.pump();
+            assert_eq!(net.take(0), pairs(&[(0, "*** bob is back")]));
+            assert!(net.hubs[0].lost_nodes().is_empty(), "re-learned in full");
+            net.line(0, 0, "/who");
+            assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (2): bob, guest-1")]));
+            // Asking about a node that was never lost does nothing.
+            net.hubs[0].node_back("b", &mut net.bus[0]);
+            assert!(net.bus[0].presence.is_empty());
+        }
+
+        #[test]
+        fn a_roster_without_a_user_means_it_left_while_we_could_not_hear() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(3, &mut net.bus[1]);
+            net.hubs[1].connect(4, &mut net.bus[1]);
+            net.pump();
+            net.take(0);
+            net.hubs[0].link_down(&mut net.bus[0]);
+            // guest-101 leaves while a cannot hear it.
+            net.hubs[1].disconnect(3, None, &mut net.bus[1]);
+            net.bus[1] = Bus {
+                subscribed: std::mem::take(&mut net.bus[1].subscribed),
+                ..Bus::default()
+            };
+            net.take(0);
+            net.line(0, 0, "/who");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** #lobby (3): guest-1, guest-101, guest-102")]),
+                "out of reach, not gone"
+            );
+            // Back: b answers a's hello with its roster, without guest-101.
+            net.hubs[0].link_up(&mut net.bus[0]);
+            net.pump();
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, LINK_UP), (0, "*** guest-101 left")])
+            );
+            net.line(0, 0, "/who");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(0, "*** #lobby (2): guest-1, guest-102")])
+            );
+        }
+
+        #[test]
+        fn the_later_claim_gives_its_name_up_and_its_room_sees_the_rename() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.line(1, 0, "/nick alice");
+            net.take(0);
+            net.take(1);
+            assert_eq!(net.hubs[1].claimed_names(), vec![(0, "alice", 1000)]);
+            net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+            net.pump();
+            assert_eq!(
+                net.take(1),
+                pairs(&[(
+                    0,
+                    "*** your name alice was also taken on another server while the cluster was split; you are now guest-102"
+                )])
+            );
+            assert_eq!(net.take(0), pairs(&[(0, "*** alice is now guest-102")]));
+            assert!(net.hubs[1].claimed_names().is_empty());
+            assert!(
+                net.bus[1].released.is_empty(),
+                "the key is the winner's: not released"
+            );
+            // A stale verdict (the user changed name since) changes nothing.
+            net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+            assert!(net.take(1).is_empty());
+        }
+
+        #[test]
+        fn a_name_held_twice_in_the_mirror_stays_taken_until_both_let_go() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[0].connect(1, &mut net.bus[0]);
+            net.line(0, 0, "/nick alice");
+            // Another instance's alice (a split): both are in the mirror.
+            let c: Rc<str> = "c".into();
+            let here = Presence::Here {
+                node: c.clone(),
+                id: 9,
+                name: "alice".into(),
+                room: "lobby".into(),
+                shown: "lobby".into(),
+                round: 1,
+            };
+            net.hubs[0].remote_presence(here, &mut net.bus[0]);
+            net.take(0);
+            // The local alice lets go: the other still holds it.
+            net.line(0, 0, "/nick al");
+            net.line(0, 1, "/nick alice");
+            assert!(
+                net.take(0)
+                    .iter()
+                    .any(|(id, l)| *id == 1 && l == "*** error: the name alice is taken")
+            );
+            let gone = Presence::Gone { node: c, id: 9 };
+            net.hubs[0].remote_presence(gone, &mut net.bus[0]);
+            net.line(0, 1, "/nick alice");
+            assert!(
+                net.take(0)
+                    .iter()
+                    .any(|(id, l)| *id == 1 && l == "*** you are now alice")
+            );
+        }
+
+        #[test]
+        fn a_claim_that_cannot_be_queued_is_refused_with_a_reason() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.take(0);
+            net.bus[0].busy = true;
+            for _ in 0..2 {
+                net.line(0, 0, "/nick x");
+                assert_eq!(
+                    net.take(0),
+                    pairs(&[(
+                        0,
+                        "*** error: the cluster is busy; try /nick again in a moment"
+                    )]),
+                    "refused, and nothing left waiting"
+                );
+            }
+        }
+
+        #[test]
+        fn the_mirror_has_a_bound() {
+            let mut hub = Hub::new(200).with_cluster("a").with_max_remote(2);
+            let mut bus = Bus::default();
+            hub.link_up(&mut bus);
+            hub.connect(0, &mut bus);
+            for id in 0..5 {
+                let here = Presence::Here {
+                    node: "z".into(),
+                    id,
+                    name: format!("z{id}"),
+                    room: "lobby".into(),
+                    shown: "lobby".into(),
+                    round: 1,
+                };
+                hub.remote_presence(here, &mut bus);
+            }
+            bus.got.clear();
+            hub.line(0, "/who", &mut bus);
+            assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
         }
 
         #[test]

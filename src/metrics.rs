@@ -207,8 +207,16 @@ pub struct Cluster {
     pub received: u64,
     /// Messages not published because the queue to Redis was full.
     pub dropped: u64,
-    /// Times the link was re-established after it failed.
+    /// Times the link came back up after it had been up.
     pub reconnects: u64,
+    /// Attempts to connect (and authenticate) that failed.
+    pub connect_failures: u64,
+    /// Commands Redis refused (wrong password, missing ACL right, ...).
+    pub refused: u64,
+    /// Messages from Redis dropped as malformed.
+    pub malformed: u64,
+    /// Times the link was dropped because Redis did not answer in time.
+    pub timeouts: u64,
 }
 
 /// Everything one scrape shows: the running totals plus what the reactor
@@ -354,8 +362,28 @@ pub fn encode(s: &Scrape) -> String {
         );
         cl.register(
             "reconnects",
-            "Times the cluster link was re-established",
+            "Times the cluster link came back up after it had been up",
             ConstCounter::new(c.reconnects),
+        );
+        cl.register(
+            "connect_failures",
+            "Attempts to connect to Redis that failed (unreachable, wrong password, no answer)",
+            ConstCounter::new(c.connect_failures),
+        );
+        cl.register(
+            "refused",
+            "Commands Redis answered with an error (wrong password, missing ACL right, failed script)",
+            ConstCounter::new(c.refused),
+        );
+        cl.register(
+            "malformed",
+            "Messages from Redis dropped as malformed (not from a chatd instance)",
+            ConstCounter::new(c.malformed),
+        );
+        cl.register(
+            "timeouts",
+            "Times the link was dropped because Redis did not answer within --cluster-timeout",
+            ConstCounter::new(c.timeouts),
         );
     }
     let mut out = String::with_capacity(4096);
@@ -460,6 +488,10 @@ mod tests {
                 received: 4,
                 dropped: 2,
                 reconnects: 1,
+                connect_failures: 5,
+                refused: 6,
+                malformed: 7,
+                timeouts: 8,
             }),
         );
         for want in [
@@ -468,6 +500,10 @@ mod tests {
             "chatd_cluster_received_total{node=\"n1\"} 4",
             "chatd_cluster_dropped_total{node=\"n1\"} 2",
             "chatd_cluster_reconnects_total{node=\"n1\"} 1",
+            "chatd_cluster_connect_failures_total{node=\"n1\"} 5",
+            "chatd_cluster_refused_total{node=\"n1\"} 6",
+            "chatd_cluster_malformed_total{node=\"n1\"} 7",
+            "chatd_cluster_timeouts_total{node=\"n1\"} 8",
         ] {
             assert!(text.lines().any(|l| l == want), "{want} in\n{text}");
         }

@@ -149,17 +149,17 @@ impl Outbox for Out<'_> {
         }
     }
 
-    fn claim(&mut self, id: ClientId, name: &str) {
+    fn claim(&mut self, id: ClientId, name: &str) -> bool {
         // The hub only asks while the link is up; should the link fail
         // before the answer, its Down event makes the hub give up waiting.
-        if let Some(link) = self.link.as_deref_mut() {
-            link.claim(id, name);
-        }
+        self.link
+            .as_deref_mut()
+            .is_some_and(|link| link.claim(id, name))
     }
 
-    fn release(&mut self, name: &str) {
+    fn release(&mut self, name: &str, id: ClientId, since: u64) {
         if let Some(link) = self.link.as_deref_mut() {
-            link.release(name);
+            link.release(name, id, since);
         }
     }
 
@@ -306,7 +306,14 @@ impl Server {
                 // can tell a restarted instance's old users are gone.
                 let wire = format!("{}~{:x}", cfg.node_id, fastrand::u32(..));
                 let hub = Hub::new(cfg.announce_max).with_cluster(&wire);
-                let link = Link::new(url, &wire, cfg.cluster_queue as usize);
+                let timing = cluster::Timing::new(
+                    Duration::from_millis(cfg.cluster_tick_ms),
+                    Duration::from_secs(cfg.cluster_timeout),
+                );
+                // A relayed line is at most --max-line plus a name and a
+                // notice's words; more from Redis is not from an instance.
+                let max_text = cfg.max_line as usize + 256;
+                let link = Link::new(url, &wire, cfg.cluster_queue as usize, timing, max_text);
                 (hub, Some(link))
             }
         };
@@ -417,11 +424,16 @@ impl Server {
                     Inbound::Private(to, name, text) => {
                         hub.remote_private(to, &name, &text, &mut out)
                     }
-                    Inbound::Claimed(id, name, ok) => hub.claimed(id, &name, ok, &mut out),
+                    Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, &mut out),
+                    Inbound::NameLost(id, name) => hub.name_lost(id, &name, &mut out),
+                    Inbound::NodeBack(node) => {
+                        info!("cluster: node {node} has a heartbeat again; asking for its users");
+                        hub.node_back(&node, &mut out);
+                    }
                     Inbound::Guests(start) => hub.add_guests(start, crate::hub::GUEST_BLOCK),
                     Inbound::NodeLost(node) => {
                         info!("cluster: node {node} stopped answering; its users are gone");
-                        hub.node_lost(&node, "server lost", &mut out);
+                        hub.node_silent(&node, &mut out);
                     }
                 }
             }
@@ -1264,6 +1276,10 @@ impl Server {
                 received: l.stats.received,
                 dropped: l.stats.dropped,
                 reconnects: l.stats.reconnects,
+                connect_failures: l.stats.connect_failures,
+                refused: l.stats.refused,
+                malformed: l.stats.malformed,
+                timeouts: l.stats.timeouts,
             }),
         };
         let answer = metrics::answer(request, &scrape);

@@ -5,6 +5,13 @@
 //! retry (`/who`, `/nick`) poll state that is eventually consistent across
 //! instances, and give up at a stated bound.
 //!
+//! Issue 12: the cluster heals. Redis restarted empty, frozen with SIGSTOP,
+//! flushed; an instance frozen long enough to be declared lost while its
+//! user's name is granted again elsewhere; forged publications; wrong
+//! passwords, ACLs, a full queue, reconnect counting. These run with fast
+//! timers (`FAST`: a 400 ms tick) so each takes seconds; the only sleeps
+//! are the length of a fault (a freeze), never a wait for an outcome.
+//!
 //! The tests that need redis-server or haproxy are ignored in a plain
 //! `cargo test`; `.ci/run` installs both and runs them:
 //! `cargo test --test cluster -- --ignored`.
@@ -188,6 +195,10 @@ impl Redis {
         }
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server runs").id()
+    }
+
     /// Starts it again on the same port, empty (no persistence).
     fn restart(&mut self) {
         assert!(
@@ -203,6 +214,74 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A RESP reply, as far as the tests need to read one.
+#[derive(Debug, Clone, PartialEq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Resp>),
+}
+
+fn read_resp(r: &mut impl BufRead) -> Resp {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("a reply from redis-server");
+    let body = line.trim_end_matches("\r\n");
+    let (kind, rest) = body.split_at(1);
+    match kind {
+        "+" => Resp::Simple(rest.to_string()),
+        "-" => Resp::Error(rest.to_string()),
+        ":" => Resp::Int(rest.parse().expect("an integer reply")),
+        "$" if rest == "-1" => Resp::Bulk(None),
+        "$" => {
+            let len: usize = rest.parse().expect("a bulk length");
+            let mut buf = vec![0; len + 2];
+            r.read_exact(&mut buf).expect("a bulk reply");
+            buf.truncate(len);
+            Resp::Bulk(Some(buf))
+        }
+        "*" => {
+            let n: i64 = rest.parse().expect("an array length");
+            Resp::Array((0..n.max(0)).map(|_| read_resp(r)).collect())
+        }
+        _ => panic!("not RESP: {line:?}"),
+    }
+}
+
+/// One command to the redis-server on `port`, raw RESP (as anyone who can
+/// reach Redis could send it); its reply.
+fn redis_cmd(port: u16, args: &[&[u8]]) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
+    s.set_read_timeout(Some(TIMEOUT)).expect("set_read_timeout");
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req).expect("write to redis-server");
+    read_resp(&mut std::io::BufReader::new(s))
+}
+
+/// Who Redis says holds `name` (the value of its key), if anyone.
+fn name_owner(port: u16, name: &str) -> Option<String> {
+    match redis_cmd(port, &[b"GET", format!("chatd:name:{name}").as_bytes()]) {
+        Resp::Bulk(v) => v.map(|v| String::from_utf8_lossy(&v).into_owned()),
+        other => panic!("GET chatd:name:{name}: {other:?}"),
+    }
+}
+
+/// Sends a signal to a process with kill(1) (SIGSTOP/SIGCONT: a freeze).
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
 }
 
 fn redis_ping(port: u16) -> bool {
@@ -433,10 +512,20 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// With more flags for every instance (FAST: the cluster's timers).
+    fn start_with(n: usize, flags: &[&str]) -> Cluster {
         let redis = Redis::start();
         let url = redis.url();
         let nodes: Vec<Server> = (1..=n)
-            .map(|i| Server::start(&["--redis", &url, "--node-id", &format!("n{i}")]))
+            .map(|i| {
+                let id = format!("n{i}");
+                let mut args = vec!["--redis", &url, "--node-id", &id];
+                args.extend_from_slice(flags);
+                Server::start(&args)
+            })
             .collect();
         wait_linked(&nodes);
         Cluster { nodes, redis }
@@ -459,6 +548,10 @@ impl Cluster {
 /// connect their own clients only after this. The probes then leave; the
 /// tests' clients may see their `left` notices, and skip them.
 fn wait_linked(nodes: &[Server]) {
+    // A lone instance's probe sees itself at once: ask each for its link too.
+    for node in nodes {
+        wait_metric(node, "link_up", RELINK, |v| v == 1.0);
+    }
     let mut probes: Vec<Client> = nodes.iter().map(|s| s.client()).collect();
     let deadline = Instant::now() + RELINK;
     for probe in &mut probes {
@@ -1110,7 +1203,7 @@ fn the_users_of_a_stopped_instance_leave_at_once() {
     let told = bob.read_to_eof();
     assert!(told.contains("*** server shutting down"), "{told:?}");
     // A rolling restart: the instance says goodbye for its users itself,
-    // rather than leave them to the heartbeat's 7 to 13 s and a "server
+    // rather than leave them to the heartbeat's 9 to 15 s and a "server
     // lost" that is not what happened.
     let (line, _) = read_until(&mut alice, TIMEOUT, "bob's leave", |l| {
         l.starts_with("*** bob left")
@@ -1171,6 +1264,601 @@ fn the_users_of_an_instance_restarted_under_the_same_id_leave_within_the_bound()
     wait_who(&mut carol, TIMEOUT, "alice and carol only", |n| {
         n == ["alice", "carol"]
     });
+}
+
+// --- healing: Redis restarted, frozen, flushed; a split; forged messages -----
+
+/// Fast cluster timers for the fault tests (docs/cluster.md, "Timers"): a
+/// 400 ms heartbeat interval, so heartbeats live 0.8 s and names 2 s, and a
+/// 1 s reply deadline. The same story as the defaults, about 7 times faster.
+const FAST: &[&str] = &["--cluster-tick-ms", "400", "--cluster-timeout", "1"];
+/// How long after both links are back names and presence must agree again
+/// (docs/cluster.md: within 3 ticks of the last link coming up; 1.2 s with
+/// FAST), plus room for a loaded machine.
+const HEAL: Duration = Duration::from_secs(10);
+const NAME_COLLISION: &str =
+    "was also taken on another server while the cluster was split; you are now ";
+
+/// Asks for `name` on `c` and asserts it is refused as taken.
+fn refused(c: &mut Client, name: &str, when: &str) {
+    c.send(&format!("/nick {name}"));
+    let got = c.expect("the /nick answer", |l| {
+        l.starts_with("*** you are now ") || l.starts_with("*** error")
+    });
+    assert_eq!(
+        got,
+        format!("*** error: the name {name} is taken"),
+        "{}: /nick {name} {when}",
+        c.name
+    );
+}
+
+/// Polls Redis until `name`'s key names instance `node` as its holder.
+fn wait_owner(port: u16, name: &str, node: &str, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    let mut owner = None;
+    while Instant::now() < deadline {
+        owner = name_owner(port, name);
+        if owner
+            .as_deref()
+            .is_some_and(|o| o.contains(&format!("{node}~")))
+        {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    panic!("Redis never showed {node}'s claim on {name} within {bound:?}; last {owner:?}");
+}
+
+/// Reads `c` for `span`, failing on any line `bad` matches: for what must
+/// not happen (a leave, a second owner) across a stretch of heartbeats.
+fn quiet_for(c: &mut Client, span: Duration, what: &str, bad: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + span;
+    while let Some(line) = read_line_until(c, deadline) {
+        assert!(!bad(&line), "{}: {what}: {line:?}", c.name);
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn after_redis_restarts_empty_no_instance_grants_a_name_held_on_another() {
+    let mut cl = Cluster::start_with(2, FAST);
+    let mut alice = cl.named(0, "alice");
+    let mut b = cl.client(1);
+    wait_who(&mut b, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    wait_owner(cl.redis.port, "alice", "n1", TIMEOUT);
+
+    cl.redis.stop();
+    expect_within(&mut b, TIMEOUT, "the link-down notice", |l| l == LINK_DOWN);
+    cl.redis.restart();
+    expect_within(&mut b, RELINK, "the link-restored notice", |l| {
+        l == LINK_RESTORED
+    });
+    // From the moment B says the link is back: B refuses alice, before A's
+    // claim is back in Redis and after, for a good many heartbeats.
+    let deadline = Instant::now() + HEAL;
+    let mut tries = 0;
+    let mut back_at = None;
+    while back_at.is_none_or(|t| tries < t + 20) {
+        refused(
+            &mut b,
+            "alice",
+            &format!("(try {tries} since the link came back)"),
+        );
+        tries += 1;
+        let owner = name_owner(cl.redis.port, "alice");
+        if back_at.is_none() && owner.as_deref().is_some_and(|o| o.contains("n1~")) {
+            back_at = Some(tries);
+        }
+        assert!(
+            Instant::now() < deadline || back_at.is_some(),
+            "Redis never showed A's claim on alice again within {HEAL:?}: {owner:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+    alice.send("/nick alice");
+    alice.expect_line("*** you are already alice");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_frozen_redis_is_a_lost_link_and_the_cluster_heals_after_it() {
+    let cl = Cluster::start_with(2, FAST);
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut alice, TIMEOUT, "bob", |n| has_all(n, &["bob"]));
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+
+    signal(cl.redis.pid(), "STOP");
+    let frozen = Instant::now();
+    for c in [&mut alice, &mut bob] {
+        expect_within(c, TIMEOUT, "the link-down notice during the freeze", |l| {
+            l == LINK_DOWN
+        });
+    }
+    // Out of reach, not gone: each instance still lists the other's user.
+    // (A probe of wait_linked's may be listed too: if its instance noticed
+    // it leave only during the freeze, the others hear of it once healed.)
+    wait_who(&mut alice, TIMEOUT, "bob, out of reach", |n| {
+        has_all(n, &["alice", "bob"])
+    });
+    wait_who(&mut bob, TIMEOUT, "alice, out of reach", |n| {
+        has_all(n, &["alice", "bob"])
+    });
+    // The freeze outlasts the heartbeats (0.8 s) and the names (2 s): this
+    // is the fault's length, not a wait for something to happen.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(frozen.elapsed()));
+    signal(cl.redis.pid(), "CONT");
+    for c in [&mut alice, &mut bob] {
+        expect_within(c, RELINK, "the link-restored notice", |l| {
+            l == LINK_RESTORED
+        });
+    }
+    wait_who(&mut alice, HEAL, "alice and bob", |n| n == ["alice", "bob"]);
+    wait_who(&mut bob, HEAL, "alice and bob", |n| n == ["alice", "bob"]);
+    wait_owner(cl.redis.port, "alice", "n1", HEAL);
+    wait_owner(cl.redis.port, "bob", "n2", HEAL);
+    // No name can be taken twice, however many heartbeats pass.
+    let mut a2 = cl.client(0);
+    let mut b2 = cl.client(1);
+    for round in 0..10 {
+        refused(&mut a2, "bob", &format!("after the freeze (round {round})"));
+        refused(
+            &mut b2,
+            "alice",
+            &format!("after the freeze (round {round})"),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_who(&mut alice, TIMEOUT, "everyone", |n| n.len() == 4);
+    wait_who(&mut bob, TIMEOUT, "everyone", |n| n.len() == 4);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn after_flushall_every_name_and_user_is_still_there() {
+    let cl = Cluster::start_with(2, FAST);
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut alice, TIMEOUT, "bob", |n| has_all(n, &["bob"]));
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    wait_owner(cl.redis.port, "alice", "n1", TIMEOUT);
+
+    assert_eq!(
+        redis_cmd(cl.redis.port, &[b"FLUSHALL"]),
+        Resp::Simple("OK".into())
+    );
+    let mut a2 = cl.client(0);
+    let mut b2 = cl.client(1);
+    refused(&mut a2, "bob", "right after FLUSHALL");
+    refused(&mut b2, "alice", "right after FLUSHALL");
+    wait_owner(cl.redis.port, "alice", "n1", HEAL);
+    wait_owner(cl.redis.port, "bob", "n2", HEAL);
+    // The heartbeats were flushed too: nobody may be declared lost for it,
+    // across several times their lifetime (0.8 s).
+    for c in [&mut alice, &mut bob] {
+        quiet_for(
+            c,
+            Duration::from_secs(3),
+            "a user left after FLUSHALL",
+            |l| l.contains(" left"),
+        );
+    }
+    refused(&mut a2, "bob", "after FLUSHALL");
+    refused(&mut b2, "alice", "after FLUSHALL");
+    wait_who(&mut alice, TIMEOUT, "everyone", |n| n.len() == 4);
+    wait_who(&mut bob, TIMEOUT, "everyone", |n| n.len() == 4);
+}
+
+/// A split: instance A frozen (SIGSTOP) long enough for B to declare it
+/// lost and for alice's claim to expire, so B grants `alice` again. When A
+/// is back, both hold `alice`: the earlier claim (A's) keeps it, B's user is
+/// renamed and told, and B learns A's users again.
+#[test]
+#[ignore = "needs redis-server"]
+fn a_name_granted_twice_during_a_split_is_kept_by_the_earlier_claim() {
+    let cl = Cluster::start_with(2, FAST);
+    let mut alice = cl.named(0, "alice");
+    let mut watcher = cl.client(1);
+    let mut b2 = cl.client(1);
+    wait_who(&mut watcher, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    wait_owner(cl.redis.port, "alice", "n1", TIMEOUT);
+
+    signal(cl.nodes[0].child.id(), "STOP");
+    expect_within(&mut watcher, TIMEOUT, "alice's leave", |l| {
+        l == "*** alice left (server lost)"
+    });
+    nick_eventually(&mut b2, "alice");
+    signal(cl.nodes[0].child.id(), "CONT");
+
+    let (told, _) = read_until(&mut b2, HEAL, "the collision notice", |l| {
+        l.contains(NAME_COLLISION)
+    });
+    let guest = told
+        .rsplit(' ')
+        .next()
+        .expect("a name at the end")
+        .to_string();
+    assert_eq!(
+        told,
+        format!("*** your name alice {NAME_COLLISION}{guest}"),
+        "b2"
+    );
+    assert!(guest.starts_with("guest-"), "{told}");
+    expect_within(&mut watcher, TIMEOUT, "the rename in b2's room", |l| {
+        l == format!("*** alice is now {guest}")
+    });
+    expect_within(&mut watcher, HEAL, "alice re-learned", |l| {
+        l == "*** alice is back"
+    });
+    let seen = alice.sync();
+    assert!(
+        !seen.iter().any(|l| l.contains(NAME_COLLISION)),
+        "alice, the earlier claim, was renamed: {seen:?}"
+    );
+    alice.send("/nick alice");
+    alice.expect_line("*** you are already alice");
+    let want = {
+        let mut w = vec!["alice".to_string(), guest.clone(), watcher.name.clone()];
+        w.sort();
+        w
+    };
+    wait_who(&mut watcher, HEAL, &format!("{want:?}"), |n| {
+        n == want.as_slice()
+    });
+    wait_who(&mut alice, HEAL, &format!("{want:?}"), |n| {
+        n == want.as_slice()
+    });
+    wait_owner(cl.redis.port, "alice", "n1", HEAL);
+    refused(&mut watcher, "alice", "after the split healed");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn forged_publications_reach_clients_cleaned_or_not_at_all() {
+    let cl = Cluster::start(1);
+    let mut c = cl.named(0, "carol");
+    let port = cl.redis.port;
+    let channels = match redis_cmd(port, &[b"PUBSUB", b"CHANNELS", b"chatd:0:n:*"]) {
+        Resp::Array(a) => a,
+        other => panic!("PUBSUB CHANNELS: {other:?}"),
+    };
+    let Some(Resp::Bulk(Some(private))) = channels.first() else {
+        panic!("no private channel subscribed: {channels:?}");
+    };
+    let private = private.clone();
+    let big = format!("evil <mallory> m6 {}", "A".repeat(300_000));
+    let forged: Vec<(&[u8], Vec<u8>)> = vec![
+        (
+            b"chatd:0:r:lobby",
+            b"evil <mallory> m1 hi\r\n*** bobby is now admin".to_vec(),
+        ),
+        (
+            b"chatd:0:r:lobby",
+            b"evil <mallory> m2 \x1b]0;owned\x07\x1b[2J\x1b[31mred\x9b\x7f".to_vec(),
+        ),
+        (
+            b"chatd:0:r:lobby",
+            b"evil <mallory> m3 \xff\xfe\xc3(".to_vec(),
+        ),
+        (b"chatd:0:r:lobby", b"evil \r\n".to_vec()),
+        (b"chatd:0:p", b"J evil 1 bad\x1bname lobby lobby".to_vec()),
+        (b"chatd:0:p", b"J evil 2 ali\r\nce lobby lobby".to_vec()),
+        (b"chatd:0:p", b"J evil 3 m4 lob\x07by lobby".to_vec()),
+        (
+            b"chatd:0:p",
+            b"J evil 4 waytoolongforanameinthischat lobby lobby".to_vec(),
+        ),
+        (b"chatd:0:p", b"J ev\x1bil 5 m5 lobby lobby".to_vec()),
+        (b"chatd:0:p", b"N evil 1 x\r\ny".to_vec()),
+        (b"chatd:0:p", b"J evil".to_vec()),
+        (b"chatd:0:p", b"\xff\xff".to_vec()),
+        (b"chatd:0:r:lobby", big.into_bytes()),
+        (b"chatd:0:r:lob\x1bby", b"evil <mallory> m7".to_vec()),
+        // The batch form (how an instance sends a run of lines): each line
+        // is cleaned on its own, as a client's would be.
+        (
+            b"chatd:0:r:lobby",
+            b"evil\n<mallory> m9 \x1b[2Jone\r\n<mallory> m9 t\x07wo\n\x1b]0;x\x07".to_vec(),
+        ),
+    ];
+    let mut forged = forged;
+    for id in 0..8u8 {
+        let payload = format!("{id} carol *mallory* m8 psst\r\n*** carol is now banned\x1b[2J");
+        forged.push((&private, payload.into_bytes()));
+    }
+    for (channel, payload) in &forged {
+        let got = redis_cmd(port, &[b"PUBLISH", channel, payload]);
+        assert!(matches!(got, Resp::Int(_)), "PUBLISH: {got:?}");
+    }
+    // A clean line after them all: what came before it is everything the
+    // forgeries produced.
+    let got = redis_cmd(port, &[b"PUBLISH", b"chatd:0:r:lobby", b"evil <probe> end"]);
+    assert!(matches!(got, Resp::Int(_)), "PUBLISH: {got:?}");
+    let before = expect_within(&mut c, TIMEOUT, "the clean line", |l| l == "<probe> end");
+    // Shortened for the failure messages (one forgery is 300 kB).
+    let before_shown: Vec<String> = before
+        .iter()
+        .map(|l| l.chars().take(80).collect())
+        .collect();
+    for line in &before {
+        assert!(
+            !line.chars().any(|ch| ch.is_control()),
+            "a control character reached the client: {line:?}"
+        );
+        assert!(
+            line.len() < 10_000,
+            "an oversized line: {} bytes",
+            line.len()
+        );
+        assert!(
+            !line.starts_with("*** bobby") && !line.starts_with("*** carol is now"),
+            "a forged notice became a line of its own: {line:?} in {before_shown:?}"
+        );
+    }
+    for marker in ["m1", "m2", "m3", "m4", "m5", "m6", "m7"] {
+        let n = before
+            .iter()
+            .filter(|l| l.split(' ').any(|w| w == marker))
+            .count();
+        assert!(n <= 1, "{marker} became {n} lines: {before_shown:?}");
+    }
+    let batch: Vec<&String> = before.iter().filter(|l| l.contains(" m9 ")).collect();
+    assert_eq!(
+        batch,
+        ["<mallory> m9 [2Jone", "<mallory> m9 two"],
+        "the batch's lines, each cleaned"
+    );
+    let private_lines = before.iter().filter(|l| l.contains("psst")).count();
+    assert!(private_lines <= 8, "{before_shown:?}");
+    // The mirror took no bad name or room, and the server keeps serving.
+    let names = who(&mut c);
+    for n in &names {
+        assert!(
+            n.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
+            "a bad name in /who: {n:?} ({names:?})"
+        );
+    }
+    let listed = rooms(&mut c);
+    assert!(
+        !listed.chars().any(|ch| ch.is_control()),
+        "a bad room in /rooms: {listed:?}"
+    );
+    let mut d = cl.named(0, "dave");
+    d.send("still here");
+    assert_eq!(next_said(&mut c), "<dave> still here");
+}
+
+// --- the link's health: passwords, ACLs, full queues, reconnects -------------
+
+/// One `chatd_cluster_*` figure from an instance's /metrics.
+fn metric(server: &Server, name: &str) -> f64 {
+    let addr = server.http_addr.expect("a web port");
+    let page = http_get(addr, "/metrics");
+    let want = format!("chatd_cluster_{name}{{");
+    page.lines()
+        .find(|l| l.starts_with(&want))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {want} in /metrics:\n{page}"))
+}
+
+/// Polls a metric until `pred` holds, for up to `bound`.
+fn wait_metric(server: &Server, name: &str, bound: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + bound;
+    let mut v = metric(server, name);
+    while !pred(v) {
+        assert!(
+            Instant::now() < deadline,
+            "chatd_cluster_{name} never as wanted within {bound:?}; last {v}"
+        );
+        std::thread::sleep(POLL);
+        v = metric(server, name);
+    }
+    v
+}
+
+/// chatd with `args`, its log (stderr) kept in `log`.
+fn start_logged(log: &Path, args: &[&str]) -> Server {
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "exec \"$0\" \"$@\" 2>>\"$CHATD_LOG\"",
+        env!("CARGO_BIN_EXE_chatd"),
+    ])
+    .env("CHATD_LOG", log);
+    Server::start_with(cmd, args)
+}
+
+/// Polls a log file until a line contains every one of `want`.
+fn wait_log(log: &Path, want: &[&str], bound: Duration) -> String {
+    let deadline = Instant::now() + bound;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| want.iter().all(|w| l.contains(w))) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {want:?} within {bound:?}; log:\n{text}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The sample ACL from docs/cluster.md, as arguments for `ACL SETUSER`,
+/// with `password` for its placeholder.
+fn sample_acl(password: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cluster.md"))
+        .expect("read docs/cluster.md");
+    let line = doc
+        .lines()
+        .find(|l| l.trim_start().starts_with("ACL SETUSER chatd "))
+        .expect("docs/cluster.md: a sample `ACL SETUSER chatd ...` line");
+    line.split_whitespace()
+        .skip(1)
+        .map(|w| w.replace("CHANGE-ME", password))
+        .collect()
+}
+
+fn acl_setuser(port: u16, args: &[String]) {
+    let mut cmd: Vec<&[u8]> = vec![b"ACL"];
+    cmd.extend(args.iter().map(|a| a.as_bytes()));
+    assert_eq!(
+        redis_cmd(port, &cmd),
+        Resp::Simple("OK".into()),
+        "ACL {args:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_wrong_password_is_logged_at_once_and_shown_in_metrics() {
+    let redis = Redis::start();
+    acl_setuser(redis.port, &sample_acl("right"));
+    let dir = TempDir::new("wrongpw");
+    let log = dir.path().join("chatd.log");
+    let url = format!("redis://chatd:wrong@127.0.0.1:{}", redis.port);
+    let node = start_logged(&log, &["--redis", &url, "--node-id", "n1"]);
+    let line = wait_log(&log, &["refused AUTH", "WRONGPASS"], TIMEOUT);
+    assert!(line.contains("WARN"), "not a warning: {line}");
+    assert!(
+        !line.contains("wrong"),
+        "the password itself was logged: {line}"
+    );
+    wait_metric(&node, "refused_total", TIMEOUT, |v| v >= 1.0);
+    wait_metric(&node, "connect_failures_total", TIMEOUT, |v| v >= 1.0);
+    assert_eq!(metric(&node, "link_up"), 0.0);
+    assert_eq!(
+        metric(&node, "reconnects_total"),
+        0.0,
+        "nothing was re-established"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn the_sample_acl_is_enough_and_a_missing_right_is_logged_and_retried() {
+    let redis = Redis::start();
+    acl_setuser(redis.port, &sample_acl("s3cret"));
+    let mut no_eval = sample_acl("s3cret");
+    no_eval[1] = "chatd-noeval".into();
+    no_eval.retain(|a| a != "+eval");
+    acl_setuser(redis.port, &no_eval);
+
+    // Two instances as the ACL user: the whole cluster works.
+    let url = format!("redis://chatd:s3cret@127.0.0.1:{}", redis.port);
+    let nodes: Vec<Server> = (1..=2)
+        .map(|i| {
+            let id = format!("n{i}");
+            Server::start(&["--redis", &url, "--node-id", &id])
+        })
+        .collect();
+    wait_linked(&nodes);
+    let mut alice = named(&nodes[0], "alice");
+    let mut b = nodes[1].client();
+    wait_who(&mut b, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    refused(&mut b, "alice", "under the sample ACL");
+    b.send("/msg alice hi");
+    alice.expect_line(&format!("*{}* hi", b.name));
+    wait_owner(redis.port, "alice", "n1", TIMEOUT);
+
+    // One without EVAL: told at once, in the log and /metrics, with
+    // Redis's own words; asked again later (with backoff), link kept.
+    let dir = TempDir::new("noeval");
+    let log = dir.path().join("chatd.log");
+    let url = format!("redis://chatd-noeval:s3cret@127.0.0.1:{}", redis.port);
+    let n3 = start_logged(&log, &["--redis", &url, "--node-id", "n3"]);
+    wait_log(
+        &log,
+        &["refused EVAL (reserve guest numbers)", "NOPERM"],
+        TIMEOUT,
+    );
+    wait_metric(&n3, "refused_total", TIMEOUT, |v| v >= 3.0);
+    assert_eq!(metric(&n3, "link_up"), 1.0);
+}
+
+/// Redis frozen, so nothing it is sent is answered: past the bound on
+/// replies awaited (--cluster-queue / 64), lines for the other instances are
+/// dropped and counted and a /nick is refused as busy; the link stays (the
+/// reply deadline is a minute here), and works again once Redis does.
+#[test]
+#[ignore = "needs redis-server"]
+fn a_full_queue_toward_redis_drops_lines_and_refuses_claims_but_keeps_the_link() {
+    let flags = ["--cluster-queue", "4096", "--cluster-timeout", "60"];
+    let cl = Cluster::start_with(1, &flags);
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.client(0);
+    signal(cl.redis.pid(), "STOP");
+    // 64 replies awaited fill the bound; 200 publications are well past
+    // it (a command between lines keeps them from going out as one batch).
+    let mut batch = String::new();
+    for i in 0..200 {
+        batch.push_str(&format!("line {i}\n/who\n"));
+    }
+    alice.send_raw(batch.as_bytes());
+    for _ in 0..200 {
+        alice.expect("a /who answer", |l| l.starts_with("*** #lobby ("));
+    }
+    bob.send("/nick bobby");
+    let got = bob.expect("the /nick answer", |l| l.starts_with("*** "));
+    assert_eq!(
+        got, "*** error: the cluster is busy; try /nick again in a moment",
+        "a claim past the bound"
+    );
+    assert!(metric(&cl.nodes[0], "dropped_total") > 0.0);
+    assert_eq!(metric(&cl.nodes[0], "link_up"), 1.0);
+    signal(cl.redis.pid(), "CONT");
+    // Once Redis answers again, claims go through on the same link.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        bob.send("/nick bobby");
+        let got = bob.expect("the /nick answer", |l| {
+            l.starts_with("*** you are now ") || l.starts_with("*** error")
+        });
+        if got == "*** you are now bobby" {
+            break;
+        }
+        assert_eq!(
+            got,
+            "*** error: the cluster is busy; try /nick again in a moment"
+        );
+        assert!(Instant::now() < deadline, "still busy after {TIMEOUT:?}");
+        std::thread::sleep(POLL);
+    }
+    let seen = alice.sync();
+    assert!(
+        !seen.iter().any(|l| l == LINK_DOWN),
+        "the link went down: {seen:?}"
+    );
+    assert_eq!(metric(&cl.nodes[0], "reconnects_total"), 0.0);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn reconnects_count_links_that_came_back_and_failures_apart() {
+    let mut redis = Redis::start();
+    redis.stop();
+    let node = Server::start(&["--redis", &redis.url(), "--node-id", "n1"]);
+    wait_metric(&node, "connect_failures_total", TIMEOUT, |v| v >= 2.0);
+    assert_eq!(
+        metric(&node, "reconnects_total"),
+        0.0,
+        "failed attempts are not reconnects"
+    );
+    redis.restart();
+    wait_metric(&node, "link_up", RELINK, |v| v == 1.0);
+    assert_eq!(
+        metric(&node, "reconnects_total"),
+        0.0,
+        "the first link is not a reconnect"
+    );
+    redis.stop();
+    wait_metric(&node, "link_up", TIMEOUT, |v| v == 0.0);
+    redis.restart();
+    wait_metric(&node, "link_up", RELINK, |v| v == 1.0);
+    assert_eq!(metric(&node, "reconnects_total"), 1.0);
 }
 
 // --- HAProxy in front ----------------------------------------------------------

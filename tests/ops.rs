@@ -821,7 +821,18 @@ fn cluster_metrics_show_the_link_and_what_crossed_it() {
 fn a_stalled_redis_overflows_the_cluster_queue_not_the_loop() {
     let redis = Redis::start();
     let url = format!("redis://127.0.0.1:{}", redis.1);
-    let a = Server::start(&["--redis", &url, "--node-id", "a", "--cluster-queue", "4096"]);
+    // The reply deadline (--cluster-timeout) would cut a frozen Redis off
+    // after 5 s; this is about the queue, so give the flood a minute.
+    let a = Server::start(&[
+        "--redis",
+        &url,
+        "--node-id",
+        "a",
+        "--cluster-queue",
+        "4096",
+        "--cluster-timeout",
+        "60",
+    ]);
     let deadline = Instant::now() + TIMEOUT;
     while scrape(&a).get("chatd_cluster_link_up{node=\"a\"}") != 1.0 {
         assert!(Instant::now() < deadline, "the link never came up");
