@@ -87,7 +87,7 @@ impl Default for Limits {
 }
 
 /// One kept line.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Line {
     pub n: u64,
     /// When it was said, ms since the Unix epoch.
@@ -96,6 +96,18 @@ pub struct Line {
     seq: u64,
     /// As relayed: `<alice> hi` or `* alice waves`.
     pub text: Box<str>,
+}
+
+impl Line {
+    /// A line kept elsewhere (the cluster's history in Redis).
+    pub fn new(n: u64, ms: u64, text: &str) -> Line {
+        Line {
+            n,
+            ms,
+            seq: 0,
+            text: text.into(),
+        }
+    }
 }
 
 fn cost(text: &str) -> usize {

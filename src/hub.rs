@@ -34,6 +34,33 @@ pub trait Outbox {
     fn close(&mut self, id: ClientId, reason: String);
     /// A line for the members of `room` on the other instances.
     fn publish(&mut self, _room: &str, _msg: &Rc<Msg>) {}
+    /// Cluster mode: room lines (CRLF between) from local client `from`, to
+    /// be numbered and kept by Redis (at most `keep` per room, for `ttl_ms`
+    /// after the last); they come back through [`Hub::said`]. False when
+    /// they cannot go now (link down, queue full).
+    fn say(
+        &mut self,
+        _room: &str,
+        _from: ClientId,
+        _lines: &str,
+        _keep: usize,
+        _ttl_ms: u64,
+    ) -> bool {
+        false
+    }
+    /// Cluster mode: a room's history for `id` from Redis, the lines after
+    /// `after` or the last ones, at most `count`; answered by
+    /// [`Hub::answer`]. False when it cannot be asked now.
+    fn history(
+        &mut self,
+        _id: ClientId,
+        _room: &str,
+        _asked: Asked,
+        _after: Option<Id>,
+        _count: usize,
+    ) -> bool {
+        false
+    }
     /// A change to who is where, for the other instances' mirrors.
     fn presence(&mut self, _event: Presence) {}
     /// A line for one user on another instance.
@@ -185,6 +212,39 @@ struct Client {
     /// its own come back to it, and entering a room ends with the room's
     /// last id (see [`Hub::mark`]).
     ids: bool,
+    /// Cluster mode: history answers awaited from Redis, and the room lines
+    /// held back meanwhile so they come after the history, not before.
+    wait: Option<Box<Wait>>,
+}
+
+/// What a client asked of the cluster's history (see [`Outbox::history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// Entering a room: its last --history-on-join lines, then (with ids)
+    /// where the client stands.
+    Enter,
+    /// `/ids on`: only where the client stands.
+    Mark,
+    /// `/history N`.
+    Last(usize),
+    /// `/history since ID`.
+    Since(Id),
+}
+
+/// The most room lines held for a client while its history is fetched (an
+/// answer comes within a round trip to Redis; a room that says more
+/// meanwhile loses the oldest, and the client is told how many).
+const MAX_HELD: usize = 1024;
+
+#[derive(Default)]
+struct Wait {
+    pending: u32,
+    /// (room key, first id, lines, the buffer).
+    held: VecDeque<(Box<str>, Id, u64, Rc<Msg>)>,
+    lost: u64,
+    /// The last id of the latest answer, per the room it was about: held
+    /// lines up to it are in that answer already.
+    head: Option<(Box<str>, Id)>,
 }
 
 struct Room {
@@ -444,6 +504,7 @@ impl Hub {
             home: Home::Local(id),
             since: 0,
             ids: false,
+            wait: None,
         });
         self.name_add(&key, i);
         if self.local.len() <= id {
@@ -614,8 +675,11 @@ impl Hub {
                     _ => return reply(out, id, "*** error: usage: /ids on|off"),
                 };
                 self.clients[i].ids = on;
+                let room = self.clients[i].room;
                 if on {
-                    self.mark(id, self.clients[i].room, out);
+                    if !self.ask(i, room, Asked::Mark, None, 0, out) {
+                        self.mark(id, room, out);
+                    }
                 } else {
                     reply(out, id, "*** ids off");
                 }
@@ -956,6 +1020,23 @@ impl Hub {
     /// (the sender included). `from`: the local sender, or None for lines
     /// from another instance (which are not published again).
     fn say(&mut self, room: usize, from: Option<usize>, lines: String, out: &mut impl Outbox) {
+        if let Some(i) = from
+            && self.cluster.as_ref().is_some_and(|c| c.up)
+            && let Home::Local(cid) = self.clients[i].home
+        {
+            // Redis numbers the lines, keeps them, and hands them back to
+            // every instance, this one included: see `said`.
+            let limits = self.history.limits();
+            let key = &self.rooms[room].key;
+            if !out.say(key, cid, &lines, limits.per_room, limits.ttl_ms) {
+                reply(
+                    out,
+                    cid,
+                    "*** error: the cluster is too busy; that line was not sent",
+                );
+            }
+            return;
+        }
         let hist = self.rooms[room].hist;
         let mut first = None;
         for line in lines.split("\r\n") {
@@ -982,8 +1063,11 @@ impl Hub {
 
     /// The last --history-on-join lines of `room`, for client `i` that just
     /// entered it; with ids, then the room's last id.
-    fn replay(&self, id: ClientId, i: usize, room: usize, out: &mut impl Outbox) {
+    fn replay(&mut self, id: ClientId, i: usize, room: usize, out: &mut impl Outbox) {
         let ids = self.clients[i].ids;
+        if (self.on_join > 0 || ids) && self.ask(i, room, Asked::Enter, None, self.on_join, out) {
+            return;
+        }
         let kept = self.history.kept(self.rooms[room].hist).len();
         if self.on_join > 0 && kept > 0 {
             let from = kept.saturating_sub(self.on_join);
@@ -1010,7 +1094,7 @@ impl Hub {
     }
 
     /// `/history`, `/history N`, `/history since ID`.
-    fn history_command(&self, id: ClientId, i: usize, rest: &str, out: &mut impl Outbox) {
+    fn history_command(&mut self, id: ClientId, i: usize, rest: &str, out: &mut impl Outbox) {
         const USAGE: &str = "*** error: usage: /history [N] or /history since ID";
         let (room, ids) = (self.clients[i].room, self.clients[i].ids);
         let r = &self.rooms[room];
@@ -1033,6 +1117,31 @@ impl Hub {
             let text = format!("*** history of {}: off on this server", r.name);
             return reply(out, id, &text);
         }
+        let keep = self.history.limits().per_room;
+        let asked = match ask {
+            Ok(n) => self.ask(i, room, Asked::Last(n), None, n.min(keep), out),
+            Err(since) => self.ask(i, room, Asked::Since(since), Some(since), keep, out),
+        };
+        if asked {
+            return;
+        }
+        let r = &self.rooms[room];
+        match &self.cluster {
+            Some(c) if c.up => {
+                return reply(
+                    out,
+                    id,
+                    "*** error: the cluster is busy; try /history again in a moment",
+                );
+            }
+            // The cluster's history is in Redis, out of reach now.
+            Some(_) => reply(
+                out,
+                id,
+                "*** the cluster link is down: this is only what was said on this server meanwhile",
+            ),
+            None => {}
+        }
         let kept = self.history.kept(r.hist).len();
         let text = match ask {
             Ok(n) => self.history_answer(room, kept.saturating_sub(n), ids, Ask::Last),
@@ -1046,65 +1155,189 @@ impl Hub {
         out.send(id, &Msg::new(&text));
     }
 
-    /// One history answer, as one buffer: the kept lines of `room` from
-    /// index `from` on, newest first as far as `reply_max` allows, framed
-    /// by a header and an end line, and preceded by what was missed.
+    /// One history answer from this instance's own history: the kept
+    /// lines of `room` from index `from` on.
     fn history_answer(&self, room: usize, from: usize, ids: bool, ask: Ask) -> String {
         let r = &self.rooms[room];
         let kept = self.history.kept(r.hist);
         let epoch = self.history.head(r.hist).map_or(0, |h| h.epoch);
-        let mut lines = Vec::new();
-        let mut bytes = 0;
-        for l in kept.range(from.min(kept.len())..).rev() {
-            let line = history_line(l, epoch, ids);
-            bytes += line.len() + 2;
-            if bytes > self.reply_max {
-                break;
-            }
-            lines.push(line);
-        }
-        let left_out = (kept.len().saturating_sub(from) - lines.len()) as u64;
-        let shown = lines.len();
-        let mut text = String::new();
-        match ask {
-            Ask::Resume(_, evicted) if left_out + evicted > 0 => text.push_str(&format!(
-                "*** {} missed; showing the last {shown}\r\n",
-                plural(left_out + evicted, "line") + if left_out + evicted == 1 { " was" } else { " were" },
-            )),
-            Ask::Lost(since) => text.push_str(&format!(
-                "*** the history since {since} is gone (the server restarted, or the room was empty for too long); showing the last {shown}\r\n"
-            )),
-            _ if left_out > 0 => text.push_str(&format!(
-                "*** {} left out: too long to send at once\r\n",
-                plural(left_out, "older line")
-            )),
-            _ => {}
-        }
-        if shown == 0 {
-            match ask {
-                Ask::Resume(since, _) if left_out == 0 => text.push_str(&format!(
-                    "*** history of {}: nothing new since {since}",
-                    r.name
-                )),
-                _ => text.push_str(&format!("*** history of {}: empty", r.name)),
-            }
-            return text;
-        }
-        let since = match ask {
-            Ask::Resume(since, _) | Ask::Lost(since) => format!(" since {since}"),
-            Ask::Last => String::new(),
+        let lines: Vec<&history::Line> = kept.range(from.min(kept.len())..).collect();
+        render_answer(&r.name, epoch, &lines, ids, ask, self.reply_max)
+    }
+
+    /// Cluster mode, link up: asks Redis for `room`'s history for client
+    /// `i` and holds its room lines until the answer; false (nothing asked)
+    /// otherwise, and the caller answers from this instance's own history.
+    fn ask(
+        &mut self,
+        i: usize,
+        room: usize,
+        asked: Asked,
+        after: Option<Id>,
+        count: usize,
+        out: &mut impl Outbox,
+    ) -> bool {
+        let (true, Home::Local(cid)) = (
+            self.cluster.as_ref().is_some_and(|c| c.up),
+            &self.clients[i].home,
+        ) else {
+            return false;
         };
-        text.push_str(&format!(
-            "*** history of {}{since} ({}, times UTC):",
-            r.name,
-            plural(shown as u64, "line")
-        ));
-        for line in lines.iter().rev() {
-            text.push_str("\r\n");
-            text.push_str(line);
+        if !out.history(*cid, &self.rooms[room].key, asked, after, count) {
+            return false;
         }
-        text.push_str("\r\n*** end of history");
-        text
+        self.clients[i].wait.get_or_insert_default().pending += 1;
+        true
+    }
+
+    /// Room lines numbered by Redis (see `say`), for the local members of
+    /// `room`: one plain buffer and, if anyone has ids, one tagged buffer.
+    /// `from`: our local client who said them, who gets them back only if
+    /// it has ids.
+    pub fn said(
+        &mut self,
+        room: &str,
+        first: Id,
+        from: Option<ClientId>,
+        text: &str,
+        out: &mut impl Outbox,
+    ) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let sender = from.and_then(|c| self.idx(c));
+        let count = text.split("\r\n").count() as u64;
+        let plain = Msg::new(text);
+        let mut tagged: Option<Rc<Msg>> = None;
+        for &member in &self.rooms[r].members {
+            let c = &mut self.clients[member];
+            let Home::Local(to) = c.home else { continue };
+            let msg = if c.ids {
+                tagged.get_or_insert_with(|| Msg::new(&tag_lines(text, first)))
+            } else if Some(member) != sender {
+                &plain
+            } else {
+                continue;
+            };
+            match c.wait.as_mut() {
+                Some(w) => {
+                    if w.held.len() >= MAX_HELD
+                        && let Some((.., n, _)) = w.held.pop_front()
+                    {
+                        w.lost += n;
+                    }
+                    w.held
+                        .push_back((self.rooms[r].key.clone(), first, count, msg.clone()));
+                }
+                None => out.send(to, msg),
+            }
+        }
+    }
+
+    /// Redis's answer to [`Outbox::history`] for local client `id`: the
+    /// room's epoch and last N, and its lines (oldest first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        asked: Asked,
+        epoch: u64,
+        last: u64,
+        lines: Vec<history::Line>,
+        out: &mut impl Outbox,
+    ) {
+        let Some(i) = self.idx(id) else { return };
+        let here = self.room_keys.get(room).copied();
+        if let Some(r) = here.filter(|&r| r == self.clients[i].room) {
+            let (name, ids) = (&self.rooms[r].name, self.clients[i].ids);
+            let refs: Vec<&history::Line> = lines.iter().collect();
+            let render = |ask| render_answer(name, epoch, &refs, ids, ask, self.reply_max);
+            let text = match asked {
+                Asked::Enter if !refs.is_empty() => Some(render(Ask::Last)),
+                Asked::Enter | Asked::Mark => None,
+                Asked::Last(_) => Some(render(Ask::Last)),
+                // 0-0: where a client stands in a room that had no lines yet.
+                Asked::Since(since)
+                    if epoch != 0 && (since.epoch == epoch || since == Id { epoch: 0, n: 0 }) =>
+                {
+                    let after = if since.epoch == epoch { since.n } else { 0 };
+                    let total = last.saturating_sub(after);
+                    let evicted = total.saturating_sub(refs.len() as u64);
+                    Some(render(Ask::Resume(since, evicted)))
+                }
+                Asked::Since(since) if epoch == 0 && since.n == 0 => {
+                    Some(format!("*** history of {name}: nothing new since {since}"))
+                }
+                Asked::Since(since) => Some(render(Ask::Lost(since))),
+            };
+            if let Some(text) = text {
+                out.send(id, &Msg::new(&text));
+            }
+            let head = Id { epoch, n: last };
+            if ids && matches!(asked, Asked::Enter | Asked::Mark) {
+                reply(out, id, &format!("*** ids on: {name} at {head}"));
+            }
+            if let Some(w) = self.clients[i].wait.as_mut() {
+                w.head = Some((self.rooms[r].key.clone(), head));
+            }
+        }
+        let done = self.clients[i].wait.as_mut().is_none_or(|w| {
+            w.pending = w.pending.saturating_sub(1);
+            w.pending == 0
+        });
+        if done {
+            self.release_held(i, out);
+        }
+    }
+
+    /// Sends what was held for client `i` while its history was fetched:
+    /// only lines of the room it is in, and not those the answer had.
+    fn release_held(&mut self, i: usize, out: &mut impl Outbox) {
+        let (Some(w), Home::Local(id)) = (self.clients[i].wait.take(), &self.clients[i].home)
+        else {
+            return;
+        };
+        let id = *id;
+        if w.lost > 0 {
+            let text = format!(
+                "*** {} missed while your history was fetched",
+                plural(w.lost, "line") + if w.lost == 1 { " was" } else { " were" }
+            );
+            reply(out, id, &text);
+        }
+        let room = &self.rooms[self.clients[i].room].key;
+        for (key, first, count, msg) in w.held {
+            if key != *room {
+                continue;
+            }
+            let skip = match &w.head {
+                Some((k, head)) if *k == key && head.epoch == first.epoch => {
+                    (head.n + 1).saturating_sub(first.n).min(count)
+                }
+                _ => 0,
+            };
+            if skip == count {
+                continue;
+            }
+            if skip == 0 {
+                out.send(id, &msg);
+            } else {
+                let rest: Vec<&str> = msg.text().split("\r\n").skip(skip as usize).collect();
+                out.send(id, &Msg::new(&rest.join("\r\n")));
+            }
+        }
+    }
+
+    /// Redis could not take local client `id`'s line: it is told.
+    pub fn not_said(&self, id: ClientId, out: &mut impl Outbox) {
+        if self.idx(id).is_some() {
+            reply(
+                out,
+                id,
+                "*** error: the cluster could not take that line; it was not sent",
+            );
+        }
     }
 
     fn announces(&self, room: usize) -> bool {
@@ -1231,6 +1464,7 @@ impl Hub {
                     home: Home::Remote(node.clone(), id),
                     since: round,
                     ids: false,
+                    wait: None,
                 });
                 self.name_add(&key, i);
                 let back = self
@@ -1414,6 +1648,24 @@ impl Hub {
         };
         let was_up = std::mem::replace(&mut c.up, false);
         let waiting: Vec<ClientId> = c.pending.drain().map(|(id, _)| id).collect();
+        // History answers awaited from Redis will not come.
+        let held: Vec<usize> = self
+            .local
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&i| self.clients[i].wait.is_some())
+            .collect();
+        for i in held {
+            if let Home::Local(id) = self.clients[i].home {
+                reply(
+                    out,
+                    id,
+                    "*** the cluster link went down: the history asked for cannot be shown now",
+                );
+            }
+            self.release_held(i, out);
+        }
         for id in waiting {
             reply(
                 out,
@@ -1467,6 +1719,74 @@ enum Ask {
 /// private messages (which never reach a room).
 fn is_room_line(line: &str) -> bool {
     line.starts_with('<') || (line.starts_with("* ") && !line.starts_with("*** "))
+}
+
+/// One history answer, as one buffer: `lines` (oldest first), the newest
+/// of them as far as `reply_max` bytes allow, framed by a header and an end
+/// line, and preceded by what was missed.
+fn render_answer(
+    name: &str,
+    epoch: u64,
+    kept: &[&history::Line],
+    ids: bool,
+    ask: Ask,
+    reply_max: usize,
+) -> String {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    for l in kept.iter().rev() {
+        let line = history_line(l, epoch, ids);
+        bytes += line.len() + 2;
+        if bytes > reply_max {
+            break;
+        }
+        lines.push(line);
+    }
+    let left_out = (kept.len() - lines.len()) as u64;
+    let shown = lines.len();
+    let mut text = String::new();
+    match ask {
+        Ask::Resume(_, evicted) if left_out + evicted > 0 => text.push_str(&format!(
+            "*** {} missed; showing the last {shown}\r\n",
+            plural(left_out + evicted, "line")
+                + if left_out + evicted == 1 {
+                    " was"
+                } else {
+                    " were"
+                },
+        )),
+        Ask::Lost(since) => text.push_str(&format!(
+            "*** the history since {since} is gone (the server restarted, or the room was empty for too long); showing the last {shown}\r\n"
+        )),
+        _ if left_out > 0 => text.push_str(&format!(
+            "*** {} left out: too long to send at once\r\n",
+            plural(left_out, "older line")
+        )),
+        _ => {}
+    }
+    if shown == 0 {
+        match ask {
+            Ask::Resume(since, _) if left_out == 0 => {
+                text.push_str(&format!("*** history of {name}: nothing new since {since}"))
+            }
+            _ => text.push_str(&format!("*** history of {name}: empty")),
+        }
+        return text;
+    }
+    let since = match ask {
+        Ask::Resume(since, _) | Ask::Lost(since) => format!(" since {since}"),
+        Ask::Last => String::new(),
+    };
+    text.push_str(&format!(
+        "*** history of {name}{since} ({}, times UTC):",
+        plural(shown as u64, "line")
+    ));
+    for line in lines.iter().rev() {
+        text.push_str("\r\n");
+        text.push_str(line);
+    }
+    text.push_str("\r\n*** end of history");
+    text
 }
 
 /// `@id=EPOCH-N <alice> hi` for each line of a batch numbered from `first`.
@@ -2390,6 +2710,8 @@ mod tests {
         struct Bus {
             got: Vec<(ClientId, String)>,
             room_lines: Vec<(String, String)>,
+            /// Lines to be numbered, as Redis would (SAY_LUA).
+            said: Vec<(String, ClientId, String)>,
             presence: Vec<Presence>,
             privates: Vec<(String, u64, String, String)>,
             claims: Vec<(ClientId, String)>,
@@ -2406,6 +2728,10 @@ mod tests {
             fn close(&mut self, _: ClientId, _: String) {}
             fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
                 self.room_lines.push((room.into(), msg.text().into()));
+            }
+            fn say(&mut self, room: &str, from: ClientId, lines: &str, _: usize, _: u64) -> bool {
+                self.said.push((room.into(), from, lines.into()));
+                true
             }
             fn presence(&mut self, event: Presence) {
                 self.presence.push(event);
@@ -2436,6 +2762,8 @@ mod tests {
             hubs: [Hub; 2],
             bus: [Bus; 2],
             names: HashMap<String, (usize, ClientId)>,
+            /// Each room's last N, as Redis keeps it.
+            numbers: HashMap<String, u64>,
         }
 
         impl Net {
@@ -2447,6 +2775,7 @@ mod tests {
                     ],
                     bus: [Bus::default(), Bus::default()],
                     names: HashMap::new(),
+                    numbers: HashMap::new(),
                 };
                 net.hubs[0].add_guests(1, 100);
                 net.hubs[1].add_guests(101, 100);
@@ -2464,6 +2793,7 @@ mod tests {
                     for from in 0..2 {
                         let to = 1 - from;
                         let b = &mut self.bus[from];
+                        let said = std::mem::take(&mut b.said);
                         let lines = std::mem::take(&mut b.room_lines);
                         let presence = std::mem::take(&mut b.presence);
                         let privates = std::mem::take(&mut b.privates);
@@ -2474,10 +2804,24 @@ mod tests {
                                 self.names.remove(&name);
                             }
                         }
-                        quiet &= lines.is_empty()
+                        quiet &= said.is_empty()
+                            && lines.is_empty()
                             && presence.is_empty()
                             && privates.is_empty()
                             && claims.is_empty();
+                        for (room, cid, text) in said {
+                            let n = self.numbers.entry(room.clone()).or_default();
+                            let first = Id {
+                                epoch: 7,
+                                n: *n + 1,
+                            };
+                            *n += text.split("\r\n").count() as u64;
+                            for (h, who) in [(from, Some(cid)), (to, None)] {
+                                if self.bus[h].subscribed.contains(&room) {
+                                    self.hubs[h].said(&room, first, who, &text, &mut self.bus[h]);
+                                }
+                            }
+                        }
                         for (room, text) in lines {
                             if self.bus[to].subscribed.contains(&room) {
                                 self.hubs[to].remote_line(&room, &text, &mut self.bus[to]);
@@ -2856,6 +3200,36 @@ mod tests {
             bus.got.clear();
             hub.line(0, "/who", &mut bus);
             assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
+        }
+
+        #[test]
+        fn lines_are_numbered_by_the_store_and_with_the_link_down_history_is_local_and_says_so() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.hubs[0].line(0, "/ids on", &mut net.bus[0]);
+            net.pump();
+            net.take(0);
+            net.take(1);
+            net.line(0, 0, "one");
+            // Back from the store to both, the sender's (with ids) included.
+            assert_eq!(net.take(0), pairs(&[(0, "@id=7-1 <guest-1> one")]));
+            assert_eq!(net.take(1), pairs(&[(0, "<guest-1> one")]));
+            net.line(1, 0, "two");
+            assert_eq!(net.take(0), pairs(&[(0, "@id=7-2 <guest-101> two")]));
+            assert_eq!(net.take(1), vec![], "no echo without ids");
+            net.hubs[0].link_down(&mut net.bus[0]);
+            net.take(0);
+            net.line(0, 0, "alone");
+            net.line(0, 0, "/history");
+            let got = net.take(0);
+            assert_eq!(got[0].1, "@id=1-1 <guest-1> alone", "numbered here now");
+            assert_eq!(
+                got[1].1,
+                "*** the cluster link is down: this is only what was said on this server meanwhile"
+            );
+            assert!(got[2].1.contains("] <guest-1> alone"), "{got:?}");
+            assert!(!got[2].1.contains("> one"), "{got:?}");
         }
 
         #[test]

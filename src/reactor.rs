@@ -19,8 +19,9 @@
 use crate::cluster::{self, Inbound, Link, RedisUrl};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
 use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for, set_keepalive};
+use crate::history::Id;
 use crate::http::{self, After, Head, Request};
-use crate::hub::{ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
+use crate::hub::{Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
 use crate::idle::{self, Action};
 use crate::line::{Frame, Framer, sanitize};
 use crate::metrics::{self, Metrics, Scrape};
@@ -129,6 +130,25 @@ impl Outbox for Out<'_> {
         if let Some(link) = self.link.as_deref_mut() {
             link.publish_room(room, msg.text());
         }
+    }
+
+    fn say(&mut self, room: &str, from: ClientId, lines: &str, keep: usize, ttl_ms: u64) -> bool {
+        self.link
+            .as_deref_mut()
+            .is_some_and(|link| link.say(room, from, lines, keep, ttl_ms))
+    }
+
+    fn history(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        asked: Asked,
+        after: Option<Id>,
+        count: usize,
+    ) -> bool {
+        self.link
+            .as_deref_mut()
+            .is_some_and(|link| link.history(id, room, asked, after, count))
     }
 
     fn presence(&mut self, event: Presence) {
@@ -420,6 +440,21 @@ impl Server {
                     Inbound::Up => hub.link_up(&mut out),
                     Inbound::Down(_) => hub.link_down(&mut out),
                     Inbound::Room(room, text) => hub.remote_line(&room, &text, &mut out),
+                    Inbound::Said {
+                        room,
+                        first,
+                        from,
+                        text,
+                    } => hub.said(&room, first, from, &text, &mut out),
+                    Inbound::NotSaid(id) => hub.not_said(id, &mut out),
+                    Inbound::History {
+                        id,
+                        room,
+                        asked,
+                        epoch,
+                        last,
+                        lines,
+                    } => hub.answer(id, &room, asked, epoch, last, lines, &mut out),
                     Inbound::Presence(p) => hub.remote_presence(p, &mut out),
                     Inbound::Private(to, name, text) => {
                         hub.remote_private(to, &name, &text, &mut out)
