@@ -3232,6 +3232,94 @@ mod tests {
             assert!(!got[2].1.contains("> one"), "{got:?}");
         }
 
+        /// Asks for history as the link would; answers come when the test
+        /// says.
+        #[derive(Default)]
+        struct Asking {
+            got: Vec<(ClientId, String)>,
+            asked: Vec<(ClientId, String, Asked, Option<Id>, usize)>,
+        }
+
+        impl Outbox for Asking {
+            fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+                self.got.push((to, msg.text().to_string()));
+            }
+            fn close(&mut self, _: ClientId, _: String) {}
+            fn history(
+                &mut self,
+                id: ClientId,
+                room: &str,
+                asked: Asked,
+                after: Option<Id>,
+                count: usize,
+            ) -> bool {
+                self.asked.push((id, room.into(), asked, after, count));
+                true
+            }
+        }
+
+        #[test]
+        fn a_client_waiting_for_history_gets_it_first_then_the_live_lines_it_did_not_have() {
+            let mut hub = Hub::new(200).with_cluster("a");
+            let mut out = Asking::default();
+            hub.link_up(&mut out);
+            hub.connect(0, &mut out);
+            assert_eq!(out.asked, [(0, "lobby".into(), Asked::Enter, None, 20)]);
+            out.got.clear();
+            // Lines 3 and 4 arrive before the answer, which has 1 to 3.
+            hub.said("lobby", Id { epoch: 9, n: 3 }, None, "<b> three", &mut out);
+            hub.said("lobby", Id { epoch: 9, n: 4 }, None, "<b> four", &mut out);
+            assert_eq!(out.got, vec![], "held");
+            let lines = (1..=3)
+                .map(|n| history::Line::new(n, NOON, &format!("<b> {n}")))
+                .collect();
+            hub.answer(0, "lobby", Asked::Enter, 9, 3, lines, &mut out);
+            assert_eq!(
+                out.got,
+                pairs(&[
+                    (
+                        0,
+                        "*** history of #lobby (3 lines, times UTC):\r\n[12:03] <b> 1\r\n\
+                         [12:03] <b> 2\r\n[12:03] <b> 3\r\n*** end of history"
+                    ),
+                    (0, "<b> four"),
+                ])
+            );
+            out.got.clear();
+            // Resuming: what was missed is counted exactly.
+            hub.line(0, "/history since 9-1", &mut out);
+            let since = Id { epoch: 9, n: 1 };
+            assert_eq!(
+                out.asked[1],
+                (0, "lobby".into(), Asked::Since(since), Some(since), 100)
+            );
+            let lines = vec![history::Line::new(4, NOON, "<b> four")];
+            hub.answer(0, "lobby", Asked::Since(since), 9, 4, lines, &mut out);
+            assert!(
+                out.got[0]
+                    .1
+                    .starts_with("*** 2 lines were missed; showing the last 1\r\n"),
+                "{:?}",
+                out.got
+            );
+            out.got.clear();
+            // The link goes down while an answer is awaited: told, not stuck.
+            hub.line(0, "/history", &mut out);
+            hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
+            hub.link_down(&mut out);
+            assert_eq!(
+                out.got,
+                pairs(&[
+                    (
+                        0,
+                        "*** the cluster link went down: the history asked for cannot be shown now"
+                    ),
+                    (0, "<b> five"),
+                    (0, LINK_DOWN),
+                ])
+            );
+        }
+
         #[test]
         fn guests_come_from_reserved_blocks_or_carry_the_node_id() {
             let mut hub = Hub::new(200).with_cluster("n7");
