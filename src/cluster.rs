@@ -117,12 +117,10 @@ const SAY_LUA: &str = "local t = redis.call('time') \
      local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
      local e = redis.call('hget', KEYS[1], 'e') \
      if not e then e = ms redis.call('hset', KEYS[1], 'e', e) end \
-     local first \
-     for i = 5, #ARGV do \
-       local n = redis.call('hincrby', KEYS[1], 'n', 1) \
-       if not first then first = n end \
-       if ARGV[1] ~= '0' then \
-         redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. n, 't', ARGV[i], 'ms', ms) \
+     local first = redis.call('hincrby', KEYS[1], 'n', #ARGV - 4) - (#ARGV - 4) + 1 \
+     if ARGV[1] ~= '0' then \
+       for i = 5, #ARGV do \
+         redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
        end \
      end \
      redis.call('pexpire', KEYS[1], ARGV[2]) \
