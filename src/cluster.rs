@@ -227,8 +227,9 @@ pub enum Inbound {
         from: Option<ClientId>,
         text: String,
     },
-    /// Redis could not take local client `id`'s line.
-    NotSaid(ClientId),
+    /// Redis refused local client `id`'s line (true), or the link failed
+    /// before Redis confirmed it (false).
+    NotSaid(ClientId, bool),
     /// The answer to [`Link::history`]: the room's epoch (0: none) and last
     /// N, and its lines, oldest first.
     History {
@@ -723,6 +724,19 @@ impl Link {
         let wait = self.backoff.mul_f64(jitter);
         self.retry_at = Some(Instant::now() + wait);
         self.backoff = (self.backoff * 2).min(self.timing.backoff_max());
+        // Lines sent but not confirmed: Redis may or may not have run them
+        // (a frozen Redis can still read what was sent before the close).
+        let mut unsure: Vec<ClientId> = self
+            .pending
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Expect::Say(id, ..) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        unsure.sort_unstable();
+        unsure.dedup();
+        inbound.extend(unsure.into_iter().map(|id| Inbound::NotSaid(id, false)));
         self.pending.clear();
         self.confirmed.clear();
         self.delivered.clear();
@@ -1286,7 +1300,7 @@ impl Link {
             (Expect::Say(id, ..), OwnedFrame::Error(e)) => {
                 self.forgot(&e);
                 self.refused("EVAL (a room line)", &e);
-                inbound.push(Inbound::NotSaid(id));
+                inbound.push(Inbound::NotSaid(id, true));
             }
             (Expect::Say(id, room, text), f) => {
                 // Our own lines come back on the subscription, unless it is

@@ -212,6 +212,8 @@ struct Client {
     /// its own come back to it, and entering a room ends with the room's
     /// last id (see [`Hub::mark`]).
     ids: bool,
+    /// Cluster mode: its last line could not go to Redis (it was told).
+    refused: bool,
     /// Cluster mode: history answers awaited from Redis, and the room lines
     /// held back meanwhile so they come after the history, not before.
     wait: Option<Box<Wait>>,
@@ -504,6 +506,7 @@ impl Hub {
             home: Home::Local(id),
             since: 0,
             ids: false,
+            refused: false,
             wait: None,
         });
         self.name_add(&key, i);
@@ -1028,13 +1031,17 @@ impl Hub {
             // every instance, this one included: see `said`.
             let limits = self.history.limits();
             let key = &self.rooms[room].key;
-            if !out.say(key, cid, &lines, limits.per_room, limits.ttl_ms) {
+            let sent = out.say(key, cid, &lines, limits.per_room, limits.ttl_ms);
+            // Told once per run of refused lines, not once per line.
+            let c = &mut self.clients[i];
+            if !sent && !c.refused {
                 reply(
                     out,
                     cid,
-                    "*** error: the cluster is too busy; that line was not sent",
+                    "*** error: the cluster is too busy; your lines are not sent until this error stops",
                 );
             }
+            c.refused = !sent;
             return;
         }
         let hist = self.rooms[room].hist;
@@ -1329,14 +1336,16 @@ impl Hub {
         }
     }
 
-    /// Redis could not take local client `id`'s line: it is told.
-    pub fn not_said(&self, id: ClientId, out: &mut impl Outbox) {
+    /// Redis refused local client `id`'s line (`sure`), or the link went
+    /// down before Redis confirmed it: the client is told.
+    pub fn not_said(&self, id: ClientId, sure: bool, out: &mut impl Outbox) {
         if self.idx(id).is_some() {
-            reply(
-                out,
-                id,
-                "*** error: the cluster could not take that line; it was not sent",
-            );
+            let text = if sure {
+                "*** error: the cluster could not take that line; it was not sent"
+            } else {
+                "*** error: the cluster link went down before your last lines were confirmed; they may not have reached everyone"
+            };
+            reply(out, id, text);
         }
     }
 
@@ -1464,6 +1473,7 @@ impl Hub {
                     home: Home::Remote(node.clone(), id),
                     since: round,
                     ids: false,
+                    refused: false,
                     wait: None,
                 });
                 self.name_add(&key, i);

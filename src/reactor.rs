@@ -446,7 +446,7 @@ impl Server {
                         from,
                         text,
                     } => hub.said(&room, first, from, &text, &mut out),
-                    Inbound::NotSaid(id) => hub.not_said(id, &mut out),
+                    Inbound::NotSaid(id, sure) => hub.not_said(id, sure, &mut out),
                     Inbound::History {
                         id,
                         room,
