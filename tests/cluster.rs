@@ -2393,3 +2393,91 @@ fn a_late_and_a_restarted_instance_show_the_same_history() {
     let mut dave = cl.client(1);
     assert_eq!(history_block(&mut dave), after, "and on n2 the same");
 }
+
+/// The `chat` client, cut off from one instance while the room keeps
+/// talking, comes back through the "load balancer" to the other instance
+/// and shows every line exactly once: the ids are the cluster's, so the
+/// other instance knows exactly what it missed.
+#[test]
+#[ignore = "needs redis-server"]
+fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
+    use std::io::BufRead;
+    let cl = Cluster::start(2);
+    let proxy = support::Proxy::start(cl.nodes[0].addr);
+    let mut tess = cl.named(0, "tess");
+    let mut chat = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &proxy.addr.port().to_string(),
+        ])
+        .args(["--reconnect-base-ms", "50"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn chat");
+    let stdout = chat.stdout.take().expect("chat stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut upto = |what: &str| {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!("chat: expected {what}, saw {seen:?}");
+            };
+            let done = line.ends_with(what);
+            seen.push(line);
+            if done {
+                return seen.clone();
+            }
+        }
+    };
+    upto("lines up to 8192 bytes");
+    tess.expect("chat joined", |l| l.ends_with(" joined"));
+    for i in 1..=5 {
+        tess.send(&format!("line {i}"));
+    }
+    upto("> line 5");
+
+    proxy.cut();
+    proxy.retarget(cl.nodes[1].addr);
+    tess.expect("chat gone", |l| l.contains(" left"));
+    for i in 6..=15 {
+        tess.send(&format!("line {i}"));
+    }
+    tess.sync();
+    proxy.restore();
+    tess.expect("chat back, on n2", |l| l.ends_with(" joined"));
+    for i in 16..=20 {
+        tess.send(&format!("line {i}"));
+    }
+    let seen = upto("> line 20");
+    drop(chat.stdin.take());
+    let _ = chat.kill();
+    let _ = chat.wait();
+    for i in 1..=20 {
+        let said = format!("<tess> line {i}");
+        let shown = seen
+            .iter()
+            .filter(|l| **l == said || l.ends_with(&format!("] {said}")))
+            .count();
+        assert_eq!(shown, 1, "line {i} shown {shown} times: {seen:#?}");
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("missed") || l.contains("gone")),
+        "nothing was missed: {seen:#?}"
+    );
+}

@@ -262,6 +262,8 @@ pub struct Proxy {
 #[derive(Default)]
 struct ProxyState {
     cut: bool,
+    /// Where new connections go.
+    target: Option<SocketAddr>,
     /// Both ends of every forwarded connection, to shut them down on `cut`.
     live: Vec<(TcpStream, TcpStream)>,
     accepted: usize,
@@ -272,7 +274,10 @@ impl Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
         let addr = listener.local_addr().unwrap();
         let state = std::sync::Arc::new((
-            std::sync::Mutex::new(ProxyState::default()),
+            std::sync::Mutex::new(ProxyState {
+                target: Some(target),
+                ..ProxyState::default()
+            }),
             std::sync::Condvar::new(),
         ));
         let shared = std::sync::Arc::clone(&state);
@@ -288,7 +293,7 @@ impl Proxy {
                 while st.cut && Instant::now() < deadline {
                     st = changed.wait_timeout(st, TIMEOUT).unwrap().0;
                 }
-                let Ok(upstream) = TcpStream::connect(target) else {
+                let Some(Ok(upstream)) = st.target.map(TcpStream::connect) else {
                     continue;
                 };
                 let _ = upstream.set_nodelay(true);
@@ -319,6 +324,12 @@ impl Proxy {
             let _ = b.shutdown(Shutdown::Both);
         }
         changed.notify_all();
+    }
+
+    /// Sends new connections to `target` from now on (a load balancer
+    /// picking another instance).
+    pub fn retarget(&self, target: SocketAddr) {
+        self.state.0.lock().unwrap().target = Some(target);
     }
 
     /// Forwards again, starting with the connections that waited.
