@@ -10,6 +10,13 @@
 //! instances (kept up to date by presence events from the cluster link), so
 //! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
 //! each instance delivers lines only to its own local clients.
+//!
+//! Messages and actions are room history: on one server the hub numbers
+//! and keeps them itself ([`History`]); in cluster mode, while the link is
+//! up, Redis numbers and keeps them and the hub delivers them as they come
+//! back ([`Hub::said`]), and history is asked of Redis ([`Hub::answer`]).
+//! Clients with `/ids on` get a second shared buffer per broadcast, with
+//! every line tagged with its id — never a copy per recipient.
 
 use crate::cluster::Claim;
 use crate::history::{self, History, Id, Since};
