@@ -25,6 +25,8 @@ case ${1:-} in -h | --help) usage; exit 0 ;; esac
 out=${1:-/dev/stdout}
 runs=${RUNS:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench-lib.sh
+source "$root/scripts/bench-lib.sh"
 tgt=$root/target/release
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "needs jq (apt-get install jq)" >&2; exit 1; }
@@ -38,21 +40,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ticks() { # utime+stime of a pid, in clock ticks
-    awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 hz=$(getconf CLK_TCK)
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize no >"$work/redis.log" 2>&1 &
-redis_pid=$!
+start_redis
 pids+=("$redis_pid")
-for _ in $(seq 100); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-    sleep 0.05
-done
 
 start_chatd() { # extra args...; prints "pid port"
     local f=$work/chatd.$RANDOM
@@ -124,12 +115,7 @@ for setup in single linked split; do
     done
 done
 
-med() { # setup case jq-expr
-    for f in "$work/$1.$2".*.json; do
-        [[ -s $f ]] && jq -r "($3) // empty" "$f" 2>/dev/null
-    done | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}'
-}
-fmt() { awk -v v="$1" -v d="${2:-2}" 'BEGIN { if (v == "") print "—"; else printf "%.*f\n", d, v }'; }
+num() { awk -v v="$1" -v d="${2:-2}" 'BEGIN { if (v == "") print "—"; else printf "%.*f\n", d, v }'; }
 
 {
     echo "## chatd alone and as a two-instance cluster"
@@ -148,7 +134,7 @@ fmt() { awk -v v="$1" -v d="${2:-2}" 'BEGIN { if (v == "") print "—"; else pri
         p50=$(med "$setup" open '.latency_us.p50 / 1000')
         p99=$(med "$setup" open '.latency_us.p99 / 1000')
         [[ $setup == single ]] && rcpu=
-        echo "| $setup | $(fmt "$(awk -v d="$d" 'BEGIN{if(d!="")print d/1e6}')") M | $(fmt "$cpu" 3) µs | $([[ -n $rcpu ]] && echo "$(fmt "$rcpu" 1) µs" || echo —) | $(fmt "$p50") ms | $(fmt "$p99") ms |"
+        echo "| $setup | $(num "$(awk -v d="$d" 'BEGIN{if(d!="")print d/1e6}')") M | $(num "$cpu" 3) µs | $([[ -n $rcpu ]] && echo "$(num "$rcpu" 1) µs" || echo —) | $(num "$p50") ms | $(num "$p99") ms |"
     done
     echo
     echo "Reproduce: \`scripts/bench-cluster.sh\` (RUNS=$runs)."

@@ -291,6 +291,12 @@ enum Expect {
     Script(usize),
 }
 
+/// What a command costs --cluster-queue beyond its RESP bytes: its entry
+/// in `pending` until Redis answers, in a VecDeque that may be up to twice
+/// as large as it is full. With 1-byte messages (about 50 bytes of PUBLISH)
+/// that is the difference between the bound and 2.3 times it.
+const PENDING_OVERHEAD: usize = 2 * size_of::<(Instant, Expect)>();
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Down,
@@ -776,9 +782,11 @@ impl Link {
         let Some(cmd) = self.cmd.as_mut() else {
             return false;
         };
-        let full = cmd.wbuf.len() > self.max_queue || self.pending.len() >= self.max_pending;
+        // Each command waiting for its reply also holds a slot in `pending`.
+        let queued = cmd.wbuf.len() + self.pending.len() * PENDING_OVERHEAD;
+        let full = queued > self.max_queue || self.pending.len() >= self.max_pending;
         if full && matches!(kind, Kind::Publish | Kind::Claim) {
-            let (bytes, replies) = (cmd.wbuf.len(), self.pending.len());
+            let (bytes, replies) = (queued, self.pending.len());
             match kind {
                 Kind::Publish => {
                     self.stats.dropped += 1;
@@ -1801,6 +1809,28 @@ mod tests {
     }
 
     #[test]
+    fn the_publish_queue_counts_what_waits_for_a_reply() {
+        // A Redis that never reads nor answers: its backlog completes the
+        // connect, nothing else happens.
+        let redis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = RedisUrl::parse(&format!("redis://{}", redis.local_addr().unwrap()), None);
+        let poll = mio::Poll::new().unwrap();
+        let max = 64 * 1024;
+        let mut link = Link::new(url.unwrap(), "n1", max, Timing::default(), 100);
+        let conn = Redis::connect(link.url.addr, CMD, poll.registry()).unwrap();
+        link.cmd = Some(conn);
+        link.state = State::Up;
+        while link.stats.dropped == 0 {
+            link.publish_room("lobby", "x");
+            assert!(link.stats.published < max as u64, "never full");
+        }
+        let wbuf = link.cmd.as_ref().unwrap().wbuf.len();
+        let pending = link.pending.len() * size_of::<(Instant, Expect)>();
+        // At most one command past the bound, whose own bytes are counted.
+        assert!(wbuf + pending <= max + 64, "{wbuf} + {pending} > {max}");
+    }
+
+    #[test]
     fn commands_are_resp_arrays_of_bulk_strings() {
         let mut buf = Vec::new();
         command(&mut buf, &[b"SET", b"k", b"v v"]);
@@ -2098,16 +2128,23 @@ mod tests {
         if let Some(cmd) = link.cmd.as_mut() {
             cmd.wbuf.clear();
         }
-        // Replies awaited: at most 4096 / 64 = 64; past it lines are
-        // dropped and counted, and claims refused.
+        // Replies awaited: at most 4096 / 64 = 64, and the bytes queued
+        // plus each awaited reply's bookkeeping at most 4096 (which bites
+        // first here); past either, lines are dropped and counted, and
+        // claims refused.
         for _ in 0..100 {
             link.publish_room("lobby", "<a> hi");
         }
-        assert_eq!((link.stats.published, link.stats.dropped), (64, 36));
+        let (published, dropped) = (link.stats.published, link.stats.dropped);
+        assert_eq!(published + dropped, 100);
+        assert!(dropped > 0 && published <= 64, "{published} {dropped}");
+        let queued =
+            link.cmd.as_ref().map_or(0, |c| c.wbuf.len()) + link.pending.len() * PENDING_OVERHEAD;
+        assert!(queued <= 4096 + 64, "{queued}");
         assert!(!link.claim(1, "alice"), "a claim past the bound is refused");
         // Bookkeeping is not dropped: a release still goes out.
         link.release("alice", 1, 5);
-        assert_eq!(link.pending.len(), 65);
+        assert_eq!(link.pending.len() as u64, published + 1);
         // The subscriber's queue: past 4096 bytes the link is dropped and
         // re-established, keeping every room for the new subscription.
         for i in 0..200 {

@@ -18,13 +18,25 @@ pub const MAX_IOVECS: usize = 64;
 /// flush what is queued for it.
 pub const DRAIN_SECS: u64 = 2;
 
+// Every duration and size flag has a maximum, checked by clap at start-up
+// (a clear error, exit status 2). Each is far beyond any sensible use and
+// far from where arithmetic on it could overflow (an `Instant` plus a
+// duration, a sum of sizes in usize).
+
 /// Linux refuses a TCP_KEEPIDLE above this (MAX_TCP_KEEPIDLE).
 pub const MAX_KEEPALIVE: u64 = 32767;
 /// The longest --cluster-timeout: a Redis that has not answered for a
 /// minute is gone, whatever the network.
 pub const MAX_CLUSTER_TIMEOUT: u64 = 60;
-/// A year: far beyond any use, and far from overflowing an `Instant`.
+/// A year.
 pub const MAX_IDLE_TIMEOUT: u64 = 365 * 24 * 3600;
+/// A day, for --http-timeout: a browser sends its request head at once.
+pub const MAX_HTTP_TIMEOUT: u64 = 24 * 3600;
+/// 16 MiB, for --max-line: a line is a chat message, and one line may be
+/// queued for every client at once.
+pub const MAX_MAX_LINE: u32 = 16 << 20;
+/// 1 GiB, for --sendq and --cluster-queue.
+pub const MAX_QUEUE: u32 = 1 << 30;
 
 /// --max-line's default, also the hub's when it is used without a config.
 pub const DEFAULT_MAX_LINE: u32 = 8192;
@@ -69,20 +81,21 @@ pub struct Config {
     #[arg(long)]
     pub no_http: bool,
 
-    /// Seconds a web client may take to send its request head.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds a web client may take to send its request head (at most a day).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_HTTP_TIMEOUT))]
     pub http_timeout: u64,
 
-    /// Longest line accepted, in bytes; longer lines are refused and discarded.
-    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Longest line accepted, in bytes (at most 16 MiB); longer lines are refused and discarded.
+    #[arg(long, default_value_t = DEFAULT_MAX_LINE, value_parser = clap::value_parser!(u32).range(1..=MAX_MAX_LINE as i64))]
     pub max_line: u32,
 
     /// Most simultaneous clients; one more is told the server is full.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clients: u32,
 
-    /// Most output queued for one client, in bytes.
-    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
+    /// Most output queued for one client, in bytes (at most 1 GiB), each
+    /// queued line counted with its bookkeeping (see the README's memory bound).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..=MAX_QUEUE as i64))]
     pub sendq: u32,
 
     /// What to do with a client whose queue would pass --sendq.
@@ -132,8 +145,8 @@ pub struct Config {
     #[arg(long, value_name = "ID", default_value_t = random_node_id(), hide_default_value = true)]
     pub node_id: String,
 
-    /// Cluster mode: the most bytes queued toward Redis; what would pass it is dropped and counted.
-    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..))]
+    /// Cluster mode: the most bytes queued toward Redis (at most 1 GiB); what would pass it is dropped and counted.
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..=MAX_QUEUE as i64))]
     pub cluster_queue: u32,
 
     /// Cluster mode: seconds Redis may take to answer the oldest command still
@@ -188,9 +201,10 @@ impl Config {
 
     /// Flags that only make sense together.
     pub fn check(&self) -> Result<(), String> {
-        if (self.sendq as u64) < self.max_line as u64 + 64 {
+        let room = crate::conn::ENTRY_OVERHEAD as u64 + 64;
+        if (self.sendq as u64) < self.max_line as u64 + room {
             return Err(format!(
-                "--sendq ({}) must be at least --max-line ({}) + 64, or a relayed line could never be queued",
+                "--sendq ({}) must be at least --max-line ({}) + {room}, or a relayed line could never be queued",
                 self.sendq, self.max_line
             ));
         }

@@ -94,6 +94,11 @@ pub struct Request {
     pub upgrade_websocket: bool,
     pub websocket_version: Option<String>,
     pub websocket_key: Option<String>,
+    /// The head announces a body (Transfer-Encoding, or a Content-Length
+    /// other than 0). None is ever read: after a WebSocket upgrade it would
+    /// be taken for frames. Refused, but only once the method is known to
+    /// be allowed, so a POST gets its 405.
+    pub has_body: bool,
 }
 
 impl Request {
@@ -185,6 +190,7 @@ fn request_from(req: &httparse::Request) -> Result<Request, &'static str> {
         upgrade_websocket: false,
         websocket_version: None,
         websocket_key: None,
+        has_body: false,
     };
     let mut hosts = 0;
     for h in req.headers.iter() {
@@ -196,15 +202,21 @@ fn request_from(req: &httparse::Request) -> Result<Request, &'static str> {
         } else if name.eq_ignore_ascii_case("upgrade") {
             out.upgrade_websocket |= has_token(h.value, "websocket");
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            // RFC 6455 4.1: each of these appears once; with two, which
+            // one the accept key answers would be a guess.
+            if out.websocket_version.is_some() {
+                return Err("more than one Sec-WebSocket-Version header");
+            }
             out.websocket_version = Some(text(h.value)?.trim().to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            if out.websocket_key.is_some() {
+                return Err("more than one Sec-WebSocket-Key header");
+            }
             out.websocket_key = Some(text(h.value)?.trim().to_string());
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // We never read a body; after a WebSocket upgrade one would be
-            // taken for frames, so refuse rather than guess where it ends.
-            return Err("request bodies are not accepted");
-        } else if name.eq_ignore_ascii_case("content-length") && text(h.value)?.trim() != "0" {
-            return Err("request bodies are not accepted");
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && text(h.value)?.trim() != "0")
+        {
+            out.has_body = true;
         }
     }
     // RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host.
@@ -263,6 +275,8 @@ pub enum Route {
     },
     /// `/ws` without a valid upgrade: 400 with the reason.
     BadUpgrade(&'static str),
+    /// An allowed method with a body: 400 (bodies are never read).
+    BodyRefused,
     /// A known path with the wrong method: 405 with `Allow`.
     MethodNotAllowed {
         allow: &'static str,
@@ -285,6 +299,7 @@ pub fn route(req: &Request) -> Route {
         "/app.css" => Route::Style,
         "/favicon.svg" => Route::Icon,
         "/healthz" => Route::Health,
+        "/ws" if req.method == "GET" && req.has_body => return Route::BodyRefused,
         "/ws" if req.method == "GET" => match req.websocket_accept() {
             Ok(accept) => Route::WebSocket { accept },
             Err(why) => Route::BadUpgrade(why),
@@ -292,10 +307,12 @@ pub fn route(req: &Request) -> Route {
         "/ws" => return Route::MethodNotAllowed { allow: "GET" },
         _ => return Route::NotFound,
     };
-    if get_or_head {
-        file
-    } else {
+    if !get_or_head {
         Route::MethodNotAllowed { allow: "GET, HEAD" }
+    } else if req.has_body {
+        Route::BodyRefused
+    } else {
+        file
     }
 }
 
@@ -343,6 +360,13 @@ impl Route {
                 b"method not allowed\n",
                 head_only,
                 &[("Allow", allow)],
+            ),
+            Route::BodyRefused => response(
+                400,
+                TEXT,
+                b"bad request: request bodies are not accepted\n",
+                head_only,
+                &[],
             ),
             Route::NotFound => response(404, TEXT, b"not found\n", head_only, &[]),
         }
@@ -564,11 +588,121 @@ mod tests {
     }
 
     #[test]
-    fn request_bodies_are_refused() {
+    fn request_bodies_are_refused_after_the_method_is_decided() {
+        let route_of = |raw: &str| route(&complete(raw).0);
+        let allow = "GET, HEAD";
+        assert_eq!(
+            route_of("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"),
+            Route::MethodNotAllowed { allow }
+        );
+        assert_eq!(
+            route_of("POST /ws HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Route::MethodNotAllowed { allow: "GET" }
+        );
         for raw in [
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
             "GET /ws HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
+            assert_eq!(route_of(raw), Route::BodyRefused, "{raw:?}");
+        }
+        let (req, _) = complete("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(route(&req), Route::Page);
+    }
+
+    /// Property: a head is judged as it arrives and never changes its
+    /// mind — once the bytes so far are complete or invalid, every longer
+    /// prefix gets the same answer — and no input panics the parser or the
+    /// router. Inputs are random sequences of request pieces (methods,
+    /// targets, versions, headers, line ends, a second key, bodies) and
+    /// random bytes.
+    #[test]
+    fn head_parsing_is_decided_as_bytes_arrive_and_never_panics() {
+        let pieces: &[&[u8]] = &[
+            b"GET",
+            b"POST",
+            b"HEAD",
+            b" ",
+            b"/",
+            b"/ws",
+            b"?q=1",
+            b"http://h/x",
+            b" HTTP/1.1",
+            b" HTTP/1.0",
+            b" HTTP/2",
+            b"\r\n",
+            b"\n",
+            b"\r\n\r\n",
+            b"Host: x",
+            b"host:y",
+            b"Upgrade: websocket",
+            b"Connection: keep-alive, Upgrade",
+            b"Sec-WebSocket-Version: 13",
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            b"\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n",
+            b"Content-Length: 5",
+            b"Transfer-Encoding: chunked",
+            b":",
+            b"\0",
+            b"\xff\xfe",
+            "é".as_bytes(),
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..3000 {
+            let mut buf = Vec::new();
+            // Most inputs start like a request, so the parser gets deep.
+            match rng.u8(0..3) {
+                0 => buf.extend_from_slice(b"GET /ws HTTP/1.1\r\nHost: x\r\n"),
+                1 => buf.extend_from_slice(UPGRADE.trim_end().as_bytes()),
+                _ => {}
+            }
+            for _ in 0..rng.usize(0..24) {
+                if rng.u8(0..8) == 0 {
+                    buf.push(rng.u8(..));
+                } else {
+                    buf.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+                }
+            }
+            let full = parse_head(&buf);
+            if let Head::Complete { request, len } = &full {
+                assert!(*len <= buf.len() && *len <= MAX_HEAD);
+                let route = route(request);
+                let _ = route.response(request.is_head());
+                if let Route::WebSocket { .. } = route {
+                    // An upgrade answers exactly one key, and no body
+                    // follows it to be mistaken for frames.
+                    let head = String::from_utf8_lossy(&buf[..*len]).to_ascii_lowercase();
+                    let keys = head
+                        .split('\n')
+                        .filter(|l| l.starts_with("sec-websocket-key:"));
+                    assert_eq!(keys.count(), 1, "{head:?}");
+                    assert!(!request.has_body, "{head:?}");
+                }
+            }
+            let mut decided: Option<Head> = None;
+            for k in 0..=buf.len() {
+                let now = parse_head(&buf[..k]);
+                match (&decided, &now) {
+                    (None, Head::Incomplete) => {}
+                    (None, _) => decided = Some(now),
+                    (Some(d), _) => assert_eq!(
+                        d,
+                        &now,
+                        "changed its mind at byte {k} of {:?}",
+                        String::from_utf8_lossy(&buf)
+                    ),
+                }
+            }
+            assert_eq!(decided.unwrap_or(Head::Incomplete), full);
+        }
+    }
+
+    #[test]
+    fn a_second_websocket_key_or_version_is_refused() {
+        for dup in [
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            "Sec-WebSocket-Version: 13\r\n",
+        ] {
+            let raw = UPGRADE.replace("\r\n\r\n", &format!("\r\n{dup}\r\n"));
             assert!(
                 matches!(
                     parse_head(raw.as_bytes()),
@@ -577,8 +711,6 @@ mod tests {
                 "{raw:?}"
             );
         }
-        let (req, _) = complete("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(route(&req), Route::Page);
     }
 
     #[test]

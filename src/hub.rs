@@ -22,7 +22,7 @@ use crate::cluster::Claim;
 use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -298,7 +298,8 @@ pub struct Hub {
     dups: HashMap<Box<str>, Vec<usize>>,
     max_remote: usize,
     rooms: Slab<Room>,
-    room_keys: HashMap<Box<str>, usize>,
+    /// Sorted, so `/rooms` names its first entries without sorting them all.
+    room_keys: BTreeMap<Box<str>, usize>,
     next_guest: u64,
     online: usize,
     announce_max: usize,
@@ -320,6 +321,29 @@ pub struct Hub {
     now_ms: u64,
 }
 
+/// `/who`, `/rooms` and the list in a join answer name at most this many
+/// entries (the first in alphabetical order), then `… and K more`: one
+/// answer costs the loop and the asker's queue a bounded amount (about 6 KiB
+/// of text) however many rooms or members there are.
+pub const LIST_MAX: usize = 200;
+
+/// "a, b, c" for the first entries, and how many were left out.
+fn listing(total: usize, shown: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for entry in shown.take(LIST_MAX) {
+        if n > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&entry);
+        n += 1;
+    }
+    if total > n {
+        out.push_str(&format!(", … and {} more", total - n));
+    }
+    out
+}
+
 /// How many guest numbers the cluster link reserves at a time.
 pub const GUEST_BLOCK: u64 = 100;
 
@@ -335,7 +359,7 @@ impl Hub {
             dups: HashMap::new(),
             max_remote: MAX_REMOTE,
             rooms: Slab::new(),
-            room_keys: HashMap::new(),
+            room_keys: BTreeMap::new(),
             next_guest: 1,
             online: 0,
             announce_max,
@@ -696,13 +720,12 @@ impl Hub {
             }
             "join" => self.join(id, i, rest, out),
             "rooms" => {
-                let mut rooms: Vec<&Room> = self.rooms.iter().map(|(_, r)| r).collect();
-                rooms.sort_by(|a, b| a.key.cmp(&b.key));
-                let list: Vec<String> = rooms
-                    .iter()
-                    .map(|r| format!("{} ({})", r.name, r.members.len()))
-                    .collect();
-                let text = format!("*** rooms ({}): {}", rooms.len(), list.join(", "));
+                let shown = self.room_keys.values().map(|&r| {
+                    let r = &self.rooms[r];
+                    format!("{} ({})", r.name, r.members.len())
+                });
+                let total = self.rooms.len();
+                let text = format!("*** rooms ({total}): {}", listing(total, shown));
                 reply(out, id, &text);
             }
             "quit" => {
@@ -999,9 +1022,16 @@ impl Hub {
     fn roster(&self, room: usize) -> String {
         let r = &self.rooms[room];
         let mut names: Vec<&Client> = r.members.iter().map(|&m| &self.clients[m]).collect();
-        names.sort_by(|a, b| a.key.cmp(&b.key));
-        let names: Vec<&str> = names.iter().map(|c| &*c.name).collect();
-        format!("{} ({}): {}", r.name, names.len(), names.join(", "))
+        let total = names.len();
+        let by_key = |a: &&Client, b: &&Client| a.key.cmp(&b.key);
+        if total > LIST_MAX {
+            // Only the first LIST_MAX get sorted: linear, not n log n.
+            names.select_nth_unstable_by(LIST_MAX - 1, by_key);
+            names.truncate(LIST_MAX);
+        }
+        names.sort_by(by_key);
+        let shown = names.iter().map(|c| c.name.to_string());
+        format!("{} ({total}): {}", r.name, listing(total, shown))
     }
 
     /// Every local member of `room` but `from` gets `msg`.
@@ -2183,6 +2213,32 @@ mod tests {
         assert_eq!(
             rec.take(),
             pairs(&[(1, "*** rooms (2): #Games (2), #lobby (1)")])
+        );
+    }
+
+    #[test]
+    fn who_and_rooms_name_at_most_list_max_entries() {
+        let n = LIST_MAX + 5;
+        let (mut hub, mut rec) = hub_with(n);
+        hub.line(1, "/who", &mut rec);
+        let who = rec.to(1).pop().unwrap();
+        let want = format!("*** #lobby ({n}): ");
+        assert!(who.starts_with(&want), "{who}");
+        assert!(who.ends_with(", … and 5 more"), "{who}");
+        assert_eq!(who.matches(", ").count(), LIST_MAX);
+        // The first in alphabetical order: guest-1, guest-10, guest-100, ...
+        assert!(who[want.len()..].starts_with("guest-1, guest-10, guest-100, "));
+        for i in 0..n {
+            hub.line(i, &format!("/join r{i:03}"), &mut rec);
+        }
+        rec.take();
+        hub.line(1, "/rooms", &mut rec);
+        let rooms = rec.to(1).pop().unwrap();
+        assert!(rooms.starts_with(&format!("*** rooms ({n}): #r000 (1), #r001 (1), ")));
+        let last = LIST_MAX - 1;
+        assert!(
+            rooms.ends_with(&format!("#r{last} (1), … and 5 more")),
+            "{rooms}"
         );
     }
 

@@ -176,8 +176,13 @@ impl Telnet {
 
 /// Turns a raw line into the text that may be relayed: invalid UTF-8
 /// becomes U+FFFD, and every control character but TAB (C0, DEL, C1) is
-/// removed so no client can drive another's terminal. None when nothing but
-/// white space is left.
+/// removed so no client can drive another's terminal. Then the text policy
+/// for characters that change how a line looks without being seen (see
+/// [`policy`]): line and paragraph separators become a space, bidi controls
+/// and zero-width characters go. None when nothing but white space is left.
+///
+/// Every text a user sees from someone else passes here: line clients,
+/// WebSocket messages and what arrives from Redis.
 pub fn sanitize(raw: &[u8]) -> Option<String> {
     let clean = |b: &u8| (*b >= 0x20 && *b != 0x7f) || *b == b'\t';
     // Fast path: printable ASCII needs neither decoding nor filtering.
@@ -185,16 +190,81 @@ pub fn sanitize(raw: &[u8]) -> Option<String> {
         // All bytes are ASCII, so this cannot fail.
         String::from_utf8_lossy(raw).into_owned()
     } else {
-        String::from_utf8_lossy(raw)
-            .chars()
-            .filter(|c| !c.is_control() || *c == '\t')
-            .collect()
+        let decoded = String::from_utf8_lossy(raw);
+        let mut out = String::with_capacity(decoded.len());
+        let mut chars = decoded.chars().peekable();
+        while let Some(c) = chars.next() {
+            match policy(c) {
+                Class::Keep => out.push(c),
+                Class::Space => out.push(' '),
+                Class::Remove => {}
+                // Kept only between two characters that can join (emoji
+                // sequences like 👩‍💻, and Indic or Persian letters): there it
+                // is part of how the text is written, not a hidden gap.
+                Class::Joiner => {
+                    let prev = out.chars().next_back();
+                    if prev.is_some_and(joins) && chars.peek().copied().is_some_and(joins) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out
     };
     if text.trim().is_empty() {
         None
     } else {
         Some(text)
     }
+}
+
+/// What [`sanitize`] does with one character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Keep,
+    Remove,
+    /// U+2028 LINE SEPARATOR, U+2029 PARAGRAPH SEPARATOR: a line break in a
+    /// browser (a second, forged `<alice> ...` line under the sender's), a
+    /// word break in a terminal. A space keeps the words apart and the line
+    /// one line.
+    Space,
+    /// ZWNJ and ZWJ: kept between two joinable characters, removed elsewhere.
+    Joiner,
+}
+
+/// The text policy. Removed: C0 and C1 controls but TAB, and DEL (they
+/// drive terminals); the bidi controls — embeddings and overrides
+/// U+202A..U+202E, isolates U+2066..U+2069, the marks U+200E, U+200F and
+/// U+061C — which can reverse what follows a name or move text across it;
+/// and characters that take no room on screen — U+200B ZERO WIDTH SPACE,
+/// U+2060..U+2064 (word joiner, invisible operators), the deprecated format
+/// controls U+206A..U+206F, U+FEFF (BOM, ZWNBSP), U+180E, and the
+/// interlinear annotation controls U+FFF9..U+FFFB.
+pub fn policy(c: char) -> Class {
+    match c {
+        '\t' => Class::Keep,
+        c if c.is_control() => Class::Remove,
+        '\u{2028}' | '\u{2029}' => Class::Space,
+        '\u{200c}' | '\u{200d}' => Class::Joiner,
+        '\u{200b}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}'
+        | '\u{061c}'
+        | '\u{180e}'
+        | '\u{feff}'
+        | '\u{fff9}'..='\u{fffb}' => Class::Remove,
+        _ => Class::Keep,
+    }
+}
+
+/// A character a ZWJ or ZWNJ may stand next to: anything visible beyond
+/// ASCII (emoji, their variation selector and skin tones, letters and marks
+/// of scripts that use joiners). Never white space, never another character
+/// the policy removes or rewrites, never ASCII: `pay\u{200d}pal` loses it.
+fn joins(c: char) -> bool {
+    !c.is_ascii() && !c.is_whitespace() && policy(c) == Class::Keep
 }
 
 #[cfg(test)]
@@ -345,6 +415,49 @@ mod tests {
             Some("abc")
         );
         assert_eq!(sanitize("héllo ✓".as_bytes()).as_deref(), Some("héllo ✓"));
+    }
+
+    #[test]
+    fn separators_become_spaces_bidi_and_zero_width_characters_go() {
+        let s = |t: &str| sanitize(t.as_bytes());
+        assert_eq!(
+            s("hi\u{2028}<alice> pw\u{2029}!").as_deref(),
+            Some("hi <alice> pw !")
+        );
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{061c}', '\u{200e}', '\u{200f}', '\u{200b}', '\u{200c}',
+            '\u{200d}', '\u{2060}', '\u{feff}', '\u{180e}', '\u{fffa}',
+        ] {
+            assert_eq!(s(&format!("a{c}b")).as_deref(), Some("ab"), "{c:?}");
+        }
+        assert_eq!(
+            s("\u{202e}\u{200b}\u{2066} \u{feff}"),
+            None,
+            "nothing visible"
+        );
+        // Right-to-left text itself is kept: only the controls go.
+        assert_eq!(s("שלום \u{202b}עולם").as_deref(), Some("שלום עולם"));
+    }
+
+    #[test]
+    fn joiners_stay_only_inside_emoji_and_scripts_that_use_them() {
+        let s = |t: &str| sanitize(t.as_bytes()).unwrap();
+        for kept in [
+            "👩\u{200d}💻",
+            "👁\u{fe0f}\u{200d}🗨\u{fe0f}",
+            "👨\u{1f3fd}\u{200d}🚀",
+            "क्\u{200d}ष",
+            "می\u{200c}خواهم",
+        ] {
+            assert_eq!(s(kept), kept);
+        }
+        assert_eq!(s("pay\u{200d}pal"), "paypal");
+        assert_eq!(s("👩\u{200d} 💻"), "👩 💻");
+        assert_eq!(s("👩\u{200d}\u{200d}💻"), "👩\u{200d}💻", "one is enough");
+        assert_eq!(s("👩\u{200d}\u{202e}💻"), "👩💻");
+        assert_eq!(s("\u{200d}👩"), "👩");
+        assert_eq!(s("👩\u{200d}"), "👩");
     }
 
     #[test]

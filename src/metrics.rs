@@ -408,6 +408,9 @@ pub fn answer(req: &Request, s: &Scrape) -> Vec<u8> {
             &[("Allow", "GET, HEAD")],
         );
     }
+    if req.has_body {
+        return http::Route::BodyRefused.response(false);
+    }
     http::response(200, CONTENT_TYPE, encode(s).as_bytes(), req.is_head(), &[])
 }
 
@@ -571,6 +574,7 @@ mod tests {
             upgrade_websocket: false,
             websocket_version: None,
             websocket_key: None,
+            has_body: false,
         };
         let get = String::from_utf8(answer(&req("GET"), &s)).unwrap();
         assert!(get.starts_with("HTTP/1.1 200 OK\r\n"));

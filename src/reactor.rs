@@ -207,9 +207,10 @@ fn unix_ms() -> u64 {
 /// The --sendq policy's disconnect: drop what is queued and leave at once.
 fn cut_off(c: &mut Conn, k: usize, closing: &mut Vec<usize>) {
     warn!(
-        "{} cut off: output queue would pass --sendq ({} bytes queued)",
+        "{} cut off: output queue would pass --sendq ({} bytes queued, {} counted)",
         c.peer,
-        c.queued()
+        c.queued(),
+        c.charged()
     );
     // Best effort: the socket is likely full, but a browser that gets this
     // knows why it was dropped. Not in the middle of a partly written frame,

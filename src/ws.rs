@@ -281,6 +281,11 @@ impl Decoder {
     /// drop it unread, or fail.
     fn check(&self, h: &FrameHeader, declared: u64) -> Result<Verdict, Violation> {
         use CloseCode::{Protocol, Size, Unsupported};
+        if declared >> 63 != 0 {
+            // RFC 6455 5.2: the most significant bit of a 64-bit length
+            // MUST be 0. Not a long message to skip: a broken peer.
+            return Err(Violation::new(Protocol, "frame length has its top bit set"));
+        }
         if h.rsv1 || h.rsv2 || h.rsv3 {
             // No extension was negotiated (permessage-deflate would set rsv1).
             return Err(Violation::new(Protocol, "reserved bits set"));
@@ -771,6 +776,101 @@ mod tests {
         assert_eq!(dec.feed(&raw), raw.len());
         assert_eq!(dec.next_event().map_err(|v| v.code), Err(1009));
         assert_eq!(dec.room(), 0);
+    }
+
+    /// Property (as the line framer's): random streams — valid messages
+    /// split into fragments at any byte with pings between them, and
+    /// hostile pieces (random bytes, random 64-bit lengths, flipped bits) —
+    /// decode to the same events and violation however they are cut into
+    /// reads, never panic, and stay within the decoder's bound (which
+    /// `decode_with` asserts after every feed). Uncorrupted streams give
+    /// exactly the messages sent.
+    #[test]
+    fn decoding_is_independent_of_read_boundaries_and_never_panics() {
+        const LIMIT: usize = 64;
+        let mut rng = fastrand::Rng::with_seed(13);
+        let alphabet = ['a', 'z', ' ', 'é', '☃', '😀', '\n'];
+        for _ in 0..1500 {
+            let mut raw = Vec::new();
+            let mut expect = Vec::new();
+            let mut hostile = false;
+            let mut top_bit = false;
+            for _ in 0..rng.usize(1..6) {
+                match rng.u8(0..10) {
+                    0..=4 => {
+                        let len = rng.usize(0..20);
+                        let msg: String = (0..len).map(|_| alphabet[rng.usize(..7)]).collect();
+                        let bytes = msg.as_bytes();
+                        let cut = rng.usize(0..=bytes.len());
+                        if cut == 0 || cut == bytes.len() {
+                            raw.extend(text(&msg));
+                        } else {
+                            raw.extend(client_frame(0x1, false, &bytes[..cut]));
+                            raw.extend(client_frame(0x9, true, b"mid"));
+                            expect.push(Event::Ping(b"mid".to_vec()));
+                            raw.extend(client_frame(0x0, true, &bytes[cut..]));
+                        }
+                        expect.push(Event::Text(msg));
+                    }
+                    5 | 6 => {
+                        let payload: Vec<u8> = (0..rng.usize(0..10)).map(|_| rng.u8(..)).collect();
+                        raw.extend(client_frame(0x9, true, &payload));
+                        expect.push(Event::Ping(payload));
+                    }
+                    7 => {
+                        hostile = true;
+                        raw.extend((0..rng.usize(1..30)).map(|_| rng.u8(..)));
+                    }
+                    8 => {
+                        let len = rng.u64(..);
+                        raw.extend_from_slice(&[0x81, 0xff]);
+                        raw.extend_from_slice(&len.to_be_bytes());
+                        raw.extend_from_slice(&MASK);
+                        if !hostile && len >> 63 == 1 {
+                            // RFC 6455 5.2: whatever follows, this ends it.
+                            top_bit = true;
+                            break;
+                        }
+                        hostile = true;
+                    }
+                    _ => {
+                        raw.extend(client_frame(0xa, true, b""));
+                        expect.push(Event::Pong);
+                    }
+                }
+            }
+            if !top_bit && rng.u8(0..4) == 0 && !raw.is_empty() {
+                hostile = true;
+                let at = rng.usize(..raw.len());
+                raw[at] ^= 1 << rng.u8(0..8);
+            }
+            for oversize in [Oversize::Close, Oversize::Skip] {
+                let dec = || Decoder::new(LIMIT).with_oversize(oversize);
+                let whole = decode_with(dec(), &raw, raw.len().max(1));
+                let chunk = rng.usize(1..=17);
+                let split = decode_with(dec(), &raw, chunk);
+                assert_eq!(whole, split, "cut every {chunk} bytes: {raw:02x?}");
+                if top_bit {
+                    let (events, v) = whole;
+                    assert_eq!(events, expect, "{raw:02x?}");
+                    assert_eq!(v.map(|v| v.code), Some(1002), "{raw:02x?}");
+                } else if !hostile {
+                    assert_eq!(whole, (expect.clone(), None), "{raw:02x?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_length_with_the_top_bit_set_is_1002_even_when_skipping() {
+        let mut raw = vec![0x81, 0xFF];
+        raw.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
+        raw.extend_from_slice(&MASK);
+        for oversize in [Oversize::Close, Oversize::Skip] {
+            let mut dec = Decoder::new(MAX).with_oversize(oversize);
+            dec.feed(&raw);
+            assert_eq!(dec.next_event().map_err(|v| v.code), Err(1002));
+        }
     }
 
     #[test]

@@ -386,19 +386,16 @@ fn base64_decodes() {
     assert_eq!(base64_decode(""), b"");
 }
 
-#[test]
-#[ignore = "needs chromium"]
-fn browser_and_telnet_chat() {
-    let server = support::Server::start(&["--http-port", "0"]);
-    let http = server
-        .http_addr
-        .expect("chatd printed no `http on ADDR` line");
+/// A telnet user named tess (a real name, for a friendlier screenshot), then
+/// the page, welcomed: the browser, tess, and the page's guest name.
+fn page_with_tess(
+    server: &support::Server,
+    http: SocketAddr,
+) -> (Browser, support::Client, String) {
     let mut telnet = server.client();
-    // A real name, for a friendlier screenshot.
     telnet.send("/nick tess");
     telnet.expect_line("*** you are now tess");
     telnet.name = "tess".into();
-
     let browser = Browser::start();
     browser.goto(&format!("http://{http}/"));
     browser.wait(
@@ -406,8 +403,19 @@ fn browser_and_telnet_chat() {
         "document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)",
         Value::Null,
     );
-    let web_name = browser.text("#me");
-    telnet.expect_line(&format!("*** {web_name} joined"));
+    let name = browser.text("#me");
+    telnet.expect_line(&format!("*** {name} joined"));
+    (browser, telnet, name)
+}
+
+#[test]
+#[ignore = "needs chromium"]
+fn browser_and_telnet_chat() {
+    let server = support::Server::start(&["--http-port", "0"]);
+    let http = server
+        .http_addr
+        .expect("chatd printed no `http on ADDR` line");
+    let (browser, mut telnet, web_name) = page_with_tess(&server, http);
     // The page asked /who by itself: the telnet user is listed, and the
     // answer is not in the message list.
     browser.wait(
@@ -474,18 +482,7 @@ fn input_value(browser: &Browser) -> Value {
 fn page_details_against_chatd() {
     let server = support::Server::start(&["--max-line", "300"]);
     let http = server.http_addr.expect("web port");
-    let mut telnet = server.client();
-    telnet.send("/nick tess");
-    telnet.expect_line("*** you are now tess");
-    let browser = Browser::start();
-    browser.goto(&format!("http://{http}/"));
-    browser.wait(
-        "the welcome",
-        "document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)",
-        Value::Null,
-    );
-    let me = browser.text("#me");
-    telnet.expect_line(&format!("*** {me} joined"));
+    let (browser, mut telnet, me) = page_with_tess(&server, http);
 
     // Every line has the local time, HH:MM.
     let stamped = browser.run(
@@ -809,6 +806,27 @@ fn page_against_a_scripted_server() {
         browser.run("return document.title;", json!([])),
         json!("pwned")
     );
+
+    // What someone says is isolated from their name, so right-to-left text
+    // (or an override a server let through) cannot reorder the name.
+    let shalom = "\u{5e9}\u{5dc}\u{5d5}\u{5dd}";
+    for (line, said) in [
+        (format!("<bob> {shalom} hi"), format!("{shalom} hi")),
+        (format!("* bob {shalom}"), shalom.to_string()),
+        (format!("*bob* {shalom}"), shalom.to_string()),
+    ] {
+        chat.send(&line);
+        browser.wait_log_line(&line);
+        assert_eq!(
+            browser.run(
+                "const b = document.querySelector('#log li:last-child bdi'); \
+                 return b && [b.textContent, getComputedStyle(b).unicodeBidi];",
+                json!([])
+            ),
+            json!([said, "isolate"]),
+            "{line}"
+        );
+    }
 
     // A /who typed by the person is shown.
     browser.say("/who");

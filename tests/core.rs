@@ -127,7 +127,7 @@ fn a_100_mib_line_is_refused_discarded_and_the_connection_stays_usable() {
         Vec::<String>::new(),
         "one error for one long line"
     );
-    let rss = vm_kib(server.child.id(), "VmHWM");
+    let rss = support::vm_kib(server.child.id(), "VmHWM");
     assert!(
         rss < 64 * 1024,
         "server peak RSS {rss} KiB: the long line was buffered"
@@ -207,7 +207,10 @@ fn reader(
 
 #[test]
 fn a_client_that_stops_reading_is_cut_off_and_the_others_get_everything() {
-    let server = Server::start(&["--sendq", "65536"]);
+    // One turn reads up to 64 KiB from the sender and queues all of it for
+    // every reader before flushing: --sendq must hold that much plus each
+    // entry's bookkeeping, or even a fast reader overflows within a turn.
+    let server = Server::start(&["--sendq", "131072"]);
     let mut sender = server.client();
     let fast = server.client();
     let mut slow = server.client();
@@ -232,7 +235,7 @@ fn a_client_that_stops_reading_is_cut_off_and_the_others_get_everything() {
     let notices = fast_thread.join().unwrap();
     assert!(notices.contains(&stop), "{notices:?}");
     assert!(seen.load(Ordering::Relaxed) > 0);
-    let rss = vm_kib(server.child.id(), "VmHWM");
+    let rss = support::vm_kib(server.child.id(), "VmHWM");
     assert!(
         rss < 96 * 1024,
         "server peak RSS {rss} KiB should stay bounded"
@@ -466,16 +469,6 @@ fn out_of_descriptors_the_server_keeps_serving_without_spinning() {
         .read_line()
         .expect("welcome once descriptors free up");
     assert!(welcome.starts_with("*** welcome"), "{welcome}");
-}
-
-/// A field of /proc/PID/status in KiB.
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap()
 }
 
 /// utime + stime of a process, in clock ticks.

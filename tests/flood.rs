@@ -338,3 +338,177 @@ fn connections_the_server_refuses_are_counted_not_waited_for() {
     assert_eq!(count(&v, "deliveries"), 2 * 50);
     assert_eq!(count(&v, "missing"), 0);
 }
+
+/// A fake socket.io v4 server on the websocket transport (tungstenite, thread
+/// per client): Engine.IO open, one ping per client (whose pong it counts),
+/// CONNECT accepted, every `42["chat",text]` to every other client as
+/// `42["chat","<\"uN\"> text"]` (serde_json escapes the quotes, so flood has
+/// to unescape), and `drop_at`: the relayed event (counted from 0) that it
+/// swallows instead of sending to its first recipient.
+// tungstenite's handshake callback type fixes the size of its error.
+#[allow(clippy::result_large_err)]
+fn socket_io_server(drop_at: Option<usize>) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tungstenite::Message;
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let pongs = Arc::new(AtomicUsize::new(0));
+    let pongs2 = pongs.clone();
+    type Peers = Arc<Mutex<Vec<(usize, std::sync::mpsc::Sender<String>)>>>;
+    let peers: Peers = Arc::default();
+    let relayed = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let mut path = String::new();
+            let Ok(mut ws) = tungstenite::accept_hdr(
+                stream,
+                |req: &tungstenite::handshake::server::Request, resp| {
+                    path = req.uri().to_string();
+                    Ok(resp)
+                },
+            ) else {
+                continue;
+            };
+            assert_eq!(path, "/socket.io/?EIO=4&transport=websocket");
+            let open = r#"0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+            if ws.send(Message::text(open)).is_err() || ws.send(Message::text("2")).is_err() {
+                continue;
+            }
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            let (peers, pongs, relayed) = (peers.clone(), pongs2.clone(), relayed.clone());
+            std::thread::spawn(move || {
+                let _ = ws
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(2)));
+                // Bounded: the client goes away (read error) when flood ends.
+                loop {
+                    while let Ok(out) = rx.try_recv() {
+                        if ws.send(Message::text(out)).is_err() {
+                            return;
+                        }
+                    }
+                    let text = match ws.read() {
+                        Ok(Message::Text(t)) => t.as_str().to_owned(),
+                        Ok(_) => continue,
+                        Err(tungstenite::Error::Io(e))
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut =>
+                        {
+                            continue;
+                        }
+                        Err(_) => return,
+                    };
+                    if text == "3" {
+                        pongs.fetch_add(1, Ordering::SeqCst);
+                    } else if text == "40" {
+                        peers.lock().unwrap().push((id, tx.clone()));
+                        if ws.send(Message::text(r#"40{"sid":"n"}"#)).is_err() {
+                            return;
+                        }
+                    } else if let Some(json) = text.strip_prefix("42") {
+                        let v: Value = serde_json::from_str(json).expect("event json");
+                        assert_eq!(v[0], "chat");
+                        let line = v[1].as_str().expect("string argument");
+                        let out = format!(
+                            "42{}",
+                            serde_json::json!(["chat", format!("<\"u{id}\"> {line}")])
+                        );
+                        let n = relayed.fetch_add(1, Ordering::SeqCst);
+                        let mut first = true;
+                        for (other, tx) in peers.lock().unwrap().iter() {
+                            if *other == id {
+                                continue;
+                            }
+                            if first && Some(n) == drop_at {
+                                first = false;
+                                continue;
+                            }
+                            first = false;
+                            let _ = tx.send(out.clone());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, pongs)
+}
+
+#[test]
+fn socket_io_transport_against_a_fake_socket_io_server() {
+    let (addr, pongs) = socket_io_server(None);
+    let (code, v) = flood(addr, &["--socketio", "-n", "4", "-s", "2", "-m", "100"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["transport"], "socket.io");
+    assert_eq!(v["greeting"], true, "the CONNECT answer proves acceptance");
+    assert_eq!(count(&v, "deliveries"), 3 * 2 * 100);
+    assert_eq!(count(&v, "missing"), 0);
+    assert_eq!(count(&v["latency_us"], "count"), 3 * 2 * 100);
+    assert_eq!(pongs.load(Ordering::SeqCst), 4, "every ping answered");
+}
+
+#[test]
+fn socket_io_dropped_event_is_missing() {
+    let (addr, _) = socket_io_server(Some(FAULT_AT));
+    let (code, v) = flood(
+        addr,
+        &[
+            "--socketio",
+            "-n",
+            "3",
+            "-s",
+            "1",
+            "-m",
+            "50",
+            "--window",
+            "4",
+        ],
+    );
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(count(&v, "missing"), 1);
+    assert_eq!(count(&v, "deliveries"), 2 * 50 - 1);
+}
+
+#[test]
+fn cross_instance_latency_counts_only_senders_on_another_instance() {
+    // One relay, but flood is told connection i sits on instance i % 2:
+    // sender 0 reaches 1 and 3 across, sender 1 reaches 0 and 2.
+    let addr = line_server(Fault::None, true);
+    let (code, v) = flood(
+        addr,
+        &["-n", "4", "-s", "2", "-m", "100", "--instances", "2"],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(count(&v, "instances"), 2);
+    assert_eq!(count(&v["latency_cross_us"], "count"), 2 * 2 * 100);
+    assert_eq!(count(&v["latency_us"], "count"), 3 * 2 * 100);
+}
+
+#[test]
+fn watched_processes_get_their_cpu_over_the_run_reported() {
+    let server = Server::start(&[]);
+    let pid = server.child.id();
+    let me = std::process::id();
+    let (code, v) = flood(
+        server.addr,
+        &[
+            "-n",
+            "10",
+            "-s",
+            "2",
+            "-m",
+            "200",
+            "--watch",
+            &format!("{pid},{me}"),
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    let watched = v["watched"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(watched.len(), 2, "{v}");
+    assert_eq!(watched[0]["pid"], pid);
+    assert_eq!(watched[1]["pid"], me);
+    for w in watched {
+        assert!(w["cpu_s"].as_f64().is_some_and(|c| c >= 0.0), "{v}");
+    }
+}

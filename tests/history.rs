@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use support::{Client, Server, TIMEOUT};
+use support::{Client, Server, TIMEOUT, vm_kib};
 
 /// `[HH:MM] ` in UTC, the time a history line was said.
 fn stamped(line: &str, rest: &str) -> bool {
@@ -131,15 +131,6 @@ fn bounds_are_taken_up_to_their_maximum_and_refused_beyond() {
             .expect("run chatd");
         assert_eq!(out.status.code(), Some(2), "{flag} {over}");
     }
-}
-
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn metric(http: SocketAddr, name: &str) -> u64 {

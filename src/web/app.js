@@ -435,7 +435,9 @@
   }
 
   function names(list) {
-    return list.split(', ').map(function (s) { return s.trim(); }).filter(Boolean);
+    // A long list ends with "… and 12 more", which is nobody's name.
+    return list.split(', ').map(function (s) { return s.trim(); })
+      .filter(function (s) { return s && !s.startsWith('… and '); });
   }
 
   function setName(name) {
@@ -524,11 +526,20 @@
     time.textContent = at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
     const text = document.createElement('span');
     text.className = 'text';
+    // What someone typed goes in a <bdi>: right-to-left text reads right
+    // but cannot reorder the name in front of it.
+    const said = (text) => {
+      const bdi = document.createElement('bdi');
+      bdi.textContent = text;
+      return bdi;
+    };
     if ((m = /^<([^>]+)> ([\s\S]*)$/.exec(line))) {
       const nick = document.createElement('span');
       nick.className = 'nick';
       nick.textContent = '<' + m[1] + '>';
-      text.append(nick, ' ' + m[2]);
+      text.append(nick, ' ', said(m[2]));
+    } else if ((m = /^(\* [^ ]+ |\*[^* ]+\* |-> \*[^* ]+\* )([\s\S]*)$/.exec(line))) {
+      text.append(m[1], said(m[2]));
     } else {
       text.textContent = line;
     }

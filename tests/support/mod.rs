@@ -355,3 +355,14 @@ impl Proxy {
         }
     }
 }
+
+/// A field of /proc/PID/status (VmRSS, VmHWM), in KiB: what the allocator
+/// really holds, not what the server thinks it queued.
+pub fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}

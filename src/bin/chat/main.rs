@@ -14,7 +14,7 @@ mod term;
 
 use std::borrow::Cow;
 use std::io::{self, IsTerminal};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
@@ -126,6 +126,10 @@ fn main() {
 /// Ends the client on SIGINT/SIGTERM/SIGHUP with a `/quit` to the server and
 /// the terminal restored. (In the editor Ctrl-C is a key, not a signal; this
 /// covers the rest of the time and signals from elsewhere.)
+/// The interactive session's output, for the signal thread: it must stop the
+/// editor drawing before it ends the line being typed.
+static INTERACTIVE_OUT: OnceLock<Arc<Out>> = OnceLock::new();
+
 fn watch_signals(shared: &Arc<Shared>) {
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
@@ -135,8 +139,17 @@ fn watch_signals(shared: &Arc<Shared>) {
         .name("chat-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                // No more lines drawn above the prompt: the server's answer
+                // to the /quit below (or any line) would redraw the prompt
+                // after the line is ended. Lines printed from now on wait
+                // for the stdout lock, which the exit keeps.
+                if let Some(out) = INTERACTIVE_OUT.get() {
+                    out.detach_printer();
+                }
+                let stdout = std::io::stdout().lock();
+                term::end_line_and_restore(stdout);
                 shared.try_quit();
-                term::exit_on_signal(128 + sig);
+                std::process::exit(128 + sig);
             }
         });
 }
@@ -202,6 +215,7 @@ fn interactive_session(
     printer: out::Printer,
 ) -> i32 {
     let out = Arc::new(Out::new(palette, Some(printer)));
+    let _ = INTERACTIVE_OUT.set(Arc::clone(&out));
     out.local(&format!(
         "connected to {}; /help lists the commands, /quit or Ctrl-D leaves",
         target.name()

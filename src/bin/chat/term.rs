@@ -43,15 +43,16 @@ pub fn restore() {
     let _ = crossterm::execute!(out, DisableBracketedPaste);
 }
 
-/// Ends the process on a signal that may arrive mid-edit: the line being
-/// typed stays on screen and is ended, as the editor does on Ctrl-C, so the
-/// shell's next output starts on a row of its own.
-pub fn exit_on_signal(code: i32) -> ! {
+/// On a signal that may arrive mid-edit: the line being typed stays on
+/// screen and is ended, as the editor does on Ctrl-C, so the shell's next
+/// output starts on a row of its own; then the terminal is put back.
+pub fn end_line_and_restore(mut stdout: std::io::StdoutLock<'_>) {
     if SAVED.get().is_some() {
         // Raw mode: a bare LF would not return the cursor to column 0.
-        let _ = std::io::stdout().write_all(b"\r\n");
+        let _ = stdout.write_all(b"\r\n");
+        let _ = stdout.flush();
     }
-    exit(code)
+    restore();
 }
 
 /// Ends the process from any thread with the terminal as it was found.

@@ -1,7 +1,8 @@
 //! One client connection: a non-blocking socket, the few bytes of a token cut
-//! by a read boundary, and a write buffer. The transport (plain lines or
-//! WebSocket frames) only changes how a line is framed on the way out and
-//! unwrapped on the way in; the event loop never looks inside.
+//! by a read boundary, and a write buffer. The transport (plain lines,
+//! WebSocket frames, or socket.io events inside WebSocket frames) only
+//! changes how a line is framed on the way out and unwrapped on the way in;
+//! the event loop never looks inside.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -10,8 +11,18 @@ use std::net::{IpAddr, SocketAddr};
 use mio::net::TcpStream;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::sio::{self, Packet};
 use crate::token::{self, Scanner, Token};
 use crate::ws::{self, Incoming, Ws};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Lines,
+    WebSocket,
+    /// socket.io over its websocket transport: a line is the string
+    /// argument of a `chat` event.
+    SocketIo,
+}
 
 /// Reads per readiness event before other connections get a turn; a read
 /// fills the shared buffer, so this is up to 4 x 256 KiB per connection.
@@ -38,6 +49,11 @@ pub struct Conn {
     pub stream: Option<TcpStream>,
     pub state: State,
     ws: Option<Box<Ws>>,
+    /// socket.io: Some once chosen, true once the server accepted the
+    /// namespace connection (only then can lines flow).
+    sio_connected: Option<bool>,
+    /// socket.io: where event arguments are unescaped (one line at a time).
+    sio_scratch: Vec<u8>,
     pub got_bytes: bool,
     /// The peer has shut down or reset (epoll said so): read to the end
     /// rather than stopping at a short read, since no new edge will come.
@@ -103,11 +119,13 @@ fn bind_address_no_port(sock: &Socket) -> io::Result<()> {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, websocket: bool) -> Conn {
+    pub fn new(stream: TcpStream, transport: Transport) -> Conn {
         Conn {
             stream: Some(stream),
             state: State::Connecting,
-            ws: websocket.then(|| Box::new(Ws::new())),
+            ws: (transport != Transport::Lines).then(|| Box::new(Ws::new())),
+            sio_connected: (transport == Transport::SocketIo).then_some(false),
+            sio_scratch: Vec::new(),
             got_bytes: false,
             hup: false,
             carry: [0; token::MAX_LEN],
@@ -158,6 +176,11 @@ impl Conn {
     /// Queues an untracked line (e.g. the hello).
     pub fn queue_line(&mut self, line: &[u8]) {
         match &self.ws {
+            Some(_) if self.sio_connected.is_some() => {
+                let mut ev = Vec::with_capacity(line.len() + 16);
+                sio::event(&mut ev, sio::EVENT, line);
+                ws::text(&mut self.wbuf, &ev);
+            }
             Some(_) => ws::text(&mut self.wbuf, line),
             None => {
                 self.wbuf.extend_from_slice(line);
@@ -170,6 +193,17 @@ impl Conn {
     /// it has fully left for the kernel.
     pub fn queue_token(&mut self, tok: Token, bytes: usize, scratch: &mut Vec<u8>) {
         match &self.ws {
+            Some(_) if self.sio_connected.is_some() => {
+                // The token and its padding need no JSON escaping; the line
+                // is written straight into the event's string.
+                scratch.clear();
+                scratch.extend_from_slice(b"42[\"");
+                scratch.extend_from_slice(sio::EVENT.as_bytes());
+                scratch.extend_from_slice(b"\",\"");
+                token::write_line(scratch, tok, bytes);
+                scratch.extend_from_slice(b"\"]");
+                ws::text(&mut self.wbuf, scratch);
+            }
             Some(_) => {
                 scratch.clear();
                 token::write_line(scratch, tok, bytes);
@@ -257,7 +291,12 @@ impl Conn {
         on_token: &mut impl FnMut(Token),
     ) -> Result<(), String> {
         let Conn {
-            ws, wbuf, state, ..
+            ws,
+            wbuf,
+            state,
+            sio_connected,
+            sio_scratch,
+            ..
         } = self;
         let Some(ws) = ws else {
             self.got_bytes = true;
@@ -269,24 +308,52 @@ impl Conn {
             self.carry_len = keep;
             return Ok(());
         };
-        let mut closed = false;
+        let mut closed = None::<String>;
         let got_bytes = &mut self.got_bytes;
         ws.feed(data, |ev| match ev {
-            Incoming::Text(t) => {
-                *got_bytes = true;
-                if let Some(sc) = scanner {
-                    sc.scan(t, &mut *on_token);
+            Incoming::Text(t) => match sio_connected {
+                None => {
+                    *got_bytes = true;
+                    if let Some(sc) = scanner {
+                        sc.scan(t, &mut *on_token);
+                    }
                 }
-            }
+                Some(connected) => {
+                    let packet = sio::decode(t, sio_scratch, |s| {
+                        if let Some(sc) = scanner {
+                            sc.scan(s, &mut *on_token);
+                        }
+                    });
+                    match packet {
+                        Packet::Open => ws::text(wbuf, sio::CONNECT),
+                        Packet::Ping => {
+                            let mut p = Vec::with_capacity(t.len());
+                            sio::pong(&mut p, t);
+                            ws::text(wbuf, &p);
+                        }
+                        // The namespace accepted us: that proves the server
+                        // took this connection, as a greeting does.
+                        Packet::Connected => {
+                            *connected = true;
+                            *got_bytes = true;
+                        }
+                        Packet::ConnectError(why) => {
+                            closed = Some(format!("socket.io connect refused: {why}"));
+                        }
+                        Packet::Close => closed = Some("socket.io closed by server".into()),
+                        Packet::Event(_) | Packet::Other => {}
+                    }
+                }
+            },
             Incoming::Ping(p) => ws::pong(wbuf, p),
-            Incoming::Close => closed = true,
+            Incoming::Close => closed = Some("websocket closed by server".into()),
         })?;
-        if ws.is_open() && *state == State::Upgrading {
+        if ws.is_open() && *state == State::Upgrading && *sio_connected != Some(false) {
             *state = State::Up;
         }
-        if closed {
-            return Err("websocket closed by server".into());
+        match closed {
+            Some(why) => Err(why),
+            None => Ok(()),
         }
-        Ok(())
     }
 }

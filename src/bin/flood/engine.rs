@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token as MioToken};
 
-use crate::conn::{self, Conn, ReadOutcome, State};
+use crate::conn::{self, Conn, ReadOutcome, State, Transport};
 use crate::hist::Histogram;
 use crate::procstat::{self, Sample};
 use crate::timer::Timer;
@@ -59,9 +59,17 @@ pub struct Config {
     pub timeout: Duration,
     pub hello: Option<String>,
     pub pid: Option<u32>,
+    /// More processes whose CPU over the measure phase is reported.
+    pub watch: Vec<u32>,
     pub slow: usize,
     pub idle: bool,
+    /// The upgrade path for WebSocket and socket.io.
     pub ws_path: Option<String>,
+    pub transport: Transport,
+    /// Connection i sits on instance `i % instances` (through --also-ports,
+    /// or a balancer that deals connections round-robin): deliveries from a
+    /// sender on another instance are also timed on their own.
+    pub instances: usize,
     pub connect_batch: usize,
     pub greeting: Greeting,
     pub settle: Duration,
@@ -99,12 +107,17 @@ pub struct Outcome {
     pub closed_by_server: usize,
     pub stalled: bool,
     pub hist: Histogram,
+    /// Deliveries whose sender sits on another instance (`instances` > 1).
+    pub hist_cross: Histogram,
     pub server: Option<ServerStats>,
     pub slow_closed: usize,
     pub slow_drained_bytes: u64,
     /// flood's own CPU seconds in the run, to show when the tool, not the
     /// server, was what saturated.
     pub self_cpu_s: f64,
+    /// (pid, CPU seconds over the measure phase) of each watched process;
+    /// None if it could not be read (gone, or no /proc).
+    pub watched: Vec<(u32, Option<f64>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -347,15 +360,21 @@ impl<'a> Engine<'a> {
         let was_upgrading = self.conns[i].state == State::Upgrading;
         let now_us = self.now_us();
         let mut accepted = 0u64;
+        let k = self.cfg.instances.max(1);
         let (outcome, n) = {
             let ledger = &mut self.ledger;
             let hist = &mut self.out.hist;
+            let hist_cross = &mut self.out.hist_cross;
             let scanner = scanning.then_some(&self.scanner);
             self.conns[i].read(&mut self.buf, scanner, &mut |tok: Token| {
                 if let Some(l) = ledger.as_mut()
                     && let Receipt::New = l.on_token(i, tok.sender, tok.seq)
                 {
-                    hist.record(now_us.saturating_sub(tok.t_us));
+                    let us = now_us.saturating_sub(tok.t_us);
+                    hist.record(us);
+                    if k > 1 && tok.sender as usize % k != i % k {
+                        hist_cross.record(us);
+                    }
                     accepted += 1;
                 }
             })
@@ -467,8 +486,7 @@ impl<'a> Engine<'a> {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("register: {e}"))?;
-        self.conns
-            .push(Conn::new(stream, self.cfg.ws_path.is_some()));
+        self.conns.push(Conn::new(stream, self.cfg.transport));
         self.pending += 1;
         Ok(())
     }
@@ -625,6 +643,11 @@ impl<'a> Engine<'a> {
             }
         }
         let me = procstat::sample(std::process::id()).unwrap_or_default();
+        let watched: Vec<Option<f64>> = cfg
+            .watch
+            .iter()
+            .map(|&p| procstat::sample(p).map(|s| s.cpu_s))
+            .collect();
         self.phase = Phase::Measure;
         self.t0 = Instant::now();
         self.t0_us = self.now_us();
@@ -663,6 +686,15 @@ impl<'a> Engine<'a> {
         self.out.duration = self.last_delivery.saturating_duration_since(self.t0);
         let me_end = procstat::sample(std::process::id()).unwrap_or_default();
         self.out.self_cpu_s = me_end.cpu_s - me.cpu_s;
+        self.out.watched = cfg
+            .watch
+            .iter()
+            .zip(watched)
+            .map(|(&p, before)| {
+                let after = procstat::sample(p).map(|s| s.cpu_s);
+                (p, before.zip(after).map(|(b, a)| a - b))
+            })
+            .collect();
         if let Some(st) = &mut self.out.server {
             st.at_end = cfg.pid.and_then(procstat::sample).unwrap_or_default();
         }

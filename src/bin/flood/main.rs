@@ -3,7 +3,8 @@
 //! N connections, S of them sending M lines of B bytes; every line carries a
 //! token `[F:sender,seq,micros]` that flood finds anywhere in what it
 //! receives, so it works with chatd (`<guest-3> ...`), `ncat --chat`
-//! (`<user5> ...`) and other line relays. It checks that every receiver got
+//! (`<user5> ...`) and other line relays, over plain TCP, WebSocket
+//! (`--ws`) or socket.io (`--socketio`). It checks that every receiver got
 //! every other sender's lines in order and once, and measures throughput and
 //! latency. One thread, one mio::Poll: it shares the machine with the server
 //! it measures, so it must cost far less CPU than that server.
@@ -16,6 +17,7 @@ mod engine;
 mod hist;
 mod procstat;
 mod report;
+mod sio;
 mod timer;
 mod token;
 mod verify;
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use conn::Transport;
 use engine::{Config, Greeting};
 use report::Report;
 
@@ -38,6 +41,8 @@ Examples:
   flood --port 3000 --idle 10000 --pid $(pidof chatd) RSS per idle connection
   flood --port 3000 -n 20 -s 5 -m 20000 --slow 1      one reader stops reading
   flood --port 4000 --connect-batch 8 --hello '/nick u{i}'   e.g. ncat --chat
+  flood --ws --port 8080                               chatd's web port (or any WebSocket chat)
+  flood --socketio --port 3000                         a socket.io v4 chat (event: chat)
 
 Exit status: 0 when every line arrived in order once; 1 when anything was
 missing, out of order, duplicated, cut off or stalled; 2 on a setup error.";
@@ -88,6 +93,10 @@ struct Cli {
     /// The server's process id: report its CPU time and RSS from /proc.
     #[arg(long)]
     pid: Option<u32>,
+    /// More processes (cluster instances, Redis, a balancer) whose CPU
+    /// seconds over the measured run alone, connecting excluded, are reported.
+    #[arg(long, value_name = "PID,...", value_delimiter = ',')]
+    watch: Vec<u32>,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -103,8 +112,21 @@ struct Cli {
     /// Drive WebSocket clients (GET --ws-path on --port, one line per text frame).
     #[arg(long)]
     ws: bool,
-    #[arg(long, default_value = "/ws")]
-    ws_path: String,
+    /// Drive socket.io v4 clients over the websocket transport: a line is
+    /// sent as `42["chat","LINE"]`, and every string argument of an event
+    /// the server sends is scanned for tokens.
+    #[arg(long, conflicts_with = "ws")]
+    socketio: bool,
+    /// The upgrade path (default /ws, or /socket.io/?EIO=4&transport=websocket
+    /// with --socketio).
+    #[arg(long)]
+    ws_path: Option<String>,
+    /// Connection i is on instance i % K (default: 1 + the number of
+    /// --also-ports; give it for a balancer that deals connections
+    /// round-robin, with --connect-batch 1 so they arrive in order):
+    /// latency from senders on another instance is reported on its own.
+    #[arg(long, value_name = "K")]
+    instances: Option<usize>,
     /// Connections being set up at once (ncat --chat has a listen backlog
     /// of 10: use 8 there).
     #[arg(long, default_value_t = 64)]
@@ -142,6 +164,10 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
         .iter()
         .map(|&p| std::net::SocketAddr::new(addr.ip(), p))
         .collect();
+    let instances = cli.instances.unwrap_or(1 + cli.also_ports.len());
+    if instances == 0 {
+        return Err("--instances must be at least 1".into());
+    }
     let (clients, senders, lines, window) = match cli.idle {
         Some(k) => (k, 1, 1, 1),
         None => (cli.clients, cli.senders, cli.lines, cli.window),
@@ -186,9 +212,20 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
             timeout: Duration::from_secs_f64(cli.timeout),
             hello: cli.hello,
             pid: cli.pid,
+            watch: cli.watch,
             slow: cli.slow,
             idle: cli.idle.is_some(),
-            ws_path: cli.ws.then_some(cli.ws_path),
+            ws_path: match (cli.ws, cli.socketio) {
+                (_, true) => Some(cli.ws_path.unwrap_or_else(|| sio::PATH.into())),
+                (true, false) => Some(cli.ws_path.unwrap_or_else(|| "/ws".into())),
+                (false, false) => None,
+            },
+            transport: match (cli.ws, cli.socketio) {
+                (_, true) => Transport::SocketIo,
+                (true, false) => Transport::WebSocket,
+                (false, false) => Transport::Lines,
+            },
+            instances,
             connect_batch: cli.connect_batch,
             greeting: cli.greeting,
             settle: Duration::from_millis(cli.settle_ms),

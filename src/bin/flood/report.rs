@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::conn::Transport;
 use crate::engine::{Config, Outcome};
 
 pub struct Report<'a> {
@@ -18,6 +19,14 @@ fn ms(us: u64) -> String {
         format!("{:.0} ms", us as f64 / 1e3)
     } else {
         format!("{:.2} ms", us as f64 / 1e3)
+    }
+}
+
+fn transport(c: &Config) -> &'static str {
+    match c.transport {
+        Transport::Lines => "tcp",
+        Transport::WebSocket => "ws",
+        Transport::SocketIo => "socket.io",
     }
 }
 
@@ -88,7 +97,7 @@ impl Report<'_> {
             "ok": self.ok(),
             "mode": self.mode(),
             "target": c.addr.to_string(),
-            "transport": if c.ws_path.is_some() { "ws" } else { "tcp" },
+            "transport": transport(c),
             "clients": c.clients,
             "senders": c.senders,
             "lines": c.lines,
@@ -125,7 +134,20 @@ impl Report<'_> {
                 "p999": h.quantile(0.999),
                 "max": h.max(),
             },
+            "instances": c.instances,
+            "latency_cross_us": (c.instances > 1).then(|| {
+                let h = &o.hist_cross;
+                json!({
+                    "count": h.count(),
+                    "p50": h.quantile(0.5),
+                    "p90": h.quantile(0.9),
+                    "p99": h.quantile(0.99),
+                    "p999": h.quantile(0.999),
+                    "max": h.max(),
+                })
+            }),
             "flood_cpu_s": o.self_cpu_s,
+            "watched": o.watched.iter().map(|&(pid, cpu)| json!({"pid": pid, "cpu_s": cpu})).collect::<Vec<_>>(),
             "server": server,
             "slow_readers": (c.slow > 0).then(|| json!({
                 "count": c.slow,
@@ -144,7 +166,7 @@ impl Report<'_> {
     pub fn human(&self) -> String {
         let (c, o) = (self.cfg, self.out);
         let mut s = String::new();
-        let transport = if c.ws_path.is_some() { "ws" } else { "tcp" };
+        let transport = transport(c);
         let pacing = match c.rate {
             Some(r) => format!("open loop at {r} lines/s"),
             None => format!("closed loop, window {}", c.window),
@@ -223,6 +245,19 @@ impl Report<'_> {
                 ""
             }
         );
+        if c.instances > 1 {
+            let h = &o.hist_cross;
+            s += &format!(
+                "  cross   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples from a sender on another of {} instances)\n",
+                ms(h.quantile(0.5)),
+                ms(h.quantile(0.9)),
+                ms(h.quantile(0.99)),
+                ms(h.quantile(0.999)),
+                ms(h.max()),
+                h.count(),
+                c.instances
+            );
+        }
         s += &format!(
             "verify    {}: missing {}, out of order {}, duplicates {}, closed by server {}{}{}{}\n",
             if self.ok() { "OK" } else { "FAILED" },
@@ -262,6 +297,17 @@ impl Report<'_> {
                 "slow      {} readers stopped reading: {} of them closed by the server; {} bytes drained after the run\n",
                 c.slow, o.slow_closed, o.slow_drained_bytes
             );
+        }
+        if !o.watched.is_empty() {
+            let list: Vec<String> = o
+                .watched
+                .iter()
+                .map(|&(pid, cpu)| match cpu {
+                    Some(c) => format!("pid {pid} {c:.2} s"),
+                    None => format!("pid {pid} unreadable"),
+                })
+                .collect();
+            s += &format!("watched   cpu in the run: {}\n", list.join(", "));
         }
         if let Some(st) = &o.server {
             s += &format!(
