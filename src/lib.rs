@@ -23,8 +23,10 @@
 //! - [`http`]: request heads, the one router (the page, `/healthz`,
 //!   `/metrics`, `/ws`) and the answers' bytes; pure.
 //! - [`ws`]: RFC 6455 frames — a bounded decoder and the encoders; pure.
-//! - [`hub`]: names, rooms, commands and the cluster mirror; a line in ->
-//!   deliveries out; pure.
+//! - [`hub`]: names, rooms, commands, room history and the cluster mirror;
+//!   a line in -> deliveries out; pure.
+//! - [`history`]: each room's last lines, with ids and times, under line
+//!   and byte bounds; pure, given the time.
 //! - [`msg`]: one outgoing line, shared by all its recipients.
 //! - [`metrics`]: counters for `/metrics` and `/stats`, turned into
 //!   Prometheus text only when scraped; no I/O, but it reads the wall clock
@@ -34,6 +36,7 @@
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod idle;

@@ -12,6 +12,9 @@ const HELP: &[&str] = &[
     "***   /join ROOM        leave your room and enter ROOM (created if new)",
     "***   /rooms            list the rooms and how many are in each",
     "***   /stats            your queue, drops and time online; the server's load",
+    "***   /history [N]      the last N lines said in your room (times in UTC)",
+    "***   /history since ID the lines said after the one with that id",
+    "***   /ids on|off       room lines carry their id, yours echoed (for clients)",
     "***   /quit [reason]    leave the chat",
     "***   /help             this list",
     "***   //text            send a message that begins with /",
@@ -31,6 +34,11 @@ pub enum Command<'a> {
     },
     /// `/me text` (empty: usage error).
     Me(&'a str),
+    /// `/history [N]` or `/history since ID`: the arguments, which
+    /// room_history.rs reads (their errors name the room's state).
+    History(&'a str),
+    /// `/ids on|off` (empty: say which).
+    Ids(&'a str),
     /// `/join ROOM`, with or without its `#` (empty: usage error).
     Join(&'a str),
     Rooms,
@@ -59,6 +67,8 @@ impl<'a> Command<'a> {
                 }
             }
             "me" => Command::Me(rest),
+            "history" => Command::History(rest),
+            "ids" => Command::Ids(rest),
             "join" => Command::Join(rest),
             "rooms" => Command::Rooms,
             "quit" => Command::Quit(rest),
@@ -81,9 +91,27 @@ impl Hub {
             Command::Me("") => reply(out, id, "*** error: usage: /me text"),
             Command::Me(text) => {
                 let c = &self.clients[i];
-                let msg = Msg::new(&format!("* {} {text}", c.name));
-                self.broadcast(c.room, i, &msg, out);
+                let line = format!("* {} {text}", c.name);
+                self.say(c.room, Some(i), line, out);
                 self.relayed += 1;
+            }
+            Command::History(args) => self.history_command(id, i, args, out),
+            Command::Ids(arg) => {
+                let on = match arg.to_ascii_lowercase().as_str() {
+                    "on" => true,
+                    "off" => false,
+                    "" => self.clients[i].ids,
+                    _ => return reply(out, id, "*** error: usage: /ids on|off"),
+                };
+                self.clients[i].ids = on;
+                let room = self.clients[i].room;
+                if on {
+                    if !self.ask(i, room, Asked::Mark, None, 0, out) {
+                        self.mark(id, room, out);
+                    }
+                } else {
+                    reply(out, id, "*** ids off");
+                }
             }
             Command::Join(room) => self.join(id, i, room, out),
             Command::Rooms => {
@@ -163,14 +191,6 @@ pub fn stats_line(
     line
 }
 
-fn plural(n: u64, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
 /// The two largest units: "42s", "5m 3s", "2h 10m", "3d 4h".
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -204,6 +224,11 @@ mod tests {
         );
         assert_eq!(Command::parse("msg"), Command::Msg { to: "", text: "" });
         assert_eq!(Command::parse("me waves"), Command::Me("waves"));
+        assert_eq!(
+            Command::parse("history since 7-12"),
+            Command::History("since 7-12")
+        );
+        assert_eq!(Command::parse("IDS on"), Command::Ids("on"));
         assert_eq!(Command::parse("join #Dev"), Command::Join("#Dev"));
         assert_eq!(Command::parse("rooms"), Command::Rooms);
         assert_eq!(

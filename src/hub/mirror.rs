@@ -101,10 +101,32 @@ impl Hub {
 
     // ---- Cluster input: what the link heard from the other instances ----
 
-    /// A room line published by another instance.
-    pub fn remote_line(&self, room: &str, text: &str, out: &mut impl Outbox) {
-        if let Some(&r) = self.room_keys.get(room) {
-            self.to_room(r, None, &Msg::new(text), out);
+    /// A room line (or a batch of them) published by another instance:
+    /// messages and actions are kept and numbered here as local ones are,
+    /// notices are only passed on.
+    pub fn remote_line(&mut self, room: &str, text: &str, out: &mut impl Outbox) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let mut run = String::new();
+        for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+            if line.is_empty() {
+                continue;
+            }
+            if is_room_line(line) {
+                if !run.is_empty() {
+                    run.push_str("\r\n");
+                }
+                run.push_str(line);
+                continue;
+            }
+            if !run.is_empty() {
+                self.say(r, None, std::mem::take(&mut run), out);
+            }
+            self.to_room(r, None, &Msg::new(line), out);
+        }
+        if !run.is_empty() {
+            self.say(r, None, run, out);
         }
     }
 
@@ -156,6 +178,9 @@ impl Hub {
                     slot: 0,
                     home: Home::Remote(node.clone(), id),
                     since: round,
+                    ids: false,
+                    refused: false,
+                    wait: None,
                 }));
                 self.name_add(&key, i);
                 let back = self
@@ -339,6 +364,24 @@ impl Hub {
         };
         let was_up = std::mem::replace(&mut c.up, false);
         let waiting: Vec<ClientId> = c.pending.drain().map(|(id, _)| id).collect();
+        // History answers awaited from Redis will not come.
+        let held: Vec<Member> = self
+            .local
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&i| self.clients[i].wait.is_some())
+            .collect();
+        for i in held {
+            if let Home::Local(id) = self.clients[i].home {
+                reply(
+                    out,
+                    id,
+                    "*** the cluster link went down: the history asked for cannot be shown now",
+                );
+            }
+            self.release_held(i, out);
+        }
         for id in waiting {
             reply(
                 out,

@@ -11,10 +11,18 @@
 //! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
 //! each instance delivers lines only to its own local clients.
 //!
+//! Messages and actions are room history: on one server the hub numbers
+//! and keeps them itself ([`History`]); in cluster mode, while the link is
+//! up, Redis numbers and keeps them and the hub delivers them as they come
+//! back ([`Hub::said`]), and history is asked of Redis ([`Hub::answer`]).
+//! Clients with `/ids on` get a second shared buffer per broadcast, with
+//! every line tagged with its id — never a copy per recipient.
+//!
 //! One `Hub`, its `impl` in a file per concern:
 //! - this file: the types, arriving and leaving, and lines in;
 //! - names.rs: identity — guest numbers, `/nick`, name claims;
 //! - rooms.rs: rooms and routing — who gets a line, `/join`, `/msg`;
+//! - room_history.rs: room lines numbered, kept, replayed, `/history`, `/ids`;
 //! - command.rs: a `/` line parsed into a [`Command`], then carried out;
 //! - mirror.rs: cluster mode — the other instances' users, link up/down.
 //!
@@ -25,15 +33,19 @@
 mod command;
 mod mirror;
 mod names;
+mod room_history;
 mod rooms;
 
 pub use self::command::{Command, human_duration, stats_line};
 pub use self::mirror::{Claim, LINK_DOWN, LINK_UP, MAX_LOST, MAX_REMOTE, same_instance_name};
 pub use self::names::{MAX_NAME, check_name};
+pub use self::room_history::Asked;
 pub use self::rooms::{LIST_MAX, LOBBY};
 
 use self::mirror::Cluster;
+use self::room_history::{Wait, is_room_line};
 use self::rooms::listing;
+use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -74,6 +86,33 @@ pub trait Outbox {
     fn close(&mut self, id: ClientId, reason: String);
     /// A line for the members of `room` on the other instances.
     fn publish(&mut self, _room: &str, _msg: &Rc<Msg>) {}
+    /// Cluster mode: room lines (CRLF between) from local client `from`, to
+    /// be numbered and kept by Redis (at most `keep` per room, for `ttl_ms`
+    /// after the last); they come back through [`Hub::said`]. False when
+    /// they cannot go now (link down, queue full).
+    fn say(
+        &mut self,
+        _room: &str,
+        _from: ClientId,
+        _lines: &str,
+        _keep: usize,
+        _ttl_ms: u64,
+    ) -> bool {
+        false
+    }
+    /// Cluster mode: a room's history for `id` from Redis, the lines after
+    /// `after` or the last ones, at most `count`; answered by
+    /// [`Hub::answer`]. False when it cannot be asked now.
+    fn history(
+        &mut self,
+        _id: ClientId,
+        _room: &str,
+        _asked: Asked,
+        _after: Option<Id>,
+        _count: usize,
+    ) -> bool {
+        false
+    }
     /// A change to who is where, for the other instances' mirrors.
     fn presence(&mut self, _event: Presence) {}
     /// A line for one user on another instance.
@@ -186,6 +225,15 @@ struct Client {
     /// Unix epoch), the claim's identity in Redis. Remote users: the roster
     /// round that last announced them.
     since: u64,
+    /// `/ids on`: room lines and history reach it tagged with their id,
+    /// its own come back to it, and entering a room ends with the room's
+    /// last id (see [`Hub::mark`]).
+    ids: bool,
+    /// Cluster mode: its last line could not go to Redis (it was told).
+    refused: bool,
+    /// Cluster mode: history answers awaited from Redis, and the room lines
+    /// held back meanwhile so they come after the history, not before.
+    wait: Option<Box<Wait>>,
 }
 
 struct Room {
@@ -197,6 +245,8 @@ struct Room {
     /// How many of `members` are local: the cluster link subscribes to a
     /// room's channel only while this is non-zero.
     local: usize,
+    /// The room's record in `Hub::history`.
+    hist: usize,
 }
 
 pub struct Hub {
@@ -224,6 +274,15 @@ pub struct Hub {
     cluster: Option<Cluster>,
     /// Chat lines passed on (messages, /me, /msg), for the metrics.
     relayed: u64,
+    history: History,
+    /// --history-on-join: lines replayed to a client entering a room.
+    on_join: usize,
+    /// The most bytes one history answer may take, so that it fits the
+    /// client's queue (the reactor makes it a fraction of --sendq).
+    reply_max: usize,
+    /// Wall-clock time, ms since the Unix epoch, as of this turn of the
+    /// loop (see [`Hub::tick`]): history times and epochs come from it.
+    now_ms: u64,
 }
 
 /// How many guest numbers the cluster link reserves at a time.
@@ -249,6 +308,10 @@ impl Hub {
             max_line: crate::config::DEFAULT_MAX_LINE as usize,
             cluster: None,
             relayed: 0,
+            history: History::new(history::Limits::default()),
+            on_join: 20,
+            reply_max: 256 * 1024,
+            now_ms: 0,
         }
     }
 
@@ -302,6 +365,9 @@ impl Hub {
             slot: 0,
             home: Home::Local(id),
             since: 0,
+            ids: false,
+            refused: false,
+            wait: None,
         }));
         self.name_add(&key, i);
         if self.local.len() <= id {
@@ -324,6 +390,7 @@ impl Hub {
         if self.cluster.as_ref().is_some_and(|c| !c.up) {
             reply(out, id, LINK_DOWN);
         }
+        self.replay(id, i, room, out);
         self.here(i, out);
         self.announce(room, i, &format!("*** {name} joined"), out);
     }
@@ -378,14 +445,14 @@ impl Hub {
         let Some(i) = self.idx(id) else { return };
         let client = &self.clients[i];
         if let Some(rest) = text.strip_prefix("//") {
-            let msg = Msg::new(&format!("<{}> /{rest}", client.name));
-            self.broadcast(client.room, i, &msg, out);
+            let line = format!("<{}> /{rest}", client.name);
+            self.say(client.room, Some(i), line, out);
             self.relayed += 1;
         } else if let Some(command) = text.strip_prefix('/') {
             self.command(id, i, Command::parse(command), out);
         } else {
-            let msg = Msg::new(&format!("<{}> {text}", client.name));
-            self.broadcast(client.room, i, &msg, out);
+            let line = format!("<{}> {text}", client.name);
+            self.say(client.room, Some(i), line, out);
             self.relayed += 1;
         }
     }
@@ -426,10 +493,9 @@ impl Hub {
         }
     }
 
-    fn flush_run(&self, i: Member, run: &mut String, out: &mut impl Outbox) {
+    fn flush_run(&mut self, i: Member, run: &mut String, out: &mut impl Outbox) {
         if !run.is_empty() {
-            self.broadcast(self.clients[i].room, i, &Msg::new(run), out);
-            run.clear();
+            self.say(self.clients[i].room, Some(i), std::mem::take(run), out);
         }
     }
 }
@@ -442,6 +508,14 @@ fn split_word(s: &str) -> (&str, &str) {
     match s.find(char::is_whitespace) {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, ""),
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 

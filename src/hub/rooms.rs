@@ -94,6 +94,7 @@ impl Hub {
         let text = format!("*** {name} joined {}", self.rooms[room].name);
         self.announce(room, i, &text, out);
         reply(out, id, &format!("*** you joined {}", self.roster(room)));
+        self.replay(id, i, room, out);
     }
 
     /// Adds client `i` to the room `key` (created, shown as `#shown`, if
@@ -108,11 +109,13 @@ impl Hub {
         let room = match self.room_keys.get(key) {
             Some(&r) => r,
             None => {
+                let hist = self.history.open(key, self.now_ms);
                 let r = self.rooms.insert(Room {
                     name: format!("#{shown}").into(),
                     key: key.into(),
                     members: Vec::new(),
                     local: 0,
+                    hist,
                 });
                 self.room_keys.insert(key.into(), r);
                 r
@@ -153,6 +156,7 @@ impl Hub {
         if r.members.is_empty() {
             let gone = self.rooms.remove(room);
             self.room_keys.remove(&gone.key);
+            self.history.close(gone.hist, self.now_ms);
         }
     }
 

@@ -534,6 +534,299 @@ fn batches_stay_under_their_bound() {
     assert_eq!(joined, want, "every line, in order");
 }
 
+/// 2026-12-01 12:03:00 UTC, in ms.
+const NOON: u64 = 1_796_126_580_000;
+
+fn history_hub(per_room: usize, on_join: usize) -> Hub {
+    let limits = history::Limits {
+        per_room,
+        ..history::Limits::default()
+    };
+    let mut hub = Hub::new(200).with_history(limits, on_join);
+    hub.tick(NOON);
+    hub
+}
+
+#[test]
+fn joining_shows_the_last_lines_with_their_time_between_markers() {
+    let mut hub = history_hub(100, 2);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.line(0, "/nick alice", &mut rec);
+    hub.line(0, "one", &mut rec);
+    hub.tick(NOON + 61_000);
+    hub.line(0, "/me waves", &mut rec);
+    hub.line(0, "*** not a notice, a message", &mut rec);
+    rec.take();
+    hub.connect(1, &mut rec);
+    let got = rec.to(1);
+    assert!(got[0].starts_with("*** welcome"), "{got:?}");
+    assert_eq!(
+        got[1],
+        "*** history of #lobby (2 lines, times UTC):\r\n\
+         [12:04] * alice waves\r\n\
+         [12:04] <alice> *** not a notice, a message\r\n\
+         *** end of history"
+    );
+    assert_eq!(got.len(), 2);
+    // Entering another room replays that room's lines.
+    hub.line(0, "/join games", &mut rec);
+    hub.line(0, "in games", &mut rec);
+    rec.take();
+    hub.line(1, "/join games", &mut rec);
+    let got = rec.to(1);
+    assert_eq!(got[0], "*** you joined #games (2): alice, guest-2");
+    assert_eq!(
+        got[1],
+        "*** history of #games (1 line, times UTC):\r\n[12:04] <alice> in games\r\n*** end of history"
+    );
+}
+
+#[test]
+fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
+    let mut hub = history_hub(100, 20);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.connect(1, &mut rec);
+    hub.line(0, "/msg guest-2 secret", &mut rec);
+    hub.line(1, "/nick bob", &mut rec);
+    hub.line(0, "/who", &mut rec);
+    hub.line(0, "//slash", &mut rec);
+    hub.disconnect(1, None, &mut rec);
+    assert_eq!(hub.history_lines(), 1);
+    rec.take();
+    hub.connect(2, &mut rec);
+    let got = rec.to(2).join("\n");
+    assert!(!got.contains("secret") && !got.contains("bob"), "{got}");
+    assert!(got.contains("[12:03] <guest-1> /slash"), "{got}");
+}
+
+#[test]
+fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
+    let mut hub = history_hub(5, 0);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    rec.take();
+    let texts: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+    hub.lines(0, &texts, &mut rec);
+    hub.connect(1, &mut rec);
+    assert_eq!(rec.to(1).len(), 1, "--history-on-join 0: no replay");
+    let count = |rec: &mut Rec| {
+        let got = rec.to(1);
+        assert_eq!(got.len(), 1, "one buffer: {got:?}");
+        got[0]
+            .lines()
+            .filter(|l| l.starts_with("[12:03] <guest-1> m"))
+            .count()
+    };
+    hub.line(1, "/history 3", &mut rec);
+    assert_eq!(count(&mut rec), 3);
+    hub.line(1, "/history 1000", &mut rec);
+    assert_eq!(count(&mut rec), 5, "--history 5 is all there is");
+    hub.line(1, "/history", &mut rec);
+    assert_eq!(count(&mut rec), 5, "the default is 20");
+    for bad in [
+        "/history 0",
+        "/history -1",
+        "/history x",
+        "/history since",
+        "/history since 5",
+    ] {
+        hub.line(1, bad, &mut rec);
+        assert_eq!(
+            rec.to(1),
+            ["*** error: usage: /history [N] or /history since ID"],
+            "{bad}"
+        );
+    }
+    // An answer never passes reply_max: the oldest lines are left out.
+    let mut hub = history_hub(5, 0).with_reply_max(3 * 22);
+    hub.connect(0, &mut rec);
+    hub.lines(0, &texts, &mut rec);
+    rec.take();
+    hub.line(0, "/history 5", &mut rec);
+    let got = rec.to(0);
+    assert!(
+        got[0].starts_with(
+            "*** 2 older lines left out: too long to send at once\r\n*** history of #lobby (3 lines"
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got[0].ends_with("<guest-1> m8\r\n*** end of history"),
+        "{got:?}"
+    );
+    let mut hub = history_hub(0, 20);
+    hub.connect(0, &mut rec);
+    hub.line(0, "hi", &mut rec);
+    rec.take();
+    hub.line(0, "/history", &mut rec);
+    assert_eq!(rec.to(0), ["*** history of #lobby: off on this server"]);
+}
+
+#[test]
+fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
+    struct Ptrs(Vec<(ClientId, *const Msg, String)>);
+    impl Outbox for Ptrs {
+        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+            self.0.push((to, Rc::as_ptr(msg), msg.text().to_string()));
+        }
+        fn close(&mut self, _: ClientId, _: String) {}
+    }
+    let mut hub = history_hub(100, 20);
+    let mut p = Ptrs(Vec::new());
+    for id in 0..4 {
+        hub.connect(id, &mut p);
+    }
+    hub.line(0, "/ids on", &mut p);
+    hub.line(2, "/IDS on", &mut p);
+    let epoch = hub.history.head(0).map(|h| h.epoch).unwrap();
+    let mark = format!("*** ids on: #lobby at {epoch}-0");
+    assert_eq!(p.0.pop().map(|x| x.2), Some(mark), "where it stands");
+    p.0.clear();
+    let texts = vec!["a".to_string(), "b".to_string()];
+    hub.lines(0, &texts, &mut p);
+    let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
+    let got: Vec<(ClientId, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (0, tagged.as_str()),
+            (1, "<guest-1> a\r\n<guest-1> b"),
+            (2, tagged.as_str()),
+            (3, "<guest-1> a\r\n<guest-1> b"),
+        ],
+        "the sender with ids gets its own lines back"
+    );
+    assert_eq!(p.0[0].1, p.0[2].1, "one tagged buffer");
+    assert_eq!(p.0[1].1, p.0[3].1, "one plain buffer");
+    p.0.clear();
+    // Without ids the sender still gets nothing back, and notices are
+    // never tagged.
+    hub.line(1, "/me x", &mut p);
+    hub.line(2, "/ids off", &mut p);
+    hub.line(1, "/nick bob", &mut p);
+    let got: Vec<(ClientId, String)> = p.0.drain(..).map(|(t, _, s)| (t, s)).collect();
+    assert_eq!(
+        got,
+        pairs(&[
+            (0, &format!("@id={epoch}-3 * guest-2 x")),
+            (2, &format!("@id={epoch}-3 * guest-2 x")),
+            (3, "* guest-2 x"),
+            (2, "*** ids off"),
+            (1, "*** you are now bob"),
+            (0, "*** guest-2 is now bob"),
+            (2, "*** guest-2 is now bob"),
+            (3, "*** guest-2 is now bob"),
+        ])
+    );
+}
+
+#[test]
+fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_stands() {
+    let mut hub = history_hub(100, 20);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.line(0, "/join games", &mut rec);
+    hub.line(0, "hi", &mut rec);
+    hub.connect(1, &mut rec);
+    hub.line(1, "/ids on", &mut rec);
+    rec.take();
+    hub.line(1, "/join games", &mut rec);
+    let epoch = hub
+        .history
+        .head(hub.rooms[hub.room_keys["games"]].hist)
+        .unwrap()
+        .epoch;
+    let block = format!(
+        "*** history of #games (1 line, times UTC):\r\n\
+         @id={epoch}-1;ms={NOON} [12:03] <guest-1> hi\r\n*** end of history"
+    );
+    let mark = format!("*** ids on: #games at {epoch}-1");
+    assert_eq!(
+        rec.to(1),
+        ["*** you joined #games (2): guest-1, guest-2", &block, &mark]
+    );
+    hub.line(1, "/history", &mut rec);
+    assert_eq!(rec.to(1), [block]);
+    hub.line(1, "/ids", &mut rec);
+    assert_eq!(rec.to(1), [mark]);
+    hub.line(1, "/ids maybe", &mut rec);
+    assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
+}
+
+#[test]
+fn since_resumes_after_an_id_and_says_what_was_missed() {
+    let mut hub = history_hub(3, 20);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.connect(1, &mut rec);
+    let epoch = hub.history.head(0).unwrap().epoch;
+    let texts: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+    hub.lines(0, &texts, &mut rec);
+    rec.take();
+    let ask = |hub: &mut Hub, rec: &mut Rec, since: String| {
+        hub.line(1, &format!("/history since {since}"), rec);
+        rec.to(1).join("\r\n")
+    };
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-3"));
+    assert_eq!(
+        got,
+        format!(
+            "*** history of #lobby since {epoch}-3 (2 lines, times UTC):\r\n\
+             [12:03] <guest-1> m4\r\n[12:03] <guest-1> m5\r\n*** end of history"
+        )
+    );
+    // Kept: m3 m4 m5; m1 and m2 are gone.
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-0"));
+    assert!(
+        got.starts_with(&format!(
+            "*** 2 lines were missed; showing the last 3\r\n\
+             *** history of #lobby since {epoch}-0 (3 lines"
+        )),
+        "{got}"
+    );
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-1"));
+    assert!(
+        got.starts_with("*** 1 line was missed; showing the last 3\r\n"),
+        "{got}"
+    );
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-5"));
+    assert_eq!(
+        got,
+        format!("*** history of #lobby: nothing new since {epoch}-5")
+    );
+    let got = ask(&mut hub, &mut rec, format!("{}-5", epoch - 1));
+    assert!(
+        got.starts_with(&format!("*** the history since {}-5 is gone (the server restarted, or the room was empty for too long); showing the last 3\r\n", epoch - 1)),
+        "{got}"
+    );
+}
+
+#[test]
+fn an_empty_room_keeps_its_history_for_the_ttl() {
+    let limits = history::Limits {
+        per_room: 10,
+        bytes: 1 << 20,
+        ttl_ms: 60_000,
+    };
+    let mut hub = Hub::new(200).with_history(limits, 20);
+    hub.tick(NOON);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.line(0, "hello?", &mut rec);
+    hub.disconnect(0, None, &mut rec);
+    assert_eq!(hub.rooms(), 0);
+    hub.tick(NOON + 59_999);
+    hub.connect(1, &mut rec);
+    assert!(rec.to(1).join("\n").contains("[12:03] <guest-1> hello?"));
+    hub.disconnect(1, None, &mut rec);
+    hub.tick(NOON + 200_000);
+    assert_eq!(hub.history_lines(), 0);
+    hub.connect(2, &mut rec);
+    assert_eq!(rec.to(2).len(), 1, "only the welcome");
+}
+
 /// Two instances joined by an in-memory stand-in for Redis: what one
 /// hub publishes reaches the other as the cluster link would deliver it.
 mod cluster {
@@ -544,6 +837,8 @@ mod cluster {
     struct Bus {
         got: Vec<(ClientId, String)>,
         room_lines: Vec<(String, String)>,
+        /// Lines to be numbered, as Redis would (SAY_LUA).
+        said: Vec<(String, ClientId, String)>,
         presence: Vec<Presence>,
         privates: Vec<(String, u64, String, String)>,
         claims: Vec<(ClientId, String)>,
@@ -560,6 +855,10 @@ mod cluster {
         fn close(&mut self, _: ClientId, _: String) {}
         fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
             self.room_lines.push((room.into(), msg.text().into()));
+        }
+        fn say(&mut self, room: &str, from: ClientId, lines: &str, _: usize, _: u64) -> bool {
+            self.said.push((room.into(), from, lines.into()));
+            true
         }
         fn presence(&mut self, event: Presence) {
             self.presence.push(event);
@@ -590,6 +889,8 @@ mod cluster {
         hubs: [Hub; 2],
         bus: [Bus; 2],
         names: HashMap<String, (usize, ClientId)>,
+        /// Each room's last N, as Redis keeps it.
+        numbers: HashMap<String, u64>,
     }
 
     impl Net {
@@ -601,6 +902,7 @@ mod cluster {
                 ],
                 bus: [Bus::default(), Bus::default()],
                 names: HashMap::new(),
+                numbers: HashMap::new(),
             };
             net.hubs[0].add_guests(1, 100);
             net.hubs[1].add_guests(101, 100);
@@ -618,6 +920,7 @@ mod cluster {
                 for from in 0..2 {
                     let to = 1 - from;
                     let b = &mut self.bus[from];
+                    let said = std::mem::take(&mut b.said);
                     let lines = std::mem::take(&mut b.room_lines);
                     let presence = std::mem::take(&mut b.presence);
                     let privates = std::mem::take(&mut b.privates);
@@ -628,10 +931,24 @@ mod cluster {
                             self.names.remove(&name);
                         }
                     }
-                    quiet &= lines.is_empty()
+                    quiet &= said.is_empty()
+                        && lines.is_empty()
                         && presence.is_empty()
                         && privates.is_empty()
                         && claims.is_empty();
+                    for (room, cid, text) in said {
+                        let n = self.numbers.entry(room.clone()).or_default();
+                        let first = Id {
+                            epoch: 7,
+                            n: *n + 1,
+                        };
+                        *n += text.split("\r\n").count() as u64;
+                        for (h, who) in [(from, Some(cid)), (to, None)] {
+                            if self.bus[h].subscribed.contains(&room) {
+                                self.hubs[h].said(&room, first, who, &text, &mut self.bus[h]);
+                            }
+                        }
+                    }
                     for (room, text) in lines {
                         if self.bus[to].subscribed.contains(&room) {
                             self.hubs[to].remote_line(&room, &text, &mut self.bus[to]);
@@ -1005,6 +1322,124 @@ mod cluster {
         bus.got.clear();
         hub.line(0, "/who", &mut bus);
         assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
+    }
+
+    #[test]
+    fn lines_are_numbered_by_the_store_and_with_the_link_down_history_is_local_and_says_so() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.hubs[0].line(0, "/ids on", &mut net.bus[0]);
+        net.pump();
+        net.take(0);
+        net.take(1);
+        net.line(0, 0, "one");
+        // Back from the store to both, the sender's (with ids) included.
+        assert_eq!(net.take(0), pairs(&[(0, "@id=7-1 <guest-1> one")]));
+        assert_eq!(net.take(1), pairs(&[(0, "<guest-1> one")]));
+        net.line(1, 0, "two");
+        assert_eq!(net.take(0), pairs(&[(0, "@id=7-2 <guest-101> two")]));
+        assert_eq!(net.take(1), vec![], "no echo without ids");
+        net.hubs[0].link_down(&mut net.bus[0]);
+        net.take(0);
+        net.line(0, 0, "alone");
+        net.line(0, 0, "/history");
+        let got = net.take(0);
+        assert_eq!(got[0].1, "@id=1-1 <guest-1> alone", "numbered here now");
+        assert_eq!(
+            got[1].1,
+            "*** the cluster link is down: this is only what was said on this server meanwhile"
+        );
+        assert!(got[2].1.contains("] <guest-1> alone"), "{got:?}");
+        assert!(!got[2].1.contains("> one"), "{got:?}");
+    }
+
+    /// Asks for history as the link would; answers come when the test
+    /// says.
+    #[derive(Default)]
+    struct Asking {
+        got: Vec<(ClientId, String)>,
+        asked: Vec<(ClientId, String, Asked, Option<Id>, usize)>,
+    }
+
+    impl Outbox for Asking {
+        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+            self.got.push((to, msg.text().to_string()));
+        }
+        fn close(&mut self, _: ClientId, _: String) {}
+        fn history(
+            &mut self,
+            id: ClientId,
+            room: &str,
+            asked: Asked,
+            after: Option<Id>,
+            count: usize,
+        ) -> bool {
+            self.asked.push((id, room.into(), asked, after, count));
+            true
+        }
+    }
+
+    #[test]
+    fn a_client_waiting_for_history_gets_it_first_then_the_live_lines_it_did_not_have() {
+        let mut hub = Hub::new(200).with_cluster("a");
+        let mut out = Asking::default();
+        hub.link_up(&mut out);
+        hub.connect(0, &mut out);
+        assert_eq!(out.asked, [(0, "lobby".into(), Asked::Enter, None, 20)]);
+        out.got.clear();
+        // Lines 3 and 4 arrive before the answer, which has 1 to 3.
+        hub.said("lobby", Id { epoch: 9, n: 3 }, None, "<b> three", &mut out);
+        hub.said("lobby", Id { epoch: 9, n: 4 }, None, "<b> four", &mut out);
+        assert_eq!(out.got, vec![], "held");
+        let lines = (1..=3)
+            .map(|n| history::Line::new(n, NOON, &format!("<b> {n}")))
+            .collect();
+        hub.answer(0, "lobby", Asked::Enter, 9, 3, lines, &mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[
+                (
+                    0,
+                    "*** history of #lobby (3 lines, times UTC):\r\n[12:03] <b> 1\r\n\
+                     [12:03] <b> 2\r\n[12:03] <b> 3\r\n*** end of history"
+                ),
+                (0, "<b> four"),
+            ])
+        );
+        out.got.clear();
+        // Resuming: what was missed is counted exactly.
+        hub.line(0, "/history since 9-1", &mut out);
+        let since = Id { epoch: 9, n: 1 };
+        assert_eq!(
+            out.asked[1],
+            (0, "lobby".into(), Asked::Since(since), Some(since), 100)
+        );
+        let lines = vec![history::Line::new(4, NOON, "<b> four")];
+        hub.answer(0, "lobby", Asked::Since(since), 9, 4, lines, &mut out);
+        assert!(
+            out.got[0]
+                .1
+                .starts_with("*** 2 lines were missed; showing the last 1\r\n"),
+            "{:?}",
+            out.got
+        );
+        out.got.clear();
+        // The link goes down while an answer is awaited: told, not stuck.
+        hub.line(0, "/history", &mut out);
+        hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
+        hub.link_down(&mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[
+                (
+                    0,
+                    "*** the cluster link went down: the history asked for cannot be shown now"
+                ),
+                (0, "<b> five"),
+                (0, LINK_DOWN),
+            ])
+        );
     }
 
     #[test]

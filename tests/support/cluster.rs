@@ -1012,3 +1012,18 @@ pub fn alive(pid: u32) -> bool {
         !matches!(state, Some('Z' | 'X'))
     })
 }
+
+/// The lines of the next history block `c` gets (header to end marker).
+pub fn history_block(c: &mut Client) -> Vec<String> {
+    let header = c.expect("a history block", |l| l.starts_with("*** history of "));
+    let mut got = vec![header];
+    for _ in 0..1000 {
+        let line = c.read_line().expect("the rest of the history block");
+        let end = line == "*** end of history";
+        got.push(line);
+        if end {
+            return got;
+        }
+    }
+    panic!("no end of history: {got:?}");
+}
