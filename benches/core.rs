@@ -89,5 +89,38 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, framing, fanout);
+/// The cost history adds to relaying a line: the same fan-out with
+/// --history 0 and --history 100 (the line is kept once, whatever the
+/// number of recipients).
+fn fanout_history(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout_history");
+    for n in [10usize, 1_000] {
+        for keep in [0usize, 100] {
+            let limits = chatd::history::Limits {
+                per_room: keep,
+                ..chatd::history::Limits::default()
+            };
+            let mut hub = Hub::new(0).with_history(limits, 20);
+            hub.tick(1_800_000_000_000);
+            let mut q = Queues(vec![Vec::new(); n]);
+            for id in 0..n {
+                hub.connect(id, &mut q);
+            }
+            q.0.iter_mut().for_each(Vec::clear);
+            let text = "a typical chat line of about sixty-four bytes, give or take";
+            g.throughput(Throughput::Elements((n - 1) as u64));
+            g.bench_function(BenchmarkId::new(format!("history {keep}"), n), |b| {
+                b.iter(|| {
+                    hub.line(0, black_box(text), &mut q);
+                    for queue in &mut q.0 {
+                        queue.clear();
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, framing, fanout, fanout_history);
 criterion_main!(benches);

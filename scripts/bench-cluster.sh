@@ -123,7 +123,7 @@ num() { awk -v v="$1" -v d="${2:-2}" 'BEGIN { if (v == "") print "—"; else pri
     echo "$(date -u '+%Y-%m-%d %H:%M') UTC, medians of $runs runs; $(nproc) CPUs; $(redis-server --version | awk '{print $1, $2, $3}')."
     echo "Flood: 100 clients, 10 senders, 64 B lines; in \`split\` the clients (and the"
     echo "senders) are dealt round-robin over two instances, so every line reaches half of its"
-    echo "receivers through Redis: published once (within a batch), delivered by the other instance."
+    echo "receivers through Redis: numbered, kept and published once per batch by Redis, delivered by each instance."
     echo
     echo "| setup | fan-out deliveries/s | chatd CPU per delivery | Redis CPU per line sent | open loop 2000/s p50 | p99 |"
     echo "|---|---|---|---|---|---|"

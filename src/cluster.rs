@@ -26,7 +26,8 @@
 //! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
 //! `chatd:guests` (the shared guest-number counter).
 
-use crate::hub::{ClientId, GUEST_BLOCK, Hub, Presence, check_name};
+use crate::history::{Id, Line};
+use crate::hub::{Asked, ClientId, GUEST_BLOCK, Hub, Presence, check_name};
 use crate::line::sanitize;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
@@ -105,6 +106,45 @@ const GUESTS_LUA: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
      if v < tonumber(ARGV[1]) then redis.call('set', KEYS[1], ARGV[1]) end \
      return redis.call('incrby', KEYS[1], ARGV[2])";
 
+/// Redis numbers and keeps room lines (docs/cluster.md, "Room history"):
+/// KEYS meta hash (e: epoch, n: last N), stream, channel; ARGV maxlen (0:
+/// keep none), ttl ms, node, sender, lines. Every line gets the id
+/// EPOCH-N (EPOCH: the ms when Redis began this room's history), goes into
+/// the stream under that id, and the batch is published with the first id
+/// and the sender, so every instance, the sender's too, delivers it as it
+/// comes back: one order for all.
+const SAY_LUA: &str = "local t = redis.call('time') \
+     local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+     local e = redis.call('hget', KEYS[1], 'e') \
+     if not e then e = ms redis.call('hset', KEYS[1], 'e', e) end \
+     local first = redis.call('hincrby', KEYS[1], 'n', #ARGV - 4) - (#ARGV - 4) + 1 \
+     if ARGV[1] ~= '0' then \
+       for i = 5, #ARGV do \
+         redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
+       end \
+     end \
+     redis.call('pexpire', KEYS[1], ARGV[2]) \
+     if ARGV[1] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[2]) end \
+     redis.call('publish', KEYS[3], ARGV[3] .. ' =' .. e .. '-' .. first .. ':' .. ARGV[4] .. '\\n' .. table.concat(ARGV, '\\n', 5)) \
+     return e .. '-' .. first";
+
+/// Reads a room's history: KEYS meta hash, stream; ARGV the oldest id to
+/// leave out (`(EPOCH-N`, or `-` for none) and how many lines at most.
+/// Returns the epoch, the last N, then id, ms, text of each line, newest
+/// first.
+const READ_LUA: &str = "local r = {redis.call('hget', KEYS[1], 'e') or '', \
+     redis.call('hget', KEYS[1], 'n') or '0'} \
+     if tonumber(ARGV[2]) > 0 then \
+       for _, x in ipairs(redis.call('xrevrange', KEYS[2], '+', ARGV[1], 'COUNT', ARGV[2])) do \
+         local t, ms = '', '0' \
+         for i = 1, #x[2], 2 do \
+           if x[2][i] == 't' then t = x[2][i + 1] elseif x[2][i] == 'ms' then ms = x[2][i + 1] end \
+         end \
+         r[#r + 1] = x[1] r[#r + 1] = ms r[#r + 1] = t \
+       end \
+     end \
+     return r";
+
 /// Where Redis is, from `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
 #[derive(Debug, Clone)]
 pub struct RedisUrl {
@@ -179,6 +219,27 @@ pub enum Inbound {
     Up,
     Down(String),
     Room(String, String),
+    /// Room lines numbered by Redis, the first with `first`; `from`: our
+    /// local client who said them (None: another instance's).
+    Said {
+        room: String,
+        first: Id,
+        from: Option<ClientId>,
+        text: String,
+    },
+    /// Redis refused local client `id`'s line (true), or the link failed
+    /// before Redis confirmed it (false).
+    NotSaid(ClientId, bool),
+    /// The answer to [`Link::history`]: the room's epoch (0: none) and last
+    /// N, and its lines, oldest first.
+    History {
+        id: ClientId,
+        room: String,
+        asked: Asked,
+        epoch: u64,
+        last: u64,
+        lines: Vec<Line>,
+    },
     Presence(Presence),
     Private(ClientId, String, String),
     Claimed(ClientId, String, Claim),
@@ -223,6 +284,11 @@ enum Expect {
     Guests,
     Alive(Rc<str>),
     Back(Rc<str>),
+    /// Local client `id`'s lines for `room` (CRLF between).
+    Say(ClientId, String, String),
+    Read(ClientId, String, Asked),
+    /// The SHA1 of SAY_LUA (0) or READ_LUA (1).
+    Script(usize),
 }
 
 /// What a command costs --cluster-queue beyond its RESP bytes: its entry
@@ -509,6 +575,14 @@ pub struct Link {
     grace: HashMap<Rc<str>, Instant>,
     carry: bool,
     scratch: Vec<u8>,
+    /// Rooms whose SUBSCRIBE Redis has confirmed on this connection.
+    confirmed: BTreeSet<String>,
+    /// The last id delivered per subscribed room: a line that comes both
+    /// as the reply to our SAY and on the subscription is delivered once.
+    delivered: HashMap<String, Id>,
+    /// SHA1s of SAY_LUA and READ_LUA as loaded on this connection; until
+    /// known (or after Redis forgot them), the scripts are sent whole.
+    shas: [Option<String>; 2],
 }
 
 impl Link {
@@ -560,6 +634,9 @@ impl Link {
             grace: HashMap::new(),
             carry: false,
             scratch: vec![0; 64 * 1024],
+            shas: [None, None],
+            confirmed: BTreeSet::new(),
+            delivered: HashMap::new(),
         }
     }
 
@@ -615,6 +692,15 @@ impl Link {
             Expect::Check("SELECT"),
             Kind::Force,
         );
+        // Room lines and history reads run a script each: loaded once per
+        // connection, then called by its SHA1 (a few bytes, not the script).
+        for (i, script) in [SAY_LUA, READ_LUA].into_iter().enumerate() {
+            self.send_cmd(
+                &[b"SCRIPT", b"LOAD", script.as_bytes()],
+                Expect::Script(i),
+                Kind::Force,
+            );
+        }
         self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
         let mut channels = vec![
             format!("{}p", self.prefix),
@@ -644,7 +730,22 @@ impl Link {
         let wait = self.backoff.mul_f64(jitter);
         self.retry_at = Some(Instant::now() + wait);
         self.backoff = (self.backoff * 2).min(self.timing.backoff_max());
+        // Lines sent but not confirmed: Redis may or may not have run them
+        // (a frozen Redis can still read what was sent before the close).
+        let mut unsure: Vec<ClientId> = self
+            .pending
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Expect::Say(id, ..) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        unsure.sort_unstable();
+        unsure.dedup();
+        inbound.extend(unsure.into_iter().map(|id| Inbound::NotSaid(id, false)));
         self.pending.clear();
+        self.confirmed.clear();
+        self.delivered.clear();
         self.missing.clear();
         self.round_left = 0;
         self.heal_left = 0;
@@ -761,6 +862,175 @@ impl Link {
 
     // ---- From the hub ----
 
+    /// Hands numbered lines to the hub once: not again if they came
+    /// already (from our SAY's reply or the subscription, whichever was
+    /// first), and not if they are older than what was delivered.
+    fn deliver(
+        &mut self,
+        room: String,
+        first: Id,
+        from: Option<ClientId>,
+        text: String,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        let count = text.split("\r\n").count() as u64;
+        let last = Id {
+            epoch: first.epoch,
+            n: first.n + count.saturating_sub(1),
+        };
+        if let Some(done) = self.delivered.get(&room)
+            && done.epoch == first.epoch
+            && done.n >= last.n
+        {
+            return;
+        }
+        self.delivered.insert(room.clone(), last);
+        inbound.push(Inbound::Said {
+            room,
+            first,
+            from,
+            text,
+        });
+    }
+
+    /// After SCRIPT FLUSH, Redis answers NOSCRIPT: send the scripts whole
+    /// again (EVAL loads them as it runs them).
+    fn forgot(&mut self, err: &str) {
+        if err.starts_with("NOSCRIPT") {
+            self.shas = [None, None];
+        }
+    }
+
+    /// `EVALSHA SHA` when the script is loaded, `EVAL SCRIPT` otherwise.
+    fn script(&self, i: usize) -> (&'static [u8], Vec<u8>) {
+        match &self.shas[i] {
+            Some(sha) => (b"EVALSHA", sha.as_bytes().to_vec()),
+            None => (b"EVAL", [SAY_LUA, READ_LUA][i].as_bytes().to_vec()),
+        }
+    }
+
+    fn history_keys(&self, room: &str) -> (String, String) {
+        (
+            format!("{}h:{room}", self.prefix),
+            format!("{}s:{room}", self.prefix),
+        )
+    }
+
+    /// Room lines (CRLF between) from local client `from`, to be numbered
+    /// and kept by Redis and delivered when they come back (see SAY_LUA).
+    /// False when the link is not up or the queue toward Redis is full.
+    pub fn say(
+        &mut self,
+        room: &str,
+        from: ClientId,
+        lines: &str,
+        keep: usize,
+        ttl_ms: u64,
+    ) -> bool {
+        if self.state != State::Up {
+            return false;
+        }
+        let (meta, stream) = self.history_keys(room);
+        let channel = self.room_channel(room);
+        let (keep, ttl, from_s) = (
+            keep.to_string(),
+            ttl_ms.max(1).to_string(),
+            from.to_string(),
+        );
+        let node = self.node.clone();
+        let (verb, script) = self.script(0);
+        let mut args: Vec<&[u8]> = vec![
+            verb,
+            &script,
+            b"3",
+            meta.as_bytes(),
+            stream.as_bytes(),
+            channel.as_bytes(),
+            keep.as_bytes(),
+            ttl.as_bytes(),
+            node.as_bytes(),
+            from_s.as_bytes(),
+        ];
+        args.extend(lines.split("\r\n").map(str::as_bytes));
+        let expect = Expect::Say(from, room.to_string(), lines.to_string());
+        let ok = self.send_cmd(&args, expect, Kind::Publish);
+        if ok {
+            self.stats.published += 1;
+        }
+        ok
+    }
+
+    /// Asks Redis for a room's history for local client `id`: the lines
+    /// after `after` (or the last ones), at most `count`. The answer comes
+    /// back as `Inbound::History`. False when the link is not up.
+    pub fn history(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        asked: Asked,
+        after: Option<Id>,
+        count: usize,
+    ) -> bool {
+        if self.state != State::Up {
+            return false;
+        }
+        let (meta, stream) = self.history_keys(room);
+        let after = after.map_or("-".to_string(), |a| format!("({a}"));
+        let count = count.to_string();
+        let (verb, script) = self.script(1);
+        let args: [&[u8]; 7] = [
+            verb,
+            &script,
+            b"2",
+            meta.as_bytes(),
+            stream.as_bytes(),
+            after.as_bytes(),
+            count.as_bytes(),
+        ];
+        self.send_cmd(&args, Expect::Read(id, room.to_string(), asked), Kind::Book)
+    }
+
+    /// A READ_LUA answer, checked and cleaned as anything from Redis.
+    fn read_answer(&self, f: OwnedFrame) -> Option<(u64, u64, Vec<Line>)> {
+        let OwnedFrame::Array(parts) = f else {
+            return None;
+        };
+        let text = |i: usize| {
+            parts
+                .get(i)
+                .and_then(frame_bytes)
+                .and_then(|b| std::str::from_utf8(b).ok())
+        };
+        let epoch = text(0)?;
+        let epoch: u64 = if epoch.is_empty() {
+            0
+        } else {
+            epoch.parse().ok()?
+        };
+        let last: u64 = text(1)?.parse().ok()?;
+        let mut lines = Vec::new();
+        let mut i = 2;
+        while i + 2 < parts.len() {
+            let (Some(id), Some(ms), Some(raw)) =
+                (text(i), text(i + 1), parts.get(i + 2).and_then(frame_bytes))
+            else {
+                return None;
+            };
+            i += 3;
+            let id: Id = id.parse().ok()?;
+            // Lines of an older record of the room (its epoch was lost while
+            // the stream lived on) are not this record's.
+            if id.epoch != epoch || raw.len() > self.max_text {
+                continue;
+            }
+            if let Some(clean) = sanitize(raw) {
+                lines.push(Line::new(id.n, ms.parse().unwrap_or(0), &clean));
+            }
+        }
+        lines.reverse();
+        Some((epoch, last, lines))
+    }
+
     /// A local line, or a batch of them (CRLF between), for the room on the
     /// other instances. One line travels as `NODE TEXT`; a batch as one
     /// publication `NODE\nLINE\nLINE...` (one PUBLISH for the lot, which is
@@ -791,6 +1061,8 @@ impl Link {
         let changed = if on {
             self.rooms.insert(room.to_string())
         } else {
+            self.confirmed.remove(room);
+            self.delivered.remove(room);
             self.rooms.remove(room)
         };
         if changed && self.state != State::Down {
@@ -1029,6 +1301,48 @@ impl Link {
                     _ => {}
                 }
             }
+            (Expect::Script(i), OwnedFrame::BulkString(sha)) => {
+                self.shas[i] = String::from_utf8(sha).ok();
+            }
+            (Expect::Script(_), OwnedFrame::Error(e)) => self.refused("SCRIPT LOAD", &e),
+            (Expect::Say(id, ..), OwnedFrame::Error(e)) => {
+                self.forgot(&e);
+                self.refused("EVAL (a room line)", &e);
+                inbound.push(Inbound::NotSaid(id, true));
+            }
+            (Expect::Say(id, room, text), f) => {
+                // Our own lines come back on the subscription, unless it is
+                // not in place yet (the room is new here, and Redis may run
+                // the SUBSCRIBE after this): then from here. `deliver` keeps
+                // whichever comes second from being shown twice.
+                let first = frame_bytes(&f)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|t| t.parse::<Id>().ok());
+                if let Some(first) = first
+                    && !self.confirmed.contains(&room)
+                {
+                    self.deliver(room, first, Some(id), text, inbound);
+                }
+            }
+            (Expect::Read(id, room, asked), f) => {
+                let answer = match f {
+                    OwnedFrame::Error(e) => {
+                        self.forgot(&e);
+                        self.refused("EVAL (read a room's history)", &e);
+                        None
+                    }
+                    f => self.read_answer(f),
+                };
+                let (epoch, last, lines) = answer.unwrap_or((0, 0, Vec::new()));
+                inbound.push(Inbound::History {
+                    id,
+                    room,
+                    asked,
+                    epoch,
+                    last,
+                    lines,
+                });
+            }
             (Expect::Ignore(what), OwnedFrame::Error(e)) => self.refused(what, &e),
             _ => {}
         }
@@ -1073,7 +1387,17 @@ impl Link {
             _ => return Ok(()), // +OK to AUTH
         };
         match parts.first().and_then(frame_bytes) {
-            Some(b"subscribe") => self.sub_ready = true,
+            Some(b"subscribe") => {
+                self.sub_ready = true;
+                if let Some(room) = parts
+                    .get(1)
+                    .and_then(frame_bytes)
+                    .and_then(|c| std::str::from_utf8(c).ok())
+                    .and_then(|c| c.strip_prefix(&self.prefix)?.strip_prefix("r:"))
+                {
+                    self.confirmed.insert(room.to_string());
+                }
+            }
             Some(b"message") => {
                 let (Some(channel), Some(payload)) = (
                     parts.get(1).and_then(frame_bytes),
@@ -1093,6 +1417,12 @@ impl Link {
                         }
                         _ => inbound.push(Inbound::Room(room, text)),
                     },
+                    Ok(Some(Inbound::Said {
+                        room,
+                        first,
+                        from,
+                        text,
+                    })) => self.deliver(room, first, from, text, inbound),
                     Ok(Some(event)) => inbound.push(event),
                     Ok(None) => {}
                     Err(why) => self.malformed(channel, why),
@@ -1143,6 +1473,9 @@ impl Link {
             if !valid_node(node) {
                 return Err("bad node");
             }
+            if payload[at] == b' ' && text.first() == Some(&b'=') {
+                return self.decode_said(room, node, &text[1..]).map(Some);
+            }
             // Our own lines were delivered locally when they were sent.
             if node == &*self.node {
                 return Ok(None);
@@ -1182,6 +1515,30 @@ impl Link {
             return Ok(Some(Inbound::Private(to, name.to_string(), text)));
         }
         Ok(None)
+    }
+
+    /// `EPOCH-N:SENDER\nLINE\nLINE...` from SAY_LUA: lines numbered by
+    /// Redis, delivered by every instance, the sender's own included.
+    fn decode_said(&self, room: &str, node: &str, rest: &[u8]) -> Result<Inbound, &'static str> {
+        let nl = rest.iter().position(|&c| c == b'\n').ok_or("no lines")?;
+        let head = std::str::from_utf8(&rest[..nl]).map_err(|_| "bad id")?;
+        let (id, sender) = head.split_once(':').ok_or("no sender")?;
+        let first: Id = id.parse().map_err(|_| "bad id")?;
+        let sender: ClientId = sender.parse().map_err(|_| "bad sender")?;
+        let mut lines = Vec::new();
+        for line in rest[nl + 1..].split(|&c| c == b'\n') {
+            if line.len() > self.max_text {
+                return Err("too long");
+            }
+            // Blank lines keep their number: the ids must stay in step.
+            lines.push(sanitize(line).unwrap_or_else(|| "<?> (blank)".into()));
+        }
+        Ok(Inbound::Said {
+            room: room.to_string(),
+            first,
+            from: (node == &*self.node).then_some(sender),
+            text: lines.join("\r\n"),
+        })
     }
 
     /// Reconnects when due; drops a link whose oldest command has waited
@@ -1572,6 +1929,60 @@ mod tests {
     }
 
     #[test]
+    fn numbered_lines_are_decoded_ours_too_cleaned_and_delivered_once() {
+        let mut link = link();
+        let dm = |link: &Link, p: &[u8]| link.decode_message(b"chatd:3:r:lobby", p);
+        let first = Id { epoch: 17, n: 4 };
+        assert_eq!(
+            dm(&link, b"me~1 =17-4:9\n<a> hi\n<a> \x1b[2Jthere"),
+            Ok(Some(Inbound::Said {
+                room: "lobby".into(),
+                first,
+                from: Some(9),
+                text: "<a> hi\r\n<a> [2Jthere".into(),
+            })),
+            "our own, with our sender"
+        );
+        let Ok(Some(Inbound::Said { from, .. })) = dm(&link, b"n2~5 =17-6:3\n<b> yo") else {
+            panic!("another instance's numbered line");
+        };
+        assert_eq!(from, None);
+        for bad in [&b"n2 =17-6\n<b> x"[..], b"n2 =x-1:3\n<b> x", b"n2 =17-6:3"] {
+            assert!(
+                dm(&link, bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // From our SAY's reply and again from the subscription: once.
+        let mut inbound = Vec::new();
+        for _ in 0..2 {
+            link.deliver(
+                "lobby".into(),
+                first,
+                Some(9),
+                "<a> hi\r\n<a> yo".into(),
+                &mut inbound,
+            );
+        }
+        link.deliver(
+            "lobby".into(),
+            Id { epoch: 17, n: 5 },
+            None,
+            "<b> old".into(),
+            &mut inbound,
+        );
+        link.deliver(
+            "lobby".into(),
+            Id { epoch: 17, n: 6 },
+            None,
+            "<b> new".into(),
+            &mut inbound,
+        );
+        assert_eq!(inbound.len(), 2, "{inbound:?}");
+    }
+
+    #[test]
     fn what_arrives_is_cleaned_as_a_clients_line_is() {
         let link = link();
         let dm = |c: &[u8], p: &[u8]| link.decode_message(c, p);
@@ -1711,9 +2122,12 @@ mod tests {
         let hub = Hub::new(200).with_cluster("me~1");
         let mut inbound = Vec::new();
         link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
-        // Pretend the handshake is done (nothing answers here).
+        // Pretend the handshake is done (nothing answers here), and sent.
         link.state = State::Up;
         link.pending.clear();
+        if let Some(cmd) = link.cmd.as_mut() {
+            cmd.wbuf.clear();
+        }
         // Replies awaited: at most 4096 / 64 = 64, and the bytes queued
         // plus each awaited reply's bookkeeping at most 4096 (which bites
         // first here); past either, lines are dropped and counted, and

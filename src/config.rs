@@ -41,6 +41,14 @@ pub const MAX_QUEUE: u32 = 1 << 30;
 /// --max-line's default, also the hub's when it is used without a config.
 pub const DEFAULT_MAX_LINE: u32 = 8192;
 
+/// --history's ceiling: a reply of that many lines must still be cheap to
+/// build and fit a client's queue.
+pub const MAX_HISTORY: u32 = 10_000;
+/// --history-bytes' ceiling (4 GiB).
+pub const MAX_HISTORY_BYTES: u64 = 4 << 30;
+/// --history-ttl's ceiling: a week.
+pub const MAX_HISTORY_TTL: u64 = 7 * 24 * 3600;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnSlow {
     /// Cut the slow client off; its room sees "(too slow)".
@@ -105,6 +113,25 @@ pub struct Config {
     /// Rooms with more members than this do not announce joins, leaves and nick changes.
     #[arg(long, default_value_t = 200)]
     pub announce_max: usize,
+
+    /// Lines of history kept per room (messages and /me, not private
+    /// messages or notices); 0 turns history off.
+    #[arg(long, value_name = "LINES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=MAX_HISTORY as i64))]
+    pub history: u32,
+
+    /// Most bytes of history kept over all rooms, each line charged its
+    /// length plus 128 bytes; over it, the oldest lines of any room go first.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(0..=MAX_HISTORY_BYTES))]
+    pub history_bytes: u64,
+
+    /// Lines of history a client is shown when it enters a room (and the
+    /// lobby on connect); 0 shows none.
+    #[arg(long, value_name = "LINES", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=MAX_HISTORY as i64))]
+    pub history_on_join: u32,
+
+    /// Seconds an empty room keeps its history.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=MAX_HISTORY_TTL))]
+    pub history_ttl: u64,
 
     /// Cluster mode: share the chat with every instance using this Redis,
     /// redis://[:PASSWORD@]HOST[:PORT][/DB] (password also from REDIS_PASSWORD).
@@ -192,6 +219,14 @@ impl Config {
             return Err("--burst needs --rate".into());
         }
         Ok(())
+    }
+
+    pub fn history_limits(&self) -> crate::history::Limits {
+        crate::history::Limits {
+            per_room: self.history as usize,
+            bytes: self.history_bytes as usize,
+            ttl_ms: self.history_ttl * 1000,
+        }
     }
 
     pub fn idle_timeout(&self) -> Option<Duration> {

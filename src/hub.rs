@@ -10,8 +10,16 @@
 //! instances (kept up to date by presence events from the cluster link), so
 //! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
 //! each instance delivers lines only to its own local clients.
+//!
+//! Messages and actions are room history: on one server the hub numbers
+//! and keeps them itself ([`History`]); in cluster mode, while the link is
+//! up, Redis numbers and keeps them and the hub delivers them as they come
+//! back ([`Hub::said`]), and history is asked of Redis ([`Hub::answer`]).
+//! Clients with `/ids on` get a second shared buffer per broadcast, with
+//! every line tagged with its id — never a copy per recipient.
 
 use crate::cluster::Claim;
+use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -33,6 +41,33 @@ pub trait Outbox {
     fn close(&mut self, id: ClientId, reason: String);
     /// A line for the members of `room` on the other instances.
     fn publish(&mut self, _room: &str, _msg: &Rc<Msg>) {}
+    /// Cluster mode: room lines (CRLF between) from local client `from`, to
+    /// be numbered and kept by Redis (at most `keep` per room, for `ttl_ms`
+    /// after the last); they come back through [`Hub::said`]. False when
+    /// they cannot go now (link down, queue full).
+    fn say(
+        &mut self,
+        _room: &str,
+        _from: ClientId,
+        _lines: &str,
+        _keep: usize,
+        _ttl_ms: u64,
+    ) -> bool {
+        false
+    }
+    /// Cluster mode: a room's history for `id` from Redis, the lines after
+    /// `after` or the last ones, at most `count`; answered by
+    /// [`Hub::answer`]. False when it cannot be asked now.
+    fn history(
+        &mut self,
+        _id: ClientId,
+        _room: &str,
+        _asked: Asked,
+        _after: Option<Id>,
+        _count: usize,
+    ) -> bool {
+        false
+    }
     /// A change to who is where, for the other instances' mirrors.
     fn presence(&mut self, _event: Presence) {}
     /// A line for one user on another instance.
@@ -145,6 +180,9 @@ const HELP: &[&str] = &[
     "***   /join ROOM        leave your room and enter ROOM (created if new)",
     "***   /rooms            list the rooms and how many are in each",
     "***   /stats            your queue, drops and time online; the server's load",
+    "***   /history [N]      the last N lines said in your room (times in UTC)",
+    "***   /history since ID the lines said after the one with that id",
+    "***   /ids on|off       room lines carry their id, yours echoed (for clients)",
     "***   /quit [reason]    leave the chat",
     "***   /help             this list",
     "***   //text            send a message that begins with /",
@@ -177,6 +215,45 @@ struct Client {
     /// Unix epoch), the claim's identity in Redis. Remote users: the roster
     /// round that last announced them.
     since: u64,
+    /// `/ids on`: room lines and history reach it tagged with their id,
+    /// its own come back to it, and entering a room ends with the room's
+    /// last id (see [`Hub::mark`]).
+    ids: bool,
+    /// Cluster mode: its last line could not go to Redis (it was told).
+    refused: bool,
+    /// Cluster mode: history answers awaited from Redis, and the room lines
+    /// held back meanwhile so they come after the history, not before.
+    wait: Option<Box<Wait>>,
+}
+
+/// What a client asked of the cluster's history (see [`Outbox::history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// Entering a room: its last --history-on-join lines, then (with ids)
+    /// where the client stands.
+    Enter,
+    /// `/ids on`: only where the client stands.
+    Mark,
+    /// `/history N`.
+    Last(usize),
+    /// `/history since ID`.
+    Since(Id),
+}
+
+/// The most room lines held for a client while its history is fetched (an
+/// answer comes within a round trip to Redis; a room that says more
+/// meanwhile loses the oldest, and the client is told how many).
+const MAX_HELD: usize = 1024;
+
+#[derive(Default)]
+struct Wait {
+    pending: u32,
+    /// (room key, first id, lines, the buffer).
+    held: VecDeque<(Box<str>, Id, u64, Rc<Msg>)>,
+    lost: u64,
+    /// The ids the answers showed, per room: held lines among them are
+    /// not sent again.
+    covered: Vec<(Box<str>, Id, Id)>,
 }
 
 struct Room {
@@ -188,6 +265,10 @@ struct Room {
     /// How many of `members` are local: the cluster link subscribes to a
     /// room's channel only while this is non-zero.
     local: usize,
+    /// The room's record in `Hub::history`.
+    hist: usize,
+    /// Cluster mode: the last id delivered here (see `said`).
+    last_id: Option<Id>,
 }
 
 /// Cluster mode: who we are, whether the link is up, and name bookkeeping.
@@ -231,6 +312,15 @@ pub struct Hub {
     cluster: Option<Cluster>,
     /// Chat lines passed on (messages, /me, /msg), for the metrics.
     relayed: u64,
+    history: History,
+    /// --history-on-join: lines replayed to a client entering a room.
+    on_join: usize,
+    /// The most bytes one history answer may take, so that it fits the
+    /// client's queue (the reactor makes it a fraction of --sendq).
+    reply_max: usize,
+    /// Wall-clock time, ms since the Unix epoch, as of this turn of the
+    /// loop (see [`Hub::tick`]): history times and epochs come from it.
+    now_ms: u64,
 }
 
 /// `/who`, `/rooms` and the list in a join answer name at most this many
@@ -279,7 +369,42 @@ impl Hub {
             max_line: crate::config::DEFAULT_MAX_LINE as usize,
             cluster: None,
             relayed: 0,
+            history: History::new(history::Limits::default()),
+            on_join: 20,
+            reply_max: 256 * 1024,
+            now_ms: 0,
         }
+    }
+
+    /// History bounds (--history, --history-bytes, --history-ttl) and the
+    /// lines replayed on entering a room (--history-on-join).
+    pub fn with_history(mut self, limits: history::Limits, on_join: usize) -> Hub {
+        self.history = History::new(limits);
+        self.on_join = on_join;
+        self
+    }
+
+    /// The most bytes one history answer may take.
+    pub fn with_reply_max(mut self, bytes: usize) -> Hub {
+        self.reply_max = bytes;
+        self
+    }
+
+    /// The wall clock for this turn, ms since the Unix epoch; forgets the
+    /// history of rooms empty for longer than --history-ttl.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.history.expire(now_ms);
+    }
+
+    /// History lines held, over all rooms.
+    pub fn history_lines(&self) -> usize {
+        self.history.lines()
+    }
+
+    /// History bytes held (charged as for --history-bytes).
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
     }
 
     /// Turns on cluster mode for this instance, named `node`. The link
@@ -413,6 +538,9 @@ impl Hub {
             slot: 0,
             home: Home::Local(id),
             since: 0,
+            ids: false,
+            refused: false,
+            wait: None,
         });
         self.name_add(&key, i);
         if self.local.len() <= id {
@@ -435,6 +563,7 @@ impl Hub {
         if self.cluster.as_ref().is_some_and(|c| !c.up) {
             reply(out, id, LINK_DOWN);
         }
+        self.replay(id, i, room, out);
         self.here(i, out);
         self.announce(room, i, &format!("*** {name} joined"), out);
     }
@@ -489,14 +618,14 @@ impl Hub {
         let Some(i) = self.idx(id) else { return };
         let client = &self.clients[i];
         if let Some(rest) = text.strip_prefix("//") {
-            let msg = Msg::new(&format!("<{}> /{rest}", client.name));
-            self.broadcast(client.room, i, &msg, out);
+            let line = format!("<{}> /{rest}", client.name);
+            self.say(client.room, Some(i), line, out);
             self.relayed += 1;
         } else if let Some(command) = text.strip_prefix('/') {
             self.command(id, i, command, out);
         } else {
-            let msg = Msg::new(&format!("<{}> {text}", client.name));
-            self.broadcast(client.room, i, &msg, out);
+            let line = format!("<{}> {text}", client.name);
+            self.say(client.room, Some(i), line, out);
             self.relayed += 1;
         }
     }
@@ -537,10 +666,9 @@ impl Hub {
         }
     }
 
-    fn flush_run(&self, i: usize, run: &mut String, out: &mut impl Outbox) {
+    fn flush_run(&mut self, i: usize, run: &mut String, out: &mut impl Outbox) {
         if !run.is_empty() {
-            self.broadcast(self.clients[i].room, i, &Msg::new(run), out);
-            run.clear();
+            self.say(self.clients[i].room, Some(i), std::mem::take(run), out);
         }
     }
 
@@ -570,9 +698,27 @@ impl Hub {
             "me" if rest.is_empty() => reply(out, id, "*** error: usage: /me text"),
             "me" => {
                 let c = &self.clients[i];
-                let msg = Msg::new(&format!("* {} {rest}", c.name));
-                self.broadcast(c.room, i, &msg, out);
+                let line = format!("* {} {rest}", c.name);
+                self.say(c.room, Some(i), line, out);
                 self.relayed += 1;
+            }
+            "history" => self.history_command(id, i, rest, out),
+            "ids" => {
+                let on = match rest.to_ascii_lowercase().as_str() {
+                    "on" => true,
+                    "off" => false,
+                    "" => self.clients[i].ids,
+                    _ => return reply(out, id, "*** error: usage: /ids on|off"),
+                };
+                self.clients[i].ids = on;
+                let room = self.clients[i].room;
+                if on {
+                    if !self.ask(i, room, Asked::Mark, None, 0, out) {
+                        self.mark(id, room, out);
+                    }
+                } else {
+                    reply(out, id, "*** ids off");
+                }
             }
             "join" => self.join(id, i, rest, out),
             "rooms" => {
@@ -820,6 +966,7 @@ impl Hub {
         let text = format!("*** {name} joined {}", self.rooms[room].name);
         self.announce(room, i, &text, out);
         reply(out, id, &format!("*** you joined {}", self.roster(room)));
+        self.replay(id, i, room, out);
     }
 
     /// Adds client `i` to the room `key` (created, shown as `#shown`, if
@@ -828,11 +975,14 @@ impl Hub {
         let room = match self.room_keys.get(key) {
             Some(&r) => r,
             None => {
+                let hist = self.history.open(key, self.now_ms);
                 let r = self.rooms.insert(Room {
                     name: format!("#{shown}").into(),
                     key: key.into(),
                     members: Vec::new(),
                     local: 0,
+                    hist,
+                    last_id: None,
                 });
                 self.room_keys.insert(key.into(), r);
                 r
@@ -867,6 +1017,7 @@ impl Hub {
         if r.members.is_empty() {
             let gone = self.rooms.remove(room);
             self.room_keys.remove(&gone.key);
+            self.history.close(gone.hist, self.now_ms);
         }
     }
 
@@ -902,6 +1053,387 @@ impl Hub {
         self.to_room(room, Some(from), msg, out);
         if self.cluster.is_some() {
             out.publish(&self.rooms[room].key, msg);
+        }
+    }
+
+    /// Messages and actions (`lines`: one, or several joined by CRLF) for
+    /// everyone in `room`: kept in the history, numbered, and sent as one
+    /// shared buffer to the members without ids, and one more, built only
+    /// if someone needs it, with every line tagged to the members with ids
+    /// (the sender included). `from`: the local sender, or None for lines
+    /// from another instance (which are not published again).
+    fn say(&mut self, room: usize, from: Option<usize>, lines: String, out: &mut impl Outbox) {
+        if let Some(i) = from
+            && self.cluster.as_ref().is_some_and(|c| c.up)
+            && let Home::Local(cid) = self.clients[i].home
+        {
+            // Redis numbers the lines, keeps them, and hands them back to
+            // every instance, this one included: see `said`.
+            let limits = self.history.limits();
+            let key = &self.rooms[room].key;
+            let sent = out.say(key, cid, &lines, limits.per_room, limits.ttl_ms);
+            // Told once per run of refused lines, not once per line.
+            let c = &mut self.clients[i];
+            if !sent && !c.refused {
+                reply(
+                    out,
+                    cid,
+                    "*** error: the cluster is too busy; your lines are not sent until this error stops",
+                );
+            }
+            c.refused = !sent;
+            return;
+        }
+        let hist = self.rooms[room].hist;
+        let mut first = None;
+        for line in lines.split("\r\n") {
+            let id = self.history.push(hist, self.now_ms, line);
+            first.get_or_insert(id);
+        }
+        let first = first.unwrap_or(Id { epoch: 0, n: 0 });
+        let plain = Msg::new(&lines);
+        let mut tagged: Option<Rc<Msg>> = None;
+        for &member in &self.rooms[room].members {
+            let c = &self.clients[member];
+            let Home::Local(to) = c.home else { continue };
+            if c.ids {
+                let msg = tagged.get_or_insert_with(|| Msg::new(&tag_lines(&lines, first)));
+                out.send(to, msg);
+            } else if Some(member) != from {
+                out.send(to, &plain);
+            }
+        }
+        if from.is_some() && self.cluster.is_some() {
+            out.publish(&self.rooms[room].key, &plain);
+        }
+    }
+
+    /// The last --history-on-join lines of `room`, for client `i` that just
+    /// entered it; with ids, then the room's last id.
+    fn replay(&mut self, id: ClientId, i: usize, room: usize, out: &mut impl Outbox) {
+        let ids = self.clients[i].ids;
+        if (self.on_join > 0 || ids) && self.ask(i, room, Asked::Enter, None, self.on_join, out) {
+            return;
+        }
+        let kept = self.history.kept(self.rooms[room].hist).len();
+        if self.on_join > 0 && kept > 0 {
+            let from = kept.saturating_sub(self.on_join);
+            let text = self.history_answer(room, from, ids, Ask::Last);
+            out.send(id, &Msg::new(&text));
+        }
+        if ids {
+            self.mark(id, room, out);
+        }
+    }
+
+    /// `*** ids on: #lobby at EPOCH-N`: the id of the last line said in the
+    /// room so far (N = 0 before the first). A client with ids has been
+    /// shown, or was not there for, everything up to it, and every room
+    /// line after it reaches it tagged: so it always knows where to resume.
+    fn mark(&self, id: ClientId, room: usize, out: &mut impl Outbox) {
+        let r = &self.rooms[room];
+        let head = self.history.head(r.hist).unwrap_or(Id { epoch: 0, n: 1 });
+        let last = Id {
+            epoch: head.epoch,
+            n: head.n - 1,
+        };
+        reply(out, id, &format!("*** ids on: {} at {last}", r.name));
+    }
+
+    /// `/history`, `/history N`, `/history since ID`.
+    fn history_command(&mut self, id: ClientId, i: usize, rest: &str, out: &mut impl Outbox) {
+        const USAGE: &str = "*** error: usage: /history [N] or /history since ID";
+        let (room, ids) = (self.clients[i].room, self.clients[i].ids);
+        let r = &self.rooms[room];
+        let (word, arg) = split_word(rest);
+        // Ok(n): the last n lines; Err(id): the lines after id.
+        let ask: Result<usize, Id> = if rest.is_empty() {
+            Ok(if self.on_join > 0 { self.on_join } else { 20 })
+        } else if word.eq_ignore_ascii_case("since") {
+            match arg.trim().parse::<Id>() {
+                Ok(since) => Err(since),
+                Err(()) => return reply(out, id, USAGE),
+            }
+        } else {
+            match rest.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => return reply(out, id, USAGE),
+            }
+        };
+        if self.history.limits().per_room == 0 {
+            let text = format!("*** history of {}: off on this server", r.name);
+            return reply(out, id, &text);
+        }
+        let keep = self.history.limits().per_room;
+        let asked = match ask {
+            Ok(n) => self.ask(i, room, Asked::Last(n), None, n.min(keep), out),
+            Err(since) => self.ask(i, room, Asked::Since(since), Some(since), keep, out),
+        };
+        if asked {
+            return;
+        }
+        let r = &self.rooms[room];
+        match &self.cluster {
+            Some(c) if c.up => {
+                return reply(
+                    out,
+                    id,
+                    "*** error: the cluster is busy; try /history again in a moment",
+                );
+            }
+            // The cluster's history is in Redis, out of reach now.
+            Some(_) => reply(
+                out,
+                id,
+                "*** the cluster link is down: this is only what was said on this server meanwhile",
+            ),
+            None => {}
+        }
+        let kept = self.history.kept(r.hist).len();
+        let text = match ask {
+            Ok(n) => self.history_answer(room, kept.saturating_sub(n), ids, Ask::Last),
+            Err(since) => match self.history.since(r.hist, since) {
+                Since::Kept { from, evicted } => {
+                    self.history_answer(room, from, ids, Ask::Resume(since, evicted))
+                }
+                Since::Lost => self.history_answer(room, 0, ids, Ask::Lost(since)),
+            },
+        };
+        out.send(id, &Msg::new(&text));
+    }
+
+    /// One history answer from this instance's own history: the kept
+    /// lines of `room` from index `from` on.
+    fn history_answer(&self, room: usize, from: usize, ids: bool, ask: Ask) -> String {
+        let r = &self.rooms[room];
+        let kept = self.history.kept(r.hist);
+        let epoch = self.history.head(r.hist).map_or(0, |h| h.epoch);
+        let lines: Vec<&history::Line> = kept.range(from.min(kept.len())..).collect();
+        render_answer(&r.name, epoch, &lines, ids, ask, self.reply_max).0
+    }
+
+    /// Cluster mode, link up: asks Redis for `room`'s history for client
+    /// `i` and holds its room lines until the answer; false (nothing asked)
+    /// otherwise, and the caller answers from this instance's own history.
+    fn ask(
+        &mut self,
+        i: usize,
+        room: usize,
+        asked: Asked,
+        after: Option<Id>,
+        count: usize,
+        out: &mut impl Outbox,
+    ) -> bool {
+        let (true, Home::Local(cid)) = (
+            self.cluster.as_ref().is_some_and(|c| c.up),
+            &self.clients[i].home,
+        ) else {
+            return false;
+        };
+        if !out.history(*cid, &self.rooms[room].key, asked, after, count) {
+            return false;
+        }
+        self.clients[i].wait.get_or_insert_default().pending += 1;
+        true
+    }
+
+    /// Room lines numbered by Redis (see `say`), for the local members of
+    /// `room`: one plain buffer and, if anyone has ids, one tagged buffer.
+    /// `from`: our local client who said them, who gets them back only if
+    /// it has ids.
+    pub fn said(
+        &mut self,
+        room: &str,
+        first: Id,
+        from: Option<ClientId>,
+        text: &str,
+        out: &mut impl Outbox,
+    ) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let sender = from.and_then(|c| self.idx(c));
+        let count = text.split("\r\n").count() as u64;
+        self.rooms[r].last_id = Some(Id {
+            epoch: first.epoch,
+            n: first.n + count.saturating_sub(1),
+        });
+        let plain = Msg::new(text);
+        let mut tagged: Option<Rc<Msg>> = None;
+        for &member in &self.rooms[r].members {
+            let c = &mut self.clients[member];
+            let Home::Local(to) = c.home else { continue };
+            let msg = if c.ids {
+                tagged.get_or_insert_with(|| Msg::new(&tag_lines(text, first)))
+            } else if Some(member) != sender {
+                &plain
+            } else {
+                continue;
+            };
+            match c.wait.as_mut() {
+                Some(w) => {
+                    if w.held.len() >= MAX_HELD
+                        && let Some((.., n, _)) = w.held.pop_front()
+                    {
+                        w.lost += n;
+                    }
+                    w.held
+                        .push_back((self.rooms[r].key.clone(), first, count, msg.clone()));
+                }
+                None => out.send(to, msg),
+            }
+        }
+    }
+
+    /// Redis's answer to [`Outbox::history`] for local client `id`: the
+    /// room's epoch and last N, and its lines (oldest first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        asked: Asked,
+        epoch: u64,
+        last: u64,
+        lines: Vec<history::Line>,
+        out: &mut impl Outbox,
+    ) {
+        let Some(i) = self.idx(id) else { return };
+        let here = self.room_keys.get(room).copied();
+        if let Some(r) = here.filter(|&r| r == self.clients[i].room) {
+            let (name, ids) = (&self.rooms[r].name, self.clients[i].ids);
+            let refs: Vec<&history::Line> = lines.iter().collect();
+            let render = |ask| render_answer(name, epoch, &refs, ids, ask, self.reply_max);
+            let answer = match asked {
+                Asked::Enter if !refs.is_empty() => Some(render(Ask::Last)),
+                Asked::Enter | Asked::Mark => None,
+                Asked::Last(_) => Some(render(Ask::Last)),
+                // 0-0: where a client stands in a room that had no lines yet.
+                Asked::Since(since)
+                    if epoch != 0 && (since.epoch == epoch || since == Id { epoch: 0, n: 0 }) =>
+                {
+                    let after = if since.epoch == epoch { since.n } else { 0 };
+                    let total = last.saturating_sub(after);
+                    let evicted = total.saturating_sub(refs.len() as u64);
+                    Some(render(Ask::Resume(since, evicted)))
+                }
+                Asked::Since(since) if epoch == 0 && since.n == 0 => Some((
+                    format!("*** history of {name}: nothing new since {since}"),
+                    0,
+                )),
+                Asked::Since(since) => Some(render(Ask::Lost(since))),
+            };
+            // The ids shown: the newest `shown` of the lines.
+            let covered = match &answer {
+                Some((_, shown)) if *shown > 0 => Some((
+                    Id {
+                        epoch,
+                        n: refs[refs.len() - shown].n,
+                    },
+                    Id {
+                        epoch,
+                        n: refs[refs.len() - 1].n,
+                    },
+                )),
+                _ => None,
+            };
+            if let Some((text, _)) = answer {
+                out.send(id, &Msg::new(&text));
+            }
+            let key = self.rooms[r].key.clone();
+            if ids && matches!(asked, Asked::Enter | Asked::Mark) {
+                // Where the client stands: after what it was shown, before
+                // what is held for it or still on its way here (Redis may
+                // have numbered lines this instance has not delivered yet).
+                let mark = match covered {
+                    Some((_, hi)) => hi,
+                    None => {
+                        let mut n = last;
+                        let held = self.clients[i].wait.as_ref().and_then(|w| {
+                            w.held
+                                .iter()
+                                .find(|(k, f, ..)| *k == key && f.epoch == epoch)
+                                .map(|(_, f, ..)| f.n)
+                        });
+                        if let Some(first) = held {
+                            n = n.min(first.saturating_sub(1));
+                        }
+                        if let Some(done) = self.rooms[r].last_id.filter(|l| l.epoch == epoch) {
+                            n = n.min(done.n);
+                        }
+                        Id { epoch, n }
+                    }
+                };
+                reply(out, id, &format!("*** ids on: {name} at {mark}"));
+            }
+            if let (Some(w), Some((lo, hi))) = (self.clients[i].wait.as_mut(), covered) {
+                w.covered.push((key, lo, hi));
+            }
+        }
+        let done = self.clients[i].wait.as_mut().is_none_or(|w| {
+            w.pending = w.pending.saturating_sub(1);
+            w.pending == 0
+        });
+        if done {
+            self.release_held(i, out);
+        }
+    }
+
+    /// Sends what was held for client `i` while its history was fetched:
+    /// only lines of the room it is in, and not those the answer had.
+    fn release_held(&mut self, i: usize, out: &mut impl Outbox) {
+        let (Some(w), Home::Local(id)) = (self.clients[i].wait.take(), &self.clients[i].home)
+        else {
+            return;
+        };
+        let id = *id;
+        if w.lost > 0 {
+            let text = format!(
+                "*** {} missed while your history was fetched",
+                plural(w.lost, "line") + if w.lost == 1 { " was" } else { " were" }
+            );
+            reply(out, id, &text);
+        }
+        let room = &self.rooms[self.clients[i].room].key;
+        let shown = |key: &str, n: Id| {
+            w.covered.iter().any(|(k, lo, hi)| {
+                **k == *key && lo.epoch == n.epoch && (lo.n..=hi.n).contains(&n.n)
+            })
+        };
+        for (key, first, count, msg) in &w.held {
+            if key != room {
+                continue;
+            }
+            let id_of = |k: u64| Id {
+                epoch: first.epoch,
+                n: first.n + k,
+            };
+            let dups = (0..*count).filter(|&k| shown(key, id_of(k))).count() as u64;
+            if dups == 0 {
+                out.send(id, msg);
+            } else if dups < *count {
+                let rest: Vec<&str> = msg
+                    .text()
+                    .split("\r\n")
+                    .enumerate()
+                    .filter(|&(k, _)| !shown(key, id_of(k as u64)))
+                    .map(|(_, l)| l)
+                    .collect();
+                out.send(id, &Msg::new(&rest.join("\r\n")));
+            }
+        }
+    }
+
+    /// Redis refused local client `id`'s line (`sure`), or the link went
+    /// down before Redis confirmed it: the client is told.
+    pub fn not_said(&self, id: ClientId, sure: bool, out: &mut impl Outbox) {
+        if self.idx(id).is_some() {
+            let text = if sure {
+                "*** error: the cluster could not take that line; it was not sent"
+            } else {
+                "*** error: the cluster link went down before your last lines were confirmed; they may not have reached everyone"
+            };
+            reply(out, id, text);
         }
     }
 
@@ -951,10 +1483,32 @@ impl Hub {
 
     // ---- Cluster input: what the link heard from the other instances ----
 
-    /// A room line published by another instance.
-    pub fn remote_line(&self, room: &str, text: &str, out: &mut impl Outbox) {
-        if let Some(&r) = self.room_keys.get(room) {
-            self.to_room(r, None, &Msg::new(text), out);
+    /// A room line (or a batch of them) published by another instance:
+    /// messages and actions are kept and numbered here as local ones are,
+    /// notices are only passed on.
+    pub fn remote_line(&mut self, room: &str, text: &str, out: &mut impl Outbox) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let mut run = String::new();
+        for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+            if line.is_empty() {
+                continue;
+            }
+            if is_room_line(line) {
+                if !run.is_empty() {
+                    run.push_str("\r\n");
+                }
+                run.push_str(line);
+                continue;
+            }
+            if !run.is_empty() {
+                self.say(r, None, std::mem::take(&mut run), out);
+            }
+            self.to_room(r, None, &Msg::new(line), out);
+        }
+        if !run.is_empty() {
+            self.say(r, None, run, out);
         }
     }
 
@@ -1006,6 +1560,9 @@ impl Hub {
                     slot: 0,
                     home: Home::Remote(node.clone(), id),
                     since: round,
+                    ids: false,
+                    refused: false,
+                    wait: None,
                 });
                 self.name_add(&key, i);
                 let back = self
@@ -1189,6 +1746,24 @@ impl Hub {
         };
         let was_up = std::mem::replace(&mut c.up, false);
         let waiting: Vec<ClientId> = c.pending.drain().map(|(id, _)| id).collect();
+        // History answers awaited from Redis will not come.
+        let held: Vec<usize> = self
+            .local
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&i| self.clients[i].wait.is_some())
+            .collect();
+        for i in held {
+            if let Home::Local(id) = self.clients[i].home {
+                reply(
+                    out,
+                    id,
+                    "*** the cluster link went down: the history asked for cannot be shown now",
+                );
+            }
+            self.release_held(i, out);
+        }
         for id in waiting {
             reply(
                 out,
@@ -1223,6 +1798,120 @@ impl<O: Outbox> Outbox for Silent<'_, O> {
     }
     fn subscribe(&mut self, room: &str, on: bool) {
         self.0.subscribe(room, on)
+    }
+}
+
+/// What a history answer answers.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// The last lines: a join replay or `/history N`.
+    Last,
+    /// `/history since ID` with the same record; how many lines after the
+    /// id were evicted before the first kept one.
+    Resume(Id, u64),
+    /// `/history since ID` from a record that is gone.
+    Lost(Id),
+}
+
+/// Messages and actions, which history keeps; not notices (`*** `) nor
+/// private messages (which never reach a room).
+fn is_room_line(line: &str) -> bool {
+    line.starts_with('<') || (line.starts_with("* ") && !line.starts_with("*** "))
+}
+
+/// One history answer, as one buffer: `lines` (oldest first), the newest
+/// of them as far as `reply_max` bytes allow, framed by a header and an end
+/// line, and preceded by what was missed.
+fn render_answer(
+    name: &str,
+    epoch: u64,
+    kept: &[&history::Line],
+    ids: bool,
+    ask: Ask,
+    reply_max: usize,
+) -> (String, usize) {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    for l in kept.iter().rev() {
+        let line = history_line(l, epoch, ids);
+        bytes += line.len() + 2;
+        if bytes > reply_max {
+            break;
+        }
+        lines.push(line);
+    }
+    let left_out = (kept.len() - lines.len()) as u64;
+    let shown = lines.len();
+    let mut text = String::new();
+    match ask {
+        Ask::Resume(_, evicted) if left_out + evicted > 0 => text.push_str(&format!(
+            "*** {} missed; showing the last {shown}\r\n",
+            plural(left_out + evicted, "line")
+                + if left_out + evicted == 1 {
+                    " was"
+                } else {
+                    " were"
+                },
+        )),
+        Ask::Lost(since) => text.push_str(&format!(
+            "*** the history since {since} is gone (the server restarted, or the room was empty for too long); showing the last {shown}\r\n"
+        )),
+        _ if left_out > 0 => text.push_str(&format!(
+            "*** {} left out: too long to send at once\r\n",
+            plural(left_out, "older line")
+        )),
+        _ => {}
+    }
+    if shown == 0 {
+        match ask {
+            Ask::Resume(since, _) if left_out == 0 => {
+                text.push_str(&format!("*** history of {name}: nothing new since {since}"))
+            }
+            _ => text.push_str(&format!("*** history of {name}: empty")),
+        }
+        return (text, 0);
+    }
+    let since = match ask {
+        Ask::Resume(since, _) | Ask::Lost(since) => format!(" since {since}"),
+        Ask::Last => String::new(),
+    };
+    text.push_str(&format!(
+        "*** history of {name}{since} ({}, times UTC):",
+        plural(shown as u64, "line")
+    ));
+    for line in lines.iter().rev() {
+        text.push_str("\r\n");
+        text.push_str(line);
+    }
+    text.push_str("\r\n*** end of history");
+    (text, shown)
+}
+
+/// `@id=EPOCH-N <alice> hi` for each line of a batch numbered from `first`.
+fn tag_lines(lines: &str, first: Id) -> String {
+    let mut out = String::with_capacity(lines.len() + 32);
+    for (k, line) in lines.split("\r\n").enumerate() {
+        if k > 0 {
+            out.push_str("\r\n");
+        }
+        let id = Id {
+            epoch: first.epoch,
+            n: first.n + k as u64,
+        };
+        out.push_str(&format!("@id={id} {line}"));
+    }
+    out
+}
+
+/// `[12:03] <alice> hi`, or with ids `@id=EPOCH-N;ms=UNIXMS [12:03] <alice> hi`;
+/// the time is UTC.
+fn history_line(l: &history::Line, epoch: u64, ids: bool) -> String {
+    let secs = l.ms / 1000 % 86400;
+    let (h, m) = (secs / 3600, secs / 60 % 60);
+    if ids {
+        format!("@id={epoch}-{};ms={} [{h:02}:{m:02}] {}", l.n, l.ms, l.text)
+    } else {
+        format!("[{h:02}:{m:02}] {}", l.text)
     }
 }
 
@@ -1847,6 +2536,294 @@ mod tests {
         assert_eq!(joined, want, "every line, in order");
     }
 
+    /// 2026-12-01 12:03:00 UTC, in ms.
+    const NOON: u64 = 1_796_126_580_000;
+
+    fn history_hub(per_room: usize, on_join: usize) -> Hub {
+        let limits = history::Limits {
+            per_room,
+            ..history::Limits::default()
+        };
+        let mut hub = Hub::new(200).with_history(limits, on_join);
+        hub.tick(NOON);
+        hub
+    }
+
+    #[test]
+    fn joining_shows_the_last_lines_with_their_time_between_markers() {
+        let mut hub = history_hub(100, 2);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.line(0, "/nick alice", &mut rec);
+        hub.line(0, "one", &mut rec);
+        hub.tick(NOON + 61_000);
+        hub.line(0, "/me waves", &mut rec);
+        hub.line(0, "*** not a notice, a message", &mut rec);
+        rec.take();
+        hub.connect(1, &mut rec);
+        let got = rec.to(1);
+        assert!(got[0].starts_with("*** welcome"), "{got:?}");
+        assert_eq!(
+            got[1],
+            "*** history of #lobby (2 lines, times UTC):\r\n\
+             [12:04] * alice waves\r\n\
+             [12:04] <alice> *** not a notice, a message\r\n\
+             *** end of history"
+        );
+        assert_eq!(got.len(), 2);
+        // Entering another room replays that room's lines.
+        hub.line(0, "/join games", &mut rec);
+        hub.line(0, "in games", &mut rec);
+        rec.take();
+        hub.line(1, "/join games", &mut rec);
+        let got = rec.to(1);
+        assert_eq!(got[0], "*** you joined #games (2): alice, guest-2");
+        assert_eq!(
+            got[1],
+            "*** history of #games (1 line, times UTC):\r\n[12:04] <alice> in games\r\n*** end of history"
+        );
+    }
+
+    #[test]
+    fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
+        let mut hub = history_hub(100, 20);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.connect(1, &mut rec);
+        hub.line(0, "/msg guest-2 secret", &mut rec);
+        hub.line(1, "/nick bob", &mut rec);
+        hub.line(0, "/who", &mut rec);
+        hub.line(0, "//slash", &mut rec);
+        hub.disconnect(1, None, &mut rec);
+        assert_eq!(hub.history_lines(), 1);
+        rec.take();
+        hub.connect(2, &mut rec);
+        let got = rec.to(2).join("\n");
+        assert!(!got.contains("secret") && !got.contains("bob"), "{got}");
+        assert!(got.contains("[12:03] <guest-1> /slash"), "{got}");
+    }
+
+    #[test]
+    fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
+        let mut hub = history_hub(5, 0);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        rec.take();
+        let texts: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+        hub.lines(0, &texts, &mut rec);
+        hub.connect(1, &mut rec);
+        assert_eq!(rec.to(1).len(), 1, "--history-on-join 0: no replay");
+        let count = |rec: &mut Rec| {
+            let got = rec.to(1);
+            assert_eq!(got.len(), 1, "one buffer: {got:?}");
+            got[0]
+                .lines()
+                .filter(|l| l.starts_with("[12:03] <guest-1> m"))
+                .count()
+        };
+        hub.line(1, "/history 3", &mut rec);
+        assert_eq!(count(&mut rec), 3);
+        hub.line(1, "/history 1000", &mut rec);
+        assert_eq!(count(&mut rec), 5, "--history 5 is all there is");
+        hub.line(1, "/history", &mut rec);
+        assert_eq!(count(&mut rec), 5, "the default is 20");
+        for bad in [
+            "/history 0",
+            "/history -1",
+            "/history x",
+            "/history since",
+            "/history since 5",
+        ] {
+            hub.line(1, bad, &mut rec);
+            assert_eq!(
+                rec.to(1),
+                ["*** error: usage: /history [N] or /history since ID"],
+                "{bad}"
+            );
+        }
+        // An answer never passes reply_max: the oldest lines are left out.
+        let mut hub = history_hub(5, 0).with_reply_max(3 * 22);
+        hub.connect(0, &mut rec);
+        hub.lines(0, &texts, &mut rec);
+        rec.take();
+        hub.line(0, "/history 5", &mut rec);
+        let got = rec.to(0);
+        assert!(got[0].starts_with("*** 2 older lines left out: too long to send at once\r\n*** history of #lobby (3 lines"), "{got:?}");
+        assert!(
+            got[0].ends_with("<guest-1> m8\r\n*** end of history"),
+            "{got:?}"
+        );
+        let mut hub = history_hub(0, 20);
+        hub.connect(0, &mut rec);
+        hub.line(0, "hi", &mut rec);
+        rec.take();
+        hub.line(0, "/history", &mut rec);
+        assert_eq!(rec.to(0), ["*** history of #lobby: off on this server"]);
+    }
+
+    #[test]
+    fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
+        struct Ptrs(Vec<(ClientId, *const Msg, String)>);
+        impl Outbox for Ptrs {
+            fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+                self.0.push((to, Rc::as_ptr(msg), msg.text().to_string()));
+            }
+            fn close(&mut self, _: ClientId, _: String) {}
+        }
+        let mut hub = history_hub(100, 20);
+        let mut p = Ptrs(Vec::new());
+        for id in 0..4 {
+            hub.connect(id, &mut p);
+        }
+        hub.line(0, "/ids on", &mut p);
+        hub.line(2, "/IDS on", &mut p);
+        let epoch = hub.history.head(0).map(|h| h.epoch).unwrap();
+        let mark = format!("*** ids on: #lobby at {epoch}-0");
+        assert_eq!(p.0.pop().map(|x| x.2), Some(mark), "where it stands");
+        p.0.clear();
+        let texts = vec!["a".to_string(), "b".to_string()];
+        hub.lines(0, &texts, &mut p);
+        let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
+        let got: Vec<(ClientId, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (0, tagged.as_str()),
+                (1, "<guest-1> a\r\n<guest-1> b"),
+                (2, tagged.as_str()),
+                (3, "<guest-1> a\r\n<guest-1> b"),
+            ],
+            "the sender with ids gets its own lines back"
+        );
+        assert_eq!(p.0[0].1, p.0[2].1, "one tagged buffer");
+        assert_eq!(p.0[1].1, p.0[3].1, "one plain buffer");
+        p.0.clear();
+        // Without ids the sender still gets nothing back, and notices are
+        // never tagged.
+        hub.line(1, "/me x", &mut p);
+        hub.line(2, "/ids off", &mut p);
+        hub.line(1, "/nick bob", &mut p);
+        let got: Vec<(ClientId, String)> = p.0.drain(..).map(|(t, _, s)| (t, s)).collect();
+        assert_eq!(
+            got,
+            pairs(&[
+                (0, &format!("@id={epoch}-3 * guest-2 x")),
+                (2, &format!("@id={epoch}-3 * guest-2 x")),
+                (3, "* guest-2 x"),
+                (2, "*** ids off"),
+                (1, "*** you are now bob"),
+                (0, "*** guest-2 is now bob"),
+                (2, "*** guest-2 is now bob"),
+                (3, "*** guest-2 is now bob"),
+            ])
+        );
+    }
+
+    #[test]
+    fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_stands() {
+        let mut hub = history_hub(100, 20);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.line(0, "/join games", &mut rec);
+        hub.line(0, "hi", &mut rec);
+        hub.connect(1, &mut rec);
+        hub.line(1, "/ids on", &mut rec);
+        rec.take();
+        hub.line(1, "/join games", &mut rec);
+        let epoch = hub
+            .history
+            .head(hub.rooms[hub.room_keys["games"]].hist)
+            .unwrap()
+            .epoch;
+        let block = format!(
+            "*** history of #games (1 line, times UTC):\r\n\
+             @id={epoch}-1;ms={NOON} [12:03] <guest-1> hi\r\n*** end of history"
+        );
+        let mark = format!("*** ids on: #games at {epoch}-1");
+        assert_eq!(
+            rec.to(1),
+            ["*** you joined #games (2): guest-1, guest-2", &block, &mark]
+        );
+        hub.line(1, "/history", &mut rec);
+        assert_eq!(rec.to(1), [block]);
+        hub.line(1, "/ids", &mut rec);
+        assert_eq!(rec.to(1), [mark]);
+        hub.line(1, "/ids maybe", &mut rec);
+        assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
+    }
+
+    #[test]
+    fn since_resumes_after_an_id_and_says_what_was_missed() {
+        let mut hub = history_hub(3, 20);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.connect(1, &mut rec);
+        let epoch = hub.history.head(0).unwrap().epoch;
+        let texts: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+        hub.lines(0, &texts, &mut rec);
+        rec.take();
+        let ask = |hub: &mut Hub, rec: &mut Rec, since: String| {
+            hub.line(1, &format!("/history since {since}"), rec);
+            rec.to(1).join("\r\n")
+        };
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-3"));
+        assert_eq!(
+            got,
+            format!(
+                "*** history of #lobby since {epoch}-3 (2 lines, times UTC):\r\n\
+                 [12:03] <guest-1> m4\r\n[12:03] <guest-1> m5\r\n*** end of history"
+            )
+        );
+        // Kept: m3 m4 m5; m1 and m2 are gone.
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-0"));
+        assert!(
+            got.starts_with(&format!(
+                "*** 2 lines were missed; showing the last 3\r\n\
+                 *** history of #lobby since {epoch}-0 (3 lines"
+            )),
+            "{got}"
+        );
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-1"));
+        assert!(
+            got.starts_with("*** 1 line was missed; showing the last 3\r\n"),
+            "{got}"
+        );
+        let got = ask(&mut hub, &mut rec, format!("{epoch}-5"));
+        assert_eq!(
+            got,
+            format!("*** history of #lobby: nothing new since {epoch}-5")
+        );
+        let got = ask(&mut hub, &mut rec, format!("{}-5", epoch - 1));
+        assert!(
+            got.starts_with(&format!("*** the history since {}-5 is gone (the server restarted, or the room was empty for too long); showing the last 3\r\n", epoch - 1)),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn an_empty_room_keeps_its_history_for_the_ttl() {
+        let limits = history::Limits {
+            per_room: 10,
+            bytes: 1 << 20,
+            ttl_ms: 60_000,
+        };
+        let mut hub = Hub::new(200).with_history(limits, 20);
+        hub.tick(NOON);
+        let mut rec = Rec::default();
+        hub.connect(0, &mut rec);
+        hub.line(0, "hello?", &mut rec);
+        hub.disconnect(0, None, &mut rec);
+        assert_eq!(hub.rooms(), 0);
+        hub.tick(NOON + 59_999);
+        hub.connect(1, &mut rec);
+        assert!(rec.to(1).join("\n").contains("[12:03] <guest-1> hello?"));
+        hub.disconnect(1, None, &mut rec);
+        hub.tick(NOON + 200_000);
+        assert_eq!(hub.history_lines(), 0);
+        hub.connect(2, &mut rec);
+        assert_eq!(rec.to(2).len(), 1, "only the welcome");
+    }
+
     /// Two instances joined by an in-memory stand-in for Redis: what one
     /// hub publishes reaches the other as the cluster link would deliver it.
     mod cluster {
@@ -1857,6 +2834,8 @@ mod tests {
         struct Bus {
             got: Vec<(ClientId, String)>,
             room_lines: Vec<(String, String)>,
+            /// Lines to be numbered, as Redis would (SAY_LUA).
+            said: Vec<(String, ClientId, String)>,
             presence: Vec<Presence>,
             privates: Vec<(String, u64, String, String)>,
             claims: Vec<(ClientId, String)>,
@@ -1873,6 +2852,10 @@ mod tests {
             fn close(&mut self, _: ClientId, _: String) {}
             fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
                 self.room_lines.push((room.into(), msg.text().into()));
+            }
+            fn say(&mut self, room: &str, from: ClientId, lines: &str, _: usize, _: u64) -> bool {
+                self.said.push((room.into(), from, lines.into()));
+                true
             }
             fn presence(&mut self, event: Presence) {
                 self.presence.push(event);
@@ -1903,6 +2886,8 @@ mod tests {
             hubs: [Hub; 2],
             bus: [Bus; 2],
             names: HashMap<String, (usize, ClientId)>,
+            /// Each room's last N, as Redis keeps it.
+            numbers: HashMap<String, u64>,
         }
 
         impl Net {
@@ -1914,6 +2899,7 @@ mod tests {
                     ],
                     bus: [Bus::default(), Bus::default()],
                     names: HashMap::new(),
+                    numbers: HashMap::new(),
                 };
                 net.hubs[0].add_guests(1, 100);
                 net.hubs[1].add_guests(101, 100);
@@ -1931,6 +2917,7 @@ mod tests {
                     for from in 0..2 {
                         let to = 1 - from;
                         let b = &mut self.bus[from];
+                        let said = std::mem::take(&mut b.said);
                         let lines = std::mem::take(&mut b.room_lines);
                         let presence = std::mem::take(&mut b.presence);
                         let privates = std::mem::take(&mut b.privates);
@@ -1941,10 +2928,24 @@ mod tests {
                                 self.names.remove(&name);
                             }
                         }
-                        quiet &= lines.is_empty()
+                        quiet &= said.is_empty()
+                            && lines.is_empty()
                             && presence.is_empty()
                             && privates.is_empty()
                             && claims.is_empty();
+                        for (room, cid, text) in said {
+                            let n = self.numbers.entry(room.clone()).or_default();
+                            let first = Id {
+                                epoch: 7,
+                                n: *n + 1,
+                            };
+                            *n += text.split("\r\n").count() as u64;
+                            for (h, who) in [(from, Some(cid)), (to, None)] {
+                                if self.bus[h].subscribed.contains(&room) {
+                                    self.hubs[h].said(&room, first, who, &text, &mut self.bus[h]);
+                                }
+                            }
+                        }
                         for (room, text) in lines {
                             if self.bus[to].subscribed.contains(&room) {
                                 self.hubs[to].remote_line(&room, &text, &mut self.bus[to]);
@@ -2323,6 +3324,146 @@ mod tests {
             bus.got.clear();
             hub.line(0, "/who", &mut bus);
             assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
+        }
+
+        #[test]
+        fn lines_are_numbered_by_the_store_and_with_the_link_down_history_is_local_and_says_so() {
+            let mut net = Net::new();
+            net.hubs[0].connect(0, &mut net.bus[0]);
+            net.hubs[1].connect(0, &mut net.bus[1]);
+            net.hubs[0].line(0, "/ids on", &mut net.bus[0]);
+            net.pump();
+            net.take(0);
+            net.take(1);
+            net.line(0, 0, "one");
+            // Back from the store to both, the sender's (with ids) included.
+            assert_eq!(net.take(0), pairs(&[(0, "@id=7-1 <guest-1> one")]));
+            assert_eq!(net.take(1), pairs(&[(0, "<guest-1> one")]));
+            net.line(1, 0, "two");
+            assert_eq!(net.take(0), pairs(&[(0, "@id=7-2 <guest-101> two")]));
+            assert_eq!(net.take(1), vec![], "no echo without ids");
+            net.hubs[0].link_down(&mut net.bus[0]);
+            net.take(0);
+            net.line(0, 0, "alone");
+            net.line(0, 0, "/history");
+            let got = net.take(0);
+            assert_eq!(got[0].1, "@id=1-1 <guest-1> alone", "numbered here now");
+            assert_eq!(
+                got[1].1,
+                "*** the cluster link is down: this is only what was said on this server meanwhile"
+            );
+            assert!(got[2].1.contains("] <guest-1> alone"), "{got:?}");
+            assert!(!got[2].1.contains("> one"), "{got:?}");
+        }
+
+        /// Asks for history as the link would; answers come when the test
+        /// says.
+        #[derive(Default)]
+        struct Asking {
+            got: Vec<(ClientId, String)>,
+            asked: Vec<(ClientId, String, Asked, Option<Id>, usize)>,
+        }
+
+        impl Outbox for Asking {
+            fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+                self.got.push((to, msg.text().to_string()));
+            }
+            fn close(&mut self, _: ClientId, _: String) {}
+            fn history(
+                &mut self,
+                id: ClientId,
+                room: &str,
+                asked: Asked,
+                after: Option<Id>,
+                count: usize,
+            ) -> bool {
+                self.asked.push((id, room.into(), asked, after, count));
+                true
+            }
+        }
+
+        #[test]
+        fn a_client_waiting_for_history_gets_it_first_then_the_live_lines_it_did_not_have() {
+            let mut hub = Hub::new(200).with_cluster("a");
+            let mut out = Asking::default();
+            hub.link_up(&mut out);
+            hub.connect(0, &mut out);
+            assert_eq!(out.asked, [(0, "lobby".into(), Asked::Enter, None, 20)]);
+            out.got.clear();
+            // Lines 3 and 4 arrive before the answer, which has 1 to 3.
+            hub.said("lobby", Id { epoch: 9, n: 3 }, None, "<b> three", &mut out);
+            hub.said("lobby", Id { epoch: 9, n: 4 }, None, "<b> four", &mut out);
+            assert_eq!(out.got, vec![], "held");
+            let lines = (1..=3)
+                .map(|n| history::Line::new(n, NOON, &format!("<b> {n}")))
+                .collect();
+            hub.answer(0, "lobby", Asked::Enter, 9, 3, lines, &mut out);
+            assert_eq!(
+                out.got,
+                pairs(&[
+                    (
+                        0,
+                        "*** history of #lobby (3 lines, times UTC):\r\n[12:03] <b> 1\r\n\
+                         [12:03] <b> 2\r\n[12:03] <b> 3\r\n*** end of history"
+                    ),
+                    (0, "<b> four"),
+                ])
+            );
+            out.got.clear();
+            // Resuming: what was missed is counted exactly.
+            hub.line(0, "/history since 9-1", &mut out);
+            let since = Id { epoch: 9, n: 1 };
+            assert_eq!(
+                out.asked[1],
+                (0, "lobby".into(), Asked::Since(since), Some(since), 100)
+            );
+            let lines = vec![history::Line::new(4, NOON, "<b> four")];
+            hub.answer(0, "lobby", Asked::Since(since), 9, 4, lines, &mut out);
+            assert!(
+                out.got[0]
+                    .1
+                    .starts_with("*** 2 lines were missed; showing the last 1\r\n"),
+                "{:?}",
+                out.got
+            );
+            out.got.clear();
+            // With ids: lines numbered while `/ids on` was being answered
+            // are held and come after the mark, which stands before them.
+            hub.connect(1, &mut out);
+            hub.line(1, "/ids on", &mut out);
+            hub.answer(1, "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
+            assert_eq!(out.got.pop(), Some((1, "*** ids on: #lobby at 9-4".into())));
+            out.got.clear();
+            hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
+            hub.said("lobby", Id { epoch: 9, n: 6 }, None, "<b> six", &mut out);
+            out.got.retain(|(to, _)| *to == 1);
+            assert_eq!(out.got, vec![], "held");
+            hub.answer(1, "lobby", Asked::Mark, 9, 6, Vec::new(), &mut out);
+            assert_eq!(
+                out.got,
+                pairs(&[
+                    (1, "*** ids on: #lobby at 9-4"),
+                    (1, "@id=9-5 <b> five"),
+                    (1, "@id=9-6 <b> six"),
+                ])
+            );
+            hub.disconnect(1, None, &mut out);
+            out.got.clear();
+            // The link goes down while an answer is awaited: told, not stuck.
+            hub.line(0, "/history", &mut out);
+            hub.said("lobby", Id { epoch: 9, n: 7 }, None, "<b> five", &mut out);
+            hub.link_down(&mut out);
+            assert_eq!(
+                out.got,
+                pairs(&[
+                    (
+                        0,
+                        "*** the cluster link went down: the history asked for cannot be shown now"
+                    ),
+                    (0, "<b> five"),
+                    (0, LINK_DOWN),
+                ])
+            );
         }
 
         #[test]

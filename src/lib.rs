@@ -11,6 +11,8 @@
 //! - [`line`]: bytes -> lines (LF/CRLF, max length, discard mode, telnet
 //!   stripping) and sanitising; pure, no sockets.
 //! - [`hub`]: names, rooms and commands; a line in -> deliveries out; pure.
+//! - [`history`]: each room's last lines, with ids and times, under line
+//!   and byte bounds; pure, given the time.
 //! - [`msg`]: one outgoing line, shared by all its recipients.
 //! - [`http`], [`ws`]: the web port — request heads, routes, the page, and
 //!   RFC 6455 frames; pure, no sockets.
@@ -24,6 +26,7 @@
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod idle;

@@ -228,6 +228,10 @@ pub struct Scrape<'a> {
     pub ws_clients: u64,
     pub rooms: u64,
     pub lines_relayed: u64,
+    /// Room history held on this instance: lines, and bytes as charged
+    /// against --history-bytes.
+    pub history_lines: u64,
+    pub history_bytes: u64,
     /// None when not in a cluster.
     pub cluster: Option<Cluster>,
 }
@@ -261,6 +265,17 @@ pub fn encode(s: &Scrape) -> String {
     }
     r.register("clients", "This instance's clients, by transport", clients);
     r.register("rooms", "Rooms with at least one member", gauge(s.rooms));
+    r.register(
+        "history_lines",
+        "Room history lines held on this instance",
+        gauge(s.history_lines),
+    );
+    r.register_with_unit(
+        "history",
+        "Room history held on this instance, as charged against --history-bytes",
+        Unit::Bytes,
+        gauge(s.history_bytes),
+    );
     for (name, help, value) in [
         (
             "lines_received",
@@ -411,6 +426,8 @@ mod tests {
             ws_clients: 1,
             rooms: 2,
             lines_relayed: 5,
+            history_lines: 3,
+            history_bytes: 400,
             cluster,
         })
     }
@@ -437,6 +454,8 @@ mod tests {
             "chatd_rooms{node=\"n1\"} 2",
             "chatd_lines_received_total{node=\"n1\"} 7",
             "chatd_lines_relayed_total{node=\"n1\"} 5",
+            "chatd_history_lines{node=\"n1\"} 3",
+            "chatd_history_bytes{node=\"n1\"} 400",
             "chatd_deliveries_total{node=\"n1\"} 21",
             "chatd_received_bytes_total{node=\"n1\"} 100",
             "chatd_sent_bytes_total{node=\"n1\"} 2000",
@@ -543,6 +562,8 @@ mod tests {
             ws_clients: 0,
             rooms: 0,
             lines_relayed: 0,
+            history_lines: 0,
+            history_bytes: 0,
             cluster: None,
         };
         let req = |method: &str| Request {

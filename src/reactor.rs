@@ -19,8 +19,9 @@
 use crate::cluster::{self, Inbound, Link, RedisUrl};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
 use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for, set_keepalive};
+use crate::history::Id;
 use crate::http::{self, After, Head, Request};
-use crate::hub::{ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
+use crate::hub::{Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
 use crate::idle::{self, Action};
 use crate::line::{Frame, Framer, sanitize};
 use crate::metrics::{self, Metrics, Scrape};
@@ -131,6 +132,25 @@ impl Outbox for Out<'_> {
         }
     }
 
+    fn say(&mut self, room: &str, from: ClientId, lines: &str, keep: usize, ttl_ms: u64) -> bool {
+        self.link
+            .as_deref_mut()
+            .is_some_and(|link| link.say(room, from, lines, keep, ttl_ms))
+    }
+
+    fn history(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        asked: Asked,
+        after: Option<Id>,
+        count: usize,
+    ) -> bool {
+        self.link
+            .as_deref_mut()
+            .is_some_and(|link| link.history(id, room, asked, after, count))
+    }
+
     fn presence(&mut self, event: Presence) {
         if let Some(link) = self.link.as_deref_mut() {
             link.presence(&event);
@@ -175,6 +195,13 @@ impl Outbox for Out<'_> {
     fn server_stats(&self) -> Option<ServerStats> {
         Some(self.metrics.server_stats(Instant::now()))
     }
+}
+
+/// The wall clock in ms since the Unix epoch (0 if it is set before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The --sendq policy's disconnect: drop what is queued and leave at once.
@@ -312,9 +339,14 @@ impl Server {
             }
         };
         // A batch of one sender's lines must always fit a recipient's queue.
-        let hub = hub
+        // A history answer, too, must fit: a quarter leaves room for what
+        // is queued already.
+        let mut hub = hub
             .with_batch_max((cfg.sendq as usize / 8).min(16 * 1024))
-            .with_max_line(cfg.max_line as usize);
+            .with_max_line(cfg.max_line as usize)
+            .with_history(cfg.history_limits(), cfg.history_on_join as usize)
+            .with_reply_max(cfg.sendq as usize / 4);
+        hub.tick(unix_ms());
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -364,6 +396,8 @@ impl Server {
                 return Err(e);
             }
             let turn = Instant::now();
+            // Read once per turn: history times and epochs come from it.
+            self.hub.tick(unix_ms());
             self.dispatch();
             self.read_ready();
             self.settle();
@@ -407,6 +441,21 @@ impl Server {
                     Inbound::Up => hub.link_up(&mut out),
                     Inbound::Down(_) => hub.link_down(&mut out),
                     Inbound::Room(room, text) => hub.remote_line(&room, &text, &mut out),
+                    Inbound::Said {
+                        room,
+                        first,
+                        from,
+                        text,
+                    } => hub.said(&room, first, from, &text, &mut out),
+                    Inbound::NotSaid(id, sure) => hub.not_said(id, sure, &mut out),
+                    Inbound::History {
+                        id,
+                        room,
+                        asked,
+                        epoch,
+                        last,
+                        lines,
+                    } => hub.answer(id, &room, asked, epoch, last, lines, &mut out),
                     Inbound::Presence(p) => hub.remote_presence(p, &mut out),
                     Inbound::Private(to, name, text) => {
                         hub.remote_private(to, &name, &text, &mut out)
@@ -1255,6 +1304,8 @@ impl Server {
             ws_clients,
             rooms: self.hub.rooms() as u64,
             lines_relayed: self.hub.relayed(),
+            history_lines: self.hub.history_lines() as u64,
+            history_bytes: self.hub.history_bytes() as u64,
             cluster: self.link.as_ref().map(|l| metrics::Cluster {
                 link_up: l.is_up(),
                 published: l.stats.published,

@@ -960,3 +960,85 @@ fn page_says_when_it_cannot_connect() {
         Value::Null,
     );
 }
+
+/// History in the page: lines said before it came are shown with their
+/// time and apart from live ones; and when its WebSocket is cut (the
+/// server stays up) while the room keeps talking, it shows every line
+/// exactly once after it reconnects.
+#[test]
+#[ignore = "needs chromium"]
+fn page_shows_history_and_resumes_after_a_cut_without_loss_or_duplicates() {
+    let server = support::Server::start(&[]);
+    let proxy = support::Proxy::start(server.http_addr.expect("web port"));
+    let mut telnet = server.client();
+    telnet.send("/nick tess");
+    telnet.expect_line("*** you are now tess");
+    telnet.send("said before the page came");
+    telnet.sync();
+
+    let browser = Browser::start();
+    browser.goto(&format!("http://{}/", proxy.addr));
+    browser.wait(
+        "the welcome",
+        "document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)",
+        Value::Null,
+    );
+    // The history line: its text alone, its time in the time element, and
+    // a class of its own.
+    browser.wait(
+        "the history line",
+        "Array.from(document.querySelectorAll('#log li.hist')).some(li =>
+           li.querySelector('.text').textContent === '<tess> said before the page came'
+           && /^\\d\\d:\\d\\d$/.test(li.querySelector('time').textContent))",
+        Value::Null,
+    );
+    let guest = browser.text("#me");
+    browser.say("/nick webber");
+    telnet.expect_line(&format!("*** {guest} is now webber"));
+    for i in 1..=5 {
+        telnet.send(&format!("line {i}"));
+    }
+    browser.wait_log_line("<tess> line 5");
+
+    proxy.cut();
+    telnet.expect("webber gone", |l| l.starts_with("*** webber left"));
+    // Said while the page is away: only the history has them.
+    for i in 6..=15 {
+        telnet.send(&format!("line {i}"));
+    }
+    telnet.sync();
+    proxy.restore();
+    telnet.expect("webber back", |l| l.ends_with(" is now webber"));
+    for i in 16..=20 {
+        telnet.send(&format!("line {i}"));
+    }
+    browser.wait_log_line("<tess> line 20");
+    let log = browser.log();
+    for i in 1..=20 {
+        let said = format!("<tess> line {i}");
+        let shown = log
+            .iter()
+            .filter(|l| l.contains(&said) && l.ends_with(&format!("line {i}")))
+            .count();
+        assert_eq!(shown, 1, "line {i} shown {shown} times: {log:#?}");
+    }
+    let missed = browser.run(
+        "return Array.from(document.querySelectorAll('#log li.hist .text'), e => e.textContent);",
+        json!([]),
+    );
+    for i in 6..=15 {
+        assert!(
+            missed
+                .as_array()
+                .is_some_and(|a| a.contains(&json!(format!("<tess> line {i}")))),
+            "line {i} not shown as history: {missed:#}"
+        );
+    }
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("said before the page came"))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+}

@@ -360,6 +360,79 @@ fn reconnects_after_restart_and_restores_nick_and_room() {
     assert!(err.contains("lost") && err.contains("reconnected"), "{err}");
 }
 
+/// The connection is cut (the server stays up) while the room keeps
+/// talking: after reconnecting, chat shows every line exactly once, the
+/// ones said meanwhile from the server's history.
+#[test]
+fn a_cut_connection_resumes_without_loss_or_duplicates() {
+    let server = Server::start(&[]);
+    let proxy = support::Proxy::start(server.addr);
+    let mut raw = server.client();
+    // Said before chat came: the lobby's history on connect.
+    raw.send("line 0");
+    raw.sync();
+    let mut chat = Chat::spawn(proxy.addr, &["--reconnect-base-ms", "50"]);
+    let mut seen = Vec::new();
+    let upto =
+        |chat: &mut Chat, seen: &mut Vec<String>, what: &str, pred: &dyn Fn(&str) -> bool| {
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match chat.lines.recv_timeout(left) {
+                    Ok(line) => {
+                        let done = pred(&line);
+                        seen.push(line);
+                        if done {
+                            return;
+                        }
+                    }
+                    Err(_) => panic!(
+                        "chat: expected {what}, got {seen:?}; stderr: {}",
+                        chat.stderr()
+                    ),
+                }
+            }
+        };
+    upto(&mut chat, &mut seen, "welcome", &is_welcome);
+    chat.send("/nick watcher");
+    upto(&mut chat, &mut seen, "nick", &|l| {
+        l == "*** you are now watcher"
+    });
+    raw.expect("watcher", |l| l.ends_with(" is now watcher"));
+    for i in 1..=5 {
+        raw.send(&format!("line {i}"));
+    }
+    upto(&mut chat, &mut seen, "line 5", &|l| l.ends_with("> line 5"));
+
+    proxy.cut();
+    raw.expect_line("*** watcher left");
+    // Said while chat is away: only the history has them.
+    for i in 6..=15 {
+        raw.send(&format!("line {i}"));
+    }
+    raw.sync();
+    proxy.restore();
+    raw.expect("watcher back", |l| l.ends_with(" is now watcher"));
+    for i in 16..=20 {
+        raw.send(&format!("line {i}"));
+    }
+    upto(&mut chat, &mut seen, "line 20", &|l| {
+        l.ends_with("> line 20")
+    });
+    chat.close_stdin();
+    seen.extend(chat.rest());
+    let name = &raw.name;
+    for i in 0..=20 {
+        let said = format!("<{name}> line {i}");
+        let shown = seen
+            .iter()
+            .filter(|l| *l == &said || l.ends_with(&format!("] {said}")))
+            .count();
+        assert_eq!(shown, 1, "line {i} shown {shown} times: {seen:#?}");
+    }
+    assert!(chat.stderr().contains("reconnected"), "{}", chat.stderr());
+}
+
 #[test]
 fn no_reconnect_exits_1_when_the_server_goes_away() {
     let server = Server::start(&[]);

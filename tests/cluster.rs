@@ -2309,3 +2309,175 @@ fn cluster_sh_says_how_to_install_what_is_missing() {
     assert!(down.status.success(), "{}", show(&down));
     assert!(String::from_utf8_lossy(&down.stdout).contains("no chatd cluster running"));
 }
+
+/// The lines of the next history block `c` gets (header to end marker).
+fn history_block(c: &mut Client) -> Vec<String> {
+    let header = c.expect("a history block", |l| l.starts_with("*** history of "));
+    let mut got = vec![header];
+    for _ in 0..1000 {
+        let line = c.read_line().expect("the rest of the history block");
+        let end = line == "*** end of history";
+        got.push(line);
+        if end {
+            return got;
+        }
+    }
+    panic!("no end of history: {got:?}");
+}
+
+/// Room history is the cluster's, in Redis: an instance that joins late,
+/// and one restarted (its memory gone), show the same history as the other
+/// instance — the same lines in the same order, with the same times and,
+/// with ids, the same ids.
+#[test]
+#[ignore = "needs redis-server"]
+fn a_late_and_a_restarted_instance_show_the_same_history() {
+    let mut cl = Cluster::start(1);
+    let mut alice = cl.named(0, "alice");
+    for i in 1..=5 {
+        alice.send(&format!("said before n2 {i}"));
+    }
+    alice.send("/me waves");
+    alice.send("/history 10");
+    let on_n1 = history_block(&mut alice);
+    assert_eq!(
+        on_n1[0], "*** history of #lobby (6 lines, times UTC):",
+        "{on_n1:?}"
+    );
+    assert!(
+        on_n1[1].ends_with("] <alice> said before n2 1"),
+        "{on_n1:?}"
+    );
+    assert!(on_n1[6].ends_with("] * alice waves"), "{on_n1:?}");
+
+    // n2 starts after all of it was said.
+    let url = cl.redis.url();
+    cl.nodes
+        .push(Server::start(&["--redis", &url, "--node-id", "n2"]));
+    wait_linked(&cl.nodes);
+    let mut bob = cl.client(1);
+    assert_eq!(history_block(&mut bob), on_n1, "the join replay on n2");
+    let mut tagged = Vec::new();
+    for node in 0..2 {
+        let mut c = cl.client(node);
+        history_block(&mut c);
+        c.send("/ids on");
+        c.send("/history 10");
+        let block = history_block(&mut c);
+        assert!(block[1].starts_with("@id="), "{block:?}");
+        tagged.push(block);
+    }
+    assert_eq!(tagged[0], tagged[1], "the same ids on both instances");
+
+    // A line said on n2 reaches n1 with the id Redis gave it, once.
+    bob.send("from n2");
+    alice.expect_line(&format!("<{}> from n2", bob.name));
+
+    // n1 restarted: its memory is gone, the history is not.
+    cl.nodes[0].child.kill().expect("SIGKILL n1");
+    let _ = cl.nodes[0].child.wait();
+    drop(alice);
+    cl.nodes[0] = Server::start(&["--redis", &url, "--node-id", "n1"]);
+    wait_linked(&cl.nodes);
+    let mut carol = cl.client(0);
+    let after = history_block(&mut carol);
+    assert_eq!(
+        after[0], "*** history of #lobby (7 lines, times UTC):",
+        "{after:?}"
+    );
+    assert_eq!(after[1..7], on_n1[1..7], "{after:?}");
+    assert!(
+        after[7].ends_with(&format!("] <{}> from n2", bob.name)),
+        "{after:?}"
+    );
+    let mut dave = cl.client(1);
+    assert_eq!(history_block(&mut dave), after, "and on n2 the same");
+}
+
+/// The `chat` client, cut off from one instance while the room keeps
+/// talking, comes back through the "load balancer" to the other instance
+/// and shows every line exactly once: the ids are the cluster's, so the
+/// other instance knows exactly what it missed.
+#[test]
+#[ignore = "needs redis-server"]
+fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
+    use std::io::BufRead;
+    let cl = Cluster::start(2);
+    let proxy = support::Proxy::start(cl.nodes[0].addr);
+    let mut tess = cl.named(0, "tess");
+    let mut chat = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &proxy.addr.port().to_string(),
+        ])
+        .args(["--reconnect-base-ms", "50"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn chat");
+    let stdout = chat.stdout.take().expect("chat stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut upto = |what: &str| {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!("chat: expected {what}, saw {seen:?}");
+            };
+            let done = line.ends_with(what);
+            seen.push(line);
+            if done {
+                return seen.clone();
+            }
+        }
+    };
+    upto("lines up to 8192 bytes");
+    tess.expect("chat joined", |l| l.ends_with(" joined"));
+    for i in 1..=5 {
+        tess.send(&format!("line {i}"));
+    }
+    upto("> line 5");
+
+    proxy.cut();
+    proxy.retarget(cl.nodes[1].addr);
+    tess.expect("chat gone", |l| l.contains(" left"));
+    for i in 6..=15 {
+        tess.send(&format!("line {i}"));
+    }
+    tess.sync();
+    proxy.restore();
+    tess.expect("chat back, on n2", |l| l.ends_with(" joined"));
+    for i in 16..=20 {
+        tess.send(&format!("line {i}"));
+    }
+    let seen = upto("> line 20");
+    drop(chat.stdin.take());
+    let _ = chat.kill();
+    let _ = chat.wait();
+    for i in 1..=20 {
+        let said = format!("<tess> line {i}");
+        let shown = seen
+            .iter()
+            .filter(|l| **l == said || l.ends_with(&format!("] {said}")))
+            .count();
+        assert_eq!(shown, 1, "line {i} shown {shown} times: {seen:#?}");
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("missed") || l.contains("gone")),
+        "nothing was missed: {seen:#?}"
+    );
+}

@@ -850,13 +850,13 @@ fn a_stalled_redis_overflows_the_cluster_queue_not_the_loop() {
     };
     signal("-STOP");
     // 20 MB of chat: far more than the kernel buffers toward a Redis that
-    // does not read, plus the 4 KiB queue.
+    // does not read, plus the 4 KiB queue. Room lines are numbered by
+    // Redis, so while it is frozen they wait for it; past the bound they
+    // are refused, and the sender is told once.
     let total = 40_000;
     let pad = "q".repeat(500);
     let mut w = alice.stream.try_clone().unwrap();
-    let line_pad = pad.clone();
     let writer = std::thread::spawn(move || {
-        let pad = line_pad;
         for chunk in 0..total / 1000 {
             let mut batch = String::new();
             for i in chunk * 1000..(chunk + 1) * 1000 {
@@ -865,11 +865,27 @@ fn a_stalled_redis_overflows_the_cluster_queue_not_the_loop() {
             w.write_all(batch.as_bytes()).unwrap();
         }
     });
-    for i in 0..total {
-        bob.next_is(&format!("<{}> n={i} {pad}", alice.name));
-    }
+    alice.expect_line(
+        "*** error: the cluster is too busy; your lines are not sent until this error stops",
+    );
     writer.join().unwrap();
+    // The loop is not stuck behind Redis: both still get answers.
+    let told = alice.sync();
+    assert!(
+        told.iter()
+            .all(|l| l.starts_with("*** error: the cluster is too busy"))
+            && told.len() < total / 100,
+        "told once per run of refused lines, not per line: {} times",
+        told.len()
+    );
+    assert_eq!(
+        bob.sync(),
+        Vec::<String>::new(),
+        "nothing while Redis is frozen"
+    );
     let dropped = scrape(&a).get("chatd_cluster_dropped_total{node=\"a\"}");
     signal("-CONT");
     assert!(dropped > 0.0, "the queue toward Redis never overflowed");
+    // What was queued arrives once Redis answers, in order.
+    bob.expect_line(&format!("<{}> n=0 {}", alice.name, "q".repeat(500)));
 }

@@ -182,7 +182,20 @@ fn browser_and_telnet_see_each_other() {
     w.next_is(&format!("<{}> hello from telnet, café", t.name));
 
     // A second browser: both transports get every line, the sender none.
+    // It arrives to what was said so far.
     let mut w2 = Web::connect(&server);
+    w2.next_is("*** history of #lobby (2 lines, times UTC):");
+    let said = w2.next_text();
+    assert!(
+        said.ends_with(&format!("] <{}> hello from the browser ✓", w.name)),
+        "{said}"
+    );
+    let said = w2.next_text();
+    assert!(
+        said.ends_with(&format!("] <{}> hello from telnet, café", t.name)),
+        "{said}"
+    );
+    w2.next_is("*** end of history");
     t.next_is(&format!("*** {} joined", w2.name));
     w.next_is(&format!("*** {} joined", w2.name));
     w2.send("third");
@@ -248,6 +261,8 @@ fn commands_work_over_websocket() {
     );
     t.send("/join games");
     t.next_is(&format!("*** you joined #games (2): alice, {}", t.name));
+    t.next_is("*** history of #games (1 line, times UTC):");
+    t.expect_line("*** end of history");
     w.next_is(&format!("*** {} joined #games", t.name));
     t.send("together");
     w.next_is(&format!("<{}> together", t.name));

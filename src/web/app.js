@@ -62,6 +62,15 @@
     refreshTimer: 0,
     history: [],
     historyPos: 0,
+    // Room history and resuming (the same scheme as the chat client's
+    // resume.rs): ids are turned on first thing on every connection; the
+    // last id shown per room (lowercased) is remembered, and after a
+    // reconnect `/history since ID` asks for what was said meanwhile.
+    roomKey: '',
+    ids: false, // the server confirmed /ids on for this connection
+    last: {}, // room -> {e, n, s}: the last id shown there
+    resuming: null, // the room whose `/history since` answer is awaited
+    block: null, // inside a history block: 'show' or 'skip'
   };
 
   function stored(key) {
@@ -114,11 +123,21 @@
     ws.onopen = function () {
       state.wasOpen = true;
       setStatus('connected', false);
+      state.ids = false;
+      state.block = null;
+      state.resuming = null;
+      sendRaw('/ids on');
       if (state.nick) sendRaw('/nick ' + state.nick);
       if (state.joined) {
         sendRaw('/join ' + state.joined); // its answer lists the people
       } else {
         ask('who');
+      }
+      // Back in the room we were in: ask for what we missed there.
+      const target = (state.joined || '#lobby').toLowerCase();
+      if (state.last[target]) {
+        state.resuming = target;
+        sendRaw('/history since ' + state.last[target].s);
       }
       ask('rooms');
       clearInterval(state.roomsPoll);
@@ -127,7 +146,7 @@
       }, ROOMS_POLL_MS);
     };
     ws.onmessage = function (ev) {
-      if (typeof ev.data === 'string') receive(ev.data);
+      if (typeof ev.data === 'string') incoming(ev.data);
     };
     ws.onclose = function (ev) {
       if (state.ws !== ws) return;
@@ -240,6 +259,124 @@
     return true;
   }
 
+  function parseId(s) {
+    const m = /^(\d+)-(\d+)$/.exec(s || '');
+    return m ? { e: Number(m[1]), n: Number(m[2]), s: s } : null;
+  }
+
+  // Within a room's record by N; a later epoch is a new record (the server
+  // restarted or forgot the room), so everything in it is new.
+  function after(a, b) {
+    return a.e === b.e ? a.n > b.n : a.e > b.e;
+  }
+
+  function newer(id) {
+    const last = state.last[state.roomKey];
+    return !last || after(id, last);
+  }
+
+  function seen(room, id) {
+    const last = state.last[room];
+    if (!last || after(id, last)) state.last[room] = id;
+  }
+
+  // "@id=1-2;ms=3 rest" -> {id, ms, line: "rest"}
+  function untag(raw) {
+    const sp = raw.indexOf(' ');
+    if (raw[0] !== '@' || sp < 0) return { id: null, ms: 0, line: raw };
+    const tags = {};
+    for (const t of raw.slice(1, sp).split(';')) {
+      const i = t.indexOf('=');
+      if (i > 0) tags[t.slice(0, i)] = t.slice(i + 1);
+    }
+    return { id: parseId(tags.id), ms: Number(tags.ms) || 0, line: raw.slice(sp + 1) };
+  }
+
+  function isRoomLine(line) {
+    return line.startsWith('<') || (line.startsWith('* ') && !line.startsWith('*** '));
+  }
+
+  // Our own message or action, echoed back now that ids are on: it is
+  // already shown, from when it was typed.
+  function isOwn(line) {
+    return state.name !== '' &&
+      (line.startsWith('<' + state.name + '> ') || line.startsWith('* ' + state.name + ' '));
+  }
+
+  // Everything the server sends comes through here first: history blocks
+  // and ids are handled, the rest goes on to `receive`.
+  function incoming(raw) {
+    if (state.block) {
+      if (raw === '*** end of history') {
+        const b = state.block;
+        state.block = null;
+        if (b === 'show') show(raw, 'sys');
+        return;
+      }
+      if (state.block === 'skip') return;
+      const t = untag(raw);
+      if (t.id) {
+        if (!newer(t.id)) return;
+        seen(state.roomKey, t.id);
+      }
+      showHistory(t.line, t.ms);
+      return;
+    }
+    if (raw.startsWith('*** history of ')) {
+      if (!raw.endsWith('):')) {
+        // "#room: empty", "...: nothing new since ID", "...: off on this server"
+        if (state.resuming) {
+          state.resuming = null;
+          return;
+        }
+        show(raw);
+        return;
+      }
+      const since = / since \S+ \(/.test(raw);
+      let b = 'show';
+      // While resuming, the replays on connect and on join are covered by
+      // the answer awaited.
+      if (state.resuming && (!state.ids || !since)) b = 'skip';
+      else if (since) state.resuming = null;
+      state.block = b;
+      if (b === 'show') show(raw, 'sys');
+      return;
+    }
+    let m;
+    if ((m = /^\*\*\* ids on: (\S+) at (\d+-\d+)$/.exec(raw))) {
+      state.ids = true;
+      const room = m[1].toLowerCase();
+      if (state.resuming !== room) seen(room, parseId(m[2]));
+      return;
+    }
+    if (raw.startsWith('*** error: ') && raw.includes('/history')) state.resuming = null;
+    const t = untag(raw);
+    if (t.id) {
+      if (state.resuming || !newer(t.id)) return;
+      seen(state.roomKey, t.id);
+      if (isOwn(t.line)) return;
+    } else if (state.resuming && isRoomLine(raw)) {
+      return;
+    }
+    receive(t.line);
+  }
+
+  // "[12:03] <alice> hi": said before, at `ms` (or, without ids, at 12:03
+  // UTC within the last day).
+  function showHistory(line, ms) {
+    let when = ms ? new Date(ms) : null;
+    const m = /^\[(\d\d):(\d\d)\] ([\s\S]*)$/.exec(line);
+    if (m) {
+      line = m[3];
+      if (!when) {
+        const now = new Date();
+        when = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate(), Number(m[1]), Number(m[2])));
+        if (when > now) when = new Date(when.getTime() - 86400000);
+      }
+    }
+    show(line, 'hist', when);
+  }
+
   function receive(line) {
     let m;
     if ((m = /^\*\*\* welcome to chatd, (.+?)! you are in (\S+)/.exec(line))) {
@@ -311,6 +448,7 @@
 
   function setRoom(room) {
     state.room = room;
+    state.roomKey = room.toLowerCase();
     roomEl.textContent = room;
     document.title = 'chatd ' + room;
     markRoom();
@@ -367,8 +505,8 @@
   }
 
   // One line in the message list; `kind` overrides the style worked out
-  // from the line's shape.
-  function show(line, kind) {
+  // from the line's shape; `when` is when it was said (default: now).
+  function show(line, kind, when) {
     const li = document.createElement('li');
     let m;
     if (kind) {
@@ -383,9 +521,9 @@
       li.className = 'priv';
     }
     const time = document.createElement('time');
-    const now = new Date();
-    time.dateTime = now.toISOString();
-    time.textContent = now.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+    const at = when || new Date();
+    time.dateTime = at.toISOString();
+    time.textContent = at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
     const text = document.createElement('span');
     text.className = 'text';
     // What someone typed goes in a <bdi>: right-to-left text reads right

@@ -250,6 +250,112 @@ pub fn send_until(sender: &mut Client, done: &std::sync::atomic::AtomicBool) -> 
     sent
 }
 
+/// A TCP proxy on 127.0.0.1 port 0 in front of `target`, whose connections
+/// the test can cut while the server stays up, as a flaky network would.
+/// While cut, new connections wait (accepted, not yet forwarded) until
+/// `restore`, so the test decides what happens during the outage.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<(std::sync::Mutex<ProxyState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: bool,
+    /// Where new connections go.
+    target: Option<SocketAddr>,
+    /// Both ends of every forwarded connection, to shut them down on `cut`.
+    live: Vec<(TcpStream, TcpStream)>,
+    accepted: usize,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new(ProxyState {
+                target: Some(target),
+                ..ProxyState::default()
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let shared = std::sync::Arc::clone(&state);
+        // Lives as long as the test process: it only ever waits in accept.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let (lock, changed) = &*shared;
+                let mut st = lock.lock().unwrap();
+                st.accepted += 1;
+                changed.notify_all();
+                let deadline = Instant::now() + TIMEOUT * 6;
+                while st.cut && Instant::now() < deadline {
+                    st = changed.wait_timeout(st, TIMEOUT).unwrap().0;
+                }
+                let Some(Ok(upstream)) = st.target.map(TcpStream::connect) else {
+                    continue;
+                };
+                let _ = upstream.set_nodelay(true);
+                let _ = client.set_nodelay(true);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+                st.live.push((client, upstream));
+            }
+        });
+        Proxy { addr, state }
+    }
+
+    /// Drops every forwarded connection (both ends), and holds new ones.
+    pub fn cut(&self) {
+        let (lock, changed) = &*self.state;
+        let mut st = lock.lock().unwrap();
+        st.cut = true;
+        for (a, b) in st.live.drain(..) {
+            let _ = a.shutdown(Shutdown::Both);
+            let _ = b.shutdown(Shutdown::Both);
+        }
+        changed.notify_all();
+    }
+
+    /// Sends new connections to `target` from now on (a load balancer
+    /// picking another instance).
+    pub fn retarget(&self, target: SocketAddr) {
+        self.state.0.lock().unwrap().target = Some(target);
+    }
+
+    /// Forwards again, starting with the connections that waited.
+    pub fn restore(&self) {
+        let (lock, changed) = &*self.state;
+        lock.lock().unwrap().cut = false;
+        changed.notify_all();
+    }
+
+    /// Waits until `n` connections in all have been accepted.
+    pub fn wait_accepted(&self, n: usize) {
+        let (lock, changed) = &*self.state;
+        let deadline = Instant::now() + TIMEOUT;
+        let mut st = lock.lock().unwrap();
+        while st.accepted < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "proxy: {} of {n} connections came",
+                st.accepted
+            );
+            st = changed.wait_timeout(st, left).unwrap().0;
+        }
+    }
+}
+
 /// A field of /proc/PID/status (VmRSS, VmHWM), in KiB: what the allocator
 /// really holds, not what the server thinks it queued.
 pub fn vm_kib(pid: u32, field: &str) -> u64 {

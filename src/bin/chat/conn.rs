@@ -4,7 +4,8 @@
 //! The main thread writes what the user types; the reader thread owns the
 //! reading half and, on reconnect, swaps in a new writing half under the
 //! same lock the main thread writes under, after re-sending the remembered
-//! `/nick` and `/join`, so no typed line can overtake them.
+//! `/nick` and `/join` and asking for what was said meanwhile (see
+//! resume.rs), so no typed line can overtake them.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -15,6 +16,7 @@ use socket2::{SockRef, TcpKeepalive};
 
 use crate::display::{MAX_LINE, sanitize};
 use crate::out::Out;
+use crate::resume::Tracker;
 
 /// How long one connection attempt may take per address.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -221,16 +223,26 @@ pub fn spawn_reader(
     target: Target,
     out: Arc<Out>,
 ) -> io::Result<()> {
-    shared.lock().writer = Some(stream.try_clone()?);
+    let mut tracker = Tracker::default();
+    // Before the main thread may write: ids are on for every line after it.
+    let mut first = stream.try_clone()?;
+    first.write_all(format!("{}\n", tracker.connected()).as_bytes())?;
+    shared.lock().writer = Some(first);
     std::thread::Builder::new()
         .name("chat-reader".into())
-        .spawn(move || reader(&shared, stream, &target, &out))?;
+        .spawn(move || reader(&shared, stream, &target, &out, &mut tracker))?;
     Ok(())
 }
 
-fn reader(shared: &Shared, mut stream: TcpStream, target: &Target, out: &Out) {
+fn reader(
+    shared: &Shared,
+    mut stream: TcpStream,
+    target: &Target,
+    out: &Out,
+    tracker: &mut Tracker,
+) {
     loop {
-        let reason = read_until_closed(shared, &stream, out);
+        let reason = read_until_closed(shared, &stream, out, tracker);
         let mut st = shared.lock();
         st.writer = None;
         if st.quitting || st.input_done {
@@ -252,7 +264,7 @@ fn reader(shared: &Shared, mut stream: TcpStream, target: &Target, out: &Out) {
             out.local_error(&lost);
             return;
         }
-        match reconnect(shared, target, out, lost) {
+        match reconnect(shared, target, out, lost, tracker) {
             Some(s) => stream = s,
             None => return,
         }
@@ -260,7 +272,12 @@ fn reader(shared: &Shared, mut stream: TcpStream, target: &Target, out: &Out) {
 }
 
 /// Prints server lines until the connection ends; returns why it ended.
-fn read_until_closed(shared: &Shared, stream: &TcpStream, out: &Out) -> String {
+fn read_until_closed(
+    shared: &Shared,
+    stream: &TcpStream,
+    out: &Out,
+    tracker: &mut Tracker,
+) -> String {
     let mut reader = BufReader::with_capacity(8 * 1024, stream);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -270,7 +287,9 @@ fn read_until_closed(shared: &Shared, stream: &TcpStream, out: &Out) -> String {
             Ok(_) => {
                 let text = sanitize(&line);
                 shared.track(&text);
-                out.server(&text);
+                if let Some(shown) = tracker.receive(&text) {
+                    out.server(&shown);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return e.to_string(),
@@ -311,7 +330,13 @@ pub fn read_line_bounded<R: BufRead>(
 
 /// Retries with backoff until connected (Some) or the user is done (None).
 /// Says one line per attempt: what went wrong and when the next try is.
-fn reconnect(shared: &Shared, target: &Target, out: &Out, lost: String) -> Option<TcpStream> {
+fn reconnect(
+    shared: &Shared,
+    target: &Target,
+    out: &Out,
+    lost: String,
+    tracker: &mut Tracker,
+) -> Option<TcpStream> {
     let mut why = lost;
     for attempt in 0u32.. {
         let delay = backoff(attempt, target.base_delay, target.max_delay);
@@ -359,7 +384,12 @@ fn reconnect(shared: &Shared, target: &Target, out: &Out, lost: String) -> Optio
             return None;
         }
         let mut resend = Vec::new();
-        for cmd in [&st.nick_cmd, &st.join_cmd].into_iter().flatten() {
+        let ids = Some(tracker.connected().to_string());
+        let resume = tracker.resume();
+        for cmd in [&ids, &st.nick_cmd, &st.join_cmd, &resume]
+            .into_iter()
+            .flatten()
+        {
             resend.extend_from_slice(cmd.as_bytes());
             resend.push(b'\n');
         }

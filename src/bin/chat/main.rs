@@ -9,6 +9,7 @@
 mod conn;
 mod display;
 mod out;
+mod resume;
 mod term;
 
 use std::borrow::Cow;
