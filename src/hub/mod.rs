@@ -247,6 +247,8 @@ struct Room {
     local: usize,
     /// The room's record in `Hub::history`.
     hist: usize,
+    /// Cluster mode: the last id delivered here (see `said`).
+    last_id: Option<Id>,
 }
 
 pub struct Hub {

@@ -30,9 +30,9 @@ pub(super) struct Wait {
     /// (room key, first id, lines, the buffer).
     pub(super) held: VecDeque<(Box<str>, Id, u64, Rc<Msg>)>,
     pub(super) lost: u64,
-    /// The last id of the latest answer, per the room it was about: held
-    /// lines up to it are in that answer already.
-    pub(super) head: Option<(Box<str>, Id)>,
+    /// The ids the answers showed, per room: held lines among them are
+    /// not sent again.
+    pub(super) covered: Vec<(Box<str>, Id, Id)>,
 }
 
 impl Hub {
@@ -232,7 +232,7 @@ impl Hub {
         let kept = self.history.kept(r.hist);
         let epoch = self.history.head(r.hist).map_or(0, |h| h.epoch);
         let lines: Vec<&history::Line> = kept.range(from.min(kept.len())..).collect();
-        render_answer(&r.name, epoch, &lines, ids, ask, self.reply_max)
+        render_answer(&r.name, epoch, &lines, ids, ask, self.reply_max).0
     }
 
     /// Cluster mode, link up: asks Redis for `room`'s history for client
@@ -277,6 +277,10 @@ impl Hub {
         };
         let sender = from.and_then(|c| self.idx(c));
         let count = text.split("\r\n").count() as u64;
+        self.rooms[r].last_id = Some(Id {
+            epoch: first.epoch,
+            n: first.n + count.saturating_sub(1),
+        });
         let plain = Msg::new(text);
         let mut tagged: Option<Rc<Msg>> = None;
         for &member in &self.rooms[r].members {
@@ -323,7 +327,7 @@ impl Hub {
             let (name, ids) = (&self.rooms[r].name, self.clients[i].ids);
             let refs: Vec<&history::Line> = lines.iter().collect();
             let render = |ask| render_answer(name, epoch, &refs, ids, ask, self.reply_max);
-            let text = match asked {
+            let answer = match asked {
                 Asked::Enter if !refs.is_empty() => Some(render(Ask::Last)),
                 Asked::Enter | Asked::Mark => None,
                 Asked::Last(_) => Some(render(Ask::Last)),
@@ -336,20 +340,57 @@ impl Hub {
                     let evicted = total.saturating_sub(refs.len() as u64);
                     Some(render(Ask::Resume(since, evicted)))
                 }
-                Asked::Since(since) if epoch == 0 && since.n == 0 => {
-                    Some(format!("*** history of {name}: nothing new since {since}"))
-                }
+                Asked::Since(since) if epoch == 0 && since.n == 0 => Some((
+                    format!("*** history of {name}: nothing new since {since}"),
+                    0,
+                )),
                 Asked::Since(since) => Some(render(Ask::Lost(since))),
             };
-            if let Some(text) = text {
+            // The ids shown: the newest `shown` of the lines.
+            let covered = match &answer {
+                Some((_, shown)) if *shown > 0 => Some((
+                    Id {
+                        epoch,
+                        n: refs[refs.len() - shown].n,
+                    },
+                    Id {
+                        epoch,
+                        n: refs[refs.len() - 1].n,
+                    },
+                )),
+                _ => None,
+            };
+            if let Some((text, _)) = answer {
                 out.send(id, &Msg::new(&text));
             }
-            let head = Id { epoch, n: last };
+            let key = self.rooms[r].key.clone();
             if ids && matches!(asked, Asked::Enter | Asked::Mark) {
-                reply(out, id, &format!("*** ids on: {name} at {head}"));
+                // Where the client stands: after what it was shown, before
+                // what is held for it or still on its way here (Redis may
+                // have numbered lines this instance has not delivered yet).
+                let mark = match covered {
+                    Some((_, hi)) => hi,
+                    None => {
+                        let mut n = last;
+                        let held = self.clients[i].wait.as_ref().and_then(|w| {
+                            w.held
+                                .iter()
+                                .find(|(k, f, ..)| *k == key && f.epoch == epoch)
+                                .map(|(_, f, ..)| f.n)
+                        });
+                        if let Some(first) = held {
+                            n = n.min(first.saturating_sub(1));
+                        }
+                        if let Some(done) = self.rooms[r].last_id.filter(|l| l.epoch == epoch) {
+                            n = n.min(done.n);
+                        }
+                        Id { epoch, n }
+                    }
+                };
+                reply(out, id, &format!("*** ids on: {name} at {mark}"));
             }
-            if let Some(w) = self.clients[i].wait.as_mut() {
-                w.head = Some((self.rooms[r].key.clone(), head));
+            if let (Some(w), Some((lo, hi))) = (self.clients[i].wait.as_mut(), covered) {
+                w.covered.push((key, lo, hi));
             }
         }
         let done = self.clients[i].wait.as_mut().is_none_or(|w| {
@@ -377,23 +418,30 @@ impl Hub {
             reply(out, id, &text);
         }
         let room = &self.rooms[self.clients[i].room].key;
-        for (key, first, count, msg) in w.held {
-            if key != *room {
+        let shown = |key: &str, n: Id| {
+            w.covered.iter().any(|(k, lo, hi)| {
+                **k == *key && lo.epoch == n.epoch && (lo.n..=hi.n).contains(&n.n)
+            })
+        };
+        for (key, first, count, msg) in &w.held {
+            if key != room {
                 continue;
             }
-            let skip = match &w.head {
-                Some((k, head)) if *k == key && head.epoch == first.epoch => {
-                    (head.n + 1).saturating_sub(first.n).min(count)
-                }
-                _ => 0,
+            let id_of = |k: u64| Id {
+                epoch: first.epoch,
+                n: first.n + k,
             };
-            if skip == count {
-                continue;
-            }
-            if skip == 0 {
-                out.send(id, &msg);
-            } else {
-                let rest: Vec<&str> = msg.text().split("\r\n").skip(skip as usize).collect();
+            let dups = (0..*count).filter(|&k| shown(key, id_of(k))).count() as u64;
+            if dups == 0 {
+                out.send(id, msg);
+            } else if dups < *count {
+                let rest: Vec<&str> = msg
+                    .text()
+                    .split("\r\n")
+                    .enumerate()
+                    .filter(|&(k, _)| !shown(key, id_of(k as u64)))
+                    .map(|(_, l)| l)
+                    .collect();
                 out.send(id, &Msg::new(&rest.join("\r\n")));
             }
         }
@@ -441,7 +489,7 @@ pub(super) fn render_answer(
     ids: bool,
     ask: Ask,
     reply_max: usize,
-) -> String {
+) -> (String, usize) {
     let mut lines = Vec::new();
     let mut bytes = 0;
     for l in kept.iter().rev() {
@@ -481,7 +529,7 @@ pub(super) fn render_answer(
             }
             _ => text.push_str(&format!("*** history of {name}: empty")),
         }
-        return text;
+        return (text, 0);
     }
     let since = match ask {
         Ask::Resume(since, _) | Ask::Lost(since) => format!(" since {since}"),
@@ -496,7 +544,7 @@ pub(super) fn render_answer(
         text.push_str(line);
     }
     text.push_str("\r\n*** end of history");
-    text
+    (text, shown)
 }
 
 /// `@id=EPOCH-N <alice> hi` for each line of a batch numbered from `first`.

@@ -116,6 +116,7 @@ impl Hub {
                     members: Vec::new(),
                     local: 0,
                     hist,
+                    last_id: None,
                 });
                 self.room_keys.insert(key.into(), r);
                 r

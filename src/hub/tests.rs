@@ -1425,9 +1425,31 @@ mod cluster {
             out.got
         );
         out.got.clear();
+        // With ids: lines numbered while `/ids on` was being answered
+        // are held and come after the mark, which stands before them.
+        hub.connect(1, &mut out);
+        hub.line(1, "/ids on", &mut out);
+        hub.answer(1, "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
+        assert_eq!(out.got.pop(), Some((1, "*** ids on: #lobby at 9-4".into())));
+        out.got.clear();
+        hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
+        hub.said("lobby", Id { epoch: 9, n: 6 }, None, "<b> six", &mut out);
+        out.got.retain(|(to, _)| *to == 1);
+        assert_eq!(out.got, vec![], "held");
+        hub.answer(1, "lobby", Asked::Mark, 9, 6, Vec::new(), &mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[
+                (1, "*** ids on: #lobby at 9-4"),
+                (1, "@id=9-5 <b> five"),
+                (1, "@id=9-6 <b> six"),
+            ])
+        );
+        hub.disconnect(1, None, &mut out);
+        out.got.clear();
         // The link goes down while an answer is awaited: told, not stuck.
         hub.line(0, "/history", &mut out);
-        hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
+        hub.said("lobby", Id { epoch: 9, n: 7 }, None, "<b> five", &mut out);
         hub.link_down(&mut out);
         assert_eq!(
             out.got,
