@@ -75,6 +75,9 @@ for case in $cases; do
         for build in old new; do
             bin=$old
             [[ $build == new ]] && bin=$new
+            # Emptied here, not by the redirection below, which happens in the
+            # background: port_of could read the last run's port meanwhile.
+            : >"$work/srv.out"
             "$bin" --host 127.0.0.1 --port 0 --http-port 0 -q --max-clients 20000 \
                 </dev/null >"$work/srv.out" 2>"$work/srv.err" &
             spid=$!
