@@ -27,8 +27,9 @@
 //! `chatd:guests` (the shared guest-number counter).
 
 use crate::history::{Id, Line};
-use crate::hub::{Asked, ClientId, GUEST_BLOCK, Hub, Presence, check_name};
+use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence, check_name};
 use crate::line::sanitize;
+use crate::socket::{self, SocketResult};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -36,7 +37,7 @@ use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode_borrowed;
 use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -252,14 +253,43 @@ pub enum Inbound {
     NodeBack(Rc<str>),
 }
 
-/// Redis's answer to a name claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// Reserved for us, claimed at this time (ms since the Unix epoch).
-    Granted(u64),
-    Taken,
-    /// Redis refused the command (logged with its text).
-    Failed,
+impl Inbound {
+    /// Tells the hub what the link heard.
+    pub fn apply(self, hub: &mut Hub, out: &mut impl Outbox) {
+        match self {
+            Inbound::Up => hub.link_up(out),
+            Inbound::Down(_) => hub.link_down(out),
+            Inbound::Room(room, text) => hub.remote_line(&room, &text, out),
+            Inbound::Said {
+                room,
+                first,
+                from,
+                text,
+            } => hub.said(&room, first, from, &text, out),
+            Inbound::NotSaid(id, sure) => hub.not_said(id, sure, out),
+            Inbound::History {
+                id,
+                room,
+                asked,
+                epoch,
+                last,
+                lines,
+            } => hub.answer(id, &room, asked, epoch, last, lines, out),
+            Inbound::Presence(p) => hub.remote_presence(p, out),
+            Inbound::Private(to, name, text) => hub.remote_private(to, &name, &text, out),
+            Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, out),
+            Inbound::NameLost(id, name) => hub.name_lost(id, &name, out),
+            Inbound::NodeBack(node) => {
+                info!("cluster: node {node} has a heartbeat again; asking for its users");
+                hub.node_back(&node, out);
+            }
+            Inbound::Guests(start) => hub.add_guests(start, GUEST_BLOCK),
+            Inbound::NodeLost(node) => {
+                info!("cluster: node {node} stopped answering; its users are gone");
+                hub.node_silent(&node, out);
+            }
+        }
+    }
 }
 
 /// What a reply on `cmd` answers.
@@ -297,14 +327,46 @@ enum Expect {
 /// that is the difference between the bound and 2.3 times it.
 const PENDING_OVERHEAD: usize = 2 * size_of::<(Instant, Expect)>();
 
+/// Where the link is, with what only that stage needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Down,
-    Connecting,
+    /// No connections; the next attempt is due then.
+    Down { retry_at: Instant },
+    /// Both connections opened, the handshake under way; it must be done
+    /// `by` then. `cmd_ready`: PING answered; `sub_ready`: subscribed;
+    /// `sub_auth`: the subscriber's AUTH is still to be answered.
+    Connecting {
+        by: Instant,
+        cmd_ready: bool,
+        sub_ready: bool,
+        sub_auth: bool,
+    },
     /// Connected and subscribed; re-asserting our names before anyone is
-    /// told the link is back or may claim a new name.
-    Healing,
-    Up,
+    /// told the link is back or may claim a new name. `sent`: the renewals
+    /// went out; `left`: how many are still unanswered.
+    Healing { sent: bool, left: usize },
+    /// `round_left`: renewals and node checks of the last round still
+    /// unanswered (a slow Redis gets no second round on top of the first);
+    /// `guests_asked`: a block of guest numbers is being reserved.
+    Up {
+        round_left: usize,
+        guests_asked: bool,
+    },
+}
+
+impl State {
+    const UP: State = State::Up {
+        round_left: 0,
+        guests_asked: false,
+    };
+
+    fn is_down(&self) -> bool {
+        matches!(self, State::Down { .. })
+    }
+
+    fn is_up(&self) -> bool {
+        matches!(self, State::Up { .. })
+    }
 }
 
 /// Counters for logs and metrics.
@@ -425,12 +487,12 @@ impl Redis {
             if done == self.wbuf.len() {
                 break Ok(());
             }
-            match self.sock.write(&self.wbuf[done..]) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+            match socket::write(&self.sock, &[IoSlice::new(&self.wbuf[done..])]) {
+                SocketResult::Done(n) => done += n,
+                SocketResult::WouldBlock => break Ok(()),
+                // A write never reports the peer's end; a read does.
+                SocketResult::Closed => break Ok(()),
+                SocketResult::Error(e) => break Err(e),
             }
         };
         self.wbuf.drain(..done);
@@ -443,17 +505,16 @@ impl Redis {
             return Ok(());
         }
         loop {
-            match self.sock.read(scratch) {
-                Ok(0) => {
+            match socket::read(&self.sock, scratch) {
+                SocketResult::Done(n) => self.rbuf.extend_from_slice(&scratch[..n]),
+                SocketResult::WouldBlock => break,
+                SocketResult::Closed => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "Redis closed the connection",
                     ));
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                SocketResult::Error(e) => return Err(e),
             }
             self.decode(frames)?;
         }
@@ -531,10 +592,6 @@ pub struct Link {
     cmd: Option<Redis>,
     sub: Option<Redis>,
     state: State,
-    cmd_ready: bool,
-    sub_ready: bool,
-    /// The subscriber connection's AUTH is still to be answered.
-    sub_auth: bool,
     /// Commands on `cmd` awaiting their reply, in order, with when each was
     /// queued: the oldest one's age is the link's liveness.
     pending: VecDeque<(Instant, Expect)>,
@@ -549,23 +606,15 @@ pub struct Link {
     timing: Timing,
     pub stats: LinkStats,
     backoff: Duration,
-    retry_at: Option<Instant>,
-    /// Connecting: the handshake must be done by then.
-    connect_by: Instant,
     next_tick: Instant,
     warned: Option<Instant>,
     warned_refused: Option<(Instant, String)>,
     warned_bad: Option<Instant>,
     warned_fail: Option<(Instant, String)>,
-    guests_asked: bool,
+    /// After a refused reservation of guest numbers: not asked again before.
     guests_retry: Option<Instant>,
     guests_backoff: Duration,
     ever_up: bool,
-    heal_sent: bool,
-    heal_left: usize,
-    /// Renewals and node checks of the last round still unanswered: a slow
-    /// Redis gets no second round on top of the first.
-    round_left: usize,
     /// The subscriber's queue passed its bound: drop the link.
     stuck: Option<String>,
     /// Nodes whose heartbeat was missing, since when (our link up throughout).
@@ -603,10 +652,9 @@ impl Link {
             node: node.into(),
             cmd: None,
             sub: None,
-            state: State::Down,
-            cmd_ready: false,
-            sub_ready: false,
-            sub_auth: false,
+            state: State::Down {
+                retry_at: Instant::now(),
+            },
             pending: VecDeque::new(),
             rooms: BTreeSet::new(),
             max_queue,
@@ -615,20 +663,14 @@ impl Link {
             timing,
             stats: LinkStats::default(),
             backoff: BACKOFF_MIN,
-            retry_at: Some(Instant::now()),
-            connect_by: Instant::now(),
             next_tick: Instant::now(),
             warned: None,
             warned_refused: None,
             warned_bad: None,
             warned_fail: None,
-            guests_asked: false,
             guests_retry: None,
             guests_backoff: BACKOFF_MIN,
             ever_up: false,
-            heal_sent: false,
-            heal_left: 0,
-            round_left: 0,
             stuck: None,
             missing: HashMap::new(),
             grace: HashMap::new(),
@@ -641,7 +683,7 @@ impl Link {
     }
 
     pub fn is_up(&self) -> bool {
-        self.state == State::Up
+        self.state.is_up()
     }
 
     pub fn node(&self) -> &str {
@@ -651,20 +693,18 @@ impl Link {
     /// When the link next needs the loop's attention.
     pub fn deadline(&self) -> Option<Instant> {
         let base = match self.state {
-            State::Down => self.retry_at,
-            State::Connecting => Some(self.connect_by),
+            State::Down { retry_at } => Some(retry_at),
+            State::Connecting { by, .. } => Some(by),
             // Waiting for the renewals' replies: their deadline below.
-            State::Healing if self.heal_sent => None,
-            State::Healing => Some(self.next_tick),
-            State::Up => Some(self.next_tick),
+            State::Healing { sent: true, .. } => None,
+            State::Healing { sent: false, .. } | State::Up { .. } => Some(self.next_tick),
         };
         let reply = self.pending.front().map(|(t, _)| *t + self.timing.reply);
-        let guests = self.guests_retry.filter(|_| self.state == State::Up);
+        let guests = self.guests_retry.filter(|_| self.state.is_up());
         [base, reply, guests].into_iter().flatten().min()
     }
 
     fn connect(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
-        self.retry_at = None;
         let (cmd, sub) = match (
             Redis::connect(self.url.addr, CMD, registry),
             Redis::connect(self.url.addr, SUB, registry),
@@ -675,14 +715,15 @@ impl Link {
         debug!("cluster: connecting to Redis at {}", self.url.addr);
         self.cmd = Some(cmd);
         self.sub = Some(sub);
-        self.state = State::Connecting;
-        self.connect_by = Instant::now() + self.timing.reply;
-        self.cmd_ready = false;
-        self.sub_ready = false;
-        self.guests_asked = false;
         self.pending.clear();
         let db = self.url.db.to_string();
         let auth = self.url.auth_args();
+        self.state = State::Connecting {
+            by: Instant::now() + self.timing.reply,
+            cmd_ready: false,
+            sub_ready: false,
+            sub_auth: auth.is_some(),
+        };
         if let Some(auth) = &auth {
             let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
             self.send_cmd(&args, Expect::Check("AUTH"), Kind::Force);
@@ -707,7 +748,6 @@ impl Link {
             format!("{}n:{}", self.prefix, self.node),
         ];
         channels.extend(self.rooms.iter().map(|r| self.room_channel(r)));
-        self.sub_auth = auth.is_some();
         let Some(sub) = self.sub.as_mut() else { return };
         if let Some(auth) = &auth {
             let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
@@ -725,10 +765,10 @@ impl Link {
             let mut sock = conn.sock;
             let _ = registry.deregister(&mut sock);
         }
-        let was = std::mem::replace(&mut self.state, State::Down);
         let jitter = 0.75 + fastrand::f64() * 0.5;
         let wait = self.backoff.mul_f64(jitter);
-        self.retry_at = Some(Instant::now() + wait);
+        let retry_at = Instant::now() + wait;
+        let was = std::mem::replace(&mut self.state, State::Down { retry_at });
         self.backoff = (self.backoff * 2).min(self.timing.backoff_max());
         // Lines sent but not confirmed: Redis may or may not have run them
         // (a frozen Redis can still read what was sent before the close).
@@ -747,11 +787,8 @@ impl Link {
         self.confirmed.clear();
         self.delivered.clear();
         self.missing.clear();
-        self.round_left = 0;
-        self.heal_left = 0;
         self.stuck = None;
-        self.guests_asked = false;
-        if was == State::Up {
+        if was.is_up() {
             warn!("cluster link down: {why}; reconnecting");
             self.warned_fail = None;
         } else {
@@ -812,7 +849,7 @@ impl Link {
     /// already; the users were told that messages reach this server only).
     /// Only what overflows the queue while the link is up counts as dropped.
     fn publish(&mut self, channel: &str, payload: &[u8]) {
-        if self.state != State::Up {
+        if !self.state.is_up() {
             return;
         }
         if self.send_cmd(
@@ -927,7 +964,7 @@ impl Link {
         keep: usize,
         ttl_ms: u64,
     ) -> bool {
-        if self.state != State::Up {
+        if !self.state.is_up() {
             return false;
         }
         let (meta, stream) = self.history_keys(room);
@@ -971,7 +1008,7 @@ impl Link {
         after: Option<Id>,
         count: usize,
     ) -> bool {
-        if self.state != State::Up {
+        if !self.state.is_up() {
             return false;
         }
         let (meta, stream) = self.history_keys(room);
@@ -1065,7 +1102,7 @@ impl Link {
             self.delivered.remove(room);
             self.rooms.remove(room)
         };
-        if changed && self.state != State::Down {
+        if changed && !self.state.is_down() {
             let channel = self.room_channel(room);
             if let Some(sub) = self.sub.as_mut() {
                 if sub.wbuf.len() > self.max_queue {
@@ -1088,7 +1125,7 @@ impl Link {
     /// Reserves `name` for `id`; the answer comes back as `Inbound::Claimed`.
     /// False when it cannot be asked now (link not up, queue full).
     pub fn claim(&mut self, id: ClientId, name: &str) -> bool {
-        if self.state != State::Up {
+        if !self.state.is_up() {
             return false;
         }
         let since = now_ms();
@@ -1112,7 +1149,7 @@ impl Link {
 
     /// Gives `name` back, if the key still holds our claim on it.
     pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
-        if self.state == State::Up {
+        if self.state.is_up() {
             let key = format!("chatd:name:{name}");
             let value = claim_value(since, &self.node, id);
             self.send_cmd(
@@ -1179,17 +1216,24 @@ impl Link {
                 return self.fail(&why, registry, inbound);
             }
         }
-        if self.state == State::Connecting && self.cmd_ready && self.sub_ready {
+        if let State::Connecting {
+            cmd_ready: true,
+            sub_ready: true,
+            ..
+        } = self.state
+        {
             // Connected and subscribed: re-assert our names (on the next
             // tick, which has the hub) before anyone hears the link is up.
-            self.state = State::Healing;
-            self.heal_sent = false;
+            self.state = State::Healing {
+                sent: false,
+                left: 0,
+            };
             self.next_tick = Instant::now();
         }
     }
 
     fn go_up(&mut self, inbound: &mut Vec<Inbound>) {
-        self.state = State::Up;
+        self.state = State::UP;
         if self.ever_up {
             self.stats.reconnects += 1;
         }
@@ -1216,7 +1260,11 @@ impl Link {
                 self.stats.refused += 1;
                 return Err(format!("Redis refused PING: {}", e.escape_debug()));
             }
-            (Expect::Pong, _) => self.cmd_ready = true,
+            (Expect::Pong, _) => {
+                if let State::Connecting { cmd_ready, .. } = &mut self.state {
+                    *cmd_ready = true;
+                }
+            }
             (Expect::Claim(id, name, _), OwnedFrame::Error(e)) => {
                 self.refused(&format!("SET (a claim on {name})"), &e);
                 inbound.push(Inbound::Claimed(id, name, Claim::Failed));
@@ -1259,16 +1307,18 @@ impl Link {
                     _ => {}
                 }
                 if heal {
-                    self.heal_left = self.heal_left.saturating_sub(1);
-                    if self.heal_left == 0 && self.state == State::Healing {
-                        self.go_up(inbound);
+                    if let State::Healing { left, .. } = &mut self.state {
+                        *left = left.saturating_sub(1);
+                        if *left == 0 {
+                            self.go_up(inbound);
+                        }
                     }
                 } else {
-                    self.round_left = self.round_left.saturating_sub(1);
+                    self.round_done();
                 }
             }
             (Expect::Guests, OwnedFrame::Integer(last)) => {
-                self.guests_asked = false;
+                self.guests_answered();
                 self.guests_backoff = BACKOFF_MIN;
                 inbound.push(Inbound::Guests(
                     (last as u64).saturating_sub(GUEST_BLOCK - 1),
@@ -1281,12 +1331,12 @@ impl Link {
                 };
                 self.refused("EVAL (reserve guest numbers)", &text);
                 // Asked again after a backoff, not at once in a loop.
-                self.guests_asked = false;
+                self.guests_answered();
                 self.guests_retry = Some(Instant::now() + self.guests_backoff);
                 self.guests_backoff = (self.guests_backoff * 2).min(self.timing.backoff_max());
             }
             (Expect::Alive(node), f) => {
-                self.round_left = self.round_left.saturating_sub(1);
+                self.round_done();
                 match f {
                     OwnedFrame::Integer(n) => self.alive(node, n != 0, inbound),
                     OwnedFrame::Error(e) => self.refused("EXISTS (a heartbeat)", &e),
@@ -1294,7 +1344,7 @@ impl Link {
                 }
             }
             (Expect::Back(node), f) => {
-                self.round_left = self.round_left.saturating_sub(1);
+                self.round_done();
                 match f {
                     OwnedFrame::Integer(1) => inbound.push(Inbound::NodeBack(node)),
                     OwnedFrame::Error(e) => self.refused("EXISTS (a heartbeat)", &e),
@@ -1372,12 +1422,25 @@ impl Link {
         }
     }
 
+    /// One reply of this round's renewals and node checks is in.
+    fn round_done(&mut self) {
+        if let State::Up { round_left, .. } = &mut self.state {
+            *round_left = round_left.saturating_sub(1);
+        }
+    }
+
+    fn guests_answered(&mut self) {
+        if let State::Up { guests_asked, .. } = &mut self.state {
+            *guests_asked = false;
+        }
+    }
+
     fn on_push(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
-        let what = if std::mem::take(&mut self.sub_auth) {
-            "AUTH"
-        } else {
-            "SUBSCRIBE"
+        let auth = match &mut self.state {
+            State::Connecting { sub_auth, .. } => std::mem::take(sub_auth),
+            _ => false,
         };
+        let what = if auth { "AUTH" } else { "SUBSCRIBE" };
         let parts = match frame {
             OwnedFrame::Array(parts) => parts,
             OwnedFrame::Error(e) => {
@@ -1388,7 +1451,9 @@ impl Link {
         };
         match parts.first().and_then(frame_bytes) {
             Some(b"subscribe") => {
-                self.sub_ready = true;
+                if let State::Connecting { sub_ready, .. } = &mut self.state {
+                    *sub_ready = true;
+                }
                 if let Some(room) = parts
                     .get(1)
                     .and_then(frame_bytes)
@@ -1552,7 +1617,7 @@ impl Link {
         registry: &Registry,
         inbound: &mut Vec<Inbound>,
     ) {
-        if self.state != State::Down {
+        if !self.state.is_down() {
             if let Some(why) = self.stuck.take() {
                 return self.fail(&why, registry, inbound);
             }
@@ -1568,37 +1633,38 @@ impl Link {
             }
         }
         match self.state {
-            State::Down if self.retry_at.is_some_and(|t| t <= now) => {
-                self.connect(registry, inbound)
-            }
-            State::Connecting if self.connect_by <= now => {
+            State::Down { retry_at } if retry_at <= now => self.connect(registry, inbound),
+            State::Connecting { by, .. } if by <= now => {
                 let why = format!("no answer from Redis within {:?}", self.timing.reply);
                 self.fail(&why, registry, inbound)
             }
-            State::Healing if !self.heal_sent => {
-                self.heal_sent = true;
-                self.heal_left = 0;
+            State::Healing { sent: false, .. } => {
+                let mut left = 0;
                 for (id, name, since) in hub.claimed_names() {
                     let mine = claim_value(since, &self.node, id);
                     if self.renew(id, name, mine, "", true) {
-                        self.heal_left += 1;
+                        left += 1;
                     }
                 }
-                if self.heal_left == 0 {
+                self.state = State::Healing { sent: true, left };
+                if left == 0 {
                     self.go_up(inbound);
                 }
             }
-            State::Up => {
+            State::Up {
+                round_left,
+                guests_asked,
+            } => {
                 if self.guests_retry.is_some_and(|t| t <= now) {
                     self.guests_retry = None;
                 }
                 if hub.guests_left() < GUEST_BLOCK / 2
-                    && !self.guests_asked
+                    && !guests_asked
                     && self.guests_retry.is_none()
                 {
                     let used = hub.guests_used().to_string();
                     let block = GUEST_BLOCK.to_string();
-                    self.guests_asked = self.send_cmd(
+                    let asked = self.send_cmd(
                         &[
                             b"EVAL",
                             GUESTS_LUA.as_bytes(),
@@ -1610,6 +1676,9 @@ impl Link {
                         Expect::Guests,
                         Kind::Book,
                     );
+                    if let State::Up { guests_asked, .. } = &mut self.state {
+                        *guests_asked = asked;
+                    }
                 }
                 if self.next_tick > now {
                     return;
@@ -1631,13 +1700,14 @@ impl Link {
                     Expect::Ignore("SET (our heartbeat)"),
                     Kind::Book,
                 );
-                if self.round_left > 0 {
+                if round_left > 0 {
                     return;
                 }
+                let mut started = 0;
                 for (id, name, since) in hub.claimed_names() {
                     let mine = claim_value(since, &self.node, id);
                     if self.renew(id, name, mine, "", false) {
-                        self.round_left += 1;
+                        started += 1;
                     }
                 }
                 let lost = hub.lost_nodes();
@@ -1655,8 +1725,11 @@ impl Link {
                         Expect::Back(node)
                     };
                     if self.send_cmd(&[b"EXISTS", key.as_bytes()], expect, Kind::Book) {
-                        self.round_left += 1;
+                        started += 1;
                     }
+                }
+                if let State::Up { round_left, .. } = &mut self.state {
+                    *round_left = started;
                 }
             }
             _ => {}
@@ -1819,7 +1892,7 @@ mod tests {
         let mut link = Link::new(url.unwrap(), "n1", max, Timing::default(), 100);
         let conn = Redis::connect(link.url.addr, CMD, poll.registry()).unwrap();
         link.cmd = Some(conn);
-        link.state = State::Up;
+        link.state = State::UP;
         while link.stats.dropped == 0 {
             link.publish_room("lobby", "x");
             assert!(link.stats.published < max as u64, "never full");
@@ -2089,7 +2162,7 @@ mod tests {
         let mut inbound = Vec::new();
         let t0 = Instant::now();
         link.tick(t0, &hub, poll.registry(), &mut inbound);
-        assert_eq!(link.state, State::Connecting);
+        assert!(matches!(link.state, State::Connecting { .. }));
         assert!(
             link.deadline()
                 .is_some_and(|d| d <= t0 + Duration::from_millis(600))
@@ -2107,7 +2180,7 @@ mod tests {
             poll.registry(),
             &mut inbound,
         );
-        assert_eq!(link.state, State::Down);
+        assert!(link.state.is_down());
         assert!(
             matches!(&inbound[..], [Inbound::Down(why)] if why.contains("Redis did not answer"))
         );
@@ -2123,7 +2196,7 @@ mod tests {
         let mut inbound = Vec::new();
         link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
         // Pretend the handshake is done (nothing answers here), and sent.
-        link.state = State::Up;
+        link.state = State::UP;
         link.pending.clear();
         if let Some(cmd) = link.cmd.as_mut() {
             cmd.wbuf.clear();
@@ -2151,7 +2224,7 @@ mod tests {
             link.subscribe(&format!("room{i}"), true);
         }
         link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
-        assert_eq!(link.state, State::Down);
+        assert!(link.state.is_down());
         assert!(
             matches!(&inbound[..], [Inbound::Down(why)] if why.contains("subscriber queue")),
             "{inbound:?}"

@@ -14,6 +14,10 @@ pub const READ_BUDGET_BYTES: usize = 64 * 1024;
 pub const LINE_BUDGET: usize = 64;
 /// Slices handed to one `writev`.
 pub const MAX_IOVECS: usize = 64;
+/// What one output-queue entry costs beyond its bytes, charged against
+/// --sendq: its queue slot, the shared line's header and the allocator's
+/// rounding. Measured, and proved against the layout, in conn/mod.rs.
+pub const ENTRY_OVERHEAD: usize = 160;
 /// How long a closing connection (quit, half-close, shutdown) may take to
 /// flush what is queued for it.
 pub const DRAIN_SECS: u64 = 2;
@@ -201,7 +205,7 @@ impl Config {
 
     /// Flags that only make sense together.
     pub fn check(&self) -> Result<(), String> {
-        let room = crate::conn::ENTRY_OVERHEAD as u64 + 64;
+        let room = ENTRY_OVERHEAD as u64 + 64;
         if (self.sendq as u64) < self.max_line as u64 + room {
             return Err(format!(
                 "--sendq ({}) must be at least --max-line ({}) + {room}, or a relayed line could never be queued",

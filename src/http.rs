@@ -1,15 +1,16 @@
 //! Sans-IO HTTP/1.1 for the web port: parse a request head from the bytes a
 //! connection has sent so far, decide what to answer, and build the answer.
 //!
-//! The reactor owns the socket. Per connection it keeps at most [`MAX_HEAD`]
-//! bytes, calls [`parse_head`] after each read, and then either waits, writes
-//! an error answer and closes, or routes the request with [`route`]. Every
-//! answer except the WebSocket upgrade carries `Connection: close`: browsers
-//! fetch three small files once, so keep-alive would only add state.
+//! The web port's state machine (conn/http.rs) keeps at most [`MAX_HEAD`]
+//! bytes per connection, calls [`parse_head`] after each read, and then
+//! either waits, answers an error and closes, or routes the request with
+//! [`route`]. Every answer except the WebSocket upgrade carries
+//! `Connection: close`: browsers fetch three small files once, so
+//! keep-alive would only add state.
 //!
-//! Routing returns plain data ([`Route`]) so the caller can serve extra paths
-//! (e.g. `/metrics`) before or instead of the built-in ones, using
-//! [`response`] to get the same security headers.
+//! Routing is in one place and returns plain data ([`Route`]); the one
+//! route whose answer needs the server's numbers, `/metrics`, is built by
+//! metrics.rs with [`response`], so it gets the same security headers.
 
 use tungstenite::handshake::derive_accept_key;
 
@@ -268,6 +269,11 @@ pub enum Route {
     Icon,
     /// `GET /healthz`: 200 `ok`, for load balancers.
     Health,
+    /// `/metrics` (any method; metrics.rs answers, 405 for all but GET and
+    /// HEAD): Prometheus text. The answer needs the server's numbers, so
+    /// the reactor builds it ([`crate::metrics::answer`]), not
+    /// [`Route::response`].
+    Metrics,
     /// `GET /ws` with a valid upgrade: answer 101 and switch the connection
     /// to WebSocket frames.
     WebSocket {
@@ -294,6 +300,7 @@ pub enum After {
 pub fn route(req: &Request) -> Route {
     let get_or_head = req.method == "GET" || req.method == "HEAD";
     let file = match req.path.as_str() {
+        "/metrics" => return Route::Metrics,
         "/" | "/index.html" => Route::Page,
         "/app.js" => Route::Script,
         "/app.css" => Route::Style,
@@ -345,6 +352,8 @@ impl Route {
             ),
             Route::Icon => response(200, "image/svg+xml", FAVICON_SVG.as_bytes(), head_only, &[]),
             Route::Health => response(200, TEXT, b"ok", head_only, &[]),
+            // Answered by the reactor with the numbers; never built here.
+            Route::Metrics => response(404, TEXT, b"not found\n", head_only, &[]),
             Route::WebSocket { accept } => switching_protocols(accept),
             Route::BadUpgrade(why) => response(
                 400,
@@ -738,7 +747,9 @@ mod tests {
         assert_eq!(route(&get("/favicon.svg")), Route::Icon);
         assert_eq!(route(&get("/healthz")), Route::Health);
         assert_eq!(route(&get("/nope")), Route::NotFound);
-        assert_eq!(route(&get("/metrics")), Route::NotFound);
+        // Every path is routed here, /metrics too (issue 14; it used to be
+        // special-cased in the reactor, and this said NotFound).
+        assert_eq!(route(&get("/metrics")), Route::Metrics);
         assert_eq!(route(&get("//")), Route::NotFound);
         assert!(matches!(route(&get("/ws")), Route::BadUpgrade(_)));
     }

@@ -1,27 +1,37 @@
 //! chatd: a chat server for telnet, netcat and browsers, on one thread.
 //!
-//! A line read from a socket travels reactor -> conn -> line -> hub ->
-//! conn queues -> the reactor's flush, and never back:
+//! A line read from a socket travels reactor -> conn (its protocol's state
+//! machine) -> line -> hub -> conn queues -> the reactor's flush, and never
+//! back (docs/architecture.md draws it for each transport):
 //!
 //! - [`config`]: every flag, bound and default in one place.
-//! - [`reactor`]: the mio loop — poll, accept, read within budgets, tell the
-//!   hub, flush with writev, sweep closed connections after each batch.
-//! - [`conn`]: one connection: socket, framer, output queue of shared
-//!   lines, --sendq policy, rate-limit bucket.
+//! - [`reactor`]: the mio loop — poll, accept, read within budgets, settle
+//!   (tell the hub who left, flush with writev), timers, sweep. It knows no
+//!   protocol beyond choosing the first state machine for a listener.
+//! - [`conn`]: one connection — socket, output queue of shared lines,
+//!   --sendq policy, rate-limit bucket — and its protocol as a state machine
+//!   fed bytes and returning [`conn::Step`]s: [`conn::line`] (telnet, nc),
+//!   [`conn::http`] (one request head, then close or upgrade),
+//!   [`conn::ws`] (a browser after the upgrade). No sockets in the machines.
+//! - [`socket`]: what one read or write did (would block, closed, error),
+//!   decided once for connections and the Redis link.
+//! - [`timer`]: every per-connection deadline and the accept retry in one
+//!   heap, named by slab key and serial; pure.
+//! - [`idle`]: the --idle-timeout rule (ping, close, or wait); pure.
 //! - [`line`]: bytes -> lines (LF/CRLF, max length, discard mode, telnet
-//!   stripping) and sanitising; pure, no sockets.
-//! - [`hub`]: names, rooms and commands; a line in -> deliveries out; pure.
+//!   stripping) and sanitising; pure.
+//! - [`http`]: request heads, the one router (the page, `/healthz`,
+//!   `/metrics`, `/ws`) and the answers' bytes; pure.
+//! - [`ws`]: RFC 6455 frames — a bounded decoder and the encoders; pure.
+//! - [`hub`]: names, rooms, commands, room history and the cluster mirror;
+//!   a line in -> deliveries out; pure.
 //! - [`history`]: each room's last lines, with ids and times, under line
 //!   and byte bounds; pure, given the time.
 //! - [`msg`]: one outgoing line, shared by all its recipients.
-//! - [`http`], [`ws`]: the web port — request heads, routes, the page, and
-//!   RFC 6455 frames; pure, no sockets.
-//! - [`cluster`]: the Redis link that makes several instances one chat.
-//! - [`http`]: the web port's request heads, routes and answers; pure.
-//! - [`ws`]: RFC 6455 frames for browsers, bounded decoder and encoders; pure.
 //! - [`metrics`]: counters for `/metrics` and `/stats`, turned into
-//!   Prometheus text only when scraped; pure.
-//! - [`idle`]: --idle-timeout deadlines, a heap looked at only when one is due; pure.
+//!   Prometheus text only when scraped; no I/O, but it reads the wall clock
+//!   for its timestamps.
+//! - [`cluster`]: the Redis link that makes several instances one chat.
 
 pub mod cluster;
 pub mod config;
@@ -34,6 +44,8 @@ pub mod line;
 pub mod metrics;
 pub mod msg;
 pub mod reactor;
+pub mod socket;
+pub mod timer;
 pub mod ws;
 
 pub use config::Config;

@@ -10,30 +10,42 @@
 //! 4. settle: tell the hub about connections marked as closing, then flush
 //!    every connection with fresh output (one writev each), and repeat
 //!    while flushing finds new casualties;
-//! 5. timers: rate-limit wake-ups, drain deadlines, accept retries.
+//! 5. timers (timer.rs): rate-limit wake-ups, drain deadlines, a protocol's
+//!    own deadline, --idle-timeout and pings, accept retries;
+//! 6. sweep: free the slab entries of connections that are gone.
 //!
-//! Slab entries are only freed in step 4, never while events are being
-//! dispatched, so a key seen in an event always names the connection it did
-//! when the event was produced.
+//! The reactor knows no protocol: it reads as much as a connection's state
+//! machine asks for (`Proto::next` -> `Step::Read`), feeds it, and acts on
+//! the steps it returns (conn/mod.rs). Which machine a connection starts
+//! with is chosen by the listener it came in on.
+//!
+//! Slab entries are only freed in step 6: anything done with a connection
+//! marks it `Gone` and lists it for the sweep. So a key in an event, or in
+//! any list built during a turn, names the same connection all turn long;
+//! the one list that outlives a turn (`readable`) and the timers name a
+//! connection by key and serial, so a later connection under the same key
+//! is never taken for it.
 
 use crate::cluster::{self, Inbound, Link, RedisUrl};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
-use crate::conn::{Bucket, Conn, Proto, Push, State, reason_for, set_keepalive};
+use crate::conn::{
+    self, Bucket, Conn, HttpSession, LineSession, Proto, Push, State, Step, set_keepalive,
+};
 use crate::history::Id;
-use crate::http::{self, After, Head, Request};
+use crate::http::Request;
 use crate::hub::{Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
 use crate::idle::{self, Action};
-use crate::line::{Frame, Framer, sanitize};
 use crate::metrics::{self, Metrics, Scrape};
 use crate::msg::Msg;
-use crate::ws::{self, Decoder, Event, Oversize};
+use crate::socket::{self, SocketResult};
+use crate::timer::{ConnRef, Timer, Timers};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -57,21 +69,21 @@ pub struct Server {
     hub: Hub,
     cfg: Config,
     /// One read buffer for every connection: input is copied out of it into
-    /// a connection's framer only as far as a line is still incomplete.
+    /// a connection's state machine only as far as a line is still incomplete.
     scratch: Box<[u8]>,
-    /// Connections that may have unread input.
-    readable: Vec<usize>,
+    /// Connections that may have unread input; kept across turns, so
+    /// named with their serial.
+    readable: Vec<ConnRef>,
     /// Connections with output queued since their last flush.
     pending: Vec<usize>,
     /// Connections marked to leave during this turn.
     closing: Vec<usize>,
-    /// Connections flushing their last output before they are freed.
-    draining: Vec<usize>,
-    /// Rate-limited connections and when they may be read again.
-    throttled: Vec<(Instant, usize)>,
-    /// Web connections still sending their request head.
-    http_waiting: Vec<usize>,
-    accept_retry: Option<Instant>,
+    /// Connections gone during this turn, freed by the sweep.
+    gone: Vec<usize>,
+    /// Every per-connection deadline, and the accept retry.
+    timers: Timers,
+    /// Accepting failed for want of descriptors; a timer retries.
+    accept_stalled: bool,
     accept_warned: Option<Instant>,
     shutdown: Option<Instant>,
     /// Cluster mode: the link to Redis, and what it heard but the hub has
@@ -79,8 +91,6 @@ pub struct Server {
     link: Option<Link>,
     inbound: Vec<Inbound>,
     metrics: Metrics,
-    /// --idle-timeout deadlines; empty without it.
-    idle: idle::Queue,
     /// The serial the next accepted connection gets.
     next_serial: u64,
 }
@@ -215,10 +225,10 @@ fn cut_off(c: &mut Conn, k: usize, closing: &mut Vec<usize>) {
     // Best effort: the socket is likely full, but a browser that gets this
     // knows why it was dropped. Not in the middle of a partly written frame,
     // whose payload it would become.
-    let close = c.is_ws() && !c.mid_item();
+    let last = c.proto.cut_off().filter(|_| !c.mid_item());
     c.discard_output();
-    if close {
-        let _ = (&c.sock).write(&ws::close_frame(Some(ws::POLICY), "too slow"));
+    if let Some(last) = last {
+        let _ = (&c.sock).write(&last);
     }
     mark_closing(c, k, closing, Some("too slow".into()), false);
 }
@@ -238,7 +248,7 @@ fn mark_closing(
     }
 }
 
-/// Whether connection `k` may take one more line (or WebSocket message)
+/// Whether connection `k` may take one more step (a line, a message)
 /// now: it is open, within its share of this turn, and under --rate has a
 /// token, which this takes (give it back with `Bucket::refund` if there was
 /// no line after all). If not, it is put where it will be resumed: the next
@@ -249,16 +259,20 @@ fn admit(
     now: Instant,
     taken: usize,
     bytes: usize,
-    readable: &mut Vec<usize>,
-    throttled: &mut Vec<(Instant, usize)>,
+    readable: &mut Vec<ConnRef>,
+    timers: &mut Timers,
 ) -> bool {
     if c.state != State::Open || c.throttled {
-        // A throttled connection is already on the timer list.
+        // A throttled connection already has its timer.
         return false;
     }
+    let me = ConnRef {
+        key: k,
+        serial: c.serial,
+    };
     if taken >= LINE_BUDGET || bytes >= READ_BUDGET_BYTES {
         c.in_readable = true;
-        readable.push(k);
+        readable.push(me);
         return false;
     }
     if let Some(bucket) = c.bucket.as_mut()
@@ -266,18 +280,17 @@ fn admit(
     {
         debug!("{} rate-limited until {wake:?}", c.peer);
         c.throttled = true;
-        throttled.push((wake, k));
+        timers.push(wake, Timer::Wake(me));
         return false;
     }
     true
 }
 
-/// What the read loop found next on a connection.
-enum Next {
-    Line(Option<String>),
-    TooLong,
-    Read,
-    Eof,
+/// The connection a timer or a list names, if it is still there.
+fn live(conns: &mut Slab<Conn>, me: ConnRef) -> Option<&mut Conn> {
+    conns
+        .get_mut(me.key)
+        .filter(|c| c.serial == me.serial && c.state != State::Gone)
 }
 
 /// Which listening socket a connection came in on.
@@ -363,16 +376,14 @@ impl Server {
             readable: Vec::new(),
             pending: Vec::new(),
             closing: Vec::new(),
-            draining: Vec::new(),
-            throttled: Vec::new(),
-            http_waiting: Vec::new(),
-            accept_retry: None,
+            gone: Vec::new(),
+            timers: Timers::default(),
+            accept_stalled: false,
             accept_warned: None,
             shutdown: None,
             link,
             inbound: Vec::new(),
             metrics: Metrics::new(Instant::now()),
-            idle: idle::Queue::default(),
             next_serial: 0,
         })
     }
@@ -403,6 +414,7 @@ impl Server {
             self.settle();
             self.timers();
             self.flush_link();
+            self.sweep();
             self.metrics.turn(turn.elapsed());
             if let Some(deadline) = self.shutdown
                 && (self.conns.is_empty() || Instant::now() >= deadline)
@@ -437,41 +449,7 @@ impl Server {
             let events = std::mem::take(&mut self.inbound);
             for event in events {
                 let (hub, mut out) = self.out();
-                match event {
-                    Inbound::Up => hub.link_up(&mut out),
-                    Inbound::Down(_) => hub.link_down(&mut out),
-                    Inbound::Room(room, text) => hub.remote_line(&room, &text, &mut out),
-                    Inbound::Said {
-                        room,
-                        first,
-                        from,
-                        text,
-                    } => hub.said(&room, first, from, &text, &mut out),
-                    Inbound::NotSaid(id, sure) => hub.not_said(id, sure, &mut out),
-                    Inbound::History {
-                        id,
-                        room,
-                        asked,
-                        epoch,
-                        last,
-                        lines,
-                    } => hub.answer(id, &room, asked, epoch, last, lines, &mut out),
-                    Inbound::Presence(p) => hub.remote_presence(p, &mut out),
-                    Inbound::Private(to, name, text) => {
-                        hub.remote_private(to, &name, &text, &mut out)
-                    }
-                    Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, &mut out),
-                    Inbound::NameLost(id, name) => hub.name_lost(id, &name, &mut out),
-                    Inbound::NodeBack(node) => {
-                        info!("cluster: node {node} has a heartbeat again; asking for its users");
-                        hub.node_back(&node, &mut out);
-                    }
-                    Inbound::Guests(start) => hub.add_guests(start, crate::hub::GUEST_BLOCK),
-                    Inbound::NodeLost(node) => {
-                        info!("cluster: node {node} stopped answering; its users are gone");
-                        hub.node_silent(&node, &mut out);
-                    }
-                }
+                event.apply(hub, &mut out);
             }
             self.settle();
         }
@@ -501,36 +479,12 @@ impl Server {
         if !self.readable.is_empty() {
             return Some(Duration::ZERO);
         }
-        let drains = self
-            .draining
-            .iter()
-            .filter_map(|&k| match self.conns.get(k) {
-                Some(Conn {
-                    state: State::Draining(t),
-                    ..
-                }) => Some(*t),
-                _ => None,
-            });
-        let heads = self
-            .http_waiting
-            .iter()
-            .filter_map(|&k| match self.conns.get(k) {
-                Some(Conn {
-                    proto: Proto::Http(_, t),
-                    ..
-                }) => Some(*t),
-                _ => None,
-            });
         let next = self
-            .throttled
-            .iter()
-            .map(|&(t, _)| t)
-            .chain(drains)
-            .chain(heads)
-            .chain(self.accept_retry)
+            .timers
+            .next()
+            .into_iter()
             .chain(self.shutdown)
             .chain(self.link.as_ref().and_then(Link::deadline))
-            .chain(self.idle.next())
             .chain(Some(self.metrics.next_tick()))
             .min()?;
         Some(next.saturating_duration_since(Instant::now()))
@@ -560,7 +514,10 @@ impl Server {
                         && !c.in_readable
                     {
                         c.in_readable = true;
-                        self.readable.push(k);
+                        self.readable.push(ConnRef {
+                            key: k,
+                            serial: c.serial,
+                        });
                     }
                     if (event.is_writable() || event.is_error()) && !c.in_pending {
                         c.in_pending = true;
@@ -597,20 +554,14 @@ impl Server {
         {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        // The run loop ends at `deadline`: no drain timers are needed.
         for (k, c) in self.conns.iter_mut() {
             if c.state == State::Open || c.state == State::Closing {
-                match c.proto {
-                    Proto::Http(..) => {}
-                    Proto::Line(_) => {
-                        c.push_notice("*** server shutting down");
-                    }
-                    Proto::Ws(_) => {
-                        c.push_notice("*** server shutting down");
-                        c.push_raw(ws::close_frame(
-                            Some(ws::GOING_AWAY),
-                            "server shutting down",
-                        ));
-                    }
+                if c.proto.in_chat() {
+                    c.push_notice("*** server shutting down");
+                }
+                if let Some(last) = c.proto.shutdown() {
+                    c.push_raw(last);
                 }
                 c.state = State::Draining(deadline);
                 if !c.in_pending {
@@ -624,7 +575,7 @@ impl Server {
 
     fn accept(&mut self, port: Port) {
         if matches!(port, Port::Line) {
-            self.accept_retry = None;
+            self.accept_stalled = false;
         }
         loop {
             let listener = match port {
@@ -655,25 +606,25 @@ impl Server {
                         );
                         self.accept_warned = Some(now);
                     }
-                    self.accept_retry = Some(now + ACCEPT_BACKOFF);
+                    self.accept_stalled = true;
+                    self.timers.push(now + ACCEPT_BACKOFF, Timer::Accept);
                     return;
                 }
+            };
+            // The listener chooses the state machine the connection starts in.
+            let now = Instant::now();
+            let proto = match port {
+                Port::Line => Proto::Line(LineSession::new(self.cfg.max_line as usize)),
+                Port::Http => Proto::Http(HttpSession::new(
+                    now + Duration::from_secs(self.cfg.http_timeout),
+                    self.cfg.max_line as usize,
+                )),
             };
             let max = self.cfg.max_clients;
             if self.conns.len() >= max as usize {
                 warn!("{peer} refused: server full ({max} clients)");
                 let text = format!("*** error: server full ({max} clients)");
-                let answer = match port {
-                    Port::Line => format!("{text}\r\n").into_bytes(),
-                    Port::Http => http::response(
-                        503,
-                        "text/plain; charset=utf-8",
-                        text.as_bytes(),
-                        false,
-                        &[],
-                    ),
-                };
-                let _ = (&sock).write(&answer);
+                let _ = (&sock).write(&conn::refusal(&proto, &text));
                 let _ = sock.shutdown(std::net::Shutdown::Write);
                 continue;
             }
@@ -697,65 +648,163 @@ impl Server {
             {
                 warn!("{peer}: cannot set TCP keepalive: {e}");
             }
-            let now = Instant::now();
             let bucket = self
                 .cfg
                 .rate
                 .map(|rate| Bucket::new(rate, self.cfg.burst.unwrap_or(rate), now));
-            let proto = match port {
-                Port::Line => Proto::Line(Framer::new(self.cfg.max_line as usize)),
-                Port::Http => {
-                    let deadline = now + Duration::from_secs(self.cfg.http_timeout);
-                    Proto::Http(Vec::new(), deadline)
-                }
-            };
             let mut conn = Conn::new(sock, peer, proto, bucket);
-            conn.serial = self.next_serial;
+            let me = ConnRef {
+                key: k,
+                serial: self.next_serial,
+            };
+            conn.serial = me.serial;
             self.next_serial += 1;
             // Data may have arrived before registration.
             conn.in_readable = true;
+            if let Some(at) = conn.proto.deadline() {
+                self.timers.push(at, Timer::Deadline(me));
+            }
+            let in_chat = conn.proto.in_chat();
             entry.insert(conn);
-            self.readable.push(k);
-            match port {
-                Port::Line => {
-                    self.track_idle(k);
-                    let (hub, mut out) = self.out();
-                    hub.connect(k, &mut out);
-                    info!("{peer} connected as {}", self.hub.name(k).unwrap_or("?"));
-                }
-                Port::Http => {
-                    debug!("{peer} web connection");
-                    self.http_waiting.push(k);
-                }
+            self.readable.push(me);
+            if in_chat {
+                self.join(k);
+            } else {
+                debug!("{peer} web connection");
             }
         }
+    }
+
+    /// The hub meets a connection: at accept, or once it has upgraded.
+    fn join(&mut self, k: usize) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.joined = true;
+        let (peer, via) = (c.peer, c.proto.joined_via());
+        self.track_idle(k);
+        let (hub, mut out) = self.out();
+        hub.connect(k, &mut out);
+        info!(
+            "{peer} connected{via} as {}",
+            self.hub.name(k).unwrap_or("?")
+        );
     }
 
     fn read_ready(&mut self) {
         let list = std::mem::take(&mut self.readable);
-        for k in list {
-            let Some(c) = self.conns.get_mut(k) else {
+        for me in list {
+            let Some(c) = self.conns.get_mut(me.key) else {
                 continue;
             };
-            c.in_readable = false;
-            match c.proto {
-                Proto::Line(_) => self.read_lines(k),
-                Proto::Http(..) => self.read_http(k),
-                Proto::Ws(_) => self.read_ws(k),
+            if c.serial != me.serial {
+                continue;
             }
+            c.in_readable = false;
+            self.read(me.key);
         }
     }
 
-    /// Takes lines from one line connection until it would block, leaves,
-    /// is throttled, or has had its share of this turn.
-    fn read_lines(&mut self, k: usize) {
+    /// Runs one connection's state machine until it would block, leaves,
+    /// is throttled, or has had its share of this turn. The lines it sent
+    /// in one go reach the hub together, so consecutive messages become one
+    /// shared buffer per recipient.
+    fn read(&mut self, k: usize) {
+        let now = Instant::now();
+        let (mut lines, mut bytes) = (0, 0);
         let mut batch = Vec::new();
-        self.take_lines(k, &mut batch);
+        while let Some(c) = self.conns.get_mut(k) {
+            if !admit(
+                c,
+                k,
+                now,
+                lines,
+                bytes,
+                &mut self.readable,
+                &mut self.timers,
+            ) {
+                break;
+            }
+            let step = c.proto.next(c.peer, c.eof);
+            // `admit` took a --rate token for a line; only lines keep it.
+            if !step.is_line()
+                && let Some(bucket) = c.bucket.as_mut()
+            {
+                bucket.refund();
+            }
+            match step {
+                Step::Line(text) => {
+                    lines += 1;
+                    batch.extend(text);
+                }
+                Step::TooLong => {
+                    lines += 1;
+                    self.deliver(k, &mut batch);
+                    self.too_long(k);
+                }
+                Step::Reply(answer) => {
+                    let (sendq, on_slow) = (self.cfg.sendq as usize, self.cfg.on_slow);
+                    match c.push_reply(answer, sendq, on_slow) {
+                        Push::TooSlow => {
+                            self.metrics.too_slow += 1;
+                            cut_off(c, k, &mut self.closing);
+                            break;
+                        }
+                        Push::First | Push::Queued => self.mark_pending(k),
+                        Push::Dropped | Push::Ignored => {}
+                    }
+                }
+                Step::Read(room) => {
+                    let room = room.min(self.scratch.len());
+                    if room == 0 {
+                        break;
+                    }
+                    match socket::read(&c.sock, &mut self.scratch[..room]) {
+                        SocketResult::Done(n) => {
+                            bytes += n;
+                            self.metrics.bytes_in += n as u64;
+                            c.proto.feed(&self.scratch[..n]);
+                            c.touch(now);
+                        }
+                        SocketResult::Closed => c.eof = true,
+                        SocketResult::WouldBlock => {
+                            c.proto.would_block();
+                            break;
+                        }
+                        SocketResult::Error(e) => {
+                            let reason = socket::reason_for(&e);
+                            mark_closing(c, k, &mut self.closing, Some(reason), false);
+                            break;
+                        }
+                    }
+                }
+                Step::Close {
+                    last,
+                    reason,
+                    graceful,
+                } => {
+                    if let Some(last) = last {
+                        c.push_raw(last);
+                    }
+                    mark_closing(c, k, &mut self.closing, reason, graceful);
+                    break;
+                }
+                Step::Upgrade(answer) => {
+                    c.push_raw(answer);
+                    c.touch(now);
+                    self.mark_pending(k);
+                    self.join(k);
+                }
+                Step::Metrics(request) => {
+                    self.serve_metrics(k, &request);
+                    break;
+                }
+            }
+        }
         self.deliver(k, &mut batch);
     }
 
-    /// The lines a connection sent in one go reach the hub together, so
-    /// consecutive messages become one shared buffer per recipient.
+    /// Hands a connection's lines to the hub.
     fn deliver(&mut self, k: usize, batch: &mut Vec<String>) {
         if batch.is_empty() {
             return;
@@ -773,77 +822,6 @@ impl Server {
         batch.clear();
     }
 
-    fn take_lines(&mut self, k: usize, batch: &mut Vec<String>) {
-        let now = Instant::now();
-        let (mut lines, mut bytes) = (0, 0);
-        loop {
-            let Some(c) = self.conns.get_mut(k) else {
-                return;
-            };
-            if !admit(
-                c,
-                k,
-                now,
-                lines,
-                bytes,
-                &mut self.readable,
-                &mut self.throttled,
-            ) {
-                return;
-            }
-            let Proto::Line(framer) = &mut c.proto else {
-                return;
-            };
-            let next = match framer.next_frame() {
-                Some(Frame::Line(raw)) => Next::Line(sanitize(raw)),
-                Some(Frame::TooLong) => Next::TooLong,
-                None if c.eof => match framer.finish() {
-                    Some(Frame::Line(raw)) => Next::Line(sanitize(raw)),
-                    _ => Next::Eof,
-                },
-                None => Next::Read,
-            };
-            if !matches!(next, Next::Line(_) | Next::TooLong)
-                && let Some(bucket) = c.bucket.as_mut()
-            {
-                bucket.refund();
-            }
-            match next {
-                Next::Line(text) => {
-                    lines += 1;
-                    batch.extend(text);
-                }
-                Next::TooLong => {
-                    lines += 1;
-                    self.deliver(k, batch);
-                    self.too_long(k);
-                }
-                Next::Eof => {
-                    mark_closing(c, k, &mut self.closing, None, true);
-                    return;
-                }
-                Next::Read => match c.sock.read(&mut self.scratch) {
-                    Ok(0) => c.eof = true,
-                    Ok(n) => {
-                        bytes += n;
-                        self.metrics.bytes_in += n as u64;
-                        framer.feed(&self.scratch[..n]);
-                        c.touch(now);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        framer.release_if_empty();
-                        return;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        mark_closing(c, k, &mut self.closing, Some(reason_for(&e)), false);
-                        return;
-                    }
-                },
-            }
-        }
-    }
-
     fn too_long(&mut self, k: usize) {
         let max = self.cfg.max_line;
         if let Some(c) = self.conns.get(k) {
@@ -851,99 +829,6 @@ impl Server {
         }
         let msg = Msg::new(&format!("*** error: line too long (max {max} bytes)"));
         self.out().1.send(k, &msg);
-    }
-
-    /// The web port: collect a request head (at most `http::MAX_HEAD` bytes,
-    /// within --http-timeout), answer it, and either close or become a
-    /// WebSocket.
-    fn read_http(&mut self, k: usize) {
-        loop {
-            let Some(c) = self.conns.get_mut(k) else {
-                return;
-            };
-            if c.state != State::Open {
-                return;
-            }
-            let Proto::Http(buf, _) = &mut c.proto else {
-                return;
-            };
-            match http::parse_head(buf) {
-                Head::Incomplete => {
-                    let room = (http::MAX_HEAD + 1).saturating_sub(buf.len()).max(1);
-                    match c.sock.read(&mut self.scratch[..room]) {
-                        Ok(0) => {
-                            debug!("{} closed before its request was complete", c.peer);
-                            self.end_http(k);
-                            return;
-                        }
-                        Ok(n) => {
-                            self.metrics.bytes_in += n as u64;
-                            buf.extend_from_slice(&self.scratch[..n]);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            self.remove(k);
-                            return;
-                        }
-                    }
-                }
-                Head::Invalid(e) => {
-                    debug!("{} bad request: {e:?}", c.peer);
-                    c.push_raw(e.response());
-                    self.end_http(k);
-                    return;
-                }
-                Head::Complete { request, len } => {
-                    if request.path == "/metrics" {
-                        return self.serve_metrics(k, &request);
-                    }
-                    let early = buf[len..].to_vec();
-                    let route = http::route(&request);
-                    debug!(
-                        "{} {} {} -> {route:?}",
-                        c.peer, request.method, request.path
-                    );
-                    c.push_raw(route.response(request.is_head()));
-                    if route.after() == After::Close {
-                        self.end_http(k);
-                        return;
-                    }
-                    let mut dec =
-                        Decoder::new(self.cfg.max_line as usize).with_oversize(Oversize::Skip);
-                    // A client may send its first frames right behind the
-                    // head; they belong to the WebSocket. A browser waits
-                    // for the 101, so more than fits is not to be expected.
-                    if dec.feed(&early) < early.len() {
-                        warn!(
-                            "{} sent more than a message before the handshake completed",
-                            c.peer
-                        );
-                    }
-                    c.proto = Proto::Ws(Box::new(dec));
-                    c.touch(Instant::now());
-                    let peer = c.peer;
-                    self.mark_pending(k);
-                    self.track_idle(k);
-                    let (hub, mut out) = self.out();
-                    hub.connect(k, &mut out);
-                    info!(
-                        "{peer} connected over WebSocket as {}",
-                        self.hub.name(k).unwrap_or("?")
-                    );
-                    return self.read_ws(k);
-                }
-            }
-        }
-    }
-
-    /// A web connection that will not become a WebSocket: flush, close.
-    fn end_http(&mut self, k: usize) {
-        if let Some(c) = self.conns.get_mut(k) {
-            c.state = State::Draining(Instant::now() + Duration::from_secs(DRAIN_SECS));
-            self.draining.push(k);
-            self.mark_pending(k);
-        }
     }
 
     fn mark_pending(&mut self, k: usize) {
@@ -955,114 +840,19 @@ impl Server {
         }
     }
 
-    /// A browser: decode frames into lines for the hub, answer pings, close
-    /// cleanly; same budgets and rate limit as line clients.
-    fn read_ws(&mut self, k: usize) {
-        let mut batch = Vec::new();
-        self.take_ws(k, &mut batch);
-        self.deliver(k, &mut batch);
-    }
-
-    fn take_ws(&mut self, k: usize, batch: &mut Vec<String>) {
-        let now = Instant::now();
-        let (mut lines, mut bytes) = (0, 0);
-        loop {
-            let Some(c) = self.conns.get_mut(k) else {
-                return;
-            };
-            if !admit(
-                c,
-                k,
-                now,
-                lines,
-                bytes,
-                &mut self.readable,
-                &mut self.throttled,
-            ) {
-                return;
-            }
-            // One message is meant to be one line; CR or LF inside it must
-            // not smuggle extra lines past --rate or this turn's budget, so
-            // each piece is a line of its own, taken one at a time (the
-            // token `admit` took pays for it).
-            if let Some((text, at)) = c.held.as_mut() {
-                if let Some((piece, next)) = ws::next_line(text, *at) {
-                    let line = sanitize(piece.as_bytes());
-                    *at = next;
-                    lines += 1;
-                    batch.extend(line);
-                    continue;
-                }
-                c.held = None;
-            }
-            let Proto::Ws(dec) = &mut c.proto else { return };
-            let event = dec.next_event();
-            // Only the error line costs a token here; a text message's lines
-            // pay for themselves above.
-            if !matches!(event, Ok(Some(Event::TooLong)))
-                && let Some(bucket) = c.bucket.as_mut()
-            {
-                bucket.refund();
-            }
-            match event {
-                Ok(Some(Event::Text(text))) => c.held = Some((text, 0)),
-                Ok(Some(Event::TooLong)) => {
-                    lines += 1;
-                    self.deliver(k, batch);
-                    self.too_long(k);
-                }
-                Ok(Some(Event::Ping(payload))) => {
-                    let (sendq, on_slow) = (self.cfg.sendq as usize, self.cfg.on_slow);
-                    match c.push_reply(ws::pong_frame(&payload), sendq, on_slow) {
-                        Push::TooSlow => {
-                            self.metrics.too_slow += 1;
-                            cut_off(c, k, &mut self.closing);
-                            return;
-                        }
-                        Push::First | Push::Queued => self.mark_pending(k),
-                        Push::Dropped | Push::Ignored => {}
-                    }
-                }
-                Ok(Some(Event::Pong)) => {}
-                Ok(Some(Event::Close { code, .. })) => {
-                    c.push_raw(ws::close_reply(code));
-                    mark_closing(c, k, &mut self.closing, None, true);
-                    return;
-                }
-                Err(violation) => {
-                    warn!("{} WebSocket error: {violation}", c.peer);
-                    c.push_raw(violation.close_frame());
-                    let reason = format!("websocket error: {}", violation.reason);
-                    mark_closing(c, k, &mut self.closing, Some(reason), true);
-                    return;
-                }
-                Ok(None) if c.eof => {
-                    mark_closing(c, k, &mut self.closing, None, true);
-                    return;
-                }
-                Ok(None) => {
-                    let room = dec.room().min(READ_CHUNK);
-                    if room == 0 {
-                        return;
-                    }
-                    match c.sock.read(&mut self.scratch[..room]) {
-                        Ok(0) => c.eof = true,
-                        Ok(n) => {
-                            bytes += n;
-                            self.metrics.bytes_in += n as u64;
-                            dec.feed(&self.scratch[..n]);
-                            c.touch(now);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            mark_closing(c, k, &mut self.closing, Some(reason_for(&e)), false);
-                            return;
-                        }
-                    }
-                }
-            }
-        }
+    /// Out of the chat: flush what is queued, within DRAIN_SECS.
+    fn drain(&mut self, k: usize) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
+        c.state = State::Draining(deadline);
+        let me = ConnRef {
+            key: k,
+            serial: c.serial,
+        };
+        self.timers.push(deadline, Timer::Drain(me));
+        self.mark_pending(k);
     }
 
     /// Tells the hub who left, then flushes; flushing can find more dead
@@ -1089,35 +879,24 @@ impl Server {
             return;
         };
         let reason = c.reason.take();
-        let (peer, graceful) = (c.peer, c.graceful);
-        let name = self.hub.name(k).unwrap_or("?").to_string();
-        match &reason {
-            Some(r) => info!("{peer} {name} left ({r})"),
-            None => info!("{peer} {name} left"),
+        let (peer, graceful, joined) = (c.peer, c.graceful, c.joined);
+        if joined {
+            let name = self.hub.name(k).unwrap_or("?").to_string();
+            match &reason {
+                Some(r) => info!("{peer} {name} left ({r})"),
+                None => info!("{peer} {name} left"),
+            }
+            let (hub, mut out) = self.out();
+            hub.disconnect(k, reason.as_deref(), &mut out);
         }
-        let (hub, mut out) = self.out();
-        hub.disconnect(k, reason.as_deref(), &mut out);
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
         if graceful {
-            // A WebSocket must end with a close frame, or the browser sees an
-            // abnormal closure (1006) after /quit. Not when one is already
-            // queued: the reply to the peer's close, or a violation's.
-            if let Proto::Ws(dec) = &c.proto
-                && !dec.is_finished()
-            {
-                c.push_raw(ws::close_frame(
-                    Some(ws::NORMAL),
-                    reason.as_deref().unwrap_or(""),
-                ));
+            if let Some(last) = c.proto.goodbye(reason.as_deref().unwrap_or("")) {
+                c.push_raw(last);
             }
-            c.state = State::Draining(Instant::now() + Duration::from_secs(DRAIN_SECS));
-            self.draining.push(k);
-            if !c.in_pending {
-                c.in_pending = true;
-                self.pending.push(k);
-            }
+            self.drain(k);
         } else {
             self.remove(k);
         }
@@ -1128,6 +907,9 @@ impl Server {
             return;
         };
         c.in_pending = false;
+        if c.state == State::Gone {
+            return;
+        }
         let sent = c.sent();
         let result = c.flush();
         self.metrics.bytes_out += c.sent() - sent;
@@ -1135,7 +917,7 @@ impl Server {
         // as Redis installs a write handler only for clients it could not
         // drain: with it always on, every ACK to every busy recipient
         // would wake the loop for nothing.
-        let stuck = matches!(result, Ok(false));
+        let stuck = matches!(result, SocketResult::WouldBlock);
         if stuck != c.want_write {
             let interest = if stuck {
                 Interest::READABLE | Interest::WRITABLE
@@ -1152,77 +934,109 @@ impl Server {
             c.want_write = stuck;
         }
         match result {
-            Ok(true) if matches!(c.state, State::Draining(_)) => self.remove(k),
-            Ok(_) => {}
-            Err(e) => {
-                let reason = reason_for(&e);
+            SocketResult::Done(_) if matches!(c.state, State::Draining(_)) => self.remove(k),
+            SocketResult::Done(_) | SocketResult::WouldBlock => {}
+            SocketResult::Closed | SocketResult::Error(_) => {
+                let reason = match result {
+                    SocketResult::Error(e) => socket::reason_for(&e),
+                    _ => "connection reset".into(),
+                };
                 match c.state {
                     State::Open => {
                         c.discard_output();
                         mark_closing(c, k, &mut self.closing, Some(reason), false);
                     }
                     State::Draining(_) => self.remove(k),
-                    State::Closing => {}
+                    State::Closing | State::Gone => {}
                 }
             }
         }
     }
 
+    /// Done with a connection: it is marked gone, and the sweep at the end
+    /// of the turn frees it.
     fn remove(&mut self, k: usize) {
-        if let Some(mut c) = self.conns.try_remove(k) {
-            let _ = self.poll.registry().deregister(&mut c.sock);
-            // A descriptor is free again: if accepting had stalled, try now.
-            if self.accept_retry.is_some() {
-                self.accept_retry = Some(Instant::now());
+        if let Some(c) = self.conns.get_mut(k)
+            && c.state != State::Gone
+        {
+            c.state = State::Gone;
+            self.gone.push(k);
+        }
+    }
+
+    /// Frees the connections that are gone: the only place slab entries
+    /// are freed.
+    fn sweep(&mut self) {
+        if self.gone.is_empty() {
+            return;
+        }
+        for k in std::mem::take(&mut self.gone) {
+            if let Some(mut c) = self.conns.try_remove(k) {
+                let _ = self.poll.registry().deregister(&mut c.sock);
             }
         }
+        // A descriptor is free again: if accepting had stalled, try now.
+        if self.accept_stalled {
+            self.timers.push(Instant::now(), Timer::Accept);
+        }
+        // Departures are what leave timers behind (an HTTP head's deadline,
+        // an idle check): drop them once they pile up.
+        let conns = &self.conns;
+        self.timers.compact(conns.len(), |me| {
+            conns.get(me.key).is_some_and(|c| c.serial == me.serial)
+        });
     }
 
     fn timers(&mut self) {
         let now = Instant::now();
-        let mut i = 0;
-        while i < self.throttled.len() {
-            let (t, k) = self.throttled[i];
-            if t <= now {
-                self.throttled.swap_remove(i);
-                // One entry per pause (see `admit`): counted as it ends.
-                self.metrics.rate_limited += 1;
-                if let Some(c) = self.conns.get_mut(k) {
-                    c.throttled = false;
-                    if !c.in_readable {
-                        c.in_readable = true;
-                        self.readable.push(k);
+        let mut accept = false;
+        let mut acted = false;
+        let limit = self.cfg.idle_timeout();
+        while let Some(timer) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Accept => accept = self.accept_stalled,
+                Timer::Wake(me) => {
+                    // One timer per pause (see `admit`): counted as it ends.
+                    self.metrics.rate_limited += 1;
+                    if let Some(c) = live(&mut self.conns, me) {
+                        c.throttled = false;
+                        if !c.in_readable {
+                            c.in_readable = true;
+                            self.readable.push(me);
+                        }
                     }
                 }
-            } else {
-                i += 1;
-            }
-        }
-        let draining = std::mem::take(&mut self.draining);
-        for k in draining {
-            match self.conns.get(k).map(|c| c.state) {
-                Some(State::Draining(t)) if t <= now => {
-                    debug!("{k}: drain deadline passed");
-                    self.remove(k);
+                Timer::Drain(me) => {
+                    if let Some(c) = live(&mut self.conns, me)
+                        && matches!(c.state, State::Draining(t) if t <= now)
+                    {
+                        debug!("{}: drain deadline passed", me.key);
+                        self.remove(me.key);
+                    }
                 }
-                Some(State::Draining(_)) => self.draining.push(k),
-                _ => {}
-            }
-        }
-        let waiting = std::mem::take(&mut self.http_waiting);
-        for k in waiting {
-            // Only while the head is still being read: an answer being
-            // flushed is bounded by its drain deadline instead.
-            match self.conns.get(k).map(|c| (&c.proto, c.state, c.peer)) {
-                Some((Proto::Http(_, t), State::Open, peer)) if *t <= now => {
-                    info!("{peer} closed: no complete request within --http-timeout");
-                    self.remove(k);
+                Timer::Deadline(me) => {
+                    // Only while the protocol's deadline still applies and
+                    // the connection is open: an answer being flushed is
+                    // bounded by its drain deadline instead.
+                    if let Some(c) = live(&mut self.conns, me)
+                        && c.state == State::Open
+                        && let Some(why) = c.proto.expired(now)
+                    {
+                        info!("{} closed: {why}", c.peer);
+                        self.remove(me.key);
+                    }
                 }
-                Some((Proto::Http(..), State::Open, _)) => self.http_waiting.push(k),
-                _ => {}
+                Timer::Idle(me) => {
+                    if let Some(limit) = limit {
+                        acted |= self.idle_check(me, limit, now);
+                    }
+                }
             }
         }
-        if self.accept_retry.is_some_and(|t| t <= now) {
+        if acted {
+            self.settle();
+        }
+        if accept {
             self.accept(Port::Line);
             self.accept(Port::Http);
             self.settle();
@@ -1230,7 +1044,6 @@ impl Server {
         if now >= self.metrics.next_tick() {
             self.metrics.tick(now);
         }
-        self.idle_check(now);
     }
 
     /// Puts a connection that just entered the chat under --idle-timeout.
@@ -1238,65 +1051,59 @@ impl Server {
         let (Some(limit), Some(c)) = (self.cfg.idle_timeout(), self.conns.get(k)) else {
             return;
         };
-        if let Action::Wait(at) | Action::Ping(at) =
-            idle::decide(c.last_active, c.pinged, c.is_ws(), limit, Instant::now())
-        {
-            self.idle.push(at, k, c.serial);
-        }
-        let conns = &self.conns;
-        self.idle.compact(conns.len(), |k, serial| {
-            conns.get(k).is_some_and(|c| c.serial == serial)
-        });
-    }
-
-    /// --idle-timeout: pings and closes whatever has come due. See idle.rs.
-    fn idle_check(&mut self, now: Instant) {
-        let Some(limit) = self.cfg.idle_timeout() else {
-            return;
+        let me = ConnRef {
+            key: k,
+            serial: c.serial,
         };
-        let mut acted = false;
-        while let Some((k, serial)) = self.idle.pop_due(now) {
-            let Some(c) = self.conns.get_mut(k) else {
-                continue;
-            };
-            if c.serial != serial || c.state != State::Open {
-                continue;
-            }
-            match idle::decide(c.last_active, c.pinged, c.is_ws(), limit, now) {
-                Action::Wait(at) => self.idle.push(at, k, serial),
-                Action::Ping(at) => {
-                    c.pinged = true;
-                    c.push_raw(ws::ping_frame(b"chatd"));
-                    self.idle.push(at, k, serial);
-                    self.mark_pending(k);
-                    acted = true;
-                }
-                Action::Close => {
-                    info!("{} closed: idle for {limit:?}", c.peer);
-                    self.metrics.idle_closed += 1;
-                    c.push_notice("*** idle for too long");
-                    // leave() ends a WebSocket with a close frame giving
-                    // the reason.
-                    mark_closing(c, k, &mut self.closing, Some("idle".into()), true);
-                    acted = true;
-                }
-            }
-        }
-        if acted {
-            self.settle();
+        if let Action::Wait(at) | Action::Ping(at) = idle::decide(
+            c.last_active,
+            c.pinged,
+            c.proto.pings(),
+            limit,
+            Instant::now(),
+        ) {
+            self.timers.push(at, Timer::Idle(me));
         }
     }
 
-    /// `GET /metrics` on the web port: the answer, then close.
-    fn serve_metrics(&mut self, k: usize, request: &Request) {
-        let (mut line_clients, mut ws_clients) = (0, 0);
-        for (_, c) in &self.conns {
-            match (&c.proto, c.state) {
-                (Proto::Line(_), State::Open) => line_clients += 1,
-                (Proto::Ws(_), State::Open) => ws_clients += 1,
-                _ => {}
+    /// --idle-timeout: pings or closes a connection whose entry came up, or
+    /// puts it back for later. See idle.rs. True if it queued something.
+    fn idle_check(&mut self, me: ConnRef, limit: Duration, now: Instant) -> bool {
+        let Some(c) = live(&mut self.conns, me) else {
+            return false;
+        };
+        if c.state != State::Open {
+            return false;
+        }
+        match idle::decide(c.last_active, c.pinged, c.proto.pings(), limit, now) {
+            Action::Wait(at) => {
+                self.timers.push(at, Timer::Idle(me));
+                false
+            }
+            Action::Ping(at) => {
+                c.pinged = true;
+                if let Some(ping) = c.proto.ping() {
+                    c.push_raw(ping);
+                }
+                self.timers.push(at, Timer::Idle(me));
+                self.mark_pending(me.key);
+                true
+            }
+            Action::Close => {
+                info!("{} closed: idle for {limit:?}", c.peer);
+                self.metrics.idle_closed += 1;
+                c.push_notice("*** idle for too long");
+                // leave() ends it with the protocol's goodbye (a WebSocket
+                // close frame giving the reason).
+                mark_closing(c, me.key, &mut self.closing, Some("idle".into()), true);
+                true
             }
         }
+    }
+
+    /// The `/metrics` route: the server's numbers, then close.
+    fn serve_metrics(&mut self, k: usize, request: &Request) {
+        let (line_clients, ws_clients) = conn::census(self.conns.iter().map(|(_, c)| c));
         let scrape = Scrape {
             node_id: &self.cfg.node_id,
             metrics: &self.metrics,
@@ -1322,7 +1129,7 @@ impl Server {
         if let Some(c) = self.conns.get_mut(k) {
             debug!("{} {} /metrics", c.peer, request.method);
             c.push_raw(answer);
+            mark_closing(c, k, &mut self.closing, None, true);
         }
-        self.end_http(k);
     }
 }

@@ -6,24 +6,22 @@
 //! reserved bits, control-frame rules, fragmentation order, UTF-8 and the
 //! message size limit, each mapped to the close code RFC 6455 7.4.1 names.
 //!
-//! How the reactor drives it, per readable WebSocket connection:
+//! How a connection drives it (conn/ws.rs, one step at a time so the
+//! reactor can stop between lines for --rate and its per-turn budget):
 //!
 //! ```text
 //! loop {
-//!     let n = socket.read(&mut scratch[..dec.room().min(scratch.len())])?;  // or feed a slice:
-//!     let mut rest = &scratch[..n];                                         //   feed takes what fits
-//!     while !rest.is_empty() {
-//!         rest = &rest[dec.feed(rest)..];
-//!         loop {
-//!             match dec.next_event() {
-//!                 Ok(Some(Event::Text(line))) => for l in lines(&line) { hub.input(l) },
-//!                 Ok(Some(Event::Ping(p))) => queue(pong_frame(&p)),
-//!                 Ok(Some(Event::Pong)) => {}
-//!                 Ok(Some(Event::TooLong)) => queue(line_frame(b"*** error: line too long ...")),
-//!                 Ok(Some(Event::Close { code, .. })) => { queue(close_reply(code)); close after flush }
-//!                 Ok(None) => break,
-//!                 Err(v) => { queue(v.close_frame()); close after flush }
-//!             }
+//!     match dec.next_event() {
+//!         Ok(Some(Event::Text(msg))) => for line in lines(&msg) { hand(line) }, // one step each
+//!         Ok(Some(Event::Ping(p))) => queue(pong_frame(&p)),                    // under --sendq
+//!         Ok(Some(Event::Pong)) => {}
+//!         Ok(Some(Event::TooLong)) => tell_the_client("*** error: line too long ..."),
+//!         Ok(Some(Event::Close { code, .. })) => { queue(close_reply(code)); close after flush }
+//!         Err(v) => { queue(v.close_frame()); close after flush }
+//!         Ok(None) if peer_hung_up => close,
+//!         Ok(None) => {
+//!             let n = socket.read(&mut scratch[..dec.room().min(scratch.len())])?;
+//!             dec.feed(&scratch[..n]);                                         // takes all of it
 //!         }
 //!     }
 //! }

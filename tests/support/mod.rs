@@ -366,3 +366,4 @@ pub fn vm_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
+pub mod cluster;

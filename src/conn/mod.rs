@@ -1,38 +1,253 @@
-//! One client connection: its socket, its input framer, its output queue
-//! and the limits that keep one client from hurting the others.
+//! One client connection: its socket, its protocol's state machine, its
+//! output queue and the limits that keep one client from hurting the others.
+//!
+//! Each protocol is a state machine of its own ([`line`], [`http`], [`ws`]),
+//! held in [`Proto`] and driven through one interface: the reactor asks
+//! [`Proto::next`] what happened, and the answer is a [`Step`] — a line for
+//! the hub, bytes to queue, a wish to read (how much), a close with its
+//! reason and last bytes, or an upgrade. The machines never touch a socket
+//! or a clock; an HTTP connection becomes a WebSocket by moving its state
+//! into the next machine (sozu's upgrade by `take()`), keeping its socket,
+//! slab key and output queue. Adding a transport is adding a variant here.
 
+pub mod http;
+pub mod line;
+pub mod ws;
+
+pub use crate::config::ENTRY_OVERHEAD;
 use crate::config::{MAX_IOVECS, OnSlow};
-use crate::line::Framer;
+use crate::http::Request;
 use crate::msg::Msg;
-use crate::ws;
+use crate::socket::{self, SocketResult};
 use mio::net::TcpStream;
 use socket2::{SockRef, TcpKeepalive};
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+pub use self::http::HttpSession;
+pub use self::line::LineSession;
+pub use self::ws::WsSession;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    /// In the chat: read from, written to.
+    /// Read from, written to.
     Open,
-    /// Marked to leave; the sweep after this batch of events tells the hub.
+    /// Marked to leave; the settle after this batch of events tells the hub.
     Closing,
     /// Out of the chat; flushing what is queued until the deadline.
     Draining(Instant),
+    /// Done with: the sweep at the end of the turn frees it. Nothing reads,
+    /// writes or queues to it meanwhile.
+    Gone,
 }
 
-/// What the connection speaks; an HTTP connection becomes a WebSocket by
-/// replacing this, keeping its socket, slab key and queue.
+/// What a protocol's state machine says happened, one step at a time, so
+/// the reactor can stop between lines (rate limit, per-turn budget)
+/// without losing anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A line for the hub; `None` when nothing was left after cleaning (it
+    /// still counts against --rate and the budget).
+    Line(Option<String>),
+    /// A line (or message) over --max-line was dropped: tell the client.
+    TooLong,
+    /// An answer to something the peer sent (a pong), queued under the
+    /// --sendq policy like a chat line.
+    Reply(Vec<u8>),
+    /// Wants bytes from the socket, at most this many; 0: none until what
+    /// it holds is used up.
+    Read(usize),
+    /// Leave, after queueing `last` (an HTTP answer, a close frame):
+    /// graceful lets queued output drain first.
+    Close {
+        last: Option<Vec<u8>>,
+        reason: Option<String>,
+        graceful: bool,
+    },
+    /// The connection now speaks another protocol and joins the chat,
+    /// once `answer` (the 101) is queued.
+    Upgrade(Vec<u8>),
+    /// The `/metrics` route: answer with the server's numbers, then close.
+    Metrics(Request),
+}
+
+impl Step {
+    /// Whether this step used the --rate token taken for it.
+    pub fn is_line(&self) -> bool {
+        matches!(self, Step::Line(_) | Step::TooLong)
+    }
+}
+
+/// What the connection speaks: one state machine per protocol.
 pub enum Proto {
     /// telnet / nc: LF-terminated lines.
-    Line(Framer),
-    /// The web port before the request head is complete: the bytes so far
-    /// (at most `http::MAX_HEAD`) and when the client must be done sending it.
-    Http(Vec<u8>, Instant),
+    Line(LineSession),
+    /// The web port until its request head is answered.
+    Http(HttpSession),
     /// A browser after the upgrade.
-    Ws(Box<ws::Decoder>),
+    Ws(Box<WsSession>),
+}
+
+/// Which clients the metrics count, by transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Line,
+    WebSocket,
+}
+
+/// How a chat line shared among recipients is put on this connection's wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// The line and its CRLF.
+    Wire,
+    /// One WebSocket text frame.
+    WsFrame,
+}
+
+impl Proto {
+    /// The next thing that happened, from the bytes fed so far; `eof` once
+    /// the peer has finished sending.
+    pub fn next(&mut self, peer: SocketAddr, eof: bool) -> Step {
+        match self {
+            Proto::Line(s) => s.next(eof),
+            Proto::Ws(s) => s.next(peer, eof),
+            Proto::Http(s) => match s.next(peer, eof) {
+                http::Answered::No(step) => step,
+                http::Answered::Upgrade(answer, early) => {
+                    *self = Proto::Ws(Box::new(s.upgrade(peer, &early)));
+                    Step::Upgrade(answer)
+                }
+            },
+        }
+    }
+
+    /// Bytes read from the socket, no more than the last `Step::Read` asked.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        match self {
+            Proto::Line(s) => s.feed(bytes),
+            Proto::Http(s) => s.feed(bytes),
+            Proto::Ws(s) => {
+                s.feed(bytes);
+            }
+        }
+    }
+
+    /// The socket has nothing more for now.
+    pub fn would_block(&mut self) {
+        if let Proto::Line(s) = self {
+            s.would_block();
+        }
+    }
+
+    /// In the chat from the start (the hub is told at accept), rather than
+    /// after an upgrade.
+    pub fn in_chat(&self) -> bool {
+        !matches!(self, Proto::Http(_))
+    }
+
+    /// For the log line that says a client arrived.
+    pub fn joined_via(&self) -> &'static str {
+        match self {
+            Proto::Ws(_) => " over WebSocket",
+            _ => "",
+        }
+    }
+
+    pub fn transport(&self) -> Option<Transport> {
+        match self {
+            Proto::Line(_) => Some(Transport::Line),
+            Proto::Ws(_) => Some(Transport::WebSocket),
+            Proto::Http(_) => None,
+        }
+    }
+
+    /// A deadline of the protocol's own (an HTTP head within
+    /// --http-timeout), while it applies.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Proto::Http(s) => s.deadline(),
+            _ => None,
+        }
+    }
+
+    /// Why the connection is closed at its deadline, if it has passed and
+    /// still applies.
+    pub fn expired(&self, now: Instant) -> Option<&'static str> {
+        self.deadline()
+            .filter(|&t| t <= now)
+            .map(|_| "no complete request within --http-timeout")
+    }
+
+    /// Whether a quiet client is pinged before --idle-timeout closes it.
+    pub fn pings(&self) -> bool {
+        matches!(self, Proto::Ws(_))
+    }
+
+    /// The keep-alive ping for a quiet client, if the protocol has one.
+    pub fn ping(&self) -> Option<Vec<u8>> {
+        self.pings().then(|| crate::ws::ping_frame(b"chatd"))
+    }
+
+    /// The last bytes after the chat's goodbye when the client leaves
+    /// gracefully (quit, idle): a WebSocket's close frame.
+    pub fn goodbye(&self, reason: &str) -> Option<Vec<u8>> {
+        match self {
+            Proto::Ws(s) => s.goodbye(reason),
+            _ => None,
+        }
+    }
+
+    /// The last bytes when the server shuts down.
+    pub fn shutdown(&self) -> Option<Vec<u8>> {
+        self.pings()
+            .then(|| crate::ws::close_frame(Some(crate::ws::GOING_AWAY), "server shutting down"))
+    }
+
+    /// The last bytes when the client is cut off for being too slow,
+    /// written straight to the socket (best effort) in place of its queue.
+    pub fn cut_off(&self) -> Option<Vec<u8>> {
+        self.pings()
+            .then(|| crate::ws::close_frame(Some(crate::ws::POLICY), "too slow"))
+    }
+
+    fn encoding(&self) -> Encoding {
+        match self {
+            Proto::Ws(_) => Encoding::WsFrame,
+            _ => Encoding::Wire,
+        }
+    }
+}
+
+/// Counts the clients in the chat by transport, for `/metrics`:
+/// (line, WebSocket).
+pub fn census<'a>(conns: impl Iterator<Item = &'a Conn>) -> (u64, u64) {
+    let (mut line, mut ws) = (0, 0);
+    for c in conns.filter(|c| c.state == State::Open) {
+        match c.proto.transport() {
+            Some(Transport::Line) => line += 1,
+            Some(Transport::WebSocket) => ws += 1,
+            None => {}
+        }
+    }
+    (line, ws)
+}
+
+/// The answer to a client refused because the server is full, as its
+/// listener's protocol speaks.
+pub fn refusal(proto: &Proto, text: &str) -> Vec<u8> {
+    match proto {
+        Proto::Http(_) => crate::http::response(
+            503,
+            "text/plain; charset=utf-8",
+            text.as_bytes(),
+            false,
+            &[],
+        ),
+        _ => format!("{text}\r\n").into_bytes(),
+    }
 }
 
 /// One entry of the output queue: a chat line shared with other
@@ -61,9 +276,15 @@ enum Item {
 /// Together 160 bytes: a 1-byte private message (`*bob* x`, 9 bytes on
 /// the wire with its CRLF) is charged 169 bytes; it occupies 16 × 1 to 4
 /// for the slot, 64 for the `Rc<Msg>` and 32 for the buffer: 112 to 160.
-pub const ENTRY_OVERHEAD: usize = SLOTS_PER_ENTRY * size_of::<Item>()
-    + malloc_chunk(2 * size_of::<usize>() + size_of::<Msg>())
-    + 32;
+///
+/// The figure lives in config.rs with the other bounds (--sendq's minimum
+/// depends on it); this proves it against the layout at compile time.
+const _: () = assert!(
+    ENTRY_OVERHEAD
+        == SLOTS_PER_ENTRY * size_of::<Item>()
+            + malloc_chunk(2 * size_of::<usize>() + size_of::<Msg>())
+            + 32
+);
 
 /// Queue slots allocated per queued entry at most (see `shrink_queue`).
 const SLOTS_PER_ENTRY: usize = 4;
@@ -96,6 +317,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     pub proto: Proto,
     pub state: State,
+    /// The hub knows it (it joined the chat): the hub is told when it leaves.
+    pub joined: bool,
     /// Why it leaves, for the room and the log; None for a plain EOF.
     pub reason: Option<String>,
     /// Whether leaving lets queued output drain first (quit, EOF) or not
@@ -108,21 +331,16 @@ pub struct Conn {
     /// The peer shut down its write side; once its lines are taken, close.
     pub eof: bool,
     pub bucket: Option<Bucket>,
-    /// Out of budget, on the reactor's timer list: not read until woken
-    /// (one entry per wait, however many readable events arrive meanwhile).
+    /// Out of budget, waiting for its timer: not read until woken (one
+    /// timer per wait, however many readable events arrive meanwhile).
     pub throttled: bool,
     /// Registered for writable events: only while a flush left output
     /// behind.
     pub want_write: bool,
-    /// A WebSocket text message with several lines in it, and how far its
-    /// lines have been taken: each is a line of its own under --rate and the
-    /// per-turn budget, as in line mode. At most --max-line bytes; nothing
-    /// more is decoded until it is used up.
-    pub held: Option<(String, usize)>,
     pub since: Instant,
     /// When bytes last arrived from the peer (--idle-timeout).
     pub last_active: Instant,
-    /// A WebSocket ping went out since `last_active` (--idle-timeout).
+    /// A keep-alive ping went out since `last_active` (--idle-timeout).
     pub pinged: bool,
     /// Tells this connection from an earlier one under the same slab key, so
     /// a timer set for the earlier one cannot fire on it.
@@ -148,6 +366,7 @@ impl Conn {
             peer,
             proto,
             state: State::Open,
+            joined: false,
             reason: None,
             graceful: true,
             in_readable: false,
@@ -156,7 +375,6 @@ impl Conn {
             bucket,
             throttled: false,
             want_write: false,
-            held: None,
             since: now,
             last_active: now,
             pinged: false,
@@ -198,15 +416,11 @@ impl Conn {
         self.pinged = false;
     }
 
-    pub fn is_ws(&self) -> bool {
-        matches!(self.proto, Proto::Ws(_))
-    }
-
     /// The bytes this connection sends for `item`.
     fn bytes<'a>(&self, item: &'a Item) -> &'a [u8] {
-        match (item, &self.proto) {
-            (Item::Shared(msg), Proto::Ws(_)) => msg.ws_frame(),
-            (Item::Shared(msg), _) => msg.wire(),
+        match (item, self.proto.encoding()) {
+            (Item::Shared(msg), Encoding::WsFrame) => msg.ws_frame(),
+            (Item::Shared(msg), Encoding::Wire) => msg.wire(),
             (Item::Own(bytes), _) => bytes,
         }
     }
@@ -241,9 +455,9 @@ impl Conn {
     }
 
     fn bytes_of(&self, msg: &Rc<Msg>) -> usize {
-        match self.proto {
-            Proto::Ws(_) => msg.ws_frame().len(),
-            _ => msg.wire().len(),
+        match self.proto.encoding() {
+            Encoding::WsFrame => msg.ws_frame().len(),
+            Encoding::Wire => msg.wire().len(),
         }
     }
 
@@ -306,8 +520,8 @@ impl Conn {
 
     /// Writes as much of the queue as the socket takes, in as few syscalls
     /// as possible: one writev carries up to MAX_IOVECS queued lines.
-    /// Ok(true) when the queue is empty.
-    pub fn flush(&mut self) -> io::Result<bool> {
+    /// Done when the queue is empty, WouldBlock when the socket is full.
+    pub fn flush(&mut self) -> SocketResult {
         loop {
             if self.out.is_empty() {
                 if self.dropped > 0 && self.state == State::Open {
@@ -317,7 +531,7 @@ impl Conn {
                     continue;
                 }
                 self.warned = false;
-                return Ok(true);
+                return SocketResult::Done(0);
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
@@ -326,12 +540,9 @@ impl Conn {
                 iov[i] = IoSlice::new(if i == 0 { &bytes[self.head..] } else { bytes });
                 n += 1;
             }
-            match (&self.sock).write_vectored(&iov[..n]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => self.advance(written),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match socket::write(&self.sock, &iov[..n]) {
+                SocketResult::Done(written) => self.advance(written),
+                other => return other,
             }
         }
     }
@@ -426,18 +637,6 @@ pub fn set_keepalive(sock: &TcpStream, idle: Duration) -> io::Result<()> {
 /// Unanswered keepalive probes before a peer counts as gone.
 pub const KEEPALIVE_PROBES: u32 = 3;
 
-/// One place decides what a socket error means for the room.
-pub fn reason_for(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::WriteZero => "connection reset".into(),
-        io::ErrorKind::TimedOut | io::ErrorKind::HostUnreachable => "connection lost".into(),
-        _ => format!("error: {e}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,7 +668,7 @@ mod tests {
         let mut c = Conn::new(
             TcpStream::from_std(sock),
             peer,
-            Proto::Http(Vec::new(), Instant::now()),
+            Proto::Http(HttpSession::new(Instant::now(), 100)),
             None,
         );
         c.push_raw(b"first".to_vec());
@@ -492,7 +691,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let peer = sock.local_addr().unwrap();
-        let proto = Proto::Http(Vec::new(), Instant::now());
+        let proto = Proto::Http(HttpSession::new(Instant::now(), 100));
         let mut c = Conn::new(TcpStream::from_std(sock), peer, proto, None);
         // Two replies of 60 and 40 bytes fill it exactly, bookkeeping included.
         let sendq = 100 + 2 * ENTRY_OVERHEAD;
@@ -531,7 +730,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let peer = sock.local_addr().unwrap();
-        let proto = Proto::Line(crate::line::Framer::new(100));
+        let proto = Proto::Line(LineSession::new(100));
         Conn::new(TcpStream::from_std(sock), peer, proto, None)
     }
 
@@ -573,10 +772,54 @@ mod tests {
     }
 
     #[test]
-    fn io_errors_are_classified_in_one_place() {
-        let r = |k: io::ErrorKind| reason_for(&io::Error::from(k));
-        assert_eq!(r(io::ErrorKind::ConnectionReset), "connection reset");
-        assert_eq!(r(io::ErrorKind::BrokenPipe), "connection reset");
-        assert_eq!(r(io::ErrorKind::TimedOut), "connection lost");
+    fn an_http_connection_becomes_a_websocket_by_moving_its_state() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut p = Proto::Http(HttpSession::new(Instant::now(), 100));
+        assert!(!p.in_chat() && p.deadline().is_some() && !p.pings());
+        // The head, and a masked text frame "hi" right behind it.
+        p.feed(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+              \x81\x82\x01\x02\x03\x04\x69\x6b",
+        );
+        let Step::Upgrade(answer) = p.next(peer, false) else {
+            panic!("no upgrade");
+        };
+        assert!(answer.starts_with(b"HTTP/1.1 101 "));
+        assert!(matches!(p, Proto::Ws(_)));
+        assert!(p.in_chat() && p.deadline().is_none() && p.pings());
+        assert_eq!(p.encoding(), Encoding::WsFrame);
+        // The frame that came with the head is the WebSocket's first line.
+        assert_eq!(p.next(peer, false), Step::Line(Some("hi".into())));
+        assert!(matches!(p.next(peer, false), Step::Read(n) if n > 0));
+        assert!(p.goodbye("bye").is_some() && p.shutdown().is_some());
+    }
+
+    #[test]
+    fn each_protocol_knows_its_own_goodbye() {
+        let line = Proto::Line(LineSession::new(10));
+        assert_eq!(line.goodbye("quit"), None);
+        assert_eq!(line.shutdown(), None);
+        assert_eq!(line.cut_off(), None);
+        assert_eq!(line.ping(), None);
+        assert_eq!(line.encoding(), Encoding::Wire);
+        let ws = Proto::Ws(Box::new(WsSession::new(10)));
+        assert_eq!(
+            ws.goodbye("idle"),
+            Some(crate::ws::close_frame(Some(crate::ws::NORMAL), "idle"))
+        );
+        assert_eq!(
+            ws.cut_off(),
+            Some(crate::ws::close_frame(Some(crate::ws::POLICY), "too slow"))
+        );
+        assert_eq!(ws.ping(), Some(crate::ws::ping_frame(b"chatd")));
+        let http = Proto::Http(HttpSession::new(Instant::now(), 10));
+        assert_eq!(http.goodbye("x"), None);
+        assert!(
+            http.expired(Instant::now() + Duration::from_secs(1))
+                .is_some()
+        );
+        assert_eq!(refusal(&line, "full"), b"full\r\n");
+        assert!(refusal(&http, "full").starts_with(b"HTTP/1.1 503 "));
     }
 }

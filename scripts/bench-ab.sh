@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Old build against new, in the same run: alternates the two chatd binaries
+# run by run (old, new, old, new, ...), each run on a fresh process, with
+# the same flood, for bench-peers.sh's fan-out and open-loop cases and the
+# WebSocket fan-out. For a redesign that must not move the numbers.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: scripts/bench-ab.sh OLD_CHATD NEW_CHATD [FLOOD]
+
+OLD_CHATD and NEW_CHATD are two release builds of chatd, e.g. main's built
+into a separate directory first:
+
+  git -C . worktree add /tmp/old main   # or: git archive main | tar x -C /tmp/old
+  (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old/target cargo build --release)
+  cargo build --release
+  scripts/bench-ab.sh /tmp/old/target/release/chatd target/release/chatd
+
+FLOOD defaults to target/release/flood. Cases (bench-peers.sh's flags):
+
+  fanout100   100 clients, 10 senders x 2000 lines of 64 B (closed loop)
+  fanout1000  1000 clients, 1 sender x 1000 lines of 64 B
+  open2000    open loop, 2000 lines/s in total into 100 clients
+  ws100       fanout100 over WebSocket (flood --ws on the web port)
+
+Prints one line per run and a markdown table per build: the median run's
+figure and, in brackets, the range.
+Environment: RUNS (default 5), CASES (default all of the above).
+Loads both cores: run it on a quiet machine.
+USAGE
+}
+
+case ${1:-} in -h | --help | "") usage; exit 0 ;; esac
+old=$1 new=$2
+flood=${3:-target/release/flood}
+runs=${RUNS:-5}
+cases=${CASES:-fanout100 fanout1000 open2000 ws100}
+command -v jq >/dev/null || { echo "bench-ab.sh: needs jq" >&2; exit 2; }
+
+work=$(mktemp -d)
+spid=
+cleanup() {
+    [[ -n $spid ]] && kill "$spid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+case_args() {
+    case $1 in
+        fanout100 | ws100) echo "-n 100 -s 10 -m 2000 -b 64" ;;
+        fanout1000) echo "-n 1000 -s 1 -m 1000 -b 64" ;;
+        open2000) echo "-n 100 -s 10 -m 600 -b 64 --rate 2000" ;;
+        *) echo "bench-ab.sh: unknown case $1" >&2; exit 2 ;;
+    esac
+}
+
+# The port chatd printed after PREFIX, once it has.
+port_of() {
+    local prefix=$1 i line
+    for i in $(seq 100); do
+        line=$(grep -m1 "^$prefix" "$work/srv.out" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            echo "${line##*:}"
+            return
+        fi
+        kill -0 "$spid" 2>/dev/null || break
+        sleep 0.05
+    done
+    return 1
+}
+
+for case in $cases; do
+    for run in $(seq "$runs"); do
+        for build in old new; do
+            bin=$old
+            [[ $build == new ]] && bin=$new
+            # Emptied here, not by the redirection below, which happens in the
+            # background: port_of could read the last run's port meanwhile.
+            : >"$work/srv.out"
+            "$bin" --host 127.0.0.1 --port 0 --http-port 0 -q --max-clients 20000 \
+                </dev/null >"$work/srv.out" 2>"$work/srv.err" &
+            spid=$!
+            if [[ $case == ws100 ]]; then
+                port=$(port_of "http on") extra=(--ws)
+            else
+                port=$(port_of "listening on") extra=()
+            fi
+            f="$work/$case.$build.$run.json"
+            # shellcheck disable=SC2046 # the case's flags are meant to split
+            timeout 300 "$flood" --port "$port" --pid "$spid" --json --timeout 5 \
+                $(case_args "$case") "${extra[@]}" >"$f" 2>"$work/flood.err" || true
+            kill "$spid" 2>/dev/null || true
+            wait "$spid" 2>/dev/null || true
+            spid=
+            if [[ -s $f ]]; then
+                jq -r --arg s "$case $build run $run" \
+                    '"\($s): ok=\(.ok) \(.deliveries_per_s|floor) deliveries/s p99 \(.latency_us.p99) us cpu/delivery \(.server.cpu_us_per_delivery) us"' "$f" >&2
+            else
+                rm -f "$f"
+                echo "$case $build run $run: failed: $(tail -1 "$work/flood.err")" >&2
+            fi
+        done
+    done
+done
+
+echo "| case | build | runs ok | deliveries/s | p99 latency | server CPU per delivery |"
+echo "|---|---|---|---|---|---|"
+for case in $cases; do
+    for build in old new; do
+        files=("$work/$case.$build".*.json)
+        [[ -e ${files[0]} ]] || { echo "| $case | $build | 0 | | | |"; continue; }
+        jq -rs --arg c "$case" --arg b "$build" '
+            def r(f): map(f) | sort | "\(.[length / 2 | floor]) (\(min)–\(max))";
+            "| \($c) | \($b) | \(map(select(.ok)) | length)/\(length) | \(r(.deliveries_per_s / 10000 | floor / 100)) M | \(r(.latency_us.p99 / 1000 | . * 10 | floor / 10)) ms | \(r(.server.cpu_us_per_delivery | . * 1000 | floor / 1000)) µs |"' \
+            "${files[@]}"
+    done
+done

@@ -1,0 +1,243 @@
+//! Commands: a line beginning with `/` is parsed into a [`Command`] first,
+//! then carried out.
+
+use super::*;
+
+const HELP: &[&str] = &[
+    "*** commands:",
+    "***   /nick NAME        change your name (1-24 letters, digits, - _ .)",
+    "***   /who              list the people in your room",
+    "***   /msg NAME text    send a private message",
+    "***   /me text          say what you are doing: * alice waves",
+    "***   /join ROOM        leave your room and enter ROOM (created if new)",
+    "***   /rooms            list the rooms and how many are in each",
+    "***   /stats            your queue, drops and time online; the server's load",
+    "***   /history [N]      the last N lines said in your room (times in UTC)",
+    "***   /history since ID the lines said after the one with that id",
+    "***   /ids on|off       room lines carry their id, yours echoed (for clients)",
+    "***   /quit [reason]    leave the chat",
+    "***   /help             this list",
+    "***   //text            send a message that begins with /",
+];
+
+/// A command line, parsed before anything is done about it (as
+/// mini-redis's `Command::from_frame`): the words borrow from the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `/nick NAME` (empty: usage error).
+    Nick(&'a str),
+    Who,
+    /// `/msg NAME text` (either empty: usage error).
+    Msg {
+        to: &'a str,
+        text: &'a str,
+    },
+    /// `/me text` (empty: usage error).
+    Me(&'a str),
+    /// `/history [N]` or `/history since ID`: the arguments, which
+    /// room_history.rs reads (their errors name the room's state).
+    History(&'a str),
+    /// `/ids on|off` (empty: say which).
+    Ids(&'a str),
+    /// `/join ROOM`, with or without its `#` (empty: usage error).
+    Join(&'a str),
+    Rooms,
+    /// `/quit [reason]`.
+    Quit(&'a str),
+    Stats,
+    Help,
+    /// Anything else: the word as typed.
+    Unknown(&'a str),
+}
+
+impl<'a> Command<'a> {
+    /// `line` is what follows the `/`. Command words are case-insensitive;
+    /// arguments are trimmed.
+    pub fn parse(line: &'a str) -> Command<'a> {
+        let (cmd, rest) = split_word(line);
+        let rest = rest.trim();
+        match cmd.to_ascii_lowercase().as_str() {
+            "nick" => Command::Nick(rest),
+            "who" => Command::Who,
+            "msg" => {
+                let (to, text) = split_word(rest);
+                Command::Msg {
+                    to,
+                    text: text.trim(),
+                }
+            }
+            "me" => Command::Me(rest),
+            "history" => Command::History(rest),
+            "ids" => Command::Ids(rest),
+            "join" => Command::Join(rest),
+            "rooms" => Command::Rooms,
+            "quit" => Command::Quit(rest),
+            "stats" => Command::Stats,
+            "help" => Command::Help,
+            _ => Command::Unknown(cmd),
+        }
+    }
+}
+
+impl Hub {
+    pub(super) fn command(&mut self, id: ClientId, i: Member, cmd: Command, out: &mut impl Outbox) {
+        match cmd {
+            Command::Nick(name) => self.nick(id, i, name, out),
+            Command::Who => {
+                let room = self.clients[i].room;
+                out.send(id, &Msg::new(&format!("*** {}", self.roster(room))));
+            }
+            Command::Msg { to, text } => self.private(id, i, to, text, out),
+            Command::Me("") => reply(out, id, "*** error: usage: /me text"),
+            Command::Me(text) => {
+                let c = &self.clients[i];
+                let line = format!("* {} {text}", c.name);
+                self.say(c.room, Some(i), line, out);
+                self.relayed += 1;
+            }
+            Command::History(args) => self.history_command(id, i, args, out),
+            Command::Ids(arg) => {
+                let on = match arg.to_ascii_lowercase().as_str() {
+                    "on" => true,
+                    "off" => false,
+                    "" => self.clients[i].ids,
+                    _ => return reply(out, id, "*** error: usage: /ids on|off"),
+                };
+                self.clients[i].ids = on;
+                let room = self.clients[i].room;
+                if on {
+                    if !self.ask(i, room, Asked::Mark, None, 0, out) {
+                        self.mark(id, room, out);
+                    }
+                } else {
+                    reply(out, id, "*** ids off");
+                }
+            }
+            Command::Join(room) => self.join(id, i, room, out),
+            Command::Rooms => {
+                let shown = self.room_keys.values().map(|&r| {
+                    let r = &self.rooms[r];
+                    format!("{} ({})", r.name, r.members.len())
+                });
+                let total = self.rooms.len();
+                let text = format!("*** rooms ({total}): {}", listing(total, shown));
+                reply(out, id, &text);
+            }
+            Command::Quit(why) => {
+                reply(out, id, "*** bye");
+                let reason = if why.is_empty() {
+                    "quit".to_string()
+                } else {
+                    format!("quit: {why}")
+                };
+                out.close(id, reason);
+            }
+            Command::Stats => {
+                let line = stats_line(
+                    self.clients.len(),
+                    self.rooms.len(),
+                    out.conn_stats(id),
+                    out.server_stats(),
+                );
+                reply(out, id, &line);
+            }
+            Command::Help => {
+                for line in HELP {
+                    reply(out, id, line);
+                }
+            }
+            Command::Unknown(word) => {
+                let shown: String = word.chars().take(32).collect();
+                reply(
+                    out,
+                    id,
+                    &format!("*** error: unknown command /{shown} (try /help)"),
+                );
+            }
+        }
+    }
+}
+
+/// The `/stats` answer: "*** you: 0 bytes queued, 0 lines dropped,
+/// connected 5m 3s; server: 3 users, 2 rooms, up 2h 10m, 0.4 lines/s over
+/// the last minute". Parts the transport cannot tell are left out.
+pub fn stats_line(
+    users: usize,
+    rooms: usize,
+    you: Option<ConnStats>,
+    server: Option<ServerStats>,
+) -> String {
+    let mut line = String::from("*** ");
+    if let Some(you) = you {
+        line.push_str(&format!(
+            "you: {}, {}, connected {}; ",
+            plural(you.queued as u64, "byte") + " queued",
+            plural(you.dropped, "line") + " dropped",
+            human_duration(you.connected),
+        ));
+    }
+    line.push_str(&format!(
+        "server: {}, {}",
+        plural(users as u64, "user"),
+        plural(rooms as u64, "room")
+    ));
+    if let Some(server) = server {
+        line.push_str(&format!(
+            ", up {}, {:.1} lines/s over the last minute",
+            human_duration(server.uptime),
+            server.lines_per_sec
+        ));
+    }
+    line
+}
+
+/// The two largest units: "42s", "5m 3s", "2h 10m", "3d 4h".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_parsed_before_they_are_carried_out() {
+        assert_eq!(Command::parse("NICK  bob "), Command::Nick("bob"));
+        assert_eq!(Command::parse("nick"), Command::Nick(""));
+        assert_eq!(Command::parse("who"), Command::Who);
+        assert_eq!(
+            Command::parse("msg bob  hi there "),
+            Command::Msg {
+                to: "bob",
+                text: "hi there"
+            }
+        );
+        assert_eq!(Command::parse("msg"), Command::Msg { to: "", text: "" });
+        assert_eq!(Command::parse("me waves"), Command::Me("waves"));
+        assert_eq!(
+            Command::parse("history since 7-12"),
+            Command::History("since 7-12")
+        );
+        assert_eq!(Command::parse("IDS on"), Command::Ids("on"));
+        assert_eq!(Command::parse("join #Dev"), Command::Join("#Dev"));
+        assert_eq!(Command::parse("rooms"), Command::Rooms);
+        assert_eq!(
+            Command::parse("quit gone fishing"),
+            Command::Quit("gone fishing")
+        );
+        assert_eq!(Command::parse("Stats"), Command::Stats);
+        assert_eq!(Command::parse("help me"), Command::Help);
+        assert_eq!(Command::parse("frob x"), Command::Unknown("frob"));
+        assert_eq!(Command::parse(""), Command::Unknown(""));
+    }
+}

@@ -1,0 +1,420 @@
+//! Cluster mode: the mirror of the users on the other instances, kept up
+//! to date by the presence events the cluster link hears, and what this
+//! instance tells the others. Delivery stays local: each instance sends a
+//! line only to its own clients.
+
+use super::*;
+
+/// The shared store's answer to a name claim (`Outbox::claim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Reserved for us, claimed at this time (ms since the Unix epoch).
+    Granted(u64),
+    Taken,
+    /// Redis refused the command (logged with its text).
+    Failed,
+}
+
+pub const LINK_DOWN: &str = "*** cluster link down: messages reach this server only";
+/// The most users of other instances the mirror holds (forged presence
+/// messages must not grow it without end); past it, new ones are ignored.
+pub const MAX_REMOTE: usize = 1 << 20;
+/// The most instances remembered as lost (to notice when they are back).
+pub const MAX_LOST: usize = 64;
+pub const LINK_UP: &str = "*** cluster link restored";
+
+/// Cluster mode: who we are, whether the link is up, and name bookkeeping.
+pub(super) struct Cluster {
+    pub(super) node: Rc<str>,
+    pub(super) up: bool,
+    /// Reserved ranges of guest numbers [next, end) from the shared counter.
+    pub(super) guests: VecDeque<(u64, u64)>,
+    /// Fallback numbering before any range was ever reserved.
+    pub(super) fallback: u64,
+    /// Clients waiting for a cluster-wide name reservation.
+    pub(super) pending: HashMap<ClientId, Box<str>>,
+    /// How many rosters we have announced.
+    pub(super) round: u64,
+    /// Instances declared lost, newest last, to re-learn if they come back.
+    pub(super) lost: VecDeque<Rc<str>>,
+}
+
+/// Instances are named on the wire `ID~INCARNATION` (`~` cannot appear in a
+/// node id), so an instance restarted under the same --node-id is a new
+/// node, and the others can tell its old users are gone.
+pub fn same_instance_name(a: &str, b: &str) -> bool {
+    a.split('~').next() == b.split('~').next()
+}
+
+impl Hub {
+    /// Turns on cluster mode for this instance, named `node`. The link
+    /// starts down; [`Hub::link_up`] says when it is not.
+    pub fn with_cluster(mut self, node: &str) -> Hub {
+        self.cluster = Some(Cluster {
+            node: node.into(),
+            up: false,
+            guests: VecDeque::new(),
+            fallback: 1,
+            pending: HashMap::new(),
+            round: 0,
+            lost: VecDeque::new(),
+        });
+        self
+    }
+
+    /// The most remote users the mirror holds (default MAX_REMOTE).
+    pub fn with_max_remote(mut self, n: usize) -> Hub {
+        self.max_remote = n;
+        self
+    }
+
+    /// Tells the other instances that local client `i` is here.
+    pub(super) fn here(&self, i: Member, out: &mut impl Outbox) {
+        let (Some(cl), Home::Local(id)) = (&self.cluster, &self.clients[i].home) else {
+            return;
+        };
+        let c = &self.clients[i];
+        let r = &self.rooms[c.room];
+        out.presence(Presence::Here {
+            node: cl.node.clone(),
+            id: *id as u64,
+            name: c.name.to_string(),
+            room: r.key.to_string(),
+            shown: r.name[1..].to_string(),
+            round: cl.round,
+        });
+    }
+
+    /// Announces every local user to the other instances, as a new roster
+    /// round closed by `End`: whoever is not in it has left.
+    pub(super) fn roster_all(&mut self, out: &mut impl Outbox) {
+        let Some(cl) = self.cluster.as_mut() else {
+            return;
+        };
+        cl.round += 1;
+        let (node, round) = (cl.node.clone(), cl.round);
+        for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
+            self.here(i, out);
+        }
+        out.presence(Presence::End { node, round });
+    }
+
+    // ---- Cluster input: what the link heard from the other instances ----
+
+    /// A room line (or a batch of them) published by another instance:
+    /// messages and actions are kept and numbered here as local ones are,
+    /// notices are only passed on.
+    pub fn remote_line(&mut self, room: &str, text: &str, out: &mut impl Outbox) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let mut run = String::new();
+        for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+            if line.is_empty() {
+                continue;
+            }
+            if is_room_line(line) {
+                if !run.is_empty() {
+                    run.push_str("\r\n");
+                }
+                run.push_str(line);
+                continue;
+            }
+            if !run.is_empty() {
+                self.say(r, None, std::mem::take(&mut run), out);
+            }
+            self.to_room(r, None, &Msg::new(line), out);
+        }
+        if !run.is_empty() {
+            self.say(r, None, run, out);
+        }
+    }
+
+    /// A private line for local client `to`, if it is still `to_name`.
+    pub fn remote_private(&self, to: ClientId, to_name: &str, text: &str, out: &mut impl Outbox) {
+        if let Some(i) = self.idx(to)
+            && *self.clients[i].key == *to_name
+        {
+            out.send(to, &Msg::new(text));
+        }
+    }
+
+    /// Another instance's presence event updates the mirror. Notices for
+    /// people arriving or leaving travel as room lines, not from here.
+    pub fn remote_presence(&mut self, event: Presence, out: &mut impl Outbox) {
+        let Some(cl) = &self.cluster else { return };
+        let me = cl.node.clone();
+        match event {
+            Presence::Hello { node } if node != me => {
+                // A restart under the same name: the old one's users are gone.
+                for old in self.remote_nodes() {
+                    if old != node && same_instance_name(&old, &node) {
+                        self.node_lost(&old, "server lost", out);
+                    }
+                }
+                self.roster_all(out);
+            }
+            Presence::Hello { .. } => {}
+            Presence::Bye { node } => self.node_lost(&node, "server shutting down", out),
+            Presence::Here {
+                node,
+                id,
+                name,
+                room,
+                shown,
+                round,
+            } if node != me => {
+                let known = self.remote.get(&(node.clone(), id)).copied();
+                if let Some(i) = known {
+                    self.drop_client(i, None, false, &mut Silent(out));
+                } else if self.remote.len() >= self.max_remote {
+                    return;
+                }
+                let key: Box<str> = name.to_ascii_lowercase().into();
+                let i = Member(self.clients.insert(Client {
+                    name: name.into(),
+                    key: key.clone(),
+                    room: usize::MAX,
+                    slot: 0,
+                    home: Home::Remote(node.clone(), id),
+                    since: round,
+                    ids: false,
+                    refused: false,
+                    wait: None,
+                }));
+                self.name_add(&key, i);
+                let back = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.lost.contains(&node));
+                self.remote.insert((node, id), i);
+                let r = self.enter(i, &room, &shown, out);
+                if back && known.is_none() && self.announces(r) {
+                    // Declared lost, heard from again: its rooms saw it
+                    // leave, so they see it come back.
+                    let text = format!("*** {} is back", self.clients[i].name);
+                    self.to_room(r, Some(i), &Msg::new(&text), out);
+                }
+            }
+            Presence::Gone { node, id } => {
+                if let Some(i) = self.remote.remove(&(node, id)) {
+                    self.drop_client(i, None, false, &mut Silent(out));
+                }
+            }
+            Presence::Renamed { node, id, name } => {
+                if let Some(&i) = self.remote.get(&(node, id)) {
+                    let c = &mut self.clients[i];
+                    let old = std::mem::replace(&mut c.key, name.to_ascii_lowercase().into());
+                    c.name = name.into();
+                    self.name_drop(&old, i);
+                    let key = self.clients[i].key.clone();
+                    self.name_add(&key, i);
+                }
+            }
+            Presence::End { node, round } if node != me => {
+                // Users of `node` it did not announce in this round left
+                // while we could not hear it: their rooms are told now.
+                let gone: Vec<(u64, Member)> = self
+                    .remote
+                    .iter()
+                    .filter(|((n, _), i)| *n == node && self.clients[**i].since < round)
+                    .map(|((_, id), i)| (*id, *i))
+                    .collect();
+                for (id, i) in gone {
+                    self.remote.remove(&(node.clone(), id));
+                    self.drop_client(i, None, false, out);
+                }
+                if let Some(c) = self.cluster.as_mut() {
+                    c.lost.retain(|n| *n != node);
+                }
+            }
+            Presence::Who { node } => {
+                if node == me {
+                    self.roster_all(out);
+                }
+            }
+            Presence::End { .. } => {}
+            Presence::Moved {
+                node,
+                id,
+                room,
+                shown,
+            } => {
+                if let Some(&i) = self.remote.get(&(node, id)) {
+                    let (old, slot) = (self.clients[i].room, self.clients[i].slot);
+                    self.remove_member(old, slot, false, out);
+                    self.enter(i, &room, &shown, out);
+                }
+            }
+            Presence::Here { .. } => {}
+        }
+    }
+
+    /// Another instance stopped answering (or said goodbye): its users are
+    /// gone, and the rooms they were in are told so, with `reason`.
+    pub fn node_lost(&mut self, node: &str, reason: &str, out: &mut impl Outbox) {
+        let gone: Vec<Member> = self
+            .remote
+            .iter()
+            .filter(|((n, _), _)| &**n == node)
+            .map(|(_, &i)| i)
+            .collect();
+        self.remote.retain(|(n, _), _| &**n != node);
+        for i in gone {
+            self.drop_client(i, Some(reason), false, out);
+        }
+    }
+
+    /// Nodes that have users in the mirror (to check they are alive).
+    pub fn remote_nodes(&self) -> Vec<Rc<str>> {
+        let mut nodes: Vec<Rc<str>> = self.remote.keys().map(|(n, _)| n.clone()).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Another instance's heartbeat lapsed: its users are gone ("server
+    /// lost"), and it is remembered, to be re-learned should it beat again
+    /// (it may only have been frozen or cut off). One that said goodbye or
+    /// was replaced by a new incarnation is not coming back.
+    pub fn node_silent(&mut self, node: &str, out: &mut impl Outbox) {
+        if let Some(c) = self.cluster.as_mut()
+            && !c.lost.iter().any(|n| &**n == node)
+        {
+            if c.lost.len() >= MAX_LOST {
+                c.lost.pop_front();
+            }
+            c.lost.push_back(node.into());
+        }
+        self.node_lost(node, "server lost", out);
+    }
+
+    /// Instances declared lost (to notice when their heartbeat is back).
+    pub fn lost_nodes(&self) -> Vec<Rc<str>> {
+        self.cluster
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.lost.iter().cloned().collect())
+    }
+
+    /// A lost instance has a heartbeat again: ask it for all its users.
+    pub fn node_back(&mut self, node: &str, out: &mut impl Outbox) {
+        if let Some(c) = &self.cluster
+            && c.lost.iter().any(|n| &**n == node)
+        {
+            out.presence(Presence::Who { node: node.into() });
+        }
+    }
+
+    /// Local users' reserved names, to renew them: (id, name, claimed at).
+    pub fn claimed_names(&self) -> Vec<(ClientId, &str, u64)> {
+        self.local
+            .iter()
+            .enumerate()
+            .filter_map(|(id, i)| i.map(|i| (id, &self.clients[i])))
+            .filter(|(_, c)| !c.key.starts_with("guest-"))
+            .map(|(id, c)| (id, &*c.key, c.since))
+            .collect()
+    }
+
+    /// Local rooms (for re-subscribing after a reconnect).
+    pub fn local_rooms(&self) -> Vec<&str> {
+        self.rooms
+            .iter()
+            .filter(|(_, r)| r.local > 0)
+            .map(|(_, r)| &*r.key)
+            .collect()
+    }
+
+    /// This instance is shutting down: the others drop its users at once
+    /// instead of waiting for its heartbeat to expire.
+    pub fn shutdown(&mut self, out: &mut impl Outbox) {
+        if let Some(c) = &self.cluster
+            && c.up
+        {
+            out.presence(Presence::Bye {
+                node: c.node.clone(),
+            });
+        }
+    }
+
+    /// The link to the other instances is up again (or for the first time).
+    pub fn link_up(&mut self, out: &mut impl Outbox) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if c.up {
+            return;
+        }
+        c.up = true;
+        let node = c.node.clone();
+        for id in self.local_ids() {
+            reply(out, id, LINK_UP);
+        }
+        out.presence(Presence::Hello { node });
+        self.roster_all(out);
+    }
+
+    /// The link is down: the other instances' users are out of reach, not
+    /// gone. They stay in the mirror, so their names are not given away,
+    /// until their instance re-announces itself without them (`End`) or is
+    /// declared lost.
+    pub fn link_down(&mut self, out: &mut impl Outbox) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let was_up = std::mem::replace(&mut c.up, false);
+        let waiting: Vec<ClientId> = c.pending.drain().map(|(id, _)| id).collect();
+        // History answers awaited from Redis will not come.
+        let held: Vec<Member> = self
+            .local
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&i| self.clients[i].wait.is_some())
+            .collect();
+        for i in held {
+            if let Home::Local(id) = self.clients[i].home {
+                reply(
+                    out,
+                    id,
+                    "*** the cluster link went down: the history asked for cannot be shown now",
+                );
+            }
+            self.release_held(i, out);
+        }
+        for id in waiting {
+            reply(
+                out,
+                id,
+                "*** error: the cluster link went down; try /nick again later",
+            );
+        }
+        if was_up {
+            for id in self.local_ids() {
+                reply(out, id, LINK_DOWN);
+            }
+        }
+    }
+
+    pub(super) fn local_ids(&self) -> Vec<ClientId> {
+        self.local
+            .iter()
+            .enumerate()
+            .filter_map(|(id, i)| i.map(|_| id))
+            .collect()
+    }
+}
+
+/// Passes everything on but room notices' deliveries: for mirror changes
+/// that must not make a sound.
+struct Silent<'a, O: Outbox>(&'a mut O);
+
+impl<O: Outbox> Outbox for Silent<'_, O> {
+    fn send(&mut self, _: ClientId, _: &Rc<Msg>) {}
+    fn close(&mut self, id: ClientId, reason: String) {
+        self.0.close(id, reason)
+    }
+    fn subscribe(&mut self, room: &str, on: bool) {
+        self.0.subscribe(room, on)
+    }
+}

@@ -1,0 +1,525 @@
+//! The chat hub, pure: names, rooms and commands. A line in, deliveries out.
+//!
+//! The hub never touches a socket. Transports (line clients, WebSocket, and
+//! the cluster link) call `connect`, `line` and `disconnect`, and the hub
+//! answers through an [`Outbox`]: one shared [`Msg`] per broadcast, handed
+//! to each recipient. Routing a message costs O(members of the room); every
+//! lookup by name is a hash lookup.
+//!
+//! In cluster mode the hub also holds a mirror of the users on the other
+//! instances (kept up to date by presence events from the cluster link), so
+//! `/who`, `/rooms`, `/msg` and name checks see the whole cluster, while
+//! each instance delivers lines only to its own local clients.
+//!
+//! Messages and actions are room history: on one server the hub numbers
+//! and keeps them itself ([`History`]); in cluster mode, while the link is
+//! up, Redis numbers and keeps them and the hub delivers them as they come
+//! back ([`Hub::said`]), and history is asked of Redis ([`Hub::answer`]).
+//! Clients with `/ids on` get a second shared buffer per broadcast, with
+//! every line tagged with its id — never a copy per recipient.
+//!
+//! One `Hub`, its `impl` in a file per concern:
+//! - this file: the types, arriving and leaving, and lines in;
+//! - names.rs: identity — guest numbers, `/nick`, name claims;
+//! - rooms.rs: rooms and routing — who gets a line, `/join`, `/msg`;
+//! - room_history.rs: room lines numbered, kept, replayed, `/history`, `/ids`;
+//! - command.rs: a `/` line parsed into a [`Command`], then carried out;
+//! - mirror.rs: cluster mode — the other instances' users, link up/down.
+//!
+//! Two indices, two types: a [`ClientId`] is the transport's name for a
+//! local connection (the reactor's slab key); a `Member` is the hub's own
+//! slot for any user, local or remote, which rooms and names refer to.
+
+mod command;
+mod mirror;
+mod names;
+mod room_history;
+mod rooms;
+
+pub use self::command::{Command, human_duration, stats_line};
+pub use self::mirror::{Claim, LINK_DOWN, LINK_UP, MAX_LOST, MAX_REMOTE, same_instance_name};
+pub use self::names::{MAX_NAME, check_name};
+pub use self::room_history::Asked;
+pub use self::rooms::{LIST_MAX, LOBBY};
+
+use self::mirror::Cluster;
+use self::room_history::{Wait, is_room_line};
+use self::rooms::listing;
+use crate::history::{self, History, Id, Since};
+use crate::msg::Msg;
+use slab::Slab;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A connection as the transports know it (the reactor's slab key).
+pub type ClientId = usize;
+
+/// A user as the hub knows it, local or remote: its slot in `Hub::clients`,
+/// which rooms and names refer to. A type of its own so that it is never
+/// taken for a [`ClientId`], which only local users have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Member(usize);
+
+impl std::ops::Index<Member> for Slab<Client> {
+    type Output = Client;
+    fn index(&self, i: Member) -> &Client {
+        &self[i.0]
+    }
+}
+
+impl std::ops::IndexMut<Member> for Slab<Client> {
+    fn index_mut(&mut self, i: Member) -> &mut Client {
+        &mut self[i.0]
+    }
+}
+
+/// Where the hub's output goes. Implemented by the reactor over its
+/// connections, and by recorders in tests and benches. The cluster methods
+/// do nothing unless a cluster link is attached.
+pub trait Outbox {
+    /// Queue `msg` for `to`. Must not call back into the hub: a transport
+    /// that needs to drop `to` marks it and tells the hub after the call.
+    fn send(&mut self, to: ClientId, msg: &Rc<Msg>);
+    /// `id` asked to leave (`/quit`): flush what is queued for it, then
+    /// close it and call [`Hub::disconnect`] with `reason`.
+    fn close(&mut self, id: ClientId, reason: String);
+    /// A line for the members of `room` on the other instances.
+    fn publish(&mut self, _room: &str, _msg: &Rc<Msg>) {}
+    /// Cluster mode: room lines (CRLF between) from local client `from`, to
+    /// be numbered and kept by Redis (at most `keep` per room, for `ttl_ms`
+    /// after the last); they come back through [`Hub::said`]. False when
+    /// they cannot go now (link down, queue full).
+    fn say(
+        &mut self,
+        _room: &str,
+        _from: ClientId,
+        _lines: &str,
+        _keep: usize,
+        _ttl_ms: u64,
+    ) -> bool {
+        false
+    }
+    /// Cluster mode: a room's history for `id` from Redis, the lines after
+    /// `after` or the last ones, at most `count`; answered by
+    /// [`Hub::answer`]. False when it cannot be asked now.
+    fn history(
+        &mut self,
+        _id: ClientId,
+        _room: &str,
+        _asked: Asked,
+        _after: Option<Id>,
+        _count: usize,
+    ) -> bool {
+        false
+    }
+    /// A change to who is where, for the other instances' mirrors.
+    fn presence(&mut self, _event: Presence) {}
+    /// A line for one user on another instance.
+    fn private(&mut self, _node: &str, _to: u64, _to_name: &str, _msg: &Rc<Msg>) {}
+    /// This instance now has local members in `room` (true) or none (false).
+    fn subscribe(&mut self, _room: &str, _on: bool) {}
+    /// Reserve `name` cluster-wide for `id`; answered by [`Hub::claimed`].
+    /// False when it cannot be asked now (the queue toward Redis is full).
+    fn claim(&mut self, _id: ClientId, _name: &str) -> bool {
+        true
+    }
+    /// Give up `name`, reserved for `id` by a claim made at `since`.
+    fn release(&mut self, _name: &str, _id: ClientId, _since: u64) {}
+    /// What `/stats` tells `id` about its own connection; None where the
+    /// transport keeps no such figures (recorders in tests and benches).
+    fn conn_stats(&self, _id: ClientId) -> Option<ConnStats> {
+        None
+    }
+    /// The server-wide figures only the transport knows, for `/stats`.
+    fn server_stats(&self) -> Option<ServerStats> {
+        None
+    }
+}
+
+/// One connection's figures for `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnStats {
+    /// Bytes waiting in its output queue.
+    pub queued: usize,
+    /// Lines skipped for it since it connected (`--on-slow drop`).
+    pub dropped: u64,
+    pub connected: Duration,
+}
+
+/// The server's figures for `/stats` that the hub does not keep itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerStats {
+    pub uptime: Duration,
+    /// Lines received from clients per second, over the last minute (or
+    /// since start, if that was less than a minute ago).
+    pub lines_per_sec: f64,
+}
+
+/// Presence events exchanged by instances (room keys are lowercase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// A user is on `node` as `id`, named `name`, in room `room` (shown as
+    /// `shown`). Sent when a user arrives and, for everyone, in a roster
+    /// (answering `Hello` or `Who`); `round` is the sender's roster count.
+    Here {
+        node: Rc<str>,
+        id: u64,
+        name: String,
+        room: String,
+        shown: String,
+        round: u64,
+    },
+    Gone {
+        node: Rc<str>,
+        id: u64,
+    },
+    Renamed {
+        node: Rc<str>,
+        id: u64,
+        name: String,
+    },
+    Moved {
+        node: Rc<str>,
+        id: u64,
+        room: String,
+        shown: String,
+    },
+    /// `node` (re)joined the cluster: everyone re-announces their users.
+    Hello {
+        node: Rc<str>,
+    },
+    /// `node` is shutting down: its users are leaving now.
+    Bye {
+        node: Rc<str>,
+    },
+    /// `node` has announced all its users in roster `round`: those of its
+    /// users announced only in earlier rounds left while we could not hear.
+    End {
+        node: Rc<str>,
+        round: u64,
+    },
+    /// `node` is asked to announce all its users (it was declared lost and
+    /// has a heartbeat again).
+    Who {
+        node: Rc<str>,
+    },
+}
+
+/// Where a user is connected.
+#[derive(Clone)]
+enum Home {
+    Local(ClientId),
+    Remote(Rc<str>, u64),
+}
+
+struct Client {
+    name: Box<str>,
+    /// Lowercased name: the key in `Hub::names`.
+    key: Box<str>,
+    room: usize,
+    /// Index of this client in its room's `members`, for O(1) removal.
+    slot: usize,
+    home: Home,
+    /// Local users with a chosen name: when they claimed it (ms since the
+    /// Unix epoch), the claim's identity in Redis. Remote users: the roster
+    /// round that last announced them.
+    since: u64,
+    /// `/ids on`: room lines and history reach it tagged with their id,
+    /// its own come back to it, and entering a room ends with the room's
+    /// last id (see [`Hub::mark`]).
+    ids: bool,
+    /// Cluster mode: its last line could not go to Redis (it was told).
+    refused: bool,
+    /// Cluster mode: history answers awaited from Redis, and the room lines
+    /// held back meanwhile so they come after the history, not before.
+    wait: Option<Box<Wait>>,
+}
+
+struct Room {
+    /// As shown, with the leading '#' and the casing of whoever created it.
+    name: Box<str>,
+    key: Box<str>,
+    /// Hub indices of everyone in the room, local and remote.
+    members: Vec<Member>,
+    /// How many of `members` are local: the cluster link subscribes to a
+    /// room's channel only while this is non-zero.
+    local: usize,
+    /// The room's record in `Hub::history`.
+    hist: usize,
+    /// Cluster mode: the last id delivered here (see `said`).
+    last_id: Option<Id>,
+}
+
+pub struct Hub {
+    /// Everyone, local and remote; rooms and names refer to these indices.
+    clients: Slab<Client>,
+    /// ClientId (reactor key) -> index in `clients`.
+    local: Vec<Option<Member>>,
+    remote: HashMap<(Rc<str>, u64), Member>,
+    names: HashMap<Box<str>, Member>,
+    /// Further holders of a name already in `names`: only after a split,
+    /// until the collision is resolved (or within one instance's mirror,
+    /// a remote user whose instance has not yet seen our claim).
+    dups: HashMap<Box<str>, Vec<Member>>,
+    max_remote: usize,
+    rooms: Slab<Room>,
+    /// Sorted, so `/rooms` names its first entries without sorting them all.
+    room_keys: BTreeMap<Box<str>, usize>,
+    next_guest: u64,
+    online: usize,
+    announce_max: usize,
+    batch_max: usize,
+    /// --max-line, told in the welcome so a client (the web page) can refuse
+    /// an over-long line before sending it rather than after.
+    max_line: usize,
+    cluster: Option<Cluster>,
+    /// Chat lines passed on (messages, /me, /msg), for the metrics.
+    relayed: u64,
+    history: History,
+    /// --history-on-join: lines replayed to a client entering a room.
+    on_join: usize,
+    /// The most bytes one history answer may take, so that it fits the
+    /// client's queue (the reactor makes it a fraction of --sendq).
+    reply_max: usize,
+    /// Wall-clock time, ms since the Unix epoch, as of this turn of the
+    /// loop (see [`Hub::tick`]): history times and epochs come from it.
+    now_ms: u64,
+}
+
+/// How many guest numbers the cluster link reserves at a time.
+pub const GUEST_BLOCK: u64 = 100;
+
+impl Hub {
+    /// `announce_max`: rooms with more members than this do not announce
+    /// joins, leaves and nick changes (they would cost O(N²) lines).
+    pub fn new(announce_max: usize) -> Hub {
+        Hub {
+            clients: Slab::new(),
+            local: Vec::new(),
+            remote: HashMap::new(),
+            names: HashMap::new(),
+            dups: HashMap::new(),
+            max_remote: MAX_REMOTE,
+            rooms: Slab::new(),
+            room_keys: BTreeMap::new(),
+            next_guest: 1,
+            online: 0,
+            announce_max,
+            batch_max: 16 * 1024,
+            max_line: crate::config::DEFAULT_MAX_LINE as usize,
+            cluster: None,
+            relayed: 0,
+            history: History::new(history::Limits::default()),
+            on_join: 20,
+            reply_max: 256 * 1024,
+            now_ms: 0,
+        }
+    }
+
+    /// The longest line a client may send (--max-line), for the welcome.
+    pub fn with_max_line(mut self, bytes: usize) -> Hub {
+        self.max_line = bytes;
+        self
+    }
+
+    /// The most bytes of messages relayed as one batch (default 16 KiB);
+    /// the reactor keeps it well under --sendq.
+    pub fn with_batch_max(mut self, bytes: usize) -> Hub {
+        self.batch_max = bytes;
+        self
+    }
+
+    /// Local clients.
+    pub fn online(&self) -> usize {
+        self.online
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Chat lines relayed so far: messages, `/me` and `/msg`, not commands.
+    pub fn relayed(&self) -> u64 {
+        self.relayed
+    }
+
+    pub fn name(&self, id: ClientId) -> Option<&str> {
+        self.idx(id).map(|i| &*self.clients[i].name)
+    }
+
+    fn idx(&self, id: ClientId) -> Option<Member> {
+        self.local.get(id).copied().flatten()
+    }
+
+    /// A new connection: it gets a guest name, lands in the lobby and is
+    /// welcomed; the lobby hears of it.
+    pub fn connect(&mut self, id: ClientId, out: &mut impl Outbox) {
+        if self.idx(id).is_some() {
+            return;
+        }
+        let name = self.guest_name();
+        let key: Box<str> = name.clone().into();
+        let i = Member(self.clients.insert(Client {
+            name: name.clone().into(),
+            key: key.clone(),
+            room: usize::MAX,
+            slot: 0,
+            home: Home::Local(id),
+            since: 0,
+            ids: false,
+            refused: false,
+            wait: None,
+        }));
+        self.name_add(&key, i);
+        if self.local.len() <= id {
+            self.local.resize(id + 1, None);
+        }
+        self.local[id] = Some(i);
+        self.online += 1;
+        let room = self.enter(i, LOBBY, LOBBY, out);
+        let others = self.clients.len() - 1;
+        let who = match others {
+            0 => "nobody else online".to_string(),
+            1 => "1 other user online".to_string(),
+            n => format!("{n} other users online"),
+        };
+        let welcome = format!(
+            "*** welcome to chatd, {name}! you are in {} with {who}; /help lists the commands; lines up to {} bytes",
+            self.rooms[room].name, self.max_line
+        );
+        out.send(id, &Msg::new(&welcome));
+        if self.cluster.as_ref().is_some_and(|c| !c.up) {
+            reply(out, id, LINK_DOWN);
+        }
+        self.replay(id, i, room, out);
+        self.here(i, out);
+        self.announce(room, i, &format!("*** {name} joined"), out);
+    }
+
+    /// The connection is gone; its room hears why, and its name is free.
+    pub fn disconnect(&mut self, id: ClientId, reason: Option<&str>, out: &mut impl Outbox) {
+        let Some(i) = self.idx(id) else { return };
+        self.local[id] = None;
+        self.online -= 1;
+        if let Some(c) = self.cluster.as_mut() {
+            c.pending.remove(&id);
+            let node = c.node.clone();
+            out.presence(Presence::Gone {
+                node,
+                id: id as u64,
+            });
+            let c = &self.clients[i];
+            if !c.key.starts_with("guest-") {
+                out.release(&c.key, id, c.since);
+            }
+        }
+        self.drop_client(i, reason, true, out);
+    }
+
+    /// Removes a client (local or remote) and tells its room, locally and,
+    /// when `publish`, on the other instances too.
+    fn drop_client(
+        &mut self,
+        i: Member,
+        reason: Option<&str>,
+        publish: bool,
+        out: &mut impl Outbox,
+    ) {
+        let c = &self.clients[i];
+        let text = match reason {
+            Some(r) => format!("*** {} left ({r})", c.name),
+            None => format!("*** {} left", c.name),
+        };
+        let room = c.room;
+        if publish {
+            self.announce(room, i, &text, out);
+        } else if self.announces(room) {
+            self.to_room(room, Some(i), &Msg::new(&text), out);
+        }
+        let c = self.clients.remove(i.0);
+        self.name_drop(&c.key, i);
+        self.remove_member(room, c.slot, matches!(c.home, Home::Local(_)), out);
+    }
+
+    /// One line from `id`, already sanitised and known to be non-blank.
+    pub fn line(&mut self, id: ClientId, text: &str, out: &mut impl Outbox) {
+        let Some(i) = self.idx(id) else { return };
+        let client = &self.clients[i];
+        if let Some(rest) = text.strip_prefix("//") {
+            let line = format!("<{}> /{rest}", client.name);
+            self.say(client.room, Some(i), line, out);
+            self.relayed += 1;
+        } else if let Some(command) = text.strip_prefix('/') {
+            self.command(id, i, Command::parse(command), out);
+        } else {
+            let line = format!("<{}> {text}", client.name);
+            self.say(client.room, Some(i), line, out);
+            self.relayed += 1;
+        }
+    }
+
+    /// Several lines from `id`, in the order they came. Consecutive plain
+    /// messages go out as one batch: one shared buffer, one queue entry and
+    /// one iovec per recipient instead of one per line. A batch never
+    /// passes `batch_max` bytes, so it always fits a recipient's queue.
+    pub fn lines(&mut self, id: ClientId, texts: &[String], out: &mut impl Outbox) {
+        let mut run = String::new();
+        for text in texts {
+            let Some(i) = self.idx(id) else { return };
+            if !text.starts_with('/') || text.starts_with("//") {
+                if !run.is_empty() && run.len() + text.len() + 32 > self.batch_max {
+                    self.flush_run(i, &mut run, out);
+                }
+                if !run.is_empty() {
+                    run.push_str("\r\n");
+                }
+                let body = text.strip_prefix('/').unwrap_or(text);
+                let c = &self.clients[i];
+                run.push('<');
+                run.push_str(&c.name);
+                run.push_str("> ");
+                run.push_str(body);
+                self.relayed += 1;
+                continue;
+            }
+            self.flush_run(i, &mut run, out);
+            self.line(id, text, out);
+            // After /quit nothing more from this client is taken.
+            if matches!(Command::parse(&text[1..]), Command::Quit(_)) {
+                return;
+            }
+        }
+        if let Some(i) = self.idx(id) {
+            self.flush_run(i, &mut run, out);
+        }
+    }
+
+    fn flush_run(&mut self, i: Member, run: &mut String, out: &mut impl Outbox) {
+        if !run.is_empty() {
+            self.say(self.clients[i].room, Some(i), std::mem::take(run), out);
+        }
+    }
+}
+
+fn reply(out: &mut impl Outbox, id: ClientId, text: &str) {
+    out.send(id, &Msg::new(text));
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests;

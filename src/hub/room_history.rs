@@ -1,0 +1,576 @@
+//! Room history: what a room said is numbered and kept (by the hub's
+//! [`History`] on one server, by Redis in cluster mode), replayed to a
+//! client entering the room, answered to `/history`, and tagged with its
+//! id for clients with `/ids on`.
+
+use super::*;
+
+/// What a client asked of the cluster's history (see [`Outbox::history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// Entering a room: its last --history-on-join lines, then (with ids)
+    /// where the client stands.
+    Enter,
+    /// `/ids on`: only where the client stands.
+    Mark,
+    /// `/history N`.
+    Last(usize),
+    /// `/history since ID`.
+    Since(Id),
+}
+
+/// The most room lines held for a client while its history is fetched (an
+/// answer comes within a round trip to Redis; a room that says more
+/// meanwhile loses the oldest, and the client is told how many).
+pub(super) const MAX_HELD: usize = 1024;
+
+#[derive(Default)]
+pub(super) struct Wait {
+    pub(super) pending: u32,
+    /// (room key, first id, lines, the buffer).
+    pub(super) held: VecDeque<(Box<str>, Id, u64, Rc<Msg>)>,
+    pub(super) lost: u64,
+    /// The ids the answers showed, per room: held lines among them are
+    /// not sent again.
+    pub(super) covered: Vec<(Box<str>, Id, Id)>,
+}
+
+impl Hub {
+    /// History bounds (--history, --history-bytes, --history-ttl) and the
+    /// lines replayed on entering a room (--history-on-join).
+    pub fn with_history(mut self, limits: history::Limits, on_join: usize) -> Hub {
+        self.history = History::new(limits);
+        self.on_join = on_join;
+        self
+    }
+
+    /// The most bytes one history answer may take.
+    pub fn with_reply_max(mut self, bytes: usize) -> Hub {
+        self.reply_max = bytes;
+        self
+    }
+
+    /// The wall clock for this turn, ms since the Unix epoch; forgets the
+    /// history of rooms empty for longer than --history-ttl.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.history.expire(now_ms);
+    }
+
+    /// History lines held, over all rooms.
+    pub fn history_lines(&self) -> usize {
+        self.history.lines()
+    }
+
+    /// History bytes held (charged as for --history-bytes).
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
+    }
+
+    /// Messages and actions (`lines`: one, or several joined by CRLF) for
+    /// everyone in `room`: kept in the history, numbered, and sent as one
+    /// shared buffer to the members without ids, and one more, built only
+    /// if someone needs it, with every line tagged to the members with ids
+    /// (the sender included). `from`: the local sender, or None for lines
+    /// from another instance (which are not published again).
+    pub(super) fn say(
+        &mut self,
+        room: usize,
+        from: Option<Member>,
+        lines: String,
+        out: &mut impl Outbox,
+    ) {
+        if let Some(i) = from
+            && self.cluster.as_ref().is_some_and(|c| c.up)
+            && let Home::Local(cid) = self.clients[i].home
+        {
+            // Redis numbers the lines, keeps them, and hands them back to
+            // every instance, this one included: see `said`.
+            let limits = self.history.limits();
+            let key = &self.rooms[room].key;
+            let sent = out.say(key, cid, &lines, limits.per_room, limits.ttl_ms);
+            // Told once per run of refused lines, not once per line.
+            let c = &mut self.clients[i];
+            if !sent && !c.refused {
+                reply(
+                    out,
+                    cid,
+                    "*** error: the cluster is too busy; your lines are not sent until this error stops",
+                );
+            }
+            c.refused = !sent;
+            return;
+        }
+        let hist = self.rooms[room].hist;
+        let mut first = None;
+        for line in lines.split("\r\n") {
+            let id = self.history.push(hist, self.now_ms, line);
+            first.get_or_insert(id);
+        }
+        let first = first.unwrap_or(Id { epoch: 0, n: 0 });
+        let plain = Msg::new(&lines);
+        let mut tagged: Option<Rc<Msg>> = None;
+        for &member in &self.rooms[room].members {
+            let c = &self.clients[member];
+            let Home::Local(to) = c.home else { continue };
+            if c.ids {
+                let msg = tagged.get_or_insert_with(|| Msg::new(&tag_lines(&lines, first)));
+                out.send(to, msg);
+            } else if Some(member) != from {
+                out.send(to, &plain);
+            }
+        }
+        if from.is_some() && self.cluster.is_some() {
+            out.publish(&self.rooms[room].key, &plain);
+        }
+    }
+
+    /// The last --history-on-join lines of `room`, for client `i` that just
+    /// entered it; with ids, then the room's last id.
+    pub(super) fn replay(&mut self, id: ClientId, i: Member, room: usize, out: &mut impl Outbox) {
+        let ids = self.clients[i].ids;
+        if (self.on_join > 0 || ids) && self.ask(i, room, Asked::Enter, None, self.on_join, out) {
+            return;
+        }
+        let kept = self.history.kept(self.rooms[room].hist).len();
+        if self.on_join > 0 && kept > 0 {
+            let from = kept.saturating_sub(self.on_join);
+            let text = self.history_answer(room, from, ids, Ask::Last);
+            out.send(id, &Msg::new(&text));
+        }
+        if ids {
+            self.mark(id, room, out);
+        }
+    }
+
+    /// `*** ids on: #lobby at EPOCH-N`: the id of the last line said in the
+    /// room so far (N = 0 before the first). A client with ids has been
+    /// shown, or was not there for, everything up to it, and every room
+    /// line after it reaches it tagged: so it always knows where to resume.
+    pub(super) fn mark(&self, id: ClientId, room: usize, out: &mut impl Outbox) {
+        let r = &self.rooms[room];
+        let head = self.history.head(r.hist).unwrap_or(Id { epoch: 0, n: 1 });
+        let last = Id {
+            epoch: head.epoch,
+            n: head.n - 1,
+        };
+        reply(out, id, &format!("*** ids on: {} at {last}", r.name));
+    }
+
+    /// `/history`, `/history N`, `/history since ID`.
+    pub(super) fn history_command(
+        &mut self,
+        id: ClientId,
+        i: Member,
+        rest: &str,
+        out: &mut impl Outbox,
+    ) {
+        const USAGE: &str = "*** error: usage: /history [N] or /history since ID";
+        let (room, ids) = (self.clients[i].room, self.clients[i].ids);
+        let r = &self.rooms[room];
+        let (word, arg) = split_word(rest);
+        // Ok(n): the last n lines; Err(id): the lines after id.
+        let ask: Result<usize, Id> = if rest.is_empty() {
+            Ok(if self.on_join > 0 { self.on_join } else { 20 })
+        } else if word.eq_ignore_ascii_case("since") {
+            match arg.trim().parse::<Id>() {
+                Ok(since) => Err(since),
+                Err(()) => return reply(out, id, USAGE),
+            }
+        } else {
+            match rest.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => return reply(out, id, USAGE),
+            }
+        };
+        if self.history.limits().per_room == 0 {
+            let text = format!("*** history of {}: off on this server", r.name);
+            return reply(out, id, &text);
+        }
+        let keep = self.history.limits().per_room;
+        let asked = match ask {
+            Ok(n) => self.ask(i, room, Asked::Last(n), None, n.min(keep), out),
+            Err(since) => self.ask(i, room, Asked::Since(since), Some(since), keep, out),
+        };
+        if asked {
+            return;
+        }
+        let r = &self.rooms[room];
+        match &self.cluster {
+            Some(c) if c.up => {
+                return reply(
+                    out,
+                    id,
+                    "*** error: the cluster is busy; try /history again in a moment",
+                );
+            }
+            // The cluster's history is in Redis, out of reach now.
+            Some(_) => reply(
+                out,
+                id,
+                "*** the cluster link is down: this is only what was said on this server meanwhile",
+            ),
+            None => {}
+        }
+        let kept = self.history.kept(r.hist).len();
+        let text = match ask {
+            Ok(n) => self.history_answer(room, kept.saturating_sub(n), ids, Ask::Last),
+            Err(since) => match self.history.since(r.hist, since) {
+                Since::Kept { from, evicted } => {
+                    self.history_answer(room, from, ids, Ask::Resume(since, evicted))
+                }
+                Since::Lost => self.history_answer(room, 0, ids, Ask::Lost(since)),
+            },
+        };
+        out.send(id, &Msg::new(&text));
+    }
+
+    /// One history answer from this instance's own history: the kept
+    /// lines of `room` from index `from` on.
+    pub(super) fn history_answer(&self, room: usize, from: usize, ids: bool, ask: Ask) -> String {
+        let r = &self.rooms[room];
+        let kept = self.history.kept(r.hist);
+        let epoch = self.history.head(r.hist).map_or(0, |h| h.epoch);
+        let lines: Vec<&history::Line> = kept.range(from.min(kept.len())..).collect();
+        render_answer(&r.name, epoch, &lines, ids, ask, self.reply_max).0
+    }
+
+    /// Cluster mode, link up: asks Redis for `room`'s history for client
+    /// `i` and holds its room lines until the answer; false (nothing asked)
+    /// otherwise, and the caller answers from this instance's own history.
+    pub(super) fn ask(
+        &mut self,
+        i: Member,
+        room: usize,
+        asked: Asked,
+        after: Option<Id>,
+        count: usize,
+        out: &mut impl Outbox,
+    ) -> bool {
+        let (true, Home::Local(cid)) = (
+            self.cluster.as_ref().is_some_and(|c| c.up),
+            &self.clients[i].home,
+        ) else {
+            return false;
+        };
+        if !out.history(*cid, &self.rooms[room].key, asked, after, count) {
+            return false;
+        }
+        self.clients[i].wait.get_or_insert_default().pending += 1;
+        true
+    }
+
+    /// Room lines numbered by Redis (see `say`), for the local members of
+    /// `room`: one plain buffer and, if anyone has ids, one tagged buffer.
+    /// `from`: our local client who said them, who gets them back only if
+    /// it has ids.
+    pub fn said(
+        &mut self,
+        room: &str,
+        first: Id,
+        from: Option<ClientId>,
+        text: &str,
+        out: &mut impl Outbox,
+    ) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let sender = from.and_then(|c| self.idx(c));
+        let count = text.split("\r\n").count() as u64;
+        self.rooms[r].last_id = Some(Id {
+            epoch: first.epoch,
+            n: first.n + count.saturating_sub(1),
+        });
+        let plain = Msg::new(text);
+        let mut tagged: Option<Rc<Msg>> = None;
+        for &member in &self.rooms[r].members {
+            let c = &mut self.clients[member];
+            let Home::Local(to) = c.home else { continue };
+            let msg = if c.ids {
+                tagged.get_or_insert_with(|| Msg::new(&tag_lines(text, first)))
+            } else if Some(member) != sender {
+                &plain
+            } else {
+                continue;
+            };
+            match c.wait.as_mut() {
+                Some(w) => {
+                    if w.held.len() >= MAX_HELD
+                        && let Some((.., n, _)) = w.held.pop_front()
+                    {
+                        w.lost += n;
+                    }
+                    w.held
+                        .push_back((self.rooms[r].key.clone(), first, count, msg.clone()));
+                }
+                None => out.send(to, msg),
+            }
+        }
+    }
+
+    /// Redis's answer to [`Outbox::history`] for local client `id`: the
+    /// room's epoch and last N, and its lines (oldest first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        asked: Asked,
+        epoch: u64,
+        last: u64,
+        lines: Vec<history::Line>,
+        out: &mut impl Outbox,
+    ) {
+        let Some(i) = self.idx(id) else { return };
+        let here = self.room_keys.get(room).copied();
+        if let Some(r) = here.filter(|&r| r == self.clients[i].room) {
+            let (name, ids) = (&self.rooms[r].name, self.clients[i].ids);
+            let refs: Vec<&history::Line> = lines.iter().collect();
+            let render = |ask| render_answer(name, epoch, &refs, ids, ask, self.reply_max);
+            let answer = match asked {
+                Asked::Enter if !refs.is_empty() => Some(render(Ask::Last)),
+                Asked::Enter | Asked::Mark => None,
+                Asked::Last(_) => Some(render(Ask::Last)),
+                // 0-0: where a client stands in a room that had no lines yet.
+                Asked::Since(since)
+                    if epoch != 0 && (since.epoch == epoch || since == Id { epoch: 0, n: 0 }) =>
+                {
+                    let after = if since.epoch == epoch { since.n } else { 0 };
+                    let total = last.saturating_sub(after);
+                    let evicted = total.saturating_sub(refs.len() as u64);
+                    Some(render(Ask::Resume(since, evicted)))
+                }
+                Asked::Since(since) if epoch == 0 && since.n == 0 => Some((
+                    format!("*** history of {name}: nothing new since {since}"),
+                    0,
+                )),
+                Asked::Since(since) => Some(render(Ask::Lost(since))),
+            };
+            // The ids shown: the newest `shown` of the lines.
+            let covered = match &answer {
+                Some((_, shown)) if *shown > 0 => Some((
+                    Id {
+                        epoch,
+                        n: refs[refs.len() - shown].n,
+                    },
+                    Id {
+                        epoch,
+                        n: refs[refs.len() - 1].n,
+                    },
+                )),
+                _ => None,
+            };
+            if let Some((text, _)) = answer {
+                out.send(id, &Msg::new(&text));
+            }
+            let key = self.rooms[r].key.clone();
+            if ids && matches!(asked, Asked::Enter | Asked::Mark) {
+                // Where the client stands: after what it was shown, before
+                // what is held for it or still on its way here (Redis may
+                // have numbered lines this instance has not delivered yet).
+                let mark = match covered {
+                    Some((_, hi)) => hi,
+                    None => {
+                        let mut n = last;
+                        let held = self.clients[i].wait.as_ref().and_then(|w| {
+                            w.held
+                                .iter()
+                                .find(|(k, f, ..)| *k == key && f.epoch == epoch)
+                                .map(|(_, f, ..)| f.n)
+                        });
+                        if let Some(first) = held {
+                            n = n.min(first.saturating_sub(1));
+                        }
+                        if let Some(done) = self.rooms[r].last_id.filter(|l| l.epoch == epoch) {
+                            n = n.min(done.n);
+                        }
+                        Id { epoch, n }
+                    }
+                };
+                reply(out, id, &format!("*** ids on: {name} at {mark}"));
+            }
+            if let (Some(w), Some((lo, hi))) = (self.clients[i].wait.as_mut(), covered) {
+                w.covered.push((key, lo, hi));
+            }
+        }
+        let done = self.clients[i].wait.as_mut().is_none_or(|w| {
+            w.pending = w.pending.saturating_sub(1);
+            w.pending == 0
+        });
+        if done {
+            self.release_held(i, out);
+        }
+    }
+
+    /// Sends what was held for client `i` while its history was fetched:
+    /// only lines of the room it is in, and not those the answer had.
+    pub(super) fn release_held(&mut self, i: Member, out: &mut impl Outbox) {
+        let (Some(w), Home::Local(id)) = (self.clients[i].wait.take(), &self.clients[i].home)
+        else {
+            return;
+        };
+        let id = *id;
+        if w.lost > 0 {
+            let text = format!(
+                "*** {} missed while your history was fetched",
+                plural(w.lost, "line") + if w.lost == 1 { " was" } else { " were" }
+            );
+            reply(out, id, &text);
+        }
+        let room = &self.rooms[self.clients[i].room].key;
+        let shown = |key: &str, n: Id| {
+            w.covered.iter().any(|(k, lo, hi)| {
+                **k == *key && lo.epoch == n.epoch && (lo.n..=hi.n).contains(&n.n)
+            })
+        };
+        for (key, first, count, msg) in &w.held {
+            if key != room {
+                continue;
+            }
+            let id_of = |k: u64| Id {
+                epoch: first.epoch,
+                n: first.n + k,
+            };
+            let dups = (0..*count).filter(|&k| shown(key, id_of(k))).count() as u64;
+            if dups == 0 {
+                out.send(id, msg);
+            } else if dups < *count {
+                let rest: Vec<&str> = msg
+                    .text()
+                    .split("\r\n")
+                    .enumerate()
+                    .filter(|&(k, _)| !shown(key, id_of(k as u64)))
+                    .map(|(_, l)| l)
+                    .collect();
+                out.send(id, &Msg::new(&rest.join("\r\n")));
+            }
+        }
+    }
+
+    /// Redis refused local client `id`'s line (`sure`), or the link went
+    /// down before Redis confirmed it: the client is told.
+    pub fn not_said(&self, id: ClientId, sure: bool, out: &mut impl Outbox) {
+        if self.idx(id).is_some() {
+            let text = if sure {
+                "*** error: the cluster could not take that line; it was not sent"
+            } else {
+                "*** error: the cluster link went down before your last lines were confirmed; they may not have reached everyone"
+            };
+            reply(out, id, text);
+        }
+    }
+}
+
+/// What a history answer answers.
+#[derive(Clone, Copy)]
+pub(super) enum Ask {
+    /// The last lines: a join replay or `/history N`.
+    Last,
+    /// `/history since ID` with the same record; how many lines after the
+    /// id were evicted before the first kept one.
+    Resume(Id, u64),
+    /// `/history since ID` from a record that is gone.
+    Lost(Id),
+}
+
+/// Messages and actions, which history keeps; not notices (`*** `) nor
+/// private messages (which never reach a room).
+pub(super) fn is_room_line(line: &str) -> bool {
+    line.starts_with('<') || (line.starts_with("* ") && !line.starts_with("*** "))
+}
+
+/// One history answer, as one buffer: `lines` (oldest first), the newest
+/// of them as far as `reply_max` bytes allow, framed by a header and an end
+/// line, and preceded by what was missed.
+pub(super) fn render_answer(
+    name: &str,
+    epoch: u64,
+    kept: &[&history::Line],
+    ids: bool,
+    ask: Ask,
+    reply_max: usize,
+) -> (String, usize) {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    for l in kept.iter().rev() {
+        let line = history_line(l, epoch, ids);
+        bytes += line.len() + 2;
+        if bytes > reply_max {
+            break;
+        }
+        lines.push(line);
+    }
+    let left_out = (kept.len() - lines.len()) as u64;
+    let shown = lines.len();
+    let mut text = String::new();
+    match ask {
+        Ask::Resume(_, evicted) if left_out + evicted > 0 => text.push_str(&format!(
+            "*** {} missed; showing the last {shown}\r\n",
+            plural(left_out + evicted, "line")
+                + if left_out + evicted == 1 {
+                    " was"
+                } else {
+                    " were"
+                },
+        )),
+        Ask::Lost(since) => text.push_str(&format!(
+            "*** the history since {since} is gone (the server restarted, or the room was empty for too long); showing the last {shown}\r\n"
+        )),
+        _ if left_out > 0 => text.push_str(&format!(
+            "*** {} left out: too long to send at once\r\n",
+            plural(left_out, "older line")
+        )),
+        _ => {}
+    }
+    if shown == 0 {
+        match ask {
+            Ask::Resume(since, _) if left_out == 0 => {
+                text.push_str(&format!("*** history of {name}: nothing new since {since}"))
+            }
+            _ => text.push_str(&format!("*** history of {name}: empty")),
+        }
+        return (text, 0);
+    }
+    let since = match ask {
+        Ask::Resume(since, _) | Ask::Lost(since) => format!(" since {since}"),
+        Ask::Last => String::new(),
+    };
+    text.push_str(&format!(
+        "*** history of {name}{since} ({}, times UTC):",
+        plural(shown as u64, "line")
+    ));
+    for line in lines.iter().rev() {
+        text.push_str("\r\n");
+        text.push_str(line);
+    }
+    text.push_str("\r\n*** end of history");
+    (text, shown)
+}
+
+/// `@id=EPOCH-N <alice> hi` for each line of a batch numbered from `first`.
+pub(super) fn tag_lines(lines: &str, first: Id) -> String {
+    let mut out = String::with_capacity(lines.len() + 32);
+    for (k, line) in lines.split("\r\n").enumerate() {
+        if k > 0 {
+            out.push_str("\r\n");
+        }
+        let id = Id {
+            epoch: first.epoch,
+            n: first.n + k as u64,
+        };
+        out.push_str(&format!("@id={id} {line}"));
+    }
+    out
+}
+
+/// `[12:03] <alice> hi`, or with ids `@id=EPOCH-N;ms=UNIXMS [12:03] <alice> hi`;
+/// the time is UTC.
+pub(super) fn history_line(l: &history::Line, epoch: u64, ids: bool) -> String {
+    let secs = l.ms / 1000 % 86400;
+    let (h, m) = (secs / 3600, secs / 60 % 60);
+    if ids {
+        format!("@id={epoch}-{};ms={} [{h:02}:{m:02}] {}", l.n, l.ms, l.text)
+    } else {
+        format!("[{h:02}:{m:02}] {}", l.text)
+    }
+}

@@ -1,0 +1,1483 @@
+use super::*;
+
+#[derive(Default)]
+struct Rec {
+    got: Vec<(ClientId, String)>,
+    closed: Vec<(ClientId, String)>,
+}
+
+impl Outbox for Rec {
+    fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+        self.got.push((to, msg.text().to_string()));
+    }
+    fn close(&mut self, id: ClientId, reason: String) {
+        self.closed.push((id, reason));
+    }
+}
+
+impl Rec {
+    fn take(&mut self) -> Vec<(ClientId, String)> {
+        std::mem::take(&mut self.got)
+    }
+    fn to(&mut self, id: ClientId) -> Vec<String> {
+        self.take()
+            .into_iter()
+            .filter(|(to, _)| *to == id)
+            .map(|(_, t)| t)
+            .collect()
+    }
+}
+
+fn hub_with(n: usize) -> (Hub, Rec) {
+    let mut hub = Hub::new(200);
+    let mut rec = Rec::default();
+    for id in 0..n {
+        hub.connect(id, &mut rec);
+    }
+    rec.take();
+    (hub, rec)
+}
+
+fn pairs(v: &[(ClientId, &str)]) -> Vec<(ClientId, String)> {
+    v.iter().map(|(i, s)| (*i, s.to_string())).collect()
+}
+
+#[test]
+fn welcome_names_the_guest_and_the_crowd_and_others_hear_the_join() {
+    let mut hub = Hub::new(200);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(
+            0,
+            "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands; lines up to 8192 bytes"
+        )])
+    );
+    hub.connect(5, &mut rec);
+    let got = rec.take();
+    assert_eq!(got[0].0, 5);
+    assert!(got[0].1.contains("guest-2") && got[0].1.contains("1 other user online"));
+    assert_eq!(got[1], (0, "*** guest-2 joined".to_string()));
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
+fn a_message_reaches_everyone_else_in_the_room_not_the_sender() {
+    let (mut hub, mut rec) = hub_with(3);
+    hub.line(1, "hello", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(0, "<guest-2> hello"), (2, "<guest-2> hello")])
+    );
+}
+
+#[test]
+fn double_slash_is_a_message_starting_with_one_slash() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "//shrug", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(1, "<guest-1> /shrug")]));
+}
+
+#[test]
+fn broadcast_shares_one_message() {
+    struct Ptrs(Vec<*const Msg>);
+    impl Outbox for Ptrs {
+        fn send(&mut self, _: ClientId, msg: &Rc<Msg>) {
+            self.0.push(Rc::as_ptr(msg));
+        }
+        fn close(&mut self, _: ClientId, _: String) {}
+    }
+    let (mut hub, _) = hub_with(10);
+    let mut p = Ptrs(Vec::new());
+    hub.line(0, "x", &mut p);
+    assert_eq!(p.0.len(), 9);
+    assert!(p.0.iter().all(|&q| q == p.0[0]));
+}
+
+#[test]
+fn nick_changes_name_confirms_and_tells_the_room() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/nick alice", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (0, "*** you are now alice"),
+            (1, "*** guest-1 is now alice")
+        ])
+    );
+    hub.line(0, "hi", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(1, "<alice> hi")]));
+    assert_eq!(hub.name(0), Some("alice"));
+}
+
+#[test]
+fn nick_errors() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/nick alice", &mut rec);
+    rec.take();
+    for (cmd, want) in [
+        ("/nick", "*** error: usage: /nick NAME"),
+        ("/nick ALICE", "*** error: the name ALICE is taken"),
+        (
+            "/nick guest-9",
+            "*** error: names beginning with guest- are kept for the server",
+        ),
+        (
+            "/nick Guest-1",
+            "*** error: names beginning with guest- are kept for the server",
+        ),
+        (
+            "/nick a b",
+            "*** error: invalid name: ' ' is not allowed; use letters, digits, '-', '_' and '.'",
+        ),
+        (
+            "/nick abcdefghijklmnopqrstuvwxy",
+            "*** error: invalid name: at most 24 characters",
+        ),
+        (
+            "/nick bøb",
+            "*** error: invalid name: 'ø' is not allowed; use letters, digits, '-', '_' and '.'",
+        ),
+    ] {
+        hub.line(1, cmd, &mut rec);
+        assert_eq!(rec.take(), pairs(&[(1, want)]), "{cmd}");
+    }
+    // 24 characters is fine, and so is every allowed character.
+    hub.line(1, "/nick Ab9-_.defghijklmnopqrstu", &mut rec);
+    assert_eq!(rec.to(1), vec!["*** you are now Ab9-_.defghijklmnopqrstu"]);
+}
+
+#[test]
+fn a_case_change_of_ones_own_name_is_allowed() {
+    let (mut hub, mut rec) = hub_with(1);
+    hub.line(0, "/nick alice", &mut rec);
+    hub.line(0, "/nick Alice", &mut rec);
+    assert_eq!(rec.to(0).last().unwrap(), "*** you are now Alice");
+    hub.line(0, "/nick Alice", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** you are already Alice"]);
+}
+
+#[test]
+fn a_name_is_freed_by_a_nick_change_and_by_leaving() {
+    let (mut hub, mut rec) = hub_with(3);
+    hub.line(0, "/nick alice", &mut rec);
+    hub.line(0, "/nick alicia", &mut rec);
+    rec.take();
+    hub.line(1, "/nick alice", &mut rec);
+    assert_eq!(rec.to(1)[0], "*** you are now alice");
+    hub.disconnect(1, None, &mut rec);
+    rec.take();
+    hub.line(2, "/nick alice", &mut rec);
+    assert_eq!(rec.to(2), vec!["*** you are now alice"]);
+}
+
+#[test]
+fn first_of_two_nick_requests_wins() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/nick bob", &mut rec);
+    hub.line(1, "/nick Bob", &mut rec);
+    let got = rec.take();
+    assert!(got.contains(&(0, "*** you are now bob".into())));
+    assert!(got.contains(&(1, "*** error: the name Bob is taken".into())));
+}
+
+#[test]
+fn who_lists_the_room_sorted() {
+    let (mut hub, mut rec) = hub_with(3);
+    hub.line(2, "/nick Zed", &mut rec);
+    hub.line(1, "/nick amy", &mut rec);
+    rec.take();
+    hub.line(0, "/WHO", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(0, "*** #lobby (3): amy, guest-1, Zed")])
+    );
+}
+
+#[test]
+fn msg_reaches_only_its_target() {
+    let (mut hub, mut rec) = hub_with(3);
+    hub.line(1, "/nick bob", &mut rec);
+    hub.line(0, "/nick alice", &mut rec);
+    rec.take();
+    hub.line(0, "/msg BOB  psst, over here ", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (1, "*alice* psst, over here"),
+            (0, "-> *bob* psst, over here")
+        ])
+    );
+}
+
+#[test]
+fn msg_errors() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/msg nobody hi", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** error: no user named nobody"]);
+    hub.line(0, "/msg guest-2", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** error: usage: /msg NAME text"]);
+    hub.line(0, "/msg", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** error: usage: /msg NAME text"]);
+}
+
+#[test]
+fn me_is_an_action_for_the_room() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/Me waves", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(1, "* guest-1 waves")]));
+    hub.line(0, "/me", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "*** error: usage: /me text")]));
+}
+
+#[test]
+fn join_moves_between_rooms_and_rooms_are_isolated() {
+    let (mut hub, mut rec) = hub_with(3);
+    hub.line(0, "/nick alice", &mut rec);
+    rec.take();
+    hub.line(0, "/join Games", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (1, "*** alice left #lobby"),
+            (2, "*** alice left #lobby"),
+            (0, "*** you joined #Games (1): alice"),
+        ])
+    );
+    hub.line(1, "/join #games", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (2, "*** guest-2 left #lobby"),
+            (0, "*** guest-2 joined #Games"),
+            (1, "*** you joined #Games (2): alice, guest-2"),
+        ])
+    );
+    hub.line(0, "in games", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(1, "<alice> in games")]));
+    hub.line(2, "in lobby", &mut rec);
+    assert_eq!(rec.take(), vec![], "nobody else is in the lobby");
+    hub.line(1, "/rooms", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(1, "*** rooms (2): #Games (2), #lobby (1)")])
+    );
+}
+
+#[test]
+fn who_and_rooms_name_at_most_list_max_entries() {
+    let n = LIST_MAX + 5;
+    let (mut hub, mut rec) = hub_with(n);
+    hub.line(1, "/who", &mut rec);
+    let who = rec.to(1).pop().unwrap();
+    let want = format!("*** #lobby ({n}): ");
+    assert!(who.starts_with(&want), "{who}");
+    assert!(who.ends_with(", … and 5 more"), "{who}");
+    assert_eq!(who.matches(", ").count(), LIST_MAX);
+    // The first in alphabetical order: guest-1, guest-10, guest-100, ...
+    assert!(who[want.len()..].starts_with("guest-1, guest-10, guest-100, "));
+    for i in 0..n {
+        hub.line(i, &format!("/join r{i:03}"), &mut rec);
+    }
+    rec.take();
+    hub.line(1, "/rooms", &mut rec);
+    let rooms = rec.to(1).pop().unwrap();
+    assert!(rooms.starts_with(&format!("*** rooms ({n}): #r000 (1), #r001 (1), ")));
+    let last = LIST_MAX - 1;
+    assert!(
+        rooms.ends_with(&format!("#r{last} (1), … and 5 more")),
+        "{rooms}"
+    );
+}
+
+#[test]
+fn join_errors() {
+    let (mut hub, mut rec) = hub_with(1);
+    hub.line(0, "/join #LOBBY", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** error: you are already in #lobby"]);
+    hub.line(0, "/join", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** error: usage: /join ROOM"]);
+    hub.line(0, "/join #", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** error: usage: /join ROOM"]);
+    hub.line(0, "/join a/b", &mut rec);
+    assert_eq!(
+        rec.to(0),
+        vec![
+            "*** error: invalid room name: '/' is not allowed; use letters, digits, '-', '_' and '.'"
+        ]
+    );
+}
+
+#[test]
+fn an_empty_room_disappears_and_its_name_can_be_reused() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/join a", &mut rec);
+    assert_eq!(hub.rooms(), 2);
+    hub.disconnect(0, None, &mut rec);
+    assert_eq!(hub.rooms(), 1);
+    hub.line(1, "/join A", &mut rec);
+    assert_eq!(rec.to(1).last().unwrap(), "*** you joined #A (1): guest-2");
+    hub.line(1, "/join lobby", &mut rec);
+    assert_eq!(hub.rooms(), 1);
+}
+
+#[test]
+fn leaving_tells_the_room_with_the_reason() {
+    let (mut hub, mut rec) = hub_with(3);
+    hub.disconnect(1, Some("too slow"), &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (0, "*** guest-2 left (too slow)"),
+            (2, "*** guest-2 left (too slow)")
+        ])
+    );
+    hub.disconnect(2, None, &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "*** guest-3 left")]));
+    assert_eq!(hub.online(), 1);
+    hub.disconnect(2, None, &mut rec);
+    assert_eq!(hub.online(), 1, "a second disconnect is harmless");
+}
+
+#[test]
+fn quit_says_bye_and_asks_the_transport_to_close() {
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/quit gotta go", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "*** bye")]));
+    assert_eq!(rec.closed, vec![(0, "quit: gotta go".to_string())]);
+    hub.line(1, "/QUIT", &mut rec);
+    assert_eq!(rec.closed[1], (1, "quit".to_string()));
+}
+
+#[test]
+fn help_and_unknown_commands() {
+    let (mut hub, mut rec) = hub_with(1);
+    hub.line(0, "/help", &mut rec);
+    let help = rec.to(0);
+    for cmd in [
+        "/nick", "/who", "/msg", "/me", "/join", "/rooms", "/stats", "/quit", "/help",
+    ] {
+        assert!(help.iter().any(|l| l.contains(cmd)), "{cmd} in help");
+    }
+    assert!(help.iter().all(|l| l.starts_with("*** ")));
+    hub.line(0, "/foo bar", &mut rec);
+    assert_eq!(
+        rec.to(0),
+        vec!["*** error: unknown command /foo (try /help)"]
+    );
+    hub.line(0, "/", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** error: unknown command / (try /help)"]);
+}
+
+#[test]
+fn big_rooms_stop_announcing_joins_leaves_and_nicks() {
+    let mut hub = Hub::new(3);
+    let mut rec = Rec::default();
+    for id in 0..3 {
+        hub.connect(id, &mut rec);
+    }
+    rec.take();
+    hub.connect(3, &mut rec);
+    assert_eq!(rec.take().len(), 1, "4 > 3 members: only the welcome");
+    hub.line(3, "/nick dan", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(3, "*** you are now dan")]));
+    hub.disconnect(3, None, &mut rec);
+    assert_eq!(rec.take(), vec![], "leaving a room of 4 is silent too");
+    hub.disconnect(2, None, &mut rec);
+    assert_eq!(rec.take().len(), 2, "a room of 3 announces");
+    hub.line(0, "/who", &mut rec);
+    assert_eq!(rec.to(0), vec!["*** #lobby (2): guest-1, guest-2"]);
+}
+
+#[test]
+fn stats_line_formats_every_part() {
+    let you = ConnStats {
+        queued: 1,
+        dropped: 12,
+        connected: Duration::from_secs(5 * 60 + 3),
+    };
+    let server = ServerStats {
+        uptime: Duration::from_secs(2 * 3600 + 10 * 60 + 59),
+        lines_per_sec: 0.4166,
+    };
+    assert_eq!(
+        stats_line(3, 1, Some(you), Some(server)),
+        "*** you: 1 byte queued, 12 lines dropped, connected 5m 3s; \
+         server: 3 users, 1 room, up 2h 10m, 0.4 lines/s over the last minute"
+    );
+    assert_eq!(stats_line(1, 2, None, None), "*** server: 1 user, 2 rooms");
+}
+
+#[test]
+fn durations_show_their_two_largest_units() {
+    let d = |s| human_duration(Duration::from_secs(s));
+    assert_eq!(d(0), "0s");
+    assert_eq!(d(59), "59s");
+    assert_eq!(d(60), "1m 0s");
+    assert_eq!(d(3599), "59m 59s");
+    assert_eq!(d(3600), "1h 0m");
+    assert_eq!(d(86399), "23h 59m");
+    assert_eq!(d(3 * 86400 + 4 * 3600 + 59), "3d 4h");
+}
+
+#[test]
+fn stats_asks_the_transport_about_the_caller() {
+    struct WithStats(Rec);
+    impl Outbox for WithStats {
+        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+            self.0.send(to, msg);
+        }
+        fn close(&mut self, id: ClientId, reason: String) {
+            self.0.close(id, reason);
+        }
+        fn conn_stats(&self, id: ClientId) -> Option<ConnStats> {
+            Some(ConnStats {
+                queued: id * 100,
+                dropped: 7,
+                connected: Duration::from_secs(61),
+            })
+        }
+        fn server_stats(&self) -> Option<ServerStats> {
+            Some(ServerStats {
+                uptime: Duration::from_secs(5),
+                lines_per_sec: 2.0,
+            })
+        }
+    }
+    let (mut hub, rec) = hub_with(3);
+    let mut out = WithStats(rec);
+    hub.line(2, "/join games", &mut out);
+    out.0.take();
+    hub.line(2, "/STATS", &mut out);
+    assert_eq!(
+        out.0.take(),
+        pairs(&[(
+            2,
+            "*** you: 200 bytes queued, 7 lines dropped, connected 1m 1s; \
+             server: 3 users, 2 rooms, up 5s, 2.0 lines/s over the last minute"
+        )])
+    );
+    // The recorder keeps no figures: only the hub's own are shown.
+    let (mut hub, mut rec) = hub_with(2);
+    hub.line(0, "/stats", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "*** server: 2 users, 1 room")]));
+}
+
+#[test]
+fn relayed_counts_chat_lines_not_commands() {
+    let (mut hub, mut rec) = hub_with(3);
+    hub.line(0, "hello", &mut rec);
+    hub.line(0, "//slash", &mut rec);
+    hub.line(0, "/me waves", &mut rec);
+    hub.line(0, "/msg guest-2 psst", &mut rec);
+    assert_eq!(hub.relayed(), 4);
+    hub.line(0, "/who", &mut rec);
+    hub.line(0, "/msg nobody hi", &mut rec);
+    hub.line(0, "/me", &mut rec);
+    hub.line(0, "/stats", &mut rec);
+    assert_eq!(hub.relayed(), 4);
+}
+
+#[test]
+fn guest_numbers_are_never_reused() {
+    let (mut hub, mut rec) = hub_with(1);
+    hub.disconnect(0, None, &mut rec);
+    hub.connect(0, &mut rec);
+    assert_eq!(hub.name(0), Some("guest-2"));
+}
+
+#[test]
+fn a_burst_of_messages_is_one_shared_batch_and_commands_keep_their_place() {
+    let (mut hub, mut rec) = hub_with(3);
+    let texts: Vec<String> = ["one", "//two", "/nick al", "three", "/quit bye", "lost"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    hub.lines(0, &texts, &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (1, "<guest-1> one\r\n<guest-1> /two"),
+            (2, "<guest-1> one\r\n<guest-1> /two"),
+            (0, "*** you are now al"),
+            (1, "*** guest-1 is now al"),
+            (2, "*** guest-1 is now al"),
+            (1, "<al> three"),
+            (2, "<al> three"),
+            (0, "*** bye"),
+        ])
+    );
+    assert_eq!(rec.closed, vec![(0, "quit: bye".to_string())]);
+}
+
+#[test]
+fn batches_stay_under_their_bound() {
+    let mut hub = Hub::new(200).with_batch_max(100);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.connect(1, &mut rec);
+    rec.take();
+    let texts: Vec<String> = (0..10).map(|i| format!("{i}{}", "x".repeat(30))).collect();
+    hub.lines(0, &texts, &mut rec);
+    let got = rec.to(1);
+    assert!(
+        got.len() > 1 && got.iter().all(|m| m.len() + 2 <= 100),
+        "{got:?}"
+    );
+    let joined: Vec<String> = got
+        .iter()
+        .flat_map(|m| m.split("\r\n"))
+        .map(String::from)
+        .collect();
+    let want: Vec<String> = texts.iter().map(|t| format!("<guest-1> {t}")).collect();
+    assert_eq!(joined, want, "every line, in order");
+}
+
+/// 2026-12-01 12:03:00 UTC, in ms.
+const NOON: u64 = 1_796_126_580_000;
+
+fn history_hub(per_room: usize, on_join: usize) -> Hub {
+    let limits = history::Limits {
+        per_room,
+        ..history::Limits::default()
+    };
+    let mut hub = Hub::new(200).with_history(limits, on_join);
+    hub.tick(NOON);
+    hub
+}
+
+#[test]
+fn joining_shows_the_last_lines_with_their_time_between_markers() {
+    let mut hub = history_hub(100, 2);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.line(0, "/nick alice", &mut rec);
+    hub.line(0, "one", &mut rec);
+    hub.tick(NOON + 61_000);
+    hub.line(0, "/me waves", &mut rec);
+    hub.line(0, "*** not a notice, a message", &mut rec);
+    rec.take();
+    hub.connect(1, &mut rec);
+    let got = rec.to(1);
+    assert!(got[0].starts_with("*** welcome"), "{got:?}");
+    assert_eq!(
+        got[1],
+        "*** history of #lobby (2 lines, times UTC):\r\n\
+         [12:04] * alice waves\r\n\
+         [12:04] <alice> *** not a notice, a message\r\n\
+         *** end of history"
+    );
+    assert_eq!(got.len(), 2);
+    // Entering another room replays that room's lines.
+    hub.line(0, "/join games", &mut rec);
+    hub.line(0, "in games", &mut rec);
+    rec.take();
+    hub.line(1, "/join games", &mut rec);
+    let got = rec.to(1);
+    assert_eq!(got[0], "*** you joined #games (2): alice, guest-2");
+    assert_eq!(
+        got[1],
+        "*** history of #games (1 line, times UTC):\r\n[12:04] <alice> in games\r\n*** end of history"
+    );
+}
+
+#[test]
+fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
+    let mut hub = history_hub(100, 20);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.connect(1, &mut rec);
+    hub.line(0, "/msg guest-2 secret", &mut rec);
+    hub.line(1, "/nick bob", &mut rec);
+    hub.line(0, "/who", &mut rec);
+    hub.line(0, "//slash", &mut rec);
+    hub.disconnect(1, None, &mut rec);
+    assert_eq!(hub.history_lines(), 1);
+    rec.take();
+    hub.connect(2, &mut rec);
+    let got = rec.to(2).join("\n");
+    assert!(!got.contains("secret") && !got.contains("bob"), "{got}");
+    assert!(got.contains("[12:03] <guest-1> /slash"), "{got}");
+}
+
+#[test]
+fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
+    let mut hub = history_hub(5, 0);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    rec.take();
+    let texts: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+    hub.lines(0, &texts, &mut rec);
+    hub.connect(1, &mut rec);
+    assert_eq!(rec.to(1).len(), 1, "--history-on-join 0: no replay");
+    let count = |rec: &mut Rec| {
+        let got = rec.to(1);
+        assert_eq!(got.len(), 1, "one buffer: {got:?}");
+        got[0]
+            .lines()
+            .filter(|l| l.starts_with("[12:03] <guest-1> m"))
+            .count()
+    };
+    hub.line(1, "/history 3", &mut rec);
+    assert_eq!(count(&mut rec), 3);
+    hub.line(1, "/history 1000", &mut rec);
+    assert_eq!(count(&mut rec), 5, "--history 5 is all there is");
+    hub.line(1, "/history", &mut rec);
+    assert_eq!(count(&mut rec), 5, "the default is 20");
+    for bad in [
+        "/history 0",
+        "/history -1",
+        "/history x",
+        "/history since",
+        "/history since 5",
+    ] {
+        hub.line(1, bad, &mut rec);
+        assert_eq!(
+            rec.to(1),
+            ["*** error: usage: /history [N] or /history since ID"],
+            "{bad}"
+        );
+    }
+    // An answer never passes reply_max: the oldest lines are left out.
+    let mut hub = history_hub(5, 0).with_reply_max(3 * 22);
+    hub.connect(0, &mut rec);
+    hub.lines(0, &texts, &mut rec);
+    rec.take();
+    hub.line(0, "/history 5", &mut rec);
+    let got = rec.to(0);
+    assert!(
+        got[0].starts_with(
+            "*** 2 older lines left out: too long to send at once\r\n*** history of #lobby (3 lines"
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got[0].ends_with("<guest-1> m8\r\n*** end of history"),
+        "{got:?}"
+    );
+    let mut hub = history_hub(0, 20);
+    hub.connect(0, &mut rec);
+    hub.line(0, "hi", &mut rec);
+    rec.take();
+    hub.line(0, "/history", &mut rec);
+    assert_eq!(rec.to(0), ["*** history of #lobby: off on this server"]);
+}
+
+#[test]
+fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
+    struct Ptrs(Vec<(ClientId, *const Msg, String)>);
+    impl Outbox for Ptrs {
+        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+            self.0.push((to, Rc::as_ptr(msg), msg.text().to_string()));
+        }
+        fn close(&mut self, _: ClientId, _: String) {}
+    }
+    let mut hub = history_hub(100, 20);
+    let mut p = Ptrs(Vec::new());
+    for id in 0..4 {
+        hub.connect(id, &mut p);
+    }
+    hub.line(0, "/ids on", &mut p);
+    hub.line(2, "/IDS on", &mut p);
+    let epoch = hub.history.head(0).map(|h| h.epoch).unwrap();
+    let mark = format!("*** ids on: #lobby at {epoch}-0");
+    assert_eq!(p.0.pop().map(|x| x.2), Some(mark), "where it stands");
+    p.0.clear();
+    let texts = vec!["a".to_string(), "b".to_string()];
+    hub.lines(0, &texts, &mut p);
+    let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
+    let got: Vec<(ClientId, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (0, tagged.as_str()),
+            (1, "<guest-1> a\r\n<guest-1> b"),
+            (2, tagged.as_str()),
+            (3, "<guest-1> a\r\n<guest-1> b"),
+        ],
+        "the sender with ids gets its own lines back"
+    );
+    assert_eq!(p.0[0].1, p.0[2].1, "one tagged buffer");
+    assert_eq!(p.0[1].1, p.0[3].1, "one plain buffer");
+    p.0.clear();
+    // Without ids the sender still gets nothing back, and notices are
+    // never tagged.
+    hub.line(1, "/me x", &mut p);
+    hub.line(2, "/ids off", &mut p);
+    hub.line(1, "/nick bob", &mut p);
+    let got: Vec<(ClientId, String)> = p.0.drain(..).map(|(t, _, s)| (t, s)).collect();
+    assert_eq!(
+        got,
+        pairs(&[
+            (0, &format!("@id={epoch}-3 * guest-2 x")),
+            (2, &format!("@id={epoch}-3 * guest-2 x")),
+            (3, "* guest-2 x"),
+            (2, "*** ids off"),
+            (1, "*** you are now bob"),
+            (0, "*** guest-2 is now bob"),
+            (2, "*** guest-2 is now bob"),
+            (3, "*** guest-2 is now bob"),
+        ])
+    );
+}
+
+#[test]
+fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_stands() {
+    let mut hub = history_hub(100, 20);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.line(0, "/join games", &mut rec);
+    hub.line(0, "hi", &mut rec);
+    hub.connect(1, &mut rec);
+    hub.line(1, "/ids on", &mut rec);
+    rec.take();
+    hub.line(1, "/join games", &mut rec);
+    let epoch = hub
+        .history
+        .head(hub.rooms[hub.room_keys["games"]].hist)
+        .unwrap()
+        .epoch;
+    let block = format!(
+        "*** history of #games (1 line, times UTC):\r\n\
+         @id={epoch}-1;ms={NOON} [12:03] <guest-1> hi\r\n*** end of history"
+    );
+    let mark = format!("*** ids on: #games at {epoch}-1");
+    assert_eq!(
+        rec.to(1),
+        ["*** you joined #games (2): guest-1, guest-2", &block, &mark]
+    );
+    hub.line(1, "/history", &mut rec);
+    assert_eq!(rec.to(1), [block]);
+    hub.line(1, "/ids", &mut rec);
+    assert_eq!(rec.to(1), [mark]);
+    hub.line(1, "/ids maybe", &mut rec);
+    assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
+}
+
+#[test]
+fn since_resumes_after_an_id_and_says_what_was_missed() {
+    let mut hub = history_hub(3, 20);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.connect(1, &mut rec);
+    let epoch = hub.history.head(0).unwrap().epoch;
+    let texts: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+    hub.lines(0, &texts, &mut rec);
+    rec.take();
+    let ask = |hub: &mut Hub, rec: &mut Rec, since: String| {
+        hub.line(1, &format!("/history since {since}"), rec);
+        rec.to(1).join("\r\n")
+    };
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-3"));
+    assert_eq!(
+        got,
+        format!(
+            "*** history of #lobby since {epoch}-3 (2 lines, times UTC):\r\n\
+             [12:03] <guest-1> m4\r\n[12:03] <guest-1> m5\r\n*** end of history"
+        )
+    );
+    // Kept: m3 m4 m5; m1 and m2 are gone.
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-0"));
+    assert!(
+        got.starts_with(&format!(
+            "*** 2 lines were missed; showing the last 3\r\n\
+             *** history of #lobby since {epoch}-0 (3 lines"
+        )),
+        "{got}"
+    );
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-1"));
+    assert!(
+        got.starts_with("*** 1 line was missed; showing the last 3\r\n"),
+        "{got}"
+    );
+    let got = ask(&mut hub, &mut rec, format!("{epoch}-5"));
+    assert_eq!(
+        got,
+        format!("*** history of #lobby: nothing new since {epoch}-5")
+    );
+    let got = ask(&mut hub, &mut rec, format!("{}-5", epoch - 1));
+    assert!(
+        got.starts_with(&format!("*** the history since {}-5 is gone (the server restarted, or the room was empty for too long); showing the last 3\r\n", epoch - 1)),
+        "{got}"
+    );
+}
+
+#[test]
+fn an_empty_room_keeps_its_history_for_the_ttl() {
+    let limits = history::Limits {
+        per_room: 10,
+        bytes: 1 << 20,
+        ttl_ms: 60_000,
+    };
+    let mut hub = Hub::new(200).with_history(limits, 20);
+    hub.tick(NOON);
+    let mut rec = Rec::default();
+    hub.connect(0, &mut rec);
+    hub.line(0, "hello?", &mut rec);
+    hub.disconnect(0, None, &mut rec);
+    assert_eq!(hub.rooms(), 0);
+    hub.tick(NOON + 59_999);
+    hub.connect(1, &mut rec);
+    assert!(rec.to(1).join("\n").contains("[12:03] <guest-1> hello?"));
+    hub.disconnect(1, None, &mut rec);
+    hub.tick(NOON + 200_000);
+    assert_eq!(hub.history_lines(), 0);
+    hub.connect(2, &mut rec);
+    assert_eq!(rec.to(2).len(), 1, "only the welcome");
+}
+
+/// Two instances joined by an in-memory stand-in for Redis: what one
+/// hub publishes reaches the other as the cluster link would deliver it.
+mod cluster {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[derive(Default)]
+    struct Bus {
+        got: Vec<(ClientId, String)>,
+        room_lines: Vec<(String, String)>,
+        /// Lines to be numbered, as Redis would (SAY_LUA).
+        said: Vec<(String, ClientId, String)>,
+        presence: Vec<Presence>,
+        privates: Vec<(String, u64, String, String)>,
+        claims: Vec<(ClientId, String)>,
+        released: Vec<(String, ClientId)>,
+        subscribed: HashSet<String>,
+        /// Answer claims with "busy" (the queue toward Redis is full).
+        busy: bool,
+    }
+
+    impl Outbox for Bus {
+        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+            self.got.push((to, msg.text().to_string()));
+        }
+        fn close(&mut self, _: ClientId, _: String) {}
+        fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
+            self.room_lines.push((room.into(), msg.text().into()));
+        }
+        fn say(&mut self, room: &str, from: ClientId, lines: &str, _: usize, _: u64) -> bool {
+            self.said.push((room.into(), from, lines.into()));
+            true
+        }
+        fn presence(&mut self, event: Presence) {
+            self.presence.push(event);
+        }
+        fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
+            self.privates
+                .push((node.into(), to, to_name.into(), msg.text().into()));
+        }
+        fn subscribe(&mut self, room: &str, on: bool) {
+            if on {
+                self.subscribed.insert(room.into());
+            } else {
+                self.subscribed.remove(room);
+            }
+        }
+        fn claim(&mut self, id: ClientId, name: &str) -> bool {
+            if !self.busy {
+                self.claims.push((id, name.into()));
+            }
+            !self.busy
+        }
+        fn release(&mut self, name: &str, id: ClientId, _since: u64) {
+            self.released.push((name.into(), id));
+        }
+    }
+
+    struct Net {
+        hubs: [Hub; 2],
+        bus: [Bus; 2],
+        names: HashMap<String, (usize, ClientId)>,
+        /// Each room's last N, as Redis keeps it.
+        numbers: HashMap<String, u64>,
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let mut net = Net {
+                hubs: [
+                    Hub::new(200).with_cluster("a"),
+                    Hub::new(200).with_cluster("b"),
+                ],
+                bus: [Bus::default(), Bus::default()],
+                names: HashMap::new(),
+                numbers: HashMap::new(),
+            };
+            net.hubs[0].add_guests(1, 100);
+            net.hubs[1].add_guests(101, 100);
+            for h in 0..2 {
+                net.hubs[h].link_up(&mut net.bus[h]);
+            }
+            net.pump();
+            net
+        }
+
+        /// Delivers everything published, as Redis would, until quiet.
+        fn pump(&mut self) {
+            for _ in 0..10 {
+                let mut quiet = true;
+                for from in 0..2 {
+                    let to = 1 - from;
+                    let b = &mut self.bus[from];
+                    let said = std::mem::take(&mut b.said);
+                    let lines = std::mem::take(&mut b.room_lines);
+                    let presence = std::mem::take(&mut b.presence);
+                    let privates = std::mem::take(&mut b.privates);
+                    let claims = std::mem::take(&mut b.claims);
+                    for (name, id) in std::mem::take(&mut b.released) {
+                        // Only the holder's own claim is given back.
+                        if self.names.get(&name) == Some(&(from, id)) {
+                            self.names.remove(&name);
+                        }
+                    }
+                    quiet &= said.is_empty()
+                        && lines.is_empty()
+                        && presence.is_empty()
+                        && privates.is_empty()
+                        && claims.is_empty();
+                    for (room, cid, text) in said {
+                        let n = self.numbers.entry(room.clone()).or_default();
+                        let first = Id {
+                            epoch: 7,
+                            n: *n + 1,
+                        };
+                        *n += text.split("\r\n").count() as u64;
+                        for (h, who) in [(from, Some(cid)), (to, None)] {
+                            if self.bus[h].subscribed.contains(&room) {
+                                self.hubs[h].said(&room, first, who, &text, &mut self.bus[h]);
+                            }
+                        }
+                    }
+                    for (room, text) in lines {
+                        if self.bus[to].subscribed.contains(&room) {
+                            self.hubs[to].remote_line(&room, &text, &mut self.bus[to]);
+                        }
+                    }
+                    for p in presence {
+                        self.hubs[to].remote_presence(p, &mut self.bus[to]);
+                    }
+                    for (_, id, name, text) in privates {
+                        self.hubs[to].remote_private(id as usize, &name, &text, &mut self.bus[to]);
+                    }
+                    for (id, name) in claims {
+                        let ok = !self.names.contains_key(&name);
+                        if ok {
+                            self.names.insert(name.clone(), (from, id));
+                        }
+                        let answer = if ok {
+                            Claim::Granted(1000 + id as u64)
+                        } else {
+                            Claim::Taken
+                        };
+                        self.hubs[from].claimed(id, &name, answer, &mut self.bus[from]);
+                    }
+                }
+                if quiet {
+                    return;
+                }
+            }
+            panic!("the bus never went quiet");
+        }
+
+        fn line(&mut self, h: usize, id: ClientId, text: &str) {
+            self.hubs[h].line(id, text, &mut self.bus[h]);
+            self.pump();
+        }
+
+        fn take(&mut self, h: usize) -> Vec<(ClientId, String)> {
+            std::mem::take(&mut self.bus[h].got)
+        }
+    }
+
+    #[test]
+    fn two_instances_are_one_chat() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.pump();
+        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.pump();
+        let welcome = net.take(1);
+        assert!(
+            welcome[0].1.contains("guest-101!") && welcome[0].1.contains("1 other user online"),
+            "{welcome:?}"
+        );
+        assert_eq!(
+            net.take(0),
+            pairs(&[
+                (
+                    0,
+                    "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands; lines up to 8192 bytes"
+                ),
+                (0, "*** guest-101 joined")
+            ])
+        );
+
+        net.line(0, 0, "hello b");
+        assert_eq!(net.take(1), pairs(&[(0, "<guest-1> hello b")]));
+        assert_eq!(net.take(0), vec![], "no echo, no double delivery");
+
+        net.line(1, 0, "/nick bob");
+        assert_eq!(net.take(1), pairs(&[(0, "*** you are now bob")]));
+        assert_eq!(net.take(0), pairs(&[(0, "*** guest-101 is now bob")]));
+
+        net.line(0, 0, "/nick BOB");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** error: the name BOB is taken")])
+        );
+
+        net.line(0, 0, "/who");
+        assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (2): bob, guest-1")]));
+
+        net.line(0, 0, "/msg bob psst");
+        assert_eq!(net.take(0), pairs(&[(0, "-> *bob* psst")]));
+        assert_eq!(net.take(1), pairs(&[(0, "*guest-1* psst")]));
+
+        net.line(1, 0, "/join games");
+        net.take(1);
+        assert_eq!(net.take(0), pairs(&[(0, "*** bob left #lobby")]));
+        net.line(0, 0, "lobby only");
+        assert_eq!(net.take(1), vec![], "rooms stay apart across instances");
+        net.line(0, 0, "/rooms");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** rooms (2): #games (1), #lobby (1)")])
+        );
+        assert!(
+            !net.bus[1].subscribed.contains("lobby"),
+            "b has nobody left in #lobby"
+        );
+    }
+
+    #[test]
+    fn a_name_reserved_elsewhere_first_is_refused() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(0, &mut net.bus[1]);
+        // Both ask before either hears of the other: the store decides.
+        net.hubs[0].line(0, "/nick twin", &mut net.bus[0]);
+        net.hubs[1].line(0, "/nick Twin", &mut net.bus[1]);
+        net.pump();
+        let a = net.take(0);
+        let b = net.take(1);
+        assert!(a.iter().any(|(_, l)| l == "*** you are now twin"), "{a:?}");
+        assert!(
+            b.iter()
+                .any(|(_, l)| l == "*** error: the name Twin is taken"),
+            "{b:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_node_takes_its_users_with_it() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(3, &mut net.bus[1]);
+        net.pump();
+        net.take(0);
+        assert_eq!(net.hubs[0].remote_nodes(), vec![Rc::<str>::from("b")]);
+        net.hubs[0].node_lost("b", "server lost", &mut net.bus[0]);
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** guest-101 left (server lost)")])
+        );
+        net.line(0, 0, "/who");
+        assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+    }
+
+    #[test]
+    fn a_restarted_or_departing_node_takes_its_old_users_with_it() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(3, &mut net.bus[1]);
+        net.pump();
+        net.take(0);
+        // "b" comes back as a new incarnation of the same instance.
+        let hello = Presence::Hello { node: "b~2".into() };
+        net.hubs[0].remote_presence(hello, &mut net.bus[0]);
+        assert!(same_instance_name("b", "b~2") && !same_instance_name("b~1", "bb~1"));
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** guest-101 left (server lost)")])
+        );
+        net.pump();
+        net.hubs[1].connect(4, &mut net.bus[1]);
+        net.pump();
+        net.take(0);
+        net.hubs[1].shutdown(&mut net.bus[1]);
+        net.pump();
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** guest-102 left (server shutting down)")])
+        );
+        // Neither a replaced incarnation nor one that said goodbye is
+        // waited for to come back.
+        assert!(net.hubs[0].lost_nodes().is_empty());
+    }
+
+    #[test]
+    fn link_down_and_up_tell_local_users_once_and_rebuild_the_mirror() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.pump();
+        net.take(0);
+        net.hubs[0].link_down(&mut net.bus[0]);
+        net.hubs[0].link_down(&mut net.bus[0]);
+        assert_eq!(net.take(0), pairs(&[(0, LINK_DOWN)]));
+        net.line(0, 0, "/nick x");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(
+                0,
+                "*** error: names cannot change while the cluster link is down"
+            )])
+        );
+        // Issue 12: the other instance's users are out of reach, not
+        // gone (this asserted they left /who before): they stay, and
+        // so their names stay taken; a line to them is refused.
+        net.line(0, 0, "/who");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** #lobby (2): guest-1, guest-101")])
+        );
+        net.line(0, 0, "/msg guest-101 hi");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(
+                0,
+                "*** error: guest-101 is on another server, out of reach while the cluster link is down"
+            )])
+        );
+        net.hubs[0].link_up(&mut net.bus[0]);
+        net.pump();
+        assert_eq!(net.take(0), pairs(&[(0, LINK_UP)]));
+        net.line(0, 0, "/who");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** #lobby (2): guest-1, guest-101")])
+        );
+    }
+
+    #[test]
+    fn a_lost_node_heard_again_is_relearned_and_its_rooms_told() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(3, &mut net.bus[1]);
+        net.line(1, 3, "/nick bob");
+        net.take(0);
+        net.hubs[0].node_silent("b", &mut net.bus[0]);
+        assert_eq!(net.take(0), pairs(&[(0, "*** bob left (server lost)")]));
+        assert_eq!(net.hubs[0].lost_nodes(), vec![Rc::<str>::from("b")]);
+        // Its heartbeat is back: asked for its users, it announces them.
+        net.hubs[0].node_back("b", &mut net.bus[0]);
+        net.pump();
+        assert_eq!(net.take(0), pairs(&[(0, "*** bob is back")]));
+        assert!(net.hubs[0].lost_nodes().is_empty(), "re-learned in full");
+        net.line(0, 0, "/who");
+        assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (2): bob, guest-1")]));
+        // Asking about a node that was never lost does nothing.
+        net.hubs[0].node_back("b", &mut net.bus[0]);
+        assert!(net.bus[0].presence.is_empty());
+    }
+
+    #[test]
+    fn a_roster_without_a_user_means_it_left_while_we_could_not_hear() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(3, &mut net.bus[1]);
+        net.hubs[1].connect(4, &mut net.bus[1]);
+        net.pump();
+        net.take(0);
+        net.hubs[0].link_down(&mut net.bus[0]);
+        // guest-101 leaves while a cannot hear it.
+        net.hubs[1].disconnect(3, None, &mut net.bus[1]);
+        net.bus[1] = Bus {
+            subscribed: std::mem::take(&mut net.bus[1].subscribed),
+            ..Bus::default()
+        };
+        net.take(0);
+        net.line(0, 0, "/who");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** #lobby (3): guest-1, guest-101, guest-102")]),
+            "out of reach, not gone"
+        );
+        // Back: b answers a's hello with its roster, without guest-101.
+        net.hubs[0].link_up(&mut net.bus[0]);
+        net.pump();
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, LINK_UP), (0, "*** guest-101 left")])
+        );
+        net.line(0, 0, "/who");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** #lobby (2): guest-1, guest-102")])
+        );
+    }
+
+    #[test]
+    fn the_later_claim_gives_its_name_up_and_its_room_sees_the_rename() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.line(1, 0, "/nick alice");
+        net.take(0);
+        net.take(1);
+        assert_eq!(net.hubs[1].claimed_names(), vec![(0, "alice", 1000)]);
+        net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+        net.pump();
+        assert_eq!(
+            net.take(1),
+            pairs(&[(
+                0,
+                "*** your name alice was also taken on another server while the cluster was split; you are now guest-102"
+            )])
+        );
+        assert_eq!(net.take(0), pairs(&[(0, "*** alice is now guest-102")]));
+        assert!(net.hubs[1].claimed_names().is_empty());
+        assert!(
+            net.bus[1].released.is_empty(),
+            "the key is the winner's: not released"
+        );
+        // A stale verdict (the user changed name since) changes nothing.
+        net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+        assert!(net.take(1).is_empty());
+    }
+
+    #[test]
+    fn a_name_held_twice_in_the_mirror_stays_taken_until_both_let_go() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[0].connect(1, &mut net.bus[0]);
+        net.line(0, 0, "/nick alice");
+        // Another instance's alice (a split): both are in the mirror.
+        let c: Rc<str> = "c".into();
+        let here = Presence::Here {
+            node: c.clone(),
+            id: 9,
+            name: "alice".into(),
+            room: "lobby".into(),
+            shown: "lobby".into(),
+            round: 1,
+        };
+        net.hubs[0].remote_presence(here, &mut net.bus[0]);
+        net.take(0);
+        // The local alice lets go: the other still holds it.
+        net.line(0, 0, "/nick al");
+        net.line(0, 1, "/nick alice");
+        assert!(
+            net.take(0)
+                .iter()
+                .any(|(id, l)| *id == 1 && l == "*** error: the name alice is taken")
+        );
+        let gone = Presence::Gone { node: c, id: 9 };
+        net.hubs[0].remote_presence(gone, &mut net.bus[0]);
+        net.line(0, 1, "/nick alice");
+        assert!(
+            net.take(0)
+                .iter()
+                .any(|(id, l)| *id == 1 && l == "*** you are now alice")
+        );
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_queued_is_refused_with_a_reason() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.take(0);
+        net.bus[0].busy = true;
+        for _ in 0..2 {
+            net.line(0, 0, "/nick x");
+            assert_eq!(
+                net.take(0),
+                pairs(&[(
+                    0,
+                    "*** error: the cluster is busy; try /nick again in a moment"
+                )]),
+                "refused, and nothing left waiting"
+            );
+        }
+    }
+
+    #[test]
+    fn the_mirror_has_a_bound() {
+        let mut hub = Hub::new(200).with_cluster("a").with_max_remote(2);
+        let mut bus = Bus::default();
+        hub.link_up(&mut bus);
+        hub.connect(0, &mut bus);
+        for id in 0..5 {
+            let here = Presence::Here {
+                node: "z".into(),
+                id,
+                name: format!("z{id}"),
+                room: "lobby".into(),
+                shown: "lobby".into(),
+                round: 1,
+            };
+            hub.remote_presence(here, &mut bus);
+        }
+        bus.got.clear();
+        hub.line(0, "/who", &mut bus);
+        assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
+    }
+
+    #[test]
+    fn lines_are_numbered_by_the_store_and_with_the_link_down_history_is_local_and_says_so() {
+        let mut net = Net::new();
+        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.hubs[0].line(0, "/ids on", &mut net.bus[0]);
+        net.pump();
+        net.take(0);
+        net.take(1);
+        net.line(0, 0, "one");
+        // Back from the store to both, the sender's (with ids) included.
+        assert_eq!(net.take(0), pairs(&[(0, "@id=7-1 <guest-1> one")]));
+        assert_eq!(net.take(1), pairs(&[(0, "<guest-1> one")]));
+        net.line(1, 0, "two");
+        assert_eq!(net.take(0), pairs(&[(0, "@id=7-2 <guest-101> two")]));
+        assert_eq!(net.take(1), vec![], "no echo without ids");
+        net.hubs[0].link_down(&mut net.bus[0]);
+        net.take(0);
+        net.line(0, 0, "alone");
+        net.line(0, 0, "/history");
+        let got = net.take(0);
+        assert_eq!(got[0].1, "@id=1-1 <guest-1> alone", "numbered here now");
+        assert_eq!(
+            got[1].1,
+            "*** the cluster link is down: this is only what was said on this server meanwhile"
+        );
+        assert!(got[2].1.contains("] <guest-1> alone"), "{got:?}");
+        assert!(!got[2].1.contains("> one"), "{got:?}");
+    }
+
+    /// Asks for history as the link would; answers come when the test
+    /// says.
+    #[derive(Default)]
+    struct Asking {
+        got: Vec<(ClientId, String)>,
+        asked: Vec<(ClientId, String, Asked, Option<Id>, usize)>,
+    }
+
+    impl Outbox for Asking {
+        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+            self.got.push((to, msg.text().to_string()));
+        }
+        fn close(&mut self, _: ClientId, _: String) {}
+        fn history(
+            &mut self,
+            id: ClientId,
+            room: &str,
+            asked: Asked,
+            after: Option<Id>,
+            count: usize,
+        ) -> bool {
+            self.asked.push((id, room.into(), asked, after, count));
+            true
+        }
+    }
+
+    #[test]
+    fn a_client_waiting_for_history_gets_it_first_then_the_live_lines_it_did_not_have() {
+        let mut hub = Hub::new(200).with_cluster("a");
+        let mut out = Asking::default();
+        hub.link_up(&mut out);
+        hub.connect(0, &mut out);
+        assert_eq!(out.asked, [(0, "lobby".into(), Asked::Enter, None, 20)]);
+        out.got.clear();
+        // Lines 3 and 4 arrive before the answer, which has 1 to 3.
+        hub.said("lobby", Id { epoch: 9, n: 3 }, None, "<b> three", &mut out);
+        hub.said("lobby", Id { epoch: 9, n: 4 }, None, "<b> four", &mut out);
+        assert_eq!(out.got, vec![], "held");
+        let lines = (1..=3)
+            .map(|n| history::Line::new(n, NOON, &format!("<b> {n}")))
+            .collect();
+        hub.answer(0, "lobby", Asked::Enter, 9, 3, lines, &mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[
+                (
+                    0,
+                    "*** history of #lobby (3 lines, times UTC):\r\n[12:03] <b> 1\r\n\
+                     [12:03] <b> 2\r\n[12:03] <b> 3\r\n*** end of history"
+                ),
+                (0, "<b> four"),
+            ])
+        );
+        out.got.clear();
+        // Resuming: what was missed is counted exactly.
+        hub.line(0, "/history since 9-1", &mut out);
+        let since = Id { epoch: 9, n: 1 };
+        assert_eq!(
+            out.asked[1],
+            (0, "lobby".into(), Asked::Since(since), Some(since), 100)
+        );
+        let lines = vec![history::Line::new(4, NOON, "<b> four")];
+        hub.answer(0, "lobby", Asked::Since(since), 9, 4, lines, &mut out);
+        assert!(
+            out.got[0]
+                .1
+                .starts_with("*** 2 lines were missed; showing the last 1\r\n"),
+            "{:?}",
+            out.got
+        );
+        out.got.clear();
+        // With ids: lines numbered while `/ids on` was being answered
+        // are held and come after the mark, which stands before them.
+        hub.connect(1, &mut out);
+        hub.line(1, "/ids on", &mut out);
+        hub.answer(1, "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
+        assert_eq!(out.got.pop(), Some((1, "*** ids on: #lobby at 9-4".into())));
+        out.got.clear();
+        hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
+        hub.said("lobby", Id { epoch: 9, n: 6 }, None, "<b> six", &mut out);
+        out.got.retain(|(to, _)| *to == 1);
+        assert_eq!(out.got, vec![], "held");
+        hub.answer(1, "lobby", Asked::Mark, 9, 6, Vec::new(), &mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[
+                (1, "*** ids on: #lobby at 9-4"),
+                (1, "@id=9-5 <b> five"),
+                (1, "@id=9-6 <b> six"),
+            ])
+        );
+        hub.disconnect(1, None, &mut out);
+        out.got.clear();
+        // The link goes down while an answer is awaited: told, not stuck.
+        hub.line(0, "/history", &mut out);
+        hub.said("lobby", Id { epoch: 9, n: 7 }, None, "<b> five", &mut out);
+        hub.link_down(&mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[
+                (
+                    0,
+                    "*** the cluster link went down: the history asked for cannot be shown now"
+                ),
+                (0, "<b> five"),
+                (0, LINK_DOWN),
+            ])
+        );
+    }
+
+    #[test]
+    fn guests_come_from_reserved_blocks_or_carry_the_node_id() {
+        let mut hub = Hub::new(200).with_cluster("n7");
+        let mut bus = Bus::default();
+        hub.connect(0, &mut bus);
+        assert_eq!(hub.name(0), Some("guest-n7-1"));
+        hub.add_guests(500, 2);
+        assert_eq!(hub.guests_left(), 2);
+        hub.connect(1, &mut bus);
+        hub.connect(2, &mut bus);
+        hub.connect(3, &mut bus);
+        assert_eq!(hub.name(1), Some("guest-500"));
+        assert_eq!(hub.name(2), Some("guest-501"));
+        assert_eq!(hub.name(3), Some("guest-n7-2"));
+        assert_eq!(hub.guests_used(), 501);
+    }
+}
