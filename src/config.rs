@@ -174,6 +174,44 @@ pub struct Config {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_IDLE_TIMEOUT))]
     pub idle_timeout: Option<u64>,
 
+    /// TLS certificate chain (PEM). With --tls-key, both ports speak TLS
+    /// only (line clients: `openssl s_client`, `ncat --ssl`, `chat --tls`;
+    /// the web: https:// and wss://).
+    #[arg(long, value_name = "PEM", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// TLS on both ports with a certificate made at start-up (its SHA-256
+    /// fingerprint is printed): for trying it out; clients need --insecure.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+
+    /// Expect a PROXY protocol header (v1 or v2) from --trusted-proxy
+    /// addresses, on both ports; the address in it is the client's.
+    #[arg(long, requires = "trusted_proxy")]
+    pub proxy_protocol: bool,
+
+    /// Addresses (CIDR or plain IP) that must send a PROXY header; from
+    /// anyone else a header is refused and the connection closed.
+    #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_net)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// Most simultaneous connections from one address (IPv6: one /64); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_per_ip: u32,
+
+    /// Most new connections from one address per 10 minutes (a bucket that
+    /// refills evenly); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_connects: u32,
+
+    /// Addresses (CIDR or plain IP) exempt from --max-per-ip and --max-connects.
+    #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_net)]
+    pub limit_exempt: Vec<ipnet::IpNet>,
+
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -181,6 +219,13 @@ pub struct Config {
     /// Only warnings and errors.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+}
+
+/// A CIDR prefix, or a single address (its /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR prefix (10.0.0.0/8, ::1)"))
 }
 
 fn random_node_id() -> String {
@@ -231,6 +276,11 @@ impl Config {
             bytes: self.history_bytes as usize,
             ttl_ms: self.history_ttl * 1000,
         }
+    }
+
+    /// Whether the ports speak TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed
     }
 
     pub fn idle_timeout(&self) -> Option<Duration> {
