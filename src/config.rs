@@ -174,9 +174,19 @@ pub struct Config {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_IDLE_TIMEOUT))]
     pub idle_timeout: Option<u64>,
 
-    /// TLS certificate chain (PEM). With --tls-key, both ports speak TLS
-    /// only (line clients: `openssl s_client`, `ncat --ssl`, `chat --tls`;
-    /// the web: https:// and wss://).
+    /// Port for line clients over TLS, with --tls-cert or --tls-self-signed
+    /// (0 picks a free one).
+    #[arg(long, default_value_t = 3443)]
+    pub tls_port: u16,
+
+    /// Port for the web page and WebSocket over TLS (https://, wss://),
+    /// with --tls-cert or --tls-self-signed, unless --no-http.
+    #[arg(long, default_value_t = 8443)]
+    pub https_port: u16,
+
+    /// TLS certificate chain (PEM). With --tls-key, TLS is offered on
+    /// --tls-port and --https-port beside the plain ports (line clients:
+    /// `openssl s_client`, `ncat --ssl`, `chat --tls`; browsers: https://).
     #[arg(long, value_name = "PEM", requires = "tls_key", conflicts_with = "tls_self_signed")]
     pub tls_cert: Option<std::path::PathBuf>,
 

@@ -36,6 +36,14 @@ fn main() -> ExitCode {
             if let Some(fp) = s.tls_fingerprint() {
                 let _ = writeln!(out, "tls self-signed certificate, SHA-256 fingerprint {fp}");
             }
+            if let Some(a) = s.tls_addr() {
+                log::info!("TLS line clients on {a}");
+                let _ = writeln!(out, "tls on {a}");
+            }
+            if let Some(a) = s.https_addr() {
+                log::info!("web chat on https://{a}/");
+                let _ = writeln!(out, "https on {a}");
+            }
             if let Some(web) = s.http_addr() {
                 log::info!("web chat on http://{web}/");
                 let _ = writeln!(out, "http on {web}");

@@ -55,6 +55,8 @@ use std::time::{Duration, Instant};
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const HTTP_LISTENER: Token = Token(usize::MAX - 3);
+const TLS_LISTENER: Token = Token(usize::MAX - 4);
+const HTTPS_LISTENER: Token = Token(usize::MAX - 5);
 
 /// How long to wait before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -66,6 +68,10 @@ pub struct Server {
     events: Events,
     listener: Option<TcpListener>,
     http_listener: Option<TcpListener>,
+    /// Line clients over TLS (--tls-port) and the web over TLS
+    /// (--https-port), beside the plain ports, on a --tls-* server.
+    tls_listener: Option<TcpListener>,
+    https_listener: Option<TcpListener>,
     signals: Signals,
     conns: Slab<Conn>,
     hub: Hub,
@@ -311,6 +317,28 @@ fn live(conns: &mut Slab<Conn>, me: ConnRef) -> Option<&mut Conn> {
 enum Port {
     Line,
     Http,
+    TlsLine,
+    Https,
+}
+
+impl Port {
+    fn tls(self) -> bool {
+        matches!(self, Port::TlsLine | Port::Https)
+    }
+}
+
+/// Binds a listener on `host:port` for `what`, registered under `token`.
+fn listen(poll: &Poll, host: &str, port: u16, token: Token, what: &str) -> io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind((host, port)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {host}:{port} for {what}: {e}"),
+        )
+    })?;
+    l.set_nonblocking(true)?;
+    let mut l = TcpListener::from_std(l);
+    poll.registry().register(&mut l, token, Interest::READABLE)?;
+    Ok(l)
 }
 
 impl Server {
@@ -384,6 +412,18 @@ impl Server {
         } else {
             (None, None)
         };
+        let (tls_listener, https_listener) = if tls.is_some() {
+            let host = cfg.host.as_str();
+            let line = listen(&poll, host, cfg.tls_port, TLS_LISTENER, "TLS (--tls-port)")?;
+            let web = if cfg.no_http {
+                None
+            } else {
+                Some(listen(&poll, host, cfg.https_port, HTTPS_LISTENER, "HTTPS (--https-port)")?)
+            };
+            (Some(line), web)
+        } else {
+            (None, None)
+        };
         let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt.clone());
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
@@ -393,6 +433,8 @@ impl Server {
             events: Events::with_capacity(1024),
             listener: Some(listener),
             http_listener,
+            tls_listener,
+            https_listener,
             signals,
             conns: Slab::new(),
             hub,
@@ -420,6 +462,18 @@ impl Server {
     /// The self-signed certificate's SHA-256 fingerprint (--tls-self-signed).
     pub fn tls_fingerprint(&self) -> Option<&str> {
         self.fingerprint.as_deref()
+    }
+
+    /// Where line clients connect over TLS (--tls-port).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where the web page is served over https (--https-port).
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Where the web page is served, unless --no-http.
@@ -527,11 +581,15 @@ impl Server {
     fn dispatch(&mut self) {
         let mut accept = false;
         let mut accept_http = false;
+        let mut accept_tls = false;
+        let mut accept_https = false;
         let mut signalled = false;
         for event in self.events.iter() {
             match event.token() {
                 LISTENER => accept = true,
                 HTTP_LISTENER => accept_http = true,
+                TLS_LISTENER => accept_tls = true,
+                HTTPS_LISTENER => accept_https = true,
                 cluster::CMD | cluster::SUB => {
                     if let Some(link) = self.link.as_mut() {
                         link.ready(event.token(), self.poll.registry(), &mut self.inbound);
@@ -570,6 +628,12 @@ impl Server {
         if accept_http {
             self.accept(Port::Http);
         }
+        if accept_tls {
+            self.accept(Port::TlsLine);
+        }
+        if accept_https {
+            self.accept(Port::Https);
+        }
     }
 
     fn on_signals(&mut self) {
@@ -582,7 +646,12 @@ impl Server {
         hub.shutdown(&mut out);
         let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         self.shutdown = Some(deadline);
-        for mut l in [self.listener.take(), self.http_listener.take()]
+        for mut l in [
+            self.listener.take(),
+            self.http_listener.take(),
+            self.tls_listener.take(),
+            self.https_listener.take(),
+        ]
             .into_iter()
             .flatten()
         {
@@ -615,6 +684,8 @@ impl Server {
             let listener = match port {
                 Port::Line => self.listener.as_ref(),
                 Port::Http => self.http_listener.as_ref(),
+                Port::TlsLine => self.tls_listener.as_ref(),
+                Port::Https => self.https_listener.as_ref(),
             };
             let Some(listener) = listener else { return };
             let (mut sock, peer) = match listener.accept() {
@@ -648,8 +719,10 @@ impl Server {
             // The listener chooses the state machine the connection starts in.
             let now = Instant::now();
             let proto = match port {
-                Port::Line => Proto::Line(LineSession::new(self.cfg.max_line as usize)),
-                Port::Http => Proto::Http(HttpSession::new(
+                Port::Line | Port::TlsLine => {
+                    Proto::Line(LineSession::new(self.cfg.max_line as usize))
+                }
+                Port::Http | Port::Https => Proto::Http(HttpSession::new(
                     now + Duration::from_secs(self.cfg.http_timeout),
                     self.cfg.max_line as usize,
                 )),
@@ -659,13 +732,19 @@ impl Server {
                 warn!("{peer} refused: server full ({max} clients)");
                 let text = format!("*** error: server full ({max} clients)");
                 // A TLS client cannot be told anything before a handshake.
-                if self.tls.is_none() {
+                if !port.tls() {
                     let _ = (&sock).write(&conn::refusal(&proto, &text));
                 }
                 let _ = sock.shutdown(std::net::Shutdown::Write);
                 continue;
             }
-            let tls = match self.tls.as_ref().map(conn::tls::Tls::new).transpose() {
+            let tls = match self
+                .tls
+                .as_ref()
+                .filter(|_| port.tls())
+                .map(conn::tls::Tls::new)
+                .transpose()
+            {
                 Ok(tls) => tls.map(Box::new),
                 Err(e) => {
                     warn!("{peer} dropped: cannot start TLS: {e}");
@@ -1205,8 +1284,9 @@ impl Server {
             self.settle();
         }
         if accept {
-            self.accept(Port::Line);
-            self.accept(Port::Http);
+            for port in [Port::Line, Port::Http, Port::TlsLine, Port::Https] {
+                self.accept(port);
+            }
             self.settle();
         }
         if now >= self.next_prune {
