@@ -409,6 +409,8 @@ pub struct Conn {
     pub admitted: bool,
     /// The PROXY header and TLS handshake must be done by then (--http-timeout).
     pub layer_deadline: Option<Instant>,
+    /// Send TLS's close_notify after the last queued byte.
+    notify: bool,
     out: VecDeque<Item>,
     /// Bytes of `out[0]` already written.
     head: usize,
@@ -449,6 +451,7 @@ impl Conn {
             leftover: Vec::new(),
             admitted: false,
             layer_deadline: None,
+            notify: false,
             out: VecDeque::new(),
             head: 0,
             queued: 0,
@@ -586,13 +589,9 @@ impl Conn {
         }
     }
 
-    /// Ends TLS properly after the last queued bytes (a graceful close).
+    /// Ends TLS properly once the queue is written (a graceful close).
     pub fn close_notify(&mut self) {
-        if let Some(tls) = self.tls.as_mut()
-            && !tls.handshaking()
-        {
-            tls.close_notify();
-        }
+        self.notify = self.tls.is_some();
     }
 
     /// Bytes waiting to be written (for /stats and logs).
@@ -742,6 +741,13 @@ impl Conn {
                     continue;
                 }
                 self.warned = false;
+                if std::mem::take(&mut self.notify)
+                    && let Some(tls) = self.tls.as_mut()
+                    && !tls.handshaking()
+                {
+                    tls.close_notify();
+                    continue;
+                }
                 return SocketResult::Done(0);
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
