@@ -15,6 +15,8 @@ pub const MAX_HEADER: usize = 1024;
 /// The v2 signature, and v1's start.
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V1_SIG: &[u8; 6] = b"PROXY ";
+/// The longest v1 header, CRLF included (the spec's 107).
+const V1_MAX: usize = 107;
 
 /// What the bytes so far say.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,6 +71,16 @@ pub fn parse(buf: &[u8]) -> Header {
     // version are refused at once rather than waited on.
     if !could_be(buf) {
         return Header::Invalid("not a PROXY protocol header".into());
+    }
+    // A v1 header is one line of at most 107 bytes: ppp takes a part of
+    // it cut inside a field ("… 51234 3") for a broken header, so it only
+    // sees whole lines.
+    if buf.starts_with(V1_SIG) && memchr::memchr(b'\n', buf).is_none() {
+        return if buf.len() < V1_MAX {
+            Header::Incomplete
+        } else {
+            Header::Invalid(format!("no end of line in {V1_MAX} bytes"))
+        };
     }
     let parsed = HeaderResult::parse(buf);
     if parsed.is_incomplete() {
