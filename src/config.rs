@@ -187,7 +187,12 @@ pub struct Config {
     /// TLS certificate chain (PEM). With --tls-key, TLS is offered on
     /// --tls-port and --https-port beside the plain ports (line clients:
     /// `openssl s_client`, `ncat --ssl`, `chat --tls`; browsers: https://).
-    #[arg(long, value_name = "PEM", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// The private key (PEM) for --tls-cert.

@@ -31,11 +31,11 @@ use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, 
 use crate::conn::{
     self, Bucket, Conn, HttpSession, Input, LineSession, Proto, Push, State, Step, set_keepalive,
 };
-use crate::limits::{PerAddr, Refused};
 use crate::history::Id;
 use crate::http::Request;
 use crate::hub::{Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
 use crate::idle::{self, Action};
+use crate::limits::{PerAddr, Refused};
 use crate::metrics::{self, Metrics, Scrape};
 use crate::msg::Msg;
 use crate::socket::{self, SocketResult};
@@ -337,7 +337,8 @@ fn listen(poll: &Poll, host: &str, port: u16, token: Token, what: &str) -> io::R
     })?;
     l.set_nonblocking(true)?;
     let mut l = TcpListener::from_std(l);
-    poll.registry().register(&mut l, token, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut l, token, Interest::READABLE)?;
     Ok(l)
 }
 
@@ -418,7 +419,13 @@ impl Server {
             let web = if cfg.no_http {
                 None
             } else {
-                Some(listen(&poll, host, cfg.https_port, HTTPS_LISTENER, "HTTPS (--https-port)")?)
+                Some(listen(
+                    &poll,
+                    host,
+                    cfg.https_port,
+                    HTTPS_LISTENER,
+                    "HTTPS (--https-port)",
+                )?)
             };
             (Some(line), web)
         } else {
@@ -652,8 +659,8 @@ impl Server {
             self.tls_listener.take(),
             self.https_listener.take(),
         ]
-            .into_iter()
-            .flatten()
+        .into_iter()
+        .flatten()
         {
             let _ = self.poll.registry().deregister(&mut l);
         }
@@ -1010,7 +1017,13 @@ impl Server {
                             warn!("{} refused: {why} (--trusted-proxy)", c.peer);
                             if c.joined {
                                 c.discard_output();
-                                mark_closing(c, k, &mut self.closing, Some("refused".into()), false);
+                                mark_closing(
+                                    c,
+                                    k,
+                                    &mut self.closing,
+                                    Some("refused".into()),
+                                    false,
+                                );
                             } else {
                                 self.remove(k);
                             }

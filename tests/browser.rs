@@ -421,7 +421,9 @@ fn page_at(mut telnet: support::Client, url: &str) -> (Browser, support::Client,
 #[ignore = "needs chromium"]
 fn browser_over_https_and_wss_chats_with_telnet() {
     let server = support::Server::start(&["--tls-self-signed"]);
-    let https = server.https_addr.expect("chatd printed no `https on ADDR` line");
+    let https = server
+        .https_addr
+        .expect("chatd printed no `https on ADDR` line");
     let mut telnet = server.client();
     telnet.send("/nick tess");
     telnet.expect_line("*** you are now tess");

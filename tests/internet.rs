@@ -42,7 +42,9 @@ impl Tool {
 
     fn send(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write");
         stdin.flush().expect("flush");
     }
 
@@ -74,10 +76,23 @@ fn openssl_cert() -> (TempDir, String, String, String) {
     let dir = TempDir::new("tls");
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().expect("run openssl");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     let (ca, ca_key, csr, cert, key, ext) = (
         p("ca.pem"),
         p("ca.key"),
@@ -89,14 +104,41 @@ fn openssl_cert() -> (TempDir, String, String, String) {
     run(&[
         &["req", "-x509"],
         &ec[..],
-        &["-days", "1", "-subj", "/CN=chatd test CA", "-keyout", &ca_key, "-out", &ca],
+        &[
+            "-days",
+            "1",
+            "-subj",
+            "/CN=chatd test CA",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ],
     ]
     .concat());
-    run(&[&["req", "-new"], &ec[..], &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr]].concat());
+    run(&[
+        &["req", "-new"],
+        &ec[..],
+        &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr],
+    ]
+    .concat());
     std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
     run(&[
-        "x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial", "-days",
-        "1", "-extfile", &ext, "-out", &cert,
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
     ]);
     (dir, ca, cert, key)
 }
@@ -141,7 +183,9 @@ fn a_client_stalled_mid_handshake_is_closed_at_the_deadline_while_others_chat() 
     let tls = server.tls_addr.expect("a TLS port");
     let mut staller = TcpStream::connect(tls).unwrap();
     // A handshake record header announcing 512 bytes, and 3 of them.
-    staller.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]).unwrap();
+    staller
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01])
+        .unwrap();
     let mut a = server.client();
     let mut b = server.client();
     a.send("still here");
@@ -165,7 +209,13 @@ fn the_chat_client_speaks_tls_with_a_ca_file_or_insecure() {
     let mut watcher = server.client();
     let chat = |extra: &[&str], line: &str| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args(["--host", "127.0.0.1", "--port", &tls.port().to_string(), "--tls"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &tls.port().to_string(),
+                "--tls",
+            ])
             .args(extra)
             .args(["--no-reconnect", "--wait", "0.2"])
             .stdin(Stdio::piped())
@@ -185,7 +235,12 @@ fn the_chat_client_speaks_tls_with_a_ca_file_or_insecure() {
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         (status, err)
     };
     let (st, err) = chat(&["--tls-ca", &ca], "verified hello");
@@ -248,7 +303,13 @@ fn a_trusted_proxy_header_split_across_reads_gives_the_real_address() {
     let log = dir.path().join("chatd.log");
     let server = start_logged(
         &log,
-        &["--proxy-protocol", "--trusted-proxy", "127.0.0.1/32", "--max-per-ip", "1"],
+        &[
+            "--proxy-protocol",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--max-per-ip",
+            "1",
+        ],
     );
     let mut c = Client::connect_raw(server.addr);
     let header = v1_header("203.0.113.7");
@@ -258,7 +319,10 @@ fn a_trusted_proxy_header_split_across_reads_gives_the_real_address() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut buf = [0; 1];
-    assert!(c.stream.peek(&mut buf).is_err(), "no welcome before the header");
+    assert!(
+        c.stream.peek(&mut buf).is_err(),
+        "no welcome before the header"
+    );
     c.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     c.send_raw(&header.as_bytes()[10..]);
     c.expect("the welcome", |l| l.starts_with("*** welcome"));
@@ -283,7 +347,8 @@ fn a_trusted_proxy_header_split_across_reads_gives_the_real_address() {
     .build()
     .unwrap();
     w.write_all(&v2).unwrap();
-    w.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    w.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     w.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut answer = String::new();
     let _ = w.read_to_string(&mut answer);
@@ -307,9 +372,17 @@ fn a_proxy_header_from_an_untrusted_address_is_refused() {
     liar.send_raw(b"spoofed\n");
     let rest = liar.read_to_eof();
     assert!(!rest.contains("spoofed"), "{rest}");
-    wait_log(&log, &["refused: PROXY header from an untrusted address"], TIMEOUT);
+    wait_log(
+        &log,
+        &["refused: PROXY header from an untrusted address"],
+        TIMEOUT,
+    );
     let seen = watcher.sync();
-    assert!(seen.iter().all(|l| !l.contains("PROXY") && !l.contains("spoofed")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|l| !l.contains("PROXY") && !l.contains("spoofed")),
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -332,7 +405,10 @@ fn the_per_address_cap_and_connect_rate_are_hit() {
         if first.starts_with("*** welcome") {
             break;
         }
-        assert!(Instant::now() < deadline, "the slot never came back: {first}");
+        assert!(
+            Instant::now() < deadline,
+            "the slot never came back: {first}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(b);
@@ -373,7 +449,10 @@ fn behind_haproxy_send_proxy_v2_the_log_shows_the_real_client() {
     x.send("hello via haproxy");
     wait_log(&log, &[&format!("{me} connected as")], TIMEOUT);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains("127.0.0.2"), "HAProxy's own address in the log:\n{text}");
+    assert!(
+        !text.contains("127.0.0.2"),
+        "HAProxy's own address in the log:\n{text}"
+    );
     let health = http_get(hp.http, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 }

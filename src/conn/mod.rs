@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 
 pub use self::http::HttpSession;
 pub use self::line::LineSession;
-pub use self::ws::WsSession;
 use self::proxy::{Header, ProxyWait, Sniff};
 use self::tls::{Tls, TlsRead};
+pub use self::ws::WsSession;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

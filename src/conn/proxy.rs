@@ -254,7 +254,10 @@ mod tests {
         assert!(!s.feed(b"PRO"));
         assert!(s.feed(b"XY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"));
         let mut s = Sniff::new();
-        assert!(s.feed(&v2("1.2.3.4:1".parse().unwrap(), "5.6.7.8:2".parse().unwrap())));
+        assert!(s.feed(&v2(
+            "1.2.3.4:1".parse().unwrap(),
+            "5.6.7.8:2".parse().unwrap()
+        )));
         let mut s = Sniff::new();
         assert!(!s.feed(b"PROXIMA centauri\n"));
         assert!(!s.watching());

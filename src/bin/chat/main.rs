@@ -71,7 +71,12 @@ struct Args {
     tls: bool,
     /// With --tls: trust only the certificates in this PEM file (a
     /// private CA, or the server's own certificate).
-    #[arg(long, value_name = "PEM", requires = "tls", conflicts_with = "insecure")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls",
+        conflicts_with = "insecure"
+    )]
     tls_ca: Option<std::path::PathBuf>,
     /// With --tls: accept any certificate (a --tls-self-signed server).
     /// The link is encrypted, but anyone in the middle could be answering.
