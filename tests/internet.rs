@@ -148,6 +148,7 @@ fn said(text: &str) -> impl Fn(&str) -> bool + '_ {
 }
 
 #[test]
+#[ignore = "needs openssl and ncat"]
 fn openssl_s_client_and_ncat_ssl_chat_with_a_plain_nc_user() {
     let server = Server::start(&["--tls-self-signed"]);
     let tls = server.tls_addr.expect("a TLS port");
@@ -202,6 +203,7 @@ fn a_client_stalled_mid_handshake_is_closed_at_the_deadline_while_others_chat() 
 }
 
 #[test]
+#[ignore = "needs openssl"]
 fn the_chat_client_speaks_tls_with_a_ca_file_or_insecure() {
     let (_dir, ca, cert, key) = openssl_cert();
     let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
@@ -257,6 +259,7 @@ fn the_chat_client_speaks_tls_with_a_ca_file_or_insecure() {
 
 /// The web port over TLS: the page and /metrics come back over https.
 #[test]
+#[ignore = "needs openssl"]
 fn the_web_port_speaks_https() {
     let server = Server::start(&["--tls-self-signed"]);
     let https = server.https_addr.expect("an https port");
