@@ -1006,7 +1006,14 @@ impl Server {
                                     debug!("{} PROXY header: client {real}", c.peer);
                                     c.peer = real;
                                 }
-                                None => debug!("{} PROXY header for the proxy itself", c.peer),
+                                None => {
+                                    // The proxy's own connection (a health
+                                    // check every few seconds): trusted, and
+                                    // not a client the limits are for.
+                                    debug!("{} PROXY header for the proxy itself", c.peer);
+                                    self.start(k);
+                                    continue;
+                                }
                             }
                             if !self.addressed(k) {
                                 break;

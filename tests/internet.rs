@@ -356,6 +356,29 @@ fn a_trusted_proxy_header_split_across_reads_gives_the_real_address() {
     let mut answer = String::new();
     let _ = w.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    // The proxy's own health checks (LOCAL) are not held to --max-per-ip:
+    // two at once from 127.0.0.1 are both answered.
+    let local = ppp::v2::Builder::new(
+        ppp::v2::Version::Two | ppp::v2::Command::Local,
+        ppp::v2::AddressFamily::Unspecified | ppp::v2::Protocol::Unspecified,
+    )
+    .build()
+    .unwrap();
+    let checks: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(web).unwrap();
+            s.write_all(&local).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    for mut s in checks {
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 }
 
 #[test]
