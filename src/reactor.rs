@@ -990,6 +990,11 @@ impl Server {
                             break;
                         }
                         Input::Error(e) => {
+                            if c.proxy.is_some() {
+                                debug!("{} lost before its PROXY header: {e}", c.peer);
+                                self.remove(k);
+                                break;
+                            }
                             if !c.layers_ready() {
                                 self.metrics.tls_failed += 1;
                                 info!("{} TLS handshake failed: {e}", c.peer);

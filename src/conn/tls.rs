@@ -98,3 +98,109 @@ impl Tls {
         self.conn.send_close_notify();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes from the wire, then "would block" (a socket with nothing
+    /// more for now), never an end of stream.
+    struct Wire<'a>(&'a [u8]);
+
+    impl Read for Wire<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.0.read(buf)?;
+            Ok(n)
+        }
+    }
+
+    /// Moves every pending record from one side to the other.
+    fn pump(from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8])) -> usize {
+        let mut wire = Vec::new();
+        from(&mut wire);
+        to(&wire);
+        wire.len()
+    }
+
+    #[test]
+    fn handshake_then_queued_lines_go_out_as_one_record() {
+        let (cfg, _, _) = crate::tls::self_signed().unwrap();
+        let mut server = Tls::new(&cfg).unwrap();
+        let client_cfg = crate::tls::client_config(crate::tls::Trust::Anyone).unwrap();
+        let name = crate::tls::server_name("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        let mut plain = [0u8; 4096];
+        for _ in 0..10 {
+            if !server.handshaking() && !client.is_handshaking() {
+                break;
+            }
+            pump(
+                &mut |w| {
+                    while client.wants_write() {
+                        client.write_tls(w).unwrap();
+                    }
+                },
+                &mut |bytes| {
+                    let mut src = Wire(bytes);
+                    assert!(matches!(
+                        server.read(&mut src, &mut plain),
+                        TlsRead::WouldBlock
+                    ));
+                },
+            );
+            pump(
+                &mut |w| {
+                    while server.wants_write() {
+                        server.write_to(w).unwrap();
+                    }
+                },
+                &mut |bytes| {
+                    let mut src = bytes;
+                    while !src.is_empty() {
+                        client.read_tls(&mut src).unwrap();
+                        client.process_new_packets().unwrap();
+                    }
+                },
+            );
+        }
+        assert!(!server.handshaking() && !client.is_handshaking());
+
+        // 100 queued lines of 30 bytes: one batch, one record (a record
+        // per line would add 22 bytes of framing and tag to each).
+        let line = [b'x'; 30];
+        let iov: Vec<IoSlice> = (0..100).map(|_| IoSlice::new(&line)).collect();
+        assert_eq!(server.feed(&iov), 3000);
+        let mut wire = Vec::new();
+        while server.wants_write() {
+            server.write_to(&mut wire).unwrap();
+        }
+        assert!(
+            wire.len() < 3000 + 2 * 22,
+            "{} bytes on the wire",
+            wire.len()
+        );
+        let mut src = &wire[..];
+        while !src.is_empty() {
+            client.read_tls(&mut src).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let mut got = Vec::new();
+        let _ = client.reader().read_to_end(&mut got);
+        assert_eq!(got.len(), 3000);
+
+        // And the other way: the client's line comes out as plaintext.
+        client.writer().write_all(b"hello\n").unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut src = Wire(&wire);
+        match server.read(&mut src, &mut plain) {
+            TlsRead::Data(n) => assert_eq!(&plain[..n], b"hello\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
