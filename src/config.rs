@@ -317,6 +317,31 @@ mod tests {
             assert!(parse(&["--cluster-timeout", bad]).is_err(), "{bad}");
         }
         assert!(parse(&["--cluster-tick-ms", "49"]).is_err());
+    }
+
+    #[test]
+    fn addresses_and_prefixes_parse_and_proxy_protocol_needs_trust() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        let c = parse(&[
+            "--proxy-protocol",
+            "--trusted-proxy",
+            "10.0.0.1",
+            "2001:db8::/32",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.trusted_proxy,
+            [
+                "10.0.0.1/32".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap()
+            ]
+        );
+        assert!(parse(&["--proxy-protocol"]).is_err());
+        assert!(parse(&["--limit-exempt", "not-an-address"]).is_err());
+        assert!(parse(&["--tls-cert", "a.pem"]).is_err(), "needs --tls-key");
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.max_per_ip, c.max_connects), (16, 32));
+        assert!(!c.tls());
         assert!(parse(&["--cluster-tick-ms", "60001"]).is_err());
     }
 }
