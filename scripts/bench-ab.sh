@@ -26,7 +26,8 @@ FLOOD defaults to target/release/flood. Cases (bench-peers.sh's flags):
 
 Prints one line per run and a markdown table per build: the median run's
 figure and, in brackets, the range.
-Environment: RUNS (default 5), CASES (default all of the above).
+Environment: RUNS (default 5), CASES (default all of the above), NEW_ARGS
+(flags for the new build only, e.g. ones the old one does not know).
 Loads both cores: run it on a quiet machine.
 USAGE
 }
@@ -78,8 +79,11 @@ for case in $cases; do
             # Emptied here, not by the redirection below, which happens in the
             # background: port_of could read the last run's port meanwhile.
             : >"$work/srv.out"
+            args=()
+            # shellcheck disable=SC2206 # NEW_ARGS holds flags
+            [[ $build == new ]] && args=(${NEW_ARGS:-})
             "$bin" --host 127.0.0.1 --port 0 --http-port 0 -q --max-clients 20000 \
-                </dev/null >"$work/srv.out" 2>"$work/srv.err" &
+                "${args[@]}" </dev/null >"$work/srv.out" 2>"$work/srv.err" &
             spid=$!
             if [[ $case == ws100 ]]; then
                 port=$(port_of "http on") extra=(--ws)

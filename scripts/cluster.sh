@@ -341,7 +341,7 @@ start_node() {
   # shellcheck disable=SC2086
   spawn "$log" "$RUN/node$i.pid" "$CHATD_BIN" --host 127.0.0.1 --port "$lp" \
     --http-port "$hp" --redis "redis://127.0.0.1:$REDIS_PORT" --node-id "node$i" \
-    $CHATD_ARGS
+    --proxy-protocol --trusted-proxy 127.0.0.2 $CHATD_ARGS
   STARTED+=("$RUN/node$i.pid|chatd|node$i")
   wait_ready "node$i" "$RUN/node$i.pid" chatd "$log" chatd_ready "$log"
   say "node$i    started (pid $(cat "$RUN/node$i.pid"), line 127.0.0.1:$lp, web 127.0.0.1:$hp)"

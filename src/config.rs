@@ -174,6 +174,59 @@ pub struct Config {
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=MAX_IDLE_TIMEOUT))]
     pub idle_timeout: Option<u64>,
 
+    /// Port for line clients over TLS, with --tls-cert or --tls-self-signed
+    /// (0 picks a free one).
+    #[arg(long, default_value_t = 3443)]
+    pub tls_port: u16,
+
+    /// Port for the web page and WebSocket over TLS (https://, wss://),
+    /// with --tls-cert or --tls-self-signed, unless --no-http.
+    #[arg(long, default_value_t = 8443)]
+    pub https_port: u16,
+
+    /// TLS certificate chain (PEM). With --tls-key, TLS is offered on
+    /// --tls-port and --https-port beside the plain ports (line clients:
+    /// `openssl s_client`, `ncat --ssl`, `chat --tls`; browsers: https://).
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// TLS on both ports with a certificate made at start-up (its SHA-256
+    /// fingerprint is printed): for trying it out; clients need --insecure.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+
+    /// Expect a PROXY protocol header (v1 or v2) from --trusted-proxy
+    /// addresses, on both ports; the address in it is the client's.
+    #[arg(long, requires = "trusted_proxy")]
+    pub proxy_protocol: bool,
+
+    /// Addresses (CIDR or plain IP) that must send a PROXY header; from
+    /// anyone else a header is refused and the connection closed.
+    #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_net)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// Most simultaneous connections from one address (IPv6: one /64); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_per_ip: u32,
+
+    /// Most new connections from one address per 10 minutes (a bucket that
+    /// refills evenly); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_connects: u32,
+
+    /// Addresses (CIDR or plain IP) exempt from --max-per-ip and --max-connects.
+    #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_net)]
+    pub limit_exempt: Vec<ipnet::IpNet>,
+
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -181,6 +234,13 @@ pub struct Config {
     /// Only warnings and errors.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+}
+
+/// A CIDR prefix, or a single address (its /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR prefix (10.0.0.0/8, ::1)"))
 }
 
 fn random_node_id() -> String {
@@ -233,6 +293,11 @@ impl Config {
         }
     }
 
+    /// Whether the ports speak TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed
+    }
+
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout.map(Duration::from_secs)
     }
@@ -252,6 +317,31 @@ mod tests {
             assert!(parse(&["--cluster-timeout", bad]).is_err(), "{bad}");
         }
         assert!(parse(&["--cluster-tick-ms", "49"]).is_err());
+    }
+
+    #[test]
+    fn addresses_and_prefixes_parse_and_proxy_protocol_needs_trust() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        let c = parse(&[
+            "--proxy-protocol",
+            "--trusted-proxy",
+            "10.0.0.1",
+            "2001:db8::/32",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.trusted_proxy,
+            [
+                "10.0.0.1/32".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap()
+            ]
+        );
+        assert!(parse(&["--proxy-protocol"]).is_err());
+        assert!(parse(&["--limit-exempt", "not-an-address"]).is_err());
+        assert!(parse(&["--tls-cert", "a.pem"]).is_err(), "needs --tls-key");
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.max_per_ip, c.max_connects), (16, 32));
+        assert!(!c.tls());
         assert!(parse(&["--cluster-tick-ms", "60001"]).is_err());
     }
 }

@@ -40,12 +40,14 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod idle;
+pub mod limits;
 pub mod line;
 pub mod metrics;
 pub mod msg;
 pub mod reactor;
 pub mod socket;
 pub mod timer;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -33,6 +33,17 @@ fn main() -> ExitCode {
             // Scripts and tests read the bound address (port 0 picks one).
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {addr}");
+            if let Some(fp) = s.tls_fingerprint() {
+                let _ = writeln!(out, "tls self-signed certificate, SHA-256 fingerprint {fp}");
+            }
+            if let Some(a) = s.tls_addr() {
+                log::info!("TLS line clients on {a}");
+                let _ = writeln!(out, "tls on {a}");
+            }
+            if let Some(a) = s.https_addr() {
+                log::info!("web chat on https://{a}/");
+                let _ = writeln!(out, "https on {a}");
+            }
             if let Some(web) = s.http_addr() {
                 log::info!("web chat on http://{web}/");
                 let _ = writeln!(out, "http on {web}");

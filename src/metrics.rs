@@ -73,6 +73,14 @@ pub struct Metrics {
     pub accept_errors: u64,
     /// Clients closed by --idle-timeout.
     pub idle_closed: u64,
+    /// Connections refused by --max-per-ip.
+    pub refused_per_ip: u64,
+    /// Connections refused by --max-connects.
+    pub refused_rate: u64,
+    /// PROXY headers refused (from an untrusted address, or broken).
+    pub proxy_refused: u64,
+    /// TLS handshakes that failed or did not finish within --http-timeout.
+    pub tls_failed: u64,
     turns: TurnHistogram,
     started: Instant,
     started_wall: SystemTime,
@@ -95,6 +103,10 @@ impl Metrics {
             rate_limited: 0,
             accept_errors: 0,
             idle_closed: 0,
+            refused_per_ip: 0,
+            refused_rate: 0,
+            proxy_refused: 0,
+            tls_failed: 0,
             turns: TurnHistogram::default(),
             started: now,
             started_wall: SystemTime::now(),
@@ -316,6 +328,26 @@ pub fn encode(s: &Scrape) -> String {
             "idle_disconnects",
             "Clients closed by --idle-timeout",
             m.idle_closed,
+        ),
+        (
+            "refused_per_ip",
+            "Connections refused: --max-per-ip from one address",
+            m.refused_per_ip,
+        ),
+        (
+            "refused_connect_rate",
+            "Connections refused: --max-connects new ones from one address",
+            m.refused_rate,
+        ),
+        (
+            "proxy_refused",
+            "PROXY protocol headers refused (untrusted source or broken)",
+            m.proxy_refused,
+        ),
+        (
+            "tls_failed",
+            "TLS handshakes that failed or timed out",
+            m.tls_failed,
         ),
     ] {
         r.register(name, help, ConstCounter::new(value));

@@ -29,12 +29,13 @@
 use crate::cluster::{self, Inbound, Link, RedisUrl};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
 use crate::conn::{
-    self, Bucket, Conn, HttpSession, LineSession, Proto, Push, State, Step, set_keepalive,
+    self, Bucket, Conn, HttpSession, Input, LineSession, Proto, Push, State, Step, set_keepalive,
 };
 use crate::history::Id;
 use crate::http::Request;
 use crate::hub::{Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
 use crate::idle::{self, Action};
+use crate::limits::{PerAddr, Refused};
 use crate::metrics::{self, Metrics, Scrape};
 use crate::msg::Msg;
 use crate::socket::{self, SocketResult};
@@ -48,11 +49,14 @@ use slab::Slab;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const HTTP_LISTENER: Token = Token(usize::MAX - 3);
+const TLS_LISTENER: Token = Token(usize::MAX - 4);
+const HTTPS_LISTENER: Token = Token(usize::MAX - 5);
 
 /// How long to wait before accepting again after running out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -64,6 +68,10 @@ pub struct Server {
     events: Events,
     listener: Option<TcpListener>,
     http_listener: Option<TcpListener>,
+    /// Line clients over TLS (--tls-port) and the web over TLS
+    /// (--https-port), beside the plain ports, on a --tls-* server.
+    tls_listener: Option<TcpListener>,
+    https_listener: Option<TcpListener>,
     signals: Signals,
     conns: Slab<Conn>,
     hub: Hub,
@@ -93,7 +101,18 @@ pub struct Server {
     metrics: Metrics,
     /// The serial the next accepted connection gets.
     next_serial: u64,
+    /// Both ports speak TLS (--tls-cert, --tls-self-signed).
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The self-signed certificate's SHA-256 fingerprint, for the operator.
+    fingerprint: Option<String>,
+    /// --max-per-ip and --max-connects.
+    per_addr: PerAddr,
+    next_prune: Instant,
 }
+
+/// How often the per-address table is swept of entries with nothing left
+/// to count.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The hub's view of the connections: queue under the --sendq policy, and
 /// mark (never free) connections that must go.
@@ -228,7 +247,7 @@ fn cut_off(c: &mut Conn, k: usize, closing: &mut Vec<usize>) {
     let last = c.proto.cut_off().filter(|_| !c.mid_item());
     c.discard_output();
     if let Some(last) = last {
-        let _ = (&c.sock).write(&last);
+        c.write_last(&last);
     }
     mark_closing(c, k, closing, Some("too slow".into()), false);
 }
@@ -298,6 +317,29 @@ fn live(conns: &mut Slab<Conn>, me: ConnRef) -> Option<&mut Conn> {
 enum Port {
     Line,
     Http,
+    TlsLine,
+    Https,
+}
+
+impl Port {
+    fn tls(self) -> bool {
+        matches!(self, Port::TlsLine | Port::Https)
+    }
+}
+
+/// Binds a listener on `host:port` for `what`, registered under `token`.
+fn listen(poll: &Poll, host: &str, port: u16, token: Token, what: &str) -> io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind((host, port)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {host}:{port} for {what}: {e}"),
+        )
+    })?;
+    l.set_nonblocking(true)?;
+    let mut l = TcpListener::from_std(l);
+    poll.registry()
+        .register(&mut l, token, Interest::READABLE)?;
+    Ok(l)
 }
 
 impl Server {
@@ -360,6 +402,36 @@ impl Server {
             .with_history(cfg.history_limits(), cfg.history_on_join as usize)
             .with_reply_max(cfg.sendq as usize / 4);
         hub.tick(unix_ms());
+        let (tls, fingerprint) = if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+            let tls = crate::tls::load(cert, key)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            (Some(tls), None)
+        } else if cfg.tls_self_signed {
+            let (tls, fp, _) = crate::tls::self_signed().map_err(io::Error::other)?;
+            info!("TLS with a self-signed certificate, SHA-256 fingerprint {fp}");
+            (Some(tls), Some(fp))
+        } else {
+            (None, None)
+        };
+        let (tls_listener, https_listener) = if tls.is_some() {
+            let host = cfg.host.as_str();
+            let line = listen(&poll, host, cfg.tls_port, TLS_LISTENER, "TLS (--tls-port)")?;
+            let web = if cfg.no_http {
+                None
+            } else {
+                Some(listen(
+                    &poll,
+                    host,
+                    cfg.https_port,
+                    HTTPS_LISTENER,
+                    "HTTPS (--https-port)",
+                )?)
+            };
+            (Some(line), web)
+        } else {
+            (None, None)
+        };
+        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt.clone());
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -368,6 +440,8 @@ impl Server {
             events: Events::with_capacity(1024),
             listener: Some(listener),
             http_listener,
+            tls_listener,
+            https_listener,
             signals,
             conns: Slab::new(),
             hub,
@@ -385,7 +459,28 @@ impl Server {
             inbound: Vec::new(),
             metrics: Metrics::new(Instant::now()),
             next_serial: 0,
+            tls,
+            fingerprint,
+            per_addr,
+            next_prune: Instant::now() + PRUNE_EVERY,
         })
+    }
+
+    /// The self-signed certificate's SHA-256 fingerprint (--tls-self-signed).
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// Where line clients connect over TLS (--tls-port).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where the web page is served over https (--https-port).
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Where the web page is served, unless --no-http.
@@ -493,11 +588,15 @@ impl Server {
     fn dispatch(&mut self) {
         let mut accept = false;
         let mut accept_http = false;
+        let mut accept_tls = false;
+        let mut accept_https = false;
         let mut signalled = false;
         for event in self.events.iter() {
             match event.token() {
                 LISTENER => accept = true,
                 HTTP_LISTENER => accept_http = true,
+                TLS_LISTENER => accept_tls = true,
+                HTTPS_LISTENER => accept_https = true,
                 cluster::CMD | cluster::SUB => {
                     if let Some(link) = self.link.as_mut() {
                         link.ready(event.token(), self.poll.registry(), &mut self.inbound);
@@ -536,6 +635,12 @@ impl Server {
         if accept_http {
             self.accept(Port::Http);
         }
+        if accept_tls {
+            self.accept(Port::TlsLine);
+        }
+        if accept_https {
+            self.accept(Port::Https);
+        }
     }
 
     fn on_signals(&mut self) {
@@ -548,9 +653,14 @@ impl Server {
         hub.shutdown(&mut out);
         let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         self.shutdown = Some(deadline);
-        for mut l in [self.listener.take(), self.http_listener.take()]
-            .into_iter()
-            .flatten()
+        for mut l in [
+            self.listener.take(),
+            self.http_listener.take(),
+            self.tls_listener.take(),
+            self.https_listener.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = self.poll.registry().deregister(&mut l);
         }
@@ -581,6 +691,8 @@ impl Server {
             let listener = match port {
                 Port::Line => self.listener.as_ref(),
                 Port::Http => self.http_listener.as_ref(),
+                Port::TlsLine => self.tls_listener.as_ref(),
+                Port::Https => self.https_listener.as_ref(),
             };
             let Some(listener) = listener else { return };
             let (mut sock, peer) = match listener.accept() {
@@ -614,8 +726,10 @@ impl Server {
             // The listener chooses the state machine the connection starts in.
             let now = Instant::now();
             let proto = match port {
-                Port::Line => Proto::Line(LineSession::new(self.cfg.max_line as usize)),
-                Port::Http => Proto::Http(HttpSession::new(
+                Port::Line | Port::TlsLine => {
+                    Proto::Line(LineSession::new(self.cfg.max_line as usize))
+                }
+                Port::Http | Port::Https => Proto::Http(HttpSession::new(
                     now + Duration::from_secs(self.cfg.http_timeout),
                     self.cfg.max_line as usize,
                 )),
@@ -624,10 +738,32 @@ impl Server {
             if self.conns.len() >= max as usize {
                 warn!("{peer} refused: server full ({max} clients)");
                 let text = format!("*** error: server full ({max} clients)");
-                let _ = (&sock).write(&conn::refusal(&proto, &text));
+                // A TLS client cannot be told anything before a handshake.
+                if !port.tls() {
+                    let _ = (&sock).write(&conn::refusal(&proto, &text));
+                }
                 let _ = sock.shutdown(std::net::Shutdown::Write);
                 continue;
             }
+            let tls = match self
+                .tls
+                .as_ref()
+                .filter(|_| port.tls())
+                .map(conn::tls::Tls::new)
+                .transpose()
+            {
+                Ok(tls) => tls.map(Box::new),
+                Err(e) => {
+                    warn!("{peer} dropped: cannot start TLS: {e}");
+                    continue;
+                }
+            };
+            // Under --proxy-protocol a trusted proxy must send the header
+            // (and is waited for); anyone else's is watched for and refused.
+            let proxy = self.cfg.proxy_protocol.then(|| {
+                let ip = peer.ip().to_canonical();
+                self.cfg.trusted_proxy.iter().any(|n| n.contains(&ip))
+            });
             let entry = self.conns.vacant_entry();
             let k = entry.key();
             if let Err(e) = self.poll.registry().register(
@@ -652,7 +788,11 @@ impl Server {
                 .cfg
                 .rate
                 .map(|rate| Bucket::new(rate, self.cfg.burst.unwrap_or(rate), now));
-            let mut conn = Conn::new(sock, peer, proto, bucket);
+            let mut conn = Conn::new(sock, peer, proto, bucket).with_layers(
+                proxy,
+                tls,
+                now + Duration::from_secs(self.cfg.http_timeout),
+            );
             let me = ConnRef {
                 key: k,
                 serial: self.next_serial,
@@ -661,17 +801,76 @@ impl Server {
             self.next_serial += 1;
             // Data may have arrived before registration.
             conn.in_readable = true;
-            if let Some(at) = conn.proto.deadline() {
+            if let Some(at) = conn.deadline() {
                 self.timers.push(at, Timer::Deadline(me));
             }
-            let in_chat = conn.proto.in_chat();
+            let waits = conn.proxy.is_some();
             entry.insert(conn);
             self.readable.push(me);
-            if in_chat {
-                self.join(k);
-            } else {
-                debug!("{peer} web connection");
+            // The address is known now unless a proxy is to tell it.
+            if !waits {
+                self.addressed(k);
             }
+        }
+    }
+
+    /// The client's real address is known (at accept, or from a trusted
+    /// proxy's header): apply the per-address limits, then start the
+    /// protocol if nothing beneath it is still pending. False if refused.
+    fn addressed(&mut self, k: usize) -> bool {
+        let now = Instant::now();
+        let Some(c) = self.conns.get_mut(k) else {
+            return false;
+        };
+        match self.per_addr.admit(c.peer.ip(), now) {
+            Ok(counted) => c.admitted = counted,
+            Err(why) => {
+                match why {
+                    Refused::TooMany => {
+                        self.metrics.refused_per_ip += 1;
+                        warn!(
+                            "{} refused: --max-per-ip ({} connections from one address)",
+                            c.peer, self.cfg.max_per_ip
+                        );
+                    }
+                    Refused::TooFast => {
+                        self.metrics.refused_rate += 1;
+                        warn!(
+                            "{} refused: --max-connects ({} new connections per 10 minutes from one address)",
+                            c.peer, self.cfg.max_connects
+                        );
+                    }
+                }
+                if c.tls.is_some() {
+                    // Nothing can be said before a handshake, and doing
+                    // one for a refused address would spend what the
+                    // limit protects.
+                    self.remove(k);
+                } else {
+                    c.push_raw(conn::refusal(&c.proto, why.text()));
+                    c.state = State::Closing;
+                    self.drain(k);
+                }
+                return false;
+            }
+        }
+        self.start(k);
+        true
+    }
+
+    /// Joins the chat (a line client) once the layers beneath the protocol
+    /// are done: the address known and the TLS handshake finished.
+    fn start(&mut self, k: usize) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        if c.joined || c.state != State::Open || !c.layers_ready() {
+            return;
+        }
+        if c.proto.in_chat() {
+            self.join(k);
+        } else {
+            debug!("{} web connection", c.peer);
         }
     }
 
@@ -759,21 +958,87 @@ impl Server {
                     if room == 0 {
                         break;
                     }
-                    match socket::read(&c.sock, &mut self.scratch[..room]) {
-                        SocketResult::Done(n) => {
+                    // Only TLS pending: a PROXY header completing here
+                    // goes through the address check (`addressed`) first.
+                    let handshaking = c.proxy.is_none() && !c.layers_ready();
+                    let input = c.read_in(&mut self.scratch[..room]);
+                    if c.wants_flush() {
+                        // Handshake records (or an alert) to send.
+                        self.mark_pending(k);
+                    }
+                    let Some(c) = self.conns.get_mut(k) else {
+                        break;
+                    };
+                    if handshaking && c.layers_ready() {
+                        // The handshake finished: the protocol starts
+                        // before it gets its first bytes.
+                        self.start(k);
+                    }
+                    let Some(c) = self.conns.get_mut(k) else {
+                        break;
+                    };
+                    match input {
+                        Input::Data(n) => {
                             bytes += n;
                             self.metrics.bytes_in += n as u64;
                             c.proto.feed(&self.scratch[..n]);
                             c.touch(now);
                         }
-                        SocketResult::Closed => c.eof = true,
-                        SocketResult::WouldBlock => {
+                        Input::Closed => c.eof = true,
+                        Input::WouldBlock => {
                             c.proto.would_block();
                             break;
                         }
-                        SocketResult::Error(e) => {
+                        Input::Error(e) => {
+                            if c.proxy.is_some() {
+                                debug!("{} lost before its PROXY header: {e}", c.peer);
+                                self.remove(k);
+                                break;
+                            }
+                            if !c.layers_ready() {
+                                self.metrics.tls_failed += 1;
+                                info!("{} TLS handshake failed: {e}", c.peer);
+                                self.remove(k);
+                                break;
+                            }
                             let reason = socket::reason_for(&e);
                             mark_closing(c, k, &mut self.closing, Some(reason), false);
+                            break;
+                        }
+                        Input::Addressed(source) => {
+                            match source {
+                                Some(real) => {
+                                    debug!("{} PROXY header: client {real}", c.peer);
+                                    c.peer = real;
+                                }
+                                None => {
+                                    // The proxy's own connection (a health
+                                    // check every few seconds): trusted, and
+                                    // not a client the limits are for.
+                                    debug!("{} PROXY header for the proxy itself", c.peer);
+                                    self.start(k);
+                                    continue;
+                                }
+                            }
+                            if !self.addressed(k) {
+                                break;
+                            }
+                        }
+                        Input::Refused(why) => {
+                            self.metrics.proxy_refused += 1;
+                            warn!("{} refused: {why} (--trusted-proxy)", c.peer);
+                            if c.joined {
+                                c.discard_output();
+                                mark_closing(
+                                    c,
+                                    k,
+                                    &mut self.closing,
+                                    Some("refused".into()),
+                                    false,
+                                );
+                            } else {
+                                self.remove(k);
+                            }
                             break;
                         }
                     }
@@ -847,6 +1112,7 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         c.state = State::Draining(deadline);
+        c.close_notify();
         let me = ConnRef {
             key: k,
             serial: c.serial,
@@ -961,6 +1227,9 @@ impl Server {
         {
             c.state = State::Gone;
             self.gone.push(k);
+            if std::mem::take(&mut c.admitted) {
+                self.per_addr.release(c.peer.ip(), Instant::now());
+            }
         }
     }
 
@@ -1020,9 +1289,12 @@ impl Server {
                     // bounded by its drain deadline instead.
                     if let Some(c) = live(&mut self.conns, me)
                         && c.state == State::Open
-                        && let Some(why) = c.proto.expired(now)
+                        && let Some(why) = c.expired(now)
                     {
                         info!("{} closed: {why}", c.peer);
+                        if why.contains("TLS") {
+                            self.metrics.tls_failed += 1;
+                        }
                         self.remove(me.key);
                     }
                 }
@@ -1037,9 +1309,14 @@ impl Server {
             self.settle();
         }
         if accept {
-            self.accept(Port::Line);
-            self.accept(Port::Http);
+            for port in [Port::Line, Port::Http, Port::TlsLine, Port::Https] {
+                self.accept(port);
+            }
             self.settle();
+        }
+        if now >= self.next_prune {
+            self.per_addr.prune(now);
+            self.next_prune = now + PRUNE_EVERY;
         }
         if now >= self.metrics.next_tick() {
             self.metrics.tick(now);

@@ -153,6 +153,8 @@ impl Browser {
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync",
                     "--disable-dev-shm-usage", "--window-size=1000,640",
+                    // chatd --tls-self-signed: a certificate nobody vouches for.
+                    "--ignore-certificate-errors",
                     format!("--user-data-dir={}", profile.display()),
                 ],
             },
@@ -396,8 +398,13 @@ fn page_with_tess(
     telnet.send("/nick tess");
     telnet.expect_line("*** you are now tess");
     telnet.name = "tess".into();
+    page_at(telnet, &format!("http://{http}/"))
+}
+
+/// The page loaded from `url`, joined, with tess watching on telnet.
+fn page_at(mut telnet: support::Client, url: &str) -> (Browser, support::Client, String) {
     let browser = Browser::start();
-    browser.goto(&format!("http://{http}/"));
+    browser.goto(url);
     browser.wait(
         "the welcome",
         "document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)",
@@ -406,6 +413,28 @@ fn page_with_tess(
     let name = browser.text("#me");
     telnet.expect_line(&format!("*** {name} joined"));
     (browser, telnet, name)
+}
+
+/// The page over https (a self-signed certificate), so its WebSocket is
+/// wss://: a browser and a telnet user chat through TLS.
+#[test]
+#[ignore = "needs chromium"]
+fn browser_over_https_and_wss_chats_with_telnet() {
+    let server = support::Server::start(&["--tls-self-signed"]);
+    let https = server
+        .https_addr
+        .expect("chatd printed no `https on ADDR` line");
+    let mut telnet = server.client();
+    telnet.send("/nick tess");
+    telnet.expect_line("*** you are now tess");
+    telnet.name = "tess".into();
+    let (browser, mut telnet, web_name) = page_at(telnet, &format!("https://{https}/"));
+    let scheme = browser.run("return location.protocol;", json!([]));
+    assert_eq!(scheme, json!("https:"));
+    browser.say("hello over wss");
+    telnet.expect_line(&format!("<{web_name}> hello over wss"));
+    telnet.send("hello back over plain");
+    browser.wait_log_line(&format!("<{}> hello back over plain", telnet.name));
 }
 
 #[test]

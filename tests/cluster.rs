@@ -1056,7 +1056,9 @@ fn haproxy_cfg_validates_as_shipped_and_for_any_number_of_instances() {
 #[test]
 #[ignore = "needs haproxy"]
 fn haproxy_balances_line_and_web_clients_and_checks_instances_over_http() {
-    let nodes = [Server::start(&[]), Server::start(&[])];
+    // scripts/haproxy.cfg sends the PROXY header from 127.0.0.2.
+    let flags = ["--proxy-protocol", "--trusted-proxy", "127.0.0.2"];
+    let nodes = [Server::start(&flags), Server::start(&flags)];
     // In each lobby before HAProxy starts checking.
     let mut watchers: Vec<Client> = nodes.iter().map(|s| s.client()).collect();
     let hp = Haproxy::start(&[&nodes[0], &nodes[1]]);
@@ -1110,7 +1112,8 @@ fn haproxy_balances_line_and_web_clients_and_checks_instances_over_http() {
 #[test]
 #[ignore = "needs redis-server and haproxy"]
 fn through_haproxy_clients_land_on_different_instances_and_talk() {
-    let cl = Cluster::start(2);
+    // scripts/haproxy.cfg sends the PROXY header from 127.0.0.2.
+    let cl = Cluster::start_with(2, &["--proxy-protocol", "--trusted-proxy", "127.0.0.2"]);
     let hp = Haproxy::start(&[&cl.nodes[0], &cl.nodes[1]]);
     let mut x = Client::connect(hp.line);
     let mut y = Client::connect(hp.line);

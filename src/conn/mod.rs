@@ -12,6 +12,8 @@
 
 pub mod http;
 pub mod line;
+pub mod proxy;
+pub mod tls;
 pub mod ws;
 
 pub use crate::config::ENTRY_OVERHEAD;
@@ -22,13 +24,15 @@ use crate::socket::{self, SocketResult};
 use mio::net::TcpStream;
 use socket2::{SockRef, TcpKeepalive};
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub use self::http::HttpSession;
 pub use self::line::LineSession;
+use self::proxy::{Header, ProxyWait, Sniff};
+use self::tls::{Tls, TlsRead};
 pub use self::ws::WsSession;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +225,53 @@ impl Proto {
     }
 }
 
+/// What reading through a connection's layers did.
+#[derive(Debug)]
+pub enum Input {
+    /// This many bytes for the protocol.
+    Data(usize),
+    WouldBlock,
+    Closed,
+    Error(io::Error),
+    /// A trusted proxy's header is in: the client's address (None: the
+    /// proxy's own connection, a health check).
+    Addressed(Option<SocketAddr>),
+    /// A PROXY header that is refused (broken, or from an untrusted address).
+    Refused(String),
+}
+
+/// The bytes under TLS (or under the protocol): what came in behind a
+/// PROXY header first, then the socket; an untrusted address's first
+/// bytes are watched for a PROXY header on the way.
+struct Source<'a> {
+    leftover: &'a mut Vec<u8>,
+    sock: &'a TcpStream,
+    sniff: &'a mut Option<Sniff>,
+    caught: bool,
+}
+
+impl io::Read for Source<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.leftover.is_empty() {
+            let n = buf.len().min(self.leftover.len());
+            buf[..n].copy_from_slice(&self.leftover[..n]);
+            self.leftover.drain(..n);
+            if self.leftover.is_empty() {
+                *self.leftover = Vec::new();
+            }
+            return Ok(n);
+        }
+        let n = io::Read::read(&mut &*self.sock, buf)?;
+        if let Some(sniff) = self.sniff.as_mut()
+            && sniff.feed(&buf[..n])
+        {
+            self.caught = true;
+            return Err(io::Error::other("PROXY header from an untrusted address"));
+        }
+        Ok(n)
+    }
+}
+
 /// Counts the clients in the chat by transport, for `/metrics`:
 /// (line, WebSocket).
 pub fn census<'a>(conns: impl Iterator<Item = &'a Conn>) -> (u64, u64) {
@@ -345,6 +396,21 @@ pub struct Conn {
     /// Tells this connection from an earlier one under the same slab key, so
     /// a timer set for the earlier one cannot fire on it.
     pub serial: u64,
+    /// TLS beneath the protocol (conn/tls.rs), on a --tls-* server.
+    pub tls: Option<Box<Tls>>,
+    /// Waiting for a trusted proxy's PROXY header: nothing reaches the
+    /// protocol (or TLS) before it is complete.
+    pub proxy: Option<Box<ProxyWait>>,
+    /// Watching an untrusted address's first bytes for a PROXY header.
+    sniff: Option<Sniff>,
+    /// Bytes that came in behind the PROXY header, read before the socket.
+    leftover: Vec<u8>,
+    /// Counted in the per-address table (released when it goes).
+    pub admitted: bool,
+    /// The PROXY header and TLS handshake must be done by then (--http-timeout).
+    pub layer_deadline: Option<Instant>,
+    /// Send TLS's close_notify after the last queued byte.
+    notify: bool,
     out: VecDeque<Item>,
     /// Bytes of `out[0]` already written.
     head: usize,
@@ -379,6 +445,13 @@ impl Conn {
             last_active: now,
             pinged: false,
             serial: 0,
+            tls: None,
+            proxy: None,
+            sniff: None,
+            leftover: Vec::new(),
+            admitted: false,
+            layer_deadline: None,
+            notify: false,
             out: VecDeque::new(),
             head: 0,
             queued: 0,
@@ -387,6 +460,138 @@ impl Conn {
             sent: 0,
             warned: false,
         }
+    }
+
+    /// The layers beneath the protocol: a PROXY header to wait for (from a
+    /// trusted proxy) or to watch for (from anyone else, to refuse it),
+    /// and TLS. The header and the handshake must be done by `deadline`.
+    pub fn with_layers(
+        mut self,
+        proxy: Option<bool>,
+        tls: Option<Box<Tls>>,
+        deadline: Instant,
+    ) -> Conn {
+        match proxy {
+            Some(true) => self.proxy = Some(Box::default()),
+            Some(false) => self.sniff = Some(Sniff::new()),
+            None => {}
+        }
+        self.tls = tls;
+        if self.proxy.is_some() || self.tls.is_some() {
+            self.layer_deadline = Some(deadline);
+        }
+        self
+    }
+
+    /// Whether the layers beneath the protocol are done (the header is in,
+    /// the handshake finished): the protocol can start.
+    pub fn layers_ready(&self) -> bool {
+        self.proxy.is_none() && !self.tls.as_ref().is_some_and(|t| t.handshaking())
+    }
+
+    /// The deadline that applies now: the layers' until they are ready,
+    /// then the protocol's own.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.layers_ready() {
+            self.proto.deadline()
+        } else {
+            self.layer_deadline
+        }
+    }
+
+    /// Why the connection is closed at its deadline, if it has passed.
+    pub fn expired(&self, now: Instant) -> Option<&'static str> {
+        if self.proxy.is_some() {
+            return self
+                .layer_deadline
+                .filter(|&t| t <= now)
+                .map(|_| "no PROXY header within --http-timeout");
+        }
+        if !self.layers_ready() {
+            return self
+                .layer_deadline
+                .filter(|&t| t <= now)
+                .map(|_| "no TLS handshake within --http-timeout");
+        }
+        self.proto.expired(now)
+    }
+
+    /// Reads what the protocol asked for (`buf` is sized by its
+    /// `Step::Read`) through the layers: the PROXY header first, then TLS.
+    pub fn read_in(&mut self, buf: &mut [u8]) -> Input {
+        if let Some(wait) = self.proxy.as_mut() {
+            loop {
+                let room = wait.room().min(buf.len());
+                match socket::read(&self.sock, &mut buf[..room]) {
+                    SocketResult::Done(n) => match wait.feed(&buf[..n]) {
+                        (Header::Incomplete, _) => continue,
+                        (Header::Done { source, .. }, rest) => {
+                            self.proxy = None;
+                            self.leftover = rest;
+                            return Input::Addressed(source);
+                        }
+                        (Header::Invalid(why), _) => return Input::Refused(why),
+                    },
+                    SocketResult::Closed => return Input::Closed,
+                    SocketResult::WouldBlock => return Input::WouldBlock,
+                    SocketResult::Error(e) => return Input::Error(e),
+                }
+            }
+        }
+        let mut src = Source {
+            leftover: &mut self.leftover,
+            sock: &self.sock,
+            sniff: &mut self.sniff,
+            caught: false,
+        };
+        let result = match self.tls.as_mut() {
+            Some(tls) => match tls.read(&mut src, buf) {
+                TlsRead::Data(n) => Input::Data(n),
+                TlsRead::WouldBlock => Input::WouldBlock,
+                TlsRead::Closed => Input::Closed,
+                TlsRead::Error(e) => Input::Error(e),
+            },
+            None => match socket::read(&mut src, buf) {
+                SocketResult::Done(n) => Input::Data(n),
+                SocketResult::WouldBlock => Input::WouldBlock,
+                SocketResult::Closed => Input::Closed,
+                SocketResult::Error(e) => Input::Error(e),
+            },
+        };
+        if src.caught {
+            self.sniff = None;
+            return Input::Refused("PROXY header from an untrusted address".into());
+        }
+        if self.sniff.as_ref().is_some_and(|s| !s.watching()) {
+            self.sniff = None;
+        }
+        result
+    }
+
+    /// Output waits beneath the queue (TLS handshake records, an alert):
+    /// the connection needs a flush even with nothing queued.
+    pub fn wants_flush(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Writes `bytes` at once, best effort, in place of the queue (the
+    /// close frame for a client cut off for being too slow).
+    pub fn write_last(&mut self, bytes: &[u8]) {
+        match self.tls.as_mut() {
+            None => {
+                let _ = (&self.sock).write(bytes);
+            }
+            Some(tls) if !tls.handshaking() => {
+                tls.feed(&[IoSlice::new(bytes)]);
+                let _ = tls.write_to(&mut &self.sock);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Ends TLS properly once the queue is written (a graceful close).
+    pub fn close_notify(&mut self) {
+        self.notify = self.tls.is_some();
     }
 
     /// Bytes waiting to be written (for /stats and logs).
@@ -523,6 +728,11 @@ impl Conn {
     /// Done when the queue is empty, WouldBlock when the socket is full.
     pub fn flush(&mut self) -> SocketResult {
         loop {
+            // What TLS holds goes first: it is older than anything queued.
+            match self.write_records() {
+                SocketResult::Done(_) => {}
+                other => return other,
+            }
             if self.out.is_empty() {
                 if self.dropped > 0 && self.state == State::Open {
                     let n = std::mem::take(&mut self.dropped);
@@ -531,20 +741,71 @@ impl Conn {
                     continue;
                 }
                 self.warned = false;
+                if std::mem::take(&mut self.notify)
+                    && let Some(tls) = self.tls.as_mut()
+                    && !tls.handshaking()
+                {
+                    tls.close_notify();
+                    continue;
+                }
                 return SocketResult::Done(0);
             }
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
+            let mut total = 0;
             for (i, item) in self.out.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = self.bytes(item);
-                iov[i] = IoSlice::new(if i == 0 { &bytes[self.head..] } else { bytes });
+                let bytes = if i == 0 { &bytes[self.head..] } else { bytes };
+                // Through TLS, a batch is about one full record.
+                if self.tls.is_some() && i > 0 && total + bytes.len() > tls::FEED_MAX {
+                    break;
+                }
+                iov[i] = IoSlice::new(bytes);
+                total += bytes.len();
                 n += 1;
             }
-            match socket::write(&self.sock, &iov[..n]) {
-                SocketResult::Done(written) => self.advance(written),
+            let Some(tls) = self.tls.as_mut() else {
+                match socket::write(&self.sock, &iov[..n]) {
+                    SocketResult::Done(written) => self.advance(written),
+                    other => return other,
+                }
+                continue;
+            };
+            if tls.handshaking() {
+                // Lines wait for the handshake (a server shutting down
+                // mid-handshake); its deadline bounds the wait.
+                return SocketResult::WouldBlock;
+            }
+            let fed = tls.feed(&iov[..n]);
+            if fed == 0 {
+                return SocketResult::Error(io::ErrorKind::WriteZero.into());
+            }
+            self.advance(fed);
+            match self.write_records() {
+                SocketResult::Done(_) => {}
                 other => return other,
             }
         }
+    }
+
+    /// Writes the records TLS holds (one writev for all of them) until
+    /// none is left or the socket is full.
+    fn write_records(&mut self) -> SocketResult {
+        let Some(tls) = self.tls.as_mut() else {
+            return SocketResult::Done(0);
+        };
+        while tls.wants_write() {
+            match tls.write_to(&mut &self.sock) {
+                Ok(0) => return SocketResult::Error(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return SocketResult::WouldBlock;
+                }
+                Err(e) => return SocketResult::Error(e),
+            }
+        }
+        SocketResult::Done(0)
     }
 
     fn advance(&mut self, mut written: usize) {

@@ -17,6 +17,9 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The web port, when the server was started with one.
     pub http_addr: Option<SocketAddr>,
+    /// The TLS ports, when started with --tls-cert or --tls-self-signed.
+    pub tls_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -37,6 +40,19 @@ impl Server {
         if !args.contains(&"--http-port") && !args.contains(&"--no-http") {
             cmd.args(["--http-port", "0"]);
         }
+        let tls = args.contains(&"--tls-self-signed") || args.contains(&"--tls-cert");
+        if tls && !args.contains(&"--tls-port") {
+            cmd.args(["--tls-port", "0"]);
+        }
+        if tls && !args.contains(&"--https-port") && !args.contains(&"--no-http") {
+            cmd.args(["--https-port", "0"]);
+        }
+        // Every test client comes from loopback: the per-address limits
+        // apply only where a test asks for them.
+        let limits = ["--max-per-ip", "--max-connects", "--limit-exempt"];
+        if !args.iter().any(|a| limits.contains(a)) {
+            cmd.args(["--limit-exempt", "127.0.0.0/8"]);
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -47,12 +63,17 @@ impl Server {
         // chatd prints "listening on ADDR" (and "http on ADDR") to stdout once bound.
         let mut addr = None;
         let mut http_addr = None;
-        for _ in 0..4 {
+        let (mut tls_addr, mut https_addr) = (None, None);
+        for _ in 0..8 {
             let Some(Ok(line)) = lines.next() else { break };
             if let Some(a) = line.strip_prefix("listening on ") {
                 addr = Some(a.trim().parse().expect("listen address"));
             } else if let Some(a) = line.strip_prefix("http on ") {
                 http_addr = Some(a.trim().parse().expect("http address"));
+            } else if let Some(a) = line.strip_prefix("tls on ") {
+                tls_addr = Some(a.trim().parse().expect("tls address"));
+            } else if let Some(a) = line.strip_prefix("https on ") {
+                https_addr = Some(a.trim().parse().expect("https address"));
             }
             if line.starts_with("ready") {
                 break;
@@ -64,6 +85,8 @@ impl Server {
             child,
             addr: addr.expect("chatd did not print its address"),
             http_addr,
+            tls_addr,
+            https_addr,
         }
     }
 

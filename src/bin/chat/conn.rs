@@ -54,7 +54,7 @@ pub fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
                     .with_time(Duration::from_secs(30))
                     .with_interval(Duration::from_secs(10));
                 let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-                return Ok(stream);
+                return crate::tls::wrap(stream, host);
             }
             Err(e) => last = Some(e),
         }

@@ -11,6 +11,7 @@ mod display;
 mod out;
 mod resume;
 mod term;
+mod tls;
 
 use std::borrow::Cow;
 use std::io::{self, IsTerminal};
@@ -64,6 +65,23 @@ struct Args {
     /// many seconds before leaving.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     wait: Option<Duration>,
+    /// Speak TLS (to chatd's --tls-port), verifying the server's
+    /// certificate against the system's root certificates.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust only the certificates in this PEM file (a
+    /// private CA, or the server's own certificate).
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls",
+        conflicts_with = "insecure"
+    )]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls: accept any certificate (a --tls-self-signed server).
+    /// The link is encrypted, but anyone in the middle could be answering.
+    #[arg(long, requires = "tls")]
+    insecure: bool,
     /// First reconnect delay in milliseconds; the cap is 30 times this.
     /// Hidden: only tests need it, to see a reconnect without waiting seconds.
     #[arg(long, hide = true, default_value_t = 1000)]
@@ -97,6 +115,20 @@ fn main() {
         max_delay: base.saturating_mul(30),
     };
 
+    if args.tls {
+        let trust = match (&args.tls_ca, args.insecure) {
+            (Some(ca), _) => chatd::tls::Trust::Ca(ca),
+            (None, true) => chatd::tls::Trust::Anyone,
+            (None, false) => chatd::tls::Trust::System,
+        };
+        match chatd::tls::client_config(trust) {
+            Ok(cfg) => tls::enable(cfg),
+            Err(e) => {
+                eprintln!("chat: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     // The first connection has no one to come back to: failing it is an
     // error, not a reason to retry.
     let stream = match conn::connect(&target.host, target.port) {

@@ -68,7 +68,14 @@ pub struct Conn {
     /// End offsets in `wbuf` of tracked (token) lines not yet fully written.
     line_ends: VecDeque<usize>,
     pub lines_written: u32,
+    /// --tls: the connection's TLS state (lines go through it both ways).
+    tls: Option<Box<rustls::ClientConnection>>,
 }
+
+/// --tls: every connection speaks TLS with this configuration (any
+/// certificate accepted: flood measures, it does not authenticate).
+pub static TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
 
 /// Starts a non-blocking connect, from `src` (port chosen by the kernel)
 /// when given, so many connections can be spread over 127.0.0.x.
@@ -134,6 +141,50 @@ impl Conn {
             woff: 0,
             line_ends: VecDeque::new(),
             lines_written: 0,
+            tls: TLS.get().and_then(|cfg| {
+                let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+                rustls::ClientConnection::new(cfg.clone(), name)
+                    .ok()
+                    .map(Box::new)
+            }),
+        }
+    }
+
+    /// Writes the records TLS holds until none is left or the socket is full.
+    fn write_records(&mut self) -> io::Result<()> {
+        let (Some(s), Some(tls)) = (&mut self.stream, &mut self.tls) else {
+            return Ok(());
+        };
+        while tls.wants_write() {
+            match tls.write_tls(s) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads plaintext through TLS: Ok(0) at the end of the stream.
+    fn read_tls(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read as _;
+        loop {
+            let (Some(s), Some(tls)) = (&mut self.stream, &mut self.tls) else {
+                return Ok(0);
+            };
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(s)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets().map_err(io::Error::other)?;
+            // Handshake records, or the lines held back until it finished.
+            self.write_records()?;
         }
     }
 
@@ -170,7 +221,8 @@ impl Conn {
     }
 
     pub fn unwritten(&self) -> usize {
-        self.wbuf.len() - self.woff
+        let held = self.tls.as_ref().is_some_and(|t| t.wants_write());
+        self.wbuf.len() - self.woff + held as usize
     }
 
     /// Queues an untracked line (e.g. the hello).
@@ -219,6 +271,18 @@ impl Conn {
 
     /// Writes as much as the socket takes. Err means the connection is gone.
     pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            // Plaintext in (rustls holds it until the handshake is done),
+            // records out.
+            while self.woff < self.wbuf.len() {
+                let n = tls.writer().write(&self.wbuf[self.woff..])?;
+                if n == 0 {
+                    break;
+                }
+                self.woff += n;
+            }
+            self.write_records()?;
+        }
         let Some(s) = &mut self.stream else {
             return Ok(());
         };
@@ -260,7 +324,12 @@ impl Conn {
             let c = if self.ws.is_none() { self.carry_len } else { 0 };
             buf[..c].copy_from_slice(&self.carry[..c]);
             let room = buf.len() - c;
-            let n = match s.read(&mut buf[c..]) {
+            let read = if self.tls.is_some() {
+                self.read_tls(&mut buf[c..])
+            } else {
+                s.read(&mut buf[c..])
+            };
+            let n = match read {
                 Ok(0) => return (ReadOutcome::Closed("closed by server".into()), total),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -277,7 +346,7 @@ impl Conn {
             // A short read means the socket was empty; with edge-triggered
             // polling new data brings a new event, so the extra read that
             // would only return WouldBlock is saved (half the syscalls).
-            if n < room && !self.hup {
+            if n < room && !self.hup && self.tls.is_none() {
                 return (ReadOutcome::Drained, total);
             }
         }

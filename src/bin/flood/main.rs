@@ -117,6 +117,10 @@ struct Cli {
     /// the server sends is scanned for tokens.
     #[arg(long, conflicts_with = "ws")]
     socketio: bool,
+    /// Speak TLS (to chatd's --tls-port or, with --ws, --https-port),
+    /// accepting any certificate.
+    #[arg(long)]
+    tls: bool,
     /// The upgrade path (default /ws, or /socket.io/?EIO=4&transport=websocket
     /// with --socketio).
     #[arg(long)]
@@ -237,6 +241,17 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--tls") {
+        match chatd::tls::client_config(chatd::tls::Trust::Anyone) {
+            Ok(cfg) => {
+                let _ = conn::TLS.set(cfg);
+            }
+            Err(e) => {
+                eprintln!("flood: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let (cfg, json) = match config(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {

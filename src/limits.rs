@@ -1,0 +1,253 @@
+//! Per-address limits (as IRC servers have them: ergo allows 16
+//! connections per address and 32 new ones per 10 minutes): how many
+//! connections one address holds at once (--max-per-ip) and how fast it
+//! may open new ones (--max-connects per 10 minutes, a token bucket that
+//! refills evenly). An IPv6 client counts by its /64, which one host
+//! usually has whole. Pure: no sockets, the caller passes the clock.
+//!
+//! The table is bounded: an entry lives while its address has a
+//! connection or its bucket is refilling, and `prune` frees the rest.
+//! When it holds MAX_ENTRIES, new addresses are let in without a rate
+//! entry (their connection count is still kept): failing open keeps the
+//! server usable under a spread-out flood, which --max-clients bounds.
+
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// The window --max-connects counts over.
+pub const WINDOW: Duration = Duration::from_secs(600);
+/// Most addresses tracked at once (about 64 bytes each: 4 MiB).
+pub const MAX_ENTRIES: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// --max-per-ip connections already open.
+    TooMany,
+    /// --max-connects new connections in the window.
+    TooFast,
+}
+
+impl Refused {
+    /// What the client is told.
+    pub fn text(self) -> &'static str {
+        match self {
+            Refused::TooMany => "*** error: too many connections from your address",
+            Refused::TooFast => {
+                "*** error: too many connections from your address (too many new ones; try again in a few minutes)"
+            }
+        }
+    }
+}
+
+struct Entry {
+    conns: u32,
+    tokens: f64,
+    last: Instant,
+}
+
+pub struct PerAddr {
+    max_conns: u32,
+    max_new: u32,
+    exempt: Vec<IpNet>,
+    table: HashMap<IpAddr, Entry>,
+}
+
+impl PerAddr {
+    pub fn new(max_conns: u32, max_new: u32, exempt: Vec<IpNet>) -> PerAddr {
+        PerAddr {
+            max_conns,
+            max_new,
+            exempt,
+            table: HashMap::new(),
+        }
+    }
+
+    fn off(&self) -> bool {
+        self.max_conns == 0 && self.max_new == 0
+    }
+
+    /// The key an address is counted under: IPv4 (mapped or not) as is,
+    /// IPv6 by its /64.
+    pub fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                    IpAddr::V6(bits.into())
+                }
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Whether limits apply to `ip` at all.
+    pub fn exempt(&self, ip: IpAddr) -> bool {
+        self.off() || self.exempt.iter().any(|n| n.contains(&ip))
+    }
+
+    /// A new connection from `ip`: counted if let in. Call `release` when
+    /// a connection let in (Ok(true)) goes; Ok(false) means exempt, not
+    /// counted.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<bool, Refused> {
+        if self.exempt(ip) {
+            return Ok(false);
+        }
+        if self.table.len() >= MAX_ENTRIES {
+            self.prune(now);
+        }
+        let key = Self::key(ip);
+        let full = self.table.len() >= MAX_ENTRIES && !self.table.contains_key(&key);
+        if full {
+            // Fail open (see the module doc), still counting connections
+            // would need an entry: let it in uncounted.
+            return Ok(false);
+        }
+        let max_new = self.max_new as f64;
+        let e = self.table.entry(key).or_insert(Entry {
+            conns: 0,
+            tokens: max_new,
+            last: now,
+        });
+        if self.max_conns > 0 && e.conns >= self.max_conns {
+            return Err(Refused::TooMany);
+        }
+        if self.max_new > 0 {
+            let refill = now.saturating_duration_since(e.last).as_secs_f64() * max_new
+                / WINDOW.as_secs_f64();
+            e.tokens = (e.tokens + refill).min(max_new);
+            e.last = now;
+            if e.tokens < 1.0 {
+                return Err(Refused::TooFast);
+            }
+            e.tokens -= 1.0;
+        }
+        e.conns += 1;
+        Ok(true)
+    }
+
+    /// A connection counted by `admit` went.
+    pub fn release(&mut self, ip: IpAddr, now: Instant) {
+        let key = Self::key(ip);
+        if let Some(e) = self.table.get_mut(&key) {
+            e.conns = e.conns.saturating_sub(1);
+            if e.conns == 0 && self.refilled(key, now) {
+                self.table.remove(&key);
+            }
+        }
+    }
+
+    fn refilled(&self, key: IpAddr, now: Instant) -> bool {
+        let Some(e) = self.table.get(&key) else {
+            return true;
+        };
+        if self.max_new == 0 {
+            return true;
+        }
+        let max_new = self.max_new as f64;
+        let refill =
+            now.saturating_duration_since(e.last).as_secs_f64() * max_new / WINDOW.as_secs_f64();
+        e.tokens + refill >= max_new
+    }
+
+    /// Frees the entries of addresses with no connection and a full bucket.
+    pub fn prune(&mut self, now: Instant) {
+        let max_new = self.max_new as f64;
+        self.table.retain(|_, e| {
+            let refill = now.saturating_duration_since(e.last).as_secs_f64() * max_new
+                / WINDOW.as_secs_f64();
+            e.conns > 0 || (max_new > 0.0 && e.tokens + refill < max_new)
+        });
+    }
+
+    /// Addresses tracked now.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn caps_concurrent_connections_per_address() {
+        let t = Instant::now();
+        let mut p = PerAddr::new(2, 0, vec![]);
+        assert_eq!(p.admit(ip("10.0.0.1"), t), Ok(true));
+        assert_eq!(p.admit(ip("10.0.0.1"), t), Ok(true));
+        assert_eq!(p.admit(ip("10.0.0.1"), t), Err(Refused::TooMany));
+        assert_eq!(p.admit(ip("10.0.0.2"), t), Ok(true));
+        p.release(ip("10.0.0.1"), t);
+        assert_eq!(p.admit(ip("10.0.0.1"), t), Ok(true));
+        // Every connection gone: every entry freed.
+        for a in ["10.0.0.1", "10.0.0.1", "10.0.0.2"] {
+            p.release(ip(a), t);
+        }
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn limits_the_connect_rate_and_refills_evenly() {
+        let t = Instant::now();
+        let mut p = PerAddr::new(0, 3, vec![]);
+        for _ in 0..3 {
+            assert_eq!(p.admit(ip("::1"), t), Ok(true));
+            p.release(ip("::1"), t);
+        }
+        assert_eq!(p.admit(ip("::1"), t), Err(Refused::TooFast));
+        assert_eq!(p.len(), 1, "kept while refilling");
+        // One token per WINDOW / 3.
+        let later = t + WINDOW / 3 + Duration::from_millis(1);
+        assert_eq!(p.admit(ip("::1"), later), Ok(true));
+        assert_eq!(p.admit(ip("::1"), later), Err(Refused::TooFast));
+        p.release(ip("::1"), later);
+        p.prune(later + WINDOW);
+        assert!(p.is_empty(), "freed once refilled");
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64_and_exempt_prefixes_are_not_counted() {
+        let t = Instant::now();
+        let mut p = PerAddr::new(1, 0, vec!["192.168.0.0/16".parse().unwrap()]);
+        assert_eq!(p.admit(ip("2001:db8:1:2::1"), t), Ok(true));
+        assert_eq!(
+            p.admit(ip("2001:db8:1:2:ffff::9"), t),
+            Err(Refused::TooMany)
+        );
+        assert_eq!(p.admit(ip("2001:db8:1:3::1"), t), Ok(true));
+        assert_eq!(p.admit(ip("::ffff:10.1.1.1"), t), Ok(true));
+        assert_eq!(p.admit(ip("10.1.1.1"), t), Err(Refused::TooMany));
+        for _ in 0..5 {
+            assert_eq!(p.admit(ip("192.168.7.7"), t), Ok(false));
+        }
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let t = Instant::now();
+        let mut p = PerAddr::new(4, 8, vec![]);
+        for i in 0..MAX_ENTRIES as u32 {
+            let a = IpAddr::V4(i.into());
+            assert_eq!(p.admit(a, t), Ok(true));
+            p.release(a, t);
+        }
+        assert_eq!(p.len(), MAX_ENTRIES, "each is still refilling");
+        // Full of refilling entries: a new address gets in uncounted.
+        assert_eq!(p.admit(ip("255.255.255.255"), t), Ok(false));
+        assert_eq!(p.len(), MAX_ENTRIES);
+        // Once they have refilled, the next admission frees them.
+        assert_eq!(p.admit(ip("255.255.255.255"), t + WINDOW), Ok(true));
+        assert_eq!(p.len(), 1);
+    }
+}
