@@ -1483,3 +1483,171 @@ mod cluster {
         assert_eq!(hub.guests_used(), 501);
     }
 }
+
+fn guarded_hub() -> Hub {
+    let access = Access::new(
+        Some("hunter2".into()),
+        Some("sesame".into()),
+        2,
+        crate::access::Bans::default(),
+    );
+    let mut hub = Hub::new(200).with_access(access);
+    hub.tick(1_000_000);
+    hub
+}
+
+#[test]
+fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
+    let mut hub = guarded_hub();
+    let mut rec = Rec::default();
+    hub.connect(0, LOCALHOST, &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, NEEDS_PASSWORD)]));
+    hub.lines(0, &["/pass hunter2".into()], &mut rec);
+    assert!(
+        rec.take()[0]
+            .1
+            .starts_with("*** welcome to chatd, guest-1!")
+    );
+    hub.connect(1, LOCALHOST, &mut rec);
+    hub.lines(1, &["hi".into(), "/who".into(), "/pass".into()], &mut rec);
+    let refused = "*** error: this server needs a password: /pass SECRET";
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (1, NEEDS_PASSWORD),
+            (1, refused),
+            (1, refused),
+            (1, "*** error: usage: /pass SECRET"),
+        ])
+    );
+    assert_eq!(hub.online(), 1);
+    hub.line(0, "only for those inside", &mut rec);
+    assert_eq!(rec.take(), vec![], "nobody else is inside");
+    // Wrong twice: the third try is not even looked at.
+    for _ in 0..2 {
+        hub.line(1, "/pass nope", &mut rec);
+        assert_eq!(rec.to(1), vec!["*** error: wrong password"]);
+    }
+    hub.line(1, "/pass hunter2", &mut rec);
+    let got = rec.to(1);
+    assert!(
+        got[0]
+            .starts_with("*** error: too many wrong passwords from your address; try again in 1m"),
+        "{got:?}"
+    );
+    assert_eq!(hub.moderation().password_failures, 2);
+    // A minute later it may try again.
+    hub.tick(1_000_000 + crate::access::PASS_WINDOW_MS);
+    hub.lines(1, &["/pass hunter2".into(), "after".into()], &mut rec);
+    let got = rec.take();
+    assert!(
+        got[0].1.starts_with("*** welcome to chatd, guest-2!"),
+        "{got:?}"
+    );
+    assert!(got.contains(&(0, "<guest-2> after".to_string())), "{got:?}");
+    // Gone before the password: nothing to tell anyone.
+    hub.connect(2, LOCALHOST, &mut rec);
+    rec.take();
+    hub.disconnect(2, Some("reset"), &mut rec);
+    assert_eq!(rec.take(), vec![]);
+}
+
+/// alice (0, an operator) and bob (1), inside a guarded hub.
+fn oper_and_user() -> (Hub, Rec) {
+    let mut hub = guarded_hub();
+    let mut rec = Rec::default();
+    for (id, name) in [(0, "alice"), (1, "bob")] {
+        hub.connect(id, LOCALHOST, &mut rec);
+        hub.lines(
+            id,
+            &["/pass hunter2".into(), format!("/nick {name}")],
+            &mut rec,
+        );
+    }
+    hub.line(0, "/oper sesame", &mut rec);
+    rec.take();
+    (hub, rec)
+}
+
+#[test]
+fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.line(0, "/ban bob 10m spam", &mut rec);
+    let notice = "*** bob was banned by alice for 10m (spam)";
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (0, notice),
+            (1, notice),
+            (0, "*** banned 127.0.0.1 for 10m; 1 user disconnected"),
+        ])
+    );
+    assert_eq!(rec.closed, vec![(1, "banned by alice".to_string())]);
+    assert_eq!(hub.online(), 1);
+    let saved = hub.bans_to_save().expect("the bans changed");
+    assert!(
+        saved.contains("127.0.0.1/32\t1600000\talice\tbob: spam"),
+        "{saved}"
+    );
+    assert_eq!(hub.bans_to_save(), None, "once per change");
+    hub.connect(5, "127.0.0.1".parse().unwrap(), &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(
+            5,
+            "*** error: your address is banned from this server (10m 0s more, by alice: bob: spam)"
+        )])
+    );
+    hub.connect(6, "::ffff:127.0.0.1".parse().unwrap(), &mut rec);
+    assert!(
+        rec.take()[0]
+            .1
+            .starts_with("*** error: your address is banned")
+    );
+    hub.connect(7, "10.0.0.1".parse().unwrap(), &mut rec);
+    assert_eq!(rec.take(), pairs(&[(7, NEEDS_PASSWORD)]));
+    hub.tick(1_600_000);
+    hub.connect(8, LOCALHOST, &mut rec);
+    assert_eq!(rec.take(), pairs(&[(8, NEEDS_PASSWORD)]), "the ban ran out");
+    assert_eq!(hub.moderation().banned_refused, 2);
+}
+
+#[test]
+fn kick_and_mute_tell_the_room_and_only_operators_may() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.line(1, "/kick alice", &mut rec);
+    assert_eq!(
+        rec.to(1),
+        vec!["*** error: /kick is for operators (/oper PASSWORD)"]
+    );
+    hub.line(1, "/oper alice", &mut rec);
+    assert_eq!(rec.to(1), vec!["*** error: wrong operator password"]);
+    hub.line(0, "/mute bob 30s", &mut rec);
+    let notice = "*** bob was muted by alice for 30s";
+    assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
+    for line in ["hi", "//x", "/me waves", "/msg alice psst"] {
+        hub.line(1, line, &mut rec);
+        assert_eq!(
+            rec.take(),
+            pairs(&[(
+                1,
+                "*** error: you are muted (30s more); messages, /me and /msg are refused"
+            )]),
+            "{line}"
+        );
+    }
+    hub.lines(1, &["a".into(), "b".into()], &mut rec);
+    assert_eq!(rec.take().len(), 2, "one refusal each, nothing relayed");
+    hub.tick(1_030_000);
+    hub.line(1, "free", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "<bob> free")]));
+    hub.line(0, "/kick bob enough", &mut rec);
+    let notice = "*** bob was kicked by alice (enough)";
+    assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
+    assert_eq!(rec.closed, vec![(1, "kicked by alice".to_string())]);
+    // The reactor's later disconnect finds nobody: no second notice.
+    hub.disconnect(1, Some("kicked by alice"), &mut rec);
+    assert_eq!(rec.take(), vec![]);
+    let m = hub.moderation();
+    assert_eq!((m.kicks, m.mutes, m.password_failures), (1, 1, 1));
+}
