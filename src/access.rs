@@ -111,6 +111,38 @@ impl Ban {
         self.until.is_none_or(|t| now_ms < t)
     }
 
+    /// One line of the bans file, and the form a ban travels in through
+    /// Redis: `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`.
+    pub fn to_line(&self) -> String {
+        let until = self
+            .until
+            .map_or("permanent".to_string(), |t| t.to_string());
+        format!(
+            "{}\t{until}\t{}\t{}",
+            self.net,
+            clean_reason(&self.by),
+            clean_reason(&self.reason)
+        )
+    }
+
+    /// The reverse of `to_line`, for text nobody vouches for (a file
+    /// edited by hand, anything published on Redis): None unless the net
+    /// and the time parse; names and reasons are cleaned and cut.
+    pub fn from_line(line: &str) -> Option<Ban> {
+        let mut f = line.trim_end_matches('\r').splitn(4, '\t');
+        let net = parse_net(f.next()?.trim())?;
+        let until = match f.next()?.trim() {
+            "permanent" => None,
+            t => Some(t.parse::<u64>().ok()?),
+        };
+        Some(Ban {
+            net,
+            until,
+            by: clean_reason(f.next().unwrap_or("")),
+            reason: clean_reason(f.next().unwrap_or("")),
+        })
+    }
+
     /// What is left of it: "1h 59m more" or "permanent".
     pub fn left(&self, now_ms: u64) -> String {
         match self.until {
@@ -147,6 +179,12 @@ impl Bans {
         }
         self.list.push(ban);
         Ok(())
+    }
+
+    /// Whether exactly this ban is held already (heard twice: from the
+    /// link and from Redis's list at link-up).
+    pub fn list_has(&self, ban: &Ban) -> bool {
+        self.list.contains(ban)
     }
 
     /// Lifts the ban on exactly `net`; false if there was none.
@@ -190,13 +228,8 @@ impl Bans {
         let mut out =
             String::from("# chatd bans: net, until (ms since 1970) or permanent, by, reason\n");
         for b in self.active(now_ms) {
-            let until = b.until.map_or("permanent".to_string(), |t| t.to_string());
-            out.push_str(&format!(
-                "{}\t{until}\t{}\t{}\n",
-                b.net,
-                clean_reason(&b.by),
-                clean_reason(&b.reason)
-            ));
+            out.push_str(&b.to_line());
+            out.push('\n');
         }
         out
     }
@@ -208,34 +241,12 @@ impl Bans {
         let mut bans = Bans::default();
         let mut bad = 0;
         for line in text.lines() {
-            let line = line.trim_end_matches('\r');
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut f = line.splitn(4, '\t');
-            let (Some(net), Some(until)) = (f.next(), f.next()) else {
+            let Some(ban) = Ban::from_line(line) else {
                 bad += 1;
                 continue;
-            };
-            let Some(net) = parse_net(net.trim()) else {
-                bad += 1;
-                continue;
-            };
-            let until = match until.trim() {
-                "permanent" => None,
-                t => match t.parse::<u64>() {
-                    Ok(t) => Some(t),
-                    Err(_) => {
-                        bad += 1;
-                        continue;
-                    }
-                },
-            };
-            let ban = Ban {
-                net,
-                until,
-                by: clean_reason(f.next().unwrap_or("")),
-                reason: clean_reason(f.next().unwrap_or("")),
             };
             if ban.active(now_ms) && bans.add(ban).is_err() {
                 bad += 1;

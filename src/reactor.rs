@@ -162,6 +162,18 @@ impl Outbox for Out<'_> {
             .is_some_and(|link| link.history(id, room, asked, after, count))
     }
 
+    fn ban(&mut self, ban: &crate::access::Ban) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.ban(ban);
+        }
+    }
+
+    fn unban(&mut self, net: &ipnet::IpNet) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.unban(net);
+        }
+    }
+
     fn presence(&mut self, event: Presence) {
         if let Some(link) = self.link.as_deref_mut() {
             link.presence(&event);

@@ -118,6 +118,11 @@ pub trait Outbox {
     ) -> bool {
         false
     }
+    /// Cluster mode: a ban set here, for the other instances (and Redis,
+    /// which keeps them for instances that start later).
+    fn ban(&mut self, _ban: &crate::access::Ban) {}
+    /// Cluster mode: a ban lifted here.
+    fn unban(&mut self, _net: &ipnet::IpNet) {}
     /// A change to who is where, for the other instances' mirrors.
     fn presence(&mut self, _event: Presence) {}
     /// A line for one user on another instance.

@@ -400,15 +400,35 @@ impl Hub {
             by: by.clone(),
             reason,
         };
-        if let Err(e) = self.access.bans.add(ban) {
+        if let Err(e) = self.access.bans.add(ban.clone()) {
             return reply(out, id, &format!("*** error: {e}"));
         }
         self.access.changed = true;
         self.access.counts.bans += 1;
+        if self.cluster.is_some() {
+            out.ban(&ban);
+        }
         let (shown, span) = (access::show_net(&net), span_words(span));
         warn!("{shown} banned {span} by {by}{}", because(&why));
-        // Operators stay: one on the same address (or behind the same
-        // NAT) is not cut off by a ban it set or that catches it.
+        let caught = self.remove_banned(&net, &by, &span, &why, out);
+        let text = format!(
+            "*** banned {shown} {span}; {} disconnected",
+            plural(caught as u64, "user")
+        );
+        reply(out, id, &text);
+    }
+
+    /// Closes every local user `net` covers, but operators (one on the same
+    /// address or behind the same NAT is not cut off by a ban it set or
+    /// that catches it), each with a notice to its room; returns how many.
+    fn remove_banned(
+        &mut self,
+        net: &ipnet::IpNet,
+        by: &str,
+        span: &str,
+        why: &str,
+        out: &mut impl Outbox,
+    ) -> usize {
         let caught: Vec<(ClientId, Member)> = self
             .local
             .iter()
@@ -423,15 +443,40 @@ impl Hub {
             let text = format!(
                 "*** {} was banned by {by} {span}{}",
                 self.clients[t].name,
-                because(&why)
+                because(why)
             );
             self.remove_with_notice(tid, t, &text, format!("banned by {by}"), out);
         }
-        let text = format!(
-            "*** banned {shown} {span}; {} disconnected",
-            plural(caught.len() as u64, "user")
+        caught.len()
+    }
+
+    /// Cluster mode: a ban set on another instance (heard on the link, or
+    /// read from Redis at link-up), already checked by the link. It is
+    /// kept (and written to the bans file) like one set here, and closes
+    /// the local users it covers.
+    pub fn ban_from_cluster(&mut self, ban: Ban, out: &mut impl Outbox) {
+        if !ban.active(self.now_ms) || self.access.bans.list_has(&ban) {
+            return;
+        }
+        let span = span_words(ban.until.map(|t| t - self.now_ms));
+        let (net, by, why) = (ban.net, ban.by.clone(), ban.reason.clone());
+        if let Err(e) = self.access.bans.add(ban) {
+            return warn!("cluster: a ban on {net} from another instance not kept: {e}");
+        }
+        self.access.changed = true;
+        info!(
+            "{} banned {span} by {by} on another instance",
+            access::show_net(&net)
         );
-        reply(out, id, &text);
+        self.remove_banned(&net, &by, &span, &why, out);
+    }
+
+    /// Cluster mode: a ban lifted on another instance.
+    pub fn unban_from_cluster(&mut self, net: &ipnet::IpNet) {
+        if self.access.bans.remove(net) {
+            self.access.changed = true;
+            info!("{} unbanned on another instance", access::show_net(net));
+        }
     }
 
     pub(super) fn unban(&mut self, id: ClientId, i: Member, arg: &str, out: &mut impl Outbox) {
@@ -447,6 +492,9 @@ impl Hub {
             );
         }
         self.access.changed = true;
+        if self.cluster.is_some() {
+            out.unban(&net);
+        }
         warn!("{shown} unbanned by {}", self.clients[i].name);
         reply(out, id, &format!("*** unbanned {shown}"));
     }
