@@ -194,10 +194,8 @@ impl Hub {
             let text = format!(
                 "*** error: too many wrong passwords from your address; try again in {wait}"
             );
-            return {
-                reply(out, id, &text);
-                false
-            };
+            reply(out, id, &text);
+            return false;
         }
         let secret = if oper {
             &self.access.oper_password
