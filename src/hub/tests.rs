@@ -1651,3 +1651,25 @@ fn kick_and_mute_tell_the_room_and_only_operators_may() {
     let m = hub.moderation();
     assert_eq!((m.kicks, m.mutes, m.password_failures), (1, 1, 1));
 }
+
+#[test]
+fn the_list_of_bans_is_bounded_like_who() {
+    let (mut hub, mut rec) = oper_and_user();
+    for i in 0..=LIST_MAX {
+        hub.line(
+            0,
+            &format!("/ban 10.0.{}.{} 1h", i / 256, i % 256),
+            &mut rec,
+        );
+    }
+    rec.take();
+    hub.line(0, "/bans", &mut rec);
+    let got = rec.to(0);
+    assert_eq!(
+        got.len(),
+        LIST_MAX + 2,
+        "a head, LIST_MAX entries, the rest counted"
+    );
+    assert_eq!(got[0], format!("*** bans ({}):", LIST_MAX + 1));
+    assert_eq!(got[LIST_MAX + 1], "***   … and 1 more");
+}
