@@ -905,6 +905,15 @@ fn the_sample_acl_is_enough_and_a_missing_right_is_logged_and_retried() {
     b.send("/msg alice hi");
     alice.expect_line(&format!("*{}* hi", b.name));
     wait_owner(redis.port, "alice", "n1", TIMEOUT);
+    // Every command the link sends is allowed (the bans hash read at
+    // link-up too): nothing was refused.
+    for node in &nodes {
+        assert_eq!(
+            metric(node, "refused_total"),
+            0.0,
+            "a command the ACL lacks"
+        );
+    }
 
     // One without EVAL: told at once, in the log and /metrics, with
     // Redis's own words; asked again later (with backoff), link kept.
