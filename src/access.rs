@@ -31,6 +31,17 @@ pub fn same_secret(given: &str, secret: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A client's line as it may be logged: the secret of `/pass` and `/oper`
+/// replaced by `***` (with -v every line is logged).
+pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
+    let word = line.split(char::is_whitespace).next().unwrap_or("");
+    if word.eq_ignore_ascii_case("/pass") || word.eq_ignore_ascii_case("/oper") {
+        format!("{word} ***").into()
+    } else {
+        line.into()
+    }
+}
+
 /// How long a ban or mute lasts: `Some(ms)`, or `None` for permanent.
 pub type Span = Option<u64>;
 
@@ -339,6 +350,14 @@ mod tests {
         ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn secrets_are_not_logged() {
+        assert_eq!(redact("/pass hunter2"), "/pass ***");
+        assert_eq!(redact("/OPER  s3same"), "/OPER ***");
+        assert_eq!(redact("/passage x"), "/passage x");
+        assert_eq!(redact("hello"), "hello");
     }
 
     #[test]

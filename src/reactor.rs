@@ -883,6 +883,7 @@ impl Server {
             && let Some(c) = self.conns.get(k)
         {
             for text in batch.iter() {
+                let text = crate::access::redact(text);
                 debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
             }
         }

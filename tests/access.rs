@@ -379,3 +379,27 @@ fn bans_survive_a_restart() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("bans.txt")]);
 }
+
+#[test]
+fn passwords_never_reach_the_log_even_with_v() {
+    let dir = Dir::new("pw-log");
+    let log = std::path::PathBuf::from(dir.file("chatd.log"));
+    let server = support::cluster::start_logged(
+        &log,
+        &["-v", "--password", "hunter2", "--oper-password", "sesame"],
+    );
+    let mut c = enter(&server, "hunter2");
+    c.send("/oper sesame");
+    c.next_is("*** you are now an operator; /help lists your commands");
+    c.send("/pass wrong-one");
+    c.next_is("*** error: you are already in; /pass is only asked first");
+    let _ = c.sync();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("/pass ***"),
+        "the line is logged, redacted:\n{text}"
+    );
+    for secret in ["hunter2", "sesame", "wrong-one"] {
+        assert!(!text.contains(secret), "{secret} in the log:\n{text}");
+    }
+}
