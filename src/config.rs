@@ -334,6 +334,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn passwords_come_from_a_flag_or_a_file() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        let c = parse(&["--password", " hunter2 "]).unwrap();
+        assert_eq!(c.password().unwrap().as_deref(), Some("hunter2"));
+        let dir = std::env::temp_dir().join(format!("chatd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\nsecond line ignored\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = parse(&["--oper-password-file", path]).unwrap();
+        assert_eq!(c.oper_password().unwrap().as_deref(), Some("from-file"));
+        std::fs::write(&file, "\n").unwrap();
+        let c = parse(&["--password-file", path]).unwrap();
+        assert!(c.password().unwrap_err().contains("empty"));
+        let c = parse(&["--password-file", "/nonexistent/chatd-pw"]).unwrap();
+        assert!(c.password().is_err());
+        assert!(parse(&["--password", "a", "--password-file", path]).is_err());
+        assert!(parse(&["--pass-attempts", "0"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn cluster_timers_are_bounded() {
         let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
         let c = parse(&[]).unwrap();

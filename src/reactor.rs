@@ -400,10 +400,10 @@ impl Server {
                 (hub, Some(link))
             }
         };
+        let access = access(&cfg)?;
         // A batch of one sender's lines must always fit a recipient's queue.
         // A history answer, too, must fit: a quarter leaves room for what
         // is queued already.
-        let access = access(&cfg)?;
         let mut hub = hub
             .with_access(access)
             .with_batch_max((cfg.sendq as usize / 8).min(16 * 1024))
