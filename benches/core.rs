@@ -57,6 +57,8 @@ fn framing(c: &mut Criterion) {
 }
 
 /// Holds each recipient's queue as the reactor would: a shared pointer per line.
+const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 struct Queues(Vec<Vec<Rc<Msg>>>);
 
 impl Outbox for Queues {
@@ -72,7 +74,7 @@ fn fanout(c: &mut Criterion) {
         let mut hub = Hub::new(0);
         let mut q = Queues(vec![Vec::new(); n]);
         for id in 0..n {
-            hub.connect(id, &mut q);
+            hub.connect(id, LOCALHOST, &mut q);
         }
         q.0.iter_mut().for_each(Vec::clear);
         let text = "a typical chat line of about sixty-four bytes, give or take";
@@ -104,7 +106,7 @@ fn fanout_history(c: &mut Criterion) {
             hub.tick(1_800_000_000_000);
             let mut q = Queues(vec![Vec::new(); n]);
             for id in 0..n {
-                hub.connect(id, &mut q);
+                hub.connect(id, LOCALHOST, &mut q);
             }
             q.0.iter_mut().for_each(Vec::clear);
             let text = "a typical chat line of about sixty-four bytes, give or take";

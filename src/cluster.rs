@@ -14,7 +14,9 @@
 //!   members in ROOM; our own lines come back and are skipped by NODE, so
 //!   nothing is delivered twice;
 //! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
-//! - `chatd:DB:n:NODE` — private lines for users on NODE.
+//! - `chatd:DB:n:NODE` — private lines for users on NODE;
+//! - `chatd:DB:b` — bans: `B NODE NET<TAB>UNTIL<TAB>BY<TAB>REASON` (set)
+//!   or `U NODE NET` (lifted), each instance applying the others'.
 //!
 //! Anyone who can reach Redis can publish on these, so nothing that arrives
 //! is trusted more than a client's line: texts are cleaned by the same
@@ -24,12 +26,16 @@
 //! Keys: `chatd:name:NAME` (a claim `MS NODE ID`: reserved with SET NX,
 //! renewed every tick by a script that re-creates it if Redis lost it),
 //! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
-//! `chatd:guests` (the shared guest-number counter).
+//! `chatd:guests` (the shared guest-number counter), `chatd:DB:bans` (a
+//! hash, NET -> the ban's line: read by every instance at link-up, so bans
+//! apply cluster-wide and to instances started later).
 
+use crate::access::{Ban, MAX_BANS};
 use crate::history::{Id, Line};
 use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence, check_name};
 use crate::line::sanitize;
 use crate::socket::{self, SocketResult};
+use ipnet::IpNet;
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -251,6 +257,10 @@ pub enum Inbound {
     NodeLost(Rc<str>),
     /// A node declared lost has a heartbeat again.
     NodeBack(Rc<str>),
+    /// A ban set on another instance, or kept in Redis.
+    Ban(Ban),
+    /// A ban lifted on another instance.
+    Unban(IpNet),
 }
 
 impl Inbound {
@@ -288,6 +298,8 @@ impl Inbound {
                 info!("cluster: node {node} stopped answering; its users are gone");
                 hub.node_silent(&node, out);
             }
+            Inbound::Ban(ban) => hub.ban_from_cluster(ban, out),
+            Inbound::Unban(net) => hub.unban_from_cluster(&net),
         }
     }
 }
@@ -319,6 +331,8 @@ enum Expect {
     Read(ClientId, String, Asked),
     /// The SHA1 of SAY_LUA (0) or READ_LUA (1).
     Script(usize),
+    /// HGETALL of the bans hash.
+    Bans,
 }
 
 /// What a command costs --cluster-queue beyond its RESP bytes: its entry
@@ -745,6 +759,7 @@ impl Link {
         self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
         let mut channels = vec![
             format!("{}p", self.prefix),
+            format!("{}b", self.prefix),
             format!("{}n:{}", self.prefix, self.node),
         ];
         channels.extend(self.rooms.iter().map(|r| self.room_channel(r)));
@@ -1247,6 +1262,9 @@ impl Link {
             self.node, self.url.addr
         );
         inbound.push(Inbound::Up);
+        // Bans set while we were away (or before we started).
+        let key = format!("{}bans", self.prefix);
+        self.send_cmd(&[b"HGETALL", key.as_bytes()], Expect::Bans, Kind::Book);
     }
 
     fn on_reply(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
@@ -1393,10 +1411,92 @@ impl Link {
                     lines,
                 });
             }
+            (Expect::Bans, OwnedFrame::Array(parts)) => self.bans_read(&parts, inbound),
+            (Expect::Bans, OwnedFrame::Error(e)) => self.refused("HGETALL (the bans)", &e),
             (Expect::Ignore(what), OwnedFrame::Error(e)) => self.refused(what, &e),
             _ => {}
         }
         Ok(())
+    }
+
+    /// The bans hash: field NET, value the ban's line. Checked like any
+    /// publication (anyone who can reach Redis can write it): what does
+    /// not parse, or whose value names another net, is dropped and
+    /// counted; at most MAX_BANS are taken; the ones that ran out are
+    /// deleted from the hash.
+    fn bans_read(&mut self, parts: &[OwnedFrame], inbound: &mut Vec<Inbound>) {
+        let now = unix_ms();
+        let mut expired: Vec<Vec<u8>> = Vec::new();
+        let mut taken = 0;
+        for pair in parts.chunks(2) {
+            let (Some(field), Some(value)) = (
+                pair.first().and_then(frame_bytes),
+                pair.get(1).and_then(frame_bytes),
+            ) else {
+                continue;
+            };
+            let ban = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| v.len() <= self.max_text)
+                .and_then(Ban::from_line)
+                .filter(|b| field == b.net.to_string().as_bytes());
+            let Some(ban) = ban else {
+                self.malformed(b"bans", "bad ban in the bans hash");
+                continue;
+            };
+            if !ban.active(now) {
+                expired.push(field.to_vec());
+            } else if taken < MAX_BANS {
+                taken += 1;
+                inbound.push(Inbound::Ban(ban));
+            }
+        }
+        if !expired.is_empty() {
+            let key = format!("{}bans", self.prefix);
+            let mut args: Vec<&[u8]> = vec![b"HDEL", key.as_bytes()];
+            args.extend(expired.iter().map(Vec::as_slice));
+            self.send_cmd(
+                &args,
+                Expect::Ignore("HDEL (bans that ran out)"),
+                Kind::Book,
+            );
+        }
+    }
+
+    /// A ban set here: kept in the hash for instances that start later, and
+    /// published for those up now. While the link is down it stays this
+    /// instance's (and its bans file's) only.
+    pub fn ban(&mut self, ban: &Ban) {
+        if !self.state.is_up() {
+            return;
+        }
+        let (key, net, line) = (
+            format!("{}bans", self.prefix),
+            ban.net.to_string(),
+            ban.to_line(),
+        );
+        self.send_cmd(
+            &[b"HSET", key.as_bytes(), net.as_bytes(), line.as_bytes()],
+            Expect::Ignore("HSET (a ban)"),
+            Kind::Book,
+        );
+        let channel = format!("{}b", self.prefix);
+        self.publish(&channel, format!("B {} {line}", self.node).as_bytes());
+    }
+
+    /// A ban lifted here.
+    pub fn unban(&mut self, net: &IpNet) {
+        if !self.state.is_up() {
+            return;
+        }
+        let (key, net) = (format!("{}bans", self.prefix), net.to_string());
+        self.send_cmd(
+            &[b"HDEL", key.as_bytes(), net.as_bytes()],
+            Expect::Ignore("HDEL (a ban)"),
+            Kind::Book,
+        );
+        let channel = format!("{}b", self.prefix);
+        self.publish(&channel, format!("U {} {net}", self.node).as_bytes());
     }
 
     /// A node's heartbeat key, present or not. A node is declared lost only
@@ -1518,6 +1618,26 @@ impl Link {
         };
         if payload.len() > most {
             return Err("too long");
+        }
+        if rest == "b" {
+            let text = std::str::from_utf8(payload).map_err(|_| "ban not UTF-8")?;
+            let (kind, rest) = text.split_once(' ').ok_or("bad ban message")?;
+            let (node, body) = rest.split_once(' ').ok_or("bad ban message")?;
+            if !valid_node(node) {
+                return Err("bad node");
+            }
+            if node == &*self.node {
+                return Ok(None);
+            }
+            return match kind {
+                "B" => Ban::from_line(body)
+                    .map(|b| Some(Inbound::Ban(b)))
+                    .ok_or("bad ban"),
+                "U" => crate::access::parse_net(body)
+                    .map(|n| Some(Inbound::Unban(n)))
+                    .ok_or("bad unban"),
+                _ => Err("bad ban message"),
+            };
         }
         if rest == "p" {
             let text = std::str::from_utf8(payload).map_err(|_| "presence not UTF-8")?;
@@ -1767,6 +1887,13 @@ fn frame_bytes(f: &OwnedFrame) -> Option<&[u8]> {
 fn split(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let i = b.iter().position(|&c| c == b' ')?;
     Some((&b[..i], &b[i + 1..]))
+}
+
+/// The wall clock in ms since the Unix epoch, to drop bans that ran out.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn name_ok(s: &str) -> bool {

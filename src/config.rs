@@ -42,6 +42,15 @@ pub const MAX_MAX_LINE: u32 = 16 << 20;
 /// 1 GiB, for --sendq and --cluster-queue.
 pub const MAX_QUEUE: u32 = 1 << 30;
 
+/// --pass-attempts' default: wrong passwords (`/pass`, `/oper`) per address
+/// per minute before that address's attempts are refused unchecked.
+pub const DEFAULT_PASS_ATTEMPTS: u32 = 5;
+/// Where bans are kept unless --bans-file says otherwise: next to the
+/// server, in its working directory.
+pub const DEFAULT_BANS_FILE: &str = "chatd-bans.txt";
+/// The longest password read from a file (a secret, not a document).
+pub const MAX_SECRET: usize = 1024;
+
 /// --max-line's default, also the hub's when it is used without a config.
 pub const DEFAULT_MAX_LINE: u32 = 8192;
 
@@ -227,6 +236,34 @@ pub struct Config {
     #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_net)]
     pub limit_exempt: Vec<ipnet::IpNet>,
 
+    /// Clients must send `/pass SECRET` before anything else. Visible to
+    /// `ps`: prefer --password-file or CHATD_PASSWORD.
+    #[arg(long, value_name = "SECRET", conflicts_with = "password_file")]
+    pub password: Option<String>,
+
+    /// Read the server password from this file (its first line).
+    #[arg(long, value_name = "PATH")]
+    pub password_file: Option<String>,
+
+    /// The operators' password, for `/oper` (then /kick, /ban, /mute).
+    /// Visible to `ps`: prefer --oper-password-file or CHATD_OPER_PASSWORD.
+    #[arg(long, value_name = "SECRET", conflicts_with = "oper_password_file")]
+    pub oper_password: Option<String>,
+
+    /// Read the operators' password from this file (its first line).
+    #[arg(long, value_name = "PATH")]
+    pub oper_password_file: Option<String>,
+
+    /// Wrong passwords (/pass or /oper) one address may give per minute;
+    /// past it, its attempts are refused unchecked until the minute ends.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PASS_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pass_attempts: u32,
+
+    /// Where bans are kept across restarts (read at start, rewritten
+    /// atomically when they change).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BANS_FILE)]
+    pub bans_file: String,
+
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -241,6 +278,38 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{s:?} is not an address or a CIDR prefix (10.0.0.0/8, ::1)"))
+}
+
+/// A secret from a flag, a file (its first line, trimmed) or the
+/// environment, in that order. Surrounding whitespace never counts: a
+/// file's newline is not part of the password, nor is /pass's spacing.
+fn secret(
+    flag: &Option<String>,
+    file: &Option<String>,
+    env: &str,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let value = if let Some(v) = flag {
+        v.clone()
+    } else if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{name}-file {path}: {e}"))?;
+        text.lines().next().unwrap_or_default().to_string()
+    } else {
+        match std::env::var(env) {
+            Ok(v) => v,
+            Err(_) => return Ok(None),
+        }
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(format!("{name}: the password is empty"));
+    }
+    if value.len() > MAX_SECRET || value.chars().any(char::is_control) {
+        return Err(format!(
+            "{name}: at most {MAX_SECRET} bytes, no control characters"
+        ));
+    }
+    Ok(Some(value.to_string()))
 }
 
 fn random_node_id() -> String {
@@ -298,6 +367,28 @@ impl Config {
         self.tls_cert.is_some() || self.tls_self_signed
     }
 
+    /// The server password: --password, else --password-file, else the
+    /// environment variable CHATD_PASSWORD; None if none is set.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        secret(
+            &self.password,
+            &self.password_file,
+            "CHATD_PASSWORD",
+            "--password",
+        )
+    }
+
+    /// The operators' password: --oper-password, else
+    /// --oper-password-file, else CHATD_OPER_PASSWORD.
+    pub fn oper_password(&self) -> Result<Option<String>, String> {
+        secret(
+            &self.oper_password,
+            &self.oper_password_file,
+            "CHATD_OPER_PASSWORD",
+            "--oper-password",
+        )
+    }
+
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout.map(Duration::from_secs)
     }
@@ -306,6 +397,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_come_from_a_flag_or_a_file() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        let c = parse(&["--password", " hunter2 "]).unwrap();
+        assert_eq!(c.password().unwrap().as_deref(), Some("hunter2"));
+        let dir = std::env::temp_dir().join(format!("chatd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\nsecond line ignored\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = parse(&["--oper-password-file", path]).unwrap();
+        assert_eq!(c.oper_password().unwrap().as_deref(), Some("from-file"));
+        std::fs::write(&file, "\n").unwrap();
+        let c = parse(&["--password-file", path]).unwrap();
+        assert!(c.password().unwrap_err().contains("empty"));
+        let c = parse(&["--password-file", "/nonexistent/chatd-pw"]).unwrap();
+        assert!(c.password().is_err());
+        assert!(parse(&["--password", "a", "--password-file", path]).is_err());
+        assert!(parse(&["--pass-attempts", "0"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn cluster_timers_are_bounded() {

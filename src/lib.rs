@@ -31,8 +31,11 @@
 //! - [`metrics`]: counters for `/metrics` and `/stats`, turned into
 //!   Prometheus text only when scraped; no I/O, but it reads the wall clock
 //!   for its timestamps.
+//! - [`access`]: bans by address prefix, durations, secrets compared,
+//!   wrong passwords counted per address; pure.
 //! - [`cluster`]: the Redis link that makes several instances one chat.
 
+pub mod access;
 pub mod cluster;
 pub mod config;
 pub mod conn;

@@ -244,6 +244,8 @@ pub struct Scrape<'a> {
     /// against --history-bytes.
     pub history_lines: u64,
     pub history_bytes: u64,
+    /// Wrong passwords, kicks, bans, mutes.
+    pub moderation: crate::hub::Moderation,
     /// None when not in a cluster.
     pub cluster: Option<Cluster>,
 }
@@ -348,6 +350,19 @@ pub fn encode(s: &Scrape) -> String {
             "tls_failed",
             "TLS handshakes that failed or timed out",
             m.tls_failed,
+        ),
+        (
+            "password_failures",
+            "Wrong passwords given (/pass and /oper)",
+            s.moderation.password_failures,
+        ),
+        ("kicks", "Users kicked by an operator", s.moderation.kicks),
+        ("bans", "Bans set by an operator", s.moderation.bans),
+        ("mutes", "Users muted by an operator", s.moderation.mutes),
+        (
+            "banned_refused",
+            "Connections refused because their address is banned",
+            s.moderation.banned_refused,
         ),
     ] {
         r.register(name, help, ConstCounter::new(value));
@@ -460,6 +475,13 @@ mod tests {
             lines_relayed: 5,
             history_lines: 3,
             history_bytes: 400,
+            moderation: crate::hub::Moderation {
+                password_failures: 3,
+                kicks: 1,
+                bans: 2,
+                mutes: 4,
+                banned_refused: 5,
+            },
             cluster,
         })
     }
@@ -496,6 +518,11 @@ mod tests {
             "chatd_rate_limited_total{node=\"n1\"} 2",
             "chatd_accept_errors_total{node=\"n1\"} 6",
             "chatd_idle_disconnects_total{node=\"n1\"} 0",
+            "chatd_password_failures_total{node=\"n1\"} 3",
+            "chatd_kicks_total{node=\"n1\"} 1",
+            "chatd_bans_total{node=\"n1\"} 2",
+            "chatd_mutes_total{node=\"n1\"} 4",
+            "chatd_banned_refused_total{node=\"n1\"} 5",
             "chatd_loop_turn_seconds_count{node=\"n1\"} 3",
             "chatd_loop_turn_seconds_sum{node=\"n1\"} 2.000035",
             "chatd_loop_turn_seconds_bucket{node=\"n1\",le=\"0.00001\"} 1",
@@ -596,6 +623,7 @@ mod tests {
             lines_relayed: 0,
             history_lines: 0,
             history_bytes: 0,
+            moderation: Default::default(),
             cluster: None,
         };
         let req = |method: &str| Request {

@@ -26,6 +26,7 @@
 //! connection by key and serial, so a later connection under the same key
 //! is never taken for it.
 
+use crate::access::Bans;
 use crate::cluster::{self, Inbound, Link, RedisUrl};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
 use crate::conn::{
@@ -33,7 +34,7 @@ use crate::conn::{
 };
 use crate::history::Id;
 use crate::http::Request;
-use crate::hub::{Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
+use crate::hub::{Access, Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
 use crate::idle::{self, Action};
 use crate::limits::{PerAddr, Refused};
 use crate::metrics::{self, Metrics, Scrape};
@@ -180,6 +181,18 @@ impl Outbox for Out<'_> {
             .is_some_and(|link| link.history(id, room, asked, after, count))
     }
 
+    fn ban(&mut self, ban: &crate::access::Ban) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.ban(ban);
+        }
+    }
+
+    fn unban(&mut self, net: &ipnet::IpNet) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.unban(net);
+        }
+    }
+
     fn presence(&mut self, event: Presence) {
         if let Some(link) = self.link.as_deref_mut() {
             link.presence(&event);
@@ -224,6 +237,42 @@ impl Outbox for Out<'_> {
     fn server_stats(&self) -> Option<ServerStats> {
         Some(self.metrics.server_stats(Instant::now()))
     }
+}
+
+/// The passwords and the bans file, as configured; an error stops the
+/// start (an unreadable password file, a bans file that exists but cannot
+/// be read).
+fn access(cfg: &Config) -> io::Result<Access> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let password = cfg.password().map_err(invalid)?;
+    let oper = cfg.oper_password().map_err(invalid)?;
+    let bans = match std::fs::read_to_string(&cfg.bans_file) {
+        Ok(text) => {
+            let (bans, bad) = Bans::from_file(&text, unix_ms());
+            if bad > 0 {
+                warn!(
+                    "{}: {bad} line(s) that are not bans left out",
+                    cfg.bans_file
+                );
+            }
+            info!("{} ban(s) from {}", bans.len(), cfg.bans_file);
+            bans
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Bans::default(),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read the bans file {}: {e} (--bans-file)",
+                    cfg.bans_file
+                ),
+            ));
+        }
+    };
+    if password.is_some() {
+        info!("clients must give the server password (/pass)");
+    }
+    Ok(Access::new(password, oper, cfg.pass_attempts, bans))
 }
 
 /// The wall clock in ms since the Unix epoch (0 if it is set before 1970).
@@ -393,10 +442,12 @@ impl Server {
                 (hub, Some(link))
             }
         };
+        let access = access(&cfg)?;
         // A batch of one sender's lines must always fit a recipient's queue.
         // A history answer, too, must fit: a quarter leaves room for what
         // is queued already.
         let mut hub = hub
+            .with_access(access)
             .with_batch_max((cfg.sendq as usize / 8).min(16 * 1024))
             .with_max_line(cfg.max_line as usize)
             .with_history(cfg.history_limits(), cfg.history_on_join as usize)
@@ -506,6 +557,9 @@ impl Server {
             self.hub.tick(unix_ms());
             self.dispatch();
             self.read_ready();
+            // Before the answers go out: an operator told "banned" can
+            // count on the ban being on disk.
+            self.save_bans();
             self.settle();
             self.timers();
             self.flush_link();
@@ -520,6 +574,22 @@ impl Server {
                 );
                 return Ok(());
             }
+        }
+    }
+
+    /// Writes the bans file if the bans changed this turn: a temporary file
+    /// next to it, then a rename, so a crash never leaves half a file. A
+    /// failure is logged and tried again at the next change.
+    fn save_bans(&mut self) {
+        let Some(text) = self.hub.bans_to_save() else {
+            return;
+        };
+        let path = std::path::Path::new(&self.cfg.bans_file);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            warn!("cannot write the bans file {}: {e}", path.display());
         }
     }
 
@@ -883,7 +953,7 @@ impl Server {
         let (peer, via) = (c.peer, c.proto.joined_via());
         self.track_idle(k);
         let (hub, mut out) = self.out();
-        hub.connect(k, &mut out);
+        hub.connect(k, peer.ip(), &mut out);
         info!(
             "{peer} connected{via} as {}",
             self.hub.name(k).unwrap_or("?")
@@ -1078,6 +1148,7 @@ impl Server {
             && let Some(c) = self.conns.get(k)
         {
             for text in batch.iter() {
+                let text = crate::access::redact(text);
                 debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
             }
         }
@@ -1390,6 +1461,7 @@ impl Server {
             lines_relayed: self.hub.relayed(),
             history_lines: self.hub.history_lines() as u64,
             history_bytes: self.hub.history_bytes() as u64,
+            moderation: self.hub.moderation(),
             cluster: self.link.as_ref().map(|l| metrics::Cluster {
                 link_up: l.is_up(),
                 published: l.stats.published,

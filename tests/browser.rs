@@ -1071,3 +1071,70 @@ fn page_shows_history_and_resumes_after_a_cut_without_loss_or_duplicates() {
         "{log:#?}"
     );
 }
+
+/// Types `text` into the element `css`, then Enter.
+fn type_into(browser: &Browser, css: &str, text: &str) {
+    let el = browser.find(css);
+    browser
+        .cmd(
+            "POST",
+            &format!("/element/{el}/value"),
+            json!({ "text": format!("{text}\u{E007}") }),
+        )
+        .unwrap_or_else(|e| panic!("type into {css}: {e}"));
+}
+
+#[test]
+#[ignore = "needs chromium"]
+fn page_asks_for_the_server_password_and_keeps_it_for_reconnects() {
+    let server = support::Server::start(&["--password", "hunter2"]);
+    let http = server.http_addr.expect("http address");
+    let mut telnet = support::Client::connect_raw(server.addr);
+    telnet.next_is("*** this server needs a password: /pass SECRET");
+    telnet.send("/pass hunter2");
+    telnet.expect("the welcome", |l| l.starts_with("*** welcome"));
+    telnet.send("/nick tess");
+    telnet.expect_line("*** you are now tess");
+    telnet.name = "tess".into();
+
+    let browser = Browser::start();
+    browser.goto(&format!("http://{http}/"));
+    let prompt =
+        "!document.getElementById('passform').hidden && document.getElementById('form').hidden";
+    browser.wait("the password prompt", prompt, Value::Null);
+    type_into(&browser, "#password", "nope");
+    browser.wait_log_line("*** error: wrong password");
+    browser.wait("the prompt again", prompt, Value::Null);
+    type_into(&browser, "#password", "hunter2");
+    let inside = "document.body.dataset.state === 'open' && document.getElementById('passform').hidden \
+                  && !document.getElementById('form').hidden \
+                  && /^guest-/.test(document.getElementById('me').textContent)";
+    browser.wait("the welcome", inside, Value::Null);
+    let name = browser.text("#me");
+    telnet.expect_line(&format!("*** {name} joined"));
+    browser.wait(
+        "tess in the people list",
+        "Array.from(document.querySelectorAll('#users li')).some(li => li.textContent === arg)",
+        json!("tess"),
+    );
+    let log = browser.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("*** error: this server needs a password")),
+        "the page showed the refusals of its own first lines: {log:#?}"
+    );
+    browser.say("hello after the password");
+    telnet.expect_line(&format!("<{name}> hello after the password"));
+
+    // A reload (as a reconnect): the password kept in sessionStorage goes
+    // first, and nobody is asked again.
+    browser.goto(&format!("http://{http}/"));
+    browser.wait("the welcome after a reload", inside, Value::Null);
+    let again = browser.text("#me");
+    telnet.expect_line(&format!("*** {again} joined"));
+    assert!(
+        !browser.log().iter().any(|l| l.starts_with("*** error: ")),
+        "{:#?}",
+        browser.log()
+    );
+}

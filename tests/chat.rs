@@ -728,3 +728,38 @@ fn interactive_colours_follow_no_color() {
         assert_sane_terminal(&tmux.wait_status(), 0);
     }
 }
+
+#[test]
+fn the_password_from_a_file_is_sent_first_on_every_connection() {
+    let dir = std::env::temp_dir().join(format!("chatd-chat-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pw");
+    std::fs::write(&file, "hunter2\n").unwrap();
+    let first = Server::start(&["--password", "hunter2"]);
+    let port = first.addr.port();
+    let mut chat = Chat::spawn(
+        first.addr,
+        &[
+            "--reconnect-base-ms",
+            "50",
+            "--password-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    chat.expect("welcome", is_welcome);
+    chat.send("/nick keyholder");
+    chat.expect("nick", |l| l == "*** you are now keyholder");
+    drop(first);
+    let second = Server::start(&["--port", &port.to_string(), "--password", "hunter2"]);
+    chat.expect("welcome from the new server", is_welcome);
+    chat.expect("nick re-sent", |l| l == "*** you are now keyholder");
+    chat.send("let in twice");
+    let mut raw = support::Client::connect_raw(second.addr);
+    raw.send("/pass hunter2");
+    raw.expect("welcome", is_welcome);
+    raw.send("/who");
+    raw.expect("keyholder inside", |l| {
+        l.starts_with("*** #lobby (2): ") && l.contains("keyholder")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

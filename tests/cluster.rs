@@ -905,6 +905,15 @@ fn the_sample_acl_is_enough_and_a_missing_right_is_logged_and_retried() {
     b.send("/msg alice hi");
     alice.expect_line(&format!("*{}* hi", b.name));
     wait_owner(redis.port, "alice", "n1", TIMEOUT);
+    // Every command the link sends is allowed (the bans hash read at
+    // link-up too): nothing was refused.
+    for node in &nodes {
+        assert_eq!(
+            metric(node, "refused_total"),
+            0.0,
+            "a command the ACL lacks"
+        );
+    }
 
     // One without EVAL: told at once, in the log and /metrics, with
     // Redis's own words; asked again later (with backoff), link kept.
@@ -1467,5 +1476,121 @@ fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
             .iter()
             .any(|l| l.contains("missed") || l.contains("gone")),
         "nothing was missed: {seen:#?}"
+    );
+}
+
+// --- bans, cluster-wide (issue 15) -------------------------------------------
+
+/// The first line a new connection to `server` gets.
+fn first_line(server: &Server) -> String {
+    let mut c = Client::connect_raw(server.addr);
+    c.read_line().unwrap_or_default()
+}
+
+/// Connects until the first line satisfies `pred`, within RELINK.
+fn connect_until(server: &Server, what: &str, pred: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + RELINK;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        last = first_line(server);
+        if pred(&last) {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    panic!("{what}: still {last:?} after {RELINK:?}");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_ban_applies_on_every_instance_and_to_one_started_later() {
+    let dir = TempDir::new("bans");
+    let redis = Redis::start();
+    let url = redis.url();
+    let start = |i: usize| {
+        let id = format!("n{i}");
+        let file = dir.path().join(format!("bans-{i}.txt"));
+        let file = file.to_str().unwrap().to_string();
+        let mut args = vec!["--redis", &url, "--node-id", &id];
+        args.extend_from_slice(&["--oper-password", "sesame", "--bans-file", &file]);
+        args.extend_from_slice(FAST);
+        Server::start(&args)
+    };
+    let nodes = vec![start(1), start(2)];
+    wait_linked(&nodes);
+    let mut alice = named(&nodes[0], "alice");
+    alice.send("/oper sesame");
+    alice.expect_line("*** you are now an operator; /help lists your commands");
+    let mut bob = named(&nodes[1], "bob");
+    wait_who(&mut alice, TIMEOUT, "bob", |n| has_all(n, &["bob"]));
+
+    alice.send("/ban 127.0.0.0/8 1h flood");
+    alice.expect("the answer", |l| {
+        l.starts_with("*** banned 127.0.0.0/8 for 1h; ")
+    });
+    // On the other instance: bob, from that address, is closed with the
+    // reason, and the address is refused there too.
+    bob.expect("the ban, told on his instance", |l| {
+        l.starts_with("*** bob was banned by alice for ") && l.ends_with(" (flood)")
+    });
+    let _ = bob.read_to_eof();
+    let refused = first_line(&nodes[1]);
+    assert!(
+        refused.starts_with("*** error: your address is banned from this server (")
+            && refused.ends_with("by alice: flood)"),
+        "{refused}"
+    );
+    // An instance started later, with an empty bans file of its own, reads
+    // the ban from Redis when its link comes up.
+    let later = start(3);
+    wait_metric(&later, "link_up", RELINK, |v| v == 1.0);
+    connect_until(&later, "the ban on the new instance", |l| {
+        l.starts_with("*** error: your address is banned")
+    });
+    // Lifted on one instance, lifted everywhere.
+    alice.send("/unban 127.0.0.0/8");
+    alice.expect_line("*** unbanned 127.0.0.0/8");
+    for node in [&nodes[1], &later] {
+        connect_until(node, "the unban", |l| l.starts_with("*** welcome"));
+    }
+    drop(later);
+    drop(nodes);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn forged_bans_on_redis_are_dropped() {
+    let dir = TempDir::new("forged-bans");
+    let redis = Redis::start();
+    // Written before the instance starts: read at its link-up. A line
+    // that does not parse, and one whose field names another net.
+    for (field, value) in [
+        ("10.1.1.1/32", "junk"),
+        ("127.0.0.1/32", "10.0.0.1/32\tpermanent\tx\ty"),
+    ] {
+        redis_cmd(
+            redis.port,
+            &[b"HSET", b"chatd:0:bans", field.as_bytes(), value.as_bytes()],
+        );
+    }
+    let file = dir.path().join("bans.txt");
+    let (url, file) = (redis.url(), file.to_str().unwrap().to_string());
+    let mut args = vec!["--redis", &url, "--node-id", "n1", "--bans-file", &file];
+    args.extend_from_slice(FAST);
+    let node = Server::start(&args);
+    wait_linked(std::slice::from_ref(&node));
+    for payload in [
+        "B n9 not-an-address\tpermanent\tx\ty",
+        "B n9 127.0.0.1\tsoon\tx\ty",
+        "B bad~node! 127.0.0.1\tpermanent\tx\ty",
+        "X n9 127.0.0.1",
+        "U n9 nonsense",
+    ] {
+        redis_cmd(redis.port, &[b"PUBLISH", b"chatd:0:b", payload.as_bytes()]);
+    }
+    wait_metric(&node, "malformed_total", RELINK, |v| v >= 7.0);
+    assert!(
+        first_line(&node).starts_with("*** welcome"),
+        "nothing was banned"
     );
 }

@@ -20,6 +20,17 @@ const HELP: &[&str] = &[
     "***   //text            send a message that begins with /",
 ];
 
+/// What /help adds for an operator.
+const OPER_HELP: &[&str] = &[
+    "*** operator commands:",
+    "***   /kick NAME [reason]                       disconnect a user; the room is told why",
+    "***   /ban NAME|ADDRESS[/prefix] [time] [why]   refuse an address (a user's, by name); time 30s, 10m, 2h, 7d or permanent (default)",
+    "***   /unban ADDRESS[/prefix]                   lift a ban, as listed by /bans",
+    "***   /bans                                     the bans in force",
+    "***   /mute NAME [time]                         refuse a user's messages, /me and /msg (default: until /unmute)",
+    "***   /unmute NAME                              let a muted user speak again",
+];
+
 /// A command line, parsed before anything is done about it (as
 /// mini-redis's `Command::from_frame`): the words borrow from the line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +57,43 @@ pub enum Command<'a> {
     Quit(&'a str),
     Stats,
     Help,
+    /// `/pass SECRET`: the server password (before anything else).
+    Pass(&'a str),
+    /// `/oper PASSWORD`.
+    Oper(&'a str),
+    /// `/kick NAME [reason]`.
+    Kick {
+        name: &'a str,
+        reason: &'a str,
+    },
+    /// `/ban NAME|ADDRESS[/prefix] [duration] [reason]`: the arguments,
+    /// read by moderation.rs.
+    Ban(&'a str),
+    /// `/unban ADDRESS[/prefix]`.
+    Unban(&'a str),
+    Bans,
+    /// `/mute NAME [duration]`: the arguments.
+    Mute(&'a str),
+    /// `/unmute NAME`.
+    Unmute(&'a str),
     /// Anything else: the word as typed.
     Unknown(&'a str),
 }
 
 impl<'a> Command<'a> {
+    /// The command word, if only operators may use the command.
+    pub fn for_operators(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Kick { .. } => "kick",
+            Command::Ban(_) => "ban",
+            Command::Unban(_) => "unban",
+            Command::Bans => "bans",
+            Command::Mute(_) => "mute",
+            Command::Unmute(_) => "unmute",
+            _ => return None,
+        })
+    }
+
     /// `line` is what follows the `/`. Command words are case-insensitive;
     /// arguments are trimmed.
     pub fn parse(line: &'a str) -> Command<'a> {
@@ -74,6 +117,20 @@ impl<'a> Command<'a> {
             "quit" => Command::Quit(rest),
             "stats" => Command::Stats,
             "help" => Command::Help,
+            "pass" => Command::Pass(rest),
+            "oper" => Command::Oper(rest),
+            "kick" => {
+                let (name, reason) = split_word(rest);
+                Command::Kick {
+                    name,
+                    reason: reason.trim(),
+                }
+            }
+            "ban" => Command::Ban(rest),
+            "unban" => Command::Unban(rest),
+            "bans" => Command::Bans,
+            "mute" => Command::Mute(rest),
+            "unmute" => Command::Unmute(rest),
             _ => Command::Unknown(cmd),
         }
     }
@@ -81,7 +138,30 @@ impl<'a> Command<'a> {
 
 impl Hub {
     pub(super) fn command(&mut self, id: ClientId, i: Member, cmd: Command, out: &mut impl Outbox) {
+        if let Some(word) = cmd.for_operators()
+            && !self.clients[i].oper
+        {
+            let text = format!("*** error: /{word} is for operators (/oper PASSWORD)");
+            return reply(out, id, &text);
+        }
+        // A muted user's actions and private messages are refused like its
+        // messages: muting one channel would only move the abuse to another.
+        if matches!(cmd, Command::Me(_) | Command::Msg { .. }) && self.silenced(id, i, out) {
+            return;
+        }
         match cmd {
+            Command::Pass(_) => reply(
+                out,
+                id,
+                "*** error: you are already in; /pass is only asked first",
+            ),
+            Command::Oper(secret) => self.oper(id, i, secret, out),
+            Command::Kick { name, reason } => self.kick(id, i, name, reason, out),
+            Command::Ban(args) => self.ban(id, i, args, out),
+            Command::Unban(arg) => self.unban(id, i, arg, out),
+            Command::Bans => self.list_bans(id, out),
+            Command::Mute(args) => self.mute(id, i, args, out),
+            Command::Unmute(name) => self.unmute(id, i, name, out),
             Command::Nick(name) => self.nick(id, i, name, out),
             Command::Who => {
                 let room = self.clients[i].room;
@@ -144,6 +224,17 @@ impl Hub {
             Command::Help => {
                 for line in HELP {
                     reply(out, id, line);
+                }
+                if self.clients[i].oper {
+                    for line in OPER_HELP {
+                        reply(out, id, line);
+                    }
+                } else if self.access.has_opers() {
+                    reply(
+                        out,
+                        id,
+                        "***   /oper PASSWORD    become an operator (then /help lists more)",
+                    );
                 }
             }
             Command::Unknown(word) => {
@@ -237,6 +328,32 @@ mod tests {
         );
         assert_eq!(Command::parse("Stats"), Command::Stats);
         assert_eq!(Command::parse("help me"), Command::Help);
+        assert_eq!(Command::parse("pass  s3cret "), Command::Pass("s3cret"));
+        assert_eq!(Command::parse("OPER pw"), Command::Oper("pw"));
+        assert_eq!(
+            Command::parse("kick bob  too much spam "),
+            Command::Kick {
+                name: "bob",
+                reason: "too much spam"
+            }
+        );
+        assert_eq!(
+            Command::parse("kick"),
+            Command::Kick {
+                name: "",
+                reason: ""
+            }
+        );
+        assert_eq!(
+            Command::parse("ban 10.0.0.0/8 2h spam"),
+            Command::Ban("10.0.0.0/8 2h spam")
+        );
+        assert_eq!(Command::parse("unban 1.2.3.4"), Command::Unban("1.2.3.4"));
+        assert_eq!(Command::parse("bans"), Command::Bans);
+        assert_eq!(Command::parse("mute bob 10m"), Command::Mute("bob 10m"));
+        assert_eq!(Command::parse("unmute bob"), Command::Unmute("bob"));
+        assert_eq!(Command::parse("ban x").for_operators(), Some("ban"));
+        assert_eq!(Command::parse("oper x").for_operators(), None);
         assert_eq!(Command::parse("frob x"), Command::Unknown("frob"));
         assert_eq!(Command::parse(""), Command::Unknown(""));
     }

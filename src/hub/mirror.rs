@@ -181,6 +181,9 @@ impl Hub {
                     ids: false,
                     refused: false,
                     wait: None,
+                    addr: None,
+                    oper: false,
+                    muted: 0,
                 }));
                 self.name_add(&key, i);
                 let back = self

@@ -25,6 +25,8 @@
 //! - room_history.rs: room lines numbered, kept, replayed, `/history`, `/ids`;
 //! - command.rs: a `/` line parsed into a [`Command`], then carried out;
 //! - mirror.rs: cluster mode — the other instances' users, link up/down.
+//! - moderation.rs: who may come in and speak — the server password,
+//!   operators, `/kick`, `/ban`, `/mute` (the pure tables: crate::access).
 //!
 //! Two indices, two types: a [`ClientId`] is the transport's name for a
 //! local connection (the reactor's slab key); a `Member` is the hub's own
@@ -32,12 +34,14 @@
 
 mod command;
 mod mirror;
+mod moderation;
 mod names;
 mod room_history;
 mod rooms;
 
 pub use self::command::{Command, human_duration, stats_line};
 pub use self::mirror::{Claim, LINK_DOWN, LINK_UP, MAX_LOST, MAX_REMOTE, same_instance_name};
+pub use self::moderation::{Access, Moderation, NEEDS_PASSWORD};
 pub use self::names::{MAX_NAME, check_name};
 pub use self::room_history::Asked;
 pub use self::rooms::{LIST_MAX, LOBBY};
@@ -49,6 +53,7 @@ use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -113,6 +118,11 @@ pub trait Outbox {
     ) -> bool {
         false
     }
+    /// Cluster mode: a ban set here, for the other instances (and Redis,
+    /// which keeps them for instances that start later).
+    fn ban(&mut self, _ban: &crate::access::Ban) {}
+    /// Cluster mode: a ban lifted here.
+    fn unban(&mut self, _net: &ipnet::IpNet) {}
     /// A change to who is where, for the other instances' mirrors.
     fn presence(&mut self, _event: Presence) {}
     /// A line for one user on another instance.
@@ -234,6 +244,14 @@ struct Client {
     /// Cluster mode: history answers awaited from Redis, and the room lines
     /// held back meanwhile so they come after the history, not before.
     wait: Option<Box<Wait>>,
+    /// Local users: the address they came from (bans by name, and the
+    /// limit on wrong passwords). None for remote users.
+    addr: Option<IpAddr>,
+    /// Gave the operator password (`/oper`).
+    oper: bool,
+    /// Muted until this time (ms since the Unix epoch; u64::MAX: until
+    /// `/unmute` or it leaves); 0: not muted.
+    muted: u64,
 }
 
 struct Room {
@@ -285,6 +303,11 @@ pub struct Hub {
     /// Wall-clock time, ms since the Unix epoch, as of this turn of the
     /// loop (see [`Hub::tick`]): history times and epochs come from it.
     now_ms: u64,
+    /// The password, operators' password, bans and wrong-password counts.
+    access: Access,
+    /// Connections that have not given the server password yet: in no
+    /// room, under no name, hearing nothing but their own answers.
+    waiting: HashMap<ClientId, IpAddr>,
 }
 
 /// How many guest numbers the cluster link reserves at a time.
@@ -314,6 +337,8 @@ impl Hub {
             on_join: 20,
             reply_max: 256 * 1024,
             now_ms: 0,
+            access: Access::default(),
+            waiting: HashMap::new(),
         }
     }
 
@@ -352,12 +377,27 @@ impl Hub {
         self.local.get(id).copied().flatten()
     }
 
-    /// A new connection: it gets a guest name, lands in the lobby and is
-    /// welcomed; the lobby hears of it.
-    pub fn connect(&mut self, id: ClientId, out: &mut impl Outbox) {
-        if self.idx(id).is_some() {
+    /// A new connection from `addr`. A banned address is told why and
+    /// closed; with a server password it waits for `/pass` (see
+    /// [`Hub::lines`]); otherwise it is let in (`admit`).
+    pub fn connect(&mut self, id: ClientId, addr: IpAddr, out: &mut impl Outbox) {
+        if self.idx(id).is_some() || self.waiting.contains_key(&id) {
             return;
         }
+        let addr = crate::access::canonical(addr);
+        if self.refuse_banned(id, addr, out) {
+            return;
+        }
+        if self.access.needs_password() {
+            self.waiting.insert(id, addr);
+            return reply(out, id, NEEDS_PASSWORD);
+        }
+        self.admit(id, addr, out);
+    }
+
+    /// In: it gets a guest name, lands in the lobby and is welcomed; the
+    /// lobby hears of it.
+    fn admit(&mut self, id: ClientId, addr: IpAddr, out: &mut impl Outbox) {
         let name = self.guest_name();
         let key: Box<str> = name.clone().into();
         let i = Member(self.clients.insert(Client {
@@ -370,6 +410,9 @@ impl Hub {
             ids: false,
             refused: false,
             wait: None,
+            addr: Some(addr),
+            oper: false,
+            muted: 0,
         }));
         self.name_add(&key, i);
         if self.local.len() <= id {
@@ -399,7 +442,18 @@ impl Hub {
 
     /// The connection is gone; its room hears why, and its name is free.
     pub fn disconnect(&mut self, id: ClientId, reason: Option<&str>, out: &mut impl Outbox) {
-        let Some(i) = self.idx(id) else { return };
+        self.waiting.remove(&id);
+        let Some(i) = self.unlink(id, out) else {
+            return;
+        };
+        self.drop_client(i, reason, true, out);
+    }
+
+    /// Local user `id` is no longer reachable as such (nor, in a cluster,
+    /// listed by the others or holding its name); returns its member,
+    /// still in its room.
+    fn unlink(&mut self, id: ClientId, out: &mut impl Outbox) -> Option<Member> {
+        let i = self.idx(id)?;
         self.local[id] = None;
         self.online -= 1;
         if let Some(c) = self.cluster.as_mut() {
@@ -414,7 +468,7 @@ impl Hub {
                 out.release(&c.key, id, c.since);
             }
         }
-        self.drop_client(i, reason, true, out);
+        Some(i)
     }
 
     /// Removes a client (local or remote) and tells its room, locally and,
@@ -437,15 +491,27 @@ impl Hub {
         } else if self.announces(room) {
             self.to_room(room, Some(i), &Msg::new(&text), out);
         }
+        self.forget(i, out);
+    }
+
+    /// Removes a client from the hub, its name and its room, saying nothing.
+    fn forget(&mut self, i: Member, out: &mut impl Outbox) {
         let c = self.clients.remove(i.0);
         self.name_drop(&c.key, i);
-        self.remove_member(room, c.slot, matches!(c.home, Home::Local(_)), out);
+        self.remove_member(c.room, c.slot, matches!(c.home, Home::Local(_)), out);
     }
 
     /// One line from `id`, already sanitised and known to be non-blank.
     pub fn line(&mut self, id: ClientId, text: &str, out: &mut impl Outbox) {
+        if self.waiting.contains_key(&id) {
+            return self.gate(id, text, out);
+        }
         let Some(i) = self.idx(id) else { return };
         let client = &self.clients[i];
+        let chat = !text.starts_with('/') || text.starts_with("//");
+        if chat && self.silenced(id, i, out) {
+            return;
+        }
         if let Some(rest) = text.strip_prefix("//") {
             let line = format!("<{}> /{rest}", client.name);
             self.say(client.room, Some(i), line, out);
@@ -466,8 +532,20 @@ impl Hub {
     pub fn lines(&mut self, id: ClientId, texts: &[String], out: &mut impl Outbox) {
         let mut run = String::new();
         for text in texts {
+            if self.waiting.contains_key(&id) {
+                self.gate(id, text, out);
+                if text.starts_with('/') && matches!(Command::parse(&text[1..]), Command::Quit(_)) {
+                    return;
+                }
+                continue;
+            }
             let Some(i) = self.idx(id) else { return };
             if !text.starts_with('/') || text.starts_with("//") {
+                if self.muted(i) {
+                    self.flush_run(i, &mut run, out);
+                    self.silenced(id, i, out);
+                    continue;
+                }
                 if !run.is_empty() && run.len() + text.len() + 32 > self.batch_max {
                     self.flush_run(i, &mut run, out);
                 }

@@ -1,5 +1,7 @@
 use super::*;
 
+const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 #[derive(Default)]
 struct Rec {
     got: Vec<(ClientId, String)>,
@@ -32,7 +34,7 @@ fn hub_with(n: usize) -> (Hub, Rec) {
     let mut hub = Hub::new(200);
     let mut rec = Rec::default();
     for id in 0..n {
-        hub.connect(id, &mut rec);
+        hub.connect(id, LOCALHOST, &mut rec);
     }
     rec.take();
     (hub, rec)
@@ -46,7 +48,7 @@ fn pairs(v: &[(ClientId, &str)]) -> Vec<(ClientId, String)> {
 fn welcome_names_the_guest_and_the_crowd_and_others_hear_the_join() {
     let mut hub = Hub::new(200);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[(
@@ -54,7 +56,7 @@ fn welcome_names_the_guest_and_the_crowd_and_others_hear_the_join() {
             "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands; lines up to 8192 bytes"
         )])
     );
-    hub.connect(5, &mut rec);
+    hub.connect(5, LOCALHOST, &mut rec);
     let got = rec.take();
     assert_eq!(got[0].0, 5);
     assert!(got[0].1.contains("guest-2") && got[0].1.contains("1 other user online"));
@@ -375,10 +377,10 @@ fn big_rooms_stop_announcing_joins_leaves_and_nicks() {
     let mut hub = Hub::new(3);
     let mut rec = Rec::default();
     for id in 0..3 {
-        hub.connect(id, &mut rec);
+        hub.connect(id, LOCALHOST, &mut rec);
     }
     rec.take();
-    hub.connect(3, &mut rec);
+    hub.connect(3, LOCALHOST, &mut rec);
     assert_eq!(rec.take().len(), 1, "4 > 3 members: only the welcome");
     hub.line(3, "/nick dan", &mut rec);
     assert_eq!(rec.take(), pairs(&[(3, "*** you are now dan")]));
@@ -483,7 +485,7 @@ fn relayed_counts_chat_lines_not_commands() {
 fn guest_numbers_are_never_reused() {
     let (mut hub, mut rec) = hub_with(1);
     hub.disconnect(0, None, &mut rec);
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     assert_eq!(hub.name(0), Some("guest-2"));
 }
 
@@ -515,8 +517,8 @@ fn a_burst_of_messages_is_one_shared_batch_and_commands_keep_their_place() {
 fn batches_stay_under_their_bound() {
     let mut hub = Hub::new(200).with_batch_max(100);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
-    hub.connect(1, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
+    hub.connect(1, LOCALHOST, &mut rec);
     rec.take();
     let texts: Vec<String> = (0..10).map(|i| format!("{i}{}", "x".repeat(30))).collect();
     hub.lines(0, &texts, &mut rec);
@@ -551,14 +553,14 @@ fn history_hub(per_room: usize, on_join: usize) -> Hub {
 fn joining_shows_the_last_lines_with_their_time_between_markers() {
     let mut hub = history_hub(100, 2);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     hub.line(0, "/nick alice", &mut rec);
     hub.line(0, "one", &mut rec);
     hub.tick(NOON + 61_000);
     hub.line(0, "/me waves", &mut rec);
     hub.line(0, "*** not a notice, a message", &mut rec);
     rec.take();
-    hub.connect(1, &mut rec);
+    hub.connect(1, LOCALHOST, &mut rec);
     let got = rec.to(1);
     assert!(got[0].starts_with("*** welcome"), "{got:?}");
     assert_eq!(
@@ -586,8 +588,8 @@ fn joining_shows_the_last_lines_with_their_time_between_markers() {
 fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
     let mut hub = history_hub(100, 20);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
-    hub.connect(1, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
+    hub.connect(1, LOCALHOST, &mut rec);
     hub.line(0, "/msg guest-2 secret", &mut rec);
     hub.line(1, "/nick bob", &mut rec);
     hub.line(0, "/who", &mut rec);
@@ -595,7 +597,7 @@ fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
     hub.disconnect(1, None, &mut rec);
     assert_eq!(hub.history_lines(), 1);
     rec.take();
-    hub.connect(2, &mut rec);
+    hub.connect(2, LOCALHOST, &mut rec);
     let got = rec.to(2).join("\n");
     assert!(!got.contains("secret") && !got.contains("bob"), "{got}");
     assert!(got.contains("[12:03] <guest-1> /slash"), "{got}");
@@ -605,11 +607,11 @@ fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
 fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
     let mut hub = history_hub(5, 0);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     rec.take();
     let texts: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
     hub.lines(0, &texts, &mut rec);
-    hub.connect(1, &mut rec);
+    hub.connect(1, LOCALHOST, &mut rec);
     assert_eq!(rec.to(1).len(), 1, "--history-on-join 0: no replay");
     let count = |rec: &mut Rec| {
         let got = rec.to(1);
@@ -641,7 +643,7 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
     }
     // An answer never passes reply_max: the oldest lines are left out.
     let mut hub = history_hub(5, 0).with_reply_max(3 * 22);
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     hub.lines(0, &texts, &mut rec);
     rec.take();
     hub.line(0, "/history 5", &mut rec);
@@ -657,7 +659,7 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
         "{got:?}"
     );
     let mut hub = history_hub(0, 20);
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     hub.line(0, "hi", &mut rec);
     rec.take();
     hub.line(0, "/history", &mut rec);
@@ -676,7 +678,7 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
     let mut hub = history_hub(100, 20);
     let mut p = Ptrs(Vec::new());
     for id in 0..4 {
-        hub.connect(id, &mut p);
+        hub.connect(id, LOCALHOST, &mut p);
     }
     hub.line(0, "/ids on", &mut p);
     hub.line(2, "/IDS on", &mut p);
@@ -726,10 +728,10 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
 fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_stands() {
     let mut hub = history_hub(100, 20);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     hub.line(0, "/join games", &mut rec);
     hub.line(0, "hi", &mut rec);
-    hub.connect(1, &mut rec);
+    hub.connect(1, LOCALHOST, &mut rec);
     hub.line(1, "/ids on", &mut rec);
     rec.take();
     hub.line(1, "/join games", &mut rec);
@@ -759,8 +761,8 @@ fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_st
 fn since_resumes_after_an_id_and_says_what_was_missed() {
     let mut hub = history_hub(3, 20);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
-    hub.connect(1, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
+    hub.connect(1, LOCALHOST, &mut rec);
     let epoch = hub.history.head(0).unwrap().epoch;
     let texts: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
     hub.lines(0, &texts, &mut rec);
@@ -813,17 +815,17 @@ fn an_empty_room_keeps_its_history_for_the_ttl() {
     let mut hub = Hub::new(200).with_history(limits, 20);
     hub.tick(NOON);
     let mut rec = Rec::default();
-    hub.connect(0, &mut rec);
+    hub.connect(0, LOCALHOST, &mut rec);
     hub.line(0, "hello?", &mut rec);
     hub.disconnect(0, None, &mut rec);
     assert_eq!(hub.rooms(), 0);
     hub.tick(NOON + 59_999);
-    hub.connect(1, &mut rec);
+    hub.connect(1, LOCALHOST, &mut rec);
     assert!(rec.to(1).join("\n").contains("[12:03] <guest-1> hello?"));
     hub.disconnect(1, None, &mut rec);
     hub.tick(NOON + 200_000);
     assert_eq!(hub.history_lines(), 0);
-    hub.connect(2, &mut rec);
+    hub.connect(2, LOCALHOST, &mut rec);
     assert_eq!(rec.to(2).len(), 1, "only the welcome");
 }
 
@@ -993,9 +995,9 @@ mod cluster {
     #[test]
     fn two_instances_are_one_chat() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
         net.pump();
-        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
         net.pump();
         let welcome = net.take(1);
         assert!(
@@ -1053,8 +1055,8 @@ mod cluster {
     #[test]
     fn a_name_reserved_elsewhere_first_is_refused() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
         // Both ask before either hears of the other: the store decides.
         net.hubs[0].line(0, "/nick twin", &mut net.bus[0]);
         net.hubs[1].line(0, "/nick Twin", &mut net.bus[1]);
@@ -1072,8 +1074,8 @@ mod cluster {
     #[test]
     fn a_lost_node_takes_its_users_with_it() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(3, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         assert_eq!(net.hubs[0].remote_nodes(), vec![Rc::<str>::from("b")]);
@@ -1089,8 +1091,8 @@ mod cluster {
     #[test]
     fn a_restarted_or_departing_node_takes_its_old_users_with_it() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(3, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         // "b" comes back as a new incarnation of the same instance.
@@ -1102,7 +1104,7 @@ mod cluster {
             pairs(&[(0, "*** guest-101 left (server lost)")])
         );
         net.pump();
-        net.hubs[1].connect(4, &mut net.bus[1]);
+        net.hubs[1].connect(4, LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         net.hubs[1].shutdown(&mut net.bus[1]);
@@ -1119,8 +1121,8 @@ mod cluster {
     #[test]
     fn link_down_and_up_tell_local_users_once_and_rebuild_the_mirror() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         net.hubs[0].link_down(&mut net.bus[0]);
@@ -1163,8 +1165,8 @@ mod cluster {
     #[test]
     fn a_lost_node_heard_again_is_relearned_and_its_rooms_told() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(3, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
         net.line(1, 3, "/nick bob");
         net.take(0);
         net.hubs[0].node_silent("b", &mut net.bus[0]);
@@ -1185,9 +1187,9 @@ mod cluster {
     #[test]
     fn a_roster_without_a_user_means_it_left_while_we_could_not_hear() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(3, &mut net.bus[1]);
-        net.hubs[1].connect(4, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
+        net.hubs[1].connect(4, LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         net.hubs[0].link_down(&mut net.bus[0]);
@@ -1221,8 +1223,8 @@ mod cluster {
     #[test]
     fn the_later_claim_gives_its_name_up_and_its_room_sees_the_rename() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
         net.line(1, 0, "/nick alice");
         net.take(0);
         net.take(1);
@@ -1250,8 +1252,8 @@ mod cluster {
     #[test]
     fn a_name_held_twice_in_the_mirror_stays_taken_until_both_let_go() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[0].connect(1, &mut net.bus[0]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[0].connect(1, LOCALHOST, &mut net.bus[0]);
         net.line(0, 0, "/nick alice");
         // Another instance's alice (a split): both are in the mirror.
         let c: Rc<str> = "c".into();
@@ -1286,7 +1288,7 @@ mod cluster {
     #[test]
     fn a_claim_that_cannot_be_queued_is_refused_with_a_reason() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
         net.take(0);
         net.bus[0].busy = true;
         for _ in 0..2 {
@@ -1307,7 +1309,7 @@ mod cluster {
         let mut hub = Hub::new(200).with_cluster("a").with_max_remote(2);
         let mut bus = Bus::default();
         hub.link_up(&mut bus);
-        hub.connect(0, &mut bus);
+        hub.connect(0, LOCALHOST, &mut bus);
         for id in 0..5 {
             let here = Presence::Here {
                 node: "z".into(),
@@ -1327,8 +1329,8 @@ mod cluster {
     #[test]
     fn lines_are_numbered_by_the_store_and_with_the_link_down_history_is_local_and_says_so() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, &mut net.bus[0]);
-        net.hubs[1].connect(0, &mut net.bus[1]);
+        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
         net.hubs[0].line(0, "/ids on", &mut net.bus[0]);
         net.pump();
         net.take(0);
@@ -1385,7 +1387,7 @@ mod cluster {
         let mut hub = Hub::new(200).with_cluster("a");
         let mut out = Asking::default();
         hub.link_up(&mut out);
-        hub.connect(0, &mut out);
+        hub.connect(0, LOCALHOST, &mut out);
         assert_eq!(out.asked, [(0, "lobby".into(), Asked::Enter, None, 20)]);
         out.got.clear();
         // Lines 3 and 4 arrive before the answer, which has 1 to 3.
@@ -1427,7 +1429,7 @@ mod cluster {
         out.got.clear();
         // With ids: lines numbered while `/ids on` was being answered
         // are held and come after the mark, which stands before them.
-        hub.connect(1, &mut out);
+        hub.connect(1, LOCALHOST, &mut out);
         hub.line(1, "/ids on", &mut out);
         hub.answer(1, "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
         assert_eq!(out.got.pop(), Some((1, "*** ids on: #lobby at 9-4".into())));
@@ -1468,16 +1470,206 @@ mod cluster {
     fn guests_come_from_reserved_blocks_or_carry_the_node_id() {
         let mut hub = Hub::new(200).with_cluster("n7");
         let mut bus = Bus::default();
-        hub.connect(0, &mut bus);
+        hub.connect(0, LOCALHOST, &mut bus);
         assert_eq!(hub.name(0), Some("guest-n7-1"));
         hub.add_guests(500, 2);
         assert_eq!(hub.guests_left(), 2);
-        hub.connect(1, &mut bus);
-        hub.connect(2, &mut bus);
-        hub.connect(3, &mut bus);
+        hub.connect(1, LOCALHOST, &mut bus);
+        hub.connect(2, LOCALHOST, &mut bus);
+        hub.connect(3, LOCALHOST, &mut bus);
         assert_eq!(hub.name(1), Some("guest-500"));
         assert_eq!(hub.name(2), Some("guest-501"));
         assert_eq!(hub.name(3), Some("guest-n7-2"));
         assert_eq!(hub.guests_used(), 501);
     }
+}
+
+fn guarded_hub() -> Hub {
+    let access = Access::new(
+        Some("hunter2".into()),
+        Some("sesame".into()),
+        2,
+        crate::access::Bans::default(),
+    );
+    let mut hub = Hub::new(200).with_access(access);
+    hub.tick(1_000_000);
+    hub
+}
+
+#[test]
+fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
+    let mut hub = guarded_hub();
+    let mut rec = Rec::default();
+    hub.connect(0, LOCALHOST, &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, NEEDS_PASSWORD)]));
+    hub.lines(0, &["/pass hunter2".into()], &mut rec);
+    assert!(
+        rec.take()[0]
+            .1
+            .starts_with("*** welcome to chatd, guest-1!")
+    );
+    hub.connect(1, LOCALHOST, &mut rec);
+    hub.lines(1, &["hi".into(), "/who".into(), "/pass".into()], &mut rec);
+    let refused = "*** error: this server needs a password: /pass SECRET";
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (1, NEEDS_PASSWORD),
+            (1, refused),
+            (1, refused),
+            (1, "*** error: usage: /pass SECRET"),
+        ])
+    );
+    assert_eq!(hub.online(), 1);
+    hub.line(0, "only for those inside", &mut rec);
+    assert_eq!(rec.take(), vec![], "nobody else is inside");
+    // Wrong twice: the third try is not even looked at.
+    for _ in 0..2 {
+        hub.line(1, "/pass nope", &mut rec);
+        assert_eq!(rec.to(1), vec!["*** error: wrong password"]);
+    }
+    hub.line(1, "/pass hunter2", &mut rec);
+    let got = rec.to(1);
+    assert!(
+        got[0]
+            .starts_with("*** error: too many wrong passwords from your address; try again in 1m"),
+        "{got:?}"
+    );
+    assert_eq!(hub.moderation().password_failures, 2);
+    // A minute later it may try again.
+    hub.tick(1_000_000 + crate::access::PASS_WINDOW_MS);
+    hub.lines(1, &["/pass hunter2".into(), "after".into()], &mut rec);
+    let got = rec.take();
+    assert!(
+        got[0].1.starts_with("*** welcome to chatd, guest-2!"),
+        "{got:?}"
+    );
+    assert!(got.contains(&(0, "<guest-2> after".to_string())), "{got:?}");
+    // Gone before the password: nothing to tell anyone.
+    hub.connect(2, LOCALHOST, &mut rec);
+    rec.take();
+    hub.disconnect(2, Some("reset"), &mut rec);
+    assert_eq!(rec.take(), vec![]);
+}
+
+/// alice (0, an operator) and bob (1), inside a guarded hub.
+fn oper_and_user() -> (Hub, Rec) {
+    let mut hub = guarded_hub();
+    let mut rec = Rec::default();
+    for (id, name) in [(0, "alice"), (1, "bob")] {
+        hub.connect(id, LOCALHOST, &mut rec);
+        hub.lines(
+            id,
+            &["/pass hunter2".into(), format!("/nick {name}")],
+            &mut rec,
+        );
+    }
+    hub.line(0, "/oper sesame", &mut rec);
+    rec.take();
+    (hub, rec)
+}
+
+#[test]
+fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.line(0, "/ban bob 10m spam", &mut rec);
+    let notice = "*** bob was banned by alice for 10m (spam)";
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (0, notice),
+            (1, notice),
+            (0, "*** banned 127.0.0.1 for 10m; 1 user disconnected"),
+        ])
+    );
+    assert_eq!(rec.closed, vec![(1, "banned by alice".to_string())]);
+    assert_eq!(hub.online(), 1);
+    let saved = hub.bans_to_save().expect("the bans changed");
+    assert!(
+        saved.contains("127.0.0.1/32\t1600000\talice\tbob: spam"),
+        "{saved}"
+    );
+    assert_eq!(hub.bans_to_save(), None, "once per change");
+    hub.connect(5, "127.0.0.1".parse().unwrap(), &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(
+            5,
+            "*** error: your address is banned from this server (10m 0s more, by alice: bob: spam)"
+        )])
+    );
+    hub.connect(6, "::ffff:127.0.0.1".parse().unwrap(), &mut rec);
+    assert!(
+        rec.take()[0]
+            .1
+            .starts_with("*** error: your address is banned")
+    );
+    hub.connect(7, "10.0.0.1".parse().unwrap(), &mut rec);
+    assert_eq!(rec.take(), pairs(&[(7, NEEDS_PASSWORD)]));
+    hub.tick(1_600_000);
+    hub.connect(8, LOCALHOST, &mut rec);
+    assert_eq!(rec.take(), pairs(&[(8, NEEDS_PASSWORD)]), "the ban ran out");
+    assert_eq!(hub.moderation().banned_refused, 2);
+}
+
+#[test]
+fn kick_and_mute_tell_the_room_and_only_operators_may() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.line(1, "/kick alice", &mut rec);
+    assert_eq!(
+        rec.to(1),
+        vec!["*** error: /kick is for operators (/oper PASSWORD)"]
+    );
+    hub.line(1, "/oper alice", &mut rec);
+    assert_eq!(rec.to(1), vec!["*** error: wrong operator password"]);
+    hub.line(0, "/mute bob 30s", &mut rec);
+    let notice = "*** bob was muted by alice for 30s";
+    assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
+    for line in ["hi", "//x", "/me waves", "/msg alice psst"] {
+        hub.line(1, line, &mut rec);
+        assert_eq!(
+            rec.take(),
+            pairs(&[(
+                1,
+                "*** error: you are muted (30s more); messages, /me and /msg are refused"
+            )]),
+            "{line}"
+        );
+    }
+    hub.lines(1, &["a".into(), "b".into()], &mut rec);
+    assert_eq!(rec.take().len(), 2, "one refusal each, nothing relayed");
+    hub.tick(1_030_000);
+    hub.line(1, "free", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "<bob> free")]));
+    hub.line(0, "/kick bob enough", &mut rec);
+    let notice = "*** bob was kicked by alice (enough)";
+    assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
+    assert_eq!(rec.closed, vec![(1, "kicked by alice".to_string())]);
+    // The reactor's later disconnect finds nobody: no second notice.
+    hub.disconnect(1, Some("kicked by alice"), &mut rec);
+    assert_eq!(rec.take(), vec![]);
+    let m = hub.moderation();
+    assert_eq!((m.kicks, m.mutes, m.password_failures), (1, 1, 1));
+}
+
+#[test]
+fn the_list_of_bans_is_bounded_like_who() {
+    let (mut hub, mut rec) = oper_and_user();
+    for i in 0..=LIST_MAX {
+        hub.line(
+            0,
+            &format!("/ban 10.0.{}.{} 1h", i / 256, i % 256),
+            &mut rec,
+        );
+    }
+    rec.take();
+    hub.line(0, "/bans", &mut rec);
+    let got = rec.to(0);
+    assert_eq!(
+        got.len(),
+        LIST_MAX + 2,
+        "a head, LIST_MAX entries, the rest counted"
+    );
+    assert_eq!(got[0], format!("*** bans ({}):", LIST_MAX + 1));
+    assert_eq!(got[LIST_MAX + 1], "***   … and 1 more");
 }

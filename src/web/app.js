@@ -17,6 +17,13 @@
   const roomsEl = $('rooms');
   const side = $('side');
   const toggle = $('toggle');
+  const passform = $('passform');
+  const password = $('password');
+
+  // A server with a password says this first, and answers anything but
+  // /pass with the error.
+  const NEEDS_PASSWORD = '*** this server needs a password: /pass SECRET';
+  const NEEDS_PASSWORD_ERROR = '*** error: this server needs a password: /pass SECRET';
 
   // Bounds: the page may stay open for days.
   const MAX_LOG = 2000;
@@ -71,6 +78,13 @@
     last: {}, // room -> {e, n, s}: the last id shown there
     resuming: null, // the room whose `/history since` answer is awaited
     block: null, // inside a history block: 'show' or 'skip'
+    // The server password, once given: sent first on every reconnect (and
+    // after a reload: sessionStorage lasts as long as the tab).
+    pass: stored('chatd.pass'),
+    // The server asked for the password and has not let us in yet: the
+    // page's own lines sent on open were refused, and are sent again
+    // after the welcome.
+    gated: false,
   };
 
   function stored(key) {
@@ -122,24 +136,9 @@
     state.ws = ws;
     ws.onopen = function () {
       state.wasOpen = true;
+      state.gated = false;
       setStatus('connected', false);
-      state.ids = false;
-      state.block = null;
-      state.resuming = null;
-      sendRaw('/ids on');
-      if (state.nick) sendRaw('/nick ' + state.nick);
-      if (state.joined) {
-        sendRaw('/join ' + state.joined); // its answer lists the people
-      } else {
-        ask('who');
-      }
-      // Back in the room we were in: ask for what we missed there.
-      const target = (state.joined || '#lobby').toLowerCase();
-      if (state.last[target]) {
-        state.resuming = target;
-        sendRaw('/history since ' + state.last[target].s);
-      }
-      ask('rooms');
+      setUp();
       clearInterval(state.roomsPoll);
       state.roomsPoll = setInterval(function () {
         if (document.visibilityState === 'visible') ask('rooms');
@@ -155,6 +154,57 @@
     };
     // onclose always follows with the code and reason.
     ws.onerror = function () {};
+  }
+
+  // What the page says first on a connection: ids, its name and room
+  // back, what it missed, the lists. Again after the welcome if the
+  // server wanted the password first.
+  function setUp() {
+    state.ids = false;
+    state.block = null;
+    state.resuming = null;
+    sendRaw('/ids on');
+    if (state.nick) sendRaw('/nick ' + state.nick);
+    if (state.joined) {
+      sendRaw('/join ' + state.joined); // its answer lists the people
+    } else {
+      ask('who');
+    }
+    // Back in the room we were in: ask for what we missed there.
+    const target = (state.joined || '#lobby').toLowerCase();
+    if (state.last[target]) {
+      state.resuming = target;
+      sendRaw('/history since ' + state.last[target].s);
+    }
+    ask('rooms');
+  }
+
+  // The server wants the password: the stored one goes at once, else the
+  // page asks for it.
+  function gate() {
+    state.gated = true;
+    // What setUp asked will never be answered.
+    state.wantWho = [];
+    state.wantRooms = [];
+    state.resuming = null;
+    if (state.pass) {
+      sendRaw('/pass ' + state.pass);
+    } else {
+      askPassword();
+    }
+  }
+
+  function askPassword() {
+    passform.hidden = false;
+    form.hidden = true;
+    password.value = '';
+    password.focus();
+  }
+
+  function passwordTaken() {
+    passform.hidden = true;
+    form.hidden = false;
+    input.focus();
   }
 
   function closed(code, reason) {
@@ -379,8 +429,21 @@
 
   function receive(line) {
     let m;
-    if ((m = /^\*\*\* welcome to chatd, (.+?)! you are in (\S+)/.exec(line))) {
+    if (line === NEEDS_PASSWORD) {
+      gate();
+    } else if (state.gated && line === NEEDS_PASSWORD_ERROR) {
+      return; // the answer to a line setUp sent before it knew
+    } else if (state.gated && (line === '*** error: wrong password' || line.startsWith('*** error: too many wrong passwords'))) {
+      state.pass = '';
+      store('chatd.pass', '');
+      askPassword();
+    } else if ((m = /^\*\*\* welcome to chatd, (.+?)! you are in (\S+)/.exec(line))) {
       state.attempt = 0; // a real welcome: the connection is good
+      if (state.gated) {
+        state.gated = false;
+        passwordTaken();
+        setUp();
+      }
       setName(m[1]);
       setRoom(m[2]);
       const max = /; lines up to (\d+) bytes$/.exec(line);
@@ -563,6 +626,17 @@
   function closeSide() {
     openSide(false);
   }
+
+  passform.addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    const secret = password.value.trim();
+    if (secret === '' || !isOpen()) return;
+    state.pass = secret;
+    store('chatd.pass', secret);
+    password.value = '';
+    passform.hidden = true;
+    sendRaw('/pass ' + secret);
+  });
 
   form.addEventListener('submit', function (ev) {
     ev.preventDefault();

@@ -32,9 +32,17 @@ pub struct Target {
     /// First reconnect delay; later ones double up to `max_delay`.
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// The server password, sent first on every connection (`/pass`).
+    pub password: Option<String>,
 }
 
 impl Target {
+    /// `/pass SECRET` and its newline, before anything else on a connection
+    /// to a server with a password.
+    pub fn pass_line(&self) -> Option<String> {
+        self.password.as_ref().map(|p| format!("/pass {p}\n"))
+    }
+
     pub fn name(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -226,7 +234,8 @@ pub fn spawn_reader(
     let mut tracker = Tracker::default();
     // Before the main thread may write: ids are on for every line after it.
     let mut first = stream.try_clone()?;
-    first.write_all(format!("{}\n", tracker.connected()).as_bytes())?;
+    let pass = target.pass_line().unwrap_or_default();
+    first.write_all(format!("{pass}{}\n", tracker.connected()).as_bytes())?;
     shared.lock().writer = Some(first);
     std::thread::Builder::new()
         .name("chat-reader".into())
@@ -383,7 +392,7 @@ fn reconnect(
             shared.finish(&mut st);
             return None;
         }
-        let mut resend = Vec::new();
+        let mut resend = target.pass_line().unwrap_or_default().into_bytes();
         let ids = Some(tracker.connected().to_string());
         let resume = tracker.resume();
         for cmd in [&ids, &st.nick_cmd, &st.join_cmd, &resume]

@@ -86,6 +86,32 @@ struct Args {
     /// Hidden: only tests need it, to see a reconnect without waiting seconds.
     #[arg(long, hide = true, default_value_t = 1000)]
     reconnect_base_ms: u64,
+    /// The server password, read from this file (its first line) and sent
+    /// first on every (re)connection; else from CHATD_PASSWORD, if set.
+    /// Not a flag of its own: `ps` shows command lines.
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<String>,
+}
+
+/// The server password: --password-file, else CHATD_PASSWORD.
+fn password(args: &Args) -> Result<Option<String>, String> {
+    let value = match &args.password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--password-file {path}: {e}"))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        None => match std::env::var("CHATD_PASSWORD") {
+            Ok(v) => v,
+            Err(_) => return Ok(None),
+        },
+    };
+    let value = value.trim();
+    if value.is_empty() || value.chars().any(char::is_control) {
+        return Err("the password is empty or has control characters".into());
+    }
+    Ok(Some(value.to_string()))
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -106,6 +132,10 @@ fn main() {
     let palette = Palette {
         enabled: io::stdout().is_terminal() && colour_wanted(args.no_color),
     };
+    let password = password(&args).unwrap_or_else(|e| {
+        eprintln!("chat: {e}");
+        std::process::exit(2);
+    });
     let base = Duration::from_millis(args.reconnect_base_ms.max(1));
     let target = Target {
         host: args.host.clone(),
@@ -113,6 +143,7 @@ fn main() {
         reconnect: !args.no_reconnect,
         base_delay: base,
         max_delay: base.saturating_mul(30),
+        password,
     };
 
     if args.tls {

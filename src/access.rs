@@ -1,0 +1,471 @@
+//! Access control, pure: secrets compared, durations read, bans by address
+//! prefix kept (and written to / read from their file's text), and wrong
+//! passwords counted per address. No sockets and no clock: every time is
+//! ms since the Unix epoch, passed in (the hub's time of this turn).
+
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// The window wrong passwords (`/pass`, `/oper`) are counted over, per
+/// address: after `--pass-attempts` of them within it, further attempts
+/// from that address are refused unchecked until the window ends.
+pub const PASS_WINDOW_MS: u64 = 60_000;
+/// Addresses with recent wrong passwords remembered at once. Past it the
+/// one whose window began first is forgotten: an attacker with many
+/// addresses gets at most `--pass-attempts` tries per address per window
+/// anyway, and the table stays a few hundred KiB.
+pub const MAX_FAILING_ADDRS: usize = 4096;
+/// Bans held at once; `/ban` past it is refused. Only operators add bans.
+pub const MAX_BANS: usize = 10_000;
+/// The longest ban or mute reason kept, in characters.
+pub const MAX_REASON: usize = 200;
+/// The longest duration accepted: ten years.
+pub const MAX_DURATION_MS: u64 = 3650 * 86_400_000;
+
+/// Compares a secret in time that depends on its length only, so that how
+/// long a wrong guess took to refuse says nothing about how much of it
+/// was right.
+pub fn same_secret(given: &str, secret: &str) -> bool {
+    let (a, b) = (given.as_bytes(), secret.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A client's line as it may be logged: the secret of `/pass` and `/oper`
+/// replaced by `***` (with -v every line is logged).
+pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
+    let word = line.split(char::is_whitespace).next().unwrap_or("");
+    if word.eq_ignore_ascii_case("/pass") || word.eq_ignore_ascii_case("/oper") {
+        format!("{word} ***").into()
+    } else {
+        line.into()
+    }
+}
+
+/// How long a ban or mute lasts: `Some(ms)`, or `None` for permanent.
+pub type Span = Option<u64>;
+
+/// "30s", "10m", "2h", "7d", "1w", or "permanent" (also "perm",
+/// "forever"). None when `s` is none of these (it may be a reason's first
+/// word) or is zero or over ten years.
+pub fn parse_duration(s: &str) -> Option<Span> {
+    let lower = s.to_ascii_lowercase();
+    if matches!(lower.as_str(), "permanent" | "perm" | "forever") {
+        return Some(None);
+    }
+    let unit = lower.chars().last()?;
+    let per: u64 = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        'w' => 7 * 86_400_000,
+        _ => return None,
+    };
+    let digits = &lower[..lower.len() - 1];
+    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms = digits.parse::<u64>().ok()?.checked_mul(per)?;
+    (ms > 0 && ms <= MAX_DURATION_MS).then_some(Some(ms))
+}
+
+/// An address as it is matched: an IPv4 client of a dual-stack socket
+/// (`::ffff:1.2.3.4`) is the IPv4 address.
+pub fn canonical(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
+/// "10.0.0.0/8", "2001:db8::/32" or a bare address (a /32 or /128).
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    s.parse::<IpAddr>().ok().map(|a| IpNet::from(canonical(a)))
+}
+
+/// A net shown as typed for one address ("1.2.3.4"), with its prefix
+/// otherwise ("10.0.0.0/8").
+pub fn show_net(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// Text from a user or the bans file made safe to show and to store on
+/// one line of the file: no control characters (tabs and newlines are the
+/// file's separators), at most MAX_REASON characters.
+pub fn clean_reason(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REASON)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub net: IpNet,
+    /// Ms since the Unix epoch it ends; None: permanent.
+    pub until: Option<u64>,
+    /// The operator who set it, as named then.
+    pub by: String,
+    /// Why (may be empty); for a ban by name, the name is kept here too.
+    pub reason: String,
+}
+
+impl Ban {
+    pub fn active(&self, now_ms: u64) -> bool {
+        self.until.is_none_or(|t| now_ms < t)
+    }
+
+    /// One line of the bans file, and the form a ban travels in through
+    /// Redis: `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`.
+    pub fn to_line(&self) -> String {
+        let until = self
+            .until
+            .map_or("permanent".to_string(), |t| t.to_string());
+        format!(
+            "{}\t{until}\t{}\t{}",
+            self.net,
+            clean_reason(&self.by),
+            clean_reason(&self.reason)
+        )
+    }
+
+    /// The reverse of `to_line`, for text nobody vouches for (a file
+    /// edited by hand, anything published on Redis): None unless the net
+    /// and the time parse; names and reasons are cleaned and cut.
+    pub fn from_line(line: &str) -> Option<Ban> {
+        let mut f = line.trim_end_matches('\r').splitn(4, '\t');
+        let net = parse_net(f.next()?.trim())?;
+        let until = match f.next()?.trim() {
+            "permanent" => None,
+            t => Some(t.parse::<u64>().ok()?),
+        };
+        Some(Ban {
+            net,
+            until,
+            by: clean_reason(f.next().unwrap_or("")),
+            reason: clean_reason(f.next().unwrap_or("")),
+        })
+    }
+
+    /// What is left of it: "1h 59m more" or "permanent".
+    pub fn left(&self, now_ms: u64) -> String {
+        match self.until {
+            Some(t) => format!(
+                "{} more",
+                crate::hub::human_duration(std::time::Duration::from_millis(
+                    t.saturating_sub(now_ms)
+                ))
+            ),
+            None => "permanent".into(),
+        }
+    }
+}
+
+/// Bans, by address prefix. A linear scan per check: checks happen once per
+/// connection, bans are few (at most MAX_BANS), and prefixes of any length
+/// can overlap, which a hash of addresses could not match.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Bans {
+    list: Vec<Ban>,
+}
+
+impl Bans {
+    /// Adds or replaces the ban on exactly `ban.net`. Err when full.
+    pub fn add(&mut self, ban: Ban) -> Result<(), String> {
+        if let Some(old) = self.list.iter_mut().find(|b| b.net == ban.net) {
+            *old = ban;
+            return Ok(());
+        }
+        if self.list.len() >= MAX_BANS {
+            return Err(format!(
+                "the ban list is full ({MAX_BANS} bans); /unban some"
+            ));
+        }
+        self.list.push(ban);
+        Ok(())
+    }
+
+    /// Whether exactly this ban is held already (heard twice: from the
+    /// link and from Redis's list at link-up).
+    pub fn list_has(&self, ban: &Ban) -> bool {
+        self.list.contains(ban)
+    }
+
+    /// Lifts the ban on exactly `net`; false if there was none.
+    pub fn remove(&mut self, net: &IpNet) -> bool {
+        let before = self.list.len();
+        self.list.retain(|b| b.net != *net);
+        self.list.len() != before
+    }
+
+    /// The ban in force on `addr`, if any.
+    pub fn find(&self, addr: IpAddr, now_ms: u64) -> Option<&Ban> {
+        let addr = canonical(addr);
+        self.list
+            .iter()
+            .find(|b| b.active(now_ms) && b.net.contains(&addr))
+    }
+
+    /// Drops bans that have run out; true if any did.
+    pub fn prune(&mut self, now_ms: u64) -> bool {
+        let before = self.list.len();
+        self.list.retain(|b| b.active(now_ms));
+        self.list.len() != before
+    }
+
+    /// The bans in force, in the order they were set.
+    pub fn active(&self, now_ms: u64) -> impl Iterator<Item = &Ban> {
+        self.list.iter().filter(move |b| b.active(now_ms))
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The bans file: one ban a line, `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`,
+    /// expired bans left out.
+    pub fn to_file(&self, now_ms: u64) -> String {
+        let mut out =
+            String::from("# chatd bans: net, until (ms since 1970) or permanent, by, reason\n");
+        for b in self.active(now_ms) {
+            out.push_str(&b.to_line());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Reads a bans file (which anyone with access to the disk may have
+    /// edited): expired bans and lines that do not parse are left out;
+    /// the second value counts the lines that did not parse.
+    pub fn from_file(text: &str, now_ms: u64) -> (Bans, usize) {
+        let mut bans = Bans::default();
+        let mut bad = 0;
+        for line in text.lines() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some(ban) = Ban::from_line(line) else {
+                bad += 1;
+                continue;
+            };
+            if ban.active(now_ms) && bans.add(ban).is_err() {
+                bad += 1;
+            }
+        }
+        (bans, bad)
+    }
+}
+
+/// Wrong passwords per address, in fixed windows of PASS_WINDOW_MS from
+/// the first one. IPv6 addresses count by their /64, which one host
+/// usually has whole.
+#[derive(Debug)]
+pub struct Attempts {
+    max: u32,
+    /// Key -> (wrong passwords in the window, when the window began).
+    fails: HashMap<IpAddr, (u32, u64)>,
+}
+
+impl Attempts {
+    /// At most `max` wrong passwords per address per window.
+    pub fn new(max: u32) -> Attempts {
+        Attempts {
+            max: max.max(1),
+            fails: HashMap::new(),
+        }
+    }
+
+    fn key(addr: IpAddr) -> IpAddr {
+        match canonical(addr) {
+            IpAddr::V6(a) => {
+                let s = a.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Ms until `addr` may try again, if it has used up its tries.
+    pub fn locked(&self, addr: IpAddr, now_ms: u64) -> Option<u64> {
+        let &(n, start) = self.fails.get(&Self::key(addr))?;
+        let end = start.saturating_add(PASS_WINDOW_MS);
+        (n >= self.max && now_ms < end).then(|| end - now_ms)
+    }
+
+    /// Counts a wrong password from `addr`.
+    pub fn fail(&mut self, addr: IpAddr, now_ms: u64) {
+        let key = Self::key(addr);
+        if !self.fails.contains_key(&key) && self.fails.len() >= MAX_FAILING_ADDRS {
+            self.fails
+                .retain(|_, &mut (_, start)| now_ms < start.saturating_add(PASS_WINDOW_MS));
+            if self.fails.len() >= MAX_FAILING_ADDRS
+                && let Some(oldest) = self.fails.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| *k)
+            {
+                self.fails.remove(&oldest);
+            }
+        }
+        let e = self.fails.entry(key).or_insert((0, now_ms));
+        if now_ms >= e.1.saturating_add(PASS_WINDOW_MS) {
+            *e = (0, now_ms);
+        }
+        e.0 += 1;
+    }
+
+    /// Addresses remembered now.
+    pub fn len(&self) -> usize {
+        self.fails.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fails.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Some(30_000)));
+        assert_eq!(parse_duration("10m"), Some(Some(600_000)));
+        assert_eq!(parse_duration("2H"), Some(Some(7_200_000)));
+        assert_eq!(parse_duration("7d"), Some(Some(7 * 86_400_000)));
+        assert_eq!(parse_duration("1w"), Some(Some(7 * 86_400_000)));
+        assert_eq!(parse_duration("permanent"), Some(None));
+        assert_eq!(parse_duration("forever"), Some(None));
+        for bad in [
+            "", "s", "0m", "10", "10x", "spam", "-1m", "1.5h", "3651d", "9999999s",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_logged() {
+        assert_eq!(redact("/pass hunter2"), "/pass ***");
+        assert_eq!(redact("/OPER  s3same"), "/OPER ***");
+        assert_eq!(redact("/passage x"), "/passage x");
+        assert_eq!(redact("hello"), "hello");
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("hunter2", "hunter2"));
+        assert!(!same_secret("hunter", "hunter2"));
+        assert!(!same_secret("hunter3", "hunter2"));
+        assert!(!same_secret("", "x"));
+    }
+
+    fn ban(net: &str, until: Option<u64>) -> Ban {
+        Ban {
+            net: parse_net(net).unwrap(),
+            until,
+            by: "alice".into(),
+            reason: "spam".into(),
+        }
+    }
+
+    #[test]
+    fn bans_match_prefixes_and_expire() {
+        let mut bans = Bans::default();
+        bans.add(ban("10.1.2.3/8", Some(1000))).unwrap();
+        bans.add(ban("2001:db8::1", None)).unwrap();
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            bans.find(a("10.200.0.1"), 999).unwrap().net.to_string(),
+            "10.0.0.0/8"
+        );
+        assert!(bans.find(a("::ffff:10.0.0.9"), 0).is_some(), "mapped IPv4");
+        assert!(bans.find(a("10.0.0.1"), 1000).is_none(), "expired");
+        assert!(bans.find(a("11.0.0.1"), 0).is_none());
+        assert!(bans.find(a("2001:db8::1"), u64::MAX).is_some(), "permanent");
+        assert!(bans.find(a("2001:db8::2"), 0).is_none());
+        // Replacing the same net keeps one entry.
+        bans.add(ban("10.0.0.0/8", None)).unwrap();
+        assert_eq!(bans.len(), 2);
+        assert!(bans.remove(&parse_net("10.0.0.0/8").unwrap()));
+        assert!(!bans.remove(&parse_net("10.0.0.0/8").unwrap()));
+        bans.add(ban("1.2.3.4", Some(5))).unwrap();
+        assert!(bans.prune(5));
+        assert_eq!(bans.len(), 1);
+    }
+
+    #[test]
+    fn the_ban_list_is_bounded() {
+        let mut bans = Bans::default();
+        for i in 0..MAX_BANS as u32 {
+            bans.add(ban(&std::net::Ipv4Addr::from(i).to_string(), None))
+                .unwrap();
+        }
+        assert!(bans.add(ban("255.255.255.255", None)).is_err());
+    }
+
+    #[test]
+    fn the_bans_file_round_trips_and_distrusts_its_input() {
+        let mut bans = Bans::default();
+        bans.add(ban("10.0.0.0/8", Some(10_000))).unwrap();
+        bans.add(ban("1.2.3.4", None)).unwrap();
+        bans.add(ban("5.6.7.8", Some(10))).unwrap();
+        let text = bans.to_file(100);
+        assert!(!text.contains("5.6.7.8"), "expired bans are dropped");
+        let (back, bad) = Bans::from_file(&text, 100);
+        assert_eq!(bad, 0);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            back.find("10.9.9.9".parse().unwrap(), 100).unwrap().reason,
+            "spam"
+        );
+        let edited = "junk\n300.1.1.1\tpermanent\ta\tb\n9.9.9.9\tsoon\ta\tb\n9.9.9.9\tpermanent\tx\x1b[31m\tbad\x07reason\n";
+        let (back, bad) = Bans::from_file(edited, 0);
+        assert_eq!(bad, 3);
+        let b = back.find("9.9.9.9".parse().unwrap(), 0).unwrap();
+        assert_eq!((b.by.as_str(), b.reason.as_str()), ("x [31m", "bad reason"));
+    }
+
+    #[test]
+    fn wrong_passwords_are_limited_per_address_per_window() {
+        let mut t = Attempts::new(3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(t.locked(a, 0), None);
+            t.fail(a, 0);
+        }
+        assert_eq!(t.locked(a, 1000), Some(PASS_WINDOW_MS - 1000));
+        assert_eq!(t.locked(b, 1000), None, "another address is not held back");
+        assert_eq!(t.locked(a, PASS_WINDOW_MS), None, "the window ends");
+        t.fail(a, PASS_WINDOW_MS);
+        assert_eq!(t.locked(a, PASS_WINDOW_MS), None, "a new window");
+        // One IPv6 host's /64 counts as one address.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for i in 0..3 {
+            t.fail(v6(&format!("2001:db8::{i}")), 0);
+        }
+        assert!(t.locked(v6("2001:db8::ffff"), 0).is_some());
+    }
+
+    #[test]
+    fn the_table_of_failing_addresses_is_bounded() {
+        let mut t = Attempts::new(1);
+        for i in 0..(MAX_FAILING_ADDRS as u32 + 10) {
+            t.fail(IpAddr::V4(i.into()), u64::from(i));
+        }
+        assert_eq!(t.len(), MAX_FAILING_ADDRS);
+        // The newest are kept, the oldest went first.
+        let newest = IpAddr::V4((MAX_FAILING_ADDRS as u32 + 9).into());
+        assert!(t.locked(newest, 0).is_some());
+        assert!(t.locked(IpAddr::V4(0.into()), 0).is_none());
+    }
+}
