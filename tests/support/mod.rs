@@ -53,6 +53,17 @@ impl Server {
         if !args.iter().any(|a| limits.contains(a)) {
             cmd.args(["--limit-exempt", "127.0.0.0/8"]);
         }
+        // chatd reads its bans from the working directory by default: a
+        // chatd-bans.txt left there by a server run by hand (banning
+        // 127.0.0.1, say) must not reach the tests. One file per server.
+        if !args.contains(&"--bans-file") {
+            static BANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = BANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("bans-{}-{n}.txt", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            cmd.arg("--bans-file").arg(path);
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
