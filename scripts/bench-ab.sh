@@ -4,6 +4,8 @@
 # the same flood, for bench-peers.sh's fan-out and open-loop cases and the
 # WebSocket fan-out. For a redesign that must not move the numbers.
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 usage() {
     cat <<'USAGE'
@@ -83,7 +85,7 @@ for case in $cases; do
             # shellcheck disable=SC2206 # NEW_ARGS holds flags
             [[ $build == new ]] && args=(${NEW_ARGS:-})
             "$bin" --host 127.0.0.1 --port 0 --http-port 0 -q --max-clients 20000 \
-                "${args[@]}" </dev/null >"$work/srv.out" 2>"$work/srv.err" &
+                $(limit_exempt "$bin") "${args[@]}" </dev/null >"$work/srv.out" 2>"$work/srv.err" &
             spid=$!
             if [[ $case == ws100 ]]; then
                 port=$(port_of "http on") extra=(--ws)

@@ -47,7 +47,7 @@ pids+=("$redis_pid")
 
 start_chatd() { # extra args...; prints "pid port"
     local f=$work/chatd.$RANDOM
-    "$tgt/chatd" --host 127.0.0.1 --port 0 --no-http "$@" </dev/null >"$f" 2>"$f.err" &
+    "$tgt/chatd" --host 127.0.0.1 --port 0 --no-http $(limit_exempt "$tgt/chatd") "$@" </dev/null >"$f" 2>"$f.err" &
     local pid=$!
     for _ in $(seq 200); do
         grep -q '^ready' "$f" 2>/dev/null && break

@@ -2,6 +2,15 @@
 # bench-web.sh); sourced, not run. Results live in "$work" as
 # "$work/SERVER.CASE.RUN.json" (one flood --json object per run).
 
+# A load test comes from one address, loopback, which chatd's per-address
+# limits (--max-per-ip, --max-connects) treat like any other: exempt it.
+# Only for a binary that has the flag (bench-ab.sh may run an older one).
+limit_exempt() { # chatd binary; prints the flags, one a line
+    if "$1" --help 2>/dev/null | grep -q -- '--limit-exempt'; then
+        printf '%s\n' --limit-exempt 127.0.0.0/8
+    fi
+}
+
 # Median over the runs of a jq expression (empty if no run produced it).
 med() {
     local server=$1 case=$2 expr=$3 f

@@ -122,7 +122,7 @@ start_server() {
     case $server in
         chatd)
             "$tgt/chatd" --host 127.0.0.1 --port 0 -q --max-clients 20000 \
-                </dev/null >"$work/srv.out" 2>"$work/srv.err" &
+                $(limit_exempt "$tgt/chatd") </dev/null >"$work/srv.out" 2>"$work/srv.err" &
             spid=$!
             port=$(port_from_file "$work/srv.out" "listening on" "$spid")
             ;;

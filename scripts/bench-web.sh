@@ -113,7 +113,7 @@ start_one() {
             # Cluster instances log (not -q): the link coming up is in stderr.
             [[ -n ${REDIS_URL:-} ]] && extra=(--redis "$REDIS_URL" --node-id "$node_id")
             "$tgt/chatd" --host 127.0.0.1 --port 0 --http-port 0 --max-clients 20000 \
-                "${extra[@]}" </dev/null >"$f.out" 2>"$f.err" &
+                $(limit_exempt "$tgt/chatd") "${extra[@]}" </dev/null >"$f.out" 2>"$f.err" &
             pid=$!
             port=$(port_from_file "$f.out" "http on" "$pid") || true
             if [[ -n ${REDIS_URL:-} ]]; then
