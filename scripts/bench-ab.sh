@@ -41,13 +41,7 @@ runs=${RUNS:-5}
 cases=${CASES:-fanout100 fanout1000 open2000 ws100}
 command -v jq >/dev/null || { echo "bench-ab.sh: needs jq" >&2; exit 2; }
 
-work=$(mktemp -d)
-spid=
-cleanup() {
-    [[ -n $spid ]] && kill "$spid" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 
 case_args() {
     case $1 in
@@ -58,54 +52,19 @@ case_args() {
     esac
 }
 
-# The port chatd printed after PREFIX, once it has.
-port_of() {
-    local prefix=$1 i line
-    for i in $(seq 100); do
-        line=$(grep -m1 "^$prefix" "$work/srv.out" 2>/dev/null || true)
-        if [[ -n $line ]]; then
-            echo "${line##*:}"
-            return
-        fi
-        kill -0 "$spid" 2>/dev/null || break
-        sleep 0.05
-    done
-    return 1
-}
-
 for case in $cases; do
     for run in $(seq "$runs"); do
         for build in old new; do
             bin=$old
             [[ $build == new ]] && bin=$new
-            # Emptied here, not by the redirection below, which happens in the
-            # background: port_of could read the last run's port meanwhile.
-            : >"$work/srv.out"
             args=()
             # shellcheck disable=SC2206 # NEW_ARGS holds flags
             [[ $build == new ]] && args=(${NEW_ARGS:-})
-            "$bin" --host 127.0.0.1 --port 0 --http-port 0 -q --max-clients 20000 \
-                $(limit_exempt "$bin") "${args[@]}" </dev/null >"$work/srv.out" 2>"$work/srv.err" &
-            spid=$!
-            if [[ $case == ws100 ]]; then
-                port=$(port_of "http on") extra=(--ws)
-            else
-                port=$(port_of "listening on") extra=()
-            fi
-            f="$work/$case.$build.$run.json"
-            # shellcheck disable=SC2046 # the case's flags are meant to split
-            timeout 300 "$flood" --port "$port" --pid "$spid" --json --timeout 5 \
-                $(case_args "$case") "${extra[@]}" >"$f" 2>"$work/flood.err" || true
-            kill "$spid" 2>/dev/null || true
-            wait "$spid" 2>/dev/null || true
-            spid=
-            if [[ -s $f ]]; then
-                jq -r --arg s "$case $build run $run" \
-                    '"\($s): ok=\(.ok) \(.deliveries_per_s|floor) deliveries/s p99 \(.latency_us.p99) us cpu/delivery \(.server.cpu_us_per_delivery) us"' "$f" >&2
-            else
-                rm -f "$f"
-                echo "$case $build run $run: failed: $(tail -1 "$work/flood.err")" >&2
-            fi
+            prefix="listening on" extra="--timeout 5 $(case_args "$case")"
+            [[ $case == ws100 ]] && prefix="http on" extra="$extra --ws"
+            measure "$work/$case.$build.$run.json" "$case $build run $run" "$prefix" "$extra" \
+                "$bin" --host 127.0.0.1 --port 0 --http-port 0 -q --max-clients 20000 \
+                $(limit_exempt "$bin") "${args[@]}"
         done
     done
 done

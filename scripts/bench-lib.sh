@@ -160,11 +160,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # utime+stime of a pid, in clock ticks (getconf CLK_TCK per second).
 ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# Waits (5 s at most) for "PREFIX HOST:PORT" in FILE while PID lives;
+# Waits (10 s at most) for "PREFIX HOST:PORT" in FILE while PID lives;
 # prints PORT.
 port_from_file() {
     local file=$1 prefix=$2 pid=$3 i line
-    for i in $(seq 100); do
+    for i in $(seq 200); do
         line=$(grep -m1 "^$prefix" "$file" 2>/dev/null || true)
         if [[ -n $line ]]; then
             echo "${line##*:}"
@@ -190,4 +190,40 @@ start_redis() {
     done
     echo "redis-server did not start: $(tail -1 "$work/redis.log")" >&2
     return 1
+}
+
+# A scratch directory in $work, and the server of the moment ($spid)
+# stopped however the script ends.
+bench_workdir() {
+    work=$(mktemp -d)
+    spid=
+    trap '[[ -n $spid ]] && kill "$spid" 2>/dev/null; rm -rf "$work"' EXIT
+}
+
+# One flood run against a server of its own:
+#   measure OUT LABEL PORT_PREFIX FLOOD_ARGS SERVER_COMMAND...
+# starts the server (stdout in $work/srv.out), waits for its
+# "PORT_PREFIX HOST:PORT" line, runs $flood --json --pid with FLOOD_ARGS
+# (one string, split on spaces) against that port, stops the server, and
+# keeps OUT only if flood wrote its JSON there; one line on stderr either way.
+measure() {
+    local out=$1 label=$2 prefix=$3 args=$4 port
+    shift 4
+    # Emptied here, not by the redirection below, which happens in the
+    # background: port_from_file could read the last run's port meanwhile.
+    : >"$work/srv.out"
+    "$@" </dev/null >"$work/srv.out" 2>"$work/srv.err" &
+    spid=$!
+    port=$(port_from_file "$work/srv.out" "$prefix" "$spid") || port=0
+    # shellcheck disable=SC2086 # the case's flags are meant to split
+    timeout 300 "$flood" --port "$port" --pid "$spid" --json $args >"$out" 2>"$work/flood.err" || true
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    spid=
+    if [[ -s $out ]]; then
+        jq -r --arg s "$label" '"\($s): ok=\(.ok) \(.deliveries_per_s // 0|floor) deliveries/s p99 \(.latency_us.p99 // "-") us cpu/delivery \(.server.cpu_us_per_delivery // "-") us rss/conn \(.server.rss_per_conn_bytes // "-") B"' "$out" >&2
+    else
+        rm -f "$out"
+        echo "$label: failed: $(tail -1 "$work/flood.err")" >&2
+    fi
 }

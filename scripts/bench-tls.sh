@@ -3,6 +3,8 @@
 # plain (the line port) and TLS (--tls-port, flood --tls), alternated in the
 # same run, plus idle TLS connections. See BENCHMARKS.md ("TLS").
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 usage() {
     cat <<'USAGE'
@@ -26,13 +28,7 @@ runs=${RUNS:-5}
 cases=${CASES:-fanout100 open2000 idle10000}
 command -v jq >/dev/null || { echo "bench-tls.sh: needs jq" >&2; exit 2; }
 
-work=$(mktemp -d)
-spid=
-cleanup() {
-    [[ -n $spid ]] && kill "$spid" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 
 case_args() {
     case $1 in
@@ -43,48 +39,15 @@ case_args() {
     esac
 }
 
-port_of() {
-    local prefix=$1 i line
-    for i in $(seq 200); do
-        line=$(grep -m1 "^$prefix" "$work/srv.out" 2>/dev/null || true)
-        if [[ -n $line ]]; then
-            echo "${line##*:}"
-            return
-        fi
-        kill -0 "$spid" 2>/dev/null || break
-        sleep 0.05
-    done
-    return 1
-}
-
 for case in $cases; do
     for run in $(seq "$runs"); do
         for mode in plain tls; do
-            : >"$work/srv.out"
+            prefix="listening on" extra="--timeout 10 $(case_args "$case")"
+            [[ $mode == tls ]] && prefix="tls on" extra="$extra --tls"
             # shellcheck disable=SC2086 # EXTRA holds flags
-            "$chatd" --host 127.0.0.1 --port 0 --http-port 0 --tls-port 0 --https-port 0 \
-                --tls-self-signed -q --max-clients 20000 --max-per-ip 0 --max-connects 0 \
-                ${EXTRA:-} </dev/null >"$work/srv.out" 2>"$work/srv.err" &
-            spid=$!
-            if [[ $mode == tls ]]; then
-                port=$(port_of "tls on") extra=(--tls)
-            else
-                port=$(port_of "listening on") extra=()
-            fi
-            f="$work/$case.$mode.$run.json"
-            # shellcheck disable=SC2046 # the case's flags are meant to split
-            timeout 300 "$flood" --port "$port" --pid "$spid" --json --timeout 10 \
-                $(case_args "$case") "${extra[@]}" >"$f" 2>"$work/flood.err" || true
-            kill "$spid" 2>/dev/null || true
-            wait "$spid" 2>/dev/null || true
-            spid=
-            if [[ -s $f ]]; then
-                jq -r --arg s "$case $mode run $run" \
-                    '"\($s): ok=\(.ok) \(.deliveries_per_s // 0|floor) deliveries/s p99 \(.latency_us.p99 // "-") us cpu/delivery \(.server.cpu_us_per_delivery // "-") us rss/conn \(.server.rss_per_conn_bytes // "-") B"' "$f" >&2
-            else
-                rm -f "$f"
-                echo "$case $mode run $run: failed: $(tail -1 "$work/flood.err")" >&2
-            fi
+            measure "$work/$case.$mode.$run.json" "$case $mode run $run" "$prefix" "$extra" \
+                "$chatd" --host 127.0.0.1 --port 0 --http-port 0 --tls-port 0 --https-port 0 \
+                --tls-self-signed -q --max-clients 20000 --max-per-ip 0 --max-connects 0 ${EXTRA:-}
         done
     done
 done
