@@ -63,7 +63,7 @@ struct Queues(Vec<Vec<Rc<Msg>>>);
 
 impl Outbox for Queues {
     fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-        self.0[to].push(msg.clone());
+        self.0[to.0].push(msg.clone());
     }
     fn close(&mut self, _: ClientId, _: String) {}
 }
@@ -74,14 +74,14 @@ fn fanout(c: &mut Criterion) {
         let mut hub = Hub::new(0);
         let mut q = Queues(vec![Vec::new(); n]);
         for id in 0..n {
-            hub.connect(id, LOCALHOST, &mut q);
+            hub.connect(ClientId(id), LOCALHOST, &mut q);
         }
         q.0.iter_mut().for_each(Vec::clear);
         let text = "a typical chat line of about sixty-four bytes, give or take";
         g.throughput(Throughput::Elements((n - 1) as u64));
         g.bench_function(BenchmarkId::new("deliveries", n), |b| {
             b.iter(|| {
-                hub.line(0, black_box(text), &mut q);
+                hub.line(ClientId(0), black_box(text), &mut q);
                 for queue in &mut q.0 {
                     queue.clear();
                 }
@@ -106,14 +106,14 @@ fn fanout_history(c: &mut Criterion) {
             hub.tick(1_800_000_000_000);
             let mut q = Queues(vec![Vec::new(); n]);
             for id in 0..n {
-                hub.connect(id, LOCALHOST, &mut q);
+                hub.connect(ClientId(id), LOCALHOST, &mut q);
             }
             q.0.iter_mut().for_each(Vec::clear);
             let text = "a typical chat line of about sixty-four bytes, give or take";
             g.throughput(Throughput::Elements((n - 1) as u64));
             g.bench_function(BenchmarkId::new(format!("history {keep}"), n), |b| {
                 b.iter(|| {
-                    hub.line(0, black_box(text), &mut q);
+                    hub.line(ClientId(0), black_box(text), &mut q);
                     for queue in &mut q.0 {
                         queue.clear();
                     }

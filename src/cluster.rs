@@ -419,7 +419,7 @@ const RELEASE_LUA: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
 /// A claim on a name, as stored in its key: `MS NODE ID`, the time of the
 /// claim in ms since the Unix epoch, the node and the user's id there.
 pub fn claim_value(since: u64, node: &str, id: ClientId) -> String {
-    format!("{since} {node} {id}")
+    format!("{since} {node} {}", id.0)
 }
 
 /// Which of two claims on one name keeps it: the earlier, ties broken by
@@ -987,7 +987,7 @@ impl Link {
         let (keep, ttl, from_s) = (
             keep.to_string(),
             ttl_ms.max(1).to_string(),
-            from.to_string(),
+            from.0.to_string(),
         );
         let node = self.node.clone();
         let (verb, script) = self.script(0);
@@ -1691,6 +1691,7 @@ impl Link {
             let to = std::str::from_utf8(to)
                 .ok()
                 .and_then(|t| t.parse().ok())
+                .map(ClientId)
                 .ok_or("bad recipient")?;
             let name = std::str::from_utf8(name).map_err(|_| "bad name")?;
             if !name_ok(name) {
@@ -1709,7 +1710,7 @@ impl Link {
         let head = std::str::from_utf8(&rest[..nl]).map_err(|_| "bad id")?;
         let (id, sender) = head.split_once(':').ok_or("no sender")?;
         let first: Id = id.parse().map_err(|_| "bad id")?;
-        let sender: ClientId = sender.parse().map_err(|_| "bad sender")?;
+        let sender = ClientId(sender.parse().map_err(|_| "bad sender")?);
         let mut lines = Vec::new();
         for line in rest[nl + 1..].split(|&c| c == b'\n') {
             if line.len() > self.max_text {
@@ -2119,7 +2120,7 @@ mod tests {
         assert_eq!(
             dm("chatd:3:n:me~1", "4 bob *alice* psst"),
             Ok(Some(Inbound::Private(
-                4,
+                ClientId(4),
                 "bob".into(),
                 "*alice* psst".into()
             )))
@@ -2138,7 +2139,7 @@ mod tests {
             Ok(Some(Inbound::Said {
                 room: "lobby".into(),
                 first,
-                from: Some(9),
+                from: Some(ClientId(9)),
                 text: "<a> hi\r\n<a> [2Jthere".into(),
             })),
             "our own, with our sender"
@@ -2160,7 +2161,7 @@ mod tests {
             link.deliver(
                 "lobby".into(),
                 first,
-                Some(9),
+                Some(ClientId(9)),
                 "<a> hi\r\n<a> yo".into(),
                 &mut inbound,
             );
@@ -2209,7 +2210,7 @@ mod tests {
         assert_eq!(
             dm(b"chatd:3:n:me~1", b"4 bob *m* a\r\n*** bob is now banned"),
             Ok(Some(Inbound::Private(
-                4,
+                ClientId(4),
                 "bob".into(),
                 "*m* a*** bob is now banned".into()
             )))
@@ -2254,13 +2255,15 @@ mod tests {
 
     #[test]
     fn the_earlier_claim_wins_and_both_sides_agree() {
-        let a = claim_value(1000, "n1~a", 3);
-        let b = claim_value(1001, "n2~b", 1);
+        let a = claim_value(1000, "n1~a", ClientId(3));
+        // Other instances parse it (mixed versions too): the plain number.
+        assert_eq!(a, "1000 n1~a 3");
+        let b = claim_value(1001, "n2~b", ClientId(1));
         assert!(claim_wins(&a, &b) && !claim_wins(&b, &a), "earlier wins");
         // Same millisecond: the node id decides, then the user id.
-        let c = claim_value(1000, "n0~z", 9);
+        let c = claim_value(1000, "n0~z", ClientId(9));
         assert!(claim_wins(&c, &a) && !claim_wins(&a, &c));
-        let d = claim_value(1000, "n1~a", 4);
+        let d = claim_value(1000, "n1~a", ClientId(4));
         assert!(claim_wins(&a, &d) && !claim_wins(&d, &a));
         // Exactly one of any two different claims wins.
         for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &d)] {
@@ -2341,9 +2344,12 @@ mod tests {
         let queued =
             link.cmd.as_ref().map_or(0, |c| c.wbuf.len()) + link.pending.len() * PENDING_OVERHEAD;
         assert!(queued <= 4096 + 64, "{queued}");
-        assert!(!link.claim(1, "alice"), "a claim past the bound is refused");
+        assert!(
+            !link.claim(ClientId(1), "alice"),
+            "a claim past the bound is refused"
+        );
         // Bookkeeping is not dropped: a release still goes out.
-        link.release("alice", 1, 5);
+        link.release("alice", ClientId(1), 5);
         assert_eq!(link.pending.len() as u64, published + 1);
         // The subscriber's queue: past 4096 bytes the link is dropped and
         // re-established, keeping every room for the new subscription.

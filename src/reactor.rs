@@ -129,6 +129,8 @@ struct Out<'a> {
 
 impl Outbox for Out<'_> {
     fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+        // Back from the hub's ClientId to the slab key it was made from.
+        let to = to.0;
         let Some(c) = self.conns.get_mut(to) else {
             return;
         };
@@ -151,6 +153,7 @@ impl Outbox for Out<'_> {
     }
 
     fn close(&mut self, id: ClientId, reason: String) {
+        let id = id.0;
         if let Some(c) = self.conns.get_mut(id) {
             mark_closing(c, id, self.closing, Some(reason), true);
         }
@@ -226,7 +229,7 @@ impl Outbox for Out<'_> {
     }
 
     fn conn_stats(&self, id: ClientId) -> Option<ConnStats> {
-        let c = self.conns.get(id)?;
+        let c = self.conns.get(id.0)?;
         Some(ConnStats {
             queued: c.queued(),
             dropped: c.dropped_total(),
@@ -953,10 +956,10 @@ impl Server {
         let (peer, via) = (c.peer, c.proto.joined_via());
         self.track_idle(k);
         let (hub, mut out) = self.out();
-        hub.connect(k, peer.ip(), &mut out);
+        hub.connect(ClientId(k), peer.ip(), &mut out);
         info!(
             "{peer} connected{via} as {}",
-            self.hub.name(k).unwrap_or("?")
+            self.hub.name(ClientId(k)).unwrap_or("?")
         );
     }
 
@@ -1149,12 +1152,16 @@ impl Server {
         {
             for text in batch.iter() {
                 let text = crate::access::redact(text);
-                debug!("{} {}: {text}", c.peer, self.hub.name(k).unwrap_or("?"));
+                debug!(
+                    "{} {}: {text}",
+                    c.peer,
+                    self.hub.name(ClientId(k)).unwrap_or("?")
+                );
             }
         }
         self.metrics.lines_in += batch.len() as u64;
         let (hub, mut out) = self.out();
-        hub.lines(k, batch, &mut out);
+        hub.lines(ClientId(k), batch, &mut out);
         batch.clear();
     }
 
@@ -1164,7 +1171,7 @@ impl Server {
             warn!("{} sent a line over --max-line ({max} bytes)", c.peer);
         }
         let msg = Msg::new(&format!("*** error: line too long (max {max} bytes)"));
-        self.out().1.send(k, &msg);
+        self.out().1.send(ClientId(k), &msg);
     }
 
     fn mark_pending(&mut self, k: usize) {
@@ -1218,13 +1225,13 @@ impl Server {
         let reason = c.reason.take();
         let (peer, graceful, joined) = (c.peer, c.graceful, c.joined);
         if joined {
-            let name = self.hub.name(k).unwrap_or("?").to_string();
+            let name = self.hub.name(ClientId(k)).unwrap_or("?").to_string();
             match &reason {
                 Some(r) => info!("{peer} {name} left ({r})"),
                 None => info!("{peer} {name} left"),
             }
             let (hub, mut out) = self.out();
-            hub.disconnect(k, reason.as_deref(), &mut out);
+            hub.disconnect(ClientId(k), reason.as_deref(), &mut out);
         }
         let Some(c) = self.conns.get_mut(k) else {
             return;

@@ -77,7 +77,7 @@ impl Hub {
         let r = &self.rooms[c.room];
         out.presence(Presence::Here {
             node: cl.node.clone(),
-            id: *id as u64,
+            id: id.0 as u64,
             name: c.name.to_string(),
             room: r.key.to_string(),
             shown: r.name[1..].to_string(),
@@ -313,7 +313,7 @@ impl Hub {
         self.local
             .iter()
             .enumerate()
-            .filter_map(|(id, i)| i.map(|i| (id, &self.clients[i])))
+            .filter_map(|(id, i)| i.map(|i| (ClientId(id), &self.clients[i])))
             .filter(|(_, c)| !c.key.starts_with("guest-"))
             .map(|(id, c)| (id, &*c.key, c.since))
             .collect()
@@ -403,7 +403,7 @@ impl Hub {
         self.local
             .iter()
             .enumerate()
-            .filter_map(|(id, i)| i.map(|_| id))
+            .filter_map(|(id, i)| i.map(|_| ClientId(id)))
             .collect()
     }
 }

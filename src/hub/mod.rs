@@ -57,8 +57,13 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// A connection as the transports know it (the reactor's slab key).
-pub type ClientId = usize;
+/// A connection as the transports know it: the reactor's slab key, which
+/// the hub, the Outbox and the cluster link carry back to it. A type of its
+/// own so that it is never confused with a [`Member`] (the hub's slot for a
+/// user, local or remote): both are `usize` underneath and a swapped pair
+/// would still compile as plain integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub usize);
 
 /// A user as the hub knows it, local or remote: its slot in `Hub::clients`,
 /// which rooms and names refer to. A type of its own so that it is never
@@ -374,7 +379,7 @@ impl Hub {
     }
 
     fn idx(&self, id: ClientId) -> Option<Member> {
-        self.local.get(id).copied().flatten()
+        self.local.get(id.0).copied().flatten()
     }
 
     /// A new connection from `addr`. A banned address is told why and
@@ -415,10 +420,10 @@ impl Hub {
             muted: 0,
         }));
         self.name_add(&key, i);
-        if self.local.len() <= id {
-            self.local.resize(id + 1, None);
+        if self.local.len() <= id.0 {
+            self.local.resize(id.0 + 1, None);
         }
-        self.local[id] = Some(i);
+        self.local[id.0] = Some(i);
         self.online += 1;
         let room = self.enter(i, LOBBY, LOBBY, out);
         let others = self.clients.len() - 1;
@@ -454,14 +459,14 @@ impl Hub {
     /// still in its room.
     fn unlink(&mut self, id: ClientId, out: &mut impl Outbox) -> Option<Member> {
         let i = self.idx(id)?;
-        self.local[id] = None;
+        self.local[id.0] = None;
         self.online -= 1;
         if let Some(c) = self.cluster.as_mut() {
             c.pending.remove(&id);
             let node = c.node.clone();
             out.presence(Presence::Gone {
                 node,
-                id: id as u64,
+                id: id.0 as u64,
             });
             let c = &self.clients[i];
             if !c.key.starts_with("guest-") {

@@ -431,7 +431,7 @@ impl Hub {
             .local
             .iter()
             .enumerate()
-            .filter_map(|(cid, m)| Some((cid, (*m)?)))
+            .filter_map(|(cid, m)| Some((ClientId(cid), (*m)?)))
             .filter(|&(_, m)| {
                 let c = &self.clients[m];
                 !c.oper && c.addr.is_some_and(|a| net.contains(&a))

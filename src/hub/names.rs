@@ -216,7 +216,7 @@ impl Hub {
         if let Some(c) = &self.cluster {
             out.presence(Presence::Renamed {
                 node: c.node.clone(),
-                id: id as u64,
+                id: id.0 as u64,
                 name: wanted.to_string(),
             });
         }

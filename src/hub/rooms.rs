@@ -86,7 +86,7 @@ impl Hub {
             let r = &self.rooms[room];
             out.presence(Presence::Moved {
                 node: c.node.clone(),
-                id: id as u64,
+                id: id.0 as u64,
                 room: r.key.to_string(),
                 shown: r.name[1..].to_string(),
             });

@@ -4,24 +4,24 @@ const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 #[derive(Default)]
 struct Rec {
-    got: Vec<(ClientId, String)>,
-    closed: Vec<(ClientId, String)>,
+    got: Vec<(usize, String)>,
+    closed: Vec<(usize, String)>,
 }
 
 impl Outbox for Rec {
     fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-        self.got.push((to, msg.text().to_string()));
+        self.got.push((to.0, msg.text().to_string()));
     }
     fn close(&mut self, id: ClientId, reason: String) {
-        self.closed.push((id, reason));
+        self.closed.push((id.0, reason));
     }
 }
 
 impl Rec {
-    fn take(&mut self) -> Vec<(ClientId, String)> {
+    fn take(&mut self) -> Vec<(usize, String)> {
         std::mem::take(&mut self.got)
     }
-    fn to(&mut self, id: ClientId) -> Vec<String> {
+    fn to(&mut self, id: usize) -> Vec<String> {
         self.take()
             .into_iter()
             .filter(|(to, _)| *to == id)
@@ -34,13 +34,18 @@ fn hub_with(n: usize) -> (Hub, Rec) {
     let mut hub = Hub::new(200);
     let mut rec = Rec::default();
     for id in 0..n {
-        hub.connect(id, LOCALHOST, &mut rec);
+        hub.connect(c(id), LOCALHOST, &mut rec);
     }
     rec.take();
     (hub, rec)
 }
 
-fn pairs(v: &[(ClientId, &str)]) -> Vec<(ClientId, String)> {
+/// The hub's name for local connection `n`: tests number them by hand.
+fn c(n: usize) -> ClientId {
+    ClientId(n)
+}
+
+fn pairs(v: &[(usize, &str)]) -> Vec<(usize, String)> {
     v.iter().map(|(i, s)| (*i, s.to_string())).collect()
 }
 
@@ -48,7 +53,7 @@ fn pairs(v: &[(ClientId, &str)]) -> Vec<(ClientId, String)> {
 fn welcome_names_the_guest_and_the_crowd_and_others_hear_the_join() {
     let mut hub = Hub::new(200);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[(
@@ -56,7 +61,7 @@ fn welcome_names_the_guest_and_the_crowd_and_others_hear_the_join() {
             "*** welcome to chatd, guest-1! you are in #lobby with nobody else online; /help lists the commands; lines up to 8192 bytes"
         )])
     );
-    hub.connect(5, LOCALHOST, &mut rec);
+    hub.connect(c(5), LOCALHOST, &mut rec);
     let got = rec.take();
     assert_eq!(got[0].0, 5);
     assert!(got[0].1.contains("guest-2") && got[0].1.contains("1 other user online"));
@@ -67,7 +72,7 @@ fn welcome_names_the_guest_and_the_crowd_and_others_hear_the_join() {
 #[test]
 fn a_message_reaches_everyone_else_in_the_room_not_the_sender() {
     let (mut hub, mut rec) = hub_with(3);
-    hub.line(1, "hello", &mut rec);
+    hub.line(c(1), "hello", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[(0, "<guest-2> hello"), (2, "<guest-2> hello")])
@@ -77,7 +82,7 @@ fn a_message_reaches_everyone_else_in_the_room_not_the_sender() {
 #[test]
 fn double_slash_is_a_message_starting_with_one_slash() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "//shrug", &mut rec);
+    hub.line(c(0), "//shrug", &mut rec);
     assert_eq!(rec.take(), pairs(&[(1, "<guest-1> /shrug")]));
 }
 
@@ -92,7 +97,7 @@ fn broadcast_shares_one_message() {
     }
     let (mut hub, _) = hub_with(10);
     let mut p = Ptrs(Vec::new());
-    hub.line(0, "x", &mut p);
+    hub.line(c(0), "x", &mut p);
     assert_eq!(p.0.len(), 9);
     assert!(p.0.iter().all(|&q| q == p.0[0]));
 }
@@ -100,7 +105,7 @@ fn broadcast_shares_one_message() {
 #[test]
 fn nick_changes_name_confirms_and_tells_the_room() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/nick alice", &mut rec);
+    hub.line(c(0), "/nick alice", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
@@ -108,15 +113,15 @@ fn nick_changes_name_confirms_and_tells_the_room() {
             (1, "*** guest-1 is now alice")
         ])
     );
-    hub.line(0, "hi", &mut rec);
+    hub.line(c(0), "hi", &mut rec);
     assert_eq!(rec.take(), pairs(&[(1, "<alice> hi")]));
-    assert_eq!(hub.name(0), Some("alice"));
+    assert_eq!(hub.name(c(0)), Some("alice"));
 }
 
 #[test]
 fn nick_errors() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/nick alice", &mut rec);
+    hub.line(c(0), "/nick alice", &mut rec);
     rec.take();
     for (cmd, want) in [
         ("/nick", "*** error: usage: /nick NAME"),
@@ -142,43 +147,43 @@ fn nick_errors() {
             "*** error: invalid name: 'ø' is not allowed; use letters, digits, '-', '_' and '.'",
         ),
     ] {
-        hub.line(1, cmd, &mut rec);
+        hub.line(c(1), cmd, &mut rec);
         assert_eq!(rec.take(), pairs(&[(1, want)]), "{cmd}");
     }
     // 24 characters is fine, and so is every allowed character.
-    hub.line(1, "/nick Ab9-_.defghijklmnopqrstu", &mut rec);
+    hub.line(c(1), "/nick Ab9-_.defghijklmnopqrstu", &mut rec);
     assert_eq!(rec.to(1), vec!["*** you are now Ab9-_.defghijklmnopqrstu"]);
 }
 
 #[test]
 fn a_case_change_of_ones_own_name_is_allowed() {
     let (mut hub, mut rec) = hub_with(1);
-    hub.line(0, "/nick alice", &mut rec);
-    hub.line(0, "/nick Alice", &mut rec);
+    hub.line(c(0), "/nick alice", &mut rec);
+    hub.line(c(0), "/nick Alice", &mut rec);
     assert_eq!(rec.to(0).last().unwrap(), "*** you are now Alice");
-    hub.line(0, "/nick Alice", &mut rec);
+    hub.line(c(0), "/nick Alice", &mut rec);
     assert_eq!(rec.to(0), vec!["*** you are already Alice"]);
 }
 
 #[test]
 fn a_name_is_freed_by_a_nick_change_and_by_leaving() {
     let (mut hub, mut rec) = hub_with(3);
-    hub.line(0, "/nick alice", &mut rec);
-    hub.line(0, "/nick alicia", &mut rec);
+    hub.line(c(0), "/nick alice", &mut rec);
+    hub.line(c(0), "/nick alicia", &mut rec);
     rec.take();
-    hub.line(1, "/nick alice", &mut rec);
+    hub.line(c(1), "/nick alice", &mut rec);
     assert_eq!(rec.to(1)[0], "*** you are now alice");
-    hub.disconnect(1, None, &mut rec);
+    hub.disconnect(c(1), None, &mut rec);
     rec.take();
-    hub.line(2, "/nick alice", &mut rec);
+    hub.line(c(2), "/nick alice", &mut rec);
     assert_eq!(rec.to(2), vec!["*** you are now alice"]);
 }
 
 #[test]
 fn first_of_two_nick_requests_wins() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/nick bob", &mut rec);
-    hub.line(1, "/nick Bob", &mut rec);
+    hub.line(c(0), "/nick bob", &mut rec);
+    hub.line(c(1), "/nick Bob", &mut rec);
     let got = rec.take();
     assert!(got.contains(&(0, "*** you are now bob".into())));
     assert!(got.contains(&(1, "*** error: the name Bob is taken".into())));
@@ -187,10 +192,10 @@ fn first_of_two_nick_requests_wins() {
 #[test]
 fn who_lists_the_room_sorted() {
     let (mut hub, mut rec) = hub_with(3);
-    hub.line(2, "/nick Zed", &mut rec);
-    hub.line(1, "/nick amy", &mut rec);
+    hub.line(c(2), "/nick Zed", &mut rec);
+    hub.line(c(1), "/nick amy", &mut rec);
     rec.take();
-    hub.line(0, "/WHO", &mut rec);
+    hub.line(c(0), "/WHO", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[(0, "*** #lobby (3): amy, guest-1, Zed")])
@@ -200,10 +205,10 @@ fn who_lists_the_room_sorted() {
 #[test]
 fn msg_reaches_only_its_target() {
     let (mut hub, mut rec) = hub_with(3);
-    hub.line(1, "/nick bob", &mut rec);
-    hub.line(0, "/nick alice", &mut rec);
+    hub.line(c(1), "/nick bob", &mut rec);
+    hub.line(c(0), "/nick alice", &mut rec);
     rec.take();
-    hub.line(0, "/msg BOB  psst, over here ", &mut rec);
+    hub.line(c(0), "/msg BOB  psst, over here ", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
@@ -216,29 +221,29 @@ fn msg_reaches_only_its_target() {
 #[test]
 fn msg_errors() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/msg nobody hi", &mut rec);
+    hub.line(c(0), "/msg nobody hi", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: no user named nobody"]);
-    hub.line(0, "/msg guest-2", &mut rec);
+    hub.line(c(0), "/msg guest-2", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: usage: /msg NAME text"]);
-    hub.line(0, "/msg", &mut rec);
+    hub.line(c(0), "/msg", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: usage: /msg NAME text"]);
 }
 
 #[test]
 fn me_is_an_action_for_the_room() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/Me waves", &mut rec);
+    hub.line(c(0), "/Me waves", &mut rec);
     assert_eq!(rec.take(), pairs(&[(1, "* guest-1 waves")]));
-    hub.line(0, "/me", &mut rec);
+    hub.line(c(0), "/me", &mut rec);
     assert_eq!(rec.take(), pairs(&[(0, "*** error: usage: /me text")]));
 }
 
 #[test]
 fn join_moves_between_rooms_and_rooms_are_isolated() {
     let (mut hub, mut rec) = hub_with(3);
-    hub.line(0, "/nick alice", &mut rec);
+    hub.line(c(0), "/nick alice", &mut rec);
     rec.take();
-    hub.line(0, "/join Games", &mut rec);
+    hub.line(c(0), "/join Games", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
@@ -247,7 +252,7 @@ fn join_moves_between_rooms_and_rooms_are_isolated() {
             (0, "*** you joined #Games (1): alice"),
         ])
     );
-    hub.line(1, "/join #games", &mut rec);
+    hub.line(c(1), "/join #games", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
@@ -256,11 +261,11 @@ fn join_moves_between_rooms_and_rooms_are_isolated() {
             (1, "*** you joined #Games (2): alice, guest-2"),
         ])
     );
-    hub.line(0, "in games", &mut rec);
+    hub.line(c(0), "in games", &mut rec);
     assert_eq!(rec.take(), pairs(&[(1, "<alice> in games")]));
-    hub.line(2, "in lobby", &mut rec);
+    hub.line(c(2), "in lobby", &mut rec);
     assert_eq!(rec.take(), vec![], "nobody else is in the lobby");
-    hub.line(1, "/rooms", &mut rec);
+    hub.line(c(1), "/rooms", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[(1, "*** rooms (2): #Games (2), #lobby (1)")])
@@ -271,7 +276,7 @@ fn join_moves_between_rooms_and_rooms_are_isolated() {
 fn who_and_rooms_name_at_most_list_max_entries() {
     let n = LIST_MAX + 5;
     let (mut hub, mut rec) = hub_with(n);
-    hub.line(1, "/who", &mut rec);
+    hub.line(c(1), "/who", &mut rec);
     let who = rec.to(1).pop().unwrap();
     let want = format!("*** #lobby ({n}): ");
     assert!(who.starts_with(&want), "{who}");
@@ -280,10 +285,10 @@ fn who_and_rooms_name_at_most_list_max_entries() {
     // The first in alphabetical order: guest-1, guest-10, guest-100, ...
     assert!(who[want.len()..].starts_with("guest-1, guest-10, guest-100, "));
     for i in 0..n {
-        hub.line(i, &format!("/join r{i:03}"), &mut rec);
+        hub.line(c(i), &format!("/join r{i:03}"), &mut rec);
     }
     rec.take();
-    hub.line(1, "/rooms", &mut rec);
+    hub.line(c(1), "/rooms", &mut rec);
     let rooms = rec.to(1).pop().unwrap();
     assert!(rooms.starts_with(&format!("*** rooms ({n}): #r000 (1), #r001 (1), ")));
     let last = LIST_MAX - 1;
@@ -296,13 +301,13 @@ fn who_and_rooms_name_at_most_list_max_entries() {
 #[test]
 fn join_errors() {
     let (mut hub, mut rec) = hub_with(1);
-    hub.line(0, "/join #LOBBY", &mut rec);
+    hub.line(c(0), "/join #LOBBY", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: you are already in #lobby"]);
-    hub.line(0, "/join", &mut rec);
+    hub.line(c(0), "/join", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: usage: /join ROOM"]);
-    hub.line(0, "/join #", &mut rec);
+    hub.line(c(0), "/join #", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: usage: /join ROOM"]);
-    hub.line(0, "/join a/b", &mut rec);
+    hub.line(c(0), "/join a/b", &mut rec);
     assert_eq!(
         rec.to(0),
         vec![
@@ -314,20 +319,20 @@ fn join_errors() {
 #[test]
 fn an_empty_room_disappears_and_its_name_can_be_reused() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/join a", &mut rec);
+    hub.line(c(0), "/join a", &mut rec);
     assert_eq!(hub.rooms(), 2);
-    hub.disconnect(0, None, &mut rec);
+    hub.disconnect(c(0), None, &mut rec);
     assert_eq!(hub.rooms(), 1);
-    hub.line(1, "/join A", &mut rec);
+    hub.line(c(1), "/join A", &mut rec);
     assert_eq!(rec.to(1).last().unwrap(), "*** you joined #A (1): guest-2");
-    hub.line(1, "/join lobby", &mut rec);
+    hub.line(c(1), "/join lobby", &mut rec);
     assert_eq!(hub.rooms(), 1);
 }
 
 #[test]
 fn leaving_tells_the_room_with_the_reason() {
     let (mut hub, mut rec) = hub_with(3);
-    hub.disconnect(1, Some("too slow"), &mut rec);
+    hub.disconnect(c(1), Some("too slow"), &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
@@ -335,27 +340,27 @@ fn leaving_tells_the_room_with_the_reason() {
             (2, "*** guest-2 left (too slow)")
         ])
     );
-    hub.disconnect(2, None, &mut rec);
+    hub.disconnect(c(2), None, &mut rec);
     assert_eq!(rec.take(), pairs(&[(0, "*** guest-3 left")]));
     assert_eq!(hub.online(), 1);
-    hub.disconnect(2, None, &mut rec);
+    hub.disconnect(c(2), None, &mut rec);
     assert_eq!(hub.online(), 1, "a second disconnect is harmless");
 }
 
 #[test]
 fn quit_says_bye_and_asks_the_transport_to_close() {
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/quit gotta go", &mut rec);
+    hub.line(c(0), "/quit gotta go", &mut rec);
     assert_eq!(rec.take(), pairs(&[(0, "*** bye")]));
     assert_eq!(rec.closed, vec![(0, "quit: gotta go".to_string())]);
-    hub.line(1, "/QUIT", &mut rec);
+    hub.line(c(1), "/QUIT", &mut rec);
     assert_eq!(rec.closed[1], (1, "quit".to_string()));
 }
 
 #[test]
 fn help_and_unknown_commands() {
     let (mut hub, mut rec) = hub_with(1);
-    hub.line(0, "/help", &mut rec);
+    hub.line(c(0), "/help", &mut rec);
     let help = rec.to(0);
     for cmd in [
         "/nick", "/who", "/msg", "/me", "/join", "/rooms", "/stats", "/quit", "/help",
@@ -363,12 +368,12 @@ fn help_and_unknown_commands() {
         assert!(help.iter().any(|l| l.contains(cmd)), "{cmd} in help");
     }
     assert!(help.iter().all(|l| l.starts_with("*** ")));
-    hub.line(0, "/foo bar", &mut rec);
+    hub.line(c(0), "/foo bar", &mut rec);
     assert_eq!(
         rec.to(0),
         vec!["*** error: unknown command /foo (try /help)"]
     );
-    hub.line(0, "/", &mut rec);
+    hub.line(c(0), "/", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: unknown command / (try /help)"]);
 }
 
@@ -377,18 +382,18 @@ fn big_rooms_stop_announcing_joins_leaves_and_nicks() {
     let mut hub = Hub::new(3);
     let mut rec = Rec::default();
     for id in 0..3 {
-        hub.connect(id, LOCALHOST, &mut rec);
+        hub.connect(c(id), LOCALHOST, &mut rec);
     }
     rec.take();
-    hub.connect(3, LOCALHOST, &mut rec);
+    hub.connect(c(3), LOCALHOST, &mut rec);
     assert_eq!(rec.take().len(), 1, "4 > 3 members: only the welcome");
-    hub.line(3, "/nick dan", &mut rec);
+    hub.line(c(3), "/nick dan", &mut rec);
     assert_eq!(rec.take(), pairs(&[(3, "*** you are now dan")]));
-    hub.disconnect(3, None, &mut rec);
+    hub.disconnect(c(3), None, &mut rec);
     assert_eq!(rec.take(), vec![], "leaving a room of 4 is silent too");
-    hub.disconnect(2, None, &mut rec);
+    hub.disconnect(c(2), None, &mut rec);
     assert_eq!(rec.take().len(), 2, "a room of 3 announces");
-    hub.line(0, "/who", &mut rec);
+    hub.line(c(0), "/who", &mut rec);
     assert_eq!(rec.to(0), vec!["*** #lobby (2): guest-1, guest-2"]);
 }
 
@@ -435,7 +440,7 @@ fn stats_asks_the_transport_about_the_caller() {
         }
         fn conn_stats(&self, id: ClientId) -> Option<ConnStats> {
             Some(ConnStats {
-                queued: id * 100,
+                queued: id.0 * 100,
                 dropped: 7,
                 connected: Duration::from_secs(61),
             })
@@ -449,9 +454,9 @@ fn stats_asks_the_transport_about_the_caller() {
     }
     let (mut hub, rec) = hub_with(3);
     let mut out = WithStats(rec);
-    hub.line(2, "/join games", &mut out);
+    hub.line(c(2), "/join games", &mut out);
     out.0.take();
-    hub.line(2, "/STATS", &mut out);
+    hub.line(c(2), "/STATS", &mut out);
     assert_eq!(
         out.0.take(),
         pairs(&[(
@@ -462,31 +467,31 @@ fn stats_asks_the_transport_about_the_caller() {
     );
     // The recorder keeps no figures: only the hub's own are shown.
     let (mut hub, mut rec) = hub_with(2);
-    hub.line(0, "/stats", &mut rec);
+    hub.line(c(0), "/stats", &mut rec);
     assert_eq!(rec.take(), pairs(&[(0, "*** server: 2 users, 1 room")]));
 }
 
 #[test]
 fn relayed_counts_chat_lines_not_commands() {
     let (mut hub, mut rec) = hub_with(3);
-    hub.line(0, "hello", &mut rec);
-    hub.line(0, "//slash", &mut rec);
-    hub.line(0, "/me waves", &mut rec);
-    hub.line(0, "/msg guest-2 psst", &mut rec);
+    hub.line(c(0), "hello", &mut rec);
+    hub.line(c(0), "//slash", &mut rec);
+    hub.line(c(0), "/me waves", &mut rec);
+    hub.line(c(0), "/msg guest-2 psst", &mut rec);
     assert_eq!(hub.relayed(), 4);
-    hub.line(0, "/who", &mut rec);
-    hub.line(0, "/msg nobody hi", &mut rec);
-    hub.line(0, "/me", &mut rec);
-    hub.line(0, "/stats", &mut rec);
+    hub.line(c(0), "/who", &mut rec);
+    hub.line(c(0), "/msg nobody hi", &mut rec);
+    hub.line(c(0), "/me", &mut rec);
+    hub.line(c(0), "/stats", &mut rec);
     assert_eq!(hub.relayed(), 4);
 }
 
 #[test]
 fn guest_numbers_are_never_reused() {
     let (mut hub, mut rec) = hub_with(1);
-    hub.disconnect(0, None, &mut rec);
-    hub.connect(0, LOCALHOST, &mut rec);
-    assert_eq!(hub.name(0), Some("guest-2"));
+    hub.disconnect(c(0), None, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    assert_eq!(hub.name(c(0)), Some("guest-2"));
 }
 
 #[test]
@@ -496,7 +501,7 @@ fn a_burst_of_messages_is_one_shared_batch_and_commands_keep_their_place() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    hub.lines(0, &texts, &mut rec);
+    hub.lines(c(0), &texts, &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
@@ -517,11 +522,11 @@ fn a_burst_of_messages_is_one_shared_batch_and_commands_keep_their_place() {
 fn batches_stay_under_their_bound() {
     let mut hub = Hub::new(200).with_batch_max(100);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.connect(1, LOCALHOST, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
     rec.take();
     let texts: Vec<String> = (0..10).map(|i| format!("{i}{}", "x".repeat(30))).collect();
-    hub.lines(0, &texts, &mut rec);
+    hub.lines(c(0), &texts, &mut rec);
     let got = rec.to(1);
     assert!(
         got.len() > 1 && got.iter().all(|m| m.len() + 2 <= 100),
@@ -553,14 +558,14 @@ fn history_hub(per_room: usize, on_join: usize) -> Hub {
 fn joining_shows_the_last_lines_with_their_time_between_markers() {
     let mut hub = history_hub(100, 2);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.line(0, "/nick alice", &mut rec);
-    hub.line(0, "one", &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.line(c(0), "/nick alice", &mut rec);
+    hub.line(c(0), "one", &mut rec);
     hub.tick(NOON + 61_000);
-    hub.line(0, "/me waves", &mut rec);
-    hub.line(0, "*** not a notice, a message", &mut rec);
+    hub.line(c(0), "/me waves", &mut rec);
+    hub.line(c(0), "*** not a notice, a message", &mut rec);
     rec.take();
-    hub.connect(1, LOCALHOST, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
     let got = rec.to(1);
     assert!(got[0].starts_with("*** welcome"), "{got:?}");
     assert_eq!(
@@ -572,10 +577,10 @@ fn joining_shows_the_last_lines_with_their_time_between_markers() {
     );
     assert_eq!(got.len(), 2);
     // Entering another room replays that room's lines.
-    hub.line(0, "/join games", &mut rec);
-    hub.line(0, "in games", &mut rec);
+    hub.line(c(0), "/join games", &mut rec);
+    hub.line(c(0), "in games", &mut rec);
     rec.take();
-    hub.line(1, "/join games", &mut rec);
+    hub.line(c(1), "/join games", &mut rec);
     let got = rec.to(1);
     assert_eq!(got[0], "*** you joined #games (2): alice, guest-2");
     assert_eq!(
@@ -588,16 +593,16 @@ fn joining_shows_the_last_lines_with_their_time_between_markers() {
 fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
     let mut hub = history_hub(100, 20);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.connect(1, LOCALHOST, &mut rec);
-    hub.line(0, "/msg guest-2 secret", &mut rec);
-    hub.line(1, "/nick bob", &mut rec);
-    hub.line(0, "/who", &mut rec);
-    hub.line(0, "//slash", &mut rec);
-    hub.disconnect(1, None, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
+    hub.line(c(0), "/msg guest-2 secret", &mut rec);
+    hub.line(c(1), "/nick bob", &mut rec);
+    hub.line(c(0), "/who", &mut rec);
+    hub.line(c(0), "//slash", &mut rec);
+    hub.disconnect(c(1), None, &mut rec);
     assert_eq!(hub.history_lines(), 1);
     rec.take();
-    hub.connect(2, LOCALHOST, &mut rec);
+    hub.connect(c(2), LOCALHOST, &mut rec);
     let got = rec.to(2).join("\n");
     assert!(!got.contains("secret") && !got.contains("bob"), "{got}");
     assert!(got.contains("[12:03] <guest-1> /slash"), "{got}");
@@ -607,11 +612,11 @@ fn only_messages_and_actions_are_kept_never_private_lines_or_notices() {
 fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
     let mut hub = history_hub(5, 0);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
     rec.take();
     let texts: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
-    hub.lines(0, &texts, &mut rec);
-    hub.connect(1, LOCALHOST, &mut rec);
+    hub.lines(c(0), &texts, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
     assert_eq!(rec.to(1).len(), 1, "--history-on-join 0: no replay");
     let count = |rec: &mut Rec| {
         let got = rec.to(1);
@@ -621,11 +626,11 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
             .filter(|l| l.starts_with("[12:03] <guest-1> m"))
             .count()
     };
-    hub.line(1, "/history 3", &mut rec);
+    hub.line(c(1), "/history 3", &mut rec);
     assert_eq!(count(&mut rec), 3);
-    hub.line(1, "/history 1000", &mut rec);
+    hub.line(c(1), "/history 1000", &mut rec);
     assert_eq!(count(&mut rec), 5, "--history 5 is all there is");
-    hub.line(1, "/history", &mut rec);
+    hub.line(c(1), "/history", &mut rec);
     assert_eq!(count(&mut rec), 5, "the default is 20");
     for bad in [
         "/history 0",
@@ -634,7 +639,7 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
         "/history since",
         "/history since 5",
     ] {
-        hub.line(1, bad, &mut rec);
+        hub.line(c(1), bad, &mut rec);
         assert_eq!(
             rec.to(1),
             ["*** error: usage: /history [N] or /history since ID"],
@@ -643,10 +648,10 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
     }
     // An answer never passes reply_max: the oldest lines are left out.
     let mut hub = history_hub(5, 0).with_reply_max(3 * 22);
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.lines(0, &texts, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.lines(c(0), &texts, &mut rec);
     rec.take();
-    hub.line(0, "/history 5", &mut rec);
+    hub.line(c(0), "/history 5", &mut rec);
     let got = rec.to(0);
     assert!(
         got[0].starts_with(
@@ -659,37 +664,37 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
         "{got:?}"
     );
     let mut hub = history_hub(0, 20);
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.line(0, "hi", &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.line(c(0), "hi", &mut rec);
     rec.take();
-    hub.line(0, "/history", &mut rec);
+    hub.line(c(0), "/history", &mut rec);
     assert_eq!(rec.to(0), ["*** history of #lobby: off on this server"]);
 }
 
 #[test]
 fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
-    struct Ptrs(Vec<(ClientId, *const Msg, String)>);
+    struct Ptrs(Vec<(usize, *const Msg, String)>);
     impl Outbox for Ptrs {
         fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-            self.0.push((to, Rc::as_ptr(msg), msg.text().to_string()));
+            self.0.push((to.0, Rc::as_ptr(msg), msg.text().to_string()));
         }
         fn close(&mut self, _: ClientId, _: String) {}
     }
     let mut hub = history_hub(100, 20);
     let mut p = Ptrs(Vec::new());
     for id in 0..4 {
-        hub.connect(id, LOCALHOST, &mut p);
+        hub.connect(c(id), LOCALHOST, &mut p);
     }
-    hub.line(0, "/ids on", &mut p);
-    hub.line(2, "/IDS on", &mut p);
+    hub.line(c(0), "/ids on", &mut p);
+    hub.line(c(2), "/IDS on", &mut p);
     let epoch = hub.history.head(0).map(|h| h.epoch).unwrap();
     let mark = format!("*** ids on: #lobby at {epoch}-0");
     assert_eq!(p.0.pop().map(|x| x.2), Some(mark), "where it stands");
     p.0.clear();
     let texts = vec!["a".to_string(), "b".to_string()];
-    hub.lines(0, &texts, &mut p);
+    hub.lines(c(0), &texts, &mut p);
     let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
-    let got: Vec<(ClientId, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
+    let got: Vec<(usize, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
     assert_eq!(
         got,
         [
@@ -705,10 +710,10 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
     p.0.clear();
     // Without ids the sender still gets nothing back, and notices are
     // never tagged.
-    hub.line(1, "/me x", &mut p);
-    hub.line(2, "/ids off", &mut p);
-    hub.line(1, "/nick bob", &mut p);
-    let got: Vec<(ClientId, String)> = p.0.drain(..).map(|(t, _, s)| (t, s)).collect();
+    hub.line(c(1), "/me x", &mut p);
+    hub.line(c(2), "/ids off", &mut p);
+    hub.line(c(1), "/nick bob", &mut p);
+    let got: Vec<(usize, String)> = p.0.drain(..).map(|(t, _, s)| (t, s)).collect();
     assert_eq!(
         got,
         pairs(&[
@@ -728,13 +733,13 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
 fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_stands() {
     let mut hub = history_hub(100, 20);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.line(0, "/join games", &mut rec);
-    hub.line(0, "hi", &mut rec);
-    hub.connect(1, LOCALHOST, &mut rec);
-    hub.line(1, "/ids on", &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.line(c(0), "/join games", &mut rec);
+    hub.line(c(0), "hi", &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
+    hub.line(c(1), "/ids on", &mut rec);
     rec.take();
-    hub.line(1, "/join games", &mut rec);
+    hub.line(c(1), "/join games", &mut rec);
     let epoch = hub
         .history
         .head(hub.rooms[hub.room_keys["games"]].hist)
@@ -749,11 +754,11 @@ fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_st
         rec.to(1),
         ["*** you joined #games (2): guest-1, guest-2", &block, &mark]
     );
-    hub.line(1, "/history", &mut rec);
+    hub.line(c(1), "/history", &mut rec);
     assert_eq!(rec.to(1), [block]);
-    hub.line(1, "/ids", &mut rec);
+    hub.line(c(1), "/ids", &mut rec);
     assert_eq!(rec.to(1), [mark]);
-    hub.line(1, "/ids maybe", &mut rec);
+    hub.line(c(1), "/ids maybe", &mut rec);
     assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
 }
 
@@ -761,14 +766,14 @@ fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_st
 fn since_resumes_after_an_id_and_says_what_was_missed() {
     let mut hub = history_hub(3, 20);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.connect(1, LOCALHOST, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
     let epoch = hub.history.head(0).unwrap().epoch;
     let texts: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
-    hub.lines(0, &texts, &mut rec);
+    hub.lines(c(0), &texts, &mut rec);
     rec.take();
     let ask = |hub: &mut Hub, rec: &mut Rec, since: String| {
-        hub.line(1, &format!("/history since {since}"), rec);
+        hub.line(c(1), &format!("/history since {since}"), rec);
         rec.to(1).join("\r\n")
     };
     let got = ask(&mut hub, &mut rec, format!("{epoch}-3"));
@@ -815,17 +820,17 @@ fn an_empty_room_keeps_its_history_for_the_ttl() {
     let mut hub = Hub::new(200).with_history(limits, 20);
     hub.tick(NOON);
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
-    hub.line(0, "hello?", &mut rec);
-    hub.disconnect(0, None, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.line(c(0), "hello?", &mut rec);
+    hub.disconnect(c(0), None, &mut rec);
     assert_eq!(hub.rooms(), 0);
     hub.tick(NOON + 59_999);
-    hub.connect(1, LOCALHOST, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
     assert!(rec.to(1).join("\n").contains("[12:03] <guest-1> hello?"));
-    hub.disconnect(1, None, &mut rec);
+    hub.disconnect(c(1), None, &mut rec);
     hub.tick(NOON + 200_000);
     assert_eq!(hub.history_lines(), 0);
-    hub.connect(2, LOCALHOST, &mut rec);
+    hub.connect(c(2), LOCALHOST, &mut rec);
     assert_eq!(rec.to(2).len(), 1, "only the welcome");
 }
 
@@ -837,7 +842,7 @@ mod cluster {
 
     #[derive(Default)]
     struct Bus {
-        got: Vec<(ClientId, String)>,
+        got: Vec<(usize, String)>,
         room_lines: Vec<(String, String)>,
         /// Lines to be numbered, as Redis would (SAY_LUA).
         said: Vec<(String, ClientId, String)>,
@@ -852,7 +857,7 @@ mod cluster {
 
     impl Outbox for Bus {
         fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-            self.got.push((to, msg.text().to_string()));
+            self.got.push((to.0, msg.text().to_string()));
         }
         fn close(&mut self, _: ClientId, _: String) {}
         fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
@@ -960,7 +965,12 @@ mod cluster {
                         self.hubs[to].remote_presence(p, &mut self.bus[to]);
                     }
                     for (_, id, name, text) in privates {
-                        self.hubs[to].remote_private(id as usize, &name, &text, &mut self.bus[to]);
+                        self.hubs[to].remote_private(
+                            c(id as usize),
+                            &name,
+                            &text,
+                            &mut self.bus[to],
+                        );
                     }
                     for (id, name) in claims {
                         let ok = !self.names.contains_key(&name);
@@ -968,7 +978,7 @@ mod cluster {
                             self.names.insert(name.clone(), (from, id));
                         }
                         let answer = if ok {
-                            Claim::Granted(1000 + id as u64)
+                            Claim::Granted(1000 + id.0 as u64)
                         } else {
                             Claim::Taken
                         };
@@ -982,12 +992,12 @@ mod cluster {
             panic!("the bus never went quiet");
         }
 
-        fn line(&mut self, h: usize, id: ClientId, text: &str) {
-            self.hubs[h].line(id, text, &mut self.bus[h]);
+        fn line(&mut self, h: usize, id: usize, text: &str) {
+            self.hubs[h].line(c(id), text, &mut self.bus[h]);
             self.pump();
         }
 
-        fn take(&mut self, h: usize) -> Vec<(ClientId, String)> {
+        fn take(&mut self, h: usize) -> Vec<(usize, String)> {
             std::mem::take(&mut self.bus[h].got)
         }
     }
@@ -995,9 +1005,9 @@ mod cluster {
     #[test]
     fn two_instances_are_one_chat() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
         net.pump();
-        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
         net.pump();
         let welcome = net.take(1);
         assert!(
@@ -1055,11 +1065,11 @@ mod cluster {
     #[test]
     fn a_name_reserved_elsewhere_first_is_refused() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
         // Both ask before either hears of the other: the store decides.
-        net.hubs[0].line(0, "/nick twin", &mut net.bus[0]);
-        net.hubs[1].line(0, "/nick Twin", &mut net.bus[1]);
+        net.hubs[0].line(c(0), "/nick twin", &mut net.bus[0]);
+        net.hubs[1].line(c(0), "/nick Twin", &mut net.bus[1]);
         net.pump();
         let a = net.take(0);
         let b = net.take(1);
@@ -1074,8 +1084,8 @@ mod cluster {
     #[test]
     fn a_lost_node_takes_its_users_with_it() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         assert_eq!(net.hubs[0].remote_nodes(), vec![Rc::<str>::from("b")]);
@@ -1091,8 +1101,8 @@ mod cluster {
     #[test]
     fn a_restarted_or_departing_node_takes_its_old_users_with_it() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         // "b" comes back as a new incarnation of the same instance.
@@ -1104,7 +1114,7 @@ mod cluster {
             pairs(&[(0, "*** guest-101 left (server lost)")])
         );
         net.pump();
-        net.hubs[1].connect(4, LOCALHOST, &mut net.bus[1]);
+        net.hubs[1].connect(c(4), LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         net.hubs[1].shutdown(&mut net.bus[1]);
@@ -1121,8 +1131,8 @@ mod cluster {
     #[test]
     fn link_down_and_up_tell_local_users_once_and_rebuild_the_mirror() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         net.hubs[0].link_down(&mut net.bus[0]);
@@ -1165,8 +1175,8 @@ mod cluster {
     #[test]
     fn a_lost_node_heard_again_is_relearned_and_its_rooms_told() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
         net.line(1, 3, "/nick bob");
         net.take(0);
         net.hubs[0].node_silent("b", &mut net.bus[0]);
@@ -1187,14 +1197,14 @@ mod cluster {
     #[test]
     fn a_roster_without_a_user_means_it_left_while_we_could_not_hear() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(3, LOCALHOST, &mut net.bus[1]);
-        net.hubs[1].connect(4, LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
+        net.hubs[1].connect(c(4), LOCALHOST, &mut net.bus[1]);
         net.pump();
         net.take(0);
         net.hubs[0].link_down(&mut net.bus[0]);
         // guest-101 leaves while a cannot hear it.
-        net.hubs[1].disconnect(3, None, &mut net.bus[1]);
+        net.hubs[1].disconnect(c(3), None, &mut net.bus[1]);
         net.bus[1] = Bus {
             subscribed: std::mem::take(&mut net.bus[1].subscribed),
             ..Bus::default()
@@ -1223,13 +1233,13 @@ mod cluster {
     #[test]
     fn the_later_claim_gives_its_name_up_and_its_room_sees_the_rename() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
         net.line(1, 0, "/nick alice");
         net.take(0);
         net.take(1);
-        assert_eq!(net.hubs[1].claimed_names(), vec![(0, "alice", 1000)]);
-        net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+        assert_eq!(net.hubs[1].claimed_names(), vec![(c(0), "alice", 1000)]);
+        net.hubs[1].name_lost(c(0), "alice", &mut net.bus[1]);
         net.pump();
         assert_eq!(
             net.take(1),
@@ -1245,15 +1255,15 @@ mod cluster {
             "the key is the winner's: not released"
         );
         // A stale verdict (the user changed name since) changes nothing.
-        net.hubs[1].name_lost(0, "alice", &mut net.bus[1]);
+        net.hubs[1].name_lost(c(0), "alice", &mut net.bus[1]);
         assert!(net.take(1).is_empty());
     }
 
     #[test]
     fn a_name_held_twice_in_the_mirror_stays_taken_until_both_let_go() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[0].connect(1, LOCALHOST, &mut net.bus[0]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[0].connect(c(1), LOCALHOST, &mut net.bus[0]);
         net.line(0, 0, "/nick alice");
         // Another instance's alice (a split): both are in the mirror.
         let c: Rc<str> = "c".into();
@@ -1288,7 +1298,7 @@ mod cluster {
     #[test]
     fn a_claim_that_cannot_be_queued_is_refused_with_a_reason() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
         net.take(0);
         net.bus[0].busy = true;
         for _ in 0..2 {
@@ -1309,7 +1319,7 @@ mod cluster {
         let mut hub = Hub::new(200).with_cluster("a").with_max_remote(2);
         let mut bus = Bus::default();
         hub.link_up(&mut bus);
-        hub.connect(0, LOCALHOST, &mut bus);
+        hub.connect(c(0), LOCALHOST, &mut bus);
         for id in 0..5 {
             let here = Presence::Here {
                 node: "z".into(),
@@ -1322,16 +1332,16 @@ mod cluster {
             hub.remote_presence(here, &mut bus);
         }
         bus.got.clear();
-        hub.line(0, "/who", &mut bus);
+        hub.line(c(0), "/who", &mut bus);
         assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
     }
 
     #[test]
     fn lines_are_numbered_by_the_store_and_with_the_link_down_history_is_local_and_says_so() {
         let mut net = Net::new();
-        net.hubs[0].connect(0, LOCALHOST, &mut net.bus[0]);
-        net.hubs[1].connect(0, LOCALHOST, &mut net.bus[1]);
-        net.hubs[0].line(0, "/ids on", &mut net.bus[0]);
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
+        net.hubs[0].line(c(0), "/ids on", &mut net.bus[0]);
         net.pump();
         net.take(0);
         net.take(1);
@@ -1360,13 +1370,13 @@ mod cluster {
     /// says.
     #[derive(Default)]
     struct Asking {
-        got: Vec<(ClientId, String)>,
-        asked: Vec<(ClientId, String, Asked, Option<Id>, usize)>,
+        got: Vec<(usize, String)>,
+        asked: Vec<(usize, String, Asked, Option<Id>, usize)>,
     }
 
     impl Outbox for Asking {
         fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-            self.got.push((to, msg.text().to_string()));
+            self.got.push((to.0, msg.text().to_string()));
         }
         fn close(&mut self, _: ClientId, _: String) {}
         fn history(
@@ -1377,7 +1387,7 @@ mod cluster {
             after: Option<Id>,
             count: usize,
         ) -> bool {
-            self.asked.push((id, room.into(), asked, after, count));
+            self.asked.push((id.0, room.into(), asked, after, count));
             true
         }
     }
@@ -1387,7 +1397,7 @@ mod cluster {
         let mut hub = Hub::new(200).with_cluster("a");
         let mut out = Asking::default();
         hub.link_up(&mut out);
-        hub.connect(0, LOCALHOST, &mut out);
+        hub.connect(c(0), LOCALHOST, &mut out);
         assert_eq!(out.asked, [(0, "lobby".into(), Asked::Enter, None, 20)]);
         out.got.clear();
         // Lines 3 and 4 arrive before the answer, which has 1 to 3.
@@ -1397,7 +1407,7 @@ mod cluster {
         let lines = (1..=3)
             .map(|n| history::Line::new(n, NOON, &format!("<b> {n}")))
             .collect();
-        hub.answer(0, "lobby", Asked::Enter, 9, 3, lines, &mut out);
+        hub.answer(c(0), "lobby", Asked::Enter, 9, 3, lines, &mut out);
         assert_eq!(
             out.got,
             pairs(&[
@@ -1411,14 +1421,14 @@ mod cluster {
         );
         out.got.clear();
         // Resuming: what was missed is counted exactly.
-        hub.line(0, "/history since 9-1", &mut out);
+        hub.line(c(0), "/history since 9-1", &mut out);
         let since = Id { epoch: 9, n: 1 };
         assert_eq!(
             out.asked[1],
             (0, "lobby".into(), Asked::Since(since), Some(since), 100)
         );
         let lines = vec![history::Line::new(4, NOON, "<b> four")];
-        hub.answer(0, "lobby", Asked::Since(since), 9, 4, lines, &mut out);
+        hub.answer(c(0), "lobby", Asked::Since(since), 9, 4, lines, &mut out);
         assert!(
             out.got[0]
                 .1
@@ -1429,16 +1439,16 @@ mod cluster {
         out.got.clear();
         // With ids: lines numbered while `/ids on` was being answered
         // are held and come after the mark, which stands before them.
-        hub.connect(1, LOCALHOST, &mut out);
-        hub.line(1, "/ids on", &mut out);
-        hub.answer(1, "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
+        hub.connect(c(1), LOCALHOST, &mut out);
+        hub.line(c(1), "/ids on", &mut out);
+        hub.answer(c(1), "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
         assert_eq!(out.got.pop(), Some((1, "*** ids on: #lobby at 9-4".into())));
         out.got.clear();
         hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
         hub.said("lobby", Id { epoch: 9, n: 6 }, None, "<b> six", &mut out);
         out.got.retain(|(to, _)| *to == 1);
         assert_eq!(out.got, vec![], "held");
-        hub.answer(1, "lobby", Asked::Mark, 9, 6, Vec::new(), &mut out);
+        hub.answer(c(1), "lobby", Asked::Mark, 9, 6, Vec::new(), &mut out);
         assert_eq!(
             out.got,
             pairs(&[
@@ -1447,10 +1457,10 @@ mod cluster {
                 (1, "@id=9-6 <b> six"),
             ])
         );
-        hub.disconnect(1, None, &mut out);
+        hub.disconnect(c(1), None, &mut out);
         out.got.clear();
         // The link goes down while an answer is awaited: told, not stuck.
-        hub.line(0, "/history", &mut out);
+        hub.line(c(0), "/history", &mut out);
         hub.said("lobby", Id { epoch: 9, n: 7 }, None, "<b> five", &mut out);
         hub.link_down(&mut out);
         assert_eq!(
@@ -1470,16 +1480,16 @@ mod cluster {
     fn guests_come_from_reserved_blocks_or_carry_the_node_id() {
         let mut hub = Hub::new(200).with_cluster("n7");
         let mut bus = Bus::default();
-        hub.connect(0, LOCALHOST, &mut bus);
-        assert_eq!(hub.name(0), Some("guest-n7-1"));
+        hub.connect(c(0), LOCALHOST, &mut bus);
+        assert_eq!(hub.name(c(0)), Some("guest-n7-1"));
         hub.add_guests(500, 2);
         assert_eq!(hub.guests_left(), 2);
-        hub.connect(1, LOCALHOST, &mut bus);
-        hub.connect(2, LOCALHOST, &mut bus);
-        hub.connect(3, LOCALHOST, &mut bus);
-        assert_eq!(hub.name(1), Some("guest-500"));
-        assert_eq!(hub.name(2), Some("guest-501"));
-        assert_eq!(hub.name(3), Some("guest-n7-2"));
+        hub.connect(c(1), LOCALHOST, &mut bus);
+        hub.connect(c(2), LOCALHOST, &mut bus);
+        hub.connect(c(3), LOCALHOST, &mut bus);
+        assert_eq!(hub.name(c(1)), Some("guest-500"));
+        assert_eq!(hub.name(c(2)), Some("guest-501"));
+        assert_eq!(hub.name(c(3)), Some("guest-n7-2"));
         assert_eq!(hub.guests_used(), 501);
     }
 }
@@ -1500,16 +1510,20 @@ fn guarded_hub() -> Hub {
 fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
     let mut hub = guarded_hub();
     let mut rec = Rec::default();
-    hub.connect(0, LOCALHOST, &mut rec);
+    hub.connect(c(0), LOCALHOST, &mut rec);
     assert_eq!(rec.take(), pairs(&[(0, NEEDS_PASSWORD)]));
-    hub.lines(0, &["/pass hunter2".into()], &mut rec);
+    hub.lines(c(0), &["/pass hunter2".into()], &mut rec);
     assert!(
         rec.take()[0]
             .1
             .starts_with("*** welcome to chatd, guest-1!")
     );
-    hub.connect(1, LOCALHOST, &mut rec);
-    hub.lines(1, &["hi".into(), "/who".into(), "/pass".into()], &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
+    hub.lines(
+        c(1),
+        &["hi".into(), "/who".into(), "/pass".into()],
+        &mut rec,
+    );
     let refused = "*** error: this server needs a password: /pass SECRET";
     assert_eq!(
         rec.take(),
@@ -1521,14 +1535,14 @@ fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
         ])
     );
     assert_eq!(hub.online(), 1);
-    hub.line(0, "only for those inside", &mut rec);
+    hub.line(c(0), "only for those inside", &mut rec);
     assert_eq!(rec.take(), vec![], "nobody else is inside");
     // Wrong twice: the third try is not even looked at.
     for _ in 0..2 {
-        hub.line(1, "/pass nope", &mut rec);
+        hub.line(c(1), "/pass nope", &mut rec);
         assert_eq!(rec.to(1), vec!["*** error: wrong password"]);
     }
-    hub.line(1, "/pass hunter2", &mut rec);
+    hub.line(c(1), "/pass hunter2", &mut rec);
     let got = rec.to(1);
     assert!(
         got[0]
@@ -1538,7 +1552,7 @@ fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
     assert_eq!(hub.moderation().password_failures, 2);
     // A minute later it may try again.
     hub.tick(1_000_000 + crate::access::PASS_WINDOW_MS);
-    hub.lines(1, &["/pass hunter2".into(), "after".into()], &mut rec);
+    hub.lines(c(1), &["/pass hunter2".into(), "after".into()], &mut rec);
     let got = rec.take();
     assert!(
         got[0].1.starts_with("*** welcome to chatd, guest-2!"),
@@ -1546,9 +1560,9 @@ fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
     );
     assert!(got.contains(&(0, "<guest-2> after".to_string())), "{got:?}");
     // Gone before the password: nothing to tell anyone.
-    hub.connect(2, LOCALHOST, &mut rec);
+    hub.connect(c(2), LOCALHOST, &mut rec);
     rec.take();
-    hub.disconnect(2, Some("reset"), &mut rec);
+    hub.disconnect(c(2), Some("reset"), &mut rec);
     assert_eq!(rec.take(), vec![]);
 }
 
@@ -1557,14 +1571,14 @@ fn oper_and_user() -> (Hub, Rec) {
     let mut hub = guarded_hub();
     let mut rec = Rec::default();
     for (id, name) in [(0, "alice"), (1, "bob")] {
-        hub.connect(id, LOCALHOST, &mut rec);
+        hub.connect(c(id), LOCALHOST, &mut rec);
         hub.lines(
-            id,
+            c(id),
             &["/pass hunter2".into(), format!("/nick {name}")],
             &mut rec,
         );
     }
-    hub.line(0, "/oper sesame", &mut rec);
+    hub.line(c(0), "/oper sesame", &mut rec);
     rec.take();
     (hub, rec)
 }
@@ -1572,7 +1586,7 @@ fn oper_and_user() -> (Hub, Rec) {
 #[test]
 fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
     let (mut hub, mut rec) = oper_and_user();
-    hub.line(0, "/ban bob 10m spam", &mut rec);
+    hub.line(c(0), "/ban bob 10m spam", &mut rec);
     let notice = "*** bob was banned by alice for 10m (spam)";
     assert_eq!(
         rec.take(),
@@ -1590,7 +1604,7 @@ fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
         "{saved}"
     );
     assert_eq!(hub.bans_to_save(), None, "once per change");
-    hub.connect(5, "127.0.0.1".parse().unwrap(), &mut rec);
+    hub.connect(c(5), "127.0.0.1".parse().unwrap(), &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[(
@@ -1598,16 +1612,16 @@ fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
             "*** error: your address is banned from this server (10m 0s more, by alice: bob: spam)"
         )])
     );
-    hub.connect(6, "::ffff:127.0.0.1".parse().unwrap(), &mut rec);
+    hub.connect(c(6), "::ffff:127.0.0.1".parse().unwrap(), &mut rec);
     assert!(
         rec.take()[0]
             .1
             .starts_with("*** error: your address is banned")
     );
-    hub.connect(7, "10.0.0.1".parse().unwrap(), &mut rec);
+    hub.connect(c(7), "10.0.0.1".parse().unwrap(), &mut rec);
     assert_eq!(rec.take(), pairs(&[(7, NEEDS_PASSWORD)]));
     hub.tick(1_600_000);
-    hub.connect(8, LOCALHOST, &mut rec);
+    hub.connect(c(8), LOCALHOST, &mut rec);
     assert_eq!(rec.take(), pairs(&[(8, NEEDS_PASSWORD)]), "the ban ran out");
     assert_eq!(hub.moderation().banned_refused, 2);
 }
@@ -1615,18 +1629,18 @@ fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
 #[test]
 fn kick_and_mute_tell_the_room_and_only_operators_may() {
     let (mut hub, mut rec) = oper_and_user();
-    hub.line(1, "/kick alice", &mut rec);
+    hub.line(c(1), "/kick alice", &mut rec);
     assert_eq!(
         rec.to(1),
         vec!["*** error: /kick is for operators (/oper PASSWORD)"]
     );
-    hub.line(1, "/oper alice", &mut rec);
+    hub.line(c(1), "/oper alice", &mut rec);
     assert_eq!(rec.to(1), vec!["*** error: wrong operator password"]);
-    hub.line(0, "/mute bob 30s", &mut rec);
+    hub.line(c(0), "/mute bob 30s", &mut rec);
     let notice = "*** bob was muted by alice for 30s";
     assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
     for line in ["hi", "//x", "/me waves", "/msg alice psst"] {
-        hub.line(1, line, &mut rec);
+        hub.line(c(1), line, &mut rec);
         assert_eq!(
             rec.take(),
             pairs(&[(
@@ -1636,17 +1650,17 @@ fn kick_and_mute_tell_the_room_and_only_operators_may() {
             "{line}"
         );
     }
-    hub.lines(1, &["a".into(), "b".into()], &mut rec);
+    hub.lines(c(1), &["a".into(), "b".into()], &mut rec);
     assert_eq!(rec.take().len(), 2, "one refusal each, nothing relayed");
     hub.tick(1_030_000);
-    hub.line(1, "free", &mut rec);
+    hub.line(c(1), "free", &mut rec);
     assert_eq!(rec.take(), pairs(&[(0, "<bob> free")]));
-    hub.line(0, "/kick bob enough", &mut rec);
+    hub.line(c(0), "/kick bob enough", &mut rec);
     let notice = "*** bob was kicked by alice (enough)";
     assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
     assert_eq!(rec.closed, vec![(1, "kicked by alice".to_string())]);
     // The reactor's later disconnect finds nobody: no second notice.
-    hub.disconnect(1, Some("kicked by alice"), &mut rec);
+    hub.disconnect(c(1), Some("kicked by alice"), &mut rec);
     assert_eq!(rec.take(), vec![]);
     let m = hub.moderation();
     assert_eq!((m.kicks, m.mutes, m.password_failures), (1, 1, 1));
@@ -1657,13 +1671,13 @@ fn the_list_of_bans_is_bounded_like_who() {
     let (mut hub, mut rec) = oper_and_user();
     for i in 0..=LIST_MAX {
         hub.line(
-            0,
+            c(0),
             &format!("/ban 10.0.{}.{} 1h", i / 256, i % 256),
             &mut rec,
         );
     }
     rec.take();
-    hub.line(0, "/bans", &mut rec);
+    hub.line(c(0), "/bans", &mut rec);
     let got = rec.to(0);
     assert_eq!(
         got.len(),
