@@ -13,6 +13,10 @@
 //!   fed bytes and returning [`conn::Step`]s: [`conn::line`] (telnet, nc),
 //!   [`conn::http`] (one request head, then close or upgrade),
 //!   [`conn::ws`] (a browser after the upgrade). No sockets in the machines.
+//!   Beneath them, layers fed the same way: [`conn::proxy`] (the PROXY
+//!   header from a trusted proxy) and [`conn::tls`] (rustls, sans-IO).
+//! - [`tls`]: certificates and trust set up at start (server and `chat`).
+//! - [`limits`]: connections per address and new ones per 10 minutes; pure.
 //! - [`socket`]: what one read or write did (would block, closed, error),
 //!   decided once for connections and the Redis link.
 //! - [`timer`]: every per-connection deadline and the accept retry in one
