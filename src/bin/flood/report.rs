@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 
 use crate::conn::Transport;
 use crate::engine::{Config, Outcome};
+use crate::hist::Histogram;
 
 pub struct Report<'a> {
     pub cfg: &'a Config,
@@ -20,6 +21,18 @@ fn ms(us: u64) -> String {
     } else {
         format!("{:.2} ms", us as f64 / 1e3)
     }
+}
+
+/// "p50 …  p90 …  p99 …  p99.9 …  max …", the summary's latency columns.
+fn percentiles(h: &Histogram) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        ms(h.quantile(0.5)),
+        ms(h.quantile(0.9)),
+        ms(h.quantile(0.99)),
+        ms(h.quantile(0.999)),
+        ms(h.max())
+    )
 }
 
 fn transport(c: &Config) -> &'static str {
@@ -230,31 +243,21 @@ impl Report<'_> {
                 per_s(o.deliveries, self.secs())
             );
         }
-        let h = &o.hist;
+        let from = if c.rate.is_some() {
+            ", from intended send time"
+        } else {
+            ""
+        };
         s += &format!(
-            "latency   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples{})\n",
-            ms(h.quantile(0.5)),
-            ms(h.quantile(0.9)),
-            ms(h.quantile(0.99)),
-            ms(h.quantile(0.999)),
-            ms(h.max()),
-            h.count(),
-            if c.rate.is_some() {
-                ", from intended send time"
-            } else {
-                ""
-            }
+            "latency   {}  ({} samples{from})\n",
+            percentiles(&o.hist),
+            o.hist.count()
         );
         if c.instances > 1 {
-            let h = &o.hist_cross;
             s += &format!(
-                "  cross   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples from a sender on another of {} instances)\n",
-                ms(h.quantile(0.5)),
-                ms(h.quantile(0.9)),
-                ms(h.quantile(0.99)),
-                ms(h.quantile(0.999)),
-                ms(h.max()),
-                h.count(),
+                "  cross   {}  ({} samples from a sender on another of {} instances)\n",
+                percentiles(&o.hist_cross),
+                o.hist_cross.count(),
                 c.instances
             );
         }
