@@ -316,13 +316,7 @@ fn refused_first_connection_is_an_error_with_status_1() {
         .unwrap();
     let status =
         wait_exit(&mut child, TIMEOUT).expect("chat kept retrying a refused first connection");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = support::stderr_of(&mut child);
     assert_eq!(status.code(), Some(1), "stderr: {err}");
     assert!(
         err.contains(&format!("cannot connect to 127.0.0.1:{port}")) && err.contains("refused"),

@@ -257,8 +257,7 @@ fn a_duration_or_size_flag_past_its_maximum_is_refused_at_start_with_status_2() 
         // A server that accepted the value would run on: that fails too.
         let status = support::wait_exit(&mut child, TIMEOUT);
         let _ = child.kill();
-        let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        let err = support::stderr_of(&mut child);
         let _ = child.wait();
         assert_eq!(
             status.and_then(|s| s.code()),

@@ -228,22 +228,8 @@ fn the_chat_client_speaks_tls_with_a_ca_file_or_insecure() {
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
         drop(stdin);
-        let deadline = Instant::now() + TIMEOUT;
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(Instant::now() < deadline, "chat did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (status, err)
+        let status = support::wait_exit(&mut child, TIMEOUT).expect("chat did not finish");
+        (status, support::stderr_of(&mut child))
     };
     let (st, err) = chat(&["--tls-ca", &ca], "verified hello");
     assert!(st.success(), "{err}");

@@ -49,16 +49,7 @@ mod tests {
     use super::*;
 
     fn lines(s: &mut LineSession, eof: bool) -> Vec<Step> {
-        let mut out = Vec::new();
-        for _ in 0..100 {
-            let step = s.next(eof);
-            let done = matches!(step, Step::Read(_) | Step::Close { .. });
-            out.push(step);
-            if done {
-                return out;
-            }
-        }
-        panic!("no end: {out:?}");
+        crate::conn::steps_until_read(|| s.next(eof))
     }
 
     #[test]

@@ -898,6 +898,22 @@ pub fn set_keepalive(sock: &TcpStream, idle: Duration) -> io::Result<()> {
 /// Unanswered keepalive probes before a peer counts as gone.
 pub const KEEPALIVE_PROBES: u32 = 3;
 
+/// A state machine's steps until it asks to read or closes (bounded), for
+/// the protocols' unit tests.
+#[cfg(test)]
+pub(crate) fn steps_until_read(mut next: impl FnMut() -> Step) -> Vec<Step> {
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let step = next();
+        let done = matches!(step, Step::Read(_) | Step::Close { .. });
+        out.push(step);
+        if done {
+            return out;
+        }
+    }
+    panic!("no end: {out:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,16 +105,7 @@ mod tests {
     }
 
     fn steps(s: &mut WsSession, eof: bool) -> Vec<Step> {
-        let mut out = Vec::new();
-        for _ in 0..100 {
-            let step = s.next(peer(), eof);
-            let done = matches!(step, Step::Read(_) | Step::Close { .. });
-            out.push(step);
-            if done {
-                return out;
-            }
-        }
-        panic!("no end: {out:?}");
+        crate::conn::steps_until_read(|| s.next(peer(), eof))
     }
 
     #[test]
