@@ -124,7 +124,7 @@ impl Hub {
     /// instance, this one included (see `said`). True if they went that
     /// way (or were refused, and `i` told); false if this instance numbers
     /// them itself.
-    pub(super) fn to_redis(
+    pub(super) fn numbered_by_redis(
         &mut self,
         room: usize,
         i: Member,
@@ -329,8 +329,9 @@ impl Hub {
         true
     }
 
-    /// Room lines numbered by Redis (see `to_redis`), for the local members
-    /// of `room` (see `fan_out`), held for those awaiting their history.
+    /// Room lines numbered by Redis (see `numbered_by_redis`), for the
+    /// local members of `room` (see `fan_out`), held for those awaiting
+    /// their history.
     /// `from`: our local client who said them, who gets them back only if
     /// it has ids.
     pub fn said(

@@ -232,7 +232,7 @@ impl Hub {
         out: &mut impl Outbox,
     ) {
         if let Some(i) = from
-            && self.to_redis(room, i, &lines, out)
+            && self.numbered_by_redis(room, i, &lines, out)
         {
             return;
         }
