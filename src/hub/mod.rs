@@ -18,7 +18,7 @@
 //! Clients with `/ids on` get a second shared buffer per broadcast, with
 //! every line tagged with its id — never a copy per recipient.
 //!
-//! One `Hub`, its `impl` in a file per concern, and a [`Client`] made of one
+//! One `Hub`, its `impl` in a file per concern, and a `Client` made of one
 //! part per concern, each type in the file of its concern (its fields
 //! private there):
 //! - this file: the hub, `Client`, arriving (`let_in`) and leaving, lines in;
@@ -27,8 +27,8 @@
 //! - rooms.rs: rooms and routing — `Seat` (the room a user is in), who gets
 //!   a line (`say`, the fan-out: one shared buffer per broadcast, two with
 //!   `/ids on`), `/join`, `/msg`;
-//! - room_history.rs: `Resume` (`/ids`, history awaited from Redis), room
-//!   lines numbered, kept, replayed, `/history`, `/ids`;
+//! - room_history.rs: `Resume` (ids on or off, history awaited from
+//!   Redis), room lines numbered, kept, replayed, `/history`, `/ids`;
 //! - command.rs: a `/` line parsed into a [`Command`], then carried out;
 //! - mirror.rs: cluster mode — the other instances' users, link up/down.
 //! - moderation.rs: `Standing` (address, operator, muted), who may come in
@@ -557,12 +557,8 @@ impl Hub {
 
     fn flush_run(&mut self, i: Member, run: &mut String, out: &mut impl Outbox) {
         if !run.is_empty() {
-            self.say(
-                self.clients[i].seat.room(),
-                Some(i),
-                std::mem::take(run),
-                out,
-            );
+            let room = self.clients[i].seat.room();
+            self.say(room, Some(i), std::mem::take(run), out);
         }
     }
 }

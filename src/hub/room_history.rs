@@ -50,9 +50,9 @@ impl Resume {
         self.wait.is_some()
     }
 
-    /// While a history answer is awaited, room lines numbered `at` (`msg`)
-    /// wait for it, the oldest dropped (and counted) past MAX_HELD; false
-    /// if none is, and they can go now.
+    /// Holds room lines numbered `at` (`msg`) while a history answer is
+    /// awaited (past MAX_HELD the oldest held go, counted); false if none
+    /// is awaited, and the lines can go now.
     pub(super) fn hold(&mut self, room: &str, at: Numbered, msg: &Rc<Msg>) -> bool {
         let Some(w) = self.wait.as_mut() else {
             return false;
@@ -331,9 +331,8 @@ impl Hub {
 
     /// Room lines numbered by Redis (see `numbered_by_redis`), for the
     /// local members of `room` (see `fan_out`), held for those awaiting
-    /// their history.
-    /// `from`: our local client who said them, who gets them back only if
-    /// it has ids.
+    /// their history. `from`: our local client who said them, who gets them
+    /// back only if it has ids.
     pub fn said(
         &mut self,
         room: &str,
