@@ -119,6 +119,13 @@ impl Hub {
         self.history.bytes()
     }
 
+    /// Local user `i`'s id if Redis keeps the room history it sees:
+    /// cluster mode with the link up.
+    fn redis_for(&self, i: Member) -> Option<ClientId> {
+        let up = self.cluster.as_ref().is_some_and(|c| c.up);
+        self.clients[i].who.local().filter(|_| up)
+    }
+
     /// Cluster mode, link up: room lines from local user `i` go to Redis,
     /// which numbers them, keeps them, and hands them back to every
     /// instance, this one included (see `said`). True if they went that
@@ -131,10 +138,7 @@ impl Hub {
         lines: &str,
         out: &mut impl Outbox,
     ) -> bool {
-        let (true, Some(cid)) = (
-            self.cluster.as_ref().is_some_and(|c| c.up),
-            self.clients[i].who.local(),
-        ) else {
+        let Some(cid) = self.redis_for(i) else {
             return false;
         };
         let limits = self.history.limits();
@@ -316,10 +320,7 @@ impl Hub {
         count: usize,
         out: &mut impl Outbox,
     ) -> bool {
-        let (true, Some(cid)) = (
-            self.cluster.as_ref().is_some_and(|c| c.up),
-            self.clients[i].who.local(),
-        ) else {
+        let Some(cid) = self.redis_for(i) else {
             return false;
         };
         if !out.history(cid, &self.rooms[room].key, asked, after, count) {
