@@ -1,11 +1,13 @@
-//! Access control, pure: secrets compared, durations read, bans by address
-//! prefix kept (and written to / read from their file's text), and wrong
-//! passwords counted per address. No sockets and no clock: every time is
-//! ms since the Unix epoch, passed in (the hub's time of this turn).
+//! Access control, pure: secrets compared, durations read and shown, bans
+//! by address prefix kept (and written to / read from their file's text),
+//! and wrong passwords counted per address. No sockets and no clock: every
+//! time is ms since the Unix epoch, passed in (the hub's time of this turn).
+//! It imports nothing of the hub: the hub (moderation.rs) builds on it.
 
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// The window wrong passwords (`/pass`, `/oper`) are counted over, per
 /// address: after `--pass-attempts` of them within it, further attempts
@@ -68,6 +70,21 @@ pub fn parse_duration(s: &str) -> Option<Span> {
     }
     let ms = digits.parse::<u64>().ok()?.checked_mul(per)?;
     (ms > 0 && ms <= MAX_DURATION_MS).then_some(Some(ms))
+}
+
+/// The two largest units: "42s", "5m 3s", "2h 10m", "3d 4h".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
 }
 
 /// An address as it is matched: an IPv4 client of a dual-stack socket
@@ -159,9 +176,7 @@ impl Ban {
         match self.until {
             Some(t) => format!(
                 "{} more",
-                crate::hub::human_duration(std::time::Duration::from_millis(
-                    t.saturating_sub(now_ms)
-                ))
+                human_duration(Duration::from_millis(t.saturating_sub(now_ms)))
             ),
             None => "permanent".into(),
         }

@@ -27,8 +27,9 @@
 //! - [`http`]: request heads, the one router (the page, `/healthz`,
 //!   `/metrics`, `/ws`) and the answers' bytes; pure.
 //! - [`ws`]: RFC 6455 frames — a bounded decoder and the encoders; pure.
-//! - [`hub`]: names, rooms, commands, room history and the cluster mirror;
-//!   a line in -> deliveries out; pure.
+//! - [`hub`]: names, rooms and the fan-out, commands, room history,
+//!   moderation and the cluster mirror; a line in -> deliveries out; pure.
+//!   Each user is one part per concern, each in the file of its concern.
 //! - [`history`]: each room's last lines, with ids and times, under line
 //!   and byte bounds; pure, given the time.
 //! - [`msg`]: one outgoing line, shared by all its recipients.

@@ -88,10 +88,10 @@ impl PerAddr {
         self.off() || self.exempt.iter().any(|n| n.contains(&ip))
     }
 
-    /// A new connection from `ip`: counted if let in. Call `release` when
-    /// a connection let in (Ok(true)) goes; Ok(false) means exempt, not
-    /// counted.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<bool, Refused> {
+    /// A new connection from `ip`: counted against its address's limits,
+    /// or refused. Call `release` when a connection counted (Ok(true))
+    /// goes; Ok(false) means let in uncounted (exempt, or the table full).
+    pub fn try_count(&mut self, ip: IpAddr, now: Instant) -> Result<bool, Refused> {
         if self.exempt(ip) {
             return Ok(false);
         }
@@ -128,7 +128,7 @@ impl PerAddr {
         Ok(true)
     }
 
-    /// A connection counted by `admit` went.
+    /// A connection counted by `try_count` went.
     pub fn release(&mut self, ip: IpAddr, now: Instant) {
         let key = Self::key(ip);
         if let Some(e) = self.table.get_mut(&key) {
@@ -184,12 +184,12 @@ mod tests {
     fn caps_concurrent_connections_per_address() {
         let t = Instant::now();
         let mut p = PerAddr::new(2, 0, vec![]);
-        assert_eq!(p.admit(ip("10.0.0.1"), t), Ok(true));
-        assert_eq!(p.admit(ip("10.0.0.1"), t), Ok(true));
-        assert_eq!(p.admit(ip("10.0.0.1"), t), Err(Refused::TooMany));
-        assert_eq!(p.admit(ip("10.0.0.2"), t), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t), Err(Refused::TooMany));
+        assert_eq!(p.try_count(ip("10.0.0.2"), t), Ok(true));
         p.release(ip("10.0.0.1"), t);
-        assert_eq!(p.admit(ip("10.0.0.1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t), Ok(true));
         // Every connection gone: every entry freed.
         for a in ["10.0.0.1", "10.0.0.1", "10.0.0.2"] {
             p.release(ip(a), t);
@@ -202,15 +202,15 @@ mod tests {
         let t = Instant::now();
         let mut p = PerAddr::new(0, 3, vec![]);
         for _ in 0..3 {
-            assert_eq!(p.admit(ip("::1"), t), Ok(true));
+            assert_eq!(p.try_count(ip("::1"), t), Ok(true));
             p.release(ip("::1"), t);
         }
-        assert_eq!(p.admit(ip("::1"), t), Err(Refused::TooFast));
+        assert_eq!(p.try_count(ip("::1"), t), Err(Refused::TooFast));
         assert_eq!(p.len(), 1, "kept while refilling");
         // One token per WINDOW / 3.
         let later = t + WINDOW / 3 + Duration::from_millis(1);
-        assert_eq!(p.admit(ip("::1"), later), Ok(true));
-        assert_eq!(p.admit(ip("::1"), later), Err(Refused::TooFast));
+        assert_eq!(p.try_count(ip("::1"), later), Ok(true));
+        assert_eq!(p.try_count(ip("::1"), later), Err(Refused::TooFast));
         p.release(ip("::1"), later);
         p.prune(later + WINDOW);
         assert!(p.is_empty(), "freed once refilled");
@@ -220,16 +220,16 @@ mod tests {
     fn ipv6_counts_by_its_64_and_exempt_prefixes_are_not_counted() {
         let t = Instant::now();
         let mut p = PerAddr::new(1, 0, vec!["192.168.0.0/16".parse().unwrap()]);
-        assert_eq!(p.admit(ip("2001:db8:1:2::1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("2001:db8:1:2::1"), t), Ok(true));
         assert_eq!(
-            p.admit(ip("2001:db8:1:2:ffff::9"), t),
+            p.try_count(ip("2001:db8:1:2:ffff::9"), t),
             Err(Refused::TooMany)
         );
-        assert_eq!(p.admit(ip("2001:db8:1:3::1"), t), Ok(true));
-        assert_eq!(p.admit(ip("::ffff:10.1.1.1"), t), Ok(true));
-        assert_eq!(p.admit(ip("10.1.1.1"), t), Err(Refused::TooMany));
+        assert_eq!(p.try_count(ip("2001:db8:1:3::1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("::ffff:10.1.1.1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("10.1.1.1"), t), Err(Refused::TooMany));
         for _ in 0..5 {
-            assert_eq!(p.admit(ip("192.168.7.7"), t), Ok(false));
+            assert_eq!(p.try_count(ip("192.168.7.7"), t), Ok(false));
         }
     }
 
@@ -239,15 +239,15 @@ mod tests {
         let mut p = PerAddr::new(4, 8, vec![]);
         for i in 0..MAX_ENTRIES as u32 {
             let a = IpAddr::V4(i.into());
-            assert_eq!(p.admit(a, t), Ok(true));
+            assert_eq!(p.try_count(a, t), Ok(true));
             p.release(a, t);
         }
         assert_eq!(p.len(), MAX_ENTRIES, "each is still refilling");
         // Full of refilling entries: a new address gets in uncounted.
-        assert_eq!(p.admit(ip("255.255.255.255"), t), Ok(false));
+        assert_eq!(p.try_count(ip("255.255.255.255"), t), Ok(false));
         assert_eq!(p.len(), MAX_ENTRIES);
-        // Once they have refilled, the next admission frees them.
-        assert_eq!(p.admit(ip("255.255.255.255"), t + WINDOW), Ok(true));
+        // Once they have refilled, the next count frees them.
+        assert_eq!(p.try_count(ip("255.255.255.255"), t + WINDOW), Ok(true));
         assert_eq!(p.len(), 1);
     }
 }

@@ -895,7 +895,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(k) else {
             return false;
         };
-        match self.per_addr.admit(c.peer.ip(), now) {
+        match self.per_addr.try_count(c.peer.ip(), now) {
             Ok(counted) => c.admitted = counted,
             Err(why) => {
                 match why {

@@ -138,15 +138,7 @@ impl<'a> Command<'a> {
 
 impl Hub {
     pub(super) fn command(&mut self, id: ClientId, i: Member, cmd: Command, out: &mut impl Outbox) {
-        if let Some(word) = cmd.for_operators()
-            && !self.clients[i].oper
-        {
-            let text = format!("*** error: /{word} is for operators (/oper PASSWORD)");
-            return reply(out, id, &text);
-        }
-        // A muted user's actions and private messages are refused like its
-        // messages: muting one channel would only move the abuse to another.
-        if matches!(cmd, Command::Me(_) | Command::Msg { .. }) && self.silenced(id, i, out) {
+        if !self.may(id, i, &cmd, out) {
             return;
         }
         match cmd {
@@ -164,35 +156,19 @@ impl Hub {
             Command::Unmute(name) => self.unmute(id, i, name, out),
             Command::Nick(name) => self.nick(id, i, name, out),
             Command::Who => {
-                let room = self.clients[i].room;
+                let room = self.clients[i].seat.room();
                 out.send(id, &Msg::new(&format!("*** {}", self.roster(room))));
             }
             Command::Msg { to, text } => self.private(id, i, to, text, out),
             Command::Me("") => reply(out, id, "*** error: usage: /me text"),
             Command::Me(text) => {
                 let c = &self.clients[i];
-                let line = format!("* {} {text}", c.name);
-                self.say(c.room, Some(i), line, out);
+                let line = format!("* {} {text}", c.who.name());
+                self.say(c.seat.room(), Some(i), line, out);
                 self.relayed += 1;
             }
             Command::History(args) => self.history_command(id, i, args, out),
-            Command::Ids(arg) => {
-                let on = match arg.to_ascii_lowercase().as_str() {
-                    "on" => true,
-                    "off" => false,
-                    "" => self.clients[i].ids,
-                    _ => return reply(out, id, "*** error: usage: /ids on|off"),
-                };
-                self.clients[i].ids = on;
-                let room = self.clients[i].room;
-                if on {
-                    if !self.ask(i, room, Asked::Mark, None, 0, out) {
-                        self.mark(id, room, out);
-                    }
-                } else {
-                    reply(out, id, "*** ids off");
-                }
-            }
+            Command::Ids(arg) => self.ids_command(id, i, arg, out),
             Command::Join(room) => self.join(id, i, room, out),
             Command::Rooms => {
                 let shown = self.room_keys.values().map(|&r| {
@@ -225,7 +201,7 @@ impl Hub {
                 for line in HELP {
                     reply(out, id, line);
                 }
-                if self.clients[i].oper {
+                if self.clients[i].standing.oper() {
                     for line in OPER_HELP {
                         reply(out, id, line);
                     }
@@ -280,21 +256,6 @@ pub fn stats_line(
         ));
     }
     line
-}
-
-/// The two largest units: "42s", "5m 3s", "2h 10m", "3d 4h".
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
-    if days > 0 {
-        format!("{days}d {hours}h")
-    } else if hours > 0 {
-        format!("{hours}h {mins}m")
-    } else if mins > 0 {
-        format!("{mins}m {secs}s")
-    } else {
-        format!("{secs}s")
-    }
 }
 
 #[cfg(test)]

@@ -70,15 +70,15 @@ impl Hub {
 
     /// Tells the other instances that local client `i` is here.
     pub(super) fn here(&self, i: Member, out: &mut impl Outbox) {
-        let (Some(cl), Home::Local(id)) = (&self.cluster, &self.clients[i].home) else {
+        let c = &self.clients[i];
+        let (Some(cl), Some(id)) = (&self.cluster, c.who.local()) else {
             return;
         };
-        let c = &self.clients[i];
-        let r = &self.rooms[c.room];
+        let r = &self.rooms[c.seat.room()];
         out.presence(Presence::Here {
             node: cl.node.clone(),
             id: id.0 as u64,
-            name: c.name.to_string(),
+            name: c.who.name().to_string(),
             room: r.key.to_string(),
             shown: r.name[1..].to_string(),
             round: cl.round,
@@ -133,7 +133,7 @@ impl Hub {
     /// A private line for local client `to`, if it is still `to_name`.
     pub fn remote_private(&self, to: ClientId, to_name: &str, text: &str, out: &mut impl Outbox) {
         if let Some(i) = self.idx(to)
-            && *self.clients[i].key == *to_name
+            && self.clients[i].who.key() == to_name
         {
             out.send(to, &Msg::new(text));
         }
@@ -171,19 +171,12 @@ impl Hub {
                     return;
                 }
                 let key: Box<str> = name.to_ascii_lowercase().into();
+                let home = Home::Remote(node.clone(), id);
                 let i = Member(self.clients.insert(Client {
-                    name: name.into(),
-                    key: key.clone(),
-                    room: usize::MAX,
-                    slot: 0,
-                    home: Home::Remote(node.clone(), id),
-                    since: round,
-                    ids: false,
-                    refused: false,
-                    wait: None,
-                    addr: None,
-                    oper: false,
-                    muted: 0,
+                    who: Identity::new(name.into(), key.clone(), home, round),
+                    seat: Seat::NONE,
+                    resume: Resume::default(),
+                    standing: Standing::new(None),
                 }));
                 self.name_add(&key, i);
                 let back = self
@@ -195,7 +188,7 @@ impl Hub {
                 if back && known.is_none() && self.announces(r) {
                     // Declared lost, heard from again: its rooms saw it
                     // leave, so they see it come back.
-                    let text = format!("*** {} is back", self.clients[i].name);
+                    let text = format!("*** {} is back", self.clients[i].who.name());
                     self.to_room(r, Some(i), &Msg::new(&text), out);
                 }
             }
@@ -206,12 +199,7 @@ impl Hub {
             }
             Presence::Renamed { node, id, name } => {
                 if let Some(&i) = self.remote.get(&(node, id)) {
-                    let c = &mut self.clients[i];
-                    let old = std::mem::replace(&mut c.key, name.to_ascii_lowercase().into());
-                    c.name = name.into();
-                    self.name_drop(&old, i);
-                    let key = self.clients[i].key.clone();
-                    self.name_add(&key, i);
+                    self.set_name(i, &name);
                 }
             }
             Presence::End { node, round } if node != me => {
@@ -220,7 +208,7 @@ impl Hub {
                 let gone: Vec<(u64, Member)> = self
                     .remote
                     .iter()
-                    .filter(|((n, _), i)| *n == node && self.clients[**i].since < round)
+                    .filter(|((n, _), i)| *n == node && self.clients[**i].who.since() < round)
                     .map(|((_, id), i)| (*id, *i))
                     .collect();
                 for (id, i) in gone {
@@ -244,8 +232,7 @@ impl Hub {
                 shown,
             } => {
                 if let Some(&i) = self.remote.get(&(node, id)) {
-                    let (old, slot) = (self.clients[i].room, self.clients[i].slot);
-                    self.remove_member(old, slot, false, out);
+                    self.leave(i, out);
                     self.enter(i, &room, &shown, out);
                 }
             }
@@ -313,9 +300,9 @@ impl Hub {
         self.local
             .iter()
             .enumerate()
-            .filter_map(|(id, i)| i.map(|i| (ClientId(id), &self.clients[i])))
-            .filter(|(_, c)| !c.key.starts_with("guest-"))
-            .map(|(id, c)| (id, &*c.key, c.since))
+            .filter_map(|(id, i)| i.map(|i| (ClientId(id), &self.clients[i].who)))
+            .filter(|(_, c)| !c.key().starts_with("guest-"))
+            .map(|(id, c)| (id, c.key(), c.since()))
             .collect()
     }
 
@@ -373,10 +360,10 @@ impl Hub {
             .iter()
             .flatten()
             .copied()
-            .filter(|&i| self.clients[i].wait.is_some())
+            .filter(|&i| self.clients[i].resume.awaits())
             .collect();
         for i in held {
-            if let Home::Local(id) = self.clients[i].home {
+            if let Some(id) = self.clients[i].who.local() {
                 reply(
                     out,
                     id,

@@ -18,15 +18,22 @@
 //! Clients with `/ids on` get a second shared buffer per broadcast, with
 //! every line tagged with its id — never a copy per recipient.
 //!
-//! One `Hub`, its `impl` in a file per concern:
-//! - this file: the types, arriving and leaving, and lines in;
-//! - names.rs: identity — guest numbers, `/nick`, name claims;
-//! - rooms.rs: rooms and routing — who gets a line, `/join`, `/msg`;
-//! - room_history.rs: room lines numbered, kept, replayed, `/history`, `/ids`;
+//! One `Hub`, its `impl` in a file per concern, and a `Client` made of one
+//! part per concern, each type in the file of its concern (its fields
+//! private there):
+//! - this file: the hub, `Client`, arriving (`let_in`) and leaving, lines in;
+//! - names.rs: identity — `Identity` (name, where connected, claim), guest
+//!   numbers, `/nick`, name claims;
+//! - rooms.rs: rooms and routing — `Seat` (the room a user is in), who gets
+//!   a line (`say`, the fan-out: one shared buffer per broadcast, two with
+//!   `/ids on`), `/join`, `/msg`;
+//! - room_history.rs: `Resume` (ids on or off, history awaited from
+//!   Redis), room lines numbered, kept, replayed, `/history`, `/ids`;
 //! - command.rs: a `/` line parsed into a [`Command`], then carried out;
 //! - mirror.rs: cluster mode — the other instances' users, link up/down.
-//! - moderation.rs: who may come in and speak — the server password,
-//!   operators, `/kick`, `/ban`, `/mute` (the pure tables: crate::access).
+//! - moderation.rs: `Standing` (address, operator, muted), who may come in
+//!   and speak — the server password, operators, `/kick`, `/ban`, `/mute`
+//!   (the pure tables and durations: crate::access, which knows no hub).
 //!
 //! Two indices, two types: a [`ClientId`] is the transport's name for a
 //! local connection (the reactor's slab key); a `Member` is the hub's own
@@ -39,16 +46,19 @@ mod names;
 mod room_history;
 mod rooms;
 
-pub use self::command::{Command, human_duration, stats_line};
+pub use self::command::{Command, stats_line};
 pub use self::mirror::{Claim, LINK_DOWN, LINK_UP, MAX_LOST, MAX_REMOTE, same_instance_name};
 pub use self::moderation::{Access, Moderation, NEEDS_PASSWORD};
 pub use self::names::{MAX_NAME, check_name};
 pub use self::room_history::Asked;
 pub use self::rooms::{LIST_MAX, LOBBY};
+pub use crate::access::human_duration;
 
 use self::mirror::Cluster;
-use self::room_history::{Wait, is_room_line};
-use self::rooms::listing;
+use self::moderation::Standing;
+use self::names::{Home, Identity};
+use self::room_history::{Numbered, Resume, is_room_line};
+use self::rooms::{Seat, listing};
 use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
@@ -221,42 +231,18 @@ pub enum Presence {
     },
 }
 
-/// Where a user is connected.
-#[derive(Clone)]
-enum Home {
-    Local(ClientId),
-    Remote(Rc<str>, u64),
-}
-
+/// A user, local or remote: one part per concern, each owned (its fields
+/// private) by the file of that concern, so that changing one — a user in
+/// several rooms, say — leaves the others alone.
 struct Client {
-    name: Box<str>,
-    /// Lowercased name: the key in `Hub::names`.
-    key: Box<str>,
-    room: usize,
-    /// Index of this client in its room's `members`, for O(1) removal.
-    slot: usize,
-    home: Home,
-    /// Local users with a chosen name: when they claimed it (ms since the
-    /// Unix epoch), the claim's identity in Redis. Remote users: the roster
-    /// round that last announced them.
-    since: u64,
-    /// `/ids on`: room lines and history reach it tagged with their id,
-    /// its own come back to it, and entering a room ends with the room's
-    /// last id (see [`Hub::mark`]).
-    ids: bool,
-    /// Cluster mode: its last line could not go to Redis (it was told).
-    refused: bool,
-    /// Cluster mode: history answers awaited from Redis, and the room lines
-    /// held back meanwhile so they come after the history, not before.
-    wait: Option<Box<Wait>>,
-    /// Local users: the address they came from (bans by name, and the
-    /// limit on wrong passwords). None for remote users.
-    addr: Option<IpAddr>,
-    /// Gave the operator password (`/oper`).
-    oper: bool,
-    /// Muted until this time (ms since the Unix epoch; u64::MAX: until
-    /// `/unmute` or it leaves); 0: not muted.
-    muted: u64,
+    /// Its name and where it is connected (names.rs).
+    who: Identity,
+    /// The room it is in (rooms.rs).
+    seat: Seat,
+    /// What room history keeps track of for it (room_history.rs).
+    resume: Resume,
+    /// What it may do: its address, operator, muted (moderation.rs).
+    standing: Standing,
 }
 
 struct Room {
@@ -375,7 +361,7 @@ impl Hub {
     }
 
     pub fn name(&self, id: ClientId) -> Option<&str> {
-        self.idx(id).map(|i| &*self.clients[i].name)
+        self.idx(id).map(|i| self.clients[i].who.name())
     }
 
     fn idx(&self, id: ClientId) -> Option<Member> {
@@ -384,7 +370,7 @@ impl Hub {
 
     /// A new connection from `addr`. A banned address is told why and
     /// closed; with a server password it waits for `/pass` (see
-    /// [`Hub::lines`]); otherwise it is let in (`admit`).
+    /// [`Hub::lines`]); otherwise it is let in (`let_in`).
     pub fn connect(&mut self, id: ClientId, addr: IpAddr, out: &mut impl Outbox) {
         if self.idx(id).is_some() || self.waiting.contains_key(&id) {
             return;
@@ -397,27 +383,19 @@ impl Hub {
             self.waiting.insert(id, addr);
             return reply(out, id, NEEDS_PASSWORD);
         }
-        self.admit(id, addr, out);
+        self.let_in(id, addr, out);
     }
 
-    /// In: it gets a guest name, lands in the lobby and is welcomed; the
-    /// lobby hears of it.
-    fn admit(&mut self, id: ClientId, addr: IpAddr, out: &mut impl Outbox) {
+    /// In (past the password, if any): it gets a guest name, lands in the
+    /// lobby and is welcomed; the lobby hears of it.
+    fn let_in(&mut self, id: ClientId, addr: IpAddr, out: &mut impl Outbox) {
         let name = self.guest_name();
         let key: Box<str> = name.clone().into();
         let i = Member(self.clients.insert(Client {
-            name: name.clone().into(),
-            key: key.clone(),
-            room: usize::MAX,
-            slot: 0,
-            home: Home::Local(id),
-            since: 0,
-            ids: false,
-            refused: false,
-            wait: None,
-            addr: Some(addr),
-            oper: false,
-            muted: 0,
+            who: Identity::new(name.clone().into(), key.clone(), Home::Local(id), 0),
+            seat: Seat::NONE,
+            resume: Resume::default(),
+            standing: Standing::new(Some(addr)),
         }));
         self.name_add(&key, i);
         if self.local.len() <= id.0 {
@@ -468,9 +446,9 @@ impl Hub {
                 node,
                 id: id.0 as u64,
             });
-            let c = &self.clients[i];
-            if !c.key.starts_with("guest-") {
-                out.release(&c.key, id, c.since);
+            let c = &self.clients[i].who;
+            if !c.key().starts_with("guest-") {
+                out.release(c.key(), id, c.since());
             }
         }
         Some(i)
@@ -487,10 +465,10 @@ impl Hub {
     ) {
         let c = &self.clients[i];
         let text = match reason {
-            Some(r) => format!("*** {} left ({r})", c.name),
-            None => format!("*** {} left", c.name),
+            Some(r) => format!("*** {} left ({r})", c.who.name()),
+            None => format!("*** {} left", c.who.name()),
         };
-        let room = c.room;
+        let room = c.seat.room();
         if publish {
             self.announce(room, i, &text, out);
         } else if self.announces(room) {
@@ -501,9 +479,9 @@ impl Hub {
 
     /// Removes a client from the hub, its name and its room, saying nothing.
     fn forget(&mut self, i: Member, out: &mut impl Outbox) {
+        self.leave(i, out);
         let c = self.clients.remove(i.0);
-        self.name_drop(&c.key, i);
-        self.remove_member(c.room, c.slot, matches!(c.home, Home::Local(_)), out);
+        self.name_drop(c.who.key(), i);
     }
 
     /// One line from `id`, already sanitised and known to be non-blank.
@@ -518,14 +496,14 @@ impl Hub {
             return;
         }
         if let Some(rest) = text.strip_prefix("//") {
-            let line = format!("<{}> /{rest}", client.name);
-            self.say(client.room, Some(i), line, out);
+            let line = format!("<{}> /{rest}", client.who.name());
+            self.say(client.seat.room(), Some(i), line, out);
             self.relayed += 1;
         } else if let Some(command) = text.strip_prefix('/') {
             self.command(id, i, Command::parse(command), out);
         } else {
-            let line = format!("<{}> {text}", client.name);
-            self.say(client.room, Some(i), line, out);
+            let line = format!("<{}> {text}", client.who.name());
+            self.say(client.seat.room(), Some(i), line, out);
             self.relayed += 1;
         }
     }
@@ -558,9 +536,8 @@ impl Hub {
                     run.push_str("\r\n");
                 }
                 let body = text.strip_prefix('/').unwrap_or(text);
-                let c = &self.clients[i];
                 run.push('<');
-                run.push_str(&c.name);
+                run.push_str(self.clients[i].who.name());
                 run.push_str("> ");
                 run.push_str(body);
                 self.relayed += 1;
@@ -580,7 +557,8 @@ impl Hub {
 
     fn flush_run(&mut self, i: Member, run: &mut String, out: &mut impl Outbox) {
         if !run.is_empty() {
-            self.say(self.clients[i].room, Some(i), std::mem::take(run), out);
+            let room = self.clients[i].seat.room();
+            self.say(room, Some(i), std::mem::take(run), out);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! is here.
 
 use super::*;
-use crate::access::{self, Attempts, Ban, Bans, Span};
+use crate::access::{self, Attempts, Ban, Bans, Span, human_duration};
 use log::{info, warn};
 
 /// What a connection is told first when the server has a password.
@@ -75,6 +75,34 @@ impl Access {
 
     pub(super) fn has_opers(&self) -> bool {
         self.oper_password.is_some()
+    }
+}
+
+/// What one user may do: where it came from, whether it is an operator,
+/// whether it is muted.
+pub(super) struct Standing {
+    /// Local users: the address they came from (bans by name, and the
+    /// limit on wrong passwords). None for remote users.
+    addr: Option<IpAddr>,
+    /// Gave the operator password (`/oper`).
+    oper: bool,
+    /// Muted until this time (ms since the Unix epoch; u64::MAX: until
+    /// `/unmute` or it leaves); 0: not muted.
+    muted: u64,
+}
+
+impl Standing {
+    /// A local user from `addr`, or (None) a remote one.
+    pub(super) fn new(addr: Option<IpAddr>) -> Standing {
+        Standing {
+            addr,
+            oper: false,
+            muted: 0,
+        }
+    }
+
+    pub(super) fn oper(&self) -> bool {
+        self.oper
     }
 }
 
@@ -175,7 +203,7 @@ impl Hub {
         }
         if self.try_secret(id, addr, given, false, out) {
             self.waiting.remove(&id);
-            self.admit(id, addr, out);
+            self.let_in(id, addr, out);
         }
     }
 
@@ -221,13 +249,34 @@ impl Hub {
         false
     }
 
+    /// Whether `i` may carry out `cmd`: operators' commands are for
+    /// operators, and a muted user's actions and private messages are
+    /// refused like its messages (muting one channel would only move the
+    /// abuse to another). Tells `id` why not.
+    pub(super) fn may(
+        &self,
+        id: ClientId,
+        i: Member,
+        cmd: &Command,
+        out: &mut impl Outbox,
+    ) -> bool {
+        if let Some(word) = cmd.for_operators()
+            && !self.clients[i].standing.oper
+        {
+            let text = format!("*** error: /{word} is for operators (/oper PASSWORD)");
+            reply(out, id, &text);
+            return false;
+        }
+        !(matches!(cmd, Command::Me(_) | Command::Msg { .. }) && self.silenced(id, i, out))
+    }
+
     pub(super) fn muted(&self, i: Member) -> bool {
-        self.clients[i].muted > self.now_ms
+        self.clients[i].standing.muted > self.now_ms
     }
 
     /// If `i` is muted, tells it so (and for how long); true if it was.
     pub(super) fn silenced(&self, id: ClientId, i: Member, out: &mut impl Outbox) -> bool {
-        let until = self.clients[i].muted;
+        let until = self.clients[i].standing.muted;
         if until <= self.now_ms {
             return false;
         }
@@ -253,18 +302,18 @@ impl Hub {
                 "*** error: this server has no operators (no --oper-password)",
             );
         }
-        if self.clients[i].oper {
+        if self.clients[i].standing.oper {
             return reply(out, id, "*** you are already an operator");
         }
         if given.is_empty() {
             return reply(out, id, "*** error: usage: /oper PASSWORD");
         }
-        let Some(addr) = self.clients[i].addr else {
+        let Some(addr) = self.clients[i].standing.addr else {
             return;
         };
         if self.try_secret(id, addr, given, true, out) {
-            self.clients[i].oper = true;
-            info!("{addr} {} is now an operator", self.clients[i].name);
+            self.clients[i].standing.oper = true;
+            info!("{addr} {} is now an operator", self.clients[i].who.name());
             reply(
                 out,
                 id,
@@ -291,12 +340,13 @@ impl Hub {
             reply(out, id, &format!("*** error: no user named {name}"));
             return None;
         };
-        match self.clients[t].home {
-            Home::Local(tid) => Some((tid, t)),
-            Home::Remote(..) => {
+        let who = &self.clients[t].who;
+        match who.local() {
+            Some(tid) => Some((tid, t)),
+            None => {
                 let text = format!(
                     "*** error: {} is on another server; an operator there can /{what} them",
-                    self.clients[t].name
+                    who.name()
                 );
                 reply(out, id, &text);
                 None
@@ -324,7 +374,7 @@ impl Hub {
         reason: String,
         out: &mut impl Outbox,
     ) {
-        self.tell_room(self.clients[t].room, text, out);
+        self.tell_room(self.clients[t].seat.room(), text, out);
         out.close(tid, reason);
         if let Some(t) = self.unlink(tid, out) {
             self.forget(t, out);
@@ -344,7 +394,10 @@ impl Hub {
             return;
         };
         let why = access::clean_reason(why);
-        let (by, whom) = (self.clients[i].name.clone(), self.clients[t].name.clone());
+        let (by, whom) = (
+            self.clients[i].who.name().to_string(),
+            self.clients[t].who.name().to_string(),
+        );
         info!("{whom} kicked by {by}{}", because(&why));
         self.access.counts.kicks += 1;
         let text = format!("*** {whom} was kicked by {by}{}", because(&why));
@@ -374,24 +427,23 @@ impl Hub {
                     let text = format!("*** error: no user named {target}, and not an address");
                     return reply(out, id, &text);
                 };
-                let c = &self.clients[t];
-                let Some(addr) = c.addr else {
+                let (name, addr) = (self.clients[t].who.name(), self.clients[t].standing.addr);
+                let Some(addr) = addr else {
                     let text = format!(
-                        "*** error: {} is on another server; ban their address, or ask an operator there",
-                        c.name
+                        "*** error: {name} is on another server; ban their address, or ask an operator there"
                     );
                     return reply(out, id, &text);
                 };
                 // The name is kept with the address: /bans says whose it was.
                 let reason = if why.is_empty() {
-                    c.name.to_string()
+                    name.to_string()
                 } else {
-                    format!("{}: {why}", c.name)
+                    format!("{name}: {why}")
                 };
                 (ipnet::IpNet::from(addr), reason)
             }
         };
-        let by = self.clients[i].name.to_string();
+        let by = self.clients[i].who.name().to_string();
         let ban = Ban {
             net,
             until: span.map(|ms| self.now_ms.saturating_add(ms)),
@@ -433,14 +485,14 @@ impl Hub {
             .enumerate()
             .filter_map(|(cid, m)| Some((ClientId(cid), (*m)?)))
             .filter(|&(_, m)| {
-                let c = &self.clients[m];
+                let c = &self.clients[m].standing;
                 !c.oper && c.addr.is_some_and(|a| net.contains(&a))
             })
             .collect();
         for &(tid, t) in &caught {
             let text = format!(
                 "*** {} was banned by {by} {span}{}",
-                self.clients[t].name,
+                self.clients[t].who.name(),
                 because(why)
             );
             self.remove_with_notice(tid, t, &text, format!("banned by {by}"), out);
@@ -493,7 +545,7 @@ impl Hub {
         if self.cluster.is_some() {
             out.unban(&net);
         }
-        warn!("{shown} unbanned by {}", self.clients[i].name);
+        warn!("{shown} unbanned by {}", self.clients[i].who.name());
         reply(out, id, &format!("*** unbanned {shown}"));
     }
 
@@ -539,13 +591,13 @@ impl Hub {
             None => (None, rest),
         };
         let why = access::clean_reason(why);
-        self.clients[t].muted = span.map_or(u64::MAX, |ms| self.now_ms.saturating_add(ms));
+        self.clients[t].standing.muted = span.map_or(u64::MAX, |ms| self.now_ms.saturating_add(ms));
         self.access.counts.mutes += 1;
-        let (by, whom) = (&self.clients[i].name, &self.clients[t].name);
+        let (by, whom) = (self.clients[i].who.name(), self.clients[t].who.name());
         let span = span_words(span);
         info!("{whom} muted {span} by {by}{}", because(&why));
         let text = format!("*** {whom} was muted by {by} {span}{}", because(&why));
-        self.tell_room(self.clients[t].room, &text, out);
+        self.tell_room(self.clients[t].seat.room(), &text, out);
     }
 
     pub(super) fn unmute(&mut self, id: ClientId, i: Member, name: &str, out: &mut impl Outbox) {
@@ -554,15 +606,16 @@ impl Hub {
             return;
         };
         if !self.muted(t) {
-            let text = format!("*** error: {} is not muted", self.clients[t].name);
+            let text = format!("*** error: {} is not muted", self.clients[t].who.name());
             return reply(out, id, &text);
         }
-        self.clients[t].muted = 0;
+        self.clients[t].standing.muted = 0;
         let text = format!(
             "*** {} was unmuted by {}",
-            self.clients[t].name, self.clients[i].name
+            self.clients[t].who.name(),
+            self.clients[i].who.name()
         );
-        self.tell_room(self.clients[t].room, &text, out);
+        self.tell_room(self.clients[t].seat.room(), &text, out);
     }
 }
 

@@ -1,10 +1,65 @@
-//! Identity: who is called what. Guest numbers, `/nick`, the rule for a
-//! valid name, and (in cluster mode) the claims that keep a name unique
-//! across instances.
+//! Identity: who is called what, and where it is connected. Guest
+//! numbers, `/nick`, the rule for a valid name, and (in cluster mode) the
+//! claims that keep a name unique across instances.
 
 use super::*;
 
 pub const MAX_NAME: usize = 24;
+
+/// Where a user is connected.
+#[derive(Clone)]
+pub(super) enum Home {
+    Local(ClientId),
+    Remote(Rc<str>, u64),
+}
+
+/// Who a user is: its name, and where it is connected. Changed only here
+/// (`Hub::set_name`), so that `Hub::names` always matches it.
+pub(super) struct Identity {
+    name: Box<str>,
+    /// Lowercased name: the key in `Hub::names`.
+    key: Box<str>,
+    home: Home,
+    /// Local users with a chosen name: when they claimed it (ms since the
+    /// Unix epoch), the claim's identity in Redis. Remote users: the roster
+    /// round that last announced them.
+    since: u64,
+}
+
+impl Identity {
+    pub(super) fn new(name: Box<str>, key: Box<str>, home: Home, since: u64) -> Identity {
+        Identity {
+            name,
+            key,
+            home,
+            since,
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(super) fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// The transport's id of a local user; None for a remote one.
+    pub(super) fn local(&self) -> Option<ClientId> {
+        match self.home {
+            Home::Local(id) => Some(id),
+            Home::Remote(..) => None,
+        }
+    }
+
+    pub(super) fn since(&self) -> u64 {
+        self.since
+    }
+}
 
 impl Hub {
     /// Records that `i` holds name `key` (a second holder waits in `dups`).
@@ -101,11 +156,11 @@ impl Hub {
             }
             _ => {}
         }
-        if *self.clients[i].name == *wanted {
+        if self.clients[i].who.name() == wanted {
             return reply(out, id, &format!("*** you are already {wanted}"));
         }
         if let Some(c) = self.cluster.as_mut()
-            && *self.clients[i].key != *key
+            && self.clients[i].who.key() != key
         {
             // Another instance may be granting the same name right now:
             // the shared store decides, and `claimed` finishes the change.
@@ -132,7 +187,7 @@ impl Hub {
         }
         // Only the casing changes (or there is no cluster): the claim, and
         // so its time, stay as they were.
-        let since = self.clients[i].since;
+        let since = self.clients[i].who.since();
         self.rename(id, i, wanted, since, None, out);
     }
 
@@ -167,9 +222,9 @@ impl Hub {
                 );
             }
         };
-        let c = &self.clients[i];
-        if !c.key.starts_with("guest-") {
-            out.release(&c.key, id, c.since);
+        let c = &self.clients[i].who;
+        if !c.key().starts_with("guest-") {
+            out.release(c.key(), id, c.since());
         }
         self.rename(id, i, &wanted, since, None, out);
     }
@@ -179,13 +234,13 @@ impl Hub {
     /// up for a fresh guest name, and is told why.
     pub fn name_lost(&mut self, id: ClientId, name: &str, out: &mut impl Outbox) {
         let Some(i) = self.idx(id) else { return };
-        if *self.clients[i].key != *name {
+        if self.clients[i].who.key() != name {
             return;
         }
         let guest = self.guest_name();
         let why = format!(
             "*** your name {} was also taken on another server while the cluster was split; you are now {guest}",
-            self.clients[i].name
+            self.clients[i].who.name()
         );
         self.rename(id, i, &guest, 0, Some(&why), out);
     }
@@ -201,14 +256,9 @@ impl Hub {
         notice: Option<&str>,
         out: &mut impl Outbox,
     ) {
-        let client = &mut self.clients[i];
-        let old = std::mem::replace(&mut client.name, wanted.into());
-        let old_key = std::mem::replace(&mut client.key, wanted.to_ascii_lowercase().into());
-        client.since = since;
-        let room = client.room;
-        self.name_drop(&old_key, i);
-        let key = self.clients[i].key.clone();
-        self.name_add(&key, i);
+        let old = self.set_name(i, wanted);
+        self.clients[i].who.since = since;
+        let room = self.clients[i].seat.room();
         match notice {
             Some(text) => reply(out, id, text),
             None => reply(out, id, &format!("*** you are now {wanted}")),
@@ -221,6 +271,18 @@ impl Hub {
             });
         }
         self.announce(room, i, &format!("*** {old} is now {wanted}"), out);
+    }
+
+    /// User `i` (local or remote) is now called `name`, and holds it in
+    /// `names`; returns the name it had.
+    pub(super) fn set_name(&mut self, i: Member, name: &str) -> Box<str> {
+        let who = &mut self.clients[i].who;
+        let old = std::mem::replace(&mut who.name, name.into());
+        let old_key = std::mem::replace(&mut who.key, name.to_ascii_lowercase().into());
+        self.name_drop(&old_key, i);
+        let key = self.clients[i].who.key.clone();
+        self.name_add(&key, i);
+        old
     }
 }
 

@@ -1,7 +1,8 @@
 //! Room history: what a room said is numbered and kept (by the hub's
 //! [`History`] on one server, by Redis in cluster mode), replayed to a
 //! client entering the room, answered to `/history`, and tagged with its
-//! id for clients with `/ids on`.
+//! id for clients with `/ids on`. Who gets the lines is rooms.rs's
+//! (`Hub::fan_out`).
 
 use super::*;
 
@@ -24,15 +25,66 @@ pub enum Asked {
 /// meanwhile loses the oldest, and the client is told how many).
 pub(super) const MAX_HELD: usize = 1024;
 
+/// What room history keeps track of for one user (a remote user's stays
+/// as it starts).
 #[derive(Default)]
-pub(super) struct Wait {
-    pub(super) pending: u32,
+pub(super) struct Resume {
+    /// `/ids on`: room lines and history reach it tagged with their id,
+    /// its own come back to it, and entering a room ends with the room's
+    /// last id (see [`Hub::mark`]).
+    ids: bool,
+    /// Cluster mode: its last line could not go to Redis (it was told).
+    refused: bool,
+    /// Cluster mode: history answers awaited from Redis, and the room lines
+    /// held back meanwhile so they come after the history, not before.
+    wait: Option<Box<Wait>>,
+}
+
+impl Resume {
+    pub(super) fn ids(&self) -> bool {
+        self.ids
+    }
+
+    /// Cluster mode: a history answer is awaited from Redis.
+    pub(super) fn awaits(&self) -> bool {
+        self.wait.is_some()
+    }
+
+    /// Holds room lines numbered `at` (`msg`) while a history answer is
+    /// awaited (past MAX_HELD the oldest held go, counted); false if none
+    /// is awaited, and the lines can go now.
+    pub(super) fn hold(&mut self, room: &str, at: Numbered, msg: &Rc<Msg>) -> bool {
+        let Some(w) = self.wait.as_mut() else {
+            return false;
+        };
+        if w.held.len() >= MAX_HELD
+            && let Some((.., n, _)) = w.held.pop_front()
+        {
+            w.lost += n;
+        }
+        w.held
+            .push_back((room.into(), at.first, at.count, msg.clone()));
+        true
+    }
+}
+
+#[derive(Default)]
+struct Wait {
+    pending: u32,
     /// (room key, first id, lines, the buffer).
-    pub(super) held: VecDeque<(Box<str>, Id, u64, Rc<Msg>)>,
-    pub(super) lost: u64,
+    held: VecDeque<(Box<str>, Id, u64, Rc<Msg>)>,
+    lost: u64,
     /// The ids the answers showed, per room: held lines among them are
     /// not sent again.
-    pub(super) covered: Vec<(Box<str>, Id, Id)>,
+    covered: Vec<(Box<str>, Id, Id)>,
+}
+
+/// Where a batch of room lines stands in its room's numbering: the first
+/// one's id, and how many there are.
+#[derive(Clone, Copy)]
+pub(super) struct Numbered {
+    pub(super) first: Id,
+    pub(super) count: u64,
 }
 
 impl Hub {
@@ -67,68 +119,64 @@ impl Hub {
         self.history.bytes()
     }
 
-    /// Messages and actions (`lines`: one, or several joined by CRLF) for
-    /// everyone in `room`: kept in the history, numbered, and sent as one
-    /// shared buffer to the members without ids, and one more, built only
-    /// if someone needs it, with every line tagged to the members with ids
-    /// (the sender included). `from`: the local sender, or None for lines
-    /// from another instance (which are not published again).
-    pub(super) fn say(
+    /// Local user `i`'s id if Redis keeps the room history it sees:
+    /// cluster mode with the link up.
+    fn redis_for(&self, i: Member) -> Option<ClientId> {
+        let up = self.cluster.as_ref().is_some_and(|c| c.up);
+        self.clients[i].who.local().filter(|_| up)
+    }
+
+    /// Cluster mode, link up: room lines from local user `i` go to Redis,
+    /// which numbers them, keeps them, and hands them back to every
+    /// instance, this one included (see `said`). True if they went that
+    /// way (or were refused, and `i` told); false if this instance numbers
+    /// them itself.
+    pub(super) fn numbered_by_redis(
         &mut self,
         room: usize,
-        from: Option<Member>,
-        lines: String,
+        i: Member,
+        lines: &str,
         out: &mut impl Outbox,
-    ) {
-        if let Some(i) = from
-            && self.cluster.as_ref().is_some_and(|c| c.up)
-            && let Home::Local(cid) = self.clients[i].home
-        {
-            // Redis numbers the lines, keeps them, and hands them back to
-            // every instance, this one included: see `said`.
-            let limits = self.history.limits();
-            let key = &self.rooms[room].key;
-            let sent = out.say(key, cid, &lines, limits.per_room, limits.ttl_ms);
-            // Told once per run of refused lines, not once per line.
-            let c = &mut self.clients[i];
-            if !sent && !c.refused {
-                reply(
-                    out,
-                    cid,
-                    "*** error: the cluster is too busy; your lines are not sent until this error stops",
-                );
-            }
-            c.refused = !sent;
-            return;
+    ) -> bool {
+        let Some(cid) = self.redis_for(i) else {
+            return false;
+        };
+        let limits = self.history.limits();
+        let key = &self.rooms[room].key;
+        let sent = out.say(key, cid, lines, limits.per_room, limits.ttl_ms);
+        // Told once per run of refused lines, not once per line.
+        let c = &mut self.clients[i].resume;
+        if !sent && !c.refused {
+            reply(
+                out,
+                cid,
+                "*** error: the cluster is too busy; your lines are not sent until this error stops",
+            );
         }
+        c.refused = !sent;
+        true
+    }
+
+    /// Room lines said here (`lines`: one, or several joined by CRLF),
+    /// numbered and kept in `room`'s history.
+    pub(super) fn number(&mut self, room: usize, lines: &str) -> Numbered {
         let hist = self.rooms[room].hist;
-        let mut first = None;
+        let (mut first, mut count) = (None, 0);
         for line in lines.split("\r\n") {
             let id = self.history.push(hist, self.now_ms, line);
             first.get_or_insert(id);
+            count += 1;
         }
-        let first = first.unwrap_or(Id { epoch: 0, n: 0 });
-        let plain = Msg::new(&lines);
-        let mut tagged: Option<Rc<Msg>> = None;
-        for &member in &self.rooms[room].members {
-            let c = &self.clients[member];
-            let Home::Local(to) = c.home else { continue };
-            if c.ids {
-                let msg = tagged.get_or_insert_with(|| Msg::new(&tag_lines(&lines, first)));
-                out.send(to, msg);
-            } else if Some(member) != from {
-                out.send(to, &plain);
-            }
-        }
-        if from.is_some() && self.cluster.is_some() {
-            out.publish(&self.rooms[room].key, &plain);
+        Numbered {
+            first: first.unwrap_or(Id { epoch: 0, n: 0 }),
+            count,
         }
     }
 
     /// The last --history-on-join lines of `room`, for client `i` that just
     /// entered it; with ids, then the room's last id.
     pub(super) fn replay(&mut self, id: ClientId, i: Member, room: usize, out: &mut impl Outbox) {
-        let ids = self.clients[i].ids;
+        let ids = self.clients[i].resume.ids;
         if (self.on_join > 0 || ids) && self.ask(i, room, Asked::Enter, None, self.on_join, out) {
             return;
         }
@@ -157,6 +205,31 @@ impl Hub {
         reply(out, id, &format!("*** ids on: {} at {last}", r.name));
     }
 
+    /// `/ids on|off` (`/ids` alone: as it is).
+    pub(super) fn ids_command(
+        &mut self,
+        id: ClientId,
+        i: Member,
+        arg: &str,
+        out: &mut impl Outbox,
+    ) {
+        let on = match arg.to_ascii_lowercase().as_str() {
+            "on" => true,
+            "off" => false,
+            "" => self.clients[i].resume.ids,
+            _ => return reply(out, id, "*** error: usage: /ids on|off"),
+        };
+        self.clients[i].resume.ids = on;
+        let room = self.clients[i].seat.room();
+        if on {
+            if !self.ask(i, room, Asked::Mark, None, 0, out) {
+                self.mark(id, room, out);
+            }
+        } else {
+            reply(out, id, "*** ids off");
+        }
+    }
+
     /// `/history`, `/history N`, `/history since ID`.
     pub(super) fn history_command(
         &mut self,
@@ -166,7 +239,7 @@ impl Hub {
         out: &mut impl Outbox,
     ) {
         const USAGE: &str = "*** error: usage: /history [N] or /history since ID";
-        let (room, ids) = (self.clients[i].room, self.clients[i].ids);
+        let (room, ids) = (self.clients[i].seat.room(), self.clients[i].resume.ids);
         let r = &self.rooms[room];
         let (word, arg) = split_word(rest);
         // Ok(n): the last n lines; Err(id): the lines after id.
@@ -247,23 +320,20 @@ impl Hub {
         count: usize,
         out: &mut impl Outbox,
     ) -> bool {
-        let (true, Home::Local(cid)) = (
-            self.cluster.as_ref().is_some_and(|c| c.up),
-            &self.clients[i].home,
-        ) else {
+        let Some(cid) = self.redis_for(i) else {
             return false;
         };
-        if !out.history(*cid, &self.rooms[room].key, asked, after, count) {
+        if !out.history(cid, &self.rooms[room].key, asked, after, count) {
             return false;
         }
-        self.clients[i].wait.get_or_insert_default().pending += 1;
+        self.clients[i].resume.wait.get_or_insert_default().pending += 1;
         true
     }
 
-    /// Room lines numbered by Redis (see `say`), for the local members of
-    /// `room`: one plain buffer and, if anyone has ids, one tagged buffer.
-    /// `from`: our local client who said them, who gets them back only if
-    /// it has ids.
+    /// Room lines numbered by Redis (see `numbered_by_redis`), for the
+    /// local members of `room` (see `fan_out`), held for those awaiting
+    /// their history. `from`: our local client who said them, who gets them
+    /// back only if it has ids.
     pub fn said(
         &mut self,
         room: &str,
@@ -281,31 +351,7 @@ impl Hub {
             epoch: first.epoch,
             n: first.n + count.saturating_sub(1),
         });
-        let plain = Msg::new(text);
-        let mut tagged: Option<Rc<Msg>> = None;
-        for &member in &self.rooms[r].members {
-            let c = &mut self.clients[member];
-            let Home::Local(to) = c.home else { continue };
-            let msg = if c.ids {
-                tagged.get_or_insert_with(|| Msg::new(&tag_lines(text, first)))
-            } else if Some(member) != sender {
-                &plain
-            } else {
-                continue;
-            };
-            match c.wait.as_mut() {
-                Some(w) => {
-                    if w.held.len() >= MAX_HELD
-                        && let Some((.., n, _)) = w.held.pop_front()
-                    {
-                        w.lost += n;
-                    }
-                    w.held
-                        .push_back((self.rooms[r].key.clone(), first, count, msg.clone()));
-                }
-                None => out.send(to, msg),
-            }
-        }
+        self.fan_out(r, sender, text, Numbered { first, count }, true, out);
     }
 
     /// Redis's answer to [`Outbox::history`] for local client `id`: the
@@ -323,8 +369,8 @@ impl Hub {
     ) {
         let Some(i) = self.idx(id) else { return };
         let here = self.room_keys.get(room).copied();
-        if let Some(r) = here.filter(|&r| r == self.clients[i].room) {
-            let (name, ids) = (&self.rooms[r].name, self.clients[i].ids);
+        if let Some(r) = here.filter(|&r| r == self.clients[i].seat.room()) {
+            let (name, ids) = (&self.rooms[r].name, self.clients[i].resume.ids);
             let refs: Vec<&history::Line> = lines.iter().collect();
             let render = |ask| render_answer(name, epoch, &refs, ids, ask, self.reply_max);
             let answer = match asked {
@@ -372,7 +418,7 @@ impl Hub {
                     Some((_, hi)) => hi,
                     None => {
                         let mut n = last;
-                        let held = self.clients[i].wait.as_ref().and_then(|w| {
+                        let held = self.clients[i].resume.wait.as_ref().and_then(|w| {
                             w.held
                                 .iter()
                                 .find(|(k, f, ..)| *k == key && f.epoch == epoch)
@@ -389,11 +435,11 @@ impl Hub {
                 };
                 reply(out, id, &format!("*** ids on: {name} at {mark}"));
             }
-            if let (Some(w), Some((lo, hi))) = (self.clients[i].wait.as_mut(), covered) {
+            if let (Some(w), Some((lo, hi))) = (self.clients[i].resume.wait.as_mut(), covered) {
                 w.covered.push((key, lo, hi));
             }
         }
-        let done = self.clients[i].wait.as_mut().is_none_or(|w| {
+        let done = self.clients[i].resume.wait.as_mut().is_none_or(|w| {
             w.pending = w.pending.saturating_sub(1);
             w.pending == 0
         });
@@ -405,11 +451,10 @@ impl Hub {
     /// Sends what was held for client `i` while its history was fetched:
     /// only lines of the room it is in, and not those the answer had.
     pub(super) fn release_held(&mut self, i: Member, out: &mut impl Outbox) {
-        let (Some(w), Home::Local(id)) = (self.clients[i].wait.take(), &self.clients[i].home)
-        else {
+        let c = &mut self.clients[i];
+        let (Some(w), Some(id)) = (c.resume.wait.take(), c.who.local()) else {
             return;
         };
-        let id = *id;
         if w.lost > 0 {
             let text = format!(
                 "*** {} missed while your history was fetched",
@@ -417,7 +462,7 @@ impl Hub {
             );
             reply(out, id, &text);
         }
-        let room = &self.rooms[self.clients[i].room].key;
+        let room = &self.rooms[self.clients[i].seat.room()].key;
         let shown = |key: &str, n: Id| {
             w.covered.iter().any(|(k, lo, hi)| {
                 **k == *key && lo.epoch == n.epoch && (lo.n..=hi.n).contains(&n.n)

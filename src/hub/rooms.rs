@@ -1,6 +1,9 @@
 //! Rooms and routing: who is in which room, and who gets a line: the
-//! room's local members, the other instances, or one user (`/msg`).
+//! room's local members, the other instances, or one user (`/msg`). A room
+//! line goes out as one shared buffer to all its recipients, and one more
+//! (its lines tagged with their ids) for those with `/ids on`.
 
+use super::room_history::tag_lines;
 use super::*;
 
 pub const LOBBY: &str = "lobby";
@@ -10,6 +13,28 @@ pub const LOBBY: &str = "lobby";
 /// answer costs the loop and the asker's queue a bounded amount (about 6 KiB
 /// of text) however many rooms or members there are.
 pub const LIST_MAX: usize = 200;
+
+/// Where a user is: its room, and its place among the room's members (for
+/// O(1) removal). Only this file reads its fields or moves it, so that a
+/// user in several rooms at once changes this type and this file alone.
+pub(super) struct Seat {
+    room: usize,
+    /// Index of the user in its room's `members`.
+    slot: usize,
+}
+
+impl Seat {
+    /// In no room yet (until [`Hub::enter`]).
+    pub(super) const NONE: Seat = Seat {
+        room: usize::MAX,
+        slot: 0,
+    };
+
+    /// The room the user is in.
+    pub(super) fn room(&self) -> usize {
+        self.room
+    }
+}
 
 /// "a, b, c" for the first entries, and how many were left out.
 pub(super) fn listing(total: usize, shown: impl Iterator<Item = String>) -> String {
@@ -44,22 +69,22 @@ impl Hub {
         let Some(&to) = self.names.get(target.to_ascii_lowercase().as_str()) else {
             return reply(out, id, &format!("*** error: no user named {target}"));
         };
-        let (from, dest) = (&self.clients[i], &self.clients[to]);
-        if matches!(dest.home, Home::Remote(..)) && self.cluster.as_ref().is_some_and(|c| !c.up) {
+        let (from, dest) = (&self.clients[i].who, &self.clients[to].who);
+        if dest.local().is_none() && self.cluster.as_ref().is_some_and(|c| !c.up) {
             // Kept in the mirror through an outage, but out of reach: the
             // line would be lost, so it is refused instead.
             let text = format!(
                 "*** error: {} is on another server, out of reach while the cluster link is down",
-                dest.name
+                dest.name()
             );
             return reply(out, id, &text);
         }
-        let msg = Msg::new(&format!("*{}* {text}", from.name));
-        match &dest.home {
+        let msg = Msg::new(&format!("*{}* {text}", from.name()));
+        match dest.home() {
             Home::Local(c) => out.send(*c, &msg),
-            Home::Remote(node, rid) => out.private(node, *rid, &dest.key, &msg),
+            Home::Remote(node, rid) => out.private(node, *rid, dest.key(), &msg),
         }
-        reply(out, id, &format!("-> *{}* {text}", dest.name));
+        reply(out, id, &format!("-> *{}* {text}", dest.name()));
         self.relayed += 1;
     }
 
@@ -72,7 +97,7 @@ impl Hub {
             return reply(out, id, &format!("*** error: invalid room name: {why}"));
         }
         let client = &self.clients[i];
-        let (old, slot, name) = (client.room, client.slot, client.name.clone());
+        let (old, name) = (client.seat.room, client.who.name().to_string());
         let key = wanted.to_ascii_lowercase();
         if *self.rooms[old].key == *key {
             let text = format!("*** error: you are already in {}", self.rooms[old].name);
@@ -80,7 +105,7 @@ impl Hub {
         }
         let text = format!("*** {name} left {}", self.rooms[old].name);
         self.announce(old, i, &text, out);
-        self.remove_member(old, slot, true, out);
+        self.leave(i, out);
         let room = self.enter(i, &key, wanted, out);
         if let Some(c) = &self.cluster {
             let r = &self.rooms[room];
@@ -124,10 +149,12 @@ impl Hub {
         };
         let r = &mut self.rooms[room];
         let c = &mut self.clients[i];
-        c.room = room;
-        c.slot = r.members.len();
+        c.seat = Seat {
+            room,
+            slot: r.members.len(),
+        };
         r.members.push(i);
-        if matches!(c.home, Home::Local(_)) {
+        if c.who.local().is_some() {
             r.local += 1;
             if r.local == 1 && self.cluster.is_some() {
                 out.subscribe(&r.key, true);
@@ -136,17 +163,15 @@ impl Hub {
         room
     }
 
-    pub(super) fn remove_member(
-        &mut self,
-        room: usize,
-        slot: usize,
-        local: bool,
-        out: &mut impl Outbox,
-    ) {
+    /// Takes user `i` out of its room, which goes (with its history
+    /// closed) if `i` was the last in it.
+    pub(super) fn leave(&mut self, i: Member, out: &mut impl Outbox) {
+        let c = &self.clients[i];
+        let (room, slot, local) = (c.seat.room, c.seat.slot, c.who.local().is_some());
         let r = &mut self.rooms[room];
         r.members.swap_remove(slot);
         if let Some(&moved) = r.members.get(slot) {
-            self.clients[moved].slot = slot;
+            self.clients[moved].seat.slot = slot;
         }
         if local {
             r.local -= 1;
@@ -164,16 +189,16 @@ impl Hub {
     /// "#lobby (3): alice, bob, guest-7"
     pub(super) fn roster(&self, room: usize) -> String {
         let r = &self.rooms[room];
-        let mut names: Vec<&Client> = r.members.iter().map(|&m| &self.clients[m]).collect();
+        let mut names: Vec<&Identity> = r.members.iter().map(|&m| &self.clients[m].who).collect();
         let total = names.len();
-        let by_key = |a: &&Client, b: &&Client| a.key.cmp(&b.key);
+        let by_key = |a: &&Identity, b: &&Identity| a.key().cmp(b.key());
         if total > LIST_MAX {
             // Only the first LIST_MAX get sorted: linear, not n log n.
             names.select_nth_unstable_by(LIST_MAX - 1, by_key);
             names.truncate(LIST_MAX);
         }
         names.sort_by(by_key);
-        let shown = names.iter().map(|c| c.name.to_string());
+        let shown = names.iter().map(|c| c.name().to_string());
         format!("{} ({total}): {}", r.name, listing(total, shown))
     }
 
@@ -187,11 +212,70 @@ impl Hub {
     ) {
         for &member in &self.rooms[room].members {
             if Some(member) != from
-                && let Home::Local(c) = self.clients[member].home
+                && let Some(c) = self.clients[member].who.local()
             {
                 out.send(c, msg);
             }
         }
+    }
+
+    /// Messages and actions (`lines`: one, or several joined by CRLF) for
+    /// everyone in `room`, numbered and kept as room history (by Redis, in
+    /// cluster mode with the link up: they come back through `said`).
+    /// `from`: the local sender, or None for lines from another instance
+    /// (which are not published again).
+    pub(super) fn say(
+        &mut self,
+        room: usize,
+        from: Option<Member>,
+        lines: String,
+        out: &mut impl Outbox,
+    ) {
+        if let Some(i) = from
+            && self.numbered_by_redis(room, i, &lines, out)
+        {
+            return;
+        }
+        let at = self.number(room, &lines);
+        let plain = self.fan_out(room, from, &lines, at, false, out);
+        if from.is_some() && self.cluster.is_some() {
+            out.publish(&self.rooms[room].key, &plain);
+        }
+    }
+
+    /// Room lines numbered `at`, for the local members of `room`: one
+    /// shared buffer for those without ids (but `from`, who said them), and
+    /// one more, built only if someone needs it, with every line tagged,
+    /// for those with ids (`from` included) — never a copy per recipient.
+    /// With `hold`, a member awaiting its history from Redis gets them
+    /// after it (see `Resume::hold`). Returns the plain buffer.
+    pub(super) fn fan_out(
+        &mut self,
+        room: usize,
+        from: Option<Member>,
+        text: &str,
+        at: Numbered,
+        hold: bool,
+        out: &mut impl Outbox,
+    ) -> Rc<Msg> {
+        let plain = Msg::new(text);
+        let mut tagged: Option<Rc<Msg>> = None;
+        let r = &self.rooms[room];
+        for &member in &r.members {
+            let c = &mut self.clients[member];
+            let Some(to) = c.who.local() else { continue };
+            let msg = if c.resume.ids() {
+                tagged.get_or_insert_with(|| Msg::new(&tag_lines(text, at.first)))
+            } else if Some(member) != from {
+                &plain
+            } else {
+                continue;
+            };
+            if !(hold && c.resume.hold(&r.key, at, msg)) {
+                out.send(to, msg);
+            }
+        }
+        plain
     }
 
     /// A line from a local user for the whole room, on every instance.
