@@ -249,13 +249,21 @@ fn access(cfg: &Config) -> io::Result<Access> {
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
     let password = cfg.password().map_err(invalid)?;
     let oper = cfg.oper_password().map_err(invalid)?;
-    let bans = match std::fs::read_to_string(&cfg.bans_file) {
-        Ok(text) => {
-            let (bans, bad) = Bans::from_file(&text, unix_ms());
-            if bad > 0 {
+    let bans = match std::fs::read(&cfg.bans_file) {
+        Ok(bytes) => {
+            let (bans, bad) = Bans::from_file(&bytes, unix_ms());
+            if bad.count > 0 {
+                let lines: Vec<String> = bad.first.iter().map(usize::to_string).collect();
+                let more = if bad.count > bad.first.len() {
+                    ", …"
+                } else {
+                    ""
+                };
                 warn!(
-                    "{}: {bad} line(s) that are not bans left out",
-                    cfg.bans_file
+                    "{}: {} line(s) that are not bans left out (line {}{more})",
+                    cfg.bans_file,
+                    bad.count,
+                    lines.join(", ")
                 );
             }
             info!("{} ban(s) from {}", bans.len(), cfg.bans_file);
