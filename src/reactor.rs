@@ -598,10 +598,13 @@ impl Server {
         let path = std::path::Path::new(&self.cfg.bans_file);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
+        if let Err(e) = &written {
             let _ = std::fs::remove_file(&tmp);
             warn!("cannot write the bans file {}: {e}", path.display());
         }
+        let written = written.map_err(|e| format!("{}: {e}", path.display()));
+        let (hub, mut out) = self.out();
+        hub.bans_saved(written, &mut out);
     }
 
     fn out(&mut self) -> (&mut Hub, Out<'_>) {

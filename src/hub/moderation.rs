@@ -35,6 +35,10 @@ pub struct Access {
     attempts: Attempts,
     /// The bans changed since the file was last written.
     changed: bool,
+    /// The operators whose changes are not yet in the file (told if
+    /// writing it fails), and those whose changes are being written now.
+    changed_by: Vec<ClientId>,
+    saving: Vec<ClientId>,
     counts: Moderation,
 }
 
@@ -65,6 +69,8 @@ impl Access {
             bans,
             attempts: Attempts::new(attempts),
             changed: false,
+            changed_by: Vec::new(),
+            saving: Vec::new(),
             counts: Moderation::default(),
         }
     }
@@ -125,6 +131,21 @@ fn span_words(span: Span) -> String {
     }
 }
 
+/// `[duration] [reason]` of `/ban` and `/mute`: the span (None:
+/// permanent) and the cleaned reason, or None with `id` told that a word
+/// that looks like a duration is not one.
+fn span_and_reason(id: ClientId, rest: &str, out: &mut impl Outbox) -> Option<(Span, String)> {
+    let (word, after) = split_word(rest);
+    match access::duration_arg(word) {
+        Ok(Some(span)) => Some((span, access::clean_reason(after.trim()))),
+        Ok(None) => Some((None, access::clean_reason(rest))),
+        Err(e) => {
+            reply(out, id, &format!("*** error: {e}"));
+            None
+        }
+    }
+}
+
 /// " (why)", or nothing.
 fn because(why: &str) -> String {
     if why.is_empty() {
@@ -145,13 +166,42 @@ impl Hub {
     }
 
     /// The bans file's new text, if the bans changed since it was last
-    /// asked for (expired bans are left out).
+    /// asked for (expired bans are left out). Answer with
+    /// [`Hub::bans_saved`] once it is written, or not.
     pub fn bans_to_save(&mut self) -> Option<String> {
         if !std::mem::take(&mut self.access.changed) {
             return None;
         }
+        let by = std::mem::take(&mut self.access.changed_by);
+        self.access.saving.extend(by);
         self.access.bans.prune(self.now_ms);
         Some(self.access.bans.to_file(self.now_ms))
+    }
+
+    /// The text [`Hub::bans_to_save`] gave was written, or (Err) not: the
+    /// operators who changed the bans are told so, as a ban they were
+    /// told was set would otherwise vanish at the next restart unsaid.
+    pub fn bans_saved(&mut self, written: Result<(), String>, out: &mut impl Outbox) {
+        let saving = std::mem::take(&mut self.access.saving);
+        let Err(e) = written else {
+            return;
+        };
+        let text = format!(
+            "*** error: the bans file could not be written ({e}); the change holds only until the server restarts"
+        );
+        for id in saving {
+            if self.idx(id).is_some() {
+                reply(out, id, &text);
+            }
+        }
+    }
+
+    /// The bans changed at `id`'s command.
+    fn bans_changed(&mut self, id: ClientId) {
+        self.access.changed = true;
+        if !self.access.changed_by.contains(&id) {
+            self.access.changed_by.push(id);
+        }
     }
 
     /// A banned address is told why and closed; true if it was.
@@ -186,6 +236,12 @@ impl Hub {
         let Some(&addr) = self.waiting.get(&id) else {
             return;
         };
+        // A ban set since it connected closes it (remove_banned); this
+        // holds whatever set the ban: nobody banned is let in.
+        if self.refuse_banned(id, addr, out) {
+            self.waiting.remove(&id);
+            return;
+        }
         let cmd = text
             .strip_prefix('/')
             .filter(|t| !t.starts_with('/'))
@@ -410,16 +466,18 @@ impl Hub {
             return reply(
                 out,
                 id,
-                "*** error: usage: /ban NAME|ADDRESS[/prefix] [duration] [reason]",
+                "*** error: usage: /ban NAME|ADDRESS[/prefix] [confirm] [duration] [reason]",
             );
         }
-        let rest = rest.trim();
-        let (word, after) = split_word(rest);
-        let (span, why) = match access::parse_duration(word) {
-            Some(span) => (span, after.trim()),
-            None => (None, rest),
+        let (word, after) = split_word(rest.trim());
+        let (confirmed, rest) = if word.eq_ignore_ascii_case("confirm") {
+            (true, after.trim())
+        } else {
+            (false, rest.trim())
         };
-        let why = access::clean_reason(why);
+        let Some((span, why)) = span_and_reason(id, rest, out) else {
+            return;
+        };
         let (net, reason) = match access::parse_net(target) {
             Some(net) => (net, why.clone()),
             None => {
@@ -440,9 +498,16 @@ impl Hub {
                 } else {
                     format!("{name}: {why}")
                 };
-                (ipnet::IpNet::from(addr), reason)
+                (access::host_net(addr), reason)
             }
         };
+        let shown = access::show_net(&net);
+        if !confirmed && let Some(risk) = access::risky(&net, self.clients[i].standing.addr) {
+            let text = format!(
+                "*** error: not banned: {shown}: {risk}; to ban it anyway: /ban {target} confirm {rest}"
+            );
+            return reply(out, id, text.trim_end());
+        }
         let by = self.clients[i].who.name().to_string();
         let ban = Ban {
             net,
@@ -453,24 +518,30 @@ impl Hub {
         if let Err(e) = self.access.bans.add(ban.clone()) {
             return reply(out, id, &format!("*** error: {e}"));
         }
-        self.access.changed = true;
+        self.bans_changed(id);
         self.access.counts.bans += 1;
         if self.cluster.is_some() {
             out.ban(&ban);
         }
-        let (shown, span) = (access::show_net(&net), span_words(span));
+        let span = span_words(span);
         warn!("{shown} banned {span} by {by}{}", because(&why));
-        let caught = self.remove_banned(&net, &by, &span, &why, out);
-        let text = format!(
+        let (caught, waiting) = self.remove_banned(&net, &by, &span, &why, out);
+        let mut text = format!(
             "*** banned {shown} {span}; {} disconnected",
             plural(caught as u64, "user")
         );
+        if waiting > 0 {
+            let more = plural(waiting as u64, "connection");
+            text.push_str(&format!(" (and {more} waiting for the password)"));
+        }
         reply(out, id, &text);
     }
 
     /// Closes every local user `net` covers, but operators (one on the same
     /// address or behind the same NAT is not cut off by a ban it set or
-    /// that catches it), each with a notice to its room; returns how many.
+    /// that catches it), each with a notice to its room, and every
+    /// connection it covers still waiting for the password (which would
+    /// otherwise be let in by the right one); returns how many of each.
     fn remove_banned(
         &mut self,
         net: &ipnet::IpNet,
@@ -478,7 +549,7 @@ impl Hub {
         span: &str,
         why: &str,
         out: &mut impl Outbox,
-    ) -> usize {
+    ) -> (usize, usize) {
         let caught: Vec<(ClientId, Member)> = self
             .local
             .iter()
@@ -497,7 +568,18 @@ impl Hub {
             );
             self.remove_with_notice(tid, t, &text, format!("banned by {by}"), out);
         }
-        caught.len()
+        let mut waiting: Vec<(ClientId, IpAddr)> = self
+            .waiting
+            .iter()
+            .filter(|(_, a)| net.contains(*a))
+            .map(|(&id, &a)| (id, a))
+            .collect();
+        waiting.sort();
+        for &(id, addr) in &waiting {
+            self.waiting.remove(&id);
+            self.refuse_banned(id, addr, out);
+        }
+        (caught.len(), waiting.len())
     }
 
     /// Cluster mode: a ban set on another instance (heard on the link, or
@@ -541,7 +623,7 @@ impl Hub {
                 &format!("*** error: no ban on {shown} (see /bans)"),
             );
         }
-        self.access.changed = true;
+        self.bans_changed(id);
         if self.cluster.is_some() {
             out.unban(&net);
         }
@@ -584,13 +666,9 @@ impl Hub {
         let Some((_, t)) = self.local_user(id, name, usage, "mute", out) else {
             return;
         };
-        let rest = rest.trim();
-        let (word, after) = split_word(rest);
-        let (span, why) = match access::parse_duration(word) {
-            Some(span) => (span, after.trim()),
-            None => (None, rest),
+        let Some((span, why)) = span_and_reason(id, rest.trim(), out) else {
+            return;
         };
-        let why = access::clean_reason(why);
         self.clients[t].standing.muted = span.map_or(u64::MAX, |ms| self.now_ms.saturating_add(ms));
         self.access.counts.mutes += 1;
         let (by, whom) = (self.clients[i].who.name(), self.clients[t].who.name());
