@@ -5,11 +5,18 @@
 //! refills evenly). An IPv6 client counts by its /64, which one host
 //! usually has whole. Pure: no sockets, the caller passes the clock.
 //!
-//! The table is bounded: an entry lives while its address has a
-//! connection or its bucket is refilling, and `prune` frees the rest.
-//! When it holds MAX_ENTRIES, new addresses are let in without a rate
-//! entry (their connection count is still kept): failing open keeps the
-//! server usable under a spread-out flood, which --max-clients bounds.
+//! The table is bounded and never fails open: an entry lives while its
+//! address has a connection or its bucket is refilling, and `prune` frees
+//! the rest. When it holds MAX_ENTRIES after that, the half of the
+//! entries without a connection whose buckets are fullest — those that
+//! matter least: their addresses have used the fewest of their tries —
+//! are forgotten (an address that forgotten gets a full bucket again, as
+//! after the window; one that is being held back keeps its entry). Only
+//! when every entry holds a connection (MAX_ENTRIES addresses connected
+//! at once, more than --max-clients' default) is a new address refused.
+//! Letting new addresses in uncounted instead, as this table once did,
+//! turned the limits off for everyone once about 3 500 new /64s a second
+//! from one /48 had filled it.
 
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -18,8 +25,10 @@ use std::time::{Duration, Instant};
 
 /// The window --max-connects counts over.
 pub const WINDOW: Duration = Duration::from_secs(600);
-/// Most addresses tracked at once (about 64 bytes each: 4 MiB).
-pub const MAX_ENTRIES: usize = 65_536;
+/// Most addresses tracked at once: 7/8 of 65 536, the most a table of
+/// 65 536 buckets holds before it doubles, so that it stays at 65 536 ×
+/// (56 + 1) bytes, 3.6 MiB (the unit test pins the entry's size).
+pub const MAX_ENTRIES: usize = 57_344;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -95,15 +104,16 @@ impl PerAddr {
         if self.exempt(ip) {
             return Ok(false);
         }
-        if self.table.len() >= MAX_ENTRIES {
-            self.prune(now);
-        }
         let key = Self::key(ip);
-        let full = self.table.len() >= MAX_ENTRIES && !self.table.contains_key(&key);
-        if full {
-            // Fail open (see the module doc), still counting connections
-            // would need an entry: let it in uncounted.
-            return Ok(false);
+        if self.table.len() >= MAX_ENTRIES && !self.table.contains_key(&key) {
+            self.prune(now);
+            if self.table.len() >= MAX_ENTRIES {
+                self.evict(now);
+            }
+            if self.table.len() >= MAX_ENTRIES {
+                // Every entry holds a connection: see the module doc.
+                return Err(Refused::TooMany);
+            }
         }
         let max_new = self.max_new as f64;
         let e = self.table.entry(key).or_insert(Entry {
@@ -150,6 +160,33 @@ impl PerAddr {
         let refill =
             now.saturating_duration_since(e.last).as_secs_f64() * max_new / WINDOW.as_secs_f64();
         e.tokens + refill >= max_new
+    }
+
+    /// Forgets the half of the entries without a connection whose buckets
+    /// are fullest (see the module doc). One pass for MAX_ENTRIES / 2 new
+    /// addresses at least, while fewer than half the entries hold
+    /// connections: O(1) per new address.
+    fn evict(&mut self, now: Instant) {
+        let max_new = self.max_new as f64;
+        let mut idle: Vec<(f64, IpAddr)> = self
+            .table
+            .iter()
+            .filter(|(_, e)| e.conns == 0)
+            .map(|(&k, e)| {
+                let refill = now.saturating_duration_since(e.last).as_secs_f64() * max_new
+                    / WINDOW.as_secs_f64();
+                (e.tokens + refill, k)
+            })
+            .collect();
+        let half = idle.len().div_ceil(2);
+        if half == 0 {
+            return;
+        }
+        // Fullest first; only the first half needs to be found.
+        idle.select_nth_unstable_by(half - 1, |a, b| b.0.total_cmp(&a.0));
+        for (_, k) in &idle[..half] {
+            self.table.remove(k);
+        }
     }
 
     /// Frees the entries of addresses with no connection and a full bucket.
@@ -234,20 +271,61 @@ mod tests {
     }
 
     #[test]
-    fn the_table_is_bounded() {
+    fn the_table_is_bounded_and_never_fails_open() {
         let t = Instant::now();
-        let mut p = PerAddr::new(4, 8, vec![]);
-        for i in 0..MAX_ENTRIES as u32 {
+        let mut p = PerAddr::new(2, 8, vec![]);
+        // One address used up its bucket; then the table fills.
+        let limited = ip("10.255.255.255");
+        for _ in 0..8 {
+            assert_eq!(p.try_count(limited, t), Ok(true));
+            p.release(limited, t);
+        }
+        for i in 0..MAX_ENTRIES as u32 - 1 {
             let a = IpAddr::V4(i.into());
             assert_eq!(p.try_count(a, t), Ok(true));
             p.release(a, t);
         }
         assert_eq!(p.len(), MAX_ENTRIES, "each is still refilling");
-        // Full of refilling entries: a new address gets in uncounted.
-        assert_eq!(p.try_count(ip("255.255.255.255"), t), Ok(false));
-        assert_eq!(p.len(), MAX_ENTRIES);
+        let capacity = p.table.capacity();
+        // Full of refilling entries: a new address is still counted.
+        let new = ip("255.255.255.255");
+        assert_eq!(p.try_count(new, t), Ok(true));
+        assert_eq!(p.try_count(new, t), Ok(true));
+        assert_eq!(p.try_count(new, t), Err(Refused::TooMany));
+        assert!(
+            p.len() <= MAX_ENTRIES / 2 + 2,
+            "half forgotten: {}",
+            p.len()
+        );
+        assert_eq!(p.try_count(limited, t), Err(Refused::TooFast), "kept");
+        assert!(p.table.capacity() <= capacity, "it never grew");
         // Once they have refilled, the next count frees them.
+        p.release(new, t);
+        p.release(new, t);
+        p.prune(t + WINDOW);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_table_full_of_connected_addresses_refuses_new_ones() {
+        let t = Instant::now();
+        let mut p = PerAddr::new(0, 8, vec![]);
+        for i in 0..MAX_ENTRIES as u32 {
+            assert_eq!(p.try_count(IpAddr::V4(i.into()), t), Ok(true));
+        }
+        assert_eq!(p.try_count(ip("255.255.255.255"), t), Err(Refused::TooMany));
+        p.release(IpAddr::V4(7.into()), t + WINDOW);
         assert_eq!(p.try_count(ip("255.255.255.255"), t + WINDOW), Ok(true));
-        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn an_entry_is_the_size_the_memory_figure_is_made_of() {
+        assert_eq!(size_of::<(IpAddr, Entry)>(), 56);
+        let mut p = PerAddr::new(1, 0, vec![]);
+        let t = Instant::now();
+        for i in 0..MAX_ENTRIES as u32 {
+            p.try_count(IpAddr::V4(i.into()), t).unwrap();
+        }
+        assert!(p.table.capacity() < 65_536, "65 536 buckets, not 131 072");
     }
 }

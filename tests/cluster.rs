@@ -1524,7 +1524,7 @@ fn a_ban_applies_on_every_instance_and_to_one_started_later() {
     let mut bob = named(&nodes[1], "bob");
     wait_who(&mut alice, TIMEOUT, "bob", |n| has_all(n, &["bob"]));
 
-    alice.send("/ban 127.0.0.0/8 1h flood");
+    alice.send("/ban 127.0.0.0/8 confirm 1h flood");
     alice.expect("the answer", |l| {
         l.starts_with("*** banned 127.0.0.0/8 for 1h; ")
     });

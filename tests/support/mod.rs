@@ -163,6 +163,24 @@ impl Client {
         }
     }
 
+    /// Connects from a given loopback address (all of 127.0.0.0/8 is
+    /// ours), without reading anything.
+    pub fn connect_from(local: &str, addr: SocketAddr) -> Client {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let from: SocketAddr = format!("{local}:0").parse().expect("a loopback address");
+        sock.bind(&from.into()).expect("bind");
+        sock.connect(&addr.into()).expect("connect");
+        let stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+            name: String::new(),
+        }
+    }
+
     pub fn send(&mut self, line: &str) {
         self.stream.write_all(line.as_bytes()).unwrap();
         self.stream.write_all(b"\n").unwrap();
