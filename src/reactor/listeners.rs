@@ -36,12 +36,17 @@ pub enum Port {
     Https = 3,
 }
 
-/// What a port is, in one place.
+/// What a port is, in one place: adding a listener is adding a `Port`
+/// and its row.
 struct Row {
     token: Token,
+    /// Its connections start with a TLS handshake (a --tls-* server only).
     tls: bool,
-    /// Its connections start with an HTTP request head, not chat lines.
-    web: bool,
+    /// The port number to bind, if this server has the port at all (the
+    /// line port comes bound from main.rs).
+    number: fn(&Config) -> Option<u16>,
+    /// The state machine its connections start in, accepted at `now`.
+    first: fn(&Config, Instant) -> Proto,
     /// For "cannot listen on HOST:PORT for {what}: {error}{hint}".
     what: &'static str,
     hint: &'static str,
@@ -52,61 +57,54 @@ const ROWS: [Row; 4] = [
     Row {
         token: Token(usize::MAX - 1),
         tls: false,
-        web: false,
+        number: |_| None,
+        first: line,
         what: "line clients",
         hint: " (--port)",
     },
     Row {
         token: Token(usize::MAX - 3),
         tls: false,
-        web: true,
+        number: |c| (!c.no_http).then_some(c.http_port),
+        first: web,
         what: "the web",
         hint: " (--http-port, or --no-http)",
     },
     Row {
         token: Token(usize::MAX - 4),
         tls: true,
-        web: false,
+        number: |c| Some(c.tls_port),
+        first: line,
         what: "TLS (--tls-port)",
         hint: "",
     },
     Row {
         token: Token(usize::MAX - 5),
         tls: true,
-        web: true,
+        number: |c| (!c.no_http).then_some(c.https_port),
+        first: web,
         what: "HTTPS (--https-port)",
         hint: "",
     },
 ];
+
+/// telnet / nc: chat lines from the first byte.
+fn line(cfg: &Config, _: Instant) -> Proto {
+    Proto::Line(LineSession::new(cfg.max_line as usize))
+}
+
+/// The web: one request head within --http-timeout, then an answer or
+/// the upgrade to a WebSocket.
+fn web(cfg: &Config, now: Instant) -> Proto {
+    let deadline = now + Duration::from_secs(cfg.http_timeout);
+    Proto::Http(HttpSession::new(deadline, cfg.max_line as usize))
+}
 
 impl Port {
     pub const ALL: [Port; 4] = [Port::Line, Port::Http, Port::TlsLine, Port::Https];
 
     fn row(self) -> &'static Row {
         &ROWS[self as usize]
-    }
-
-    /// The port number to bind from `cfg`, if this server has the port at
-    /// all (the line port comes bound from main.rs).
-    fn wanted(self, cfg: &Config, tls: bool) -> Option<u16> {
-        let web = !cfg.no_http;
-        match self {
-            Port::Line => None,
-            Port::Http => web.then_some(cfg.http_port),
-            Port::TlsLine => tls.then_some(cfg.tls_port),
-            Port::Https => (tls && web).then_some(cfg.https_port),
-        }
-    }
-
-    /// The state machine this port's connections start in.
-    fn first(self, cfg: &Config, now: Instant) -> Proto {
-        let max_line = cfg.max_line as usize;
-        if self.row().web {
-            let deadline = now + Duration::from_secs(cfg.http_timeout);
-            Proto::Http(HttpSession::new(deadline, max_line))
-        } else {
-            Proto::Line(LineSession::new(max_line))
-        }
     }
 }
 
@@ -139,11 +137,23 @@ impl Listeners {
         self.tls = Some(tls);
     }
 
-    /// Binds `port` from `cfg` if this server has it.
-    pub fn open(&mut self, poll: &Poll, cfg: &Config, port: Port) -> io::Result<()> {
-        let Some(number) = port.wanted(cfg, self.tls.is_some()) else {
-            return Ok(());
-        };
+    /// Binds every port of `cfg` that speaks TLS (`tls`) or not: the plain
+    /// ones before anything else is set up, the TLS ones once there is a
+    /// certificate (`speak_tls`).
+    pub fn open(&mut self, poll: &Poll, cfg: &Config, tls: bool) -> io::Result<()> {
+        for port in Port::ALL {
+            let row = port.row();
+            if row.tls != tls || (tls && self.tls.is_none()) {
+                continue;
+            }
+            if let Some(number) = (row.number)(cfg) {
+                self.bind(poll, cfg, port, number)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, poll: &Poll, cfg: &Config, port: Port, number: u16) -> io::Result<()> {
         let host = cfg.host.as_str();
         let row = port.row();
         let l = std::net::TcpListener::bind((host, number)).map_err(|e| {
@@ -220,7 +230,7 @@ impl Listeners {
             };
             // The listener chooses the state machine the connection starts in.
             let now = Instant::now();
-            let proto = port.first(cfg, now);
+            let proto = (port.row().first)(cfg, now);
             let max = cfg.max_clients;
             if clients >= max as usize {
                 warn!("{peer} refused: server full ({max} clients)");
@@ -291,9 +301,8 @@ mod tests {
         let (tls, _, _) = crate::tls::self_signed().unwrap();
         let mut all = Listeners::new(&poll, line).unwrap();
         all.speak_tls(tls);
-        for port in Port::ALL {
-            all.open(&poll, &cfg, port).unwrap();
-        }
+        all.open(&poll, &cfg, false).unwrap();
+        all.open(&poll, &cfg, true).unwrap();
         let mut timers = Timers::default();
         let mut metrics = Metrics::new(Instant::now());
         for port in Port::ALL {
@@ -340,7 +349,7 @@ mod tests {
         let poll = Poll::new().unwrap();
         let line = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut all = Listeners::new(&poll, line).unwrap();
-        all.open(&poll, &cfg, Port::Http).unwrap();
+        all.open(&poll, &cfg, false).unwrap();
         let mut timers = Timers::default();
         let mut metrics = Metrics::new(Instant::now());
         for (port, answer) in [

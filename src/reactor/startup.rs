@@ -3,7 +3,7 @@
 //! fingerprint, the listening sockets. Also the bans file's save, the one
 //! file the server writes.
 
-use super::listeners::{Listeners, Port};
+use super::listeners::Listeners;
 use super::{PRUNE_EVERY, SIGNALS, Server};
 use crate::access::Bans;
 use crate::cluster::{self, Link, RedisUrl};
@@ -32,7 +32,7 @@ impl Server {
         cfg.check().map_err(invalid)?;
         let poll = Poll::new()?;
         let mut listeners = Listeners::new(&poll, listener)?;
-        listeners.open(&poll, &cfg, Port::Http)?;
+        listeners.open(&poll, &cfg, false)?;
         let (hub, link) = hub_and_link(&cfg)?;
         let access = access(&cfg)?;
         // A batch of one sender's lines must always fit a recipient's queue.
@@ -48,8 +48,7 @@ impl Server {
         let (tls, fingerprint) = tls(&cfg)?;
         if let Some(tls) = tls {
             listeners.speak_tls(tls);
-            listeners.open(&poll, &cfg, Port::TlsLine)?;
-            listeners.open(&poll, &cfg, Port::Https)?;
+            listeners.open(&poll, &cfg, true)?;
         }
         let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt.clone());
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
