@@ -39,6 +39,7 @@ pub enum Port {
 /// What a port is, in one place: adding a listener is adding a `Port`
 /// and its row.
 struct Row {
+    port: Port,
     token: Token,
     /// Its connections start with a TLS handshake (a --tls-* server only).
     tls: bool,
@@ -52,9 +53,10 @@ struct Row {
     hint: &'static str,
 }
 
-/// Indexed by `Port`.
-const ROWS: [Row; 4] = [
+/// In `Port` order (a test checks), so a port's row is `ROWS[port]`.
+const ROWS: &[Row] = &[
     Row {
+        port: Port::Line,
         token: Token(usize::MAX - 1),
         tls: false,
         number: |_| None,
@@ -63,6 +65,7 @@ const ROWS: [Row; 4] = [
         hint: " (--port)",
     },
     Row {
+        port: Port::Http,
         token: Token(usize::MAX - 3),
         tls: false,
         number: |c| (!c.no_http).then_some(c.http_port),
@@ -71,6 +74,7 @@ const ROWS: [Row; 4] = [
         hint: " (--http-port, or --no-http)",
     },
     Row {
+        port: Port::TlsLine,
         token: Token(usize::MAX - 4),
         tls: true,
         number: |c| Some(c.tls_port),
@@ -79,6 +83,7 @@ const ROWS: [Row; 4] = [
         hint: "",
     },
     Row {
+        port: Port::Https,
         token: Token(usize::MAX - 5),
         tls: true,
         number: |c| (!c.no_http).then_some(c.https_port),
@@ -100,8 +105,14 @@ fn web(cfg: &Config, now: Instant) -> Proto {
     Proto::Http(HttpSession::new(deadline, cfg.max_line as usize))
 }
 
+/// How many ports there are.
+pub const PORTS: usize = ROWS.len();
+
 impl Port {
-    pub const ALL: [Port; 4] = [Port::Line, Port::Http, Port::TlsLine, Port::Https];
+    /// Every port, in order.
+    pub fn all() -> impl Iterator<Item = Port> {
+        ROWS.iter().map(|row| row.port)
+    }
 
     fn row(self) -> &'static Row {
         &ROWS[self as usize]
@@ -110,7 +121,8 @@ impl Port {
 
 /// Every listening socket of the server, and the accept retry's state.
 pub struct Listeners {
-    open: [Option<TcpListener>; 4],
+    /// Indexed by `Port`.
+    open: Vec<Option<TcpListener>>,
     /// The TLS ports' certificate (--tls-cert, --tls-self-signed).
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Accepting failed for want of descriptors; a timer retries.
@@ -122,7 +134,7 @@ impl Listeners {
     /// Starts with the line port (bound by the caller), registered on `poll`.
     pub fn new(poll: &Poll, line: std::net::TcpListener) -> io::Result<Listeners> {
         let mut all = Listeners {
-            open: [None, None, None, None],
+            open: Port::all().map(|_| None).collect(),
             tls: None,
             stalled: false,
             warned: None,
@@ -141,7 +153,7 @@ impl Listeners {
     /// ones before anything else is set up, the TLS ones once there is a
     /// certificate (`speak_tls`).
     pub fn open(&mut self, poll: &Poll, cfg: &Config, tls: bool) -> io::Result<()> {
-        for port in Port::ALL {
+        for port in Port::all() {
             let row = port.row();
             if row.tls != tls || (tls && self.tls.is_none()) {
                 continue;
@@ -179,7 +191,7 @@ impl Listeners {
 
     /// The port an event's token names, if it names a listener.
     pub fn port_of(token: Token) -> Option<Port> {
-        Port::ALL.into_iter().find(|p| p.row().token == token)
+        Port::all().find(|p| p.row().token == token)
     }
 
     pub fn addr(&self, port: Port) -> Option<SocketAddr> {
@@ -288,6 +300,13 @@ mod tests {
     use crate::conn::Stage;
 
     #[test]
+    fn the_rows_are_in_port_order() {
+        for (i, row) in ROWS.iter().enumerate() {
+            assert_eq!(row.port as usize, i);
+        }
+    }
+
+    #[test]
     fn each_port_starts_its_connections_in_its_own_first_state() {
         let cfg = Config {
             host: "127.0.0.1".into(),
@@ -305,7 +324,7 @@ mod tests {
         all.open(&poll, &cfg, true).unwrap();
         let mut timers = Timers::default();
         let mut metrics = Metrics::new(Instant::now());
-        for port in Port::ALL {
+        for port in Port::all() {
             let addr = all
                 .addr(port)
                 .unwrap_or_else(|| panic!("{port:?} not bound"));

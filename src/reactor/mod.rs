@@ -30,7 +30,7 @@ mod listeners;
 mod outbox;
 mod startup;
 
-use self::listeners::{Listeners, Port};
+use self::listeners::{Listeners, PORTS, Port};
 use self::outbox::{Out, cut_off, mark_closing};
 use self::startup::unix_ms;
 use crate::cluster::{self, Inbound, Link};
@@ -241,7 +241,7 @@ impl Server {
     }
 
     fn dispatch(&mut self) {
-        let mut accept = [false; Port::ALL.len()];
+        let mut accept = [false; PORTS];
         let mut signalled = false;
         for event in self.events.iter() {
             if let Some(port) = Listeners::port_of(event.token()) {
@@ -281,7 +281,7 @@ impl Server {
             self.on_signals();
         }
         self.apply_inbound();
-        for port in Port::ALL.into_iter().filter(|&p| accept[p as usize]) {
+        for port in Port::all().filter(|&p| accept[p as usize]) {
             self.accept(port);
         }
     }
@@ -860,7 +860,7 @@ impl Server {
             self.settle();
         }
         if accept {
-            for port in Port::ALL {
+            for port in Port::all() {
                 self.accept(port);
             }
             self.settle();
