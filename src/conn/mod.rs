@@ -1,7 +1,7 @@
 //! One client connection: its socket, its protocol's state machine, its
 //! output queue and the limits that keep one client from hurting the others.
 //!
-//! Each protocol is a state machine of its own ([`line`], [`http`], [`ws`]),
+//! Each protocol is a state machine of its own ([`mod@line`], [`http`], [`ws`]),
 //! held in [`Proto`] and driven through one interface: the reactor asks
 //! [`Proto::next`] what happened, and the answer is a [`Step`] — a line for
 //! the hub, bytes to queue, a wish to read (how much), a close with its

@@ -14,10 +14,13 @@
 //!    own deadline, --idle-timeout and pings, accept retries;
 //! 6. sweep: free the slab entries of connections that are gone.
 //!
-//! The reactor knows no protocol: it reads as much as a connection's state
-//! machine asks for (`Proto::next` -> `Step::Read`), feeds it, and acts on
-//! the steps it returns (conn/mod.rs). Which machine a connection starts
-//! with is chosen by the listener it came in on.
+//! The reactor knows no protocol and no layer: it reads as much as a
+//! connection's state machine asks for (`Proto::next` -> `Step::Read`)
+//! through the connection's stages (`Conn::read_in`), feeds it, and acts
+//! on the steps and outcomes they return (conn/). Beside the turn:
+//! listeners.rs (the listening sockets, and which machine a connection
+//! starts in), outbox.rs (hub output -> queues and link calls),
+//! startup.rs (`Config` -> the long-lived parts).
 //!
 //! Slab entries are only freed in step 6: anything done with a connection
 //! marks it `Gone` and lists it for the sweep. So a key in an event, or in
