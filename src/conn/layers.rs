@@ -380,3 +380,129 @@ impl io::Read for Source<'_> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// A connected pair on loopback: the server's non-blocking end and the
+    /// client's.
+    fn pair() -> (TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(server), client)
+    }
+
+    /// The next read that is not WouldBlock (bounded).
+    fn next(layers: &mut Layers, sock: &TcpStream, buf: &mut [u8]) -> Input {
+        for _ in 0..1000 {
+            match layers.read_in(sock, buf) {
+                Input::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                other => return other,
+            }
+        }
+        panic!("nothing to read");
+    }
+
+    #[test]
+    fn a_trusted_header_is_passed_then_what_came_behind_it_is_read() {
+        let (sock, mut client) = pair();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut layers = Layers::new(Some(true), None, deadline);
+        assert_eq!(layers.at_accept(), None, "the header is to tell");
+        assert_eq!(layers.pending(), Some((deadline, Expired::Header)));
+        client
+            .write_all(b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 3000\r\nhello\n")
+            .unwrap();
+        let mut buf = [0; 4096];
+        let input = next(&mut layers, &sock, &mut buf);
+        let Input::Addressed { source, then } = input else {
+            panic!("{input:?}");
+        };
+        assert_eq!(source, Some("203.0.113.7:51234".parse().unwrap()));
+        assert_eq!(then, After::Protocol);
+        assert!(matches!(layers.stage(), Stage::Protocol));
+        assert_eq!(layers.pending(), None);
+        match next(&mut layers, &sock, &mut buf) {
+            Input::Data(n) => assert_eq!(&buf[..n], b"hello\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_untrusted_header_is_refused_and_plain_bytes_pass() {
+        let (sock, mut client) = pair();
+        let mut layers = Layers::new(Some(false), None, Instant::now());
+        assert_eq!(layers.at_accept(), Some(After::Protocol));
+        client
+            .write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
+            .unwrap();
+        let mut buf = [0; 4096];
+        assert!(matches!(
+            next(&mut layers, &sock, &mut buf),
+            Input::Refused(_)
+        ));
+        let (sock, mut client) = pair();
+        let mut layers = Layers::new(Some(false), None, Instant::now());
+        client.write_all(b"hi\n").unwrap();
+        assert!(matches!(next(&mut layers, &sock, &mut buf), Input::Data(3)));
+    }
+
+    #[test]
+    fn a_tls_port_starts_in_the_handshake_and_holds_lines_back() {
+        let (sock, _client) = pair();
+        let (cfg, _, _) = crate::tls::self_signed().unwrap();
+        let deadline = Instant::now();
+        let tls = Box::new(Tls::new(&cfg).unwrap());
+        let mut layers = Layers::new(None, Some(tls), deadline);
+        assert_eq!(layers.at_accept(), Some(After::Handshake));
+        assert_eq!(layers.pending(), Some((deadline, Expired::Handshake)));
+        assert_eq!(layers.batch_max(), tls::FEED_MAX);
+        assert!(matches!(
+            layers.write(&sock, &[IoSlice::new(b"line\r\n")]),
+            SocketResult::WouldBlock
+        ));
+        layers.close_notify();
+        assert!(!layers.take_notify(), "no close_notify mid-handshake");
+    }
+
+    #[test]
+    fn the_handshake_is_passed_before_the_bytes_that_came_with_its_end() {
+        let (sock, mut stream) = pair();
+        stream.set_nonblocking(true).unwrap();
+        let (cfg, _, _) = crate::tls::self_signed().unwrap();
+        let tls = Box::new(Tls::new(&cfg).unwrap());
+        let mut layers = Layers::new(None, Some(tls), Instant::now());
+        let client_cfg = crate::tls::client_config(crate::tls::Trust::Anyone).unwrap();
+        let name = crate::tls::server_name("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_cfg, name).unwrap();
+        // Sent right behind the client's Finished, in the same flight.
+        client.writer().write_all(b"hello\n").unwrap();
+        let mut buf = [0; 4096];
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            while client.wants_write() {
+                client.write_tls(&mut stream).unwrap();
+            }
+            match layers.read_in(&sock, &mut buf) {
+                Input::WouldBlock => {}
+                Input::Data(n) => {
+                    seen.push(format!("data {:?}", String::from_utf8_lossy(&buf[..n])));
+                    break;
+                }
+                other => seen.push(format!("{other:?}")),
+            }
+            assert!(matches!(layers.write_held(&sock), SocketResult::Done(0)));
+            if client.read_tls(&mut stream).is_ok() {
+                client.process_new_packets().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(seen, ["Handshaken", "data \"hello\\n\""]);
+        assert!(matches!(layers.stage(), Stage::Protocol));
+    }
+}
