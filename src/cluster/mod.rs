@@ -3,50 +3,47 @@
 //!
 //! Redis pub/sub needs a connection of its own for SUBSCRIBE, so there are
 //! two: `cmd` sends PUBLISH and the bookkeeping commands and reads their
-//! replies in order; `sub` only receives what the subscriptions carry. RESP
-//! is encoded and decoded by the redis-protocol crate.
+//! replies in order; `sub` only receives what the subscriptions carry.
 //!
-//! Channels (pub/sub is not per database, so the database number is part of
-//! every name, and clusters on different databases stay apart):
-//! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
-//!   or LF in it removed) or `NODE\nLINE\nLINE...` (a sender's batch, each
-//!   line cleaned on its own); subscribed while this instance has local
-//!   members in ROOM; our own lines come back and are skipped by NODE, so
-//!   nothing is delivered twice;
-//! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
-//! - `chatd:DB:n:NODE` — private lines for users on NODE;
-//! - `chatd:DB:b` — bans: `B NODE NET<TAB>UNTIL<TAB>BY<TAB>REASON` (set)
-//!   or `U NODE NET` (lifted), each instance applying the others'.
+//! The layers, each in its file:
+//! - [`redis`]: one RESP connection (non-blocking connect, buffers, decode
+//!   bounded by `MAX_REPLY`, command encoding);
+//! - [`wire`]: every channel and key name, every payload encoded, decoded
+//!   and checked like a client's line (pure);
+//! - [`scripts`]: the Lua scripts Redis runs for us, with their contracts;
+//! - [`replies`]: what each awaited reply means and what a command may cost
+//!   the queue toward Redis;
+//! - [`events`]: what arrives, as data, and its one mapping onto the hub;
+//! - here: the link's state machine (down, connecting, healing, up) and the
+//!   verbs the reactor calls on behalf of the hub.
 //!
-//! Anyone who can reach Redis can publish on these, so nothing that arrives
-//! is trusted more than a client's line: texts are cleaned by the same
-//! `line::sanitize` and bounded in length, names and rooms must pass the
-//! hub's own rules, and anything else is logged (rate-limited) and dropped.
-//!
-//! Keys: `chatd:name:NAME` (a claim `MS NODE ID`: reserved with SET NX,
-//! renewed every tick by a script that re-creates it if Redis lost it),
-//! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
-//! `chatd:guests` (the shared guest-number counter), `chatd:DB:bans` (a
-//! hash, NET -> the ban's line: read by every instance at link-up, so bans
-//! apply cluster-wide and to instances started later).
+//! What arrives that does not pass [`wire`]'s checks is logged
+//! (rate-limited), counted and dropped.
+
+mod events;
+mod redis;
+mod replies;
+mod scripts;
+pub mod wire;
+
+pub use events::Inbound;
+pub use wire::{claim_value, claim_wins, valid_node};
 
 use crate::access::{Ban, MAX_BANS};
-use crate::history::{Id, Line};
-use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence, check_name};
-use crate::line::sanitize;
-use crate::socket::{self, SocketResult};
+use crate::history::Id;
+use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Presence};
+use crate::metrics::Cluster as ClusterStats;
 use ipnet::IpNet;
 use log::{debug, info, warn};
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
-use redis_protocol::resp2::decode::decode;
-use redis_protocol::resp2::encode::encode_borrowed;
-use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
+use mio::{Registry, Token};
+use redis::{Redis, command, frame_bytes};
+use redis_protocol::resp2::types::OwnedFrame;
+use replies::{Expect, Kind, PENDING_OVERHEAD};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::{self, IoSlice};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use wire::{COALESCE, Keys, Wire};
 
 pub const CMD: Token = Token(usize::MAX - 10);
 pub const SUB: Token = Token(usize::MAX - 11);
@@ -103,54 +100,7 @@ impl Default for Timing {
 }
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// The most a single reply may take before it is complete.
-const MAX_REPLY: usize = 4 << 20;
 const WARN_EVERY: Duration = Duration::from_secs(5);
-
-/// Moves the shared guest counter past what this instance already handed
-/// out (a restarted Redis forgets it), then reserves a block.
-const GUESTS_LUA: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') \
-     if v < tonumber(ARGV[1]) then redis.call('set', KEYS[1], ARGV[1]) end \
-     return redis.call('incrby', KEYS[1], ARGV[2])";
-
-/// Redis numbers and keeps room lines (docs/cluster.md, "Room history"):
-/// KEYS meta hash (e: epoch, n: last N), stream, channel; ARGV maxlen (0:
-/// keep none), ttl ms, node, sender, lines. Every line gets the id
-/// EPOCH-N (EPOCH: the ms when Redis began this room's history), goes into
-/// the stream under that id, and the batch is published with the first id
-/// and the sender, so every instance, the sender's too, delivers it as it
-/// comes back: one order for all.
-const SAY_LUA: &str = "local t = redis.call('time') \
-     local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
-     local e = redis.call('hget', KEYS[1], 'e') \
-     if not e then e = ms redis.call('hset', KEYS[1], 'e', e) end \
-     local first = redis.call('hincrby', KEYS[1], 'n', #ARGV - 4) - (#ARGV - 4) + 1 \
-     if ARGV[1] ~= '0' then \
-       for i = 5, #ARGV do \
-         redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
-       end \
-     end \
-     redis.call('pexpire', KEYS[1], ARGV[2]) \
-     if ARGV[1] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[2]) end \
-     redis.call('publish', KEYS[3], ARGV[3] .. ' =' .. e .. '-' .. first .. ':' .. ARGV[4] .. '\\n' .. table.concat(ARGV, '\\n', 5)) \
-     return e .. '-' .. first";
-
-/// Reads a room's history: KEYS meta hash, stream; ARGV the oldest id to
-/// leave out (`(EPOCH-N`, or `-` for none) and how many lines at most.
-/// Returns the epoch, the last N, then id, ms, text of each line, newest
-/// first.
-const READ_LUA: &str = "local r = {redis.call('hget', KEYS[1], 'e') or '', \
-     redis.call('hget', KEYS[1], 'n') or '0'} \
-     if tonumber(ARGV[2]) > 0 then \
-       for _, x in ipairs(redis.call('xrevrange', KEYS[2], '+', ARGV[1], 'COUNT', ARGV[2])) do \
-         local t, ms = '', '0' \
-         for i = 1, #x[2], 2 do \
-           if x[2][i] == 't' then t = x[2][i + 1] elseif x[2][i] == 'ms' then ms = x[2][i + 1] end \
-         end \
-         r[#r + 1] = x[1] r[#r + 1] = ms r[#r + 1] = t \
-       end \
-     end \
-     return r";
 
 /// Where Redis is, from `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
 #[derive(Debug, Clone)]
@@ -219,128 +169,6 @@ impl RedisUrl {
     }
 }
 
-/// What the link heard, for the reactor to hand to the hub. Every text in
-/// here has been cleaned and every name checked (see `decode_message`).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Inbound {
-    Up,
-    Down(String),
-    Room(String, String),
-    /// Room lines numbered by Redis, the first with `first`; `from`: our
-    /// local client who said them (None: another instance's).
-    Said {
-        room: String,
-        first: Id,
-        from: Option<ClientId>,
-        text: String,
-    },
-    /// Redis refused local client `id`'s line (true), or the link failed
-    /// before Redis confirmed it (false).
-    NotSaid(ClientId, bool),
-    /// The answer to [`Link::history`]: the room's epoch (0: none) and last
-    /// N, and its lines, oldest first.
-    History {
-        id: ClientId,
-        room: String,
-        asked: Asked,
-        epoch: u64,
-        last: u64,
-        lines: Vec<Line>,
-    },
-    Presence(Presence),
-    Private(ClientId, String, String),
-    Claimed(ClientId, String, Claim),
-    Guests(u64),
-    /// Another instance holds `name` by an earlier claim: our user `id`
-    /// must give it up.
-    NameLost(ClientId, String),
-    NodeLost(Rc<str>),
-    /// A node declared lost has a heartbeat again.
-    NodeBack(Rc<str>),
-    /// A ban set on another instance, or kept in Redis.
-    Ban(Ban),
-    /// A ban lifted on another instance.
-    Unban(IpNet),
-}
-
-impl Inbound {
-    /// Tells the hub what the link heard.
-    pub fn apply(self, hub: &mut Hub, out: &mut impl Outbox) {
-        match self {
-            Inbound::Up => hub.link_up(out),
-            Inbound::Down(_) => hub.link_down(out),
-            Inbound::Room(room, text) => hub.remote_line(&room, &text, out),
-            Inbound::Said {
-                room,
-                first,
-                from,
-                text,
-            } => hub.said(&room, first, from, &text, out),
-            Inbound::NotSaid(id, sure) => hub.not_said(id, sure, out),
-            Inbound::History {
-                id,
-                room,
-                asked,
-                epoch,
-                last,
-                lines,
-            } => hub.answer(id, &room, asked, epoch, last, lines, out),
-            Inbound::Presence(p) => hub.remote_presence(p, out),
-            Inbound::Private(to, name, text) => hub.remote_private(to, &name, &text, out),
-            Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, out),
-            Inbound::NameLost(id, name) => hub.name_lost(id, &name, out),
-            Inbound::NodeBack(node) => {
-                info!("cluster: node {node} has a heartbeat again; asking for its users");
-                hub.node_back(&node, out);
-            }
-            Inbound::Guests(start) => hub.add_guests(start, GUEST_BLOCK),
-            Inbound::NodeLost(node) => {
-                info!("cluster: node {node} stopped answering; its users are gone");
-                hub.node_silent(&node, out);
-            }
-            Inbound::Ban(ban) => hub.ban_from_cluster(ban, out),
-            Inbound::Unban(net) => hub.unban_from_cluster(&net),
-        }
-    }
-}
-
-/// What a reply on `cmd` answers.
-#[derive(Debug)]
-enum Expect {
-    /// Must not be an error, or the link is useless (AUTH, SELECT): the
-    /// command's name, for the log.
-    Check(&'static str),
-    Pong,
-    /// Nothing to do with the answer but log an error (PUBLISH, DEL, the
-    /// heartbeat): the command, for the log.
-    Ignore(&'static str),
-    Claim(ClientId, String, u64),
-    /// A renewal of local user `id`'s `name` with our claim `mine`; `heal`
-    /// while the link is healing (the link is up once all are answered).
-    Renew {
-        id: ClientId,
-        name: String,
-        mine: String,
-        heal: bool,
-    },
-    Guests,
-    Alive(Rc<str>),
-    Back(Rc<str>),
-    /// Local client `id`'s lines for `room` (CRLF between).
-    Say(ClientId, String, String),
-    Read(ClientId, String, Asked),
-    /// The SHA1 of SAY_LUA (0) or READ_LUA (1).
-    Script(usize),
-    /// HGETALL of the bans hash.
-    Bans,
-}
-
-/// What a command costs --cluster-queue beyond its RESP bytes: its entry
-/// in `pending` until Redis answers, in a VecDeque that may be up to twice
-/// as large as it is full. With 1-byte messages (about 50 bytes of PUBLISH)
-/// that is the difference between the bound and 2.3 times it.
-const PENDING_OVERHEAD: usize = 2 * size_of::<(Instant, Expect)>();
-
 /// Where the link is, with what only that stage needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -383,226 +211,18 @@ impl State {
     }
 }
 
-/// Counters for logs and metrics.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LinkStats {
-    pub published: u64,
-    pub received: u64,
-    pub dropped: u64,
-    /// Times the link came back up after it had been up before.
-    pub reconnects: u64,
-    /// Attempts to connect that failed (refused, timed out, or Redis
-    /// refused AUTH/SELECT).
-    pub connect_failures: u64,
-    /// Commands Redis answered with an error (wrong password, missing ACL
-    /// right, a failed script).
-    pub refused: u64,
-    /// Messages from Redis dropped as malformed.
-    pub malformed: u64,
-    /// Times the link was dropped because Redis did not answer in time.
-    pub timeouts: u64,
-}
-
-/// Renewal: re-creates the key if it is gone (a restarted or flushed Redis,
-/// or expired during a freeze), extends it if it is ours, and takes it over
-/// from a claim we beat (ARGV[3]). Returns who holds the name now.
-const RENEW_LUA: &str = "local v = redis.call('get', KEYS[1]) \
-     if not v or v == ARGV[1] or v == ARGV[3] then \
-     redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
-     return v";
-
-/// Gives a name back only if it is still ours: after a collision the key
-/// belongs to the winner, and a plain DEL would free it for a third user.
-const RELEASE_LUA: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
-     return redis.call('del', KEYS[1]) end return 0";
-
-/// A claim on a name, as stored in its key: `MS NODE ID`, the time of the
-/// claim in ms since the Unix epoch, the node and the user's id there.
-pub fn claim_value(since: u64, node: &str, id: ClientId) -> String {
-    format!("{since} {node} {}", id.0)
-}
-
-/// Which of two claims on one name keeps it: the earlier, ties broken by
-/// node id then user id. Every instance compares the same two strings, so
-/// all decide alike without asking each other. A value that is not a claim
-/// (written by something else) always loses.
-pub fn claim_wins(mine: &str, theirs: &str) -> bool {
-    fn parse(v: &str) -> Option<(u64, &str, u64)> {
-        let mut f = v.split(' ');
-        let t = f.next()?.parse().ok()?;
-        let node = f.next()?;
-        let id = f.next()?.parse().ok()?;
-        f.next().is_none().then_some((t, node, id))
-    }
-    match (parse(mine), parse(theirs)) {
-        (Some(a), Some(b)) => a < b,
-        (Some(_), None) => true,
-        _ => false,
-    }
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A node id as it travels (`ID~INCARNATION`): what --node-id allows, plus
-/// the `~`.
-pub fn valid_node(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 48
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
-}
-/// One connection to Redis.
-struct Redis {
-    sock: TcpStream,
-    connected: bool,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-}
-
-impl Redis {
-    fn connect(addr: SocketAddr, token: Token, registry: &Registry) -> io::Result<Redis> {
-        let mut sock = TcpStream::connect(addr)?;
-        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
-        let _ = sock.set_nodelay(true);
-        Ok(Redis {
-            sock,
-            connected: false,
-            rbuf: Vec::new(),
-            wbuf: Vec::new(),
-        })
-    }
-
-    /// A non-blocking connect is done when the socket reports no error and
-    /// has a peer (mio's documented steps).
-    fn check_connected(&mut self) -> io::Result<bool> {
-        if !self.connected {
-            if let Some(e) = self.sock.take_error()? {
-                return Err(e);
-            }
-            match self.sock.peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.check_connected()? {
-            return Ok(());
-        }
-        let mut done = 0;
-        let result = loop {
-            if done == self.wbuf.len() {
-                break Ok(());
-            }
-            match socket::write(&self.sock, &[IoSlice::new(&self.wbuf[done..])]) {
-                SocketResult::Done(n) => done += n,
-                SocketResult::WouldBlock => break Ok(()),
-                // A write never reports the peer's end; a read does.
-                SocketResult::Closed => break Ok(()),
-                SocketResult::Error(e) => break Err(e),
-            }
-        };
-        self.wbuf.drain(..done);
-        result
-    }
-
-    /// Reads until WouldBlock and decodes every complete frame.
-    fn read(&mut self, scratch: &mut [u8], frames: &mut Vec<OwnedFrame>) -> io::Result<()> {
-        if !self.check_connected()? {
-            return Ok(());
-        }
-        loop {
-            match socket::read(&self.sock, scratch) {
-                SocketResult::Done(n) => self.rbuf.extend_from_slice(&scratch[..n]),
-                SocketResult::WouldBlock => break,
-                SocketResult::Closed => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "Redis closed the connection",
-                    ));
-                }
-                SocketResult::Error(e) => return Err(e),
-            }
-            self.decode(frames)?;
-        }
-        self.decode(frames)
-    }
-
-    fn decode(&mut self, frames: &mut Vec<OwnedFrame>) -> io::Result<()> {
-        let mut used = 0;
-        loop {
-            match decode(&self.rbuf[used..]) {
-                Ok(Some((frame, n))) => {
-                    frames.push(frame);
-                    used += n;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad reply from Redis: {e:?}"),
-                    ));
-                }
-            }
-        }
-        self.rbuf.drain(..used);
-        if self.rbuf.len() > MAX_REPLY {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "reply from Redis too large",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Appends one command to `buf`, RESP-encoded.
-fn command(buf: &mut Vec<u8>, args: &[&[u8]]) {
-    let parts: Vec<BorrowedFrame> = args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
-    let frame = BorrowedFrame::Array(&parts);
-    let start = buf.len();
-    buf.resize(start + frame.encode_len(false), 0);
-    // The buffer was sized by the encoder itself, so this cannot fail.
-    if encode_borrowed(&mut buf[start..], &frame, false).is_err() {
-        buf.truncate(start);
-    }
-}
-
 /// The most nodes the link checks, or remembers as lost, at a time.
 pub const MAX_NODES: usize = 256;
-/// Room lines that arrive together are delivered as one batch of at most
-/// this many bytes (one shared buffer per recipient, as for local lines).
-const COALESCE: usize = 16 * 1024;
-
-/// What a command is, for what to do when the queue toward Redis is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// The handshake: always queued (the queue is empty then).
-    Force,
-    /// A line for the other instances: dropped and counted.
-    Publish,
-    /// A name claim: refused, and the user told to try again.
-    Claim,
-    /// Heartbeats, renewals, node checks, releases, guest numbers: without
-    /// them the cluster cannot stay true, so they are never dropped. They
-    /// are bounded by what they are about instead: one round at a time (one
-    /// renewal per local named user, one check per known node, at most
-    /// MAX_NODES), and a Redis too slow to answer them within
-    /// --cluster-timeout has the link dropped and re-established.
-    Book,
-}
-
 pub struct Link {
     url: RedisUrl,
-    node: Rc<str>,
-    prefix: String,
+    /// Our node id, channel and key names, and the payloads' bound.
+    wire: Wire,
     cmd: Option<Redis>,
     sub: Option<Redis>,
     state: State,
@@ -616,9 +236,8 @@ pub struct Link {
     /// The most replies awaited before lines are dropped and claims
     /// refused: `max_queue` / 64 (a PUBLISH is rarely smaller).
     max_pending: usize,
-    max_text: usize,
     timing: Timing,
-    pub stats: LinkStats,
+    stats: ClusterStats,
     backoff: Duration,
     next_tick: Instant,
     warned: Option<Instant>,
@@ -643,7 +262,7 @@ pub struct Link {
     /// The last id delivered per subscribed room: a line that comes both
     /// as the reply to our SAY and on the subscription is delivered once.
     delivered: HashMap<String, Id>,
-    /// SHA1s of SAY_LUA and READ_LUA as loaded on this connection; until
+    /// SHA1s of `scripts::LOADED` as loaded on this connection; until
     /// known (or after Redis forgot them), the scripts are sent whole.
     shas: [Option<String>; 2],
 }
@@ -661,9 +280,8 @@ impl Link {
         max_text: usize,
     ) -> Link {
         Link {
-            prefix: format!("chatd:{}:", url.db),
+            wire: Wire::new(url.db, node, max_text),
             url,
-            node: node.into(),
             cmd: None,
             sub: None,
             state: State::Down {
@@ -673,9 +291,8 @@ impl Link {
             rooms: BTreeSet::new(),
             max_queue,
             max_pending: max_queue / 64,
-            max_text,
             timing,
-            stats: LinkStats::default(),
+            stats: ClusterStats::default(),
             backoff: BACKOFF_MIN,
             next_tick: Instant::now(),
             warned: None,
@@ -700,8 +317,16 @@ impl Link {
         self.state.is_up()
     }
 
+    /// The link's counters, and whether it is up, for /metrics.
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            link_up: self.is_up(),
+            ..self.stats
+        }
+    }
+
     pub fn node(&self) -> &str {
-        &self.node
+        &self.wire.node
     }
 
     /// When the link next needs the loop's attention.
@@ -749,7 +374,7 @@ impl Link {
         );
         // Room lines and history reads run a script each: loaded once per
         // connection, then called by its SHA1 (a few bytes, not the script).
-        for (i, script) in [SAY_LUA, READ_LUA].into_iter().enumerate() {
+        for (i, script) in scripts::LOADED.into_iter().enumerate() {
             self.send_cmd(
                 &[b"SCRIPT", b"LOAD", script.as_bytes()],
                 Expect::Script(i),
@@ -758,11 +383,11 @@ impl Link {
         }
         self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
         let mut channels = vec![
-            format!("{}p", self.prefix),
-            format!("{}b", self.prefix),
-            format!("{}n:{}", self.prefix, self.node),
+            self.keys().presence(),
+            self.keys().bans_channel(),
+            self.keys().node(&self.wire.node),
         ];
-        channels.extend(self.rooms.iter().map(|r| self.room_channel(r)));
+        channels.extend(self.rooms.iter().map(|r| self.keys().room(r)));
         let Some(sub) = self.sub.as_mut() else { return };
         if let Some(auth) = &auth {
             let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
@@ -876,8 +501,8 @@ impl Link {
         }
     }
 
-    fn room_channel(&self, room: &str) -> String {
-        format!("{}r:{room}", self.prefix)
+    fn keys(&self) -> &Keys {
+        &self.wire.keys
     }
 
     /// Logs what Redis refused, with its text: at once when the text is
@@ -957,19 +582,12 @@ impl Link {
     fn script(&self, i: usize) -> (&'static [u8], Vec<u8>) {
         match &self.shas[i] {
             Some(sha) => (b"EVALSHA", sha.as_bytes().to_vec()),
-            None => (b"EVAL", [SAY_LUA, READ_LUA][i].as_bytes().to_vec()),
+            None => (b"EVAL", scripts::LOADED[i].as_bytes().to_vec()),
         }
     }
 
-    fn history_keys(&self, room: &str) -> (String, String) {
-        (
-            format!("{}h:{room}", self.prefix),
-            format!("{}s:{room}", self.prefix),
-        )
-    }
-
     /// Room lines (CRLF between) from local client `from`, to be numbered
-    /// and kept by Redis and delivered when they come back (see SAY_LUA).
+    /// and kept by Redis and delivered when they come back (see `scripts::SAY`).
     /// False when the link is not up or the queue toward Redis is full.
     pub fn say(
         &mut self,
@@ -982,15 +600,15 @@ impl Link {
         if !self.state.is_up() {
             return false;
         }
-        let (meta, stream) = self.history_keys(room);
-        let channel = self.room_channel(room);
+        let (meta, stream) = self.keys().history(room);
+        let channel = self.keys().room(room);
         let (keep, ttl, from_s) = (
             keep.to_string(),
             ttl_ms.max(1).to_string(),
             from.0.to_string(),
         );
-        let node = self.node.clone();
-        let (verb, script) = self.script(0);
+        let node = self.wire.node.clone();
+        let (verb, script) = self.script(scripts::SAY_I);
         let mut args: Vec<&[u8]> = vec![
             verb,
             &script,
@@ -1026,10 +644,10 @@ impl Link {
         if !self.state.is_up() {
             return false;
         }
-        let (meta, stream) = self.history_keys(room);
+        let (meta, stream) = self.keys().history(room);
         let after = after.map_or("-".to_string(), |a| format!("({a}"));
         let count = count.to_string();
-        let (verb, script) = self.script(1);
+        let (verb, script) = self.script(scripts::READ_I);
         let args: [&[u8]; 7] = [
             verb,
             &script,
@@ -1042,71 +660,25 @@ impl Link {
         self.send_cmd(&args, Expect::Read(id, room.to_string(), asked), Kind::Book)
     }
 
-    /// A READ_LUA answer, checked and cleaned as anything from Redis.
-    fn read_answer(&self, f: OwnedFrame) -> Option<(u64, u64, Vec<Line>)> {
-        let OwnedFrame::Array(parts) = f else {
-            return None;
-        };
-        let text = |i: usize| {
-            parts
-                .get(i)
-                .and_then(frame_bytes)
-                .and_then(|b| std::str::from_utf8(b).ok())
-        };
-        let epoch = text(0)?;
-        let epoch: u64 = if epoch.is_empty() {
-            0
-        } else {
-            epoch.parse().ok()?
-        };
-        let last: u64 = text(1)?.parse().ok()?;
-        let mut lines = Vec::new();
-        let mut i = 2;
-        while i + 2 < parts.len() {
-            let (Some(id), Some(ms), Some(raw)) =
-                (text(i), text(i + 1), parts.get(i + 2).and_then(frame_bytes))
-            else {
-                return None;
-            };
-            i += 3;
-            let id: Id = id.parse().ok()?;
-            // Lines of an older record of the room (its epoch was lost while
-            // the stream lived on) are not this record's.
-            if id.epoch != epoch || raw.len() > self.max_text {
-                continue;
-            }
-            if let Some(clean) = sanitize(raw) {
-                lines.push(Line::new(id.n, ms.parse().unwrap_or(0), &clean));
-            }
-        }
-        lines.reverse();
-        Some((epoch, last, lines))
-    }
-
     /// A local line, or a batch of them (CRLF between), for the room on the
-    /// other instances. One line travels as `NODE TEXT`; a batch as one
-    /// publication `NODE\nLINE\nLINE...` (one PUBLISH for the lot, which is
-    /// most of what Redis costs), never with a CR: a receiver cleans each
-    /// line on its own, and a CR or LF inside a `NODE TEXT` publication is
-    /// removed, not taken as a line break.
+    /// other instances ([`wire::room_payload`]).
     pub fn publish_room(&mut self, room: &str, text: &str) {
-        let channel = self.room_channel(room);
-        let payload = if text.contains("\r\n") {
-            format!("{}\n{}", self.node, text.replace("\r\n", "\n"))
-        } else {
-            format!("{} {text}", self.node)
-        };
+        let channel = self.keys().room(room);
+        let payload = wire::room_payload(&self.wire.node, text);
         self.publish(&channel, payload.as_bytes());
     }
 
     pub fn presence(&mut self, event: &Presence) {
-        let channel = format!("{}p", self.prefix);
-        self.publish(&channel, encode_presence(event).as_bytes());
+        let channel = self.keys().presence();
+        self.publish(&channel, wire::encode_presence(event).as_bytes());
     }
 
     pub fn private(&mut self, node: &str, to: u64, to_name: &str, text: &str) {
-        let channel = format!("{}n:{node}", self.prefix);
-        self.publish(&channel, format!("{to} {to_name} {text}").as_bytes());
+        let channel = self.keys().node(node);
+        self.publish(
+            &channel,
+            wire::private_payload(to, to_name, text).as_bytes(),
+        );
     }
 
     pub fn subscribe(&mut self, room: &str, on: bool) {
@@ -1118,7 +690,7 @@ impl Link {
             self.rooms.remove(room)
         };
         if changed && !self.state.is_down() {
-            let channel = self.room_channel(room);
+            let channel = self.keys().room(room);
             if let Some(sub) = self.sub.as_mut() {
                 if sub.wbuf.len() > self.max_queue {
                     // The set of rooms is kept; a new connection subscribes
@@ -1144,8 +716,8 @@ impl Link {
             return false;
         }
         let since = now_ms();
-        let key = format!("chatd:name:{name}");
-        let value = claim_value(since, &self.node, id);
+        let key = Keys::name(name);
+        let value = claim_value(since, &self.wire.node, id);
         let ms = self.timing.name_ms();
         let args: [&[u8]; 6] = [
             b"SET",
@@ -1165,12 +737,12 @@ impl Link {
     /// Gives `name` back, if the key still holds our claim on it.
     pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
         if self.state.is_up() {
-            let key = format!("chatd:name:{name}");
-            let value = claim_value(since, &self.node, id);
+            let key = Keys::name(name);
+            let value = claim_value(since, &self.wire.node, id);
             self.send_cmd(
                 &[
                     b"EVAL",
-                    RELEASE_LUA.as_bytes(),
+                    scripts::RELEASE.as_bytes(),
                     b"1",
                     key.as_bytes(),
                     value.as_bytes(),
@@ -1184,11 +756,11 @@ impl Link {
     /// Renews (or re-creates, or takes over from `beat`) our claim on a
     /// local user's name.
     fn renew(&mut self, id: ClientId, name: &str, mine: String, beat: &str, heal: bool) -> bool {
-        let key = format!("chatd:name:{name}");
+        let key = Keys::name(name);
         let ms = self.timing.name_ms();
         let args: [&[u8]; 7] = [
             b"EVAL",
-            RENEW_LUA.as_bytes(),
+            scripts::RENEW.as_bytes(),
             b"1",
             key.as_bytes(),
             mine.as_bytes(),
@@ -1259,11 +831,11 @@ impl Link {
         self.warned_fail = None;
         info!(
             "cluster link up: node {} via Redis at {}",
-            self.node, self.url.addr
+            self.wire.node, self.url.addr
         );
         inbound.push(Inbound::Up);
         // Bans set while we were away (or before we started).
-        let key = format!("{}bans", self.prefix);
+        let key = self.keys().bans();
         self.send_cmd(&[b"HGETALL", key.as_bytes()], Expect::Bans, Kind::Book);
     }
 
@@ -1399,7 +971,7 @@ impl Link {
                         self.refused("EVAL (read a room's history)", &e);
                         None
                     }
-                    f => self.read_answer(f),
+                    f => self.wire.read_answer(f),
                 };
                 let (epoch, last, lines) = answer.unwrap_or((0, 0, Vec::new()));
                 inbound.push(Inbound::History {
@@ -1425,7 +997,7 @@ impl Link {
     /// counted; at most MAX_BANS are taken; the ones that ran out are
     /// deleted from the hash.
     fn bans_read(&mut self, parts: &[OwnedFrame], inbound: &mut Vec<Inbound>) {
-        let now = unix_ms();
+        let now = now_ms();
         let mut expired: Vec<Vec<u8>> = Vec::new();
         let mut taken = 0;
         for pair in parts.chunks(2) {
@@ -1435,12 +1007,7 @@ impl Link {
             ) else {
                 continue;
             };
-            let ban = std::str::from_utf8(value)
-                .ok()
-                .filter(|v| v.len() <= self.max_text)
-                .and_then(Ban::from_line)
-                .filter(|b| field == b.net.to_string().as_bytes());
-            let Some(ban) = ban else {
+            let Some(ban) = self.wire.ban_entry(field, value) else {
                 self.malformed(b"bans", "bad ban in the bans hash");
                 continue;
             };
@@ -1452,7 +1019,7 @@ impl Link {
             }
         }
         if !expired.is_empty() {
-            let key = format!("{}bans", self.prefix);
+            let key = self.keys().bans();
             let mut args: Vec<&[u8]> = vec![b"HDEL", key.as_bytes()];
             args.extend(expired.iter().map(Vec::as_slice));
             self.send_cmd(
@@ -1470,18 +1037,14 @@ impl Link {
         if !self.state.is_up() {
             return;
         }
-        let (key, net, line) = (
-            format!("{}bans", self.prefix),
-            ban.net.to_string(),
-            ban.to_line(),
-        );
+        let (key, net, line) = (self.keys().bans(), ban.net.to_string(), ban.to_line());
         self.send_cmd(
             &[b"HSET", key.as_bytes(), net.as_bytes(), line.as_bytes()],
             Expect::Ignore("HSET (a ban)"),
             Kind::Book,
         );
-        let channel = format!("{}b", self.prefix);
-        self.publish(&channel, format!("B {} {line}", self.node).as_bytes());
+        let channel = self.keys().bans_channel();
+        self.publish(&channel, wire::ban_payload(&self.wire.node, ban).as_bytes());
     }
 
     /// A ban lifted here.
@@ -1489,14 +1052,17 @@ impl Link {
         if !self.state.is_up() {
             return;
         }
-        let (key, net) = (format!("{}bans", self.prefix), net.to_string());
+        let key = self.keys().bans();
         self.send_cmd(
-            &[b"HDEL", key.as_bytes(), net.as_bytes()],
+            &[b"HDEL", key.as_bytes(), net.to_string().as_bytes()],
             Expect::Ignore("HDEL (a ban)"),
             Kind::Book,
         );
-        let channel = format!("{}b", self.prefix);
-        self.publish(&channel, format!("U {} {net}", self.node).as_bytes());
+        let channel = self.keys().bans_channel();
+        self.publish(
+            &channel,
+            wire::unban_payload(&self.wire.node, net).as_bytes(),
+        );
     }
 
     /// A node's heartbeat key, present or not. A node is declared lost only
@@ -1558,7 +1124,10 @@ impl Link {
                     .get(1)
                     .and_then(frame_bytes)
                     .and_then(|c| std::str::from_utf8(c).ok())
-                    .and_then(|c| c.strip_prefix(&self.prefix)?.strip_prefix("r:"))
+                    .and_then(|c| match self.keys().channel(c)? {
+                        wire::Channel::Room(room) => Some(room),
+                        _ => None,
+                    })
                 {
                     self.confirmed.insert(room.to_string());
                 }
@@ -1598,133 +1167,14 @@ impl Link {
         Ok(())
     }
 
-    /// A publication, checked and cleaned as a client's line would be:
-    /// `Ok(None)` when it is not for us (our own lines, other databases),
-    /// `Err` when it is malformed (logged and dropped by the caller).
+    /// A publication, checked and cleaned as a client's line would be
+    /// (see [`Wire::decode`]).
     fn decode_message(
         &self,
         channel: &[u8],
         payload: &[u8],
     ) -> Result<Option<Inbound>, &'static str> {
-        let channel = std::str::from_utf8(channel).map_err(|_| "channel not UTF-8")?;
-        let Some(rest) = channel.strip_prefix(&self.prefix) else {
-            return Ok(None);
-        };
-        // Room batches may hold several lines; anything else is one.
-        let most = if rest.starts_with("r:") {
-            self.max_text + COALESCE
-        } else {
-            self.max_text
-        };
-        if payload.len() > most {
-            return Err("too long");
-        }
-        if rest == "b" {
-            let text = std::str::from_utf8(payload).map_err(|_| "ban not UTF-8")?;
-            let (kind, rest) = text.split_once(' ').ok_or("bad ban message")?;
-            let (node, body) = rest.split_once(' ').ok_or("bad ban message")?;
-            if !valid_node(node) {
-                return Err("bad node");
-            }
-            if node == &*self.node {
-                return Ok(None);
-            }
-            return match kind {
-                "B" => Ban::from_line(body)
-                    .map(|b| Some(Inbound::Ban(b)))
-                    .ok_or("bad ban"),
-                "U" => crate::access::parse_net(body)
-                    .map(|n| Some(Inbound::Unban(n)))
-                    .ok_or("bad unban"),
-                _ => Err("bad ban message"),
-            };
-        }
-        if rest == "p" {
-            let text = std::str::from_utf8(payload).map_err(|_| "presence not UTF-8")?;
-            return decode_presence(text)
-                .map(|p| Some(Inbound::Presence(p)))
-                .ok_or("bad presence message");
-        }
-        if let Some(room) = rest.strip_prefix("r:") {
-            if !room_key_ok(room) {
-                return Err("bad room name");
-            }
-            let at = payload
-                .iter()
-                .position(|&c| c == b' ' || c == b'\n')
-                .ok_or("no node")?;
-            let (node, text) = (&payload[..at], &payload[at + 1..]);
-            let node = std::str::from_utf8(node).map_err(|_| "bad node")?;
-            if !valid_node(node) {
-                return Err("bad node");
-            }
-            if payload[at] == b' ' && text.first() == Some(&b'=') {
-                return self.decode_said(room, node, &text[1..]).map(Some);
-            }
-            // Our own lines were delivered locally when they were sent.
-            if node == &*self.node {
-                return Ok(None);
-            }
-            if payload[at] == b' ' {
-                if text.len() > self.max_text {
-                    return Err("too long");
-                }
-                let text = sanitize(text).ok_or("blank line")?;
-                return Ok(Some(Inbound::Room(room.to_string(), text)));
-            }
-            // A batch: each line cleaned and bounded as a line of its own.
-            let mut lines = Vec::new();
-            for line in text.split(|&c| c == b'\n') {
-                if line.len() > self.max_text {
-                    return Err("too long");
-                }
-                lines.extend(sanitize(line));
-            }
-            if lines.is_empty() {
-                return Err("blank batch");
-            }
-            return Ok(Some(Inbound::Room(room.to_string(), lines.join("\r\n"))));
-        }
-        if rest.strip_prefix("n:") == Some(&*self.node) {
-            let (to, rest) = split(payload).ok_or("no recipient")?;
-            let (name, text) = split(rest).ok_or("no name")?;
-            let to = std::str::from_utf8(to)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .map(ClientId)
-                .ok_or("bad recipient")?;
-            let name = std::str::from_utf8(name).map_err(|_| "bad name")?;
-            if !name_ok(name) {
-                return Err("bad name");
-            }
-            let text = sanitize(text).ok_or("blank line")?;
-            return Ok(Some(Inbound::Private(to, name.to_string(), text)));
-        }
-        Ok(None)
-    }
-
-    /// `EPOCH-N:SENDER\nLINE\nLINE...` from SAY_LUA: lines numbered by
-    /// Redis, delivered by every instance, the sender's own included.
-    fn decode_said(&self, room: &str, node: &str, rest: &[u8]) -> Result<Inbound, &'static str> {
-        let nl = rest.iter().position(|&c| c == b'\n').ok_or("no lines")?;
-        let head = std::str::from_utf8(&rest[..nl]).map_err(|_| "bad id")?;
-        let (id, sender) = head.split_once(':').ok_or("no sender")?;
-        let first: Id = id.parse().map_err(|_| "bad id")?;
-        let sender = ClientId(sender.parse().map_err(|_| "bad sender")?);
-        let mut lines = Vec::new();
-        for line in rest[nl + 1..].split(|&c| c == b'\n') {
-            if line.len() > self.max_text {
-                return Err("too long");
-            }
-            // Blank lines keep their number: the ids must stay in step.
-            lines.push(sanitize(line).unwrap_or_else(|| "<?> (blank)".into()));
-        }
-        Ok(Inbound::Said {
-            room: room.to_string(),
-            first,
-            from: (node == &*self.node).then_some(sender),
-            text: lines.join("\r\n"),
-        })
+        self.wire.decode(channel, payload)
     }
 
     /// Reconnects when due; drops a link whose oldest command has waited
@@ -1762,7 +1212,7 @@ impl Link {
             State::Healing { sent: false, .. } => {
                 let mut left = 0;
                 for (id, name, since) in hub.claimed_names() {
-                    let mine = claim_value(since, &self.node, id);
+                    let mine = claim_value(since, &self.wire.node, id);
                     if self.renew(id, name, mine, "", true) {
                         left += 1;
                     }
@@ -1788,9 +1238,9 @@ impl Link {
                     let asked = self.send_cmd(
                         &[
                             b"EVAL",
-                            GUESTS_LUA.as_bytes(),
+                            scripts::GUESTS.as_bytes(),
                             b"1",
-                            b"chatd:guests",
+                            Keys::GUESTS.as_bytes(),
                             used.as_bytes(),
                             block.as_bytes(),
                         ],
@@ -1814,7 +1264,7 @@ impl Link {
                         .map(|n| (n, until))
                         .collect();
                 }
-                let alive = format!("chatd:alive:{}", self.node);
+                let alive = Keys::alive(&self.wire.node);
                 let ms = self.timing.alive_ms();
                 self.send_cmd(
                     &[b"SET", alive.as_bytes(), b"1", b"PX", ms.as_bytes()],
@@ -1826,7 +1276,7 @@ impl Link {
                 }
                 let mut started = 0;
                 for (id, name, since) in hub.claimed_names() {
-                    let mine = claim_value(since, &self.node, id);
+                    let mine = claim_value(since, &self.wire.node, id);
                     if self.renew(id, name, mine, "", false) {
                         started += 1;
                     }
@@ -1839,7 +1289,7 @@ impl Link {
                     .chain(lost.into_iter().map(|n| (n, false)))
                     .take(MAX_NODES);
                 for (node, mirrored) in checks {
-                    let key = format!("chatd:alive:{node}");
+                    let key = Keys::alive(&node);
                     let expect = if mirrored {
                         Expect::Alive(node)
                     } else {
@@ -1875,118 +1325,6 @@ impl Link {
             }
         }
     }
-}
-
-fn frame_bytes(f: &OwnedFrame) -> Option<&[u8]> {
-    match f {
-        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => Some(b),
-        _ => None,
-    }
-}
-
-/// `WORD REST` at the first space.
-fn split(b: &[u8]) -> Option<(&[u8], &[u8])> {
-    let i = b.iter().position(|&c| c == b' ')?;
-    Some((&b[..i], &b[i + 1..]))
-}
-
-/// The wall clock in ms since the Unix epoch, to drop bans that ran out.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn name_ok(s: &str) -> bool {
-    !s.is_empty() && check_name(s).is_ok()
-}
-
-/// A room as the hub keys it: a valid name, lowercase.
-fn room_key_ok(s: &str) -> bool {
-    name_ok(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
-}
-
-/// `H node` | `B node` | `J node id name room shown round` | `L node id` |
-/// `N node id name` | `M node id room shown` | `E node round` | `W node`.
-/// Names, rooms and node ids contain no spaces.
-pub fn encode_presence(event: &Presence) -> String {
-    match event {
-        Presence::Hello { node } => format!("H {node}"),
-        Presence::Bye { node } => format!("B {node}"),
-        Presence::Here {
-            node,
-            id,
-            name,
-            room,
-            shown,
-            round,
-        } => format!("J {node} {id} {name} {room} {shown} {round}"),
-        Presence::Gone { node, id } => format!("L {node} {id}"),
-        Presence::Renamed { node, id, name } => format!("N {node} {id} {name}"),
-        Presence::Moved {
-            node,
-            id,
-            room,
-            shown,
-        } => format!("M {node} {id} {room} {shown}"),
-        Presence::End { node, round } => format!("E {node} {round}"),
-        Presence::Who { node } => format!("W {node}"),
-    }
-}
-
-/// Parses a presence message, accepting only what the hub's own rules
-/// allow: node ids, names and room names as a client could choose them.
-pub fn decode_presence(s: &str) -> Option<Presence> {
-    let f: Vec<&str> = s.split(' ').collect();
-    let node = *f.get(1)?;
-    if !valid_node(node) {
-        return None;
-    }
-    let node: Rc<str> = node.into();
-    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
-    let name = |i: usize| f.get(i).filter(|n| name_ok(n)).map(|n| n.to_string());
-    let room = |i: usize| f.get(i).filter(|r| room_key_ok(r)).map(|r| r.to_string());
-    let shown = |i: usize, room: &str| {
-        f.get(i)
-            .filter(|s| name_ok(s) && s.eq_ignore_ascii_case(room))
-            .map(|s| s.to_string())
-    };
-    Some(match (f[0], f.len()) {
-        ("H", 2) => Presence::Hello { node },
-        ("B", 2) => Presence::Bye { node },
-        ("J", 7) => {
-            let room = room(4)?;
-            Presence::Here {
-                node,
-                id: num(2)?,
-                name: name(3)?,
-                shown: shown(5, &room)?,
-                room,
-                round: num(6)?,
-            }
-        }
-        ("L", 3) => Presence::Gone { node, id: num(2)? },
-        ("N", 4) => Presence::Renamed {
-            node,
-            id: num(2)?,
-            name: name(3)?,
-        },
-        ("M", 5) => {
-            let room = room(3)?;
-            Presence::Moved {
-                node,
-                id: num(2)?,
-                shown: shown(4, &room)?,
-                room,
-            }
-        }
-        ("E", 3) => Presence::End {
-            node,
-            round: num(2)?,
-        },
-        ("W", 2) => Presence::Who { node },
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -2029,78 +1367,6 @@ mod tests {
         let pending = link.pending.len() * size_of::<(Instant, Expect)>();
         // At most one command past the bound, whose own bytes are counted.
         assert!(wbuf + pending <= max + 64, "{wbuf} + {pending} > {max}");
-    }
-
-    #[test]
-    fn commands_are_resp_arrays_of_bulk_strings() {
-        let mut buf = Vec::new();
-        command(&mut buf, &[b"SET", b"k", b"v v"]);
-        assert_eq!(buf, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv v\r\n");
-    }
-
-    #[test]
-    fn presence_round_trips() {
-        let node: Rc<str> = "n1~3f".into();
-        for e in [
-            Presence::Hello { node: node.clone() },
-            Presence::Bye { node: node.clone() },
-            Presence::Here {
-                node: node.clone(),
-                id: 7,
-                name: "alice".into(),
-                room: "games".into(),
-                shown: "Games".into(),
-                round: 3,
-            },
-            Presence::Gone {
-                node: node.clone(),
-                id: 7,
-            },
-            Presence::Renamed {
-                node: node.clone(),
-                id: 7,
-                name: "al".into(),
-            },
-            Presence::Moved {
-                node: node.clone(),
-                id: 7,
-                room: "lobby".into(),
-                shown: "lobby".into(),
-            },
-            Presence::End {
-                node: node.clone(),
-                round: 3,
-            },
-            Presence::Who { node: node.clone() },
-        ] {
-            assert_eq!(decode_presence(&encode_presence(&e)), Some(e));
-        }
-        assert_eq!(decode_presence("J n1 x a b b 1"), None);
-        assert_eq!(decode_presence(""), None);
-    }
-
-    #[test]
-    fn presence_with_what_a_client_could_not_choose_is_refused() {
-        for bad in [
-            "J n1 1 bad\x1bname lobby lobby 1",
-            "J n1 1 ali\r\nce lobby lobby 1",
-            "J n1 1 waytoolongforanameinthischat lobby lobby 1",
-            "J n1 1 guest-1 lob\x07by lob\x07by 1",
-            "J n1 1 alice Lobby Lobby 1", // a room key is lowercase
-            "J n1 1 alice lobby games 1", // shown is the key, cased
-            "J n1 1  lobby lobby 1",      // empty name
-            "J n\x1b1 1 alice lobby lobby 1",
-            "J n1 1 alice lobby lobby",
-            "N n1 1 x\r\ny",
-            "N n1 1 ",
-            "M n1 1 room\u{9b} room\u{9b}",
-            "E n1 x",
-            "W",
-            "Z n1",
-            "H n1 extra",
-        ] {
-            assert_eq!(decode_presence(bad), None, "{bad:?}");
-        }
     }
 
     fn link() -> Link {
@@ -2251,29 +1517,6 @@ mod tests {
         // Longer than any instance sends (max_text 100 here): dropped whole.
         let long = format!("n2 <m> {}", "a".repeat(100));
         assert_eq!(dm(b"chatd:3:r:lobby", long.as_bytes()), Err("too long"));
-    }
-
-    #[test]
-    fn the_earlier_claim_wins_and_both_sides_agree() {
-        let a = claim_value(1000, "n1~a", ClientId(3));
-        // Other instances parse it (mixed versions too): the plain number.
-        assert_eq!(a, "1000 n1~a 3");
-        let b = claim_value(1001, "n2~b", ClientId(1));
-        assert!(claim_wins(&a, &b) && !claim_wins(&b, &a), "earlier wins");
-        // Same millisecond: the node id decides, then the user id.
-        let c = claim_value(1000, "n0~z", ClientId(9));
-        assert!(claim_wins(&c, &a) && !claim_wins(&a, &c));
-        let d = claim_value(1000, "n1~a", ClientId(4));
-        assert!(claim_wins(&a, &d) && !claim_wins(&d, &a));
-        // Exactly one of any two different claims wins.
-        for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &d)] {
-            assert!(claim_wins(x, y) != claim_wins(y, x), "{x} vs {y}");
-        }
-        // Something that is not a claim never keeps a name.
-        for junk in ["", "n1~a:3", "x n1 3", "1 n1 3 extra"] {
-            assert!(claim_wins(&a, junk), "{junk:?}");
-            assert!(!claim_wins(junk, &a), "{junk:?}");
-        }
     }
 
     /// A "Redis" that accepts connections and never answers or reads.
