@@ -9,6 +9,9 @@ use ipnet::IpNet;
 use log::info;
 use std::rc::Rc;
 
+/// The log target the link has always used, so logs read as before.
+const LOG: &str = "chatd::cluster";
+
 /// What the link heard, for the reactor to hand to the hub. Every text in
 /// here has been cleaned and every name checked (see [`super::wire::Wire::decode`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -80,12 +83,12 @@ impl Inbound {
             Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, out),
             Inbound::NameLost(id, name) => hub.name_lost(id, &name, out),
             Inbound::NodeBack(node) => {
-                info!("cluster: node {node} has a heartbeat again; asking for its users");
+                info!(target: LOG, "cluster: node {node} has a heartbeat again; asking for its users");
                 hub.node_back(&node, out);
             }
             Inbound::Guests(start) => hub.add_guests(start, GUEST_BLOCK),
             Inbound::NodeLost(node) => {
-                info!("cluster: node {node} stopped answering; its users are gone");
+                info!(target: LOG, "cluster: node {node} stopped answering; its users are gone");
                 hub.node_silent(&node, out);
             }
             Inbound::Ban(ban) => hub.ban_from_cluster(ban, out),

@@ -9,10 +9,77 @@ use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode_borrowed;
 use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 /// The most a single reply may take before it is complete.
 pub const MAX_REPLY: usize = 4 << 20;
+
+/// Where Redis is, from `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
+#[derive(Debug, Clone)]
+pub struct RedisUrl {
+    pub addr: SocketAddr,
+    /// An ACL user (`redis://USER:PASSWORD@...`); none: the default user.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl RedisUrl {
+    /// Parses and resolves the URL (once, at start-up: the loop never
+    /// blocks on DNS). `env_password` (REDIS_PASSWORD) is used when the URL
+    /// has none.
+    pub fn parse(url: &str, env_password: Option<String>) -> Result<RedisUrl, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("{url}: a Redis URL starts with redis://"))?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let password = auth
+            .map(|a| a.split_once(':').map_or(a, |(_, p)| p).to_string())
+            .filter(|p| !p.is_empty())
+            .or(env_password.filter(|p| !p.is_empty()));
+        let user = auth
+            .and_then(|a| a.split_once(':'))
+            .map(|(u, _)| u.to_string())
+            .filter(|u| !u.is_empty());
+        let (hostport, db) = match rest.split_once('/') {
+            Some((hp, "")) => (hp, 0),
+            Some((hp, db)) => (
+                hp,
+                db.parse()
+                    .map_err(|_| format!("{url}: the database must be a number"))?,
+            ),
+            None => (rest, 0),
+        };
+        let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:6379")
+        };
+        let addr = hostport
+            .to_socket_addrs()
+            .map_err(|e| format!("{url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{url}: no address"))?;
+        Ok(RedisUrl {
+            addr,
+            user,
+            password,
+            db,
+        })
+    }
+
+    /// The AUTH command to send first, if any.
+    pub fn auth_args(&self) -> Option<Vec<String>> {
+        let pw = self.password.clone()?;
+        Some(match &self.user {
+            Some(u) => vec!["AUTH".into(), u.clone(), pw],
+            None => vec!["AUTH".into(), pw],
+        })
+    }
+}
 
 /// One connection to Redis.
 pub struct Redis {
