@@ -7,6 +7,7 @@ use crate::history::{Id, Line};
 use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence};
 use ipnet::IpNet;
 use log::info;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// The log target the link has always used, so logs read as before.
@@ -94,5 +95,51 @@ impl Inbound {
             Inbound::Ban(ban) => hub.ban_from_cluster(ban, out),
             Inbound::Unban(net) => hub.unban_from_cluster(&net),
         }
+    }
+}
+
+/// The last id delivered per subscribed room: a line that comes both as
+/// the reply to our SAY and on the subscription is delivered once.
+#[derive(Debug, Default)]
+pub struct Delivered(HashMap<String, Id>);
+
+impl Delivered {
+    /// Numbered lines, for the hub once: not again if they came already
+    /// (from our SAY's reply or the subscription, whichever was first), and
+    /// not if they are older than what was delivered.
+    pub fn said(
+        &mut self,
+        room: String,
+        first: Id,
+        from: Option<ClientId>,
+        text: String,
+    ) -> Option<Inbound> {
+        let count = text.split("\r\n").count() as u64;
+        let last = Id {
+            epoch: first.epoch,
+            n: first.n + count.saturating_sub(1),
+        };
+        if let Some(done) = self.0.get(&room)
+            && done.epoch == first.epoch
+            && done.n >= last.n
+        {
+            return None;
+        }
+        self.0.insert(room.clone(), last);
+        Some(Inbound::Said {
+            room,
+            first,
+            from,
+            text,
+        })
+    }
+
+    /// Not subscribed to `room` any more.
+    pub fn forget(&mut self, room: &str) {
+        self.0.remove(room);
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
     }
 }

@@ -28,6 +28,7 @@ mod timing;
 mod warn;
 pub mod wire;
 
+use events::Delivered;
 pub use events::Inbound;
 pub use timing::Timing;
 pub use wire::{claim_value, claim_wins, valid_node};
@@ -142,10 +143,10 @@ pub struct Link {
     confirmed: BTreeSet<String>,
     /// The last id delivered per subscribed room: a line that comes both
     /// as the reply to our SAY and on the subscription is delivered once.
-    delivered: HashMap<String, Id>,
+    delivered: Delivered,
     /// SHA1s of `scripts::LOADED` as loaded on this connection; until
     /// known (or after Redis forgot them), the scripts are sent whole.
-    shas: [Option<String>; 2],
+    shas: scripts::Loaded,
 }
 
 impl Link {
@@ -185,9 +186,9 @@ impl Link {
             grace: HashMap::new(),
             carry: false,
             scratch: vec![0; 64 * 1024],
-            shas: [None, None],
+            shas: scripts::Loaded::default(),
             confirmed: BTreeSet::new(),
-            delivered: HashMap::new(),
+            delivered: Delivered::default(),
         }
     }
 
@@ -384,40 +385,12 @@ impl Link {
         text: String,
         inbound: &mut Vec<Inbound>,
     ) {
-        let count = text.split("\r\n").count() as u64;
-        let last = Id {
-            epoch: first.epoch,
-            n: first.n + count.saturating_sub(1),
-        };
-        if let Some(done) = self.delivered.get(&room)
-            && done.epoch == first.epoch
-            && done.n >= last.n
-        {
-            return;
-        }
-        self.delivered.insert(room.clone(), last);
-        inbound.push(Inbound::Said {
-            room,
-            first,
-            from,
-            text,
-        });
+        inbound.extend(self.delivered.said(room, first, from, text));
     }
 
-    /// After SCRIPT FLUSH, Redis answers NOSCRIPT: send the scripts whole
-    /// again (EVAL loads them as it runs them).
+    /// After SCRIPT FLUSH, Redis answers NOSCRIPT.
     fn forgot(&mut self, err: &str) {
-        if err.starts_with("NOSCRIPT") {
-            self.shas = [None, None];
-        }
-    }
-
-    /// `EVALSHA SHA` when the script is loaded, `EVAL SCRIPT` otherwise.
-    fn script(&self, i: usize) -> (&'static [u8], Vec<u8>) {
-        match &self.shas[i] {
-            Some(sha) => (b"EVALSHA", sha.as_bytes().to_vec()),
-            None => (b"EVAL", scripts::LOADED[i].as_bytes().to_vec()),
-        }
+        self.shas.forgot(err);
     }
 
     /// Room lines (CRLF between) from local client `from`, to be numbered
@@ -434,27 +407,10 @@ impl Link {
         if !self.state.is_up() {
             return false;
         }
-        let (meta, stream) = self.keys().history(room);
-        let channel = self.keys().room(room);
-        let (keep, ttl, from_s) = (
-            keep.to_string(),
-            ttl_ms.max(1).to_string(),
-            from.0.to_string(),
-        );
-        let node = self.wire.node.clone();
-        let (verb, script) = self.script(scripts::SAY_I);
-        let mut args: Vec<&[u8]> = vec![
-            verb,
-            &script,
-            b"3",
-            meta.as_bytes(),
-            stream.as_bytes(),
-            channel.as_bytes(),
-            keep.as_bytes(),
-            ttl.as_bytes(),
-            node.as_bytes(),
-            from_s.as_bytes(),
-        ];
+        let head = scripts::say_args(self.keys(), room, keep, ttl_ms, &self.wire.node, from);
+        let (verb, script) = self.shas.call(scripts::SAY_I);
+        let mut args: Vec<&[u8]> = vec![verb, &script, b"3"];
+        args.extend(head.iter().map(|a| a.as_bytes()));
         args.extend(lines.split("\r\n").map(str::as_bytes));
         let expect = Expect::Say(from, room.to_string(), lines.to_string());
         let ok = self.send_cmd(&args, expect, Kind::Publish);
@@ -478,19 +434,10 @@ impl Link {
         if !self.state.is_up() {
             return false;
         }
-        let (meta, stream) = self.keys().history(room);
-        let after = after.map_or("-".to_string(), |a| format!("({a}"));
-        let count = count.to_string();
-        let (verb, script) = self.script(scripts::READ_I);
-        let args: [&[u8]; 7] = [
-            verb,
-            &script,
-            b"2",
-            meta.as_bytes(),
-            stream.as_bytes(),
-            after.as_bytes(),
-            count.as_bytes(),
-        ];
+        let tail = scripts::read_args(self.keys(), room, after, count);
+        let (verb, script) = self.shas.call(scripts::READ_I);
+        let mut args: Vec<&[u8]> = vec![verb, &script, b"2"];
+        args.extend(tail.iter().map(|a| a.as_bytes()));
         self.send_cmd(&args, Expect::Read(id, room.to_string(), asked), Kind::Book)
     }
 
@@ -520,7 +467,7 @@ impl Link {
             self.rooms.insert(room.to_string())
         } else {
             self.confirmed.remove(room);
-            self.delivered.remove(room);
+            self.delivered.forget(room);
             self.rooms.remove(room)
         };
         if changed && !self.state.is_down() {
@@ -706,7 +653,7 @@ impl Link {
             Expect::Alive(node) => self.node_checked(node, true, frame, inbound),
             Expect::Back(node) => self.node_checked(node, false, frame, inbound),
             Expect::Script(i) => match frame {
-                OwnedFrame::BulkString(sha) => self.shas[i] = String::from_utf8(sha).ok(),
+                OwnedFrame::BulkString(sha) => self.shas.set(i, String::from_utf8(sha).ok()),
                 OwnedFrame::Error(e) => self.refused("SCRIPT LOAD", &e),
                 _ => {}
             },

@@ -3,6 +3,10 @@
 //! The payload SAY publishes is the one [`super::wire::said_payload`]
 //! builds and [`super::wire::Wire::decode`] reads back.
 
+use super::wire::Keys;
+use crate::history::Id;
+use crate::hub::ClientId;
+
 /// Moves the shared guest counter past what this instance already handed
 /// out (a restarted Redis forgets it), then reserves a block.
 /// KEYS[1] the counter (`chatd:guests`); ARGV[1] guest numbers used here,
@@ -34,6 +38,29 @@ pub const SAY: &str = "local t = redis.call('time') \
      redis.call('publish', KEYS[3], ARGV[3] .. ' =' .. e .. '-' .. first .. ':' .. ARGV[4] .. '\\n' .. table.concat(ARGV, '\\n', 5)) \
      return e .. '-' .. first";
 
+/// SAY's KEYS and its ARGV but the lines, which follow them one per
+/// argument: [meta, stream, channel, maxlen, ttl ms (at least 1), node,
+/// sender].
+pub fn say_args(
+    keys: &Keys,
+    room: &str,
+    keep: usize,
+    ttl_ms: u64,
+    node: &str,
+    from: ClientId,
+) -> [String; 7] {
+    let (meta, stream) = keys.history(room);
+    [
+        meta,
+        stream,
+        keys.room(room),
+        keep.to_string(),
+        ttl_ms.max(1).to_string(),
+        node.to_string(),
+        from.0.to_string(),
+    ]
+}
+
 /// Reads a room's history: KEYS meta hash, stream; ARGV the oldest id to
 /// leave out (`(EPOCH-N`, or `-` for none) and how many lines at most.
 /// Returns the epoch, the last N, then id, ms, text of each line, newest
@@ -51,6 +78,13 @@ pub const READ: &str = "local r = {redis.call('hget', KEYS[1], 'e') or '', \
      end \
      return r";
 
+/// READ's KEYS and ARGV: [meta, stream, `(AFTER` or `-`, count].
+pub fn read_args(keys: &Keys, room: &str, after: Option<Id>, count: usize) -> [String; 4] {
+    let (meta, stream) = keys.history(room);
+    let after = after.map_or("-".to_string(), |a| format!("({a}"));
+    [meta, stream, after, count.to_string()]
+}
+
 /// The scripts loaded once per connection (SCRIPT LOAD) and then called
 /// by SHA1, by index: the ones sent often enough for their size to matter.
 pub const LOADED: [&str; 2] = [SAY, READ];
@@ -58,6 +92,34 @@ pub const LOADED: [&str; 2] = [SAY, READ];
 pub const SAY_I: usize = 0;
 /// Index of [`READ`] in [`LOADED`].
 pub const READ_I: usize = 1;
+
+/// SHA1s of [`LOADED`] as loaded on this connection; until known (or after
+/// Redis forgot them), the scripts are sent whole.
+#[derive(Debug, Default)]
+pub struct Loaded([Option<String>; 2]);
+
+impl Loaded {
+    /// SCRIPT LOAD answered for script `i`.
+    pub fn set(&mut self, i: usize, sha: Option<String>) {
+        self.0[i] = sha;
+    }
+
+    /// After SCRIPT FLUSH, Redis answers NOSCRIPT: send the scripts whole
+    /// again (EVAL loads them as it runs them).
+    pub fn forgot(&mut self, err: &str) {
+        if err.starts_with("NOSCRIPT") {
+            self.0 = [None, None];
+        }
+    }
+
+    /// `EVALSHA SHA` when script `i` is loaded, `EVAL SCRIPT` otherwise.
+    pub fn call(&self, i: usize) -> (&'static [u8], Vec<u8>) {
+        match &self.0[i] {
+            Some(sha) => (b"EVALSHA", sha.as_bytes().to_vec()),
+            None => (b"EVAL", LOADED[i].as_bytes().to_vec()),
+        }
+    }
+}
 
 /// Renewal: re-creates the key if it is gone (a restarted or flushed Redis,
 /// or expired during a freeze), extends it if it is ours, and takes it over
