@@ -614,4 +614,225 @@ mod tests {
             assert!(!claim_wins(junk, &a), "{junk:?}");
         }
     }
+
+    fn wire() -> Wire {
+        Wire::new(3, "me~1", 100)
+    }
+
+    fn ok(w: &Wire, channel: &str, payload: &str) -> Inbound {
+        match w.decode(channel.as_bytes(), payload.as_bytes()) {
+            Ok(Some(event)) => event,
+            other => panic!("{channel} {payload:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_name_is_spelled_here_and_read_back() {
+        let k = Keys::new(3);
+        assert_eq!(k.room("lobby"), "chatd:3:r:lobby");
+        assert_eq!(k.presence(), "chatd:3:p");
+        assert_eq!(k.node("n1~a"), "chatd:3:n:n1~a");
+        assert_eq!(k.bans_channel(), "chatd:3:b");
+        assert_eq!(k.bans(), "chatd:3:bans");
+        let (meta, stream) = k.history("lobby");
+        assert_eq!(
+            (meta.as_str(), stream.as_str()),
+            ("chatd:3:h:lobby", "chatd:3:s:lobby")
+        );
+        assert_eq!(Keys::name("alice"), "chatd:name:alice");
+        assert_eq!(Keys::alive("n1~a"), "chatd:alive:n1~a");
+        assert_eq!(Keys::GUESTS, "chatd:guests");
+        for (channel, kind) in [
+            (k.room("lobby"), Some(Channel::Room("lobby"))),
+            (k.presence(), Some(Channel::Presence)),
+            (k.node("n1~a"), Some(Channel::Node("n1~a"))),
+            (k.bans_channel(), Some(Channel::Bans)),
+            (k.bans(), Some(Channel::Other)),
+            (Keys::new(4).room("lobby"), None),
+        ] {
+            assert_eq!(k.channel(&channel), kind, "{channel}");
+        }
+    }
+
+    #[test]
+    fn every_payload_round_trips() {
+        let (me, them) = (wire(), Wire::new(3, "n2~5", 100));
+        let room = me.keys.room("lobby");
+        // One line, a batch: for the others, not for us.
+        let one = room_payload("n2~5", "<b> hi");
+        assert_eq!(
+            ok(&me, &room, &one),
+            Inbound::Room("lobby".into(), "<b> hi".into())
+        );
+        assert_eq!(them.decode(room.as_bytes(), one.as_bytes()), Ok(None));
+        let batch = room_payload("n2~5", "<b> one\r\n<b> two");
+        assert_eq!(
+            ok(&me, &room, &batch),
+            Inbound::Room("lobby".into(), "<b> one\r\n<b> two".into())
+        );
+        // Numbered: for everyone, ours with our sender.
+        let first = Id { epoch: 17, n: 4 };
+        let said = said_payload("me~1", first, ClientId(9), "<a> x\r\n<a> y");
+        assert_eq!(said, "me~1 =17-4:9\n<a> x\n<a> y");
+        for (w, from) in [(&me, Some(ClientId(9))), (&them, None)] {
+            assert_eq!(
+                ok(w, &room, &said),
+                Inbound::Said {
+                    room: "lobby".into(),
+                    first,
+                    from,
+                    text: "<a> x\r\n<a> y".into(),
+                }
+            );
+        }
+        let private = private_payload(4, "bob", "*alice* psst");
+        assert_eq!(
+            ok(&me, &me.keys.node("me~1"), &private),
+            Inbound::Private(ClientId(4), "bob".into(), "*alice* psst".into())
+        );
+        let ban = Ban::from_line("10.0.0.0/8\tpermanent\top\tspam").unwrap();
+        let bans = me.keys.bans_channel();
+        assert_eq!(
+            ok(&me, &bans, &ban_payload("n2~5", &ban)),
+            Inbound::Ban(ban.clone())
+        );
+        assert_eq!(
+            me.decode(bans.as_bytes(), ban_payload("me~1", &ban).as_bytes()),
+            Ok(None),
+            "our own ban"
+        );
+        assert_eq!(
+            ok(&me, &bans, &unban_payload("n2~5", &ban.net)),
+            Inbound::Unban(ban.net)
+        );
+        let hello = Presence::Hello {
+            node: "n2~5".into(),
+        };
+        assert_eq!(
+            ok(&me, &me.keys.presence(), &encode_presence(&hello)),
+            Inbound::Presence(hello)
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_refused() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        let node = w.keys.node("me~1");
+        let bans = w.keys.bans_channel();
+        let long = format!("4 bob {}", "x".repeat(100));
+        for (channel, payload) in [
+            // A bad node, in each kind that names one.
+            (room.as_str(), "n\x1b2 <m> hi"),
+            (&room, "n2\u{202e} =17-4:3\n<m> hi"),
+            (&room, &format!("{} <m> hi", "n".repeat(49))),
+            (&bans, "U n\r\n2 10.0.0.0/8"),
+            (&bans, "B  10.0.0.0/8\tpermanent\top\t"),
+            // A bad header.
+            (&room, "n2 =17-4\n<m> hi"),
+            (&room, "n2 =17-4:x\n<m> hi"),
+            (&room, "n2 =17-4:3\r\n"),
+            (&room, "n2 =x\n<m> hi"),
+            // A bad name inside the payload.
+            (&node, "4 b\rob hi"),
+            (&node, "4 b\u{9b}ob hi"),
+            (&node, "4 bo\u{202e}b hi"),
+            (&node, "4  hi"),
+            (&bans, "X n2 10.0.0.0/8"),
+            (&bans, "U n2 nonsense"),
+            // Too long for one line.
+            (&node, &long),
+            (&room, &format!("n2 =17-4:3\n<m> {}", "x".repeat(100))),
+        ] {
+            assert!(
+                w.decode(channel.as_bytes(), payload.as_bytes()).is_err(),
+                "{channel} {payload:?}"
+            );
+        }
+        assert_eq!(
+            w.decode(
+                b"chatd:3:r:lobby",
+                format!("n2 {}", "x".repeat(100 + COALESCE)).as_bytes()
+            ),
+            Err("too long")
+        );
+        assert_eq!(
+            w.decode(b"chatd:3:r:lob\xe2\x80\xaeby", b"n2 hi"),
+            Err("bad room name")
+        );
+    }
+
+    /// The forged text an instance nobody vouches for could publish: a
+    /// line break, a terminal escape, a C1 control, a bidi override.
+    const FORGED: &str = "<m> hi\r\x1b[2J\u{9b}31m\u{202e}evil";
+
+    #[test]
+    fn both_room_formats_clean_their_lines_alike() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        let plain = ok(&w, &room, &format!("n2 {FORGED}"));
+        let numbered = ok(&w, &room, &format!("n2 =17-4:3\n{FORGED}\n{FORGED}"));
+        let batch = ok(&w, &room, &format!("n2\n{FORGED}\n{FORGED}"));
+        let Inbound::Room(_, plain) = plain else {
+            panic!("{plain:?}")
+        };
+        let Inbound::Said { text: numbered, .. } = numbered else {
+            panic!("{numbered:?}")
+        };
+        let Inbound::Room(_, batch) = batch else {
+            panic!("{batch:?}")
+        };
+        let clean = sanitize(FORGED.as_bytes()).unwrap();
+        assert!(
+            !clean.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{clean:?}"
+        );
+        assert_eq!(plain, clean);
+        assert_eq!(numbered, format!("{clean}\r\n{clean}"));
+        assert_eq!(batch, numbered);
+        // Blank numbered lines keep their number; blank batch lines go.
+        let Inbound::Said { text, .. } = ok(&w, &room, "n2 =17-4:3\n\x1b\n<m> b") else {
+            panic!()
+        };
+        assert_eq!(text, "<?> (blank)\r\n<m> b");
+    }
+
+    #[test]
+    fn history_and_bans_from_redis_are_checked_like_publications() {
+        let w = wire();
+        let bulk = |s: &str| OwnedFrame::BulkString(s.as_bytes().to_vec());
+        let answer = OwnedFrame::Array(vec![
+            bulk("17"),
+            bulk("9"),
+            bulk("17-9"),
+            bulk("1000"),
+            bulk("<a> new\x1b[2J"),
+            bulk("16-8"),
+            bulk("999"),
+            bulk("<a> an older record's"),
+            bulk("17-7"),
+            bulk("998"),
+            bulk(&format!("<a> {}", "x".repeat(100))),
+            bulk("17-6"),
+            bulk("997"),
+            bulk("<a> old"),
+        ]);
+        let (epoch, last, lines) = w.read_answer(answer).unwrap();
+        assert_eq!((epoch, last), (17, 9));
+        let lines: Vec<_> = lines.iter().map(|l| (l.n, l.text.to_string())).collect();
+        assert_eq!(lines, [(6, "<a> old".into()), (9, "<a> new[2J".into())]);
+        assert_eq!(
+            w.read_answer(OwnedFrame::Array(vec![bulk("x"), bulk("1")])),
+            None
+        );
+        assert_eq!(w.read_answer(OwnedFrame::Integer(1)), None);
+        let line = "10.0.0.0/8\tpermanent\top\tspam";
+        assert!(w.ban_entry(b"10.0.0.0/8", line.as_bytes()).is_some());
+        assert_eq!(
+            w.ban_entry(b"10.0.0.1/32", line.as_bytes()),
+            None,
+            "another net"
+        );
+        assert_eq!(w.ban_entry(b"10.0.0.0/8", b"junk"), None);
+    }
 }
