@@ -277,3 +277,403 @@ fn the_queues_toward_redis_are_bounded_by_kind() {
     );
     assert_eq!(link.rooms.len(), 200);
 }
+
+// ---- The link against a scripted Redis on loopback ----
+
+/// A scripted Redis: accepts the link's two connections, tells them apart
+/// by their first command (SUBSCRIBE on `sub`, anything else on `cmd`),
+/// records every command and answers it the way Redis would, unless
+/// `answer` says otherwise (or `mute`). Single-threaded: served from the
+/// same loop that drives the link.
+struct FakeRedis {
+    listener: std::net::TcpListener,
+    conns: Vec<(std::net::TcpStream, Vec<u8>, Option<bool>)>,
+    /// Commands received on `cmd` and on `sub`, in order.
+    cmds: Vec<Vec<String>>,
+    subs: Vec<Vec<String>>,
+    /// A reply of its own for a command on `cmd` (RESP), or None: the usual.
+    answer: Box<dyn FnMut(&[String]) -> Option<String>>,
+    /// Reads and records, answers nothing.
+    mute: bool,
+}
+
+fn bulk(s: &str) -> String {
+    format!("${}\r\n{s}\r\n", s.len())
+}
+
+impl FakeRedis {
+    fn new() -> FakeRedis {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        FakeRedis {
+            listener,
+            conns: Vec::new(),
+            cmds: Vec::new(),
+            subs: Vec::new(),
+            answer: Box::new(|_| None),
+            mute: false,
+        }
+    }
+
+    fn url(&self) -> RedisUrl {
+        let addr = self.listener.local_addr().unwrap();
+        RedisUrl::parse(&format!("redis://{addr}/3"), None).unwrap()
+    }
+
+    fn usual(args: &[String]) -> String {
+        let verb = args[0].to_ascii_uppercase();
+        match verb.as_str() {
+            "SELECT" | "AUTH" | "SET" => "+OK\r\n".into(),
+            "PING" => "+PONG\r\n".into(),
+            "SCRIPT" => bulk(&format!("sha{}", args[2].len())),
+            "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
+            "HGETALL" => "*0\r\n".into(),
+            "EVAL" | "EVALSHA" if args[1].contains("incrby") => ":100\r\n".into(),
+            "EVAL" | "EVALSHA" => ":0\r\n".into(),
+            _ => "-ERR unknown command\r\n".into(),
+        }
+    }
+
+    /// Pushes a publication to the subscriber, as Redis would.
+    fn publish(&mut self, channel: &str, payload: &str) {
+        let msg = format!(
+            "*3\r\n{}{}{}",
+            bulk("message"),
+            bulk(channel),
+            bulk(payload)
+        );
+        self.push_sub(msg.as_bytes());
+    }
+
+    fn push_sub(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        for (s, _, sub) in &mut self.conns {
+            if *sub == Some(true) {
+                s.write_all(bytes).unwrap();
+            }
+        }
+    }
+
+    /// Drops both connections, as a Redis restart would.
+    fn close(&mut self) {
+        self.conns.clear();
+    }
+
+    fn serve(&mut self) {
+        use std::io::{Read, Write};
+        while let Ok((s, _)) = self.listener.accept() {
+            s.set_nonblocking(true).unwrap();
+            self.conns.push((s, Vec::new(), None));
+        }
+        let mut chunk = [0u8; 4096];
+        for (s, buf, sub) in &mut self.conns {
+            while let Ok(n @ 1..) = s.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            while let Ok(Some((frame, n))) = redis_protocol::resp2::decode::decode(buf) {
+                buf.drain(..n);
+                let OwnedFrame::Array(parts) = frame else {
+                    panic!("not a command: {frame:?}");
+                };
+                let args: Vec<String> = parts
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(frame_bytes(p).unwrap_or(b"")).into_owned())
+                    .collect();
+                let is_sub = *sub.get_or_insert(args[0] == "SUBSCRIBE");
+                let reply = if is_sub {
+                    let kind = args[0].to_ascii_lowercase();
+                    let acks = args[1..]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, ch)| format!("*3\r\n{}{}:{}\r\n", bulk(&kind), bulk(ch), i + 1));
+                    self.subs.push(args.clone());
+                    acks.collect()
+                } else {
+                    self.cmds.push(args.clone());
+                    (self.answer)(&args).unwrap_or_else(|| FakeRedis::usual(&args))
+                };
+                if !self.mute {
+                    s.write_all(reply.as_bytes()).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// The link, its Poll and a hub to read from, driven against a FakeRedis.
+struct Stand {
+    redis: FakeRedis,
+    link: Link,
+    poll: mio::Poll,
+    hub: Hub,
+    inbound: Vec<Inbound>,
+}
+
+impl Stand {
+    fn new(reply: Duration) -> Stand {
+        let redis = FakeRedis::new();
+        let timing = Timing::new(Duration::from_secs(3), reply);
+        Stand {
+            link: Link::new(redis.url(), "me~1", 1 << 20, timing, 100),
+            redis,
+            poll: mio::Poll::new().unwrap(),
+            hub: Hub::new(200).with_cluster("me~1"),
+            inbound: Vec::new(),
+        }
+    }
+
+    /// One turn of a reactor's loop, and of the fake Redis.
+    fn step(&mut self) {
+        let seen = self.inbound.len();
+        self.redis.serve();
+        let mut events = mio::Events::with_capacity(16);
+        self.poll
+            .poll(&mut events, Some(Duration::from_millis(5)))
+            .unwrap();
+        let registry = self.poll.registry();
+        for e in events.iter() {
+            self.link.ready(e.token(), registry, &mut self.inbound);
+        }
+        // The one event the hub must see before the next tick, or the
+        // link asks again.
+        for e in &self.inbound[seen..] {
+            if let Inbound::Guests(start) = e {
+                self.hub.add_guests(*start, GUEST_BLOCK);
+            }
+        }
+        self.link
+            .tick(Instant::now(), &self.hub, registry, &mut self.inbound);
+        self.link.flush(registry, &mut self.inbound);
+    }
+
+    /// Turns until `done`, at most 2000 of them (about 10 s).
+    fn until(&mut self, what: &str, done: impl Fn(&Stand) -> bool) {
+        for _ in 0..2000 {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        panic!("never {what}: {:?}", self.inbound);
+    }
+
+    fn up(reply: Duration) -> Stand {
+        let mut s = Stand::new(reply);
+        s.until("up", |s| s.inbound.contains(&Inbound::Up));
+        s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
+        s.inbound.clear();
+        s
+    }
+}
+
+#[test]
+fn the_link_is_up_after_its_handshake_and_not_before() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.until("up", |s| s.inbound.contains(&Inbound::Up));
+    assert!(s.link.is_up() && s.link.stats().link_up);
+    let verbs: Vec<&str> = s.redis.cmds.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(
+        verbs[..4],
+        ["SELECT", "SCRIPT", "SCRIPT", "PING"],
+        "{verbs:?}"
+    );
+    assert_eq!(s.redis.cmds[0][1], "3", "the URL's database");
+    assert_eq!(
+        s.redis.subs[0],
+        ["SUBSCRIBE", "chatd:3:p", "chatd:3:b", "chatd:3:n:me~1"]
+    );
+    // Once up: the bans are read, then heartbeat and guest numbers.
+    s.until("a heartbeat", |s| {
+        s.redis.cmds.iter().any(|c| c[0] == "SET")
+    });
+    assert!(
+        s.redis
+            .cmds
+            .iter()
+            .any(|c| c[0] == "HGETALL" && c[1] == "chatd:3:bans")
+    );
+    s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
+    assert_eq!(s.link.stats().connect_failures, 0);
+}
+
+#[test]
+fn a_room_line_goes_through_redis_and_is_delivered_once() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s.redis.answer = Box::new(|args| (args[0] == "EVALSHA").then(|| bulk("17-4")));
+    assert!(
+        s.link
+            .say("lobby", ClientId(9), "<a> hi\r\n<a> yo", 50, 60_000)
+    );
+    s.until("the SAY", |s| {
+        s.redis.cmds.iter().any(|c| c[0] == "EVALSHA")
+    });
+    let say = s
+        .redis
+        .cmds
+        .iter()
+        .find(|c| c[0] == "EVALSHA")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        say[2..],
+        [
+            "3",
+            "chatd:3:h:lobby",
+            "chatd:3:s:lobby",
+            "chatd:3:r:lobby",
+            "50",
+            "60000",
+            "me~1",
+            "9",
+            "<a> hi",
+            "<a> yo"
+        ]
+    );
+    // What the script publishes comes back on the subscription (twice:
+    // nothing is delivered twice).
+    let first = Id { epoch: 17, n: 4 };
+    let payload = wire::said_payload("me~1", first, ClientId(9), "<a> hi\r\n<a> yo");
+    s.redis.publish("chatd:3:r:lobby", &payload);
+    s.redis.publish("chatd:3:r:lobby", &payload);
+    s.until("delivered", |s| !s.inbound.is_empty());
+    for _ in 0..20 {
+        s.step();
+    }
+    let said: Vec<_> = s
+        .inbound
+        .iter()
+        .filter(|e| matches!(e, Inbound::Said { .. }))
+        .collect();
+    assert_eq!(
+        said,
+        [&Inbound::Said {
+            room: "lobby".into(),
+            first,
+            from: Some(ClientId(9)),
+            text: "<a> hi\r\n<a> yo".into(),
+        }]
+    );
+    assert_eq!(s.link.stats().received, 2);
+}
+
+#[test]
+fn a_refused_select_is_a_failed_connect_not_a_link() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.redis.answer =
+        Box::new(|args| (args[0] == "SELECT").then(|| "-ERR DB index is out of range\r\n".into()));
+    s.until("down", |s| !s.inbound.is_empty());
+    assert!(
+        matches!(&s.inbound[..], [Inbound::Down(why)] if why.contains("Redis refused SELECT: ERR DB index")),
+        "{:?}",
+        s.inbound
+    );
+    let stats = s.link.stats();
+    assert!(!stats.link_up);
+    assert_eq!((stats.connect_failures, stats.refused), (1, 1));
+}
+
+#[test]
+fn a_redis_that_stops_answering_once_up_is_a_lost_link() {
+    let mut s = Stand::up(Duration::from_millis(300));
+    s.link.subscribe("lobby", true);
+    s.redis.mute = true;
+    assert!(s.link.say("lobby", ClientId(5), "<e> hi", 0, 1000));
+    s.until("down", |s| {
+        s.inbound.iter().any(|e| matches!(e, Inbound::Down(_)))
+    });
+    // The line may or may not have been numbered: its sender is told so.
+    assert!(s.inbound.contains(&Inbound::NotSaid(ClientId(5), false)));
+    assert!(!s.link.is_up());
+    let stats = s.link.stats();
+    assert_eq!((stats.timeouts, stats.reconnects), (1, 0));
+    // And when Redis answers again, the link comes back: a reconnect.
+    s.redis.mute = false;
+    s.redis.close();
+    s.inbound.clear();
+    s.until("up again", |s| s.inbound.contains(&Inbound::Up));
+    assert_eq!(s.link.stats().reconnects, 1);
+    assert!(
+        s.redis
+            .subs
+            .last()
+            .unwrap()
+            .contains(&"chatd:3:r:lobby".to_string())
+    );
+}
+
+#[test]
+fn claims_are_answered_as_redis_answers_them() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.redis.answer = Box::new(|args| match (args[0].as_str(), args.get(1)?.as_str()) {
+        ("SET", "chatd:name:alice") => Some("$-1\r\n".into()),
+        ("SET", "chatd:name:bob") => Some("-NOPERM no\r\n".into()),
+        _ => None,
+    });
+    for (id, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        assert!(s.link.claim(ClientId(id), name));
+    }
+    s.until("three answers", |s| {
+        s.inbound
+            .iter()
+            .filter(|e| matches!(e, Inbound::Claimed(..)))
+            .count()
+            == 3
+    });
+    let claims: Vec<_> = s
+        .inbound
+        .iter()
+        .filter_map(|e| match e {
+            Inbound::Claimed(id, name, c) => Some((id.0, name.as_str(), *c)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claims[0], (1, "alice", Claim::Taken));
+    assert_eq!(claims[1], (2, "bob", Claim::Failed));
+    assert!(matches!(claims[2], (3, "carol", Claim::Granted(_))));
+    let set = s
+        .redis
+        .cmds
+        .iter()
+        .find(|c| c.get(1).is_some_and(|k| k == "chatd:name:carol"))
+        .unwrap();
+    assert_eq!(
+        (set[3].as_str(), set[4].as_str(), set[5].as_str()),
+        ("NX", "PX", "15000")
+    );
+    assert!(set[2].ends_with(" me~1 3"), "{set:?}");
+}
+
+#[test]
+fn what_other_instances_publish_arrives_cleaned_and_coalesced() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s.inbound.clear();
+    // Three publications in one read: two lines for the room, one forged.
+    let msg = |channel: &str, payload: &str| {
+        format!(
+            "*3\r\n{}{}{}",
+            bulk("message"),
+            bulk(channel),
+            bulk(payload)
+        )
+    };
+    let batch = [
+        msg("chatd:3:r:lobby", "n2~5 <b> one"),
+        msg("chatd:3:r:lobby", "n\x1b2 <b> forged"),
+        msg("chatd:3:r:lobby", "n2~5 <b> t\x1b[2Jwo\r\n*** x"),
+    ]
+    .concat();
+    s.redis.push_sub(batch.as_bytes());
+    s.until("delivered", |s| s.link.stats().received == 3);
+    assert_eq!(
+        s.inbound,
+        [Inbound::Room(
+            "lobby".into(),
+            "<b> one\r\n<b> t[2Jwo*** x".into()
+        )]
+    );
+    assert_eq!(s.link.stats().malformed, 1);
+}
