@@ -280,6 +280,9 @@ fn the_queues_toward_redis_are_bounded_by_kind() {
 
 // ---- The link against a scripted Redis on loopback ----
 
+/// A reply of a test's own for a command on `cmd` (RESP), or None.
+type Answer = Box<dyn FnMut(&[String]) -> Option<String>>;
+
 /// A scripted Redis: accepts the link's two connections, tells them apart
 /// by their first command (SUBSCRIBE on `sub`, anything else on `cmd`),
 /// records every command and answers it the way Redis would, unless
@@ -292,7 +295,7 @@ struct FakeRedis {
     cmds: Vec<Vec<String>>,
     subs: Vec<Vec<String>>,
     /// A reply of its own for a command on `cmd` (RESP), or None: the usual.
-    answer: Box<dyn FnMut(&[String]) -> Option<String>>,
+    answer: Answer,
     /// Reads and records, answers nothing.
     mute: bool,
 }

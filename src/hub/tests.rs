@@ -898,6 +898,10 @@ mod cluster {
     /// The two instances' node ids.
     const NODES: [&str; 2] = ["a", "b"];
 
+    fn node(h: usize) -> &'static str {
+        NODES[h]
+    }
+
     struct Net {
         hubs: [Hub; 2],
         bus: [Bus; 2],
@@ -956,11 +960,11 @@ mod cluster {
                             n: *n + 1,
                         };
                         *n += text.split("\r\n").count() as u64;
-                        let payload = said_payload(NODES[from], first, cid, &text);
+                        let payload = said_payload(node(from), first, cid, &text);
                         for h in [from, to] {
                             if self.bus[h].subscribed.contains(&room) {
                                 // Read back as each instance's link would.
-                                let wire = Wire::new(0, NODES[h], 1 << 16);
+                                let wire = Wire::new(0, node(h), 1 << 16);
                                 let channel = wire.keys.room(&room);
                                 let event = wire.decode(channel.as_bytes(), payload.as_bytes());
                                 let Ok(Some(event @ Inbound::Said { .. })) = event else {
