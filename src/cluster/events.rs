@@ -2,6 +2,7 @@
 //! publications into [`Inbound`] events, and [`Inbound::apply`] is the one
 //! place that maps them onto the hub.
 
+use super::LOG;
 use crate::access::Ban;
 use crate::history::{Id, Line};
 use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence};
@@ -9,9 +10,6 @@ use ipnet::IpNet;
 use log::info;
 use std::collections::HashMap;
 use std::rc::Rc;
-
-/// The log target the link has always used, so logs read as before.
-const LOG: &str = "chatd::cluster";
 
 /// What the link heard, for the reactor to hand to the hub. Every text in
 /// here has been cleaned and every name checked (see [`super::wire::Wire::decode`]).

@@ -51,6 +51,10 @@ use timing::BACKOFF_MIN;
 use warn::Warnings;
 use wire::{COALESCE, Keys, Wire};
 
+/// The log target of the link's files: the module's, as before the split,
+/// so logs read as they did.
+const LOG: &str = module_path!();
+
 pub const CMD: Token = Token(usize::MAX - 10);
 pub const SUB: Token = Token(usize::MAX - 11);
 

@@ -3,6 +3,7 @@
 //! toward Redis ([`Kind`], [`PENDING_OVERHEAD`]), and what the link does
 //! with each kind of answer (`Link::on_reply` dispatches to these).
 
+use super::LOG;
 use super::events::Inbound;
 use super::redis::frame_bytes;
 use super::timing::BACKOFF_MIN;
@@ -15,9 +16,6 @@ use log::info;
 use redis_protocol::resp2::types::OwnedFrame;
 use std::rc::Rc;
 use std::time::Instant;
-
-/// The log target the link has always used, so logs read as before.
-const LOG: &str = "chatd::cluster";
 
 /// What a reply on `cmd` answers.
 #[derive(Debug)]

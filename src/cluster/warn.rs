@@ -2,14 +2,12 @@
 //! reason at once (a wrong password must not wait), the same one again
 //! only now and then. The counters are the link's; this only logs.
 
+use super::LOG;
 use log::{debug, warn};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const WARN_EVERY: Duration = Duration::from_secs(5);
-
-/// The log target the link has always used, so logs read as before.
-const LOG: &str = "chatd::cluster";
 
 /// When each kind of trouble was last logged (and with what reason).
 #[derive(Debug, Default)]
