@@ -44,7 +44,13 @@
 //!   for its timestamps.
 //! - [`access`]: bans by address prefix, durations, secrets compared,
 //!   wrong passwords counted per address; pure.
-//! - [`cluster`]: the Redis link that makes several instances one chat.
+//! - [`cluster`]: the Redis link that makes several instances one chat:
+//!   `cluster/mod.rs` the link's state machine and verbs, `redis.rs` one
+//!   RESP connection, `wire.rs` every key, channel and payload (pure),
+//!   `scripts.rs` the Lua scripts and their contracts, `replies.rs` what
+//!   each reply expects and how it is handled, `events.rs` what arrives as
+//!   data and its one mapping onto the hub, `timing.rs` and `warn.rs` the
+//!   timers and the rate-limited log.
 
 pub mod access;
 pub mod cluster;

@@ -945,17 +945,7 @@ impl Server {
             history_lines: self.hub.history_lines() as u64,
             history_bytes: self.hub.history_bytes() as u64,
             moderation: self.hub.moderation(),
-            cluster: self.link.as_ref().map(|l| metrics::Cluster {
-                link_up: l.is_up(),
-                published: l.stats.published,
-                received: l.stats.received,
-                dropped: l.stats.dropped,
-                reconnects: l.stats.reconnects,
-                connect_failures: l.stats.connect_failures,
-                refused: l.stats.refused,
-                malformed: l.stats.malformed,
-                timeouts: l.stats.timeouts,
-            }),
+            cluster: self.link.as_ref().map(Link::stats),
         };
         let answer = metrics::answer(request, &scrape);
         if let Some(c) = self.conns.get_mut(k) {
