@@ -5,16 +5,22 @@
 //! back (docs/architecture.md draws it for each transport):
 //!
 //! - [`config`]: every flag, bound and default in one place.
-//! - [`reactor`]: the mio loop — poll, accept, read within budgets, settle
-//!   (tell the hub who left, flush with writev), timers, sweep. It knows no
-//!   protocol beyond choosing the first state machine for a listener.
+//! - [`reactor`]: the mio loop — poll, dispatch, read within budgets,
+//!   settle (tell the hub who left, flush with writev), timers, sweep —
+//!   asking each connection and acting on what it says; it names no
+//!   listener, layer or codec. Beside the turn: `listeners` (one row per
+//!   listening socket: bind, accept, the first state machine), `outbox`
+//!   (hub output -> connection queues and link calls) and `startup`
+//!   (`Config` -> the long-lived parts, the bans file's save).
 //! - [`conn`]: one connection — socket, output queue of shared lines,
-//!   --sendq policy, rate-limit bucket — and its protocol as a state machine
-//!   fed bytes and returning [`conn::Step`]s: [`conn::line`] (telnet, nc),
-//!   [`conn::http`] (one request head, then close or upgrade),
-//!   [`conn::ws`] (a browser after the upgrade). No sockets in the machines.
-//!   Beneath them, layers fed the same way: [`conn::proxy`] (the PROXY
-//!   header from a trusted proxy) and [`conn::tls`] (rustls, sans-IO).
+//!   --sendq policy, rate-limit bucket, set up by [`conn::Conn::accept`] —
+//!   and its protocol as a state machine fed bytes and returning
+//!   [`conn::Step`]s: [`conn::line`] (telnet, nc), [`conn::http`] (one
+//!   request head, then close or upgrade), [`conn::ws`] (a browser after
+//!   the upgrade). No sockets in the machines. Beneath them the
+//!   connection's stages ([`conn::layers`]: PROXY header -> TLS handshake
+//!   -> protocol, each passed as a typed [`conn::Input`]): [`conn::proxy`]
+//!   (the header from a trusted proxy) and [`conn::tls`] (rustls, sans-IO).
 //! - [`tls`]: certificates and trust set up at start (server and `chat`).
 //! - [`limits`]: connections per address and new ones per 10 minutes; pure.
 //! - [`socket`]: what one read or write did (would block, closed, error),
@@ -38,7 +44,13 @@
 //!   for its timestamps.
 //! - [`access`]: bans by address prefix, durations, secrets compared,
 //!   wrong passwords counted per address; pure.
-//! - [`cluster`]: the Redis link that makes several instances one chat.
+//! - [`cluster`]: the Redis link that makes several instances one chat:
+//!   `cluster/mod.rs` the link's state machine and verbs, `redis.rs` one
+//!   RESP connection, `wire.rs` every key, channel and payload (pure),
+//!   `scripts.rs` the Lua scripts and their contracts, `replies.rs` what
+//!   each reply expects and how it is handled, `events.rs` what arrives as
+//!   data and its one mapping onto the hub, `timing.rs` and `warn.rs` the
+//!   timers and the rate-limited log.
 
 pub mod access;
 pub mod cluster;

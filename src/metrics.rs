@@ -206,10 +206,12 @@ impl EncodeMetric for TurnHistogram {
     }
 }
 
-/// The cluster link's figures (from its `LinkStats`). The reactor fills one
-/// in when it runs with a cluster link; [`encode`] then adds the
-/// `chatd_cluster_*` metrics.
-#[derive(Debug, Clone, Default)]
+/// The cluster link's figures: the link counts into one of these
+/// (`cluster::Link::stats` hands a copy, `link_up` filled in from its
+/// state), and when the reactor runs with a cluster link [`encode`] adds
+/// them as the `chatd_cluster_*` metrics. One type for both, so a counter
+/// added to the link cannot be forgotten here.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Cluster {
     /// The link to Redis is up (subscribed and able to publish).
     pub link_up: bool,

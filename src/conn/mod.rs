@@ -1,7 +1,7 @@
 //! One client connection: its socket, its protocol's state machine, its
 //! output queue and the limits that keep one client from hurting the others.
 //!
-//! Each protocol is a state machine of its own ([`line`], [`http`], [`ws`]),
+//! Each protocol is a state machine of its own ([`mod@line`], [`http`], [`ws`]),
 //! held in [`Proto`] and driven through one interface: the reactor asks
 //! [`Proto::next`] what happened, and the answer is a [`Step`] — a line for
 //! the hub, bytes to queue, a wish to read (how much), a close with its
@@ -9,30 +9,38 @@
 //! or a clock; an HTTP connection becomes a WebSocket by moving its state
 //! into the next machine (sozu's upgrade by `take()`), keeping its socket,
 //! slab key and output queue. Adding a transport is adding a variant here.
+//!
+//! Beneath the protocol, the connection passes its stages ([`layers`]): a
+//! PROXY header expected, a TLS handshake, then the protocol; reads
+//! ([`Conn::read_in`]) say when one is passed. [`Conn::accept`] sets a
+//! connection up from an accepted socket, so the reactor only registers it.
 
 pub mod http;
+pub mod layers;
 pub mod line;
 pub mod proxy;
 pub mod tls;
 pub mod ws;
 
 pub use crate::config::ENTRY_OVERHEAD;
-use crate::config::{MAX_IOVECS, OnSlow};
+use crate::config::{Config, MAX_IOVECS, OnSlow};
 use crate::http::Request;
 use crate::msg::Msg;
-use crate::socket::{self, SocketResult};
+use crate::socket::SocketResult;
+use log::warn;
 use mio::net::TcpStream;
 use socket2::{SockRef, TcpKeepalive};
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use self::http::HttpSession;
+pub use self::layers::{After, Expired, Input, Layers, Stage};
 pub use self::line::LineSession;
-use self::proxy::{Header, ProxyWait, Sniff};
-use self::tls::{Tls, TlsRead};
+use self::tls::Tls;
 pub use self::ws::WsSession;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,10 +187,10 @@ impl Proto {
 
     /// Why the connection is closed at its deadline, if it has passed and
     /// still applies.
-    pub fn expired(&self, now: Instant) -> Option<&'static str> {
+    pub fn expired(&self, now: Instant) -> Option<Expired> {
         self.deadline()
             .filter(|&t| t <= now)
-            .map(|_| "no complete request within --http-timeout")
+            .map(|_| Expired::Request)
     }
 
     /// Whether a quiet client is pinged before --idle-timeout closes it.
@@ -222,53 +230,6 @@ impl Proto {
             Proto::Ws(_) => Encoding::WsFrame,
             _ => Encoding::Wire,
         }
-    }
-}
-
-/// What reading through a connection's layers did.
-#[derive(Debug)]
-pub enum Input {
-    /// This many bytes for the protocol.
-    Data(usize),
-    WouldBlock,
-    Closed,
-    Error(io::Error),
-    /// A trusted proxy's header is in: the client's address (None: the
-    /// proxy's own connection, a health check).
-    Addressed(Option<SocketAddr>),
-    /// A PROXY header that is refused (broken, or from an untrusted address).
-    Refused(String),
-}
-
-/// The bytes under TLS (or under the protocol): what came in behind a
-/// PROXY header first, then the socket; an untrusted address's first
-/// bytes are watched for a PROXY header on the way.
-struct Source<'a> {
-    leftover: &'a mut Vec<u8>,
-    sock: &'a TcpStream,
-    sniff: &'a mut Option<Sniff>,
-    caught: bool,
-}
-
-impl io::Read for Source<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.leftover.is_empty() {
-            let n = buf.len().min(self.leftover.len());
-            buf[..n].copy_from_slice(&self.leftover[..n]);
-            self.leftover.drain(..n);
-            if self.leftover.is_empty() {
-                *self.leftover = Vec::new();
-            }
-            return Ok(n);
-        }
-        let n = io::Read::read(&mut &*self.sock, buf)?;
-        if let Some(sniff) = self.sniff.as_mut()
-            && sniff.feed(&buf[..n])
-        {
-            self.caught = true;
-            return Err(io::Error::other("PROXY header from an untrusted address"));
-        }
-        Ok(n)
     }
 }
 
@@ -396,21 +357,11 @@ pub struct Conn {
     /// Tells this connection from an earlier one under the same slab key, so
     /// a timer set for the earlier one cannot fire on it.
     pub serial: u64,
-    /// TLS beneath the protocol (conn/tls.rs), on a --tls-* server.
-    pub tls: Option<Box<Tls>>,
-    /// Waiting for a trusted proxy's PROXY header: nothing reaches the
-    /// protocol (or TLS) before it is complete.
-    pub proxy: Option<Box<ProxyWait>>,
-    /// Watching an untrusted address's first bytes for a PROXY header.
-    sniff: Option<Sniff>,
-    /// Bytes that came in behind the PROXY header, read before the socket.
-    leftover: Vec<u8>,
+    /// The stages beneath the protocol (PROXY header, TLS), and TLS
+    /// beneath it for good once the handshake is done.
+    layers: Layers,
     /// Counted in the per-address table (released when it goes).
     pub admitted: bool,
-    /// The PROXY header and TLS handshake must be done by then (--http-timeout).
-    pub layer_deadline: Option<Instant>,
-    /// Send TLS's close_notify after the last queued byte.
-    notify: bool,
     out: VecDeque<Item>,
     /// Bytes of `out[0]` already written.
     head: usize,
@@ -445,13 +396,8 @@ impl Conn {
             last_active: now,
             pinged: false,
             serial: 0,
-            tls: None,
-            proxy: None,
-            sniff: None,
-            leftover: Vec::new(),
+            layers: Layers::none(),
             admitted: false,
-            layer_deadline: None,
-            notify: false,
             out: VecDeque::new(),
             head: 0,
             queued: 0,
@@ -462,136 +408,96 @@ impl Conn {
         }
     }
 
-    /// The layers beneath the protocol: a PROXY header to wait for (from a
-    /// trusted proxy) or to watch for (from anyone else, to refuse it),
-    /// and TLS. The header and the handshake must be done by `deadline`.
-    pub fn with_layers(
-        mut self,
-        proxy: Option<bool>,
-        tls: Option<Box<Tls>>,
-        deadline: Instant,
-    ) -> Conn {
-        match proxy {
-            Some(true) => self.proxy = Some(Box::default()),
-            Some(false) => self.sniff = Some(Sniff::new()),
-            None => {}
+    /// Sets up a connection accepted on a listener whose connections start
+    /// as `proto`, through TLS with `tls` (a TLS port): socket options,
+    /// --rate bucket, and the stages beneath the protocol, which must be
+    /// passed within --http-timeout from `now`. An error says why it is
+    /// dropped.
+    pub fn accept(
+        sock: TcpStream,
+        peer: SocketAddr,
+        proto: Proto,
+        tls: Option<&Arc<rustls::ServerConfig>>,
+        cfg: &Config,
+        now: Instant,
+    ) -> Result<Conn, String> {
+        let tls = match tls.map(Tls::new).transpose() {
+            Ok(tls) => tls.map(Box::new),
+            Err(e) => return Err(format!("cannot start TLS: {e}")),
+        };
+        // Under --proxy-protocol a trusted proxy must send the header
+        // (and is waited for); anyone else's is watched for and refused.
+        let proxy = cfg.proxy_protocol.then(|| {
+            let ip = peer.ip().to_canonical();
+            cfg.trusted_proxy.iter().any(|n| n.contains(&ip))
+        });
+        // Chat lines are small and latency matters; we already batch
+        // every line for a client into one writev per turn.
+        let _ = sock.set_nodelay(true);
+        if cfg.keepalive > 0
+            && let Err(e) = set_keepalive(&sock, Duration::from_secs(cfg.keepalive))
+        {
+            warn!("{peer}: cannot set TCP keepalive: {e}");
         }
-        self.tls = tls;
-        if self.proxy.is_some() || self.tls.is_some() {
-            self.layer_deadline = Some(deadline);
-        }
-        self
+        let bucket = cfg
+            .rate
+            .map(|rate| Bucket::new(rate, cfg.burst.unwrap_or(rate), now));
+        let mut conn = Conn::new(sock, peer, proto, bucket);
+        let deadline = now + Duration::from_secs(cfg.http_timeout);
+        conn.layers = Layers::new(proxy, tls, deadline);
+        Ok(conn)
     }
 
-    /// Whether the layers beneath the protocol are done (the header is in,
-    /// the handshake finished): the protocol can start.
-    pub fn layers_ready(&self) -> bool {
-        self.proxy.is_none() && !self.tls.as_ref().is_some_and(|t| t.handshaking())
+    /// Where the connection is on its way to the protocol.
+    pub fn stage(&self) -> &Stage {
+        self.layers.stage()
     }
 
-    /// The deadline that applies now: the layers' until they are ready,
+    /// Whether the client's address is known at accept (None: a trusted
+    /// proxy's header is to tell it, as `Input::Addressed`), and what
+    /// comes then.
+    pub fn address_at_accept(&self) -> Option<After> {
+        self.layers.at_accept()
+    }
+
+    /// The deadline that applies now: the stages' until they are passed,
     /// then the protocol's own.
     pub fn deadline(&self) -> Option<Instant> {
-        if self.layers_ready() {
-            self.proto.deadline()
-        } else {
-            self.layer_deadline
+        match self.layers.pending() {
+            Some((at, _)) => Some(at),
+            None => self.proto.deadline(),
         }
     }
 
     /// Why the connection is closed at its deadline, if it has passed.
-    pub fn expired(&self, now: Instant) -> Option<&'static str> {
-        if self.proxy.is_some() {
-            return self
-                .layer_deadline
-                .filter(|&t| t <= now)
-                .map(|_| "no PROXY header within --http-timeout");
+    pub fn expired(&self, now: Instant) -> Option<Expired> {
+        match self.layers.pending() {
+            Some((at, why)) => (at <= now).then_some(why),
+            None => self.proto.expired(now),
         }
-        if !self.layers_ready() {
-            return self
-                .layer_deadline
-                .filter(|&t| t <= now)
-                .map(|_| "no TLS handshake within --http-timeout");
-        }
-        self.proto.expired(now)
     }
 
     /// Reads what the protocol asked for (`buf` is sized by its
-    /// `Step::Read`) through the layers: the PROXY header first, then TLS.
+    /// `Step::Read`) through the stages: the PROXY header first, then TLS.
     pub fn read_in(&mut self, buf: &mut [u8]) -> Input {
-        if let Some(wait) = self.proxy.as_mut() {
-            loop {
-                let room = wait.room().min(buf.len());
-                match socket::read(&self.sock, &mut buf[..room]) {
-                    SocketResult::Done(n) => match wait.feed(&buf[..n]) {
-                        (Header::Incomplete, _) => continue,
-                        (Header::Done { source, .. }, rest) => {
-                            self.proxy = None;
-                            self.leftover = rest;
-                            return Input::Addressed(source);
-                        }
-                        (Header::Invalid(why), _) => return Input::Refused(why),
-                    },
-                    SocketResult::Closed => return Input::Closed,
-                    SocketResult::WouldBlock => return Input::WouldBlock,
-                    SocketResult::Error(e) => return Input::Error(e),
-                }
-            }
-        }
-        let mut src = Source {
-            leftover: &mut self.leftover,
-            sock: &self.sock,
-            sniff: &mut self.sniff,
-            caught: false,
-        };
-        let result = match self.tls.as_mut() {
-            Some(tls) => match tls.read(&mut src, buf) {
-                TlsRead::Data(n) => Input::Data(n),
-                TlsRead::WouldBlock => Input::WouldBlock,
-                TlsRead::Closed => Input::Closed,
-                TlsRead::Error(e) => Input::Error(e),
-            },
-            None => match socket::read(&mut src, buf) {
-                SocketResult::Done(n) => Input::Data(n),
-                SocketResult::WouldBlock => Input::WouldBlock,
-                SocketResult::Closed => Input::Closed,
-                SocketResult::Error(e) => Input::Error(e),
-            },
-        };
-        if src.caught {
-            self.sniff = None;
-            return Input::Refused("PROXY header from an untrusted address".into());
-        }
-        if self.sniff.as_ref().is_some_and(|s| !s.watching()) {
-            self.sniff = None;
-        }
-        result
+        self.layers.read_in(&self.sock, buf)
     }
 
     /// Output waits beneath the queue (TLS handshake records, an alert):
     /// the connection needs a flush even with nothing queued.
     pub fn wants_flush(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.wants_write())
+        self.layers.wants_flush()
     }
 
     /// Writes `bytes` at once, best effort, in place of the queue (the
     /// close frame for a client cut off for being too slow).
     pub fn write_last(&mut self, bytes: &[u8]) {
-        match self.tls.as_mut() {
-            None => {
-                let _ = (&self.sock).write(bytes);
-            }
-            Some(tls) if !tls.handshaking() => {
-                tls.feed(&[IoSlice::new(bytes)]);
-                let _ = tls.write_to(&mut &self.sock);
-            }
-            Some(_) => {}
-        }
+        self.layers.write_last(&self.sock, bytes);
     }
 
     /// Ends TLS properly once the queue is written (a graceful close).
     pub fn close_notify(&mut self) {
-        self.notify = self.tls.is_some();
+        self.layers.close_notify();
     }
 
     /// Bytes waiting to be written (for /stats and logs).
@@ -728,8 +634,9 @@ impl Conn {
     /// Done when the queue is empty, WouldBlock when the socket is full.
     pub fn flush(&mut self) -> SocketResult {
         loop {
-            // What TLS holds goes first: it is older than anything queued.
-            match self.write_records() {
+            // What the layers hold (TLS records) goes first: it is older
+            // than anything queued.
+            match self.layers.write_held(&self.sock) {
                 SocketResult::Done(_) => {}
                 other => return other,
             }
@@ -741,11 +648,7 @@ impl Conn {
                     continue;
                 }
                 self.warned = false;
-                if std::mem::take(&mut self.notify)
-                    && let Some(tls) = self.tls.as_mut()
-                    && !tls.handshaking()
-                {
-                    tls.close_notify();
+                if self.layers.take_notify() {
                     continue;
                 }
                 return SocketResult::Done(0);
@@ -753,59 +656,22 @@ impl Conn {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
             let mut total = 0;
+            let batch_max = self.layers.batch_max();
             for (i, item) in self.out.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = self.bytes(item);
                 let bytes = if i == 0 { &bytes[self.head..] } else { bytes };
-                // Through TLS, a batch is about one full record.
-                if self.tls.is_some() && i > 0 && total + bytes.len() > tls::FEED_MAX {
+                if i > 0 && total + bytes.len() > batch_max {
                     break;
                 }
                 iov[i] = IoSlice::new(bytes);
                 total += bytes.len();
                 n += 1;
             }
-            let Some(tls) = self.tls.as_mut() else {
-                match socket::write(&self.sock, &iov[..n]) {
-                    SocketResult::Done(written) => self.advance(written),
-                    other => return other,
-                }
-                continue;
-            };
-            if tls.handshaking() {
-                // Lines wait for the handshake (a server shutting down
-                // mid-handshake); its deadline bounds the wait.
-                return SocketResult::WouldBlock;
-            }
-            let fed = tls.feed(&iov[..n]);
-            if fed == 0 {
-                return SocketResult::Error(io::ErrorKind::WriteZero.into());
-            }
-            self.advance(fed);
-            match self.write_records() {
-                SocketResult::Done(_) => {}
+            match self.layers.write(&self.sock, &iov[..n]) {
+                SocketResult::Done(taken) => self.advance(taken),
                 other => return other,
             }
         }
-    }
-
-    /// Writes the records TLS holds (one writev for all of them) until
-    /// none is left or the socket is full.
-    fn write_records(&mut self) -> SocketResult {
-        let Some(tls) = self.tls.as_mut() else {
-            return SocketResult::Done(0);
-        };
-        while tls.wants_write() {
-            match tls.write_to(&mut &self.sock) {
-                Ok(0) => return SocketResult::Error(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return SocketResult::WouldBlock;
-                }
-                Err(e) => return SocketResult::Error(e),
-            }
-        }
-        SocketResult::Done(0)
     }
 
     fn advance(&mut self, mut written: usize) {

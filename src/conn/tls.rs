@@ -1,7 +1,7 @@
 //! TLS beneath any protocol (rustls, sans-IO): ciphertext from the socket
 //! in, plaintext out to the protocol's state machine; plaintext from the
 //! output queue in, records out to the socket. The reactor never sees it:
-//! `Conn::read_in` and `Conn::flush` go through it when it is there.
+//! the connection's stages (conn/layers.rs) read and write through it.
 //!
 //! Memory for an idle connection: rustls keeps its receive buffer at 4 KiB
 //! once it holds no partial record, frees its plaintext and record queues
@@ -33,6 +33,9 @@ pub enum TlsRead {
     /// The peer ended the stream (close_notify or EOF).
     Closed,
     Error(io::Error),
+    /// The handshake just finished (only from `handshake`): any plaintext
+    /// that came with it waits for the next read.
+    Handshaken,
 }
 
 impl Tls {
@@ -55,6 +58,16 @@ impl Tls {
     /// Reads plaintext into `buf`, pulling ciphertext from `src` (the
     /// socket, or bytes that came in behind a PROXY header) as needed.
     pub fn read(&mut self, src: &mut dyn Read, buf: &mut [u8]) -> TlsRead {
+        self.pull(src, buf, false)
+    }
+
+    /// Reads as `read` does while handshaking, but stops as soon as the
+    /// handshake is done, so the protocol can start before its first bytes.
+    pub fn handshake(&mut self, src: &mut dyn Read, buf: &mut [u8]) -> TlsRead {
+        self.pull(src, buf, true)
+    }
+
+    fn pull(&mut self, src: &mut dyn Read, buf: &mut [u8], until_handshaken: bool) -> TlsRead {
         for _ in 0..MAX_EMPTY_READS {
             match self.conn.reader().read(buf) {
                 Ok(0) => return TlsRead::Closed,
@@ -74,6 +87,9 @@ impl Tls {
                 // rustls has queued an alert saying why; the caller's
                 // flush sends it before the close (best effort).
                 return TlsRead::Error(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if until_handshaken && !self.conn.is_handshaking() {
+                return TlsRead::Handshaken;
             }
         }
         TlsRead::Error(io::Error::new(

@@ -838,13 +838,16 @@ fn an_empty_room_keeps_its_history_for_the_ttl() {
 /// hub publishes reaches the other as the cluster link would deliver it.
 mod cluster {
     use super::*;
+    use crate::cluster::Inbound;
+    use crate::cluster::wire::{Wire, said_payload};
     use std::collections::HashSet;
 
     #[derive(Default)]
     struct Bus {
         got: Vec<(usize, String)>,
         room_lines: Vec<(String, String)>,
-        /// Lines to be numbered, as Redis would (SAY_LUA).
+        /// Lines to be numbered, as Redis would (cluster::scripts::SAY),
+        /// and published as that script does (`wire::said_payload`).
         said: Vec<(String, ClientId, String)>,
         presence: Vec<Presence>,
         privates: Vec<(String, u64, String, String)>,
@@ -892,6 +895,13 @@ mod cluster {
         }
     }
 
+    /// The two instances' node ids.
+    const NODES: [&str; 2] = ["a", "b"];
+
+    fn node(h: usize) -> &'static str {
+        NODES[h]
+    }
+
     struct Net {
         hubs: [Hub; 2],
         bus: [Bus; 2],
@@ -904,8 +914,8 @@ mod cluster {
         fn new() -> Net {
             let mut net = Net {
                 hubs: [
-                    Hub::new(200).with_cluster("a"),
-                    Hub::new(200).with_cluster("b"),
+                    Hub::new(200).with_cluster(NODES[0]),
+                    Hub::new(200).with_cluster(NODES[1]),
                 ],
                 bus: [Bus::default(), Bus::default()],
                 names: HashMap::new(),
@@ -950,9 +960,17 @@ mod cluster {
                             n: *n + 1,
                         };
                         *n += text.split("\r\n").count() as u64;
-                        for (h, who) in [(from, Some(cid)), (to, None)] {
+                        let payload = said_payload(node(from), first, cid, &text);
+                        for h in [from, to] {
                             if self.bus[h].subscribed.contains(&room) {
-                                self.hubs[h].said(&room, first, who, &text, &mut self.bus[h]);
+                                // Read back as each instance's link would.
+                                let wire = Wire::new(0, node(h), 1 << 16);
+                                let channel = wire.keys.room(&room);
+                                let event = wire.decode(channel.as_bytes(), payload.as_bytes());
+                                let Ok(Some(event @ Inbound::Said { .. })) = event else {
+                                    panic!("{payload:?} does not decode: {event:?}");
+                                };
+                                event.apply(&mut self.hubs[h], &mut self.bus[h]);
                             }
                         }
                     }

@@ -14,10 +14,13 @@
 //!    own deadline, --idle-timeout and pings, accept retries;
 //! 6. sweep: free the slab entries of connections that are gone.
 //!
-//! The reactor knows no protocol: it reads as much as a connection's state
-//! machine asks for (`Proto::next` -> `Step::Read`), feeds it, and acts on
-//! the steps it returns (conn/mod.rs). Which machine a connection starts
-//! with is chosen by the listener it came in on.
+//! The reactor knows no protocol and no layer: it reads as much as a
+//! connection's state machine asks for (`Proto::next` -> `Step::Read`)
+//! through the connection's stages (`Conn::read_in`), feeds it, and acts
+//! on the steps and outcomes they return (conn/). Beside the turn:
+//! listeners.rs (the listening sockets, and which machine a connection
+//! starts in), outbox.rs (hub output -> queues and link calls),
+//! startup.rs (`Config` -> the long-lived parts).
 //!
 //! Slab entries are only freed in step 6: anything done with a connection
 //! marks it `Gone` and lists it for the sweep. So a key in an event, or in
@@ -26,15 +29,18 @@
 //! connection by key and serial, so a later connection under the same key
 //! is never taken for it.
 
-use crate::access::Bans;
-use crate::cluster::{self, Inbound, Link, RedisUrl};
-use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, OnSlow, READ_BUDGET_BYTES, READ_CHUNK};
-use crate::conn::{
-    self, Bucket, Conn, HttpSession, Input, LineSession, Proto, Push, State, Step, set_keepalive,
-};
-use crate::history::Id;
+mod listeners;
+mod outbox;
+mod startup;
+
+use self::listeners::{Listeners, PORTS, Port};
+use self::outbox::{Out, cut_off, mark_closing};
+use self::startup::unix_ms;
+use crate::cluster::{self, Inbound, Link};
+use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, READ_BUDGET_BYTES};
+use crate::conn::{self, After, Conn, Expired, Input, Push, State, Step};
 use crate::http::Request;
-use crate::hub::{Access, Asked, ClientId, ConnStats, Hub, Outbox, Presence, ServerStats};
+use crate::hub::{ClientId, Hub, Outbox};
 use crate::idle::{self, Action};
 use crate::limits::{PerAddr, Refused};
 use crate::metrics::{self, Metrics, Scrape};
@@ -42,37 +48,20 @@ use crate::msg::Msg;
 use crate::socket::{self, SocketResult};
 use crate::timer::{ConnRef, Timer, Timers};
 use log::{debug, info, warn};
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
-const HTTP_LISTENER: Token = Token(usize::MAX - 3);
-const TLS_LISTENER: Token = Token(usize::MAX - 4);
-const HTTPS_LISTENER: Token = Token(usize::MAX - 5);
-
-/// How long to wait before accepting again after running out of descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one "cannot accept" warning per this long.
-const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Server {
     poll: Poll,
     events: Events,
-    listener: Option<TcpListener>,
-    http_listener: Option<TcpListener>,
-    /// Line clients over TLS (--tls-port) and the web over TLS
-    /// (--https-port), beside the plain ports, on a --tls-* server.
-    tls_listener: Option<TcpListener>,
-    https_listener: Option<TcpListener>,
+    /// Every listening socket (listeners.rs), and the accept retry.
+    listeners: Listeners,
     signals: Signals,
     conns: Slab<Conn>,
     hub: Hub,
@@ -91,9 +80,6 @@ pub struct Server {
     gone: Vec<usize>,
     /// Every per-connection deadline, and the accept retry.
     timers: Timers,
-    /// Accepting failed for want of descriptors; a timer retries.
-    accept_stalled: bool,
-    accept_warned: Option<Instant>,
     shutdown: Option<Instant>,
     /// Cluster mode: the link to Redis, and what it heard but the hub has
     /// not been told yet.
@@ -102,8 +88,6 @@ pub struct Server {
     metrics: Metrics,
     /// The serial the next accepted connection gets.
     next_serial: u64,
-    /// Both ports speak TLS (--tls-cert, --tls-self-signed).
-    tls: Option<Arc<rustls::ServerConfig>>,
     /// The self-signed certificate's SHA-256 fingerprint, for the operator.
     fingerprint: Option<String>,
     /// --max-per-ip and --max-connects.
@@ -114,218 +98,6 @@ pub struct Server {
 /// How often the per-address table is swept of entries with nothing left
 /// to count.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-/// The hub's view of the connections: queue under the --sendq policy, and
-/// mark (never free) connections that must go.
-struct Out<'a> {
-    conns: &'a mut Slab<Conn>,
-    pending: &'a mut Vec<usize>,
-    closing: &'a mut Vec<usize>,
-    sendq: usize,
-    on_slow: OnSlow,
-    link: Option<&'a mut Link>,
-    metrics: &'a mut Metrics,
-}
-
-impl Outbox for Out<'_> {
-    fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-        // Back from the hub's ClientId to the slab key it was made from.
-        let to = to.0;
-        let Some(c) = self.conns.get_mut(to) else {
-            return;
-        };
-        let push = c.push(msg, self.sendq, self.on_slow);
-        // Counted here, per recipient, as plain adds: see metrics.rs.
-        match push {
-            Push::First | Push::Queued => self.metrics.deliveries += msg.lines() as u64,
-            Push::Dropped => self.metrics.dropped += msg.lines() as u64,
-            Push::TooSlow => self.metrics.too_slow += 1,
-            Push::Ignored => {}
-        }
-        match push {
-            Push::First if !c.in_pending => {
-                c.in_pending = true;
-                self.pending.push(to);
-            }
-            Push::TooSlow => cut_off(c, to, self.closing),
-            _ => {}
-        }
-    }
-
-    fn close(&mut self, id: ClientId, reason: String) {
-        let id = id.0;
-        if let Some(c) = self.conns.get_mut(id) {
-            mark_closing(c, id, self.closing, Some(reason), true);
-        }
-    }
-
-    fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.publish_room(room, msg.text());
-        }
-    }
-
-    fn say(&mut self, room: &str, from: ClientId, lines: &str, keep: usize, ttl_ms: u64) -> bool {
-        self.link
-            .as_deref_mut()
-            .is_some_and(|link| link.say(room, from, lines, keep, ttl_ms))
-    }
-
-    fn history(
-        &mut self,
-        id: ClientId,
-        room: &str,
-        asked: Asked,
-        after: Option<Id>,
-        count: usize,
-    ) -> bool {
-        self.link
-            .as_deref_mut()
-            .is_some_and(|link| link.history(id, room, asked, after, count))
-    }
-
-    fn ban(&mut self, ban: &crate::access::Ban) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.ban(ban);
-        }
-    }
-
-    fn unban(&mut self, net: &ipnet::IpNet) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.unban(net);
-        }
-    }
-
-    fn presence(&mut self, event: Presence) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.presence(&event);
-        }
-    }
-
-    fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.private(node, to, to_name, msg.text());
-        }
-    }
-
-    fn subscribe(&mut self, room: &str, on: bool) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.subscribe(room, on);
-        }
-    }
-
-    fn claim(&mut self, id: ClientId, name: &str) -> bool {
-        // The hub only asks while the link is up; should the link fail
-        // before the answer, its Down event makes the hub give up waiting.
-        self.link
-            .as_deref_mut()
-            .is_some_and(|link| link.claim(id, name))
-    }
-
-    fn release(&mut self, name: &str, id: ClientId, since: u64) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.release(name, id, since);
-        }
-    }
-
-    fn conn_stats(&self, id: ClientId) -> Option<ConnStats> {
-        let c = self.conns.get(id.0)?;
-        Some(ConnStats {
-            queued: c.queued(),
-            dropped: c.dropped_total(),
-            connected: c.since.elapsed(),
-        })
-    }
-
-    fn server_stats(&self) -> Option<ServerStats> {
-        Some(self.metrics.server_stats(Instant::now()))
-    }
-}
-
-/// The passwords and the bans file, as configured; an error stops the
-/// start (an unreadable password file, a bans file that exists but cannot
-/// be read).
-fn access(cfg: &Config) -> io::Result<Access> {
-    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
-    let password = cfg.password().map_err(invalid)?;
-    let oper = cfg.oper_password().map_err(invalid)?;
-    let bans = match std::fs::read(&cfg.bans_file) {
-        Ok(bytes) => {
-            let (bans, bad) = Bans::from_file(&bytes, unix_ms());
-            if bad.count > 0 {
-                let lines: Vec<String> = bad.first.iter().map(usize::to_string).collect();
-                let more = if bad.count > bad.first.len() {
-                    ", …"
-                } else {
-                    ""
-                };
-                warn!(
-                    "{}: {} line(s) that are not bans left out (line {}{more})",
-                    cfg.bans_file,
-                    bad.count,
-                    lines.join(", ")
-                );
-            }
-            info!("{} ban(s) from {}", bans.len(), cfg.bans_file);
-            bans
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Bans::default(),
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot read the bans file {}: {e} (--bans-file)",
-                    cfg.bans_file
-                ),
-            ));
-        }
-    };
-    if password.is_some() {
-        info!("clients must give the server password (/pass)");
-    }
-    Ok(Access::new(password, oper, cfg.pass_attempts, bans))
-}
-
-/// The wall clock in ms since the Unix epoch (0 if it is set before 1970).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The --sendq policy's disconnect: drop what is queued and leave at once.
-fn cut_off(c: &mut Conn, k: usize, closing: &mut Vec<usize>) {
-    warn!(
-        "{} cut off: output queue would pass --sendq ({} bytes queued, {} counted)",
-        c.peer,
-        c.queued(),
-        c.charged()
-    );
-    // Best effort: the socket is likely full, but a browser that gets this
-    // knows why it was dropped. Not in the middle of a partly written frame,
-    // whose payload it would become.
-    let last = c.proto.cut_off().filter(|_| !c.mid_item());
-    c.discard_output();
-    if let Some(last) = last {
-        c.write_last(&last);
-    }
-    mark_closing(c, k, closing, Some("too slow".into()), false);
-}
-
-fn mark_closing(
-    c: &mut Conn,
-    k: usize,
-    closing: &mut Vec<usize>,
-    reason: Option<String>,
-    graceful: bool,
-) {
-    if c.state == State::Open {
-        c.state = State::Closing;
-        c.reason = reason;
-        c.graceful = graceful;
-        closing.push(k);
-    }
-}
 
 /// Whether connection `k` may take one more step (a line, a message)
 /// now: it is open, within its share of this turn, and under --rate has a
@@ -372,186 +144,7 @@ fn live(conns: &mut Slab<Conn>, me: ConnRef) -> Option<&mut Conn> {
         .filter(|c| c.serial == me.serial && c.state != State::Gone)
 }
 
-/// Which listening socket a connection came in on.
-#[derive(Clone, Copy)]
-enum Port {
-    Line,
-    Http,
-    TlsLine,
-    Https,
-}
-
-impl Port {
-    fn tls(self) -> bool {
-        matches!(self, Port::TlsLine | Port::Https)
-    }
-}
-
-/// Binds a listener on `host:port` for `what`, registered under `token`.
-fn listen(poll: &Poll, host: &str, port: u16, token: Token, what: &str) -> io::Result<TcpListener> {
-    let l = std::net::TcpListener::bind((host, port)).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot listen on {host}:{port} for {what}: {e}"),
-        )
-    })?;
-    l.set_nonblocking(true)?;
-    let mut l = TcpListener::from_std(l);
-    poll.registry()
-        .register(&mut l, token, Interest::READABLE)?;
-    Ok(l)
-}
-
 impl Server {
-    /// Sets up the loop around a bound line listener; binds the web port
-    /// from `cfg` unless --no-http.
-    pub fn new(listener: std::net::TcpListener, cfg: Config) -> io::Result<Server> {
-        cfg.check()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
-        let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let http_listener = if cfg.no_http {
-            None
-        } else {
-            let l =
-                std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port)).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot listen on {}:{} for the web: {e} (--http-port, or --no-http)",
-                            cfg.host, cfg.http_port
-                        ),
-                    )
-                })?;
-            l.set_nonblocking(true)?;
-            let mut l = TcpListener::from_std(l);
-            poll.registry()
-                .register(&mut l, HTTP_LISTENER, Interest::READABLE)?;
-            Some(l)
-        };
-        let (hub, link) = match &cfg.redis {
-            None => (Hub::new(cfg.announce_max), None),
-            Some(url) => {
-                let url = RedisUrl::parse(url, std::env::var("REDIS_PASSWORD").ok())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                info!("cluster mode: node {}, Redis at {}", cfg.node_id, url.addr);
-                // Each start is a new incarnation on the wire, so the others
-                // can tell a restarted instance's old users are gone.
-                let wire = format!("{}~{:x}", cfg.node_id, fastrand::u32(..));
-                let hub = Hub::new(cfg.announce_max).with_cluster(&wire);
-                let timing = cluster::Timing::new(
-                    Duration::from_millis(cfg.cluster_tick_ms),
-                    Duration::from_secs(cfg.cluster_timeout),
-                );
-                // A relayed line is at most --max-line plus a name and a
-                // notice's words; more from Redis is not from an instance.
-                let max_text = cfg.max_line as usize + 256;
-                let link = Link::new(url, &wire, cfg.cluster_queue as usize, timing, max_text);
-                (hub, Some(link))
-            }
-        };
-        let access = access(&cfg)?;
-        // A batch of one sender's lines must always fit a recipient's queue.
-        // A history answer, too, must fit: a quarter leaves room for what
-        // is queued already.
-        let mut hub = hub
-            .with_access(access)
-            .with_batch_max((cfg.sendq as usize / 8).min(16 * 1024))
-            .with_max_line(cfg.max_line as usize)
-            .with_history(cfg.history_limits(), cfg.history_on_join as usize)
-            .with_reply_max(cfg.sendq as usize / 4);
-        hub.tick(unix_ms());
-        let (tls, fingerprint) = if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
-            let tls = crate::tls::load(cert, key)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            (Some(tls), None)
-        } else if cfg.tls_self_signed {
-            let (tls, fp, _) = crate::tls::self_signed().map_err(io::Error::other)?;
-            info!("TLS with a self-signed certificate, SHA-256 fingerprint {fp}");
-            (Some(tls), Some(fp))
-        } else {
-            (None, None)
-        };
-        let (tls_listener, https_listener) = if tls.is_some() {
-            let host = cfg.host.as_str();
-            let line = listen(&poll, host, cfg.tls_port, TLS_LISTENER, "TLS (--tls-port)")?;
-            let web = if cfg.no_http {
-                None
-            } else {
-                Some(listen(
-                    &poll,
-                    host,
-                    cfg.https_port,
-                    HTTPS_LISTENER,
-                    "HTTPS (--https-port)",
-                )?)
-            };
-            (Some(line), web)
-        } else {
-            (None, None)
-        };
-        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt.clone());
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        Ok(Server {
-            poll,
-            events: Events::with_capacity(1024),
-            listener: Some(listener),
-            http_listener,
-            tls_listener,
-            https_listener,
-            signals,
-            conns: Slab::new(),
-            hub,
-            cfg,
-            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            readable: Vec::new(),
-            pending: Vec::new(),
-            closing: Vec::new(),
-            gone: Vec::new(),
-            timers: Timers::default(),
-            accept_stalled: false,
-            accept_warned: None,
-            shutdown: None,
-            link,
-            inbound: Vec::new(),
-            metrics: Metrics::new(Instant::now()),
-            next_serial: 0,
-            tls,
-            fingerprint,
-            per_addr,
-            next_prune: Instant::now() + PRUNE_EVERY,
-        })
-    }
-
-    /// The self-signed certificate's SHA-256 fingerprint (--tls-self-signed).
-    pub fn tls_fingerprint(&self) -> Option<&str> {
-        self.fingerprint.as_deref()
-    }
-
-    /// Where line clients connect over TLS (--tls-port).
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls_listener.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
-    /// Where the web page is served over https (--https-port).
-    pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.https_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-    }
-
-    /// Where the web page is served, unless --no-http.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_listener
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-    }
-
     /// Runs until SIGINT or SIGTERM, then says goodbye to everyone, flushes
     /// for up to DRAIN_SECS and returns.
     pub fn run(mut self) -> io::Result<()> {
@@ -586,25 +179,6 @@ impl Server {
                 return Ok(());
             }
         }
-    }
-
-    /// Writes the bans file if the bans changed this turn: a temporary file
-    /// next to it, then a rename, so a crash never leaves half a file. A
-    /// failure is logged and tried again at the next change.
-    fn save_bans(&mut self) {
-        let Some(text) = self.hub.bans_to_save() else {
-            return;
-        };
-        let path = std::path::Path::new(&self.cfg.bans_file);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = &written {
-            let _ = std::fs::remove_file(&tmp);
-            warn!("cannot write the bans file {}: {e}", path.display());
-        }
-        let written = written.map_err(|e| format!("{}: {e}", path.display()));
-        let (hub, mut out) = self.out();
-        hub.bans_saved(written, &mut out);
     }
 
     fn out(&mut self) -> (&mut Hub, Out<'_>) {
@@ -670,17 +244,14 @@ impl Server {
     }
 
     fn dispatch(&mut self) {
-        let mut accept = false;
-        let mut accept_http = false;
-        let mut accept_tls = false;
-        let mut accept_https = false;
+        let mut accept = [false; PORTS];
         let mut signalled = false;
         for event in self.events.iter() {
+            if let Some(port) = Listeners::port_of(event.token()) {
+                accept[port as usize] = true;
+                continue;
+            }
             match event.token() {
-                LISTENER => accept = true,
-                HTTP_LISTENER => accept_http = true,
-                TLS_LISTENER => accept_tls = true,
-                HTTPS_LISTENER => accept_https = true,
                 cluster::CMD | cluster::SUB => {
                     if let Some(link) = self.link.as_mut() {
                         link.ready(event.token(), self.poll.registry(), &mut self.inbound);
@@ -713,17 +284,8 @@ impl Server {
             self.on_signals();
         }
         self.apply_inbound();
-        if accept {
-            self.accept(Port::Line);
-        }
-        if accept_http {
-            self.accept(Port::Http);
-        }
-        if accept_tls {
-            self.accept(Port::TlsLine);
-        }
-        if accept_https {
-            self.accept(Port::Https);
+        for port in Port::all().filter(|&p| accept[p as usize]) {
+            self.accept(port);
         }
     }
 
@@ -737,17 +299,7 @@ impl Server {
         hub.shutdown(&mut out);
         let deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         self.shutdown = Some(deadline);
-        for mut l in [
-            self.listener.take(),
-            self.http_listener.take(),
-            self.tls_listener.take(),
-            self.https_listener.take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
+        self.listeners.close(self.poll.registry());
         // The run loop ends at `deadline`: no drain timers are needed.
         for (k, c) in self.conns.iter_mut() {
             if c.state == State::Open || c.state == State::Closing {
@@ -767,116 +319,29 @@ impl Server {
         self.closing.clear();
     }
 
+    /// Takes the connections waiting on a listener: each comes set up in
+    /// its port's first state (listeners.rs); here it only gets a slab
+    /// key, a serial, its deadline and a first read.
     fn accept(&mut self, port: Port) {
-        if matches!(port, Port::Line) {
-            self.accept_stalled = false;
-        }
-        loop {
-            let listener = match port {
-                Port::Line => self.listener.as_ref(),
-                Port::Http => self.http_listener.as_ref(),
-                Port::TlsLine => self.tls_listener.as_ref(),
-                Port::Https => self.https_listener.as_ref(),
-            };
-            let Some(listener) = listener else { return };
-            let (mut sock, peer) = match listener.accept() {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => {
-                    self.metrics.accept_errors += 1;
-                    // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS):
-                    // the pending connection stays in the backlog. Retrying
-                    // at once would spin, so wait a little or until one of
-                    // our own connections closes, and keep serving. One
-                    // retry timer serves both ports.
-                    let now = Instant::now();
-                    if self
-                        .accept_warned
-                        .is_none_or(|t| now >= t + ACCEPT_WARN_EVERY)
-                    {
-                        warn!(
-                            "cannot accept: {e}; retrying every {ACCEPT_BACKOFF:?} ({} clients)",
-                            self.conns.len()
-                        );
-                        self.accept_warned = Some(now);
-                    }
-                    self.accept_stalled = true;
-                    self.timers.push(now + ACCEPT_BACKOFF, Timer::Accept);
-                    return;
-                }
-            };
-            // The listener chooses the state machine the connection starts in.
-            let now = Instant::now();
-            let proto = match port {
-                Port::Line | Port::TlsLine => {
-                    Proto::Line(LineSession::new(self.cfg.max_line as usize))
-                }
-                Port::Http | Port::Https => Proto::Http(HttpSession::new(
-                    now + Duration::from_secs(self.cfg.http_timeout),
-                    self.cfg.max_line as usize,
-                )),
-            };
-            let max = self.cfg.max_clients;
-            if self.conns.len() >= max as usize {
-                warn!("{peer} refused: server full ({max} clients)");
-                let text = format!("*** error: server full ({max} clients)");
-                // A TLS client cannot be told anything before a handshake.
-                if !port.tls() {
-                    let _ = (&sock).write(&conn::refusal(&proto, &text));
-                }
-                let _ = sock.shutdown(std::net::Shutdown::Write);
-                continue;
-            }
-            let tls = match self
-                .tls
-                .as_ref()
-                .filter(|_| port.tls())
-                .map(conn::tls::Tls::new)
-                .transpose()
-            {
-                Ok(tls) => tls.map(Box::new),
-                Err(e) => {
-                    warn!("{peer} dropped: cannot start TLS: {e}");
-                    continue;
-                }
-            };
-            // Under --proxy-protocol a trusted proxy must send the header
-            // (and is waited for); anyone else's is watched for and refused.
-            let proxy = self.cfg.proxy_protocol.then(|| {
-                let ip = peer.ip().to_canonical();
-                self.cfg.trusted_proxy.iter().any(|n| n.contains(&ip))
-            });
+        while let Some(mut conn) = self.listeners.accept(
+            port,
+            &self.cfg,
+            self.conns.len(),
+            &mut self.timers,
+            &mut self.metrics,
+        ) {
             let entry = self.conns.vacant_entry();
             let k = entry.key();
             if let Err(e) = self.poll.registry().register(
-                &mut sock,
+                &mut conn.sock,
                 Token(k),
                 // Writable interest is added only while output is stuck
                 // (see `flush`): a socket with room gets no events for it.
                 Interest::READABLE,
             ) {
-                warn!("{peer} dropped: cannot register: {e}");
+                warn!("{} dropped: cannot register: {e}", conn.peer);
                 continue;
             }
-            // Chat lines are small and latency matters; we already batch
-            // every line for a client into one writev per turn.
-            let _ = sock.set_nodelay(true);
-            if self.cfg.keepalive > 0
-                && let Err(e) = set_keepalive(&sock, Duration::from_secs(self.cfg.keepalive))
-            {
-                warn!("{peer}: cannot set TCP keepalive: {e}");
-            }
-            let bucket = self
-                .cfg
-                .rate
-                .map(|rate| Bucket::new(rate, self.cfg.burst.unwrap_or(rate), now));
-            let mut conn = Conn::new(sock, peer, proto, bucket).with_layers(
-                proxy,
-                tls,
-                now + Duration::from_secs(self.cfg.http_timeout),
-            );
             let me = ConnRef {
                 key: k,
                 serial: self.next_serial,
@@ -888,20 +353,20 @@ impl Server {
             if let Some(at) = conn.deadline() {
                 self.timers.push(at, Timer::Deadline(me));
             }
-            let waits = conn.proxy.is_some();
+            let known = conn.address_at_accept();
             entry.insert(conn);
             self.readable.push(me);
             // The address is known now unless a proxy is to tell it.
-            if !waits {
-                self.addressed(k);
+            if let Some(then) = known {
+                self.addressed(k, then);
             }
         }
     }
 
     /// The client's real address is known (at accept, or from a trusted
     /// proxy's header): apply the per-address limits, then start the
-    /// protocol if nothing beneath it is still pending. False if refused.
-    fn addressed(&mut self, k: usize) -> bool {
+    /// protocol unless a handshake comes first. False if refused.
+    fn addressed(&mut self, k: usize, then: After) -> bool {
         let now = Instant::now();
         let Some(c) = self.conns.get_mut(k) else {
             return false;
@@ -925,7 +390,7 @@ impl Server {
                         );
                     }
                 }
-                if c.tls.is_some() {
+                if then == After::Handshake {
                     // Nothing can be said before a handshake, and doing
                     // one for a refused address would spend what the
                     // limit protects.
@@ -938,17 +403,19 @@ impl Server {
                 return false;
             }
         }
-        self.start(k);
+        if then == After::Protocol {
+            self.start(k);
+        }
         true
     }
 
-    /// Joins the chat (a line client) once the layers beneath the protocol
-    /// are done: the address known and the TLS handshake finished.
+    /// The protocol starts, the stages beneath it passed (the address
+    /// known, a handshake finished): a line client joins the chat.
     fn start(&mut self, k: usize) {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        if c.joined || c.state != State::Open || !c.layers_ready() {
+        if c.joined || c.state != State::Open {
             return;
         }
         if c.proto.in_chat() {
@@ -1042,89 +509,14 @@ impl Server {
                     if room == 0 {
                         break;
                     }
-                    // Only TLS pending: a PROXY header completing here
-                    // goes through the address check (`addressed`) first.
-                    let handshaking = c.proxy.is_none() && !c.layers_ready();
                     let input = c.read_in(&mut self.scratch[..room]);
                     if c.wants_flush() {
-                        // Handshake records (or an alert) to send.
+                        // Records beneath the queue (a handshake's, an
+                        // alert) to send.
                         self.mark_pending(k);
                     }
-                    let Some(c) = self.conns.get_mut(k) else {
+                    if !self.input(k, input, now, &mut bytes) {
                         break;
-                    };
-                    if handshaking && c.layers_ready() {
-                        // The handshake finished: the protocol starts
-                        // before it gets its first bytes.
-                        self.start(k);
-                    }
-                    let Some(c) = self.conns.get_mut(k) else {
-                        break;
-                    };
-                    match input {
-                        Input::Data(n) => {
-                            bytes += n;
-                            self.metrics.bytes_in += n as u64;
-                            c.proto.feed(&self.scratch[..n]);
-                            c.touch(now);
-                        }
-                        Input::Closed => c.eof = true,
-                        Input::WouldBlock => {
-                            c.proto.would_block();
-                            break;
-                        }
-                        Input::Error(e) => {
-                            if c.proxy.is_some() {
-                                debug!("{} lost before its PROXY header: {e}", c.peer);
-                                self.remove(k);
-                                break;
-                            }
-                            if !c.layers_ready() {
-                                self.metrics.tls_failed += 1;
-                                info!("{} TLS handshake failed: {e}", c.peer);
-                                self.remove(k);
-                                break;
-                            }
-                            let reason = socket::reason_for(&e);
-                            mark_closing(c, k, &mut self.closing, Some(reason), false);
-                            break;
-                        }
-                        Input::Addressed(source) => {
-                            match source {
-                                Some(real) => {
-                                    debug!("{} PROXY header: client {real}", c.peer);
-                                    c.peer = real;
-                                }
-                                None => {
-                                    // The proxy's own connection (a health
-                                    // check every few seconds): trusted, and
-                                    // not a client the limits are for.
-                                    debug!("{} PROXY header for the proxy itself", c.peer);
-                                    self.start(k);
-                                    continue;
-                                }
-                            }
-                            if !self.addressed(k) {
-                                break;
-                            }
-                        }
-                        Input::Refused(why) => {
-                            self.metrics.proxy_refused += 1;
-                            warn!("{} refused: {why} (--trusted-proxy)", c.peer);
-                            if c.joined {
-                                c.discard_output();
-                                mark_closing(
-                                    c,
-                                    k,
-                                    &mut self.closing,
-                                    Some("refused".into()),
-                                    false,
-                                );
-                            } else {
-                                self.remove(k);
-                            }
-                            break;
-                        }
                     }
                 }
                 Step::Close {
@@ -1151,6 +543,79 @@ impl Server {
             }
         }
         self.deliver(k, &mut batch);
+    }
+
+    /// Acts on what a read through the connection's stages did: bytes for
+    /// the protocol, the end, a failure, or a stage passed. False when
+    /// reading stops for this turn.
+    fn input(&mut self, k: usize, input: Input, now: Instant, bytes: &mut usize) -> bool {
+        let Some(c) = self.conns.get_mut(k) else {
+            return false;
+        };
+        match input {
+            Input::Data(n) => {
+                *bytes += n;
+                self.metrics.bytes_in += n as u64;
+                c.proto.feed(&self.scratch[..n]);
+                c.touch(now);
+            }
+            Input::Closed => c.eof = true,
+            Input::WouldBlock => {
+                c.proto.would_block();
+                return false;
+            }
+            Input::Error(e) => {
+                let reason = socket::reason_for(&e);
+                mark_closing(c, k, &mut self.closing, Some(reason), false);
+                return false;
+            }
+            Input::LostBeforeHeader(e) => {
+                debug!("{} lost before its PROXY header: {e}", c.peer);
+                self.remove(k);
+                return false;
+            }
+            Input::HandshakeFailed(e) => {
+                self.metrics.tls_failed += 1;
+                info!("{} TLS handshake failed: {e}", c.peer);
+                self.remove(k);
+                return false;
+            }
+            // The protocol starts before it gets its first bytes.
+            Input::Handshaken => self.start(k),
+            Input::Addressed { source, then } => return self.addressed_by_proxy(k, source, then),
+            Input::Refused(why) => {
+                self.metrics.proxy_refused += 1;
+                warn!("{} refused: {why} (--trusted-proxy)", c.peer);
+                if c.joined {
+                    c.discard_output();
+                    mark_closing(c, k, &mut self.closing, Some("refused".into()), false);
+                } else {
+                    self.remove(k);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// A trusted proxy's header said who the client is: the limits apply
+    /// to that address. False if it was refused.
+    fn addressed_by_proxy(&mut self, k: usize, source: Option<SocketAddr>, then: After) -> bool {
+        let Some(c) = self.conns.get_mut(k) else {
+            return false;
+        };
+        let Some(real) = source else {
+            // The proxy's own connection (a health check every few
+            // seconds): trusted, and not a client the limits are for.
+            debug!("{} PROXY header for the proxy itself", c.peer);
+            if then == After::Protocol {
+                self.start(k);
+            }
+            return true;
+        };
+        debug!("{} PROXY header: client {real}", c.peer);
+        c.peer = real;
+        self.addressed(k, then)
     }
 
     /// Hands a connection's lines to the hub.
@@ -1334,7 +799,7 @@ impl Server {
             }
         }
         // A descriptor is free again: if accepting had stalled, try now.
-        if self.accept_stalled {
+        if self.listeners.stalled() {
             self.timers.push(Instant::now(), Timer::Accept);
         }
         // Departures are what leave timers behind (an HTTP head's deadline,
@@ -1352,7 +817,7 @@ impl Server {
         let limit = self.cfg.idle_timeout();
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
-                Timer::Accept => accept = self.accept_stalled,
+                Timer::Accept => accept = self.listeners.stalled(),
                 Timer::Wake(me) => {
                     // One timer per pause (see `admit`): counted as it ends.
                     self.metrics.rate_limited += 1;
@@ -1381,7 +846,7 @@ impl Server {
                         && let Some(why) = c.expired(now)
                     {
                         info!("{} closed: {why}", c.peer);
-                        if why.contains("TLS") {
+                        if why == Expired::Handshake {
                             self.metrics.tls_failed += 1;
                         }
                         self.remove(me.key);
@@ -1398,7 +863,7 @@ impl Server {
             self.settle();
         }
         if accept {
-            for port in [Port::Line, Port::Http, Port::TlsLine, Port::Https] {
+            for port in Port::all() {
                 self.accept(port);
             }
             self.settle();
@@ -1480,17 +945,7 @@ impl Server {
             history_lines: self.hub.history_lines() as u64,
             history_bytes: self.hub.history_bytes() as u64,
             moderation: self.hub.moderation(),
-            cluster: self.link.as_ref().map(|l| metrics::Cluster {
-                link_up: l.is_up(),
-                published: l.stats.published,
-                received: l.stats.received,
-                dropped: l.stats.dropped,
-                reconnects: l.stats.reconnects,
-                connect_failures: l.stats.connect_failures,
-                refused: l.stats.refused,
-                malformed: l.stats.malformed,
-                timeouts: l.stats.timeouts,
-            }),
+            cluster: self.link.as_ref().map(Link::stats),
         };
         let answer = metrics::answer(request, &scrape);
         if let Some(c) = self.conns.get_mut(k) {

@@ -1,0 +1,143 @@
+//! What arrives from the cluster, as data: the link turns replies and
+//! publications into [`Inbound`] events, and [`Inbound::apply`] is the one
+//! place that maps them onto the hub.
+
+use super::LOG;
+use crate::access::Ban;
+use crate::history::{Id, Line};
+use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence};
+use ipnet::IpNet;
+use log::info;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// What the link heard, for the reactor to hand to the hub. Every text in
+/// here has been cleaned and every name checked (see [`super::wire::Wire::decode`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Up,
+    Down(String),
+    Room(String, String),
+    /// Room lines numbered by Redis, the first with `first`; `from`: our
+    /// local client who said them (None: another instance's).
+    Said {
+        room: String,
+        first: Id,
+        from: Option<ClientId>,
+        text: String,
+    },
+    /// Redis refused local client `id`'s line (true), or the link failed
+    /// before Redis confirmed it (false).
+    NotSaid(ClientId, bool),
+    /// The answer to [`super::Link::history`]: the room's epoch (0: none) and last
+    /// N, and its lines, oldest first.
+    History {
+        id: ClientId,
+        room: String,
+        asked: Asked,
+        epoch: u64,
+        last: u64,
+        lines: Vec<Line>,
+    },
+    Presence(Presence),
+    Private(ClientId, String, String),
+    Claimed(ClientId, String, Claim),
+    Guests(u64),
+    /// Another instance holds `name` by an earlier claim: our user `id`
+    /// must give it up.
+    NameLost(ClientId, String),
+    NodeLost(Rc<str>),
+    /// A node declared lost has a heartbeat again.
+    NodeBack(Rc<str>),
+    /// A ban set on another instance, or kept in Redis.
+    Ban(Ban),
+    /// A ban lifted on another instance.
+    Unban(IpNet),
+}
+
+impl Inbound {
+    /// Tells the hub what the link heard.
+    pub fn apply(self, hub: &mut Hub, out: &mut impl Outbox) {
+        match self {
+            Inbound::Up => hub.link_up(out),
+            Inbound::Down(_) => hub.link_down(out),
+            Inbound::Room(room, text) => hub.remote_line(&room, &text, out),
+            Inbound::Said {
+                room,
+                first,
+                from,
+                text,
+            } => hub.said(&room, first, from, &text, out),
+            Inbound::NotSaid(id, sure) => hub.not_said(id, sure, out),
+            Inbound::History {
+                id,
+                room,
+                asked,
+                epoch,
+                last,
+                lines,
+            } => hub.answer(id, &room, asked, epoch, last, lines, out),
+            Inbound::Presence(p) => hub.remote_presence(p, out),
+            Inbound::Private(to, name, text) => hub.remote_private(to, &name, &text, out),
+            Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, out),
+            Inbound::NameLost(id, name) => hub.name_lost(id, &name, out),
+            Inbound::NodeBack(node) => {
+                info!(target: LOG, "cluster: node {node} has a heartbeat again; asking for its users");
+                hub.node_back(&node, out);
+            }
+            Inbound::Guests(start) => hub.add_guests(start, GUEST_BLOCK),
+            Inbound::NodeLost(node) => {
+                info!(target: LOG, "cluster: node {node} stopped answering; its users are gone");
+                hub.node_silent(&node, out);
+            }
+            Inbound::Ban(ban) => hub.ban_from_cluster(ban, out),
+            Inbound::Unban(net) => hub.unban_from_cluster(&net),
+        }
+    }
+}
+
+/// The last id delivered per subscribed room: a line that comes both as
+/// the reply to our SAY and on the subscription is delivered once.
+#[derive(Debug, Default)]
+pub struct Delivered(HashMap<String, Id>);
+
+impl Delivered {
+    /// Numbered lines, for the hub once: not again if they came already
+    /// (from our SAY's reply or the subscription, whichever was first), and
+    /// not if they are older than what was delivered.
+    pub fn said(
+        &mut self,
+        room: String,
+        first: Id,
+        from: Option<ClientId>,
+        text: String,
+    ) -> Option<Inbound> {
+        let count = text.split("\r\n").count() as u64;
+        let last = Id {
+            epoch: first.epoch,
+            n: first.n + count.saturating_sub(1),
+        };
+        if let Some(done) = self.0.get(&room)
+            && done.epoch == first.epoch
+            && done.n >= last.n
+        {
+            return None;
+        }
+        self.0.insert(room.clone(), last);
+        Some(Inbound::Said {
+            room,
+            first,
+            from,
+            text,
+        })
+    }
+
+    /// Not subscribed to `room` any more.
+    pub fn forget(&mut self, room: &str) {
+        self.0.remove(room);
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}

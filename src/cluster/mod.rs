@@ -1,0 +1,985 @@
+//! The cluster link: this instance's two connections to Redis, on the
+//! reactor's own `Poll`, with their own buffers and no second thread.
+//!
+//! Redis pub/sub needs a connection of its own for SUBSCRIBE, so there are
+//! two: `cmd` sends PUBLISH and the bookkeeping commands and reads their
+//! replies in order; `sub` only receives what the subscriptions carry.
+//!
+//! The layers, each in its file:
+//! - [`redis`]: one RESP connection (non-blocking connect, buffers, decode
+//!   bounded by `MAX_REPLY`, command encoding);
+//! - [`wire`]: every channel and key name, every payload encoded, decoded
+//!   and checked like a client's line (pure);
+//! - [`scripts`]: the Lua scripts Redis runs for us, with their contracts;
+//! - [`replies`]: what each awaited reply means and what a command may cost
+//!   the queue toward Redis;
+//! - [`events`]: what arrives, as data, and its one mapping onto the hub;
+//! - here: the link's state machine (down, connecting, healing, up) and the
+//!   verbs the reactor calls on behalf of the hub.
+//!
+//! What arrives that does not pass [`wire`]'s checks is logged
+//! (rate-limited), counted and dropped.
+
+mod events;
+mod redis;
+mod replies;
+mod scripts;
+mod timing;
+mod warn;
+pub mod wire;
+
+use events::Delivered;
+pub use events::Inbound;
+pub use timing::Timing;
+pub use wire::{claim_value, claim_wins, valid_node};
+
+use crate::access::Ban;
+use crate::history::Id;
+use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Presence};
+use crate::metrics::Cluster as ClusterStats;
+use ipnet::IpNet;
+use log::{debug, info};
+use mio::{Registry, Token};
+pub use redis::RedisUrl;
+use redis::{Redis, command, frame_bytes};
+use redis_protocol::resp2::types::OwnedFrame;
+use replies::{Expect, Kind, PENDING_OVERHEAD};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use timing::BACKOFF_MIN;
+use warn::Warnings;
+use wire::{COALESCE, Keys, Wire};
+
+/// The log target of the link's files: the module's, as before the split,
+/// so logs read as they did.
+const LOG: &str = module_path!();
+
+pub const CMD: Token = Token(usize::MAX - 10);
+pub const SUB: Token = Token(usize::MAX - 11);
+
+/// Where the link is, with what only that stage needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No connections; the next attempt is due then.
+    Down { retry_at: Instant },
+    /// Both connections opened, the handshake under way; it must be done
+    /// `by` then. `cmd_ready`: PING answered; `sub_ready`: subscribed;
+    /// `sub_auth`: the subscriber's AUTH is still to be answered.
+    Connecting {
+        by: Instant,
+        cmd_ready: bool,
+        sub_ready: bool,
+        sub_auth: bool,
+    },
+    /// Connected and subscribed; re-asserting our names before anyone is
+    /// told the link is back or may claim a new name. `sent`: the renewals
+    /// went out; `left`: how many are still unanswered.
+    Healing { sent: bool, left: usize },
+    /// `round_left`: renewals and node checks of the last round still
+    /// unanswered (a slow Redis gets no second round on top of the first);
+    /// `guests_asked`: a block of guest numbers is being reserved.
+    Up {
+        round_left: usize,
+        guests_asked: bool,
+    },
+}
+
+impl State {
+    const UP: State = State::Up {
+        round_left: 0,
+        guests_asked: false,
+    };
+
+    fn is_down(&self) -> bool {
+        matches!(self, State::Down { .. })
+    }
+
+    fn is_up(&self) -> bool {
+        matches!(self, State::Up { .. })
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The most nodes the link checks, or remembers as lost, at a time.
+pub const MAX_NODES: usize = 256;
+pub struct Link {
+    url: RedisUrl,
+    /// Our node id, channel and key names, and the payloads' bound.
+    wire: Wire,
+    cmd: Option<Redis>,
+    sub: Option<Redis>,
+    state: State,
+    /// Commands on `cmd` awaiting their reply, in order, with when each was
+    /// queued: the oldest one's age is the link's liveness.
+    pending: VecDeque<(Instant, Expect)>,
+    /// Rooms with local members: subscribed while up, re-subscribed after
+    /// a reconnect.
+    rooms: BTreeSet<String>,
+    max_queue: usize,
+    /// The most replies awaited before lines are dropped and claims
+    /// refused: `max_queue` / 64 (a PUBLISH is rarely smaller).
+    max_pending: usize,
+    timing: Timing,
+    stats: ClusterStats,
+    backoff: Duration,
+    next_tick: Instant,
+    warn: Warnings,
+    /// After a refused reservation of guest numbers: not asked again before.
+    guests_retry: Option<Instant>,
+    guests_backoff: Duration,
+    ever_up: bool,
+    /// The subscriber's queue passed its bound: drop the link.
+    stuck: Option<String>,
+    /// Nodes whose heartbeat was missing, since when (our link up throughout).
+    missing: HashMap<Rc<str>, Instant>,
+    /// Nodes we knew before our own link went down, and until when they
+    /// may not be declared lost: they may still be reconnecting.
+    grace: HashMap<Rc<str>, Instant>,
+    carry: bool,
+    scratch: Vec<u8>,
+    /// Rooms whose SUBSCRIBE Redis has confirmed on this connection.
+    confirmed: BTreeSet<String>,
+    /// The last id delivered per subscribed room: a line that comes both
+    /// as the reply to our SAY and on the subscription is delivered once.
+    delivered: Delivered,
+    /// SHA1s of `scripts::LOADED` as loaded on this connection; until
+    /// known (or after Redis forgot them), the scripts are sent whole.
+    shas: scripts::Loaded,
+}
+
+impl Link {
+    /// `max_queue`: the most bytes of lines and claims waiting to go to
+    /// Redis, and of (un)subscriptions; `max_text`: the longest line
+    /// accepted from the other instances (a batch of lines may hold up to
+    /// COALESCE bytes more).
+    pub fn new(
+        url: RedisUrl,
+        node: &str,
+        max_queue: usize,
+        timing: Timing,
+        max_text: usize,
+    ) -> Link {
+        Link {
+            wire: Wire::new(url.db, node, max_text),
+            url,
+            cmd: None,
+            sub: None,
+            state: State::Down {
+                retry_at: Instant::now(),
+            },
+            pending: VecDeque::new(),
+            rooms: BTreeSet::new(),
+            max_queue,
+            max_pending: max_queue / 64,
+            timing,
+            stats: ClusterStats::default(),
+            backoff: BACKOFF_MIN,
+            next_tick: Instant::now(),
+            warn: Warnings::default(),
+            guests_retry: None,
+            guests_backoff: BACKOFF_MIN,
+            ever_up: false,
+            stuck: None,
+            missing: HashMap::new(),
+            grace: HashMap::new(),
+            carry: false,
+            scratch: vec![0; 64 * 1024],
+            shas: scripts::Loaded::default(),
+            confirmed: BTreeSet::new(),
+            delivered: Delivered::default(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state.is_up()
+    }
+
+    /// The link's counters, and whether it is up, for /metrics.
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            link_up: self.is_up(),
+            ..self.stats
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.wire.node
+    }
+
+    /// When the link next needs the loop's attention.
+    pub fn deadline(&self) -> Option<Instant> {
+        let base = match self.state {
+            State::Down { retry_at } => Some(retry_at),
+            State::Connecting { by, .. } => Some(by),
+            // Waiting for the renewals' replies: their deadline below.
+            State::Healing { sent: true, .. } => None,
+            State::Healing { sent: false, .. } | State::Up { .. } => Some(self.next_tick),
+        };
+        let reply = self.pending.front().map(|(t, _)| *t + self.timing.reply);
+        let guests = self.guests_retry.filter(|_| self.state.is_up());
+        [base, reply, guests].into_iter().flatten().min()
+    }
+
+    fn connect(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        let (cmd, sub) = match (
+            Redis::connect(self.url.addr, CMD, registry),
+            Redis::connect(self.url.addr, SUB, registry),
+        ) {
+            (Ok(c), Ok(s)) => (c, s),
+            (Err(e), _) | (_, Err(e)) => return self.fail(&e.to_string(), registry, inbound),
+        };
+        debug!("cluster: connecting to Redis at {}", self.url.addr);
+        self.cmd = Some(cmd);
+        self.sub = Some(sub);
+        self.pending.clear();
+        let db = self.url.db.to_string();
+        let auth = self.url.auth_args();
+        self.state = State::Connecting {
+            by: Instant::now() + self.timing.reply,
+            cmd_ready: false,
+            sub_ready: false,
+            sub_auth: auth.is_some(),
+        };
+        if let Some(auth) = &auth {
+            let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
+            self.send_cmd(&args, Expect::Check("AUTH"), Kind::Force);
+        }
+        self.send_cmd(
+            &[b"SELECT", db.as_bytes()],
+            Expect::Check("SELECT"),
+            Kind::Force,
+        );
+        // Room lines and history reads run a script each: loaded once per
+        // connection, then called by its SHA1 (a few bytes, not the script).
+        for (i, script) in scripts::LOADED.into_iter().enumerate() {
+            self.send_cmd(
+                &[b"SCRIPT", b"LOAD", script.as_bytes()],
+                Expect::Script(i),
+                Kind::Force,
+            );
+        }
+        self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
+        let mut channels = vec![
+            self.keys().presence(),
+            self.keys().bans_channel(),
+            self.keys().node(&self.wire.node),
+        ];
+        channels.extend(self.rooms.iter().map(|r| self.keys().room(r)));
+        let Some(sub) = self.sub.as_mut() else { return };
+        if let Some(auth) = &auth {
+            let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
+            command(&mut sub.wbuf, &args);
+        }
+        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+        args.extend(channels.iter().map(|c| c.as_bytes()));
+        command(&mut sub.wbuf, &args);
+    }
+
+    /// Drops both connections and schedules a reconnect with backoff and
+    /// jitter, so instances that lost Redis together do not return together.
+    fn fail(&mut self, why: &str, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        for conn in [self.cmd.take(), self.sub.take()].into_iter().flatten() {
+            let mut sock = conn.sock;
+            let _ = registry.deregister(&mut sock);
+        }
+        let jitter = 0.75 + fastrand::f64() * 0.5;
+        let wait = self.backoff.mul_f64(jitter);
+        let retry_at = Instant::now() + wait;
+        let was = std::mem::replace(&mut self.state, State::Down { retry_at });
+        self.backoff = (self.backoff * 2).min(self.timing.backoff_max());
+        // Lines sent but not confirmed: Redis may or may not have run them
+        // (a frozen Redis can still read what was sent before the close).
+        let mut unsure: Vec<ClientId> = self
+            .pending
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Expect::Say(id, ..) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        unsure.sort_unstable();
+        unsure.dedup();
+        inbound.extend(unsure.into_iter().map(|id| Inbound::NotSaid(id, false)));
+        self.pending.clear();
+        self.confirmed.clear();
+        self.delivered.clear();
+        self.missing.clear();
+        self.stuck = None;
+        if was.is_up() {
+            self.warn.down(why);
+        } else {
+            self.stats.connect_failures += 1;
+            self.warn.cannot_connect(self.url.addr, why, wait);
+        }
+        inbound.push(Inbound::Down(why.to_string()));
+    }
+
+    /// Queues a command on `cmd` if the queue has room (bytes and replies
+    /// awaited); what happens otherwise depends on `kind`.
+    fn send_cmd(&mut self, args: &[&[u8]], expect: Expect, kind: Kind) -> bool {
+        let Some(cmd) = self.cmd.as_mut() else {
+            return false;
+        };
+        // Each command waiting for its reply also holds a slot in `pending`.
+        let queued = cmd.wbuf.len() + self.pending.len() * PENDING_OVERHEAD;
+        let full = queued > self.max_queue || self.pending.len() >= self.max_pending;
+        if full && matches!(kind, Kind::Publish | Kind::Claim) {
+            let (bytes, replies) = (queued, self.pending.len());
+            match kind {
+                Kind::Publish => {
+                    self.stats.dropped += 1;
+                    self.warn.dropped(bytes, replies, self.stats.dropped);
+                }
+                Kind::Claim | Kind::Book | Kind::Force => {}
+            }
+            return false;
+        }
+        command(&mut cmd.wbuf, args);
+        self.pending.push_back((Instant::now(), expect));
+        true
+    }
+
+    /// Publishes unless the link is down (local delivery has happened
+    /// already; the users were told that messages reach this server only).
+    /// Only what overflows the queue while the link is up counts as dropped.
+    fn publish(&mut self, channel: &str, payload: &[u8]) {
+        if !self.state.is_up() {
+            return;
+        }
+        if self.send_cmd(
+            &[b"PUBLISH", channel.as_bytes(), payload],
+            Expect::Ignore("PUBLISH"),
+            Kind::Publish,
+        ) {
+            self.stats.published += 1;
+        }
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.wire.keys
+    }
+
+    /// What Redis refused: counted, and logged with its text.
+    fn refused(&mut self, what: &str, err: &str) {
+        self.stats.refused += 1;
+        self.warn.refused(what, err, self.stats.refused);
+    }
+
+    fn malformed(&mut self, channel: &[u8], why: &str) {
+        self.stats.malformed += 1;
+        self.warn.malformed(channel, why, self.stats.malformed);
+    }
+
+    // ---- From the hub ----
+
+    /// Hands numbered lines to the hub once: not again if they came
+    /// already (from our SAY's reply or the subscription, whichever was
+    /// first), and not if they are older than what was delivered.
+    fn deliver(
+        &mut self,
+        room: String,
+        first: Id,
+        from: Option<ClientId>,
+        text: String,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        inbound.extend(self.delivered.said(room, first, from, text));
+    }
+
+    /// After SCRIPT FLUSH, Redis answers NOSCRIPT.
+    fn forgot(&mut self, err: &str) {
+        self.shas.forgot(err);
+    }
+
+    /// Room lines (CRLF between) from local client `from`, to be numbered
+    /// and kept by Redis and delivered when they come back (see `scripts::SAY`).
+    /// False when the link is not up or the queue toward Redis is full.
+    pub fn say(
+        &mut self,
+        room: &str,
+        from: ClientId,
+        lines: &str,
+        keep: usize,
+        ttl_ms: u64,
+    ) -> bool {
+        if !self.state.is_up() {
+            return false;
+        }
+        let head = scripts::say_args(self.keys(), room, keep, ttl_ms, &self.wire.node, from);
+        let (verb, script) = self.shas.call(scripts::SAY_I);
+        let mut args: Vec<&[u8]> = vec![verb, &script, b"3"];
+        args.extend(head.iter().map(|a| a.as_bytes()));
+        args.extend(lines.split("\r\n").map(str::as_bytes));
+        let expect = Expect::Say(from, room.to_string(), lines.to_string());
+        let ok = self.send_cmd(&args, expect, Kind::Publish);
+        if ok {
+            self.stats.published += 1;
+        }
+        ok
+    }
+
+    /// Asks Redis for a room's history for local client `id`: the lines
+    /// after `after` (or the last ones), at most `count`. The answer comes
+    /// back as `Inbound::History`. False when the link is not up.
+    pub fn history(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        asked: Asked,
+        after: Option<Id>,
+        count: usize,
+    ) -> bool {
+        if !self.state.is_up() {
+            return false;
+        }
+        let tail = scripts::read_args(self.keys(), room, after, count);
+        let (verb, script) = self.shas.call(scripts::READ_I);
+        let mut args: Vec<&[u8]> = vec![verb, &script, b"2"];
+        args.extend(tail.iter().map(|a| a.as_bytes()));
+        self.send_cmd(&args, Expect::Read(id, room.to_string(), asked), Kind::Book)
+    }
+
+    /// A local line, or a batch of them (CRLF between), for the room on the
+    /// other instances ([`wire::room_payload`]).
+    pub fn publish_room(&mut self, room: &str, text: &str) {
+        let channel = self.keys().room(room);
+        let payload = wire::room_payload(&self.wire.node, text);
+        self.publish(&channel, payload.as_bytes());
+    }
+
+    pub fn presence(&mut self, event: &Presence) {
+        let channel = self.keys().presence();
+        self.publish(&channel, wire::encode_presence(event).as_bytes());
+    }
+
+    pub fn private(&mut self, node: &str, to: u64, to_name: &str, text: &str) {
+        let channel = self.keys().node(node);
+        self.publish(
+            &channel,
+            wire::private_payload(to, to_name, text).as_bytes(),
+        );
+    }
+
+    pub fn subscribe(&mut self, room: &str, on: bool) {
+        let changed = if on {
+            self.rooms.insert(room.to_string())
+        } else {
+            self.confirmed.remove(room);
+            self.delivered.forget(room);
+            self.rooms.remove(room)
+        };
+        if changed && !self.state.is_down() {
+            let channel = self.keys().room(room);
+            if let Some(sub) = self.sub.as_mut() {
+                if sub.wbuf.len() > self.max_queue {
+                    // The set of rooms is kept; a new connection subscribes
+                    // to all of them at once.
+                    self.stuck.get_or_insert_with(|| {
+                        format!(
+                            "subscriber queue to Redis is full ({} bytes)",
+                            sub.wbuf.len()
+                        )
+                    });
+                    return;
+                }
+                let verb: &[u8] = if on { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
+                command(&mut sub.wbuf, &[verb, channel.as_bytes()]);
+            }
+        }
+    }
+
+    /// Reserves `name` for `id`; the answer comes back as `Inbound::Claimed`.
+    /// False when it cannot be asked now (link not up, queue full).
+    pub fn claim(&mut self, id: ClientId, name: &str) -> bool {
+        if !self.state.is_up() {
+            return false;
+        }
+        let since = now_ms();
+        let key = Keys::name(name);
+        let value = claim_value(since, &self.wire.node, id);
+        let ms = self.timing.name_ms();
+        let args: [&[u8]; 6] = [
+            b"SET",
+            key.as_bytes(),
+            value.as_bytes(),
+            b"NX",
+            b"PX",
+            ms.as_bytes(),
+        ];
+        self.send_cmd(
+            &args,
+            Expect::Claim(id, name.to_string(), since),
+            Kind::Claim,
+        )
+    }
+
+    /// Gives `name` back, if the key still holds our claim on it.
+    pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
+        if self.state.is_up() {
+            let key = Keys::name(name);
+            let value = claim_value(since, &self.wire.node, id);
+            self.send_cmd(
+                &[
+                    b"EVAL",
+                    scripts::RELEASE.as_bytes(),
+                    b"1",
+                    key.as_bytes(),
+                    value.as_bytes(),
+                ],
+                Expect::Ignore("EVAL (release a name)"),
+                Kind::Book,
+            );
+        }
+    }
+
+    /// Renews (or re-creates, or takes over from `beat`) our claim on a
+    /// local user's name.
+    fn renew(&mut self, id: ClientId, name: &str, mine: String, beat: &str, heal: bool) -> bool {
+        let key = Keys::name(name);
+        let ms = self.timing.name_ms();
+        let args: [&[u8]; 7] = [
+            b"EVAL",
+            scripts::RENEW.as_bytes(),
+            b"1",
+            key.as_bytes(),
+            mine.as_bytes(),
+            ms.as_bytes(),
+            beat.as_bytes(),
+        ];
+        let expect = Expect::Renew {
+            id,
+            name: name.to_string(),
+            mine: mine.clone(),
+            heal,
+        };
+        self.send_cmd(&args, expect, Kind::Book)
+    }
+
+    // ---- From the loop ----
+
+    /// Socket readiness for CMD or SUB.
+    pub fn ready(&mut self, token: Token, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        let mut frames = Vec::new();
+        let conn = if token == CMD {
+            self.cmd.as_mut()
+        } else {
+            self.sub.as_mut()
+        };
+        let Some(conn) = conn else { return };
+        if let Err(e) = conn
+            .flush()
+            .and_then(|_| conn.read(&mut self.scratch, &mut frames))
+        {
+            return self.fail(&e.to_string(), registry, inbound);
+        }
+        for frame in frames {
+            let result = if token == CMD {
+                self.on_reply(frame, inbound)
+            } else {
+                self.on_push(frame, inbound)
+            };
+            if let Err(why) = result {
+                return self.fail(&why, registry, inbound);
+            }
+        }
+        if let State::Connecting {
+            cmd_ready: true,
+            sub_ready: true,
+            ..
+        } = self.state
+        {
+            // Connected and subscribed: re-assert our names (on the next
+            // tick, which has the hub) before anyone hears the link is up.
+            self.state = State::Healing {
+                sent: false,
+                left: 0,
+            };
+            self.next_tick = Instant::now();
+        }
+    }
+
+    fn go_up(&mut self, inbound: &mut Vec<Inbound>) {
+        self.state = State::UP;
+        if self.ever_up {
+            self.stats.reconnects += 1;
+        }
+        self.ever_up = true;
+        self.backoff = BACKOFF_MIN;
+        self.next_tick = Instant::now();
+        self.carry = true;
+        self.warn.up();
+        info!(
+            "cluster link up: node {} via Redis at {}",
+            self.wire.node, self.url.addr
+        );
+        inbound.push(Inbound::Up);
+        // Bans set while we were away (or before we started).
+        let key = self.keys().bans();
+        self.send_cmd(&[b"HGETALL", key.as_bytes()], Expect::Bans, Kind::Book);
+    }
+
+    /// A reply on `cmd`: what it answers is the oldest entry of `pending`,
+    /// and that entry alone decides what is done with it.
+    fn on_reply(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
+        let (_, expect) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+        match expect {
+            Expect::Check(what) => return self.must_be_ok(what, &frame),
+            Expect::Pong => {
+                self.must_be_ok("PING", &frame)?;
+                if let State::Connecting { cmd_ready, .. } = &mut self.state {
+                    *cmd_ready = true;
+                }
+            }
+            Expect::Claim(id, name, since) => {
+                let answer = match frame {
+                    OwnedFrame::Error(e) => {
+                        self.refused(&format!("SET (a claim on {name})"), &e);
+                        Claim::Failed
+                    }
+                    OwnedFrame::Null => Claim::Taken,
+                    _ => Claim::Granted(since),
+                };
+                inbound.push(Inbound::Claimed(id, name, answer));
+            }
+            Expect::Renew {
+                id,
+                name,
+                mine,
+                heal,
+            } => self.renewed(id, name, mine, heal, frame, inbound),
+            Expect::Guests => self.guests_reply(frame, inbound),
+            Expect::Alive(node) => self.node_checked(node, true, frame, inbound),
+            Expect::Back(node) => self.node_checked(node, false, frame, inbound),
+            Expect::Script(i) => match frame {
+                OwnedFrame::BulkString(sha) => self.shas.set(i, String::from_utf8(sha).ok()),
+                OwnedFrame::Error(e) => self.refused("SCRIPT LOAD", &e),
+                _ => {}
+            },
+            Expect::Say(id, room, text) => self.said_reply(id, room, text, frame, inbound),
+            Expect::Read(id, room, asked) => {
+                let answer = match frame {
+                    OwnedFrame::Error(e) => {
+                        self.forgot(&e);
+                        self.refused("EVAL (read a room's history)", &e);
+                        None
+                    }
+                    f => self.wire.read_answer(f),
+                };
+                let (epoch, last, lines) = answer.unwrap_or((0, 0, Vec::new()));
+                inbound.push(Inbound::History {
+                    id,
+                    room,
+                    asked,
+                    epoch,
+                    last,
+                    lines,
+                });
+            }
+            Expect::Bans => match frame {
+                OwnedFrame::Array(parts) => self.bans_read(&parts, inbound),
+                OwnedFrame::Error(e) => self.refused("HGETALL (the bans)", &e),
+                _ => {}
+            },
+            Expect::Ignore(what) => {
+                if let OwnedFrame::Error(e) = frame {
+                    self.refused(what, &e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A ban set here: kept in the hash for instances that start later, and
+    /// published for those up now. While the link is down it stays this
+    /// instance's (and its bans file's) only.
+    pub fn ban(&mut self, ban: &Ban) {
+        if !self.state.is_up() {
+            return;
+        }
+        let (key, net, line) = (self.keys().bans(), ban.net.to_string(), ban.to_line());
+        self.send_cmd(
+            &[b"HSET", key.as_bytes(), net.as_bytes(), line.as_bytes()],
+            Expect::Ignore("HSET (a ban)"),
+            Kind::Book,
+        );
+        let channel = self.keys().bans_channel();
+        self.publish(&channel, wire::ban_payload(&self.wire.node, ban).as_bytes());
+    }
+
+    /// A ban lifted here.
+    pub fn unban(&mut self, net: &IpNet) {
+        if !self.state.is_up() {
+            return;
+        }
+        let key = self.keys().bans();
+        self.send_cmd(
+            &[b"HDEL", key.as_bytes(), net.to_string().as_bytes()],
+            Expect::Ignore("HDEL (a ban)"),
+            Kind::Book,
+        );
+        let channel = self.keys().bans_channel();
+        self.publish(
+            &channel,
+            wire::unban_payload(&self.wire.node, net).as_bytes(),
+        );
+    }
+
+    fn on_push(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
+        let auth = match &mut self.state {
+            State::Connecting { sub_auth, .. } => std::mem::take(sub_auth),
+            _ => false,
+        };
+        let what = if auth { "AUTH" } else { "SUBSCRIBE" };
+        let parts = match frame {
+            OwnedFrame::Array(parts) => parts,
+            OwnedFrame::Error(e) => {
+                self.stats.refused += 1;
+                return Err(format!("Redis refused {what}: {}", e.escape_debug()));
+            }
+            _ => return Ok(()), // +OK to AUTH
+        };
+        match parts.first().and_then(frame_bytes) {
+            Some(b"subscribe") => {
+                if let State::Connecting { sub_ready, .. } = &mut self.state {
+                    *sub_ready = true;
+                }
+                if let Some(room) = parts
+                    .get(1)
+                    .and_then(frame_bytes)
+                    .and_then(|c| std::str::from_utf8(c).ok())
+                    .and_then(|c| match self.keys().channel(c)? {
+                        wire::Channel::Room(room) => Some(room),
+                        _ => None,
+                    })
+                {
+                    self.confirmed.insert(room.to_string());
+                }
+            }
+            Some(b"message") => {
+                if let (Some(channel), Some(payload)) = (
+                    parts.get(1).and_then(frame_bytes),
+                    parts.get(2).and_then(frame_bytes),
+                ) {
+                    self.on_message(channel, payload, inbound);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A publication on one of our channels: decoded, then room lines that
+    /// came together coalesced, numbered ones delivered once.
+    fn on_message(&mut self, channel: &[u8], payload: &[u8], inbound: &mut Vec<Inbound>) {
+        self.stats.received += 1;
+        match self.decode_message(channel, payload) {
+            Ok(Some(Inbound::Room(room, text))) => match inbound.last_mut() {
+                // Lines that came together go out together.
+                Some(Inbound::Room(r, t)) if *r == room && t.len() + text.len() + 2 <= COALESCE => {
+                    t.push_str("\r\n");
+                    t.push_str(&text);
+                }
+                _ => inbound.push(Inbound::Room(room, text)),
+            },
+            Ok(Some(Inbound::Said {
+                room,
+                first,
+                from,
+                text,
+            })) => self.deliver(room, first, from, text, inbound),
+            Ok(Some(event)) => inbound.push(event),
+            Ok(None) => {}
+            Err(why) => self.malformed(channel, why),
+        }
+    }
+
+    /// A publication, checked and cleaned as a client's line would be
+    /// (see [`Wire::decode`]).
+    fn decode_message(
+        &self,
+        channel: &[u8],
+        payload: &[u8],
+    ) -> Result<Option<Inbound>, &'static str> {
+        self.wire.decode(channel, payload)
+    }
+
+    /// Reconnects when due; drops a link whose oldest command has waited
+    /// too long for its reply; heals; when up, every tick: heartbeat, renew
+    /// names, check the instances we mirror and the ones we lost, top up
+    /// guest numbers.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        hub: &Hub,
+        registry: &Registry,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        if let Some(why) = self.why_drop(now) {
+            return self.fail(&why, registry, inbound);
+        }
+        match self.state {
+            State::Down { retry_at } if retry_at <= now => self.connect(registry, inbound),
+            State::Connecting { by, .. } if by <= now => {
+                let why = format!("no answer from Redis within {:?}", self.timing.reply);
+                self.fail(&why, registry, inbound)
+            }
+            State::Healing { sent: false, .. } => {
+                let mut left = 0;
+                for (id, name, since) in hub.claimed_names() {
+                    let mine = claim_value(since, &self.wire.node, id);
+                    if self.renew(id, name, mine, "", true) {
+                        left += 1;
+                    }
+                }
+                self.state = State::Healing { sent: true, left };
+                if left == 0 {
+                    self.go_up(inbound);
+                }
+            }
+            State::Up {
+                round_left,
+                guests_asked,
+            } => {
+                self.top_up_guests(now, hub, guests_asked);
+                if self.next_tick <= now {
+                    self.next_tick = now + self.timing.tick;
+                    self.heartbeat(now, hub);
+                    if round_left == 0 {
+                        self.round(hub);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Why a link that is not down must be dropped now, if it must: the
+    /// subscriber's queue overflowed, or Redis is too slow to answer.
+    fn why_drop(&mut self, now: Instant) -> Option<String> {
+        if self.state.is_down() {
+            return None;
+        }
+        if let Some(why) = self.stuck.take() {
+            return Some(why);
+        }
+        let (at, _) = self.pending.front()?;
+        if now < *at + self.timing.reply {
+            return None;
+        }
+        self.stats.timeouts += 1;
+        Some(format!(
+            "Redis did not answer within {:?} (--cluster-timeout)",
+            self.timing.reply
+        ))
+    }
+
+    /// Reserves a block of guest numbers when the hub runs low, one
+    /// request at a time, not again before `guests_retry` after a refusal.
+    fn top_up_guests(&mut self, now: Instant, hub: &Hub, asked: bool) {
+        if self.guests_retry.is_some_and(|t| t <= now) {
+            self.guests_retry = None;
+        }
+        if hub.guests_left() >= GUEST_BLOCK / 2 || asked || self.guests_retry.is_some() {
+            return;
+        }
+        let used = hub.guests_used().to_string();
+        let block = GUEST_BLOCK.to_string();
+        let asked = self.send_cmd(
+            &[
+                b"EVAL",
+                scripts::GUESTS.as_bytes(),
+                b"1",
+                Keys::GUESTS.as_bytes(),
+                used.as_bytes(),
+                block.as_bytes(),
+            ],
+            Expect::Guests,
+            Kind::Book,
+        );
+        if let State::Up { guests_asked, .. } = &mut self.state {
+            *guests_asked = asked;
+        }
+    }
+
+    /// Our heartbeat, every tick; after a reconnect, the nodes we knew get
+    /// their grace first.
+    fn heartbeat(&mut self, now: Instant, hub: &Hub) {
+        if std::mem::take(&mut self.carry) {
+            let until = now + self.timing.grace();
+            self.grace = hub
+                .remote_nodes()
+                .into_iter()
+                .take(MAX_NODES)
+                .map(|n| (n, until))
+                .collect();
+        }
+        let alive = Keys::alive(&self.wire.node);
+        let ms = self.timing.alive_ms();
+        self.send_cmd(
+            &[b"SET", alive.as_bytes(), b"1", b"PX", ms.as_bytes()],
+            Expect::Ignore("SET (our heartbeat)"),
+            Kind::Book,
+        );
+    }
+
+    /// One round of bookkeeping: renew every local name, check every node
+    /// we mirror and every one we lost (at most MAX_NODES).
+    fn round(&mut self, hub: &Hub) {
+        let mut started = 0;
+        for (id, name, since) in hub.claimed_names() {
+            let mine = claim_value(since, &self.wire.node, id);
+            if self.renew(id, name, mine, "", false) {
+                started += 1;
+            }
+        }
+        let lost = hub.lost_nodes();
+        let checks = hub
+            .remote_nodes()
+            .into_iter()
+            .map(|n| (n, true))
+            .chain(lost.into_iter().map(|n| (n, false)))
+            .take(MAX_NODES);
+        for (node, mirrored) in checks {
+            let key = Keys::alive(&node);
+            let expect = if mirrored {
+                Expect::Alive(node)
+            } else {
+                Expect::Back(node)
+            };
+            if self.send_cmd(&[b"EXISTS", key.as_bytes()], expect, Kind::Book) {
+                started += 1;
+            }
+        }
+        if let State::Up { round_left, .. } = &mut self.state {
+            *round_left = started;
+        }
+    }
+
+    /// Writes what is queued (called before the loop sleeps). Subscriptions
+    /// first: a user who just joined a room announces it on `cmd`, and the
+    /// SUBSCRIBE for the room's lines should reach Redis no later.
+    pub fn flush(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        for token in [SUB, CMD] {
+            let conn = if token == CMD {
+                self.cmd.as_mut()
+            } else {
+                self.sub.as_mut()
+            };
+            if let Some(conn) = conn
+                && !conn.wbuf.is_empty()
+                && let Err(e) = conn.flush()
+            {
+                return self.fail(&e.to_string(), registry, inbound);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

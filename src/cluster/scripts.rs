@@ -1,0 +1,138 @@
+//! The Lua scripts the link runs on Redis, each with its KEYS/ARGV contract
+//! next to it: one place to read what Redis does on the cluster's behalf.
+//! The payload SAY publishes is the one [`super::wire::said_payload`]
+//! builds and [`super::wire::Wire::decode`] reads back.
+
+use super::wire::Keys;
+use crate::history::Id;
+use crate::hub::ClientId;
+
+/// Moves the shared guest counter past what this instance already handed
+/// out (a restarted Redis forgets it), then reserves a block.
+/// KEYS[1] the counter (`chatd:guests`); ARGV[1] guest numbers used here,
+/// ARGV[2] the block's size. Returns the block's last number.
+pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') \
+     if v < tonumber(ARGV[1]) then redis.call('set', KEYS[1], ARGV[1]) end \
+     return redis.call('incrby', KEYS[1], ARGV[2])";
+
+/// Redis numbers and keeps room lines (docs/cluster.md, "Room history"):
+/// KEYS meta hash (e: epoch, n: last N), stream, channel; ARGV maxlen (0:
+/// keep none), ttl ms, node, sender, lines. Every line gets the id
+/// EPOCH-N (EPOCH: the ms when Redis began this room's history), goes into
+/// the stream under that id, and the batch is published with the first id
+/// and the sender (`NODE =EPOCH-N:SENDER\nLINE\nLINE...`), so every
+/// instance, the sender's too, delivers it as it comes back: one order for
+/// all. Returns the first id.
+pub const SAY: &str = "local t = redis.call('time') \
+     local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+     local e = redis.call('hget', KEYS[1], 'e') \
+     if not e then e = ms redis.call('hset', KEYS[1], 'e', e) end \
+     local first = redis.call('hincrby', KEYS[1], 'n', #ARGV - 4) - (#ARGV - 4) + 1 \
+     if ARGV[1] ~= '0' then \
+       for i = 5, #ARGV do \
+         redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
+       end \
+     end \
+     redis.call('pexpire', KEYS[1], ARGV[2]) \
+     if ARGV[1] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[2]) end \
+     redis.call('publish', KEYS[3], ARGV[3] .. ' =' .. e .. '-' .. first .. ':' .. ARGV[4] .. '\\n' .. table.concat(ARGV, '\\n', 5)) \
+     return e .. '-' .. first";
+
+/// SAY's KEYS and its ARGV but the lines, which follow them one per
+/// argument: [meta, stream, channel, maxlen, ttl ms (at least 1), node,
+/// sender].
+pub fn say_args(
+    keys: &Keys,
+    room: &str,
+    keep: usize,
+    ttl_ms: u64,
+    node: &str,
+    from: ClientId,
+) -> [String; 7] {
+    let (meta, stream) = keys.history(room);
+    [
+        meta,
+        stream,
+        keys.room(room),
+        keep.to_string(),
+        ttl_ms.max(1).to_string(),
+        node.to_string(),
+        from.0.to_string(),
+    ]
+}
+
+/// Reads a room's history: KEYS meta hash, stream; ARGV the oldest id to
+/// leave out (`(EPOCH-N`, or `-` for none) and how many lines at most.
+/// Returns the epoch, the last N, then id, ms, text of each line, newest
+/// first (read by [`super::wire::read_answer`]).
+pub const READ: &str = "local r = {redis.call('hget', KEYS[1], 'e') or '', \
+     redis.call('hget', KEYS[1], 'n') or '0'} \
+     if tonumber(ARGV[2]) > 0 then \
+       for _, x in ipairs(redis.call('xrevrange', KEYS[2], '+', ARGV[1], 'COUNT', ARGV[2])) do \
+         local t, ms = '', '0' \
+         for i = 1, #x[2], 2 do \
+           if x[2][i] == 't' then t = x[2][i + 1] elseif x[2][i] == 'ms' then ms = x[2][i + 1] end \
+         end \
+         r[#r + 1] = x[1] r[#r + 1] = ms r[#r + 1] = t \
+       end \
+     end \
+     return r";
+
+/// READ's KEYS and ARGV: [meta, stream, `(AFTER` or `-`, count].
+pub fn read_args(keys: &Keys, room: &str, after: Option<Id>, count: usize) -> [String; 4] {
+    let (meta, stream) = keys.history(room);
+    let after = after.map_or("-".to_string(), |a| format!("({a}"));
+    [meta, stream, after, count.to_string()]
+}
+
+/// The scripts loaded once per connection (SCRIPT LOAD) and then called
+/// by SHA1, by index: the ones sent often enough for their size to matter.
+pub const LOADED: [&str; 2] = [SAY, READ];
+/// Index of [`SAY`] in [`LOADED`].
+pub const SAY_I: usize = 0;
+/// Index of [`READ`] in [`LOADED`].
+pub const READ_I: usize = 1;
+
+/// SHA1s of [`LOADED`] as loaded on this connection; until known (or after
+/// Redis forgot them), the scripts are sent whole.
+#[derive(Debug, Default)]
+pub struct Loaded([Option<String>; 2]);
+
+impl Loaded {
+    /// SCRIPT LOAD answered for script `i`.
+    pub fn set(&mut self, i: usize, sha: Option<String>) {
+        self.0[i] = sha;
+    }
+
+    /// After SCRIPT FLUSH, Redis answers NOSCRIPT: send the scripts whole
+    /// again (EVAL loads them as it runs them).
+    pub fn forgot(&mut self, err: &str) {
+        if err.starts_with("NOSCRIPT") {
+            self.0 = [None, None];
+        }
+    }
+
+    /// `EVALSHA SHA` when script `i` is loaded, `EVAL SCRIPT` otherwise.
+    pub fn call(&self, i: usize) -> (&'static [u8], Vec<u8>) {
+        match &self.0[i] {
+            Some(sha) => (b"EVALSHA", sha.as_bytes().to_vec()),
+            None => (b"EVAL", LOADED[i].as_bytes().to_vec()),
+        }
+    }
+}
+
+/// Renewal: re-creates the key if it is gone (a restarted or flushed Redis,
+/// or expired during a freeze), extends it if it is ours, and takes it over
+/// from a claim we beat. KEYS[1] the name's key; ARGV[1] our claim
+/// ([`super::wire::claim_value`]), ARGV[2] its lifetime in ms, ARGV[3] the
+/// claim we beat (or empty). Returns who holds the name now.
+pub const RENEW: &str = "local v = redis.call('get', KEYS[1]) \
+     if not v or v == ARGV[1] or v == ARGV[3] then \
+     redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
+     return v";
+
+/// Gives a name back only if it is still ours: after a collision the key
+/// belongs to the winner, and a plain DEL would free it for a third user.
+/// KEYS[1] the name's key; ARGV[1] our claim. Returns 1 if deleted.
+pub const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
+     return redis.call('del', KEYS[1]) end return 0";

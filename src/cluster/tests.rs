@@ -1,0 +1,682 @@
+//! The link's unit tests: decoding, delivery once, the queues' bounds,
+//! and the state machine driven against stand-ins for Redis on loopback.
+
+use super::*;
+
+#[test]
+fn urls() {
+    let u = RedisUrl::parse("redis://127.0.0.1:6390/2", None).unwrap();
+    assert_eq!(u.addr, "127.0.0.1:6390".parse().unwrap());
+    assert_eq!((u.db, u.password), (2, None));
+    let u = RedisUrl::parse("redis://:s3cret@127.0.0.1", None).unwrap();
+    assert_eq!(u.addr.port(), 6379);
+    assert_eq!(u.password.as_deref(), Some("s3cret"));
+    let u = RedisUrl::parse("redis://user:pw@127.0.0.1:1/", Some("env".into())).unwrap();
+    assert_eq!(u.password.as_deref(), Some("pw"));
+    let u = RedisUrl::parse("redis://127.0.0.1:1", Some("env".into())).unwrap();
+    assert_eq!(u.password.as_deref(), Some("env"));
+    assert!(RedisUrl::parse("http://x", None).is_err());
+    assert!(RedisUrl::parse("redis://127.0.0.1:1/x", None).is_err());
+}
+
+#[test]
+fn the_publish_queue_counts_what_waits_for_a_reply() {
+    // A Redis that never reads nor answers: its backlog completes the
+    // connect, nothing else happens.
+    let redis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = RedisUrl::parse(&format!("redis://{}", redis.local_addr().unwrap()), None);
+    let poll = mio::Poll::new().unwrap();
+    let max = 64 * 1024;
+    let mut link = Link::new(url.unwrap(), "n1", max, Timing::default(), 100);
+    let conn = Redis::connect(link.url.addr, CMD, poll.registry()).unwrap();
+    link.cmd = Some(conn);
+    link.state = State::UP;
+    while link.stats.dropped == 0 {
+        link.publish_room("lobby", "x");
+        assert!(link.stats.published < max as u64, "never full");
+    }
+    let wbuf = link.cmd.as_ref().unwrap().wbuf.len();
+    let pending = link.pending.len() * size_of::<(Instant, Expect)>();
+    // At most one command past the bound, whose own bytes are counted.
+    assert!(wbuf + pending <= max + 64, "{wbuf} + {pending} > {max}");
+}
+
+fn link() -> Link {
+    let url = RedisUrl::parse("redis://127.0.0.1:1/3", None).unwrap();
+    Link::new(url, "me~1", 1 << 20, Timing::default(), 100)
+}
+
+#[test]
+fn own_room_lines_are_skipped_and_others_decoded() {
+    let link = link();
+    let dm = |c: &str, p: &str| link.decode_message(c.as_bytes(), p.as_bytes());
+    assert_eq!(dm("chatd:3:r:lobby", "me~1 <a> hi"), Ok(None));
+    assert_eq!(
+        dm("chatd:3:r:lobby", "n2~5 <b> hi there"),
+        Ok(Some(Inbound::Room("lobby".into(), "<b> hi there".into())))
+    );
+    assert_eq!(
+        dm("chatd:3:n:me~1", "4 bob *alice* psst"),
+        Ok(Some(Inbound::Private(
+            ClientId(4),
+            "bob".into(),
+            "*alice* psst".into()
+        )))
+    );
+    assert_eq!(dm("chatd:0:r:lobby", "n2 x"), Ok(None), "other database");
+    assert_eq!(dm("chatd:3:n:other", "4 bob x"), Ok(None), "not ours");
+}
+
+#[test]
+fn numbered_lines_are_decoded_ours_too_cleaned_and_delivered_once() {
+    let mut link = link();
+    let dm = |link: &Link, p: &[u8]| link.decode_message(b"chatd:3:r:lobby", p);
+    let first = Id { epoch: 17, n: 4 };
+    assert_eq!(
+        dm(&link, b"me~1 =17-4:9\n<a> hi\n<a> \x1b[2Jthere"),
+        Ok(Some(Inbound::Said {
+            room: "lobby".into(),
+            first,
+            from: Some(ClientId(9)),
+            text: "<a> hi\r\n<a> [2Jthere".into(),
+        })),
+        "our own, with our sender"
+    );
+    let Ok(Some(Inbound::Said { from, .. })) = dm(&link, b"n2~5 =17-6:3\n<b> yo") else {
+        panic!("another instance's numbered line");
+    };
+    assert_eq!(from, None);
+    for bad in [&b"n2 =17-6\n<b> x"[..], b"n2 =x-1:3\n<b> x", b"n2 =17-6:3"] {
+        assert!(
+            dm(&link, bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    // From our SAY's reply and again from the subscription: once.
+    let mut inbound = Vec::new();
+    for _ in 0..2 {
+        link.deliver(
+            "lobby".into(),
+            first,
+            Some(ClientId(9)),
+            "<a> hi\r\n<a> yo".into(),
+            &mut inbound,
+        );
+    }
+    link.deliver(
+        "lobby".into(),
+        Id { epoch: 17, n: 5 },
+        None,
+        "<b> old".into(),
+        &mut inbound,
+    );
+    link.deliver(
+        "lobby".into(),
+        Id { epoch: 17, n: 6 },
+        None,
+        "<b> new".into(),
+        &mut inbound,
+    );
+    assert_eq!(inbound.len(), 2, "{inbound:?}");
+}
+
+#[test]
+fn what_arrives_is_cleaned_as_a_clients_line_is() {
+    let link = link();
+    let dm = |c: &[u8], p: &[u8]| link.decode_message(c, p);
+    // One publication is one line: CR and LF go, like every control
+    // character (ESC sequences lose their ESC, so they cannot drive a
+    // terminal); invalid UTF-8 becomes U+FFFD.
+    assert_eq!(
+        dm(b"chatd:3:r:lobby", b"n2 <m> hi\r\n*** bobby is now admin"),
+        Ok(Some(Inbound::Room(
+            "lobby".into(),
+            "<m> hi*** bobby is now admin".into()
+        )))
+    );
+    assert_eq!(
+        dm(
+            b"chatd:3:r:lobby",
+            b"n2 <m> \x1b]0;x\x07\x1b[2Jred\x7f \xff"
+        ),
+        Ok(Some(Inbound::Room(
+            "lobby".into(),
+            "<m> ]0;x[2Jred \u{fffd}".into()
+        )))
+    );
+    assert_eq!(
+        dm(b"chatd:3:n:me~1", b"4 bob *m* a\r\n*** bob is now banned"),
+        Ok(Some(Inbound::Private(
+            ClientId(4),
+            "bob".into(),
+            "*m* a*** bob is now banned".into()
+        )))
+    );
+    // Malformed: dropped (and logged by the caller).
+    for (c, p) in [
+        (&b"chatd:3:r:lobby"[..], &b"n2 \r\n\x1b"[..]),
+        (b"chatd:3:r:lobby", b"n2"),
+        (b"chatd:3:r:lobby", b"n\x1b2 <m> hi"),
+        (b"chatd:3:r:Lobby", b"n2 <m> hi"),
+        (b"chatd:3:r:lob\x1bby", b"n2 <m> hi"),
+        (b"chatd:3:r:\xff", b"n2 <m> hi"),
+        (b"chatd:3:n:me~1", b"x bob hi"),
+        (b"chatd:3:n:me~1", b"4 b\x1bb hi"),
+        (b"chatd:3:n:me~1", b"4 bob"),
+        (b"chatd:3:p", b"J n2 1 bad\x1b lobby lobby 1"),
+        (b"chatd:3:p", b"\xff"),
+    ] {
+        assert!(dm(c, p).is_err(), "{c:?} {p:?}");
+    }
+    // A batch from an instance: one publication, each line cleaned on
+    // its own (a CR in one is removed, blank ones skipped).
+    assert_eq!(
+        dm(b"chatd:3:r:lobby", b"n2\n<a> one\n<a> t\x1bwo\r\n\n"),
+        Ok(Some(Inbound::Room(
+            "lobby".into(),
+            "<a> one\r\n<a> two".into()
+        )))
+    );
+    assert_eq!(dm(b"chatd:3:r:lobby", b"n2\n\r\n \n"), Err("blank batch"));
+    let long = format!("n2\n<m> a\n<m> {}", "b".repeat(100));
+    assert_eq!(dm(b"chatd:3:r:lobby", long.as_bytes()), Err("too long"));
+    let many = format!("n2\n{}", "<m> ok\n".repeat(20));
+    assert!(
+        dm(b"chatd:3:r:lobby", many.as_bytes()).is_ok(),
+        "a batch may pass one line's bound"
+    );
+    // Longer than any instance sends (max_text 100 here): dropped whole.
+    let long = format!("n2 <m> {}", "a".repeat(100));
+    assert_eq!(dm(b"chatd:3:r:lobby", long.as_bytes()), Err("too long"));
+}
+
+/// A "Redis" that accepts connections and never answers or reads.
+fn mute_redis(queue: usize, reply: Duration) -> (std::net::TcpListener, Link) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = RedisUrl::parse(&format!("redis://{}", l.local_addr().unwrap()), None).unwrap();
+    let timing = Timing::new(Duration::from_secs(3), reply);
+    (l, Link::new(url, "me~1", queue, timing, 100))
+}
+
+#[test]
+fn a_redis_that_does_not_answer_in_time_is_a_lost_link() {
+    let (_redis, mut link) = mute_redis(1 << 20, Duration::from_millis(500));
+    let poll = mio::Poll::new().unwrap();
+    let hub = Hub::new(200).with_cluster("me~1");
+    let mut inbound = Vec::new();
+    let t0 = Instant::now();
+    link.tick(t0, &hub, poll.registry(), &mut inbound);
+    assert!(matches!(link.state, State::Connecting { .. }));
+    assert!(
+        link.deadline()
+            .is_some_and(|d| d <= t0 + Duration::from_millis(600))
+    );
+    link.tick(
+        t0 + Duration::from_millis(100),
+        &hub,
+        poll.registry(),
+        &mut inbound,
+    );
+    assert!(inbound.is_empty(), "not yet");
+    link.tick(
+        t0 + Duration::from_secs(1),
+        &hub,
+        poll.registry(),
+        &mut inbound,
+    );
+    assert!(link.state.is_down());
+    assert!(matches!(&inbound[..], [Inbound::Down(why)] if why.contains("Redis did not answer")));
+    assert_eq!((link.stats.timeouts, link.stats.connect_failures), (1, 1));
+    assert_eq!(link.stats.reconnects, 0);
+}
+
+#[test]
+fn the_queues_toward_redis_are_bounded_by_kind() {
+    let (_redis, mut link) = mute_redis(4096, Duration::from_secs(60));
+    let poll = mio::Poll::new().unwrap();
+    let hub = Hub::new(200).with_cluster("me~1");
+    let mut inbound = Vec::new();
+    link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+    // Pretend the handshake is done (nothing answers here), and sent.
+    link.state = State::UP;
+    link.pending.clear();
+    if let Some(cmd) = link.cmd.as_mut() {
+        cmd.wbuf.clear();
+    }
+    // Replies awaited: at most 4096 / 64 = 64, and the bytes queued
+    // plus each awaited reply's bookkeeping at most 4096 (which bites
+    // first here); past either, lines are dropped and counted, and
+    // claims refused.
+    for _ in 0..100 {
+        link.publish_room("lobby", "<a> hi");
+    }
+    let (published, dropped) = (link.stats.published, link.stats.dropped);
+    assert_eq!(published + dropped, 100);
+    assert!(dropped > 0 && published <= 64, "{published} {dropped}");
+    let queued =
+        link.cmd.as_ref().map_or(0, |c| c.wbuf.len()) + link.pending.len() * PENDING_OVERHEAD;
+    assert!(queued <= 4096 + 64, "{queued}");
+    assert!(
+        !link.claim(ClientId(1), "alice"),
+        "a claim past the bound is refused"
+    );
+    // Bookkeeping is not dropped: a release still goes out.
+    link.release("alice", ClientId(1), 5);
+    assert_eq!(link.pending.len() as u64, published + 1);
+    // The subscriber's queue: past 4096 bytes the link is dropped and
+    // re-established, keeping every room for the new subscription.
+    for i in 0..200 {
+        link.subscribe(&format!("room{i}"), true);
+    }
+    link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+    assert!(link.state.is_down());
+    assert!(
+        matches!(&inbound[..], [Inbound::Down(why)] if why.contains("subscriber queue")),
+        "{inbound:?}"
+    );
+    assert_eq!(link.rooms.len(), 200);
+}
+
+// ---- The link against a scripted Redis on loopback ----
+
+/// A reply of a test's own for a command on `cmd` (RESP), or None.
+type Answer = Box<dyn FnMut(&[String]) -> Option<String>>;
+
+/// A scripted Redis: accepts the link's two connections, tells them apart
+/// by their first command (SUBSCRIBE on `sub`, anything else on `cmd`),
+/// records every command and answers it the way Redis would, unless
+/// `answer` says otherwise (or `mute`). Single-threaded: served from the
+/// same loop that drives the link.
+struct FakeRedis {
+    listener: std::net::TcpListener,
+    conns: Vec<(std::net::TcpStream, Vec<u8>, Option<bool>)>,
+    /// Commands received on `cmd` and on `sub`, in order.
+    cmds: Vec<Vec<String>>,
+    subs: Vec<Vec<String>>,
+    /// A reply of its own for a command on `cmd` (RESP), or None: the usual.
+    answer: Answer,
+    /// Reads and records, answers nothing.
+    mute: bool,
+}
+
+fn bulk(s: &str) -> String {
+    format!("${}\r\n{s}\r\n", s.len())
+}
+
+impl FakeRedis {
+    fn new() -> FakeRedis {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        FakeRedis {
+            listener,
+            conns: Vec::new(),
+            cmds: Vec::new(),
+            subs: Vec::new(),
+            answer: Box::new(|_| None),
+            mute: false,
+        }
+    }
+
+    fn url(&self) -> RedisUrl {
+        let addr = self.listener.local_addr().unwrap();
+        RedisUrl::parse(&format!("redis://{addr}/3"), None).unwrap()
+    }
+
+    fn usual(args: &[String]) -> String {
+        let verb = args[0].to_ascii_uppercase();
+        match verb.as_str() {
+            "SELECT" | "AUTH" | "SET" => "+OK\r\n".into(),
+            "PING" => "+PONG\r\n".into(),
+            "SCRIPT" => bulk(&format!("sha{}", args[2].len())),
+            "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
+            "HGETALL" => "*0\r\n".into(),
+            "EVAL" | "EVALSHA" if args[1].contains("incrby") => ":100\r\n".into(),
+            "EVAL" | "EVALSHA" => ":0\r\n".into(),
+            _ => "-ERR unknown command\r\n".into(),
+        }
+    }
+
+    /// Pushes a publication to the subscriber, as Redis would.
+    fn publish(&mut self, channel: &str, payload: &str) {
+        let msg = format!(
+            "*3\r\n{}{}{}",
+            bulk("message"),
+            bulk(channel),
+            bulk(payload)
+        );
+        self.push_sub(msg.as_bytes());
+    }
+
+    fn push_sub(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        for (s, _, sub) in &mut self.conns {
+            if *sub == Some(true) {
+                s.write_all(bytes).unwrap();
+            }
+        }
+    }
+
+    /// Drops both connections, as a Redis restart would.
+    fn close(&mut self) {
+        self.conns.clear();
+    }
+
+    fn serve(&mut self) {
+        use std::io::{Read, Write};
+        while let Ok((s, _)) = self.listener.accept() {
+            s.set_nonblocking(true).unwrap();
+            self.conns.push((s, Vec::new(), None));
+        }
+        let mut chunk = [0u8; 4096];
+        for (s, buf, sub) in &mut self.conns {
+            while let Ok(n @ 1..) = s.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            while let Ok(Some((frame, n))) = redis_protocol::resp2::decode::decode(buf) {
+                buf.drain(..n);
+                let OwnedFrame::Array(parts) = frame else {
+                    panic!("not a command: {frame:?}");
+                };
+                let args: Vec<String> = parts
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(frame_bytes(p).unwrap_or(b"")).into_owned())
+                    .collect();
+                let is_sub = *sub.get_or_insert(args[0] == "SUBSCRIBE");
+                let reply = if is_sub {
+                    let kind = args[0].to_ascii_lowercase();
+                    let acks = args[1..]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, ch)| format!("*3\r\n{}{}:{}\r\n", bulk(&kind), bulk(ch), i + 1));
+                    self.subs.push(args.clone());
+                    acks.collect()
+                } else {
+                    self.cmds.push(args.clone());
+                    (self.answer)(&args).unwrap_or_else(|| FakeRedis::usual(&args))
+                };
+                if !self.mute {
+                    s.write_all(reply.as_bytes()).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// The link, its Poll and a hub to read from, driven against a FakeRedis.
+struct Stand {
+    redis: FakeRedis,
+    link: Link,
+    poll: mio::Poll,
+    hub: Hub,
+    inbound: Vec<Inbound>,
+}
+
+impl Stand {
+    fn new(reply: Duration) -> Stand {
+        let redis = FakeRedis::new();
+        let timing = Timing::new(Duration::from_secs(3), reply);
+        Stand {
+            link: Link::new(redis.url(), "me~1", 1 << 20, timing, 100),
+            redis,
+            poll: mio::Poll::new().unwrap(),
+            hub: Hub::new(200).with_cluster("me~1"),
+            inbound: Vec::new(),
+        }
+    }
+
+    /// One turn of a reactor's loop, and of the fake Redis.
+    fn step(&mut self) {
+        let seen = self.inbound.len();
+        self.redis.serve();
+        let mut events = mio::Events::with_capacity(16);
+        self.poll
+            .poll(&mut events, Some(Duration::from_millis(5)))
+            .unwrap();
+        let registry = self.poll.registry();
+        for e in events.iter() {
+            self.link.ready(e.token(), registry, &mut self.inbound);
+        }
+        // The one event the hub must see before the next tick, or the
+        // link asks again.
+        for e in &self.inbound[seen..] {
+            if let Inbound::Guests(start) = e {
+                self.hub.add_guests(*start, GUEST_BLOCK);
+            }
+        }
+        self.link
+            .tick(Instant::now(), &self.hub, registry, &mut self.inbound);
+        self.link.flush(registry, &mut self.inbound);
+    }
+
+    /// Turns until `done`, at most 2000 of them (about 10 s).
+    fn until(&mut self, what: &str, done: impl Fn(&Stand) -> bool) {
+        for _ in 0..2000 {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        panic!("never {what}: {:?}", self.inbound);
+    }
+
+    fn up(reply: Duration) -> Stand {
+        let mut s = Stand::new(reply);
+        s.until("up", |s| s.inbound.contains(&Inbound::Up));
+        s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
+        s.inbound.clear();
+        s
+    }
+}
+
+#[test]
+fn the_link_is_up_after_its_handshake_and_not_before() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.until("up", |s| s.inbound.contains(&Inbound::Up));
+    assert!(s.link.is_up() && s.link.stats().link_up);
+    let verbs: Vec<&str> = s.redis.cmds.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(
+        verbs[..4],
+        ["SELECT", "SCRIPT", "SCRIPT", "PING"],
+        "{verbs:?}"
+    );
+    assert_eq!(s.redis.cmds[0][1], "3", "the URL's database");
+    assert_eq!(
+        s.redis.subs[0],
+        ["SUBSCRIBE", "chatd:3:p", "chatd:3:b", "chatd:3:n:me~1"]
+    );
+    // Once up: the bans are read, then heartbeat and guest numbers.
+    s.until("a heartbeat", |s| {
+        s.redis.cmds.iter().any(|c| c[0] == "SET")
+    });
+    assert!(
+        s.redis
+            .cmds
+            .iter()
+            .any(|c| c[0] == "HGETALL" && c[1] == "chatd:3:bans")
+    );
+    s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
+    assert_eq!(s.link.stats().connect_failures, 0);
+}
+
+#[test]
+fn a_room_line_goes_through_redis_and_is_delivered_once() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s.redis.answer = Box::new(|args| (args[0] == "EVALSHA").then(|| bulk("17-4")));
+    assert!(
+        s.link
+            .say("lobby", ClientId(9), "<a> hi\r\n<a> yo", 50, 60_000)
+    );
+    s.until("the SAY", |s| {
+        s.redis.cmds.iter().any(|c| c[0] == "EVALSHA")
+    });
+    let say = s
+        .redis
+        .cmds
+        .iter()
+        .find(|c| c[0] == "EVALSHA")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        say[2..],
+        [
+            "3",
+            "chatd:3:h:lobby",
+            "chatd:3:s:lobby",
+            "chatd:3:r:lobby",
+            "50",
+            "60000",
+            "me~1",
+            "9",
+            "<a> hi",
+            "<a> yo"
+        ]
+    );
+    // What the script publishes comes back on the subscription (twice:
+    // nothing is delivered twice).
+    let first = Id { epoch: 17, n: 4 };
+    let payload = wire::said_payload("me~1", first, ClientId(9), "<a> hi\r\n<a> yo");
+    s.redis.publish("chatd:3:r:lobby", &payload);
+    s.redis.publish("chatd:3:r:lobby", &payload);
+    s.until("delivered", |s| !s.inbound.is_empty());
+    for _ in 0..20 {
+        s.step();
+    }
+    let said: Vec<_> = s
+        .inbound
+        .iter()
+        .filter(|e| matches!(e, Inbound::Said { .. }))
+        .collect();
+    assert_eq!(
+        said,
+        [&Inbound::Said {
+            room: "lobby".into(),
+            first,
+            from: Some(ClientId(9)),
+            text: "<a> hi\r\n<a> yo".into(),
+        }]
+    );
+    assert_eq!(s.link.stats().received, 2);
+}
+
+#[test]
+fn a_refused_select_is_a_failed_connect_not_a_link() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.redis.answer =
+        Box::new(|args| (args[0] == "SELECT").then(|| "-ERR DB index is out of range\r\n".into()));
+    s.until("down", |s| !s.inbound.is_empty());
+    assert!(
+        matches!(&s.inbound[..], [Inbound::Down(why)] if why.contains("Redis refused SELECT: ERR DB index")),
+        "{:?}",
+        s.inbound
+    );
+    let stats = s.link.stats();
+    assert!(!stats.link_up);
+    assert_eq!((stats.connect_failures, stats.refused), (1, 1));
+}
+
+#[test]
+fn a_redis_that_stops_answering_once_up_is_a_lost_link() {
+    let mut s = Stand::up(Duration::from_millis(300));
+    s.link.subscribe("lobby", true);
+    s.redis.mute = true;
+    assert!(s.link.say("lobby", ClientId(5), "<e> hi", 0, 1000));
+    s.until("down", |s| {
+        s.inbound.iter().any(|e| matches!(e, Inbound::Down(_)))
+    });
+    // The line may or may not have been numbered: its sender is told so.
+    assert!(s.inbound.contains(&Inbound::NotSaid(ClientId(5), false)));
+    assert!(!s.link.is_up());
+    let stats = s.link.stats();
+    assert_eq!((stats.timeouts, stats.reconnects), (1, 0));
+    // And when Redis answers again, the link comes back: a reconnect.
+    s.redis.mute = false;
+    s.redis.close();
+    s.inbound.clear();
+    s.until("up again", |s| s.inbound.contains(&Inbound::Up));
+    assert_eq!(s.link.stats().reconnects, 1);
+    assert!(
+        s.redis
+            .subs
+            .last()
+            .unwrap()
+            .contains(&"chatd:3:r:lobby".to_string())
+    );
+}
+
+#[test]
+fn claims_are_answered_as_redis_answers_them() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.redis.answer = Box::new(|args| match (args[0].as_str(), args.get(1)?.as_str()) {
+        ("SET", "chatd:name:alice") => Some("$-1\r\n".into()),
+        ("SET", "chatd:name:bob") => Some("-NOPERM no\r\n".into()),
+        _ => None,
+    });
+    for (id, name) in [(1, "alice"), (2, "bob"), (3, "carol")] {
+        assert!(s.link.claim(ClientId(id), name));
+    }
+    s.until("three answers", |s| {
+        s.inbound
+            .iter()
+            .filter(|e| matches!(e, Inbound::Claimed(..)))
+            .count()
+            == 3
+    });
+    let claims: Vec<_> = s
+        .inbound
+        .iter()
+        .filter_map(|e| match e {
+            Inbound::Claimed(id, name, c) => Some((id.0, name.as_str(), *c)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claims[0], (1, "alice", Claim::Taken));
+    assert_eq!(claims[1], (2, "bob", Claim::Failed));
+    assert!(matches!(claims[2], (3, "carol", Claim::Granted(_))));
+    let set = s
+        .redis
+        .cmds
+        .iter()
+        .find(|c| c.get(1).is_some_and(|k| k == "chatd:name:carol"))
+        .unwrap();
+    assert_eq!(
+        (set[3].as_str(), set[4].as_str(), set[5].as_str()),
+        ("NX", "PX", "15000")
+    );
+    assert!(set[2].ends_with(" me~1 3"), "{set:?}");
+}
+
+#[test]
+fn what_other_instances_publish_arrives_cleaned_and_coalesced() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s.inbound.clear();
+    // Three publications in one read: two lines for the room, one forged.
+    let msg = |channel: &str, payload: &str| {
+        format!(
+            "*3\r\n{}{}{}",
+            bulk("message"),
+            bulk(channel),
+            bulk(payload)
+        )
+    };
+    let batch = [
+        msg("chatd:3:r:lobby", "n2~5 <b> one"),
+        msg("chatd:3:r:lobby", "n\x1b2 <b> forged"),
+        msg("chatd:3:r:lobby", "n2~5 <b> t\x1b[2Jwo\r\n*** x"),
+    ]
+    .concat();
+    s.redis.push_sub(batch.as_bytes());
+    s.until("delivered", |s| s.link.stats().received == 3);
+    assert_eq!(
+        s.inbound,
+        [Inbound::Room(
+            "lobby".into(),
+            "<b> one\r\n<b> t[2Jwo*** x".into()
+        )]
+    );
+    assert_eq!(s.link.stats().malformed, 1);
+}

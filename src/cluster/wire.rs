@@ -1,0 +1,838 @@
+//! What travels through Redis, as bytes, and nothing else: every channel
+//! and key name ([`Keys`]), every payload encoded and decoded ([`Wire`]).
+//! Pure: no socket, no clock, no connection.
+//!
+//! Channels (pub/sub is not per database, so the database number is part of
+//! every name, and clusters on different databases stay apart):
+//! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
+//!   or LF in it removed), `NODE\nLINE\nLINE...` (a sender's batch, each
+//!   line cleaned on its own), or `NODE =EPOCH-N:SENDER\nLINE...` (lines
+//!   numbered by Redis, [`super::scripts::SAY`]); our own unnumbered lines
+//!   come back and are skipped by NODE, so nothing is delivered twice;
+//! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
+//! - `chatd:DB:n:NODE` — private lines for users on NODE: `TO NAME TEXT`;
+//! - `chatd:DB:b` — bans: `B NODE NET<TAB>UNTIL<TAB>BY<TAB>REASON` (set)
+//!   or `U NODE NET` (lifted), each instance applying the others'.
+//!
+//! Keys: `chatd:name:NAME` (a claim `MS NODE ID`: reserved with SET NX,
+//! renewed every tick by a script that re-creates it if Redis lost it),
+//! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
+//! `chatd:guests` (the shared guest-number counter), `chatd:DB:bans` (a
+//! hash, NET -> the ban's line: read by every instance at link-up, so bans
+//! apply cluster-wide and to instances started later), `chatd:DB:h:ROOM`
+//! and `chatd:DB:s:ROOM` (a room's numbering and its kept lines).
+//!
+//! Anyone who can reach Redis can publish on these, so nothing that arrives
+//! is trusted more than a client's line: texts are cleaned by the same
+//! `line::sanitize` and bounded in length, names and rooms must pass the
+//! hub's own rules, and anything else is refused with a reason.
+
+use super::events::Inbound;
+use super::redis::frame_bytes;
+use crate::access::Ban;
+use crate::history::{Id, Line};
+use crate::hub::{ClientId, Presence, check_name};
+use crate::line::sanitize;
+use redis_protocol::resp2::types::OwnedFrame;
+use std::rc::Rc;
+
+/// Room lines that arrive together are delivered as one batch of at most
+/// this many bytes (one shared buffer per recipient, as for local lines);
+/// a publication of a batch may be this much longer than one line.
+pub const COALESCE: usize = 16 * 1024;
+
+/// The cluster's names in Redis, for one database. Names and claims are
+/// not per database (`chatd:name:`, `chatd:alive:`, `chatd:guests`): a
+/// name is one user's across everything that shares the Redis.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// `chatd:DB:`
+    prefix: String,
+}
+
+/// What a channel of ours carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel<'a> {
+    Room(&'a str),
+    Presence,
+    Node(&'a str),
+    Bans,
+    /// Under our prefix, but nothing we subscribe to.
+    Other,
+}
+
+impl Keys {
+    pub fn new(db: u32) -> Keys {
+        Keys {
+            prefix: format!("chatd:{db}:"),
+        }
+    }
+
+    pub fn room(&self, room: &str) -> String {
+        format!("{}r:{room}", self.prefix)
+    }
+
+    pub fn presence(&self) -> String {
+        format!("{}p", self.prefix)
+    }
+
+    /// Private lines for users on `node`.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}n:{node}", self.prefix)
+    }
+
+    pub fn bans_channel(&self) -> String {
+        format!("{}b", self.prefix)
+    }
+
+    /// The hash of bans in force (NET -> the ban's line).
+    pub fn bans(&self) -> String {
+        format!("{}bans", self.prefix)
+    }
+
+    /// A room's numbering (hash: e epoch, n last N) and its kept lines
+    /// (stream), as [`super::scripts::SAY`] and `READ` use them.
+    pub fn history(&self, room: &str) -> (String, String) {
+        (
+            format!("{}h:{room}", self.prefix),
+            format!("{}s:{room}", self.prefix),
+        )
+    }
+
+    pub fn name(name: &str) -> String {
+        format!("chatd:name:{name}")
+    }
+
+    pub fn alive(node: &str) -> String {
+        format!("chatd:alive:{node}")
+    }
+
+    pub const GUESTS: &'static str = "chatd:guests";
+
+    /// Which of our channels `channel` is; None: not ours (another
+    /// database, or not chatd's).
+    pub fn channel<'a>(&self, channel: &'a str) -> Option<Channel<'a>> {
+        let rest = channel.strip_prefix(&self.prefix)?;
+        match rest {
+            "p" => Some(Channel::Presence),
+            "b" => Some(Channel::Bans),
+            _ => {
+                if let Some(room) = rest.strip_prefix("r:") {
+                    Some(Channel::Room(room))
+                } else {
+                    Some(
+                        rest.strip_prefix("n:")
+                            .map_or(Channel::Other, Channel::Node),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// A claim on a name, as stored in its key: `MS NODE ID`, the time of the
+/// claim in ms since the Unix epoch, the node and the user's id there.
+pub fn claim_value(since: u64, node: &str, id: ClientId) -> String {
+    format!("{since} {node} {}", id.0)
+}
+
+/// Which of two claims on one name keeps it: the earlier, ties broken by
+/// node id then user id. Every instance compares the same two strings, so
+/// all decide alike without asking each other. A value that is not a claim
+/// (written by something else) always loses.
+pub fn claim_wins(mine: &str, theirs: &str) -> bool {
+    fn parse(v: &str) -> Option<(u64, &str, u64)> {
+        let mut f = v.split(' ');
+        let t = f.next()?.parse().ok()?;
+        let node = f.next()?;
+        let id = f.next()?.parse().ok()?;
+        f.next().is_none().then_some((t, node, id))
+    }
+    match (parse(mine), parse(theirs)) {
+        (Some(a), Some(b)) => a < b,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// A node id as it travels (`ID~INCARNATION`): what --node-id allows, plus
+/// the `~`.
+pub fn valid_node(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+}
+
+/// A user's name as a client could choose it.
+pub fn name_ok(s: &str) -> bool {
+    !s.is_empty() && check_name(s).is_ok()
+}
+
+/// A room as the hub keys it: a valid name, lowercase.
+pub fn room_key_ok(s: &str) -> bool {
+    name_ok(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// A local line, or a batch of them (CRLF between), for the room on the
+/// other instances. One line travels as `NODE TEXT`; a batch as one
+/// publication `NODE\nLINE\nLINE...` (one PUBLISH for the lot, which is
+/// most of what Redis costs), never with a CR: a receiver cleans each
+/// line on its own, and a CR or LF inside a `NODE TEXT` publication is
+/// removed, not taken as a line break.
+pub fn room_payload(node: &str, text: &str) -> String {
+    if text.contains("\r\n") {
+        format!("{node}\n{}", text.replace("\r\n", "\n"))
+    } else {
+        format!("{node} {text}")
+    }
+}
+
+/// What [`super::scripts::SAY`] publishes for local client `sender`'s
+/// lines (CRLF between) on `node`, numbered from `first`. The script builds
+/// these bytes in Lua; this is their definition on this side (the hub's
+/// tests stand in for Redis with it).
+pub fn said_payload(node: &str, first: Id, sender: ClientId, lines: &str) -> String {
+    format!(
+        "{node} ={first}:{}\n{}",
+        sender.0,
+        lines.replace("\r\n", "\n")
+    )
+}
+
+/// A private line for user `to` (named `to_name`) on another node.
+pub fn private_payload(to: u64, to_name: &str, text: &str) -> String {
+    format!("{to} {to_name} {text}")
+}
+
+/// A ban set on `node` (`line`: [`Ban::to_line`]).
+pub fn ban_payload(node: &str, ban: &Ban) -> String {
+    format!("B {node} {}", ban.to_line())
+}
+
+/// A ban lifted on `node`.
+pub fn unban_payload(node: &str, net: &ipnet::IpNet) -> String {
+    format!("U {node} {net}")
+}
+
+/// How blank lines of a multi-line room payload are taken.
+#[derive(Clone, Copy)]
+enum Blank {
+    /// Skipped (a batch: nothing counts its lines).
+    Skip,
+    /// Kept as a placeholder: numbered lines must keep their ids in step.
+    Keep,
+}
+
+/// The decoder for one instance: what arrives on `keys`' channels is
+/// checked and cleaned as a client's line would be, for `node`.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    pub keys: Keys,
+    pub node: Rc<str>,
+    /// The longest line accepted from the other instances.
+    pub max_text: usize,
+}
+
+impl Wire {
+    pub fn new(db: u32, node: &str, max_text: usize) -> Wire {
+        Wire {
+            keys: Keys::new(db),
+            node: node.into(),
+            max_text,
+        }
+    }
+
+    /// A publication: `Ok(None)` when it is not for us (our own lines,
+    /// other databases), `Err` when it is malformed (logged and dropped by
+    /// the caller).
+    pub fn decode(&self, channel: &[u8], payload: &[u8]) -> Result<Option<Inbound>, &'static str> {
+        let channel = std::str::from_utf8(channel).map_err(|_| "channel not UTF-8")?;
+        let Some(kind) = self.keys.channel(channel) else {
+            return Ok(None);
+        };
+        // Room batches may hold several lines; anything else is one.
+        let most = match kind {
+            Channel::Room(_) => self.max_text + COALESCE,
+            _ => self.max_text,
+        };
+        if payload.len() > most {
+            return Err("too long");
+        }
+        match kind {
+            Channel::Bans => self.decode_ban(payload),
+            Channel::Presence => {
+                let text = std::str::from_utf8(payload).map_err(|_| "presence not UTF-8")?;
+                decode_presence(text)
+                    .map(|p| Some(Inbound::Presence(p)))
+                    .ok_or("bad presence message")
+            }
+            Channel::Room(room) => self.decode_room(room, payload),
+            Channel::Node(node) if node == &*self.node => self.decode_private(payload),
+            Channel::Node(_) | Channel::Other => Ok(None),
+        }
+    }
+
+    fn decode_ban(&self, payload: &[u8]) -> Result<Option<Inbound>, &'static str> {
+        let text = std::str::from_utf8(payload).map_err(|_| "ban not UTF-8")?;
+        let (kind, rest) = text.split_once(' ').ok_or("bad ban message")?;
+        let (node, body) = rest.split_once(' ').ok_or("bad ban message")?;
+        if !valid_node(node) {
+            return Err("bad node");
+        }
+        if node == &*self.node {
+            return Ok(None);
+        }
+        match kind {
+            "B" => Ban::from_line(body)
+                .map(|b| Some(Inbound::Ban(b)))
+                .ok_or("bad ban"),
+            "U" => crate::access::parse_net(body)
+                .map(|n| Some(Inbound::Unban(n)))
+                .ok_or("bad unban"),
+            _ => Err("bad ban message"),
+        }
+    }
+
+    /// The three forms of a room publication; every line of each goes
+    /// through the same [`Wire::lines`] (one line: CR and LF removed).
+    fn decode_room(&self, room: &str, payload: &[u8]) -> Result<Option<Inbound>, &'static str> {
+        if !room_key_ok(room) {
+            return Err("bad room name");
+        }
+        let at = payload
+            .iter()
+            .position(|&c| c == b' ' || c == b'\n')
+            .ok_or("no node")?;
+        let (node, text) = (&payload[..at], &payload[at + 1..]);
+        let node = std::str::from_utf8(node).map_err(|_| "bad node")?;
+        if !valid_node(node) {
+            return Err("bad node");
+        }
+        let one = payload[at] == b' ';
+        if one && text.first() == Some(&b'=') {
+            return self.decode_said(room, node, &text[1..]).map(Some);
+        }
+        // Our own lines were delivered locally when they were sent.
+        if node == &*self.node {
+            return Ok(None);
+        }
+        if one {
+            if text.len() > self.max_text {
+                return Err("too long");
+            }
+            let text = sanitize(text).ok_or("blank line")?;
+            return Ok(Some(Inbound::Room(room.to_string(), text)));
+        }
+        let lines = self.lines(text, Blank::Skip)?;
+        if lines.is_empty() {
+            return Err("blank batch");
+        }
+        Ok(Some(Inbound::Room(room.to_string(), lines)))
+    }
+
+    /// `EPOCH-N:SENDER\nLINE\nLINE...` from SAY: lines numbered by Redis,
+    /// delivered by every instance, the sender's own included.
+    fn decode_said(&self, room: &str, node: &str, rest: &[u8]) -> Result<Inbound, &'static str> {
+        let nl = rest.iter().position(|&c| c == b'\n').ok_or("no lines")?;
+        let head = std::str::from_utf8(&rest[..nl]).map_err(|_| "bad id")?;
+        let (id, sender) = head.split_once(':').ok_or("no sender")?;
+        let first: Id = id.parse().map_err(|_| "bad id")?;
+        let sender = ClientId(sender.parse().map_err(|_| "bad sender")?);
+        Ok(Inbound::Said {
+            room: room.to_string(),
+            first,
+            from: (node == &*self.node).then_some(sender),
+            text: self.lines(&rest[nl + 1..], Blank::Keep)?,
+        })
+    }
+
+    /// LF-separated lines, each bounded and cleaned as a line of its own,
+    /// joined with CRLF (as the hub takes a batch).
+    fn lines(&self, text: &[u8], blank: Blank) -> Result<String, &'static str> {
+        let mut lines = Vec::new();
+        for line in text.split(|&c| c == b'\n') {
+            if line.len() > self.max_text {
+                return Err("too long");
+            }
+            match (sanitize(line), blank) {
+                (Some(clean), _) => lines.push(clean),
+                (None, Blank::Keep) => lines.push("<?> (blank)".into()),
+                (None, Blank::Skip) => {}
+            }
+        }
+        Ok(lines.join("\r\n"))
+    }
+
+    fn decode_private(&self, payload: &[u8]) -> Result<Option<Inbound>, &'static str> {
+        let (to, rest) = split(payload).ok_or("no recipient")?;
+        let (name, text) = split(rest).ok_or("no name")?;
+        let to = std::str::from_utf8(to)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .map(ClientId)
+            .ok_or("bad recipient")?;
+        let name = std::str::from_utf8(name).map_err(|_| "bad name")?;
+        if !name_ok(name) {
+            return Err("bad name");
+        }
+        let text = sanitize(text).ok_or("blank line")?;
+        Ok(Some(Inbound::Private(to, name.to_string(), text)))
+    }
+
+    /// A READ answer, checked and cleaned as anything from Redis: the
+    /// room's epoch (0: none), its last N, and its lines, oldest first.
+    pub fn read_answer(&self, f: OwnedFrame) -> Option<(u64, u64, Vec<Line>)> {
+        let OwnedFrame::Array(parts) = f else {
+            return None;
+        };
+        let text = |i: usize| {
+            parts
+                .get(i)
+                .and_then(frame_bytes)
+                .and_then(|b| std::str::from_utf8(b).ok())
+        };
+        let epoch = text(0)?;
+        let epoch: u64 = if epoch.is_empty() {
+            0
+        } else {
+            epoch.parse().ok()?
+        };
+        let last: u64 = text(1)?.parse().ok()?;
+        let mut lines = Vec::new();
+        let mut i = 2;
+        while i + 2 < parts.len() {
+            let (Some(id), Some(ms), Some(raw)) =
+                (text(i), text(i + 1), parts.get(i + 2).and_then(frame_bytes))
+            else {
+                return None;
+            };
+            i += 3;
+            let id: Id = id.parse().ok()?;
+            // Lines of an older record of the room (its epoch was lost while
+            // the stream lived on) are not this record's.
+            if id.epoch != epoch || raw.len() > self.max_text {
+                continue;
+            }
+            if let Some(clean) = sanitize(raw) {
+                lines.push(Line::new(id.n, ms.parse().unwrap_or(0), &clean));
+            }
+        }
+        lines.reverse();
+        Some((epoch, last, lines))
+    }
+
+    /// One entry of the bans hash, checked like any publication (anyone
+    /// who can reach Redis can write it): a ban whose line parses and
+    /// names the field's net.
+    pub fn ban_entry(&self, field: &[u8], value: &[u8]) -> Option<Ban> {
+        std::str::from_utf8(value)
+            .ok()
+            .filter(|v| v.len() <= self.max_text)
+            .and_then(Ban::from_line)
+            .filter(|b| field == b.net.to_string().as_bytes())
+    }
+}
+
+/// `WORD REST` at the first space.
+fn split(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = b.iter().position(|&c| c == b' ')?;
+    Some((&b[..i], &b[i + 1..]))
+}
+
+/// `H node` | `B node` | `J node id name room shown round` | `L node id` |
+/// `N node id name` | `M node id room shown` | `E node round` | `W node`.
+/// Names, rooms and node ids contain no spaces.
+pub fn encode_presence(event: &Presence) -> String {
+    match event {
+        Presence::Hello { node } => format!("H {node}"),
+        Presence::Bye { node } => format!("B {node}"),
+        Presence::Here {
+            node,
+            id,
+            name,
+            room,
+            shown,
+            round,
+        } => format!("J {node} {id} {name} {room} {shown} {round}"),
+        Presence::Gone { node, id } => format!("L {node} {id}"),
+        Presence::Renamed { node, id, name } => format!("N {node} {id} {name}"),
+        Presence::Moved {
+            node,
+            id,
+            room,
+            shown,
+        } => format!("M {node} {id} {room} {shown}"),
+        Presence::End { node, round } => format!("E {node} {round}"),
+        Presence::Who { node } => format!("W {node}"),
+    }
+}
+
+/// Parses a presence message, accepting only what the hub's own rules
+/// allow: node ids, names and room names as a client could choose them.
+pub fn decode_presence(s: &str) -> Option<Presence> {
+    let f: Vec<&str> = s.split(' ').collect();
+    let node = *f.get(1)?;
+    if !valid_node(node) {
+        return None;
+    }
+    let node: Rc<str> = node.into();
+    let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+    let name = |i: usize| f.get(i).filter(|n| name_ok(n)).map(|n| n.to_string());
+    let room = |i: usize| f.get(i).filter(|r| room_key_ok(r)).map(|r| r.to_string());
+    let shown = |i: usize, room: &str| {
+        f.get(i)
+            .filter(|s| name_ok(s) && s.eq_ignore_ascii_case(room))
+            .map(|s| s.to_string())
+    };
+    Some(match (f[0], f.len()) {
+        ("H", 2) => Presence::Hello { node },
+        ("B", 2) => Presence::Bye { node },
+        ("J", 7) => {
+            let room = room(4)?;
+            Presence::Here {
+                node,
+                id: num(2)?,
+                name: name(3)?,
+                shown: shown(5, &room)?,
+                room,
+                round: num(6)?,
+            }
+        }
+        ("L", 3) => Presence::Gone { node, id: num(2)? },
+        ("N", 4) => Presence::Renamed {
+            node,
+            id: num(2)?,
+            name: name(3)?,
+        },
+        ("M", 5) => {
+            let room = room(3)?;
+            Presence::Moved {
+                node,
+                id: num(2)?,
+                shown: shown(4, &room)?,
+                room,
+            }
+        }
+        ("E", 3) => Presence::End {
+            node,
+            round: num(2)?,
+        },
+        ("W", 2) => Presence::Who { node },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_round_trips() {
+        let node: Rc<str> = "n1~3f".into();
+        for e in [
+            Presence::Hello { node: node.clone() },
+            Presence::Bye { node: node.clone() },
+            Presence::Here {
+                node: node.clone(),
+                id: 7,
+                name: "alice".into(),
+                room: "games".into(),
+                shown: "Games".into(),
+                round: 3,
+            },
+            Presence::Gone {
+                node: node.clone(),
+                id: 7,
+            },
+            Presence::Renamed {
+                node: node.clone(),
+                id: 7,
+                name: "al".into(),
+            },
+            Presence::Moved {
+                node: node.clone(),
+                id: 7,
+                room: "lobby".into(),
+                shown: "lobby".into(),
+            },
+            Presence::End {
+                node: node.clone(),
+                round: 3,
+            },
+            Presence::Who { node: node.clone() },
+        ] {
+            assert_eq!(decode_presence(&encode_presence(&e)), Some(e));
+        }
+        assert_eq!(decode_presence("J n1 x a b b 1"), None);
+        assert_eq!(decode_presence(""), None);
+    }
+
+    #[test]
+    fn presence_with_what_a_client_could_not_choose_is_refused() {
+        for bad in [
+            "J n1 1 bad\x1bname lobby lobby 1",
+            "J n1 1 ali\r\nce lobby lobby 1",
+            "J n1 1 waytoolongforanameinthischat lobby lobby 1",
+            "J n1 1 guest-1 lob\x07by lob\x07by 1",
+            "J n1 1 alice Lobby Lobby 1", // a room key is lowercase
+            "J n1 1 alice lobby games 1", // shown is the key, cased
+            "J n1 1  lobby lobby 1",      // empty name
+            "J n\x1b1 1 alice lobby lobby 1",
+            "J n1 1 alice lobby lobby",
+            "N n1 1 x\r\ny",
+            "N n1 1 ",
+            "M n1 1 room\u{9b} room\u{9b}",
+            "E n1 x",
+            "W",
+            "Z n1",
+            "H n1 extra",
+        ] {
+            assert_eq!(decode_presence(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_earlier_claim_wins_and_both_sides_agree() {
+        let a = claim_value(1000, "n1~a", ClientId(3));
+        // Other instances parse it (mixed versions too): the plain number.
+        assert_eq!(a, "1000 n1~a 3");
+        let b = claim_value(1001, "n2~b", ClientId(1));
+        assert!(claim_wins(&a, &b) && !claim_wins(&b, &a), "earlier wins");
+        // Same millisecond: the node id decides, then the user id.
+        let c = claim_value(1000, "n0~z", ClientId(9));
+        assert!(claim_wins(&c, &a) && !claim_wins(&a, &c));
+        let d = claim_value(1000, "n1~a", ClientId(4));
+        assert!(claim_wins(&a, &d) && !claim_wins(&d, &a));
+        // Exactly one of any two different claims wins.
+        for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &d)] {
+            assert!(claim_wins(x, y) != claim_wins(y, x), "{x} vs {y}");
+        }
+        // Something that is not a claim never keeps a name.
+        for junk in ["", "n1~a:3", "x n1 3", "1 n1 3 extra"] {
+            assert!(claim_wins(&a, junk), "{junk:?}");
+            assert!(!claim_wins(junk, &a), "{junk:?}");
+        }
+    }
+
+    fn wire() -> Wire {
+        Wire::new(3, "me~1", 100)
+    }
+
+    fn ok(w: &Wire, channel: &str, payload: &str) -> Inbound {
+        match w.decode(channel.as_bytes(), payload.as_bytes()) {
+            Ok(Some(event)) => event,
+            other => panic!("{channel} {payload:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_name_is_spelled_here_and_read_back() {
+        let k = Keys::new(3);
+        assert_eq!(k.room("lobby"), "chatd:3:r:lobby");
+        assert_eq!(k.presence(), "chatd:3:p");
+        assert_eq!(k.node("n1~a"), "chatd:3:n:n1~a");
+        assert_eq!(k.bans_channel(), "chatd:3:b");
+        assert_eq!(k.bans(), "chatd:3:bans");
+        let (meta, stream) = k.history("lobby");
+        assert_eq!(
+            (meta.as_str(), stream.as_str()),
+            ("chatd:3:h:lobby", "chatd:3:s:lobby")
+        );
+        assert_eq!(Keys::name("alice"), "chatd:name:alice");
+        assert_eq!(Keys::alive("n1~a"), "chatd:alive:n1~a");
+        assert_eq!(Keys::GUESTS, "chatd:guests");
+        for (channel, kind) in [
+            (k.room("lobby"), Some(Channel::Room("lobby"))),
+            (k.presence(), Some(Channel::Presence)),
+            (k.node("n1~a"), Some(Channel::Node("n1~a"))),
+            (k.bans_channel(), Some(Channel::Bans)),
+            (k.bans(), Some(Channel::Other)),
+            (Keys::new(4).room("lobby"), None),
+        ] {
+            assert_eq!(k.channel(&channel), kind, "{channel}");
+        }
+    }
+
+    #[test]
+    fn every_payload_round_trips() {
+        let (me, them) = (wire(), Wire::new(3, "n2~5", 100));
+        let room = me.keys.room("lobby");
+        // One line, a batch: for the others, not for us.
+        let one = room_payload("n2~5", "<b> hi");
+        assert_eq!(
+            ok(&me, &room, &one),
+            Inbound::Room("lobby".into(), "<b> hi".into())
+        );
+        assert_eq!(them.decode(room.as_bytes(), one.as_bytes()), Ok(None));
+        let batch = room_payload("n2~5", "<b> one\r\n<b> two");
+        assert_eq!(
+            ok(&me, &room, &batch),
+            Inbound::Room("lobby".into(), "<b> one\r\n<b> two".into())
+        );
+        // Numbered: for everyone, ours with our sender.
+        let first = Id { epoch: 17, n: 4 };
+        let said = said_payload("me~1", first, ClientId(9), "<a> x\r\n<a> y");
+        assert_eq!(said, "me~1 =17-4:9\n<a> x\n<a> y");
+        for (w, from) in [(&me, Some(ClientId(9))), (&them, None)] {
+            assert_eq!(
+                ok(w, &room, &said),
+                Inbound::Said {
+                    room: "lobby".into(),
+                    first,
+                    from,
+                    text: "<a> x\r\n<a> y".into(),
+                }
+            );
+        }
+        let private = private_payload(4, "bob", "*alice* psst");
+        assert_eq!(
+            ok(&me, &me.keys.node("me~1"), &private),
+            Inbound::Private(ClientId(4), "bob".into(), "*alice* psst".into())
+        );
+        let ban = Ban::from_line("10.0.0.0/8\tpermanent\top\tspam").unwrap();
+        let bans = me.keys.bans_channel();
+        assert_eq!(
+            ok(&me, &bans, &ban_payload("n2~5", &ban)),
+            Inbound::Ban(ban.clone())
+        );
+        assert_eq!(
+            me.decode(bans.as_bytes(), ban_payload("me~1", &ban).as_bytes()),
+            Ok(None),
+            "our own ban"
+        );
+        assert_eq!(
+            ok(&me, &bans, &unban_payload("n2~5", &ban.net)),
+            Inbound::Unban(ban.net)
+        );
+        let hello = Presence::Hello {
+            node: "n2~5".into(),
+        };
+        assert_eq!(
+            ok(&me, &me.keys.presence(), &encode_presence(&hello)),
+            Inbound::Presence(hello)
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_are_refused() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        let node = w.keys.node("me~1");
+        let bans = w.keys.bans_channel();
+        let long = format!("4 bob {}", "x".repeat(100));
+        for (channel, payload) in [
+            // A bad node, in each kind that names one.
+            (room.as_str(), "n\x1b2 <m> hi"),
+            (&room, "n2\u{202e} =17-4:3\n<m> hi"),
+            (&room, &format!("{} <m> hi", "n".repeat(49))),
+            (&bans, "U n\r\n2 10.0.0.0/8"),
+            (&bans, "B  10.0.0.0/8\tpermanent\top\t"),
+            // A bad header.
+            (&room, "n2 =17-4\n<m> hi"),
+            (&room, "n2 =17-4:x\n<m> hi"),
+            (&room, "n2 =17-4:3\r\n"),
+            (&room, "n2 =x\n<m> hi"),
+            // A bad name inside the payload.
+            (&node, "4 b\rob hi"),
+            (&node, "4 b\u{9b}ob hi"),
+            (&node, "4 bo\u{202e}b hi"),
+            (&node, "4  hi"),
+            (&bans, "X n2 10.0.0.0/8"),
+            (&bans, "U n2 nonsense"),
+            // Too long for one line.
+            (&node, &long),
+            (&room, &format!("n2 =17-4:3\n<m> {}", "x".repeat(100))),
+        ] {
+            assert!(
+                w.decode(channel.as_bytes(), payload.as_bytes()).is_err(),
+                "{channel} {payload:?}"
+            );
+        }
+        assert_eq!(
+            w.decode(
+                b"chatd:3:r:lobby",
+                format!("n2 {}", "x".repeat(100 + COALESCE)).as_bytes()
+            ),
+            Err("too long")
+        );
+        assert_eq!(
+            w.decode(b"chatd:3:r:lob\xe2\x80\xaeby", b"n2 hi"),
+            Err("bad room name")
+        );
+    }
+
+    /// The forged text an instance nobody vouches for could publish: a
+    /// line break, a terminal escape, a C1 control, a bidi override.
+    const FORGED: &str = "<m> hi\r\x1b[2J\u{9b}31m\u{202e}evil";
+
+    #[test]
+    fn both_room_formats_clean_their_lines_alike() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        let plain = ok(&w, &room, &format!("n2 {FORGED}"));
+        let numbered = ok(&w, &room, &format!("n2 =17-4:3\n{FORGED}\n{FORGED}"));
+        let batch = ok(&w, &room, &format!("n2\n{FORGED}\n{FORGED}"));
+        let Inbound::Room(_, plain) = plain else {
+            panic!("{plain:?}")
+        };
+        let Inbound::Said { text: numbered, .. } = numbered else {
+            panic!("{numbered:?}")
+        };
+        let Inbound::Room(_, batch) = batch else {
+            panic!("{batch:?}")
+        };
+        let clean = sanitize(FORGED.as_bytes()).unwrap();
+        assert!(
+            !clean.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{clean:?}"
+        );
+        assert_eq!(plain, clean);
+        assert_eq!(numbered, format!("{clean}\r\n{clean}"));
+        assert_eq!(batch, numbered);
+        // Blank numbered lines keep their number; blank batch lines go.
+        let Inbound::Said { text, .. } = ok(&w, &room, "n2 =17-4:3\n\x1b\n<m> b") else {
+            panic!()
+        };
+        assert_eq!(text, "<?> (blank)\r\n<m> b");
+    }
+
+    #[test]
+    fn history_and_bans_from_redis_are_checked_like_publications() {
+        let w = wire();
+        let bulk = |s: &str| OwnedFrame::BulkString(s.as_bytes().to_vec());
+        let answer = OwnedFrame::Array(vec![
+            bulk("17"),
+            bulk("9"),
+            bulk("17-9"),
+            bulk("1000"),
+            bulk("<a> new\x1b[2J"),
+            bulk("16-8"),
+            bulk("999"),
+            bulk("<a> an older record's"),
+            bulk("17-7"),
+            bulk("998"),
+            bulk(&format!("<a> {}", "x".repeat(100))),
+            bulk("17-6"),
+            bulk("997"),
+            bulk("<a> old"),
+        ]);
+        let (epoch, last, lines) = w.read_answer(answer).unwrap();
+        assert_eq!((epoch, last), (17, 9));
+        let lines: Vec<_> = lines.iter().map(|l| (l.n, l.text.to_string())).collect();
+        assert_eq!(lines, [(6, "<a> old".into()), (9, "<a> new[2J".into())]);
+        assert_eq!(
+            w.read_answer(OwnedFrame::Array(vec![bulk("x"), bulk("1")])),
+            None
+        );
+        assert_eq!(w.read_answer(OwnedFrame::Integer(1)), None);
+        let line = "10.0.0.0/8\tpermanent\top\tspam";
+        assert!(w.ban_entry(b"10.0.0.0/8", line.as_bytes()).is_some());
+        assert_eq!(
+            w.ban_entry(b"10.0.0.1/32", line.as_bytes()),
+            None,
+            "another net"
+        );
+        assert_eq!(w.ban_entry(b"10.0.0.0/8", b"junk"), None);
+    }
+}
