@@ -35,10 +35,12 @@ pub struct Access {
     attempts: Attempts,
     /// The bans changed since the file was last written.
     changed: bool,
-    /// The operators whose changes are not yet in the file (told if
-    /// writing it fails), and those whose changes are being written now.
-    changed_by: Vec<ClientId>,
-    saving: Vec<ClientId>,
+    /// The answers to `/ban` and `/unban` not yet handed to the file's
+    /// writer, and those whose change is being written now: an operator
+    /// told "banned" can count on the ban being on disk, or is told it
+    /// is not.
+    answers: Vec<(ClientId, String)>,
+    saving: Vec<(ClientId, String)>,
     counts: Moderation,
 }
 
@@ -69,7 +71,7 @@ impl Access {
             bans,
             attempts: Attempts::new(attempts),
             changed: false,
-            changed_by: Vec::new(),
+            answers: Vec::new(),
             saving: Vec::new(),
             counts: Moderation::default(),
         }
@@ -167,41 +169,45 @@ impl Hub {
 
     /// The bans file's new text, if the bans changed since it was last
     /// asked for (expired bans are left out). Answer with
-    /// [`Hub::bans_saved`] once it is written, or not.
+    /// [`Hub::bans_saved`] once it is written, or not; ask again only
+    /// after that (one write at a time, each with the latest bans).
     pub fn bans_to_save(&mut self) -> Option<String> {
         if !std::mem::take(&mut self.access.changed) {
             return None;
         }
-        let by = std::mem::take(&mut self.access.changed_by);
-        self.access.saving.extend(by);
+        let answers = std::mem::take(&mut self.access.answers);
+        self.access.saving.extend(answers);
         self.access.bans.prune(self.now_ms);
         Some(self.access.bans.to_file(self.now_ms))
     }
 
     /// The text [`Hub::bans_to_save`] gave was written, or (Err) not: the
-    /// operators who changed the bans are told so, as a ban they were
-    /// told was set would otherwise vanish at the next restart unsaid.
+    /// operators who changed the bans get their answers now, with the
+    /// failure if it failed (a ban they were told was set would otherwise
+    /// vanish unsaid at the next restart).
     pub fn bans_saved(&mut self, written: Result<(), String>, out: &mut impl Outbox) {
         let saving = std::mem::take(&mut self.access.saving);
-        let Err(e) = written else {
-            return;
-        };
-        let text = format!(
-            "*** error: the bans file could not be written ({e}); the change holds only until the server restarts"
-        );
-        for id in saving {
-            if self.idx(id).is_some() {
-                reply(out, id, &text);
+        let failed = written.err().map(|e| {
+            format!(
+                "*** error: the bans file could not be written ({e}); the change holds only until the server restarts"
+            )
+        });
+        for (i, (id, text)) in saving.iter().enumerate() {
+            if self.idx(*id).is_none() {
+                continue;
+            }
+            reply(out, *id, text);
+            let last_for_id = saving[i + 1..].iter().all(|(other, _)| other != id);
+            if let Some(failed) = failed.as_deref().filter(|_| last_for_id) {
+                reply(out, *id, failed);
             }
         }
     }
 
-    /// The bans changed at `id`'s command.
-    fn bans_changed(&mut self, id: ClientId) {
+    /// The bans changed at `id`'s command: `answer` once they are saved.
+    fn bans_changed(&mut self, id: ClientId, answer: String) {
         self.access.changed = true;
-        if !self.access.changed_by.contains(&id) {
-            self.access.changed_by.push(id);
-        }
+        self.access.answers.push((id, answer));
     }
 
     /// A banned address is told why and closed; true if it was.
@@ -518,7 +524,6 @@ impl Hub {
         if let Err(e) = self.access.bans.add(ban.clone()) {
             return reply(out, id, &format!("*** error: {e}"));
         }
-        self.bans_changed(id);
         self.access.counts.bans += 1;
         if self.cluster.is_some() {
             out.ban(&ban);
@@ -534,7 +539,7 @@ impl Hub {
             let more = plural(waiting as u64, "connection");
             text.push_str(&format!(" (and {more} waiting for the password)"));
         }
-        reply(out, id, &text);
+        self.bans_changed(id, text);
     }
 
     /// Closes every local user `net` covers, but operators (one on the same
@@ -623,12 +628,11 @@ impl Hub {
                 &format!("*** error: no ban on {shown} (see /bans)"),
             );
         }
-        self.bans_changed(id);
         if self.cluster.is_some() {
             out.unban(&net);
         }
         warn!("{shown} unbanned by {}", self.clients[i].who.name());
-        reply(out, id, &format!("*** unbanned {shown}"));
+        self.bans_changed(id, format!("*** unbanned {shown}"));
     }
 
     pub(super) fn list_bans(&mut self, id: ClientId, out: &mut impl Outbox) {

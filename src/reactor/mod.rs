@@ -56,6 +56,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The bans file's writer has finished a write (startup.rs).
+const BANS_WRITTEN: Token = Token(usize::MAX - 6);
 
 pub struct Server {
     poll: Poll,
@@ -92,6 +94,8 @@ pub struct Server {
     fingerprint: Option<String>,
     /// --max-per-ip and --max-connects.
     per_addr: PerAddr,
+    /// Writes the bans file off the loop (startup.rs).
+    bans_writer: startup::BansWriter,
     next_prune: Instant,
 }
 
@@ -161,8 +165,8 @@ impl Server {
             self.hub.tick(unix_ms());
             self.dispatch();
             self.read_ready();
-            // Before the answers go out: an operator told "banned" can
-            // count on the ban being on disk.
+            // The operators' answers to /ban and /unban go out once the
+            // change is on disk (or with why it is not).
             self.save_bans();
             self.settle();
             self.timers();
@@ -172,6 +176,7 @@ impl Server {
             if let Some(deadline) = self.shutdown
                 && (self.conns.is_empty() || Instant::now() >= deadline)
             {
+                self.finish_bans();
                 info!(
                     "shut down; {} connection(s) left unflushed",
                     self.conns.len()
@@ -258,6 +263,8 @@ impl Server {
                     }
                 }
                 SIGNALS => signalled = true,
+                // save_bans, every turn, takes the result.
+                BANS_WRITTEN => {}
                 Token(k) => {
                     let Some(c) = self.conns.get_mut(k) else {
                         continue;
