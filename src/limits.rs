@@ -2,7 +2,10 @@
 //! connections per address and 32 new ones per 10 minutes): how many
 //! connections one address holds at once (--max-per-ip) and how fast it
 //! may open new ones (--max-connects per 10 minutes, a token bucket that
-//! refills evenly). An IPv6 client counts by its /64, which one host
+//! refills evenly). The rate counts what costs the server, chat sessions:
+//! a line client at its connection, a browser at its WebSocket upgrade,
+//! not each file of the page (a page load opens five connections; a
+//! reload costs one). An IPv6 client counts by its /64, which one host
 //! usually has whole. Pure: no sockets, the caller passes the clock.
 //!
 //! The table is bounded and never fails open: an entry lives while its
@@ -97,10 +100,11 @@ impl PerAddr {
         self.off() || self.exempt.iter().any(|n| n.contains(&ip))
     }
 
-    /// A new connection from `ip`: counted against its address's limits,
-    /// or refused. Call `release` when a connection counted (Ok(true))
-    /// goes; Ok(false) means let in uncounted (exempt, or the table full).
-    pub fn try_count(&mut self, ip: IpAddr, now: Instant) -> Result<bool, Refused> {
+    /// A new connection from `ip`: counted against its address's limits
+    /// (against the connect rate too if it is a chat `session`: see the
+    /// module doc), or refused. Call `release` when a connection counted
+    /// (Ok(true)) goes; Ok(false) means let in uncounted (exempt).
+    pub fn try_count(&mut self, ip: IpAddr, now: Instant, session: bool) -> Result<bool, Refused> {
         if self.exempt(ip) {
             return Ok(false);
         }
@@ -124,18 +128,25 @@ impl PerAddr {
         if self.max_conns > 0 && e.conns >= self.max_conns {
             return Err(Refused::TooMany);
         }
-        if self.max_new > 0 {
-            let refill = now.saturating_duration_since(e.last).as_secs_f64() * max_new
-                / WINDOW.as_secs_f64();
-            e.tokens = (e.tokens + refill).min(max_new);
-            e.last = now;
-            if e.tokens < 1.0 {
-                return Err(Refused::TooFast);
-            }
-            e.tokens -= 1.0;
+        if session {
+            take_token(e, self.max_new, now)?;
         }
         e.conns += 1;
         Ok(true)
+    }
+
+    /// A connection counted by `try_count` as no session becomes one (a
+    /// WebSocket upgrade): it takes its token from the connect rate now,
+    /// or is refused (and still needs its `release`).
+    pub fn try_session(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+        if self.exempt(ip) {
+            return Ok(());
+        }
+        match self.table.get_mut(&Self::key(ip)) {
+            Some(e) => take_token(e, self.max_new, now),
+            // Its entry always lives while it is connected.
+            None => Ok(()),
+        }
     }
 
     /// A connection counted by `try_count` went.
@@ -209,6 +220,24 @@ impl PerAddr {
     }
 }
 
+/// One token of `e`'s bucket (of `max_new`, refilled up to `now`), or
+/// TooFast; 0: no limit.
+fn take_token(e: &mut Entry, max_new: u32, now: Instant) -> Result<(), Refused> {
+    if max_new == 0 {
+        return Ok(());
+    }
+    let max_new = f64::from(max_new);
+    let refill =
+        now.saturating_duration_since(e.last).as_secs_f64() * max_new / WINDOW.as_secs_f64();
+    e.tokens = (e.tokens + refill).min(max_new);
+    e.last = now;
+    if e.tokens < 1.0 {
+        return Err(Refused::TooFast);
+    }
+    e.tokens -= 1.0;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,12 +250,12 @@ mod tests {
     fn caps_concurrent_connections_per_address() {
         let t = Instant::now();
         let mut p = PerAddr::new(2, 0, vec![]);
-        assert_eq!(p.try_count(ip("10.0.0.1"), t), Ok(true));
-        assert_eq!(p.try_count(ip("10.0.0.1"), t), Ok(true));
-        assert_eq!(p.try_count(ip("10.0.0.1"), t), Err(Refused::TooMany));
-        assert_eq!(p.try_count(ip("10.0.0.2"), t), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t, true), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t, true), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t, true), Err(Refused::TooMany));
+        assert_eq!(p.try_count(ip("10.0.0.2"), t, true), Ok(true));
         p.release(ip("10.0.0.1"), t);
-        assert_eq!(p.try_count(ip("10.0.0.1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("10.0.0.1"), t, true), Ok(true));
         // Every connection gone: every entry freed.
         for a in ["10.0.0.1", "10.0.0.1", "10.0.0.2"] {
             p.release(ip(a), t);
@@ -239,15 +268,15 @@ mod tests {
         let t = Instant::now();
         let mut p = PerAddr::new(0, 3, vec![]);
         for _ in 0..3 {
-            assert_eq!(p.try_count(ip("::1"), t), Ok(true));
+            assert_eq!(p.try_count(ip("::1"), t, true), Ok(true));
             p.release(ip("::1"), t);
         }
-        assert_eq!(p.try_count(ip("::1"), t), Err(Refused::TooFast));
+        assert_eq!(p.try_count(ip("::1"), t, true), Err(Refused::TooFast));
         assert_eq!(p.len(), 1, "kept while refilling");
         // One token per WINDOW / 3.
         let later = t + WINDOW / 3 + Duration::from_millis(1);
-        assert_eq!(p.try_count(ip("::1"), later), Ok(true));
-        assert_eq!(p.try_count(ip("::1"), later), Err(Refused::TooFast));
+        assert_eq!(p.try_count(ip("::1"), later, true), Ok(true));
+        assert_eq!(p.try_count(ip("::1"), later, true), Err(Refused::TooFast));
         p.release(ip("::1"), later);
         p.prune(later + WINDOW);
         assert!(p.is_empty(), "freed once refilled");
@@ -257,16 +286,16 @@ mod tests {
     fn ipv6_counts_by_its_64_and_exempt_prefixes_are_not_counted() {
         let t = Instant::now();
         let mut p = PerAddr::new(1, 0, vec!["192.168.0.0/16".parse().unwrap()]);
-        assert_eq!(p.try_count(ip("2001:db8:1:2::1"), t), Ok(true));
+        assert_eq!(p.try_count(ip("2001:db8:1:2::1"), t, true), Ok(true));
         assert_eq!(
-            p.try_count(ip("2001:db8:1:2:ffff::9"), t),
+            p.try_count(ip("2001:db8:1:2:ffff::9"), t, true),
             Err(Refused::TooMany)
         );
-        assert_eq!(p.try_count(ip("2001:db8:1:3::1"), t), Ok(true));
-        assert_eq!(p.try_count(ip("::ffff:10.1.1.1"), t), Ok(true));
-        assert_eq!(p.try_count(ip("10.1.1.1"), t), Err(Refused::TooMany));
+        assert_eq!(p.try_count(ip("2001:db8:1:3::1"), t, true), Ok(true));
+        assert_eq!(p.try_count(ip("::ffff:10.1.1.1"), t, true), Ok(true));
+        assert_eq!(p.try_count(ip("10.1.1.1"), t, true), Err(Refused::TooMany));
         for _ in 0..5 {
-            assert_eq!(p.try_count(ip("192.168.7.7"), t), Ok(false));
+            assert_eq!(p.try_count(ip("192.168.7.7"), t, true), Ok(false));
         }
     }
 
@@ -277,27 +306,27 @@ mod tests {
         // One address used up its bucket; then the table fills.
         let limited = ip("10.255.255.255");
         for _ in 0..8 {
-            assert_eq!(p.try_count(limited, t), Ok(true));
+            assert_eq!(p.try_count(limited, t, true), Ok(true));
             p.release(limited, t);
         }
         for i in 0..MAX_ENTRIES as u32 - 1 {
             let a = IpAddr::V4(i.into());
-            assert_eq!(p.try_count(a, t), Ok(true));
+            assert_eq!(p.try_count(a, t, true), Ok(true));
             p.release(a, t);
         }
         assert_eq!(p.len(), MAX_ENTRIES, "each is still refilling");
         let capacity = p.table.capacity();
         // Full of refilling entries: a new address is still counted.
         let new = ip("255.255.255.255");
-        assert_eq!(p.try_count(new, t), Ok(true));
-        assert_eq!(p.try_count(new, t), Ok(true));
-        assert_eq!(p.try_count(new, t), Err(Refused::TooMany));
+        assert_eq!(p.try_count(new, t, true), Ok(true));
+        assert_eq!(p.try_count(new, t, true), Ok(true));
+        assert_eq!(p.try_count(new, t, true), Err(Refused::TooMany));
         assert!(
             p.len() <= MAX_ENTRIES / 2 + 2,
             "half forgotten: {}",
             p.len()
         );
-        assert_eq!(p.try_count(limited, t), Err(Refused::TooFast), "kept");
+        assert_eq!(p.try_count(limited, t, true), Err(Refused::TooFast), "kept");
         assert!(p.table.capacity() <= capacity, "it never grew");
         // Once they have refilled, the next count frees them.
         p.release(new, t);
@@ -311,11 +340,35 @@ mod tests {
         let t = Instant::now();
         let mut p = PerAddr::new(0, 8, vec![]);
         for i in 0..MAX_ENTRIES as u32 {
-            assert_eq!(p.try_count(IpAddr::V4(i.into()), t), Ok(true));
+            assert_eq!(p.try_count(IpAddr::V4(i.into()), t, true), Ok(true));
         }
-        assert_eq!(p.try_count(ip("255.255.255.255"), t), Err(Refused::TooMany));
+        assert_eq!(
+            p.try_count(ip("255.255.255.255"), t, true),
+            Err(Refused::TooMany)
+        );
         p.release(IpAddr::V4(7.into()), t + WINDOW);
-        assert_eq!(p.try_count(ip("255.255.255.255"), t + WINDOW), Ok(true));
+        assert_eq!(
+            p.try_count(ip("255.255.255.255"), t + WINDOW, true),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn only_chat_sessions_take_from_the_connect_rate() {
+        let t = Instant::now();
+        let mut p = PerAddr::new(16, 2, vec![]);
+        let a = ip("10.0.0.1");
+        // A page's files: counted at once, not against the rate.
+        for _ in 0..40 {
+            assert_eq!(p.try_count(a, t, false), Ok(true));
+            p.release(a, t);
+        }
+        assert_eq!(p.try_count(a, t, false), Ok(true));
+        assert_eq!(p.try_session(a, t), Ok(()), "its upgrade");
+        assert_eq!(p.try_count(a, t, true), Ok(true), "a line client");
+        assert_eq!(p.try_count(a, t, false), Ok(true));
+        assert_eq!(p.try_session(a, t), Err(Refused::TooFast));
+        assert_eq!(p.try_count(a, t, true), Err(Refused::TooFast));
     }
 
     #[test]
@@ -324,7 +377,7 @@ mod tests {
         let mut p = PerAddr::new(1, 0, vec![]);
         let t = Instant::now();
         for i in 0..MAX_ENTRIES as u32 {
-            p.try_count(IpAddr::V4(i.into()), t).unwrap();
+            p.try_count(IpAddr::V4(i.into()), t, true).unwrap();
         }
         assert!(p.table.capacity() < 65_536, "65 536 buckets, not 131 072");
     }

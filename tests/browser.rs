@@ -1138,3 +1138,25 @@ fn page_asks_for_the_server_password_and_keeps_it_for_reconnects() {
         browser.log()
     );
 }
+
+/// Issue 26, item 8: under the default limits (16 connections, 32 new
+/// chat sessions per 10 minutes), a person reloading the page 20 times
+/// within a minute is served every time: each load's five connections
+/// (page, script, style, icon, WebSocket) cost one session, not five.
+#[test]
+#[ignore = "needs chromium"]
+fn a_page_reloaded_20_times_within_a_minute_stays_served() {
+    let server = support::Server::start(&["--max-per-ip", "16", "--max-connects", "32"]);
+    let http = server.http_addr.expect("web port");
+    let browser = Browser::start();
+    browser.goto(&format!("http://{http}/"));
+    let joined = "!window.before && document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)";
+    browser.wait("the first load", joined, Value::Null);
+    for i in 0..20 {
+        browser.run(
+            "window.before = true; location.reload(); return null;",
+            json!([]),
+        );
+        browser.wait(&format!("reload {}", i + 1), joined, Value::Null);
+    }
+}

@@ -141,6 +141,26 @@ fn admit(
     true
 }
 
+/// Counts and logs a refusal by the per-address limits.
+fn refused(metrics: &mut Metrics, cfg: &Config, peer: SocketAddr, why: Refused) {
+    match why {
+        Refused::TooMany => {
+            metrics.refused_per_ip += 1;
+            warn!(
+                "{peer} refused: --max-per-ip ({} connections from one address)",
+                cfg.max_per_ip
+            );
+        }
+        Refused::TooFast => {
+            metrics.refused_rate += 1;
+            warn!(
+                "{peer} refused: --max-connects ({} new chat sessions per 10 minutes from one address)",
+                cfg.max_connects
+            );
+        }
+    }
+}
+
 /// The connection a timer or a list names, if it is still there.
 fn live(conns: &mut Slab<Conn>, me: ConnRef) -> Option<&mut Conn> {
     conns
@@ -378,25 +398,12 @@ impl Server {
         let Some(c) = self.conns.get_mut(k) else {
             return false;
         };
-        match self.per_addr.try_count(c.peer.ip(), now) {
+        // A line client is a chat session from the start; a web
+        // connection becomes one at its upgrade (see `upgraded`).
+        match self.per_addr.try_count(c.peer.ip(), now, c.proto.in_chat()) {
             Ok(counted) => c.admitted = counted,
             Err(why) => {
-                match why {
-                    Refused::TooMany => {
-                        self.metrics.refused_per_ip += 1;
-                        warn!(
-                            "{} refused: --max-per-ip ({} connections from one address)",
-                            c.peer, self.cfg.max_per_ip
-                        );
-                    }
-                    Refused::TooFast => {
-                        self.metrics.refused_rate += 1;
-                        warn!(
-                            "{} refused: --max-connects ({} new connections per 10 minutes from one address)",
-                            c.peer, self.cfg.max_connects
-                        );
-                    }
-                }
+                refused(&mut self.metrics, &self.cfg, c.peer, why);
                 if then == After::Handshake {
                     // Nothing can be said before a handshake, and doing
                     // one for a refused address would spend what the
@@ -414,6 +421,36 @@ impl Server {
             self.start(k);
         }
         true
+    }
+
+    /// A browser asked to upgrade to WebSocket: a chat session begins, and
+    /// takes its token from the connect rate (the page's files took none),
+    /// or is refused with a 503 in place of the upgrade. False if refused.
+    fn upgraded(&mut self, k: usize, now: Instant) -> bool {
+        let Some(c) = self.conns.get_mut(k) else {
+            return false;
+        };
+        let Err(why) = self.per_addr.try_session(c.peer.ip(), now) else {
+            return true;
+        };
+        refused(&mut self.metrics, &self.cfg, c.peer, why);
+        let answer = crate::http::response(
+            503,
+            "text/plain; charset=utf-8",
+            why.text().as_bytes(),
+            false,
+            &[],
+        );
+        c.push_raw(answer);
+        mark_closing(
+            c,
+            k,
+            &mut self.closing,
+            Some("refused: --max-connects".into()),
+            true,
+        );
+        self.mark_pending(k);
+        false
     }
 
     /// The protocol starts, the stages beneath it passed (the address
@@ -538,6 +575,12 @@ impl Server {
                     break;
                 }
                 Step::Upgrade(answer) => {
+                    if !self.upgraded(k, now) {
+                        break;
+                    }
+                    let Some(c) = self.conns.get_mut(k) else {
+                        break;
+                    };
                     c.push_raw(answer);
                     c.touch(now);
                     self.mark_pending(k);
