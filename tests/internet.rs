@@ -503,3 +503,33 @@ fn the_per_address_table_never_fails_open_when_full() {
     );
     drop(held);
 }
+
+/// Issue 26, item 9: a complete PROXY v1 line that lacks fields is refused
+/// at once, not held until --http-timeout (a minute here, longer than the
+/// client waits).
+#[test]
+fn a_complete_proxy_line_that_does_not_parse_is_refused_at_once() {
+    let server = Server::start(&[
+        "--proxy-protocol",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--http-timeout",
+        "60",
+    ]);
+    for header in [
+        &b"PROXY TCP4 203.0.113.7\r\n"[..],
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 51234\r\n",
+    ] {
+        let mut c = Client::connect_raw(server.addr);
+        c.send_raw(header);
+        let mut rest = Vec::new();
+        let closed = c.stream.read_to_end(&mut rest);
+        assert!(
+            closed.is_ok(),
+            "{}: still open after {TIMEOUT:?}: {closed:?}",
+            String::from_utf8_lossy(header)
+        );
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("welcome"), "{rest}");
+    }
+}
