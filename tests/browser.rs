@@ -1160,3 +1160,21 @@ fn a_page_reloaded_20_times_within_a_minute_stays_served() {
         browser.wait(&format!("reload {}", i + 1), joined, Value::Null);
     }
 }
+
+/// Issue 26, item 2: a `***` notice (which carries names and reasons from
+/// users) is isolated in a <bdi> on the page, as messages are.
+#[test]
+#[ignore = "needs chromium"]
+fn notices_are_isolated_like_messages() {
+    let server = support::Server::start(&[]);
+    let http = server.http_addr.expect("web port");
+    let (browser, mut telnet, _) = page_with_tess(&server, http);
+    telnet.send("/nick tessa");
+    telnet.expect_line("*** you are now tessa");
+    let notice = "tess is now tessa";
+    browser.wait(
+        "the notice, in a <bdi>",
+        "Array.from(document.querySelectorAll('#log li.sys .text')).some(t => t.firstChild && t.firstChild.textContent === '*** ' && t.querySelector('bdi') && t.querySelector('bdi').textContent === arg)",
+        json!(notice),
+    );
+}
