@@ -7,6 +7,7 @@
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The window wrong passwords (`/pass`, `/oper`) are counted over, per
@@ -216,15 +217,32 @@ impl Ban {
     /// One line of the bans file, and the form a ban travels in through
     /// Redis: `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`.
     pub fn to_line(&self) -> String {
-        let until = self
-            .until
-            .map_or("permanent".to_string(), |t| t.to_string());
-        format!(
-            "{}\t{until}\t{}\t{}",
-            self.net,
-            clean_reason(&self.by),
-            clean_reason(&self.reason)
-        )
+        let mut line = String::with_capacity(64 + self.by.len() + self.reason.len());
+        self.write_line(&mut line);
+        line
+    }
+
+    /// `to_line`, appended to `out`. The name and reason were cleaned
+    /// when the ban was made (by the hub, or by `from_line`): cleaning
+    /// them again for each of 10 000 bans at every save cost 100 ms;
+    /// only the separators are guarded against here.
+    fn write_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(out, "{}\t", self.net);
+        match self.until {
+            Some(t) => {
+                let _ = write!(out, "{t}\t");
+            }
+            None => out.push_str("permanent\t"),
+        }
+        for (field, end) in [(&self.by, "\t"), (&self.reason, "")] {
+            if memchr::memchr3(b'\t', b'\n', b'\r', field.as_bytes()).is_some() {
+                out.push_str(&clean_reason(field));
+            } else {
+                out.push_str(field);
+            }
+            out.push_str(end);
+        }
     }
 
     /// The reverse of `to_line`, for text nobody vouches for (a file
@@ -260,24 +278,51 @@ impl Ban {
 /// Bans, by address prefix. A linear scan per check: checks happen once per
 /// connection, bans are few (at most MAX_BANS), and prefixes of any length
 /// can overlap, which a hash of addresses could not match.
+///
+/// The list is shared, copied on write, so that the bans file's writer
+/// gets it for nothing ([`Bans::snapshot`]) and formats it on its own
+/// thread: formatting 10 000 bans (4.3 MB) took the loop 5-10 ms.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Bans {
-    list: Vec<Ban>,
+    list: Arc<Vec<Ban>>,
+}
+
+/// The bans as they were at one moment, for the bans file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BansFile {
+    bans: Arc<Vec<Ban>>,
+    now_ms: u64,
+}
+
+impl BansFile {
+    /// The file's text: one ban a line,
+    /// `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`, expired bans left
+    /// out.
+    pub fn text(&self) -> String {
+        let mut out =
+            String::from("# chatd bans: net, until (ms since 1970) or permanent, by, reason\n");
+        for b in self.bans.iter().filter(|b| b.active(self.now_ms)) {
+            b.write_line(&mut out);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 impl Bans {
     /// Adds or replaces the ban on exactly `ban.net`. Err when full.
     pub fn add(&mut self, ban: Ban) -> Result<(), String> {
-        if let Some(old) = self.list.iter_mut().find(|b| b.net == ban.net) {
+        let list = Arc::make_mut(&mut self.list);
+        if let Some(old) = list.iter_mut().find(|b| b.net == ban.net) {
             *old = ban;
             return Ok(());
         }
-        if self.list.len() >= MAX_BANS {
+        if list.len() >= MAX_BANS {
             return Err(format!(
                 "the ban list is full ({MAX_BANS} bans); /unban some"
             ));
         }
-        self.list.push(ban);
+        list.push(ban);
         Ok(())
     }
 
@@ -289,9 +334,11 @@ impl Bans {
 
     /// Lifts the ban on exactly `net`; false if there was none.
     pub fn remove(&mut self, net: &IpNet) -> bool {
-        let before = self.list.len();
-        self.list.retain(|b| b.net != *net);
-        self.list.len() != before
+        if !self.list.iter().any(|b| b.net == *net) {
+            return false;
+        }
+        Arc::make_mut(&mut self.list).retain(|b| b.net != *net);
+        true
     }
 
     /// The ban in force on `addr`, if any.
@@ -304,9 +351,11 @@ impl Bans {
 
     /// Drops bans that have run out; true if any did.
     pub fn prune(&mut self, now_ms: u64) -> bool {
-        let before = self.list.len();
-        self.list.retain(|b| b.active(now_ms));
-        self.list.len() != before
+        if self.list.iter().all(|b| b.active(now_ms)) {
+            return false;
+        }
+        Arc::make_mut(&mut self.list).retain(|b| b.active(now_ms));
+        true
     }
 
     /// The bans in force, in the order they were set.
@@ -322,16 +371,17 @@ impl Bans {
         self.list.is_empty()
     }
 
-    /// The bans file: one ban a line, `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`,
-    /// expired bans left out.
+    /// The bans file's text ([`BansFile::text`]).
     pub fn to_file(&self, now_ms: u64) -> String {
-        let mut out =
-            String::from("# chatd bans: net, until (ms since 1970) or permanent, by, reason\n");
-        for b in self.active(now_ms) {
-            out.push_str(&b.to_line());
-            out.push('\n');
+        self.snapshot(now_ms).text()
+    }
+
+    /// The bans as they are now, for the bans file, without a copy.
+    pub fn snapshot(&self, now_ms: u64) -> BansFile {
+        BansFile {
+            bans: Arc::clone(&self.list),
+            now_ms,
         }
-        out
     }
 
     /// Reads a bans file (which anyone with access to the disk may have

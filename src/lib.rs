@@ -11,7 +11,8 @@
 //!   listener, layer or codec. Beside the turn: `listeners` (one row per
 //!   listening socket: bind, accept, the first state machine), `outbox`
 //!   (hub output -> connection queues and link calls) and `startup`
-//!   (`Config` -> the long-lived parts, the bans file's save).
+//!   (`Config` -> the long-lived parts; the bans file written by a thread
+//!   of its own, durably).
 //! - [`conn`]: one connection — socket, output queue of shared lines,
 //!   --sendq policy, rate-limit bucket, set up by [`conn::Conn::accept`] —
 //!   and its protocol as a state machine fed bytes and returning

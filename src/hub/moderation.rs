@@ -167,18 +167,19 @@ impl Hub {
         self.access.counts
     }
 
-    /// The bans file's new text, if the bans changed since it was last
-    /// asked for (expired bans are left out). Answer with
+    /// The bans for the file (its text: [`access::BansFile::text`]), if
+    /// they changed since last asked for (expired bans are left out).
+    /// Answer with
     /// [`Hub::bans_saved`] once it is written, or not; ask again only
     /// after that (one write at a time, each with the latest bans).
-    pub fn bans_to_save(&mut self) -> Option<String> {
+    pub fn bans_to_save(&mut self) -> Option<access::BansFile> {
         if !std::mem::take(&mut self.access.changed) {
             return None;
         }
         let answers = std::mem::take(&mut self.access.answers);
         self.access.saving.extend(answers);
         self.access.bans.prune(self.now_ms);
-        Some(self.access.bans.to_file(self.now_ms))
+        Some(self.access.bans.snapshot(self.now_ms))
     }
 
     /// The text [`Hub::bans_to_save`] gave was written, or (Err) not: the

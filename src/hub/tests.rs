@@ -1609,7 +1609,7 @@ fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
     assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
     assert_eq!(rec.closed, vec![(1, "banned by alice".to_string())]);
     assert_eq!(hub.online(), 1);
-    let saved = hub.bans_to_save().expect("the bans changed");
+    let saved = hub.bans_to_save().expect("the bans changed").text();
     assert!(
         saved.contains("127.0.0.1/32\t1600000\talice\tbob: spam"),
         "{saved}"

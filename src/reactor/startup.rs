@@ -5,7 +5,7 @@
 
 use super::listeners::Listeners;
 use super::{PRUNE_EVERY, SIGNALS, Server};
-use crate::access::Bans;
+use crate::access::{Bans, BansFile};
 use crate::cluster::{self, Link, RedisUrl};
 use crate::config::{Config, READ_CHUNK};
 use crate::hub::{Access, Hub};
@@ -128,11 +128,13 @@ impl Server {
 /// durably (a temporary file next to the file, fsync, rename, fsync of
 /// the directory), so that neither a crash nor a power loss leaves half a
 /// file or loses a ban an operator was told is saved, and wakes the loop
-/// with the result. On the loop a write of 10 000 bans (4.3 MB) stalled
-/// every client for 11-24 ms before its fsyncs (BENCHMARKS.md). One write
-/// at a time: a change made meanwhile waits and goes with the next.
+/// with the result; it formats the text too, from a snapshot the loop
+/// hands it without a copy. On the loop a write of 10 000 bans (4.3 MB)
+/// stalled every client for about 50 ms (BENCHMARKS.md), before any
+/// fsync. One write at a time: a change made meanwhile waits and goes
+/// with the next.
 pub(super) struct BansWriter {
-    texts: Option<mpsc::Sender<String>>,
+    texts: Option<mpsc::Sender<BansFile>>,
     results: mpsc::Receiver<Result<(), String>>,
     busy: bool,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -140,13 +142,16 @@ pub(super) struct BansWriter {
 
 impl BansWriter {
     pub(super) fn start(path: &str, waker: mio::Waker) -> io::Result<BansWriter> {
-        let (texts, todo) = mpsc::channel::<String>();
+        let (texts, todo) = mpsc::channel::<BansFile>();
         let (done, results) = mpsc::channel();
         let path = std::path::PathBuf::from(path);
         let thread = std::thread::Builder::new()
             .name("bans-file".into())
             .spawn(move || {
-                for text in todo {
+                for bans in todo {
+                    let text = bans.text();
+                    // The loop's next change need not copy the list.
+                    drop(bans);
                     let written = write_durably(&path, &text).map_err(|e| {
                         warn!("cannot write the bans file {}: {e}", path.display());
                         format!("{}: {e}", path.display())
@@ -170,7 +175,7 @@ impl BansWriter {
         self.busy
     }
 
-    fn write(&mut self, text: String) {
+    fn write(&mut self, text: BansFile) {
         let sent = self.texts.as_ref().is_some_and(|t| t.send(text).is_ok());
         self.busy = sent;
         if !sent {
