@@ -35,7 +35,7 @@ pub use wire::{claim_value, claim_wins, valid_node};
 
 use crate::access::Ban;
 use crate::history::Id;
-use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Presence};
+use crate::hub::{Asked, Claim, ClientId, ClusterOp, Due, GUEST_BLOCK, Presence, Refusal, Roster};
 use crate::metrics::Cluster as ClusterStats;
 use ipnet::IpNet;
 use log::{debug, info};
@@ -133,6 +133,11 @@ pub struct Link {
     /// After a refused reservation of guest numbers: not asked again before.
     guests_retry: Option<Instant>,
     guests_backoff: Duration,
+    /// The hub runs low on guest numbers; the highest it handed out.
+    guests_wanted: Option<u64>,
+    /// What the bookkeeping round asked of the hub (`Inbound::Due`), until
+    /// its `ClusterOp::Roster` comes.
+    asked: Option<Due>,
     ever_up: bool,
     /// The subscriber's queue passed its bound: drop the link.
     stuck: Option<String>,
@@ -184,6 +189,8 @@ impl Link {
             warn: Warnings::default(),
             guests_retry: None,
             guests_backoff: BACKOFF_MIN,
+            guests_wanted: None,
+            asked: None,
             ever_up: false,
             stuck: None,
             missing: HashMap::new(),
@@ -311,6 +318,7 @@ impl Link {
         self.delivered.clear();
         self.missing.clear();
         self.stuck = None;
+        self.asked = None;
         if was.is_up() {
             self.warn.down(why);
         } else {
@@ -809,17 +817,60 @@ impl Link {
         self.wire.decode(channel, payload)
     }
 
+    /// One operation from the hub (see [`ClusterOp`]). What cannot be
+    /// taken now is refused back as an event, in the same turn.
+    pub fn apply(&mut self, op: ClusterOp, inbound: &mut Vec<Inbound>) {
+        match op {
+            ClusterOp::Publish { room, msg } => self.publish_room(&room, msg.text()),
+            ClusterOp::Say {
+                room,
+                from,
+                lines,
+                keep,
+                ttl_ms,
+            } => {
+                if !self.say(&room, from, &lines, keep, ttl_ms) {
+                    inbound.push(Inbound::Refused(Refusal::Say(from)));
+                }
+            }
+            ClusterOp::History {
+                id,
+                room,
+                asked,
+                after,
+                count,
+            } => {
+                // Not asked only when the link is not up: its `Down`,
+                // already on the way, makes the hub give up waiting.
+                self.history(id, &room, asked, after, count);
+            }
+            ClusterOp::Ban(ban) => self.ban(&ban),
+            ClusterOp::Unban(net) => self.unban(&net),
+            ClusterOp::Presence(event) => self.presence(&event),
+            ClusterOp::Private {
+                node,
+                to,
+                to_name,
+                msg,
+            } => self.private(&node, to, &to_name, msg.text()),
+            ClusterOp::Subscribe { room, on } => self.subscribe(&room, on),
+            ClusterOp::Claim { id, name } => {
+                if !self.claim(id, &name) {
+                    inbound.push(Inbound::Refused(Refusal::Claim(id)));
+                }
+            }
+            ClusterOp::Release { name, id, since } => self.release(&name, id, since),
+            ClusterOp::Guests { used } => self.guests_wanted = Some(used),
+            ClusterOp::Roster(roster) => self.on_roster(roster, inbound),
+        }
+    }
+
     /// Reconnects when due; drops a link whose oldest command has waited
     /// too long for its reply; heals; when up, every tick: heartbeat, renew
     /// names, check the instances we mirror and the ones we lost, top up
-    /// guest numbers.
-    pub fn tick(
-        &mut self,
-        now: Instant,
-        hub: &Hub,
-        registry: &Registry,
-        inbound: &mut Vec<Inbound>,
-    ) {
+    /// guest numbers. What the hub must tell for that is asked as data
+    /// (`Inbound::Due`), and the work done when it comes (`on_roster`).
+    pub fn tick(&mut self, now: Instant, registry: &Registry, inbound: &mut Vec<Inbound>) {
         if let Some(why) = self.why_drop(now) {
             return self.fail(&why, registry, inbound);
         }
@@ -829,11 +880,56 @@ impl Link {
                 let why = format!("no answer from Redis within {:?}", self.timing.reply);
                 self.fail(&why, registry, inbound)
             }
+            State::Healing { sent: false, .. } => self.ask(
+                Due {
+                    names: true,
+                    nodes: false,
+                },
+                inbound,
+            ),
+            State::Up {
+                round_left,
+                guests_asked,
+            } => {
+                self.top_up_guests(now, guests_asked);
+                if self.next_tick <= now && self.asked.is_none() {
+                    self.next_tick = now + self.timing.tick;
+                    let round = round_left == 0;
+                    if round || self.carry {
+                        let due = Due {
+                            names: round,
+                            nodes: true,
+                        };
+                        self.ask(due, inbound);
+                    } else {
+                        self.heartbeat(now, &[]);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks the hub for what the bookkeeping needs, once until answered.
+    fn ask(&mut self, due: Due, inbound: &mut Vec<Inbound>) {
+        if self.asked.is_none() {
+            self.asked = Some(due);
+            inbound.push(Inbound::Due(due));
+        }
+    }
+
+    /// The hub's answer to `Inbound::Due`: re-assert our names (healing),
+    /// or beat and run a round (up). Dropped if the link moved on since.
+    fn on_roster(&mut self, roster: Roster, inbound: &mut Vec<Inbound>) {
+        let Some(due) = self.asked.take() else {
+            return;
+        };
+        match self.state {
             State::Healing { sent: false, .. } => {
                 let mut left = 0;
-                for (id, name, since) in hub.claimed_names() {
-                    let mine = claim_value(since, &self.wire.node, id);
-                    if self.renew(id, name, mine, "", true) {
+                for (id, name, since) in &roster.names {
+                    let mine = claim_value(*since, &self.wire.node, *id);
+                    if self.renew(*id, name, mine, "", true) {
                         left += 1;
                     }
                 }
@@ -842,17 +938,10 @@ impl Link {
                     self.go_up(inbound);
                 }
             }
-            State::Up {
-                round_left,
-                guests_asked,
-            } => {
-                self.top_up_guests(now, hub, guests_asked);
-                if self.next_tick <= now {
-                    self.next_tick = now + self.timing.tick;
-                    self.heartbeat(now, hub);
-                    if round_left == 0 {
-                        self.round(hub);
-                    }
+            State::Up { .. } => {
+                self.heartbeat(Instant::now(), &roster.remote);
+                if due.names {
+                    self.round(&roster);
                 }
             }
             _ => {}
@@ -881,14 +970,17 @@ impl Link {
 
     /// Reserves a block of guest numbers when the hub runs low, one
     /// request at a time, not again before `guests_retry` after a refusal.
-    fn top_up_guests(&mut self, now: Instant, hub: &Hub, asked: bool) {
+    fn top_up_guests(&mut self, now: Instant, asked: bool) {
         if self.guests_retry.is_some_and(|t| t <= now) {
             self.guests_retry = None;
         }
-        if hub.guests_left() >= GUEST_BLOCK / 2 || asked || self.guests_retry.is_some() {
+        let Some(used) = self
+            .guests_wanted
+            .filter(|_| !asked && self.guests_retry.is_none())
+        else {
             return;
-        }
-        let used = hub.guests_used().to_string();
+        };
+        let used = used.to_string();
         let block = GUEST_BLOCK.to_string();
         let asked = self.send_cmd(
             &[
@@ -909,14 +1001,13 @@ impl Link {
 
     /// Our heartbeat, every tick; after a reconnect, the nodes we knew get
     /// their grace first.
-    fn heartbeat(&mut self, now: Instant, hub: &Hub) {
+    fn heartbeat(&mut self, now: Instant, remote: &[Rc<str>]) {
         if std::mem::take(&mut self.carry) {
             let until = now + self.timing.grace();
-            self.grace = hub
-                .remote_nodes()
-                .into_iter()
+            self.grace = remote
+                .iter()
                 .take(MAX_NODES)
-                .map(|n| (n, until))
+                .map(|n| (n.clone(), until))
                 .collect();
         }
         let alive = Keys::alive(&self.wire.node);
@@ -930,20 +1021,19 @@ impl Link {
 
     /// One round of bookkeeping: renew every local name, check every node
     /// we mirror and every one we lost (at most MAX_NODES).
-    fn round(&mut self, hub: &Hub) {
+    fn round(&mut self, roster: &Roster) {
         let mut started = 0;
-        for (id, name, since) in hub.claimed_names() {
-            let mine = claim_value(since, &self.wire.node, id);
-            if self.renew(id, name, mine, "", false) {
+        for (id, name, since) in &roster.names {
+            let mine = claim_value(*since, &self.wire.node, *id);
+            if self.renew(*id, name, mine, "", false) {
                 started += 1;
             }
         }
-        let lost = hub.lost_nodes();
-        let checks = hub
-            .remote_nodes()
-            .into_iter()
-            .map(|n| (n, true))
-            .chain(lost.into_iter().map(|n| (n, false)))
+        let checks = roster
+            .remote
+            .iter()
+            .map(|n| (n.clone(), true))
+            .chain(roster.lost.iter().map(|n| (n.clone(), false)))
             .take(MAX_NODES);
         for (node, mirrored) in checks {
             let key = Keys::alive(&node);
