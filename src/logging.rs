@@ -60,10 +60,10 @@ pub fn init(level: log::LevelFilter) {
     if spawned.is_err() {
         return; // no thread, no log: the server still runs
     }
-    if let Some(l) = LOGGER.get() {
-        if log::set_logger(l).is_ok() {
-            log::set_max_level(level);
-        }
+    if let Some(l) = LOGGER.get()
+        && log::set_logger(l).is_ok()
+    {
+        log::set_max_level(level);
     }
 }
 

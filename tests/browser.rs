@@ -1149,7 +1149,6 @@ fn page_asks_for_the_server_password_and_keeps_it_for_reconnects() {
     );
 }
 
-
 /// Issue 25 on the page: a kick and a ban hold (no reconnect on its own; a
 /// kick offers the button, a ban counts down), the welcome has no machine
 /// talk, your own name is not a /msg target, history headers name the

@@ -790,7 +790,10 @@ fn a_kicked_chat_does_not_come_back_and_exits_7() {
     let status = chat.wait();
     let err = chat.stderr();
     assert_eq!(status.code(), Some(7), "stderr: {err}");
-    assert!(err.contains("kicked") && !err.contains("reconnected"), "{err}");
+    assert!(
+        err.contains("kicked") && !err.contains("reconnected"),
+        "{err}"
+    );
     // No second welcome took the name again.
     let who = op.sync();
     assert!(!who.iter().any(|l| l.contains("mallory")), "{who:?}");
@@ -865,7 +868,10 @@ fn tls_against_plain_and_plain_against_tls_exit_6_with_the_fix() {
     assert!(err.contains("without --tls"), "{err}");
     let (code, err) = run(tls.port(), &["--tls"]);
     assert_eq!(code, Some(6), "self-signed, not trusted: {err}");
-    assert!(err.contains("--insecure") && err.contains("--tls-ca"), "{err}");
+    assert!(
+        err.contains("--insecure") && err.contains("--tls-ca"),
+        "{err}"
+    );
     let (code, err) = run(tls.port(), &["--tls", "--insecure"]);
     assert_eq!(code, Some(0), "with --insecure: {err}");
 }
@@ -894,11 +900,14 @@ fn interactive_kick_says_so_and_reconnects_only_when_asked() {
     tmux.wait_screen("welcome", |r| r.iter().any(|l| is_welcome(l)));
     tmux.type_text("/nick mallory");
     tmux.key("Enter");
-    tmux.wait_screen("the nick", |r| r.iter().any(|l| l == "*** you are now mallory"));
+    tmux.wait_screen("the nick", |r| {
+        r.iter().any(|l| l == "*** you are now mallory")
+    });
     op.expect("mallory", |l| l.contains("mallory"));
     op.send("/kick mallory");
     tmux.wait_screen("the kick and the way back", |r| {
-        r.iter().any(|l| l.contains("you were kicked") && l.contains("/reconnect"))
+        r.iter()
+            .any(|l| l.contains("you were kicked") && l.contains("/reconnect"))
     });
     // Held: the op's /who shows no mallory until /reconnect.
     op.send("/who");
@@ -906,7 +915,9 @@ fn interactive_kick_says_so_and_reconnects_only_when_asked() {
     assert!(!list.contains("mallory"), "came back on its own: {list}");
     tmux.type_text("/reconnect");
     tmux.key("Enter");
-    op.expect("mallory again", |l| l == "*** mallory joined" || l.contains("is now mallory"));
+    op.expect("mallory again", |l| {
+        l == "*** mallory joined" || l.contains("is now mallory")
+    });
     tmux.key("C-d");
     assert_sane_terminal(&tmux.wait_status(), 0);
 }

@@ -15,7 +15,9 @@ fn a_gone_history_with_nothing_since_says_so() {
     c.send("/join #quiet");
     c.expect("joined", |l| l.starts_with("*** you joined #quiet"));
     c.send("/history since 1-1");
-    let line = c.expect("the gone-history notice", |l| l.starts_with("*** the history since"));
+    let line = c.expect("the gone-history notice", |l| {
+        l.starts_with("*** the history since")
+    });
     assert!(!line.contains("showing the last 0"), "{line}");
     assert!(line.ends_with("nothing was said since"), "{line}");
 }
@@ -48,7 +50,9 @@ fn help_texts_agree_with_the_readme() {
     op.send("/oper sesame");
     op.expect("operator", |l| l.starts_with("*** you are now an operator"));
     op.send("/help");
-    op.expect("/mute with its reason", |l| l.contains("/mute NAME [time] [reason]"));
+    op.expect("/mute with its reason", |l| {
+        l.contains("/mute NAME [time] [reason]")
+    });
 }
 
 /// The addresses go to stdout for scripts; when stderr is the same file
@@ -56,7 +60,11 @@ fn help_texts_agree_with_the_readme() {
 #[test]
 fn start_up_lines_are_printed_once_when_stdout_is_stderr() {
     let mut child = Command::new("sh")
-        .args(["-c", "exec \"$0\" --host 127.0.0.1 --port 0 --http-port 0 2>&1", CHATD])
+        .args([
+            "-c",
+            "exec \"$0\" --host 127.0.0.1 --port 0 --http-port 0 2>&1",
+            CHATD,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -528,8 +528,23 @@ fn version_plurals_and_progress() {
     // Open loop at 200 lines/s for 300 lines: at least 1.5 s, so at least
     // one progress line.
     let out = Command::new(env!("CARGO_BIN_EXE_flood"))
-        .args(["--host", "127.0.0.1", "--port", &server.addr.port().to_string()])
-        .args(["-n", "2", "-s", "1", "-m", "300", "--rate", "200", "--progress"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &server.addr.port().to_string(),
+        ])
+        .args([
+            "-n",
+            "2",
+            "-s",
+            "1",
+            "-m",
+            "300",
+            "--rate",
+            "200",
+            "--progress",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -538,7 +553,10 @@ fn version_plurals_and_progress() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains(": 2 clients, 1 sender x 300 lines x"), "{stdout}");
+    assert!(
+        stdout.contains(": 2 clients, 1 sender x 300 lines x"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("flood: 1 s: ") && stderr.contains("deliveries/s"),
         "no progress line: {stderr:?}"

@@ -22,7 +22,9 @@ fn a_closed_log_pipe_does_not_stop_the_server() {
         extra.send("/quit");
         let _ = extra.read_to_eof();
         alice.send(&format!("line {i}"));
-        bob.expect(&format!("line {i}"), |l| l.ends_with(&format!("> line {i}")));
+        bob.expect(&format!("line {i}"), |l| {
+            l.ends_with(&format!("> line {i}"))
+        });
     }
     let status = {
         let s = &mut server;

@@ -68,10 +68,7 @@ impl End {
         match self {
             End::Refused(t) => format!("the server refused the connection ({t})"),
             End::Banned { text, left } => match left {
-                Some(d) => format!(
-                    "banned ({text}); not reconnecting for {}",
-                    words(*d)
-                ),
+                Some(d) => format!("banned ({text}); not reconnecting for {}", words(*d)),
                 None => format!("banned permanently ({text}); not reconnecting"),
             },
             End::Password(t) => format!(
@@ -150,13 +147,22 @@ pub fn parse_span(s: &str) -> Option<Duration> {
 /// 3725 s -> "1h 2m 5s".
 fn words(d: Duration) -> String {
     let s = d.as_secs();
-    let parts = [(s / 86_400, 'd'), (s / 3600 % 24, 'h'), (s / 60 % 60, 'm'), (s % 60, 's')];
+    let parts = [
+        (s / 86_400, 'd'),
+        (s / 3600 % 24, 'h'),
+        (s / 60 % 60, 'm'),
+        (s % 60, 's'),
+    ];
     let shown: Vec<String> = parts
         .iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, c)| format!("{n}{c}"))
         .collect();
-    if shown.is_empty() { "0s".into() } else { shown.join(" ") }
+    if shown.is_empty() {
+        "0s".into()
+    } else {
+        shown.join(" ")
+    }
 }
 
 /// A failed TLS handshake, with the flag that fixes it.
@@ -792,7 +798,10 @@ mod tests {
     fn kicks_bans_and_passwords_are_read_from_the_servers_words() {
         let me = Some("mallory");
         let kick = End::from_line("*** mallory was kicked by op (spam)", me);
-        assert_eq!(kick, Some(End::Kicked("you were kicked by op (spam)".into())));
+        assert_eq!(
+            kick,
+            Some(End::Kicked("you were kicked by op (spam)".into()))
+        );
         assert_eq!(End::from_line("*** bob was kicked by op", me), None);
         let ban = End::from_line("*** mallory was banned by op for 1h 30m (spam)", me);
         assert!(
@@ -818,7 +827,10 @@ mod tests {
             End::from_line("*** error: wrong password", None),
             Some(End::Password(_))
         ));
-        assert_eq!(parse_span("2d 3h"), Some(Duration::from_secs(2 * 86_400 + 3 * 3600)));
+        assert_eq!(
+            parse_span("2d 3h"),
+            Some(Duration::from_secs(2 * 86_400 + 3 * 3600))
+        );
         assert_eq!(parse_span("soon"), None);
         assert_eq!(words(Duration::from_secs(3725)), "1h 2m 5s");
     }
