@@ -412,8 +412,16 @@ fn page_with_tess(
 }
 
 /// The page loaded from `url`, joined, with tess watching on telnet.
-fn page_at(mut telnet: support::Client, url: &str) -> (Browser, support::Client, String) {
-    let browser = Browser::start();
+fn page_at(telnet: support::Client, url: &str) -> (Browser, support::Client, String) {
+    page_in(Browser::start(), telnet, url)
+}
+
+/// Like `page_at`, in a given browser.
+fn page_in(
+    browser: Browser,
+    mut telnet: support::Client,
+    url: &str,
+) -> (Browser, support::Client, String) {
     browser.goto(url);
     browser.wait(
         "the welcome",
@@ -1166,15 +1174,11 @@ fn page_holds_after_a_kick_and_a_ban_and_speaks_to_people() {
     op.expect("operator", |l| l.starts_with("*** you are now an operator"));
     op.send("said before the page came");
 
-    let browser = Browser::start_in_zone(Some("Asia/Tokyo"));
-    browser.goto(&format!("http://{http}/"));
-    browser.wait(
-        "the welcome",
-        "document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)",
-        Value::Null,
+    let (browser, mut op, name) = page_in(
+        Browser::start_in_zone(Some("Asia/Tokyo")),
+        op,
+        &format!("http://{http}/"),
     );
-    let name = browser.text("#me");
-    op.expect_line(&format!("*** {name} joined"));
     let welcome = browser
         .log()
         .into_iter()

@@ -849,16 +849,11 @@ fn tls_against_plain_and_plain_against_tls_exit_6_with_the_fix() {
     let server = Server::start(&["--tls-self-signed", "--no-http"]);
     let tls = server.tls_addr.expect("tls port");
     let run = |port: u16, extra: &[&str]| {
-        let mut c = Command::new(CHAT)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = wait_exit(&mut c, TIMEOUT).expect("chat did not exit");
-        (status.code(), support::stderr_of(&mut c))
+        support::exit_and_stderr(
+            Command::new(CHAT)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(extra),
+        )
     };
     let (code, err) = run(tls.port(), &[]);
     assert_eq!(code, Some(6), "plain to the TLS port: {err}");
@@ -878,15 +873,12 @@ fn tls_against_plain_and_plain_against_tls_exit_6_with_the_fix() {
 
 #[test]
 fn tls_without_a_port_means_the_tls_port() {
-    let mut c = Command::new(CHAT)
-        .args(["--host", "127.0.0.1", "--tls", "--insecure"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_exit(&mut c, TIMEOUT).expect("chat did not exit");
-    let err = support::stderr_of(&mut c);
+    let (_, err) = support::exit_and_stderr(Command::new(CHAT).args([
+        "--host",
+        "127.0.0.1",
+        "--tls",
+        "--insecure",
+    ]));
     // Whatever answers there (most likely nothing), it is port 3443.
     assert!(err.is_empty() || err.contains("127.0.0.1:3443"), "{err}");
 }

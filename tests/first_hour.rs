@@ -4,7 +4,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use support::{Server, TIMEOUT, wait_exit};
+use support::Server;
 
 const CHATD: &str = env!("CARGO_BIN_EXE_chatd");
 
@@ -26,16 +26,14 @@ fn a_gone_history_with_nothing_since_says_so() {
 fn the_line_port_bind_error_names_its_flag() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let mut child = Command::new(CHATD)
-        .args(["--host", "127.0.0.1", "--port", &port, "--no-http"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, TIMEOUT).expect("chatd did not exit");
-    let err = support::stderr_of(&mut child);
-    assert!(!status.success());
+    let (code, err) = support::exit_and_stderr(Command::new(CHATD).args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--no-http",
+    ]));
+    assert_ne!(code, Some(0));
     assert!(err.contains("--port"), "{err}");
 }
 

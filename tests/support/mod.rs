@@ -448,6 +448,19 @@ pub fn vm_kib(pid: u32, field: &str) -> u64 {
 }
 pub mod cluster;
 
+/// Runs `cmd` with no input and stdout discarded until it exits (within
+/// TIMEOUT); its exit code and what it wrote on stderr.
+pub fn exit_and_stderr(cmd: &mut Command) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_exit(&mut child, TIMEOUT).expect("the program did not exit");
+    (status.code(), stderr_of(&mut child))
+}
+
 /// Everything an exited child wrote on its (piped) stderr.
 pub fn stderr_of(child: &mut Child) -> String {
     let mut err = String::new();
