@@ -439,6 +439,12 @@ def main():
             for doc, n, c in all_commands:
                 print(f"{doc}:{n}: {c}")
             return 0
+        # Every binary built first: a `cargo run --bin chat` that compiles
+        # for minutes would otherwise outlast the wait for its line.
+        print("check-readme: $ cargo build --release --bins", flush=True)
+        build = subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT)
+        if build.returncode != 0:
+            raise Failed("cargo build --release --bins failed")
         for doc, n, command in all_commands:
             what = binary(shlex.split(command))
             print(f"check-readme: {doc}:{n}: {command}", flush=True)

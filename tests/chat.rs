@@ -913,3 +913,48 @@ fn interactive_kick_says_so_and_reconnects_only_when_asked() {
     tmux.key("C-d");
     assert_sane_terminal(&tmux.wait_status(), 0);
 }
+
+/// The backoff resets on a welcome, not on a TCP connect: against a server
+/// that accepts and closes at once, the announced delays keep doubling.
+/// (The printed schedule is checked, not the time it took.)
+#[test]
+fn backoff_grows_against_a_server_that_accepts_and_closes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            if i == 0 {
+                // The first connection is welcomed, as chatd would.
+                let _ = s.write_all(b"*** welcome to chatd, guest-1! you are in #lobby\r\n");
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let mut chat = Chat::spawn(addr, &["--reconnect-base-ms", "200"]);
+    chat.expect("welcome", is_welcome);
+    let deadline = Instant::now() + TIMEOUT;
+    while accepted.load(Ordering::SeqCst) < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = chat.stderr();
+    let delays: Vec<f64> = err
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("reconnecting in ")?
+                .1
+                .strip_suffix(" s")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(delays.len() >= 4, "{err}");
+    // 200 ms doubling: the fourth is 1.6 s (±25 %), never the first again.
+    assert!(
+        delays[3] >= 1.0,
+        "the backoff restarted on a connect: {delays:?}"
+    );
+}

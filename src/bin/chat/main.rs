@@ -49,7 +49,11 @@ const TLS_PORT: u16 = 3443;
         you are typing; arrows walk the history; /quit, Ctrl-D or Ctrl-C leave.\n\n\
         Scripted when stdin is not a terminal: sends each stdin line, prints every \
         line the server sends, and exits once the server has answered them all, \
-        e.g. printf '/nick bot\\nhello\\n' | chat"
+        e.g. printf '/nick bot\\nhello\\n' | chat",
+    after_help = "Exit status: 0 welcomed and every line sent; 1 connection failed or lost \
+        (--no-reconnect), or a line not sent; 2 usage; 3 refused (server full...); \
+        4 banned; 5 password needed or wrong (--password-file); 6 TLS mismatch \
+        (--tls, --insecure, --tls-ca); 7 kicked. See docs/chat.md."
 )]
 struct Args {
     /// Server host name or address.
