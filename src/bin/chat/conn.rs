@@ -604,16 +604,8 @@ fn read_until_closed(
         line.clear();
         match read_line_bounded(&mut reader, &mut line, MAX_LINE) {
             Ok(0) => {
-                // chatd welcomes at once; a first connection closed without
-                // a byte is most likely its TLS port (which drops a plain
-                // client silently), so say what fixes that.
-                let mut st = shared.lock();
-                if first && !st.ever_welcomed && st.end.is_none() {
-                    st.end = Some(End::Tls(
-                        "the server closed the connection without a word: if that is \
-                         chatd's TLS port (--tls-port, 3443), add --tls"
-                            .into(),
-                    ));
+                if first {
+                    closed_silently(shared);
                 }
                 return "the server closed the connection".into();
             }
@@ -636,8 +628,29 @@ fn read_until_closed(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return e.to_string(),
+            Err(e) => {
+                // A reset (the server closed with our line unread) is the
+                // same silence.
+                if first {
+                    closed_silently(shared);
+                }
+                return e.to_string();
+            }
         }
+    }
+}
+
+/// chatd welcomes at once: a first connection that ends without a byte is
+/// most likely its TLS port (which drops a plain client without a word),
+/// so say what fixes that.
+fn closed_silently(shared: &Shared) {
+    let mut st = shared.lock();
+    if !st.ever_welcomed && st.end.is_none() {
+        st.end = Some(End::Tls(
+            "the server closed the connection without a word: if that is \
+             chatd's TLS port (--tls-port, 3443), add --tls"
+                .into(),
+        ));
     }
 }
 
