@@ -28,6 +28,8 @@
 //! - [`timer`]: every per-connection deadline and the accept retry in one
 //!   heap, named by slab key and serial; pure.
 //! - [`idle`]: the --idle-timeout rule (ping, close, or wait); pure.
+//! - [`logging`]: the log on stderr through a bounded queue and a writer
+//!   thread: dropped lines, never a panic or a stalled loop.
 //! - [`line`]: bytes -> lines (LF/CRLF, max length, discard mode, telnet
 //!   stripping) and sanitising; pure.
 //! - [`http`]: request heads, the one router (the page, `/healthz`,
@@ -62,6 +64,7 @@ pub mod hub;
 pub mod idle;
 pub mod limits;
 pub mod line;
+pub mod logging;
 pub mod metrics;
 pub mod msg;
 pub mod reactor;

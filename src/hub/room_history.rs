@@ -577,7 +577,7 @@ pub(super) fn render_answer(
                 },
         )),
         Ask::Lost(since) => text.push_str(&format!(
-            "*** the history since {since} is gone (the server restarted, or the room was empty for too long); showing the last {shown}\r\n"
+            "*** the history since {since} is gone (the server restarted, or the room was empty for too long); {}\r\n", if shown == 0 { "nothing was said since".to_string() } else { format!("showing the last {shown}") }
         )),
         _ if left_out > 0 => text.push_str(&format!(
             "*** {} left out: too long to send at once\r\n",
