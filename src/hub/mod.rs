@@ -403,14 +403,7 @@ impl Hub {
                 node,
                 id: id.0 as u64,
             }));
-            let c = &self.clients[i].who;
-            if !c.key().starts_with("guest-") {
-                out.cluster(ClusterOp::Release {
-                    name: c.key().into(),
-                    id,
-                    since: c.since(),
-                });
-            }
+            self.release_claim(id, i, out);
         }
         Some(i)
     }

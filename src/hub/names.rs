@@ -106,6 +106,19 @@ impl Hub {
             .map_or(u64::MAX, |c| c.guests.iter().map(|(a, b)| b - a).sum())
     }
 
+    /// Cluster mode: gives back the name local user `i` (client `id`)
+    /// holds, unless it is a guest name (those are never claimed).
+    pub(super) fn release_claim(&self, id: ClientId, i: Member, out: &mut impl Outbox) {
+        let c = &self.clients[i].who;
+        if !c.key().starts_with("guest-") {
+            out.cluster(ClusterOp::Release {
+                name: c.key().into(),
+                id,
+                since: c.since(),
+            });
+        }
+    }
+
     /// Cluster mode: asks the link for a block of guest numbers while
     /// fewer than half a block are left (the link asks Redis once at a
     /// time, however often it is told).
@@ -241,14 +254,7 @@ impl Hub {
                 );
             }
         };
-        let c = &self.clients[i].who;
-        if !c.key().starts_with("guest-") {
-            out.cluster(ClusterOp::Release {
-                name: c.key().into(),
-                id,
-                since: c.since(),
-            });
-        }
+        self.release_claim(id, i, out);
         self.rename(id, i, &wanted, since, None, out);
     }
 
