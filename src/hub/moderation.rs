@@ -423,7 +423,10 @@ impl Hub {
         let msg = Msg::new(text);
         self.to_room(room, None, &msg, out);
         if self.cluster.is_some() {
-            out.publish(&self.rooms[room].key, &msg);
+            out.cluster(ClusterOp::Publish {
+                room: self.rooms[room].key.clone(),
+                msg,
+            });
         }
     }
 
@@ -527,7 +530,7 @@ impl Hub {
         }
         self.access.counts.bans += 1;
         if self.cluster.is_some() {
-            out.ban(&ban);
+            out.cluster(ClusterOp::Ban(ban.clone()));
         }
         let span = span_words(span);
         warn!("{shown} banned {span} by {by}{}", because(&why));
@@ -630,7 +633,7 @@ impl Hub {
             );
         }
         if self.cluster.is_some() {
-            out.unban(&net);
+            out.cluster(ClusterOp::Unban(net));
         }
         warn!("{shown} unbanned by {}", self.clients[i].who.name());
         self.bans_changed(id, format!("*** unbanned {shown}"));
