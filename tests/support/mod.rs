@@ -199,7 +199,11 @@ impl Client {
 
     /// Connects without reading anything.
     pub fn connect_raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client over a connected stream, with the tests' read timeout.
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
@@ -217,14 +221,7 @@ impl Client {
         let from: SocketAddr = format!("{local}:0").parse().expect("a loopback address");
         sock.bind(&from.into()).expect("bind");
         sock.connect(&addr.into()).expect("connect");
-        let stream: TcpStream = sock.into();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            stream,
-            name: String::new(),
-        }
+        Client::over(sock.into())
     }
 
     pub fn send(&mut self, line: &str) {
