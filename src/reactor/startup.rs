@@ -102,8 +102,11 @@ impl Server {
         if self.bans_writer.busy() {
             return;
         }
-        if let Some(text) = self.hub.bans_to_save() {
-            self.bans_writer.write(text);
+        if let Some(text) = self.hub.bans_to_save()
+            && !self.bans_writer.write(text)
+        {
+            let (hub, mut out) = self.out();
+            hub.bans_saved(Err("its writer stopped".into()), &mut out);
         }
     }
 
@@ -111,8 +114,9 @@ impl Server {
     /// written too, before the process goes.
     pub(super) fn finish_bans(&mut self) {
         self.bans_written_wait();
-        if let Some(text) = self.hub.bans_to_save() {
-            self.bans_writer.write(text);
+        if let Some(text) = self.hub.bans_to_save()
+            && self.bans_writer.write(text)
+        {
             self.bans_written_wait();
         }
     }
@@ -176,12 +180,14 @@ impl BansWriter {
         self.busy
     }
 
-    fn write(&mut self, text: BansFile) {
+    /// Hands `text` to the thread; false if it is gone (it panicked).
+    fn write(&mut self, text: BansFile) -> bool {
         let sent = self.texts.as_ref().is_some_and(|t| t.send(text).is_ok());
         self.busy = sent;
         if !sent {
             warn!("the bans file's writer is gone; bans are kept until a restart");
         }
+        sent
     }
 
     /// The result of the write under way, if it has finished.
