@@ -232,9 +232,18 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_connects: u32,
 
-    /// Addresses (CIDR or plain IP) exempt from --max-per-ip and --max-connects.
+    /// Addresses (CIDR or plain IP) exempt from --max-per-ip and
+    /// --max-connects. Loopback is exempt already (see --limit-loopback).
     #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_net)]
     pub limit_exempt: Vec<ipnet::IpNet>,
+
+    /// Count loopback (127.0.0.0/8, ::1) against --max-per-ip and
+    /// --max-connects too. By default it is exempt, as in Ergo: a load test
+    /// from this machine gets every client in, and behind a tunnel (ngrok
+    /// without --proxy-protocol) every user is 127.0.0.1 and the limits
+    /// could not tell them apart anyway.
+    #[arg(long)]
+    pub limit_loopback: bool,
 
     /// Clients must send `/pass SECRET` before anything else. Visible to
     /// `ps`: prefer --password-file or CHATD_PASSWORD.
@@ -323,6 +332,19 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The addresses the per-address limits skip: --limit-exempt, and
+    /// loopback unless --limit-loopback.
+    pub fn limit_exempt(&self) -> Vec<ipnet::IpNet> {
+        let mut nets = self.limit_exempt.clone();
+        if !self.limit_loopback {
+            // IPv4-mapped loopback too: a dual-stack listener sees 127.0.0.1 so.
+            for net in ["127.0.0.0/8", "::1/128", "::ffff:127.0.0.0/104"] {
+                nets.extend(net.parse::<ipnet::IpNet>().ok());
+            }
+        }
+        nets
+    }
+
     pub fn log_level(&self) -> log::LevelFilter {
         match (self.quiet, self.verbose) {
             (true, _) => log::LevelFilter::Warn,
@@ -456,5 +478,27 @@ mod tests {
         assert_eq!((c.max_per_ip, c.max_connects), (16, 32));
         assert!(!c.tls());
         assert!(parse(&["--cluster-tick-ms", "60001"]).is_err());
+    }
+
+    #[test]
+    fn loopback_is_exempt_from_the_limits_unless_counted() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat()).unwrap();
+        let within = |nets: &[ipnet::IpNet], ip: &str| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            nets.iter().any(|n| n.contains(&ip))
+        };
+        let nets = parse(&["--limit-exempt", "10.0.0.0/8"]).limit_exempt();
+        for ip in [
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "10.1.2.3",
+        ] {
+            assert!(within(&nets, ip), "{ip}");
+        }
+        assert!(!within(&nets, "192.0.2.1"));
+        let nets = parse(&["--limit-loopback"]).limit_exempt();
+        assert!(nets.is_empty(), "{nets:?}");
     }
 }

@@ -89,3 +89,22 @@ fn start_up_lines_are_printed_once_when_stdout_is_stderr() {
     let times = seen.iter().filter(|l| l.contains(&addr)).count();
     assert_eq!(times, 1, "{seen:#?}");
 }
+
+/// Item 8: a load test from this machine (`chatd --port 3000` then
+/// `scripts/flood.sh`) gets every client in; the per-address limits are for
+/// addresses that can tell users apart.
+#[test]
+fn loopback_is_exempt_from_the_per_address_limits_by_default() {
+    let server = Server::start(&[]);
+    let clients: Vec<_> = (0..40).map(|_| server.client()).collect();
+    assert_eq!(clients.len(), 40);
+}
+
+#[test]
+fn limit_loopback_counts_it_like_any_other_address() {
+    let server = Server::start(&["--limit-loopback"]);
+    let _in: Vec<_> = (0..16).map(|_| server.client()).collect();
+    let mut refused = support::Client::connect_raw(server.addr);
+    let line = refused.read_line().unwrap_or_default();
+    assert!(line.contains("too many connections"), "{line:?}");
+}

@@ -50,7 +50,7 @@ impl Server {
             listeners.speak_tls(tls);
             listeners.open(&poll, &cfg, true)?;
         }
-        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt.clone());
+        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt());
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;

@@ -61,11 +61,12 @@ impl Server {
         if tls && !args.contains(&"--https-port") && !args.contains(&"--no-http") {
             cmd.args(["--https-port", "0"]);
         }
-        // Every test client comes from loopback: the per-address limits
-        // apply only where a test asks for them.
-        let limits = ["--max-per-ip", "--max-connects", "--limit-exempt"];
-        if !args.iter().any(|a| limits.contains(a)) {
-            cmd.args(["--limit-exempt", "127.0.0.0/8"]);
+        // Every test client comes from loopback, which the per-address
+        // limits exempt by default: a test that sets a limit means it for
+        // its loopback clients.
+        let limits = ["--max-per-ip", "--max-connects"];
+        if args.iter().any(|a| limits.contains(a)) && !args.contains(&"--limit-loopback") {
+            cmd.arg("--limit-loopback");
         }
         // chatd reads its bans from the working directory by default: a
         // chatd-bans.txt left there by a server run by hand (banning
