@@ -108,3 +108,32 @@ fn limit_loopback_counts_it_like_any_other_address() {
     let line = refused.read_line().unwrap_or_default();
     assert!(line.contains("too many connections"), "{line:?}");
 }
+
+/// Item 10: telnet to the TLS port used to show nothing at all.
+#[test]
+fn plain_text_to_the_tls_port_is_told_where_to_go() {
+    let server = Server::start(&["--tls-self-signed"]);
+    let tls = server.tls_addr.expect("a TLS port");
+    let mut c = support::Client::connect_raw(tls);
+    c.send("hello");
+    let line = c.read_line().unwrap_or_default();
+    assert!(
+        line.starts_with("*** error: this is chatd's TLS port; use --tls (chat) or a TLS client"),
+        "{line:?}"
+    );
+    assert!(
+        line.contains(&format!("the plain port {}", server.addr.port())),
+        "{line:?}"
+    );
+    assert_eq!(c.read_line(), None, "and closed");
+    // A browser sent to http:// on the HTTPS port gets a page saying so.
+    let https = server.https_addr.expect("an HTTPS port");
+    let mut web = support::Client::connect_raw(https);
+    web.send_raw(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let page = web.read_to_eof();
+    assert!(page.starts_with("HTTP/1.1 400 "), "{page:?}");
+    assert!(
+        page.contains(&format!("https://HOST:{}/", https.port())),
+        "{page:?}"
+    );
+}

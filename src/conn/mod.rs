@@ -483,6 +483,12 @@ impl Conn {
         self.layers.read_in(&self.sock, buf)
     }
 
+    /// On a TLS port: what a client whose first bytes are plain text is
+    /// told before the close.
+    pub fn tell_plain(&mut self, answer: Rc<[u8]>) {
+        self.layers.tell_plain(answer);
+    }
+
     /// Output waits beneath the queue (TLS handshake records, an alert):
     /// the connection needs a flush even with nothing queued.
     pub fn wants_flush(&self) -> bool {

@@ -15,6 +15,7 @@ use mio::net::TcpListener;
 use mio::{Interest, Poll, Registry, Token};
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,9 @@ pub struct Listeners {
     open: Vec<Option<TcpListener>>,
     /// The TLS ports' certificate (--tls-cert, --tls-self-signed).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Indexed by `Port`: what a TLS port tells a client that speaks plain
+    /// text to it (the port to use instead), made once the ports are bound.
+    plain: Vec<Option<Rc<[u8]>>>,
     /// Accepting failed for want of descriptors; a timer retries.
     stalled: bool,
     warned: Option<Instant>,
@@ -136,6 +140,7 @@ impl Listeners {
         let mut all = Listeners {
             open: Port::all().map(|_| None).collect(),
             tls: None,
+            plain: Port::all().map(|_| None).collect(),
             stalled: false,
             warned: None,
         };
@@ -162,6 +167,31 @@ impl Listeners {
                 self.bind(poll, cfg, port, number)?;
             }
         }
+        self.plain[Port::TlsLine as usize] = self.addr(Port::Line).map(|line| {
+            let text = format!(
+                "*** error: this is chatd's TLS port; use --tls (chat) or a TLS client, or the plain port {}\r\n",
+                line.port()
+            );
+            Rc::from(text.into_bytes())
+        });
+        self.plain[Port::Https as usize] = self.addr(Port::Https).map(|https| {
+            let mut text = format!(
+                "This is chatd's HTTPS port: use https://HOST:{}/",
+                https.port()
+            );
+            if let Some(web) = self.addr(Port::Http) {
+                text.push_str(&format!(", or http://HOST:{}/", web.port()));
+            }
+            text.push('\n');
+            let page = crate::http::response(
+                400,
+                "text/plain; charset=utf-8",
+                text.as_bytes(),
+                false,
+                &[],
+            );
+            Rc::from(page)
+        });
         Ok(())
     }
 
@@ -256,7 +286,12 @@ impl Listeners {
             }
             let tls = self.tls.as_ref().filter(|_| port.row().tls);
             match Conn::accept(sock, peer, proto, tls, cfg, now) {
-                Ok(c) => return Some(c),
+                Ok(mut c) => {
+                    if let Some(answer) = tls.and(self.plain[port as usize].as_ref()) {
+                        c.tell_plain(answer.clone());
+                    }
+                    return Some(c);
+                }
                 Err(e) => warn!("{peer} dropped: {e}"),
             }
         }
