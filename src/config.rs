@@ -10,6 +10,12 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// A connection that still has input after this waits for the next turn,
 /// after every other ready connection has had its go.
 pub const READ_BUDGET_BYTES: usize = 64 * 1024;
+/// How long a line client's first bytes are waited for before it is
+/// welcomed: a browser, TLS or IRC client that came to the line port
+/// speaks at once (within a round trip of its connect), and must be
+/// answered in its own protocol, not with a welcome (conn/line.rs).
+/// People and `chat` wait for the welcome, so this is their delay: short.
+pub const QUIET_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// Fairness: the most lines taken from one connection per turn of the loop.
 pub const LINE_BUDGET: usize = 64;
 /// Slices handed to one `writev`.

@@ -137,3 +137,111 @@ fn plain_text_to_the_tls_port_is_told_where_to_go() {
         "{page:?}"
     );
 }
+
+/// Item 3: another protocol on the line port. `first` is what the
+/// stranger sends at once; returns what it got back before the close.
+/// Nothing of it may reach the room (not even a joined notice), its
+/// history, or the log beyond one line.
+fn stranger_on_the_line_port(server: &Server, first: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut watcher = server.client();
+    watcher.sync();
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(support::TIMEOUT)).unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(first).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let seen = watcher.sync();
+    assert!(seen.is_empty(), "the room saw {seen:?}");
+    watcher.send("/history");
+    let history = watcher.expect("the history", |l| l.starts_with("*** history of #lobby"));
+    assert_eq!(history, "*** history of #lobby: empty");
+    // The log is read from the server's stderr by a thread: wait for it.
+    let deadline = std::time::Instant::now() + support::TIMEOUT;
+    let log = loop {
+        let log = String::from_utf8_lossy(&server.log.lock().unwrap()).to_string();
+        if log.contains(&me.to_string()) || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let about: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&me.to_string()))
+        .collect();
+    assert_eq!(about.len(), 1, "one log line for it: {about:#?}");
+    for secret in ["secret", "Cookie", "Jane", "USER"] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+    got
+}
+
+#[test]
+fn an_http_request_on_the_line_port_gets_a_400_naming_the_web_port() {
+    let server = Server::start(&[]);
+    let web = server.http_addr.expect("a web port").port();
+    let got = stranger_on_the_line_port(
+        &server,
+        b"GET / HTTP/1.1\r\nHost: localhost:3000\r\nCookie: auth=secret\r\n\r\n",
+    );
+    let page = String::from_utf8_lossy(&got);
+    assert!(page.starts_with("HTTP/1.1 400 "), "{page}");
+    assert!(page.contains("this is chatd's line port"), "{page}");
+    assert!(page.contains(&format!("http://localhost:{web}/")), "{page}");
+}
+
+#[test]
+fn a_tls_client_hello_on_the_line_port_gets_a_tls_alert() {
+    let server = Server::start(&[]);
+    // The start of a ClientHello: a handshake record, TLS 1.0 framing.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03,
+    ];
+    hello.extend([0x5a; 32]);
+    hello.extend(b"secret\n");
+    let got = stranger_on_the_line_port(&server, &hello);
+    assert_eq!(
+        got,
+        [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28],
+        "a fatal alert"
+    );
+}
+
+#[test]
+fn an_irc_registration_on_the_line_port_gets_an_irc_error() {
+    for first in [
+        &b"CAP LS 302\r\nNICK jane\r\nUSER u 0 * :Jane Doe\r\n"[..],
+        b"PASS mybouncersecret\r\nNICK jane\r\nUSER u 0 * :Jane Doe\r\n",
+        b"NICK jane\r\nUSER u 0 * :Jane Doe\r\n",
+    ] {
+        let server = Server::start(&[]);
+        let got = stranger_on_the_line_port(&server, first);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("ERROR :Closing link: this is chatd's line port, not IRC"),
+            "{text}"
+        );
+    }
+}
+
+/// Only the first line counts: a user may say anything after it.
+#[test]
+fn a_line_that_looks_like_http_later_in_a_chat_is_said() {
+    let server = Server::start(&[]);
+    let mut watcher = server.client();
+    let mut user = server.client();
+    user.send("GET lost");
+    user.send("GET / HTTP/1.1");
+    user.send("NICK bob");
+    watcher.expect("GET lost", |l| l.ends_with("> GET lost"));
+    watcher.expect("the request line", |l| l.ends_with("> GET / HTTP/1.1"));
+    watcher.expect("NICK bob", |l| l.ends_with("> NICK bob"));
+    // And a script's first line that only begins like one is chat too.
+    let mut script = support::Client::connect_raw(server.addr);
+    script.send("GET lost");
+    script.send("NICK bob");
+    script.send("hello");
+    watcher.expect("GET lost", |l| l.ends_with("> GET lost"));
+    watcher.expect("NICK bob", |l| l.ends_with("> NICK bob"));
+}

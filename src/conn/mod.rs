@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 pub use self::http::HttpSession;
 pub use self::layers::{After, Expired, Input, Layers, Stage};
-pub use self::line::LineSession;
+pub use self::line::{LineSession, Web};
 use self::tls::Tls;
 pub use self::ws::WsSession;
 
@@ -82,6 +82,10 @@ pub enum Step {
     /// The connection now speaks another protocol and joins the chat,
     /// once `answer` (the 101) is queued.
     Upgrade(Vec<u8>),
+    /// The protocol is known to be the chat's: the connection joins (a
+    /// line client whose first bytes are not another protocol's, see
+    /// conn/line.rs).
+    Join,
     /// The `/metrics` route: answer with the server's numbers, then close.
     Metrics(Request),
 }
@@ -144,6 +148,14 @@ impl Proto {
             Proto::Ws(s) => {
                 s.feed(bytes);
             }
+        }
+    }
+
+    /// A line client said nothing foreign within QUIET_WAIT of its start:
+    /// it joins without waiting for its first line.
+    pub fn quiet(&mut self) {
+        if let Proto::Line(s) = self {
+            s.quiet();
         }
     }
 

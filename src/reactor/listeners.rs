@@ -7,7 +7,7 @@
 
 use super::Server;
 use crate::config::Config;
-use crate::conn::{self, Conn, HttpSession, LineSession, Proto};
+use crate::conn::{self, Conn, HttpSession, LineSession, Proto, Web};
 use crate::metrics::Metrics;
 use crate::timer::{Timer, Timers};
 use log::warn;
@@ -129,6 +129,9 @@ pub struct Listeners {
     /// Indexed by `Port`: what a TLS port tells a client that speaks plain
     /// text to it (the port to use instead), made once the ports are bound.
     plain: Vec<Option<Rc<[u8]>>>,
+    /// Indexed by `Port`: the web page a line port names to a browser that
+    /// came to it (conn/line.rs).
+    web: Vec<Option<Web>>,
     /// Accepting failed for want of descriptors; a timer retries.
     stalled: bool,
     warned: Option<Instant>,
@@ -141,6 +144,7 @@ impl Listeners {
             open: Port::all().map(|_| None).collect(),
             tls: None,
             plain: Port::all().map(|_| None).collect(),
+            web: Port::all().map(|_| None).collect(),
             stalled: false,
             warned: None,
         };
@@ -167,6 +171,15 @@ impl Listeners {
                 self.bind(poll, cfg, port, number)?;
             }
         }
+        let web = |port, scheme| {
+            self.addr(port).map(|a| Web {
+                scheme,
+                port: a.port(),
+            })
+        };
+        let (http, https) = (web(Port::Http, "http"), web(Port::Https, "https"));
+        self.web[Port::Line as usize] = http;
+        self.web[Port::TlsLine as usize] = https.or(http);
         self.plain[Port::TlsLine as usize] = self.addr(Port::Line).map(|line| {
             let text = format!(
                 "*** error: this is chatd's TLS port; use --tls (chat) or a TLS client, or the plain port {}\r\n",
@@ -272,7 +285,10 @@ impl Listeners {
             };
             // The listener chooses the state machine the connection starts in.
             let now = Instant::now();
-            let proto = (port.row().first)(cfg, now);
+            let proto = match (port.row().first)(cfg, now) {
+                Proto::Line(s) => Proto::Line(s.with_web(self.web[port as usize])),
+                other => other,
+            };
             let max = cfg.max_clients;
             if clients >= max as usize {
                 warn!("{peer} refused: server full ({max} clients)");
