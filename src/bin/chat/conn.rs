@@ -620,8 +620,19 @@ fn read_until_closed(
                 return "TLS port".into();
             }
             Ok(_) => {
-                first = false;
                 let text = sanitize(&line);
+                // chatd's TLS port tells plain text where to go (once we
+                // have sent a line), then closes: not a reason to retry.
+                if first && text.starts_with("*** error: this is chatd's TLS port") {
+                    out.server(&text);
+                    shared.lock().end = Some(End::Tls(
+                        "the server speaks TLS: add --tls (and --insecure or --tls-ca PEM \
+                         for a self-signed certificate)"
+                            .into(),
+                    ));
+                    return "TLS port".into();
+                }
+                first = false;
                 shared.track(&text);
                 if let Some(shown) = tracker.receive(&text) {
                     out.server(&shown);
