@@ -51,9 +51,21 @@ pub const MAX_QUEUE: u32 = 1 << 30;
 /// --pass-attempts' default: wrong passwords (`/pass`, `/oper`) per address
 /// per minute before that address's attempts are refused unchecked.
 pub const DEFAULT_PASS_ATTEMPTS: u32 = 5;
-/// Where bans are kept unless --bans-file says otherwise: next to the
-/// server, in its working directory.
-pub const DEFAULT_BANS_FILE: &str = "chatd-bans.txt";
+/// Where what outlives a run is kept unless --state-dir says otherwise:
+/// in the server's working directory.
+pub const DEFAULT_STATE_DIR: &str = "chatd-state";
+/// The bans file's name in the state directory (unless --bans-file).
+pub const BANS_FILE: &str = "bans.txt";
+
+/// Makes the state directory (and its parents) if it is not there yet,
+/// readable by its owner only: it holds a private key.
+pub fn make_state_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
 /// The longest password read from a file (a secret, not a document).
 pub const MAX_SECRET: usize = 1024;
 
@@ -214,8 +226,10 @@ pub struct Config {
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// TLS on both ports with a certificate made at start-up (its SHA-256
-    /// fingerprint is printed): for trying it out; clients need --insecure.
+    /// TLS on both ports with a self-signed certificate for --host (localhost
+    /// for loopback), made at the first start and kept in --state-dir; its
+    /// path and SHA-256 fingerprint are printed. Clients pin it with
+    /// `chat --tls --tls-ca PATH` (or skip checking with --insecure).
     #[arg(long)]
     pub tls_self_signed: bool,
 
@@ -274,10 +288,16 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PASS_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pass_attempts: u32,
 
+    /// Where what outlives a run is kept: the bans (unless --bans-file)
+    /// and, with --tls-self-signed, the certificate and key, made once and
+    /// reused. Made when first needed (mode 0700); named in the start-up log.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: std::path::PathBuf,
+
     /// Where bans are kept across restarts (read at start, rewritten
-    /// atomically when they change).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_BANS_FILE)]
-    pub bans_file: String,
+    /// atomically when they change) [default: bans.txt in --state-dir].
+    #[arg(long, value_name = "PATH")]
+    pub bans_file: Option<std::path::PathBuf>,
 
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -338,6 +358,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The bans file: --bans-file, or bans.txt in --state-dir.
+    pub fn bans_path(&self) -> std::path::PathBuf {
+        self.bans_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(BANS_FILE))
+    }
+
     /// The addresses the per-address limits skip: --limit-exempt, and
     /// loopback unless --limit-loopback.
     pub fn limit_exempt(&self) -> Vec<ipnet::IpNet> {

@@ -89,8 +89,9 @@ pub struct Server {
     metrics: Metrics,
     /// The serial the next accepted connection gets.
     next_serial: u64,
-    /// The self-signed certificate's SHA-256 fingerprint, for the operator.
-    fingerprint: Option<String>,
+    /// The self-signed certificate's SHA-256 fingerprint and path, for the
+    /// operator and clients that pin it.
+    fingerprint: Option<(String, std::path::PathBuf)>,
     /// --max-per-ip and --max-connects.
     per_addr: PerAddr,
     next_prune: Instant,

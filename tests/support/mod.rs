@@ -24,6 +24,8 @@ pub struct Server {
     /// The TLS ports, when started with --tls-cert or --tls-self-signed.
     pub tls_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
+    /// What it printed on stdout at start, up to `ready`.
+    pub banner: Vec<String>,
 }
 
 impl Server {
@@ -71,6 +73,16 @@ impl Server {
         // chatd reads its bans from the working directory by default: a
         // chatd-bans.txt left there by a server run by hand (banning
         // 127.0.0.1, say) must not reach the tests. One file per server.
+        // Nor may a server's state (a self-signed certificate) land in the
+        // working directory or be shared: one state directory per server.
+        if !args.contains(&"--state-dir") {
+            static STATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = STATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("state-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            cmd.arg("--state-dir").arg(path);
+        }
         if !args.contains(&"--bans-file") {
             static BANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = BANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -105,8 +117,10 @@ impl Server {
         let mut addr = None;
         let mut http_addr = None;
         let (mut tls_addr, mut https_addr) = (None, None);
-        for _ in 0..8 {
+        let mut banner = Vec::new();
+        for _ in 0..10 {
             let Some(Ok(line)) = lines.next() else { break };
+            banner.push(line.clone());
             if let Some(a) = line.strip_prefix("listening on ") {
                 addr = Some(a.trim().parse().expect("listen address"));
             } else if let Some(a) = line.strip_prefix("http on ") {
@@ -129,6 +143,7 @@ impl Server {
             http_addr,
             tls_addr,
             https_addr,
+            banner,
         }
     }
 

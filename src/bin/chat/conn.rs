@@ -172,8 +172,9 @@ pub fn tls_failure(e: &io::Error) -> Option<End> {
     }
     let text = e.to_string();
     let hint = if text.contains("certificate") {
-        "the server's certificate does not verify: --tls-ca PEM trusts a given \
-         certificate, --insecure any (a --tls-self-signed server)"
+        "the server's certificate does not verify: --tls-ca PATH trusts a given \
+         certificate (a --tls-self-signed chatd prints its path: `tls certificate PATH`), \
+         --insecure any"
     } else {
         "no TLS there: --tls goes to chatd's TLS port (--tls-port, 3443); \
          the line port (3000) is plain, without --tls"
