@@ -250,7 +250,6 @@ fn a_line_that_looks_like_http_later_in_a_chat_is_said() {
 /// directory, prints its path, and the real `chat` pins it across a restart.
 #[test]
 fn a_self_signed_certificate_is_kept_across_restarts_and_chat_can_pin_it() {
-    use std::io::Write;
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("pinned-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -264,21 +263,8 @@ fn a_self_signed_certificate_is_kept_across_restarts_and_chat_can_pin_it() {
             .unwrap_or_else(|| panic!("no {prefix:?} in {:#?}", server.banner))
     };
     let chat = |server: &Server, extra: &[&str], line: &str| {
-        let tls = server.tls_addr.expect("a TLS port").port().to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args(["--host", "127.0.0.1", "--port", &tls, "--tls"])
-            .args(extra)
-            .args(["--no-reconnect", "--wait", "0.2"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn chat");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-        drop(stdin);
-        let status = support::wait_exit(&mut child, support::TIMEOUT).expect("chat finished");
-        (status, support::stderr_of(&mut child))
+        let tls = server.tls_addr.expect("a TLS port");
+        support::chat_tls_line(tls.port(), extra, line)
     };
     let server = Server::start(&args);
     let path = printed(&server, "tls certificate ");

@@ -485,3 +485,22 @@ pub fn stderr_of(child: &mut Child) -> String {
     }
     err
 }
+
+/// Runs the real `chat --tls` against `port` with `extra` flags, sends
+/// `line` and ends its input: how it exited, and its stderr.
+pub fn chat_tls_line(port: u16, extra: &[&str], line: &str) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--tls"])
+        .args(extra)
+        .args(["--no-reconnect", "--wait", "0.2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let status = wait_exit(&mut child, TIMEOUT).expect("chat did not finish");
+    (status, stderr_of(&mut child))
+}
