@@ -56,6 +56,9 @@ pub const DEFAULT_PASS_ATTEMPTS: u32 = 5;
 pub const DEFAULT_STATE_DIR: &str = "chatd-state";
 /// The bans file's name in the state directory (unless --bans-file).
 pub const BANS_FILE: &str = "bans.txt";
+/// Where bans were kept before there was a state directory: in the
+/// working directory.
+pub const OLD_BANS_FILE: &str = "chatd-bans.txt";
 
 /// Makes the state directory (and its parents) if it is not there yet,
 /// readable by its owner only: it holds a private key.
@@ -358,6 +361,20 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The file bans are read from at start: the bans file; or, with
+    /// neither --bans-file nor a bans file in the state directory yet, the
+    /// one an older chatd kept in the working directory, so an upgrade
+    /// loses no ban (the next change saves them in the new place).
+    pub fn bans_to_read(&self, exists: impl Fn(&std::path::Path) -> bool) -> std::path::PathBuf {
+        let path = self.bans_path();
+        let old = std::path::Path::new(OLD_BANS_FILE);
+        if self.bans_file.is_none() && !exists(&path) && exists(old) {
+            old.to_path_buf()
+        } else {
+            path
+        }
+    }
+
     /// The bans file: --bans-file, or bans.txt in --state-dir.
     pub fn bans_path(&self) -> std::path::PathBuf {
         self.bans_file
@@ -533,5 +550,19 @@ mod tests {
         assert!(!within(&nets, "192.0.2.1"));
         let nets = parse(&["--limit-loopback"]).limit_exempt();
         assert!(nets.is_empty(), "{nets:?}");
+    }
+
+    #[test]
+    fn bans_live_in_the_state_dir_and_an_old_file_is_still_read() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat()).unwrap();
+        let p = std::path::Path::new;
+        let c = parse(&["--state-dir", "/srv/chatd"]);
+        assert_eq!(c.bans_path(), p("/srv/chatd/bans.txt"));
+        assert_eq!(c.bans_to_read(|_| false), p("/srv/chatd/bans.txt"));
+        assert_eq!(c.bans_to_read(|f| f == p(OLD_BANS_FILE)), p(OLD_BANS_FILE));
+        assert_eq!(c.bans_to_read(|_| true), p("/srv/chatd/bans.txt"));
+        let c = parse(&["--bans-file", "b.txt"]);
+        assert_eq!(c.bans_to_read(|_| true), p("b.txt"));
+        assert_eq!(c.bans_to_read(|f| f == p(OLD_BANS_FILE)), p("b.txt"));
     }
 }

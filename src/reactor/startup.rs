@@ -173,9 +173,16 @@ fn tls(cfg: &Config) -> io::Result<TlsSetup> {
 fn access(cfg: &Config) -> io::Result<Access> {
     let password = cfg.password().map_err(invalid)?;
     let oper = cfg.oper_password().map_err(invalid)?;
-    let bans_file = cfg.bans_path();
-    let bans_file = bans_file.display();
-    let bans = match std::fs::read_to_string(cfg.bans_path()) {
+    let path = cfg.bans_to_read(std::path::Path::exists);
+    if path != cfg.bans_path() {
+        warn!(
+            "bans read from {} (where an older chatd kept them); from their next change on they are kept in {}",
+            path.display(),
+            cfg.bans_path().display()
+        );
+    }
+    let bans_file = path.display();
+    let bans = match std::fs::read_to_string(&path) {
         Ok(text) => {
             let (bans, bad) = Bans::from_file(&text, unix_ms());
             if bad > 0 {
