@@ -1735,3 +1735,24 @@ fn the_list_of_bans_is_bounded_like_who() {
     assert_eq!(got[0], format!("*** bans ({}):", LIST_MAX + 1));
     assert_eq!(got[LIST_MAX + 1], "***   … and 1 more");
 }
+
+#[test]
+fn since_an_id_of_another_room_says_so_not_that_the_server_restarted() {
+    let mut hub = history_hub(3, 20);
+    let mut rec = Rec::default();
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
+    hub.line(c(0), "in the lobby", &mut rec);
+    let lobby = hub.history.head(0).unwrap().epoch;
+    hub.line(c(1), "/join games", &mut rec);
+    rec.take();
+    hub.line(c(1), &format!("/history since {lobby}-1"), &mut rec);
+    let got = rec.to(1).join("\r\n");
+    assert!(
+        got.starts_with(&format!(
+            "*** {lobby}-1 is an id of another room, not of #games; nothing to show\r\n"
+        )),
+        "{got}"
+    );
+    assert!(!got.contains("restarted"), "{got}");
+}

@@ -45,12 +45,17 @@ impl Server {
             .with_history(cfg.history_limits(), cfg.history_on_join as usize)
             .with_reply_max(cfg.sendq as usize / 4);
         hub.tick(unix_ms());
+        info!(
+            "state directory {} (--state-dir); bans in {}",
+            cfg.state_dir.display(),
+            cfg.bans_path().display()
+        );
         let (tls, fingerprint) = tls(&cfg)?;
         if let Some(tls) = tls {
             listeners.speak_tls(tls);
             listeners.open(&poll, &cfg, true)?;
         }
-        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt.clone());
+        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt());
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -82,7 +87,12 @@ impl Server {
 
     /// The self-signed certificate's SHA-256 fingerprint (--tls-self-signed).
     pub fn tls_fingerprint(&self) -> Option<&str> {
-        self.fingerprint.as_deref()
+        self.fingerprint.as_ref().map(|(fp, _)| fp.as_str())
+    }
+
+    /// Where the self-signed certificate is kept, for clients to pin.
+    pub fn tls_cert_path(&self) -> Option<&std::path::Path> {
+        self.fingerprint.as_ref().map(|(_, path)| path.as_path())
     }
 
     /// Writes the bans file if the bans changed this turn: a temporary file
@@ -92,9 +102,13 @@ impl Server {
         let Some(text) = self.hub.bans_to_save() else {
             return;
         };
-        let path = std::path::Path::new(&self.cfg.bans_file);
+        let path = self.cfg.bans_path();
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let written = dir
+            .map_or(Ok(()), crate::config::make_state_dir)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             warn!("cannot write the bans file {}: {e}", path.display());
@@ -127,16 +141,27 @@ fn hub_and_link(cfg: &Config) -> io::Result<(Hub, Option<Link>)> {
 
 /// The TLS ports' certificate (--tls-cert and --tls-key, or
 /// --tls-self-signed), and a self-signed one's fingerprint.
-type TlsSetup = (Option<Arc<rustls::ServerConfig>>, Option<String>);
+type TlsSetup = (
+    Option<Arc<rustls::ServerConfig>>,
+    Option<(String, std::path::PathBuf)>,
+);
 
 fn tls(cfg: &Config) -> io::Result<TlsSetup> {
     if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
         let tls = crate::tls::load(cert, key).map_err(invalid)?;
         Ok((Some(tls), None))
     } else if cfg.tls_self_signed {
-        let (tls, fp, _) = crate::tls::self_signed().map_err(io::Error::other)?;
-        info!("TLS with a self-signed certificate, SHA-256 fingerprint {fp}");
-        Ok((Some(tls), Some(fp)))
+        let names = crate::tls::names_for(&cfg.host);
+        let (tls, fp, path) =
+            crate::tls::pinned(&cfg.state_dir, &names).map_err(io::Error::other)?;
+        // Absolute, so `chat --tls-ca PATH` works from anywhere.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        info!(
+            "TLS with the self-signed certificate {} for {}, SHA-256 fingerprint {fp}",
+            path.display(),
+            names.join(", ")
+        );
+        Ok((Some(tls), Some((fp, path))))
     } else {
         Ok((None, None))
     }
@@ -148,26 +173,29 @@ fn tls(cfg: &Config) -> io::Result<TlsSetup> {
 fn access(cfg: &Config) -> io::Result<Access> {
     let password = cfg.password().map_err(invalid)?;
     let oper = cfg.oper_password().map_err(invalid)?;
-    let bans = match std::fs::read_to_string(&cfg.bans_file) {
+    let path = cfg.bans_to_read(std::path::Path::exists);
+    if path != cfg.bans_path() {
+        warn!(
+            "bans read from {} (where an older chatd kept them); from their next change on they are kept in {}",
+            path.display(),
+            cfg.bans_path().display()
+        );
+    }
+    let bans_file = path.display();
+    let bans = match std::fs::read_to_string(&path) {
         Ok(text) => {
             let (bans, bad) = Bans::from_file(&text, unix_ms());
             if bad > 0 {
-                warn!(
-                    "{}: {bad} line(s) that are not bans left out",
-                    cfg.bans_file
-                );
+                warn!("{}: {bad} line(s) that are not bans left out", bans_file);
             }
-            info!("{} ban(s) from {}", bans.len(), cfg.bans_file);
+            info!("{} ban(s) from {bans_file}", bans.len());
             bans
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Bans::default(),
         Err(e) => {
             return Err(io::Error::new(
                 e.kind(),
-                format!(
-                    "cannot read the bans file {}: {e} (--bans-file)",
-                    cfg.bans_file
-                ),
+                format!("cannot read the bans file {bans_file}: {e} (--bans-file, --state-dir)"),
             ));
         }
     };
