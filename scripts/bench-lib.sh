@@ -3,10 +3,13 @@
 # "$work/SERVER.CASE.RUN.json" (one flood --json object per run).
 
 # A load test comes from one address, loopback, which chatd's per-address
-# limits (--max-per-ip, --max-connects) treat like any other: exempt it.
-# Only for a binary that has the flag (bench-ab.sh may run an older one).
+# limits (--max-per-ip, --max-connects) exempt by default (--limit-loopback
+# counts it). An older binary (bench-ab.sh may run one) counted it: exempt
+# it there, if it has the flag.
 limit_exempt() { # chatd binary; prints the flags, one a line
-    if "$1" --help 2>/dev/null | grep -q -- '--limit-exempt'; then
+    local help
+    help=$("$1" --help 2>/dev/null)
+    if ! grep -q -- '--limit-loopback' <<<"$help" && grep -q -- '--limit-exempt' <<<"$help"; then
         printf '%s\n' --limit-exempt 127.0.0.0/8
     fi
 }

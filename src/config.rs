@@ -10,6 +10,12 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// A connection that still has input after this waits for the next turn,
 /// after every other ready connection has had its go.
 pub const READ_BUDGET_BYTES: usize = 64 * 1024;
+/// How long a line client's first bytes are waited for before it is
+/// welcomed: a browser, TLS or IRC client that came to the line port
+/// speaks at once (within a round trip of its connect), and must be
+/// answered in its own protocol, not with a welcome (conn/line.rs).
+/// People and `chat` wait for the welcome, so this is their delay: short.
+pub const QUIET_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// Fairness: the most lines taken from one connection per turn of the loop.
 pub const LINE_BUDGET: usize = 64;
 /// Slices handed to one `writev`.
@@ -45,9 +51,24 @@ pub const MAX_QUEUE: u32 = 1 << 30;
 /// --pass-attempts' default: wrong passwords (`/pass`, `/oper`) per address
 /// per minute before that address's attempts are refused unchecked.
 pub const DEFAULT_PASS_ATTEMPTS: u32 = 5;
-/// Where bans are kept unless --bans-file says otherwise: next to the
-/// server, in its working directory.
-pub const DEFAULT_BANS_FILE: &str = "chatd-bans.txt";
+/// Where what outlives a run is kept unless --state-dir says otherwise:
+/// in the server's working directory.
+pub const DEFAULT_STATE_DIR: &str = "chatd-state";
+/// The bans file's name in the state directory (unless --bans-file).
+pub const BANS_FILE: &str = "bans.txt";
+/// Where bans were kept before there was a state directory: in the
+/// working directory.
+pub const OLD_BANS_FILE: &str = "chatd-bans.txt";
+
+/// Makes the state directory (and its parents) if it is not there yet,
+/// readable by its owner only: it holds a private key.
+pub fn make_state_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
 /// The longest password read from a file (a secret, not a document).
 pub const MAX_SECRET: usize = 1024;
 
@@ -209,8 +230,10 @@ pub struct Config {
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// TLS on both ports with a certificate made at start-up (its SHA-256
-    /// fingerprint is printed): for trying it out; clients need --insecure.
+    /// TLS on both ports with a self-signed certificate for --host (localhost
+    /// for loopback), made at the first start and kept in --state-dir; its
+    /// path and SHA-256 fingerprint are printed. Clients pin it with
+    /// `chat --tls --tls-ca PATH` (or skip checking with --insecure).
     #[arg(long)]
     pub tls_self_signed: bool,
 
@@ -234,9 +257,18 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_connects: u32,
 
-    /// Addresses (CIDR or plain IP) exempt from --max-per-ip and --max-connects.
+    /// Addresses (CIDR or plain IP) exempt from --max-per-ip and
+    /// --max-connects. Loopback is exempt already (see --limit-loopback).
     #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_net)]
     pub limit_exempt: Vec<ipnet::IpNet>,
+
+    /// Count loopback (127.0.0.0/8, ::1) against --max-per-ip and
+    /// --max-connects too. By default it is exempt, as in Ergo: a load test
+    /// from this machine gets every client in, and behind a tunnel (ngrok
+    /// without --proxy-protocol) every user is 127.0.0.1 and the limits
+    /// could not tell them apart anyway.
+    #[arg(long)]
+    pub limit_loopback: bool,
 
     /// Clients must send `/pass SECRET` before anything else. Visible to
     /// `ps`: prefer --password-file or CHATD_PASSWORD.
@@ -261,10 +293,16 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PASS_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pass_attempts: u32,
 
+    /// Where what outlives a run is kept: the bans (unless --bans-file)
+    /// and, with --tls-self-signed, the certificate and key, made once and
+    /// reused. Made when first needed (mode 0700); named in the start-up log.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: std::path::PathBuf,
+
     /// Where bans are kept across restarts (read at start, rewritten
-    /// atomically when they change).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_BANS_FILE)]
-    pub bans_file: String,
+    /// atomically when they change) [default: bans.txt in --state-dir].
+    #[arg(long, value_name = "PATH")]
+    pub bans_file: Option<std::path::PathBuf>,
 
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -325,6 +363,40 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The file bans are read from at start: the bans file; or, with
+    /// neither --bans-file nor a bans file in the state directory yet, the
+    /// one an older chatd kept in the working directory, so an upgrade
+    /// loses no ban (the next change saves them in the new place).
+    pub fn bans_to_read(&self, exists: impl Fn(&std::path::Path) -> bool) -> std::path::PathBuf {
+        let path = self.bans_path();
+        let old = std::path::Path::new(OLD_BANS_FILE);
+        if self.bans_file.is_none() && !exists(&path) && exists(old) {
+            old.to_path_buf()
+        } else {
+            path
+        }
+    }
+
+    /// The bans file: --bans-file, or bans.txt in --state-dir.
+    pub fn bans_path(&self) -> std::path::PathBuf {
+        self.bans_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(BANS_FILE))
+    }
+
+    /// The addresses the per-address limits skip: --limit-exempt, and
+    /// loopback unless --limit-loopback.
+    pub fn limit_exempt(&self) -> Vec<ipnet::IpNet> {
+        let mut nets = self.limit_exempt.clone();
+        if !self.limit_loopback {
+            // IPv4-mapped loopback too: a dual-stack listener sees 127.0.0.1 so.
+            for net in ["127.0.0.0/8", "::1/128", "::ffff:127.0.0.0/104"] {
+                nets.extend(net.parse::<ipnet::IpNet>().ok());
+            }
+        }
+        nets
+    }
+
     pub fn log_level(&self) -> log::LevelFilter {
         match (self.quiet, self.verbose) {
             (true, _) => log::LevelFilter::Warn,
@@ -458,5 +530,41 @@ mod tests {
         assert_eq!((c.max_per_ip, c.max_connects), (16, 32));
         assert!(!c.tls());
         assert!(parse(&["--cluster-tick-ms", "60001"]).is_err());
+    }
+
+    #[test]
+    fn loopback_is_exempt_from_the_limits_unless_counted() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat()).unwrap();
+        let within = |nets: &[ipnet::IpNet], ip: &str| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            nets.iter().any(|n| n.contains(&ip))
+        };
+        let nets = parse(&["--limit-exempt", "10.0.0.0/8"]).limit_exempt();
+        for ip in [
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "10.1.2.3",
+        ] {
+            assert!(within(&nets, ip), "{ip}");
+        }
+        assert!(!within(&nets, "192.0.2.1"));
+        let nets = parse(&["--limit-loopback"]).limit_exempt();
+        assert!(nets.is_empty(), "{nets:?}");
+    }
+
+    #[test]
+    fn bans_live_in_the_state_dir_and_an_old_file_is_still_read() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat()).unwrap();
+        let p = std::path::Path::new;
+        let c = parse(&["--state-dir", "/srv/chatd"]);
+        assert_eq!(c.bans_path(), p("/srv/chatd/bans.txt"));
+        assert_eq!(c.bans_to_read(|_| false), p("/srv/chatd/bans.txt"));
+        assert_eq!(c.bans_to_read(|f| f == p(OLD_BANS_FILE)), p(OLD_BANS_FILE));
+        assert_eq!(c.bans_to_read(|_| true), p("/srv/chatd/bans.txt"));
+        let c = parse(&["--bans-file", "b.txt"]);
+        assert_eq!(c.bans_to_read(|_| true), p("b.txt"));
+        assert_eq!(c.bans_to_read(|f| f == p(OLD_BANS_FILE)), p("b.txt"));
     }
 }

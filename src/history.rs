@@ -395,6 +395,12 @@ impl History {
         })
     }
 
+    /// Whether a room's record (any room's) has `epoch`: epochs never
+    /// repeat, so an id with it was given out in that record.
+    pub fn has_epoch(&self, epoch: u64) -> bool {
+        self.rooms.iter().any(|(_, r)| r.epoch == epoch)
+    }
+
     /// Where the lines after `id` begin among the room's kept lines.
     pub fn since(&self, slot: usize, id: Id) -> Since {
         let Some(r) = self.rooms.get(slot) else {

@@ -17,13 +17,15 @@
 //! - [`conn`]: one connection — socket, output queue of shared lines,
 //!   --sendq policy, rate-limit bucket, set up by [`conn::Conn::accept`] —
 //!   and its protocol as a state machine fed bytes and returning
-//!   [`conn::Step`]s: [`conn::line`] (telnet, nc), [`conn::http`] (one
+//!   [`conn::Step`]s: [`conn::line`] (telnet, nc; a first line of another
+//!   protocol answered in kind and closed), [`conn::http`] (one
 //!   request head, then close or upgrade), [`conn::ws`] (a browser after
 //!   the upgrade). No sockets in the machines. Beneath them the
 //!   connection's stages ([`conn::layers`]: PROXY header -> TLS handshake
 //!   -> protocol, each passed as a typed [`conn::Input`]): [`conn::proxy`]
 //!   (the header from a trusted proxy) and [`conn::tls`] (rustls, sans-IO).
-//! - [`tls`]: certificates and trust set up at start (server and `chat`).
+//! - [`tls`]: certificates and trust set up at start (server and `chat`),
+//!   the self-signed one kept in the state directory for clients to pin.
 //! - [`limits`]: connections per address and new ones per 10 minutes; pure.
 //! - [`socket`]: what one read or write did (would block, closed, error),
 //!   decided once for connections and the Redis link.

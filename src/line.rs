@@ -119,6 +119,12 @@ impl Framer {
         }
     }
 
+    /// What is held and not consumed yet, for a look before it is framed
+    /// (conn/line.rs: is it another protocol's?).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
     /// Bytes held (for tests and stats).
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos

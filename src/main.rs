@@ -59,6 +59,10 @@ fn serve() -> ExitCode {
             if let Some(fp) = s.tls_fingerprint() {
                 let _ = writeln!(out, "tls self-signed certificate, SHA-256 fingerprint {fp}");
             }
+            if let Some(path) = s.tls_cert_path() {
+                // What `chat --tls --tls-ca PATH` pins.
+                let _ = writeln!(out, "tls certificate {}", path.display());
+            }
             if let Some(a) = s.tls_addr() {
                 note(format_args!("TLS line clients on {a}"));
                 let _ = writeln!(out, "tls on {a}");

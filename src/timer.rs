@@ -39,6 +39,8 @@ pub enum Timer {
     Deadline(ConnRef),
     /// --idle-timeout: ping or close a quiet connection, or look again later.
     Idle(ConnRef),
+    /// A line client that has not spoken joins now (see QUIET_WAIT).
+    Quiet(ConnRef),
 }
 
 impl Timer {
@@ -46,7 +48,11 @@ impl Timer {
     pub fn conn(self) -> Option<ConnRef> {
         match self {
             Timer::Accept => None,
-            Timer::Wake(c) | Timer::Drain(c) | Timer::Deadline(c) | Timer::Idle(c) => Some(c),
+            Timer::Wake(c)
+            | Timer::Drain(c)
+            | Timer::Deadline(c)
+            | Timer::Idle(c)
+            | Timer::Quiet(c) => Some(c),
         }
     }
 }

@@ -63,6 +63,104 @@ pub fn self_signed() -> Result<(Arc<ServerConfig>, String, String), String> {
     Ok((server_config(vec![der], key)?, fp, pem))
 }
 
+/// The names a self-signed certificate for `host` (--host) is made for:
+/// the host itself; for a loopback or every-interface address, localhost
+/// and both loopback addresses instead. The first is its CN.
+pub fn names_for(host: &str) -> Vec<String> {
+    let local = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    if local {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    } else {
+        vec![host.to_ascii_lowercase()]
+    }
+}
+
+/// A self-signed certificate for `names` (the first its CN) made now:
+/// (certificate PEM, key PEM).
+fn make_self_signed(names: &[String]) -> Result<(String, String), String> {
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, names[0].as_str());
+    params.distinguished_name = dn;
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// --tls-self-signed: the certificate for `names` kept in `dir` (the
+/// state directory), made and written there the first time (the key mode
+/// 0600), read back on every later start, so clients can pin it (`chat
+/// --tls-ca PATH`). Returns the configuration, the fingerprint and the
+/// certificate's path.
+pub fn pinned(
+    dir: &Path,
+    names: &[String],
+) -> Result<(Arc<ServerConfig>, String, std::path::PathBuf), String> {
+    // One pair per name set: another --host gets its own, never a
+    // certificate for the wrong name.
+    let label: String = names[0]
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cert_path = dir.join(format!("tls-{label}.crt"));
+    let key_path = dir.join(format!("tls-{label}.key"));
+    if !cert_path.exists() && !key_path.exists() {
+        let (cert, key) = make_self_signed(names)?;
+        let at = |p: &Path, e: std::io::Error| {
+            format!("cannot write {}: {e} (--state-dir)", p.display())
+        };
+        crate::config::make_state_dir(dir).map_err(|e| at(dir, e))?;
+        write_new(&key_path, key.as_bytes(), 0o600).map_err(|e| at(&key_path, e))?;
+        write_new(&cert_path, cert.as_bytes(), 0o644).map_err(|e| at(&cert_path, e))?;
+    }
+    let broken = |e: String| {
+        format!(
+            "{e}; remove {} and {} to make a new certificate",
+            cert_path.display(),
+            key_path.display()
+        )
+    };
+    let der = CertificateDer::from_pem_file(&cert_path)
+        .map_err(|e| broken(format!("{}: {e}", cert_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| broken(format!("{}: {e}", key_path.display())))?;
+    let fp = fingerprint(&der);
+    Ok((
+        server_config(vec![der], key).map_err(broken)?,
+        fp,
+        cert_path,
+    ))
+}
+
+/// Writes a new file with `mode` from the start (a key is never readable
+/// by others, not even for a moment): a temporary file, then a rename.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// SHA-256 of a certificate, `AB:CD:…`.
 pub fn fingerprint(der: &[u8]) -> String {
     Sha256::digest(der)
@@ -189,5 +287,22 @@ mod tests {
         let (_, fp, pem) = self_signed().unwrap();
         assert_eq!(fp.len(), 32 * 3 - 1);
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn a_pinned_certificate_is_for_the_host_and_made_once() {
+        assert_eq!(names_for("127.0.0.1"), ["localhost", "127.0.0.1", "::1"]);
+        assert_eq!(names_for("0.0.0.0"), names_for("localhost"));
+        assert_eq!(names_for("Chat.Example.org"), ["chat.example.org"]);
+        let dir = std::env::temp_dir().join(format!("chatd-pinned-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let names = names_for("chat.example.org");
+        let (_, fp, path) = pinned(&dir, &names).unwrap();
+        assert_eq!(path, dir.join("tls-chat.example.org.crt"));
+        let (_, again, _) = pinned(&dir, &names).unwrap();
+        assert_eq!(fp, again, "read back, not made anew");
+        let (_, other, _) = pinned(&dir, &names_for("localhost")).unwrap();
+        assert_ne!(fp, other, "another host, another certificate");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

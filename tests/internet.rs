@@ -209,28 +209,7 @@ fn the_chat_client_speaks_tls_with_a_ca_file_or_insecure() {
     let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
     let tls = server.tls_addr.expect("a TLS port");
     let mut watcher = server.client();
-    let chat = |extra: &[&str], line: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &tls.port().to_string(),
-                "--tls",
-            ])
-            .args(extra)
-            .args(["--no-reconnect", "--wait", "0.2"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn chat");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-        drop(stdin);
-        let status = support::wait_exit(&mut child, TIMEOUT).expect("chat did not finish");
-        (status, support::stderr_of(&mut child))
-    };
+    let chat = |extra: &[&str], line: &str| support::chat_tls_line(tls.port(), extra, line);
     let (st, err) = chat(&["--tls-ca", &ca], "verified hello");
     assert!(st.success(), "{err}");
     watcher.expect("the verified client's line", said("verified hello"));
@@ -484,6 +463,8 @@ fn the_per_address_table_never_fails_open_when_full() {
             continue;
         }
         let mut one = Client::connect_from(&format!("127.{b}.{c}.{d}"), server.addr);
+        // A first line: welcomed now, not after the quiet wait.
+        one.send("/who");
         let first = one.read_line().unwrap_or_default();
         assert!(first.starts_with("*** welcome"), "127.{b}.{c}.{d}: {first}");
         filled += 1;
@@ -491,6 +472,7 @@ fn the_per_address_table_never_fails_open_when_full() {
     let held: Vec<Client> = (0..2)
         .map(|_| {
             let mut c = Client::connect_from("127.0.0.1", server.addr);
+            c.send("/who");
             let first = c.read_line().unwrap_or_default();
             assert!(first.starts_with("*** welcome"), "{first}");
             c

@@ -13,7 +13,11 @@ use crate::socket::{self, SocketResult};
 use mio::net::TcpStream;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
+
+/// The first byte of every TLS record a ClientHello comes in (handshake).
+const HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Where the connection is on its way to the protocol.
 #[derive(Debug)]
@@ -97,6 +101,11 @@ pub struct Layers {
     deadline: Instant,
     /// Send TLS's close_notify after the last queued byte.
     notify: bool,
+    /// On a TLS port: what to say in plain text to a client whose first
+    /// bytes are not a TLS record (telnet to the TLS port), and whether
+    /// that first byte is still to be seen.
+    plain: Option<Rc<[u8]>>,
+    first: bool,
 }
 
 impl Layers {
@@ -115,7 +124,15 @@ impl Layers {
             leftover: Vec::new(),
             deadline,
             notify: false,
+            plain: None,
+            first: true,
         }
+    }
+
+    /// What a plain-text client of a TLS port is told before the close
+    /// (where to go instead), rather than silence until the deadline.
+    pub fn tell_plain(&mut self, answer: Rc<[u8]>) {
+        self.plain = Some(answer);
     }
 
     /// None: the plain socket, straight to the protocol.
@@ -167,13 +184,15 @@ impl Layers {
             }
             return input;
         }
+        let handshaking = matches!(self.stage, Stage::Handshake);
         let mut src = Source {
             leftover: &mut self.leftover,
             sock,
             sniff: &mut self.sniff,
             caught: false,
+            first: (handshaking && self.plain.is_some() && self.first).then_some(&mut self.first),
+            plain: false,
         };
-        let handshaking = matches!(self.stage, Stage::Handshake);
         let result = match self.tls.as_mut() {
             Some(tls) => {
                 let read = if handshaking {
@@ -200,6 +219,15 @@ impl Layers {
                 SocketResult::Error(e) => Input::Error(e),
             },
         };
+        if src.plain {
+            if let Some(answer) = &self.plain {
+                say_plain(sock, answer);
+            }
+            return Input::HandshakeFailed(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "plain text, not a TLS handshake (told where to go)",
+            ));
+        }
         if src.caught {
             self.sniff = None;
             return Input::Refused("PROXY header from an untrusted address".into());
@@ -349,14 +377,56 @@ impl io::Write for Ladder<'_> {
     }
 }
 
+/// Tells a plain-text client of a TLS port where to go, best effort: one
+/// small write to a socket nothing was written to yet. What it sent is
+/// read away first (bounded), so the close is a FIN the client reads the
+/// answer before, not a reset.
+fn say_plain(sock: &TcpStream, answer: &[u8]) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match io::Read::read(&mut &*sock, &mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = socket::write(sock, &[IoSlice::new(answer)]);
+}
+
 /// The bytes under TLS (or under the protocol): what came in behind a
 /// PROXY header first, then the socket; an untrusted address's first
-/// bytes are watched for a PROXY header on the way.
+/// bytes are watched for a PROXY header on the way, and on a TLS port the
+/// very first byte for a TLS record.
 struct Source<'a> {
     leftover: &'a mut Vec<u8>,
     sock: &'a TcpStream,
     sniff: &'a mut Option<Sniff>,
     caught: bool,
+    /// Some while the first byte is still to be checked for a TLS record.
+    first: Option<&'a mut bool>,
+    /// It was not one: plain text on a TLS port.
+    plain: bool,
+}
+
+impl Source<'_> {
+    /// Checks the first byte of the stream, once: false if it cannot
+    /// begin a TLS handshake.
+    fn looks_like_tls(&mut self, read: &[u8]) -> bool {
+        match (self.first.take(), read.first()) {
+            (Some(first), Some(&b)) => {
+                *first = false;
+                b == HANDSHAKE_RECORD
+            }
+            (first, _) => {
+                self.first = first;
+                true
+            }
+        }
+    }
+
+    fn not_tls(&mut self) -> io::Error {
+        self.plain = true;
+        io::Error::other("plain text, not TLS")
+    }
 }
 
 impl io::Read for Source<'_> {
@@ -368,6 +438,9 @@ impl io::Read for Source<'_> {
             if self.leftover.is_empty() {
                 *self.leftover = Vec::new();
             }
+            if !self.looks_like_tls(&buf[..n]) {
+                return Err(self.not_tls());
+            }
             return Ok(n);
         }
         let n = io::Read::read(&mut &*self.sock, buf)?;
@@ -376,6 +449,9 @@ impl io::Read for Source<'_> {
         {
             self.caught = true;
             return Err(io::Error::other("PROXY header from an untrusted address"));
+        }
+        if !self.looks_like_tls(&buf[..n]) {
+            return Err(self.not_tls());
         }
         Ok(n)
     }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 pub use self::http::HttpSession;
 pub use self::layers::{After, Expired, Input, Layers, Stage};
-pub use self::line::LineSession;
+pub use self::line::{LineSession, Web};
 use self::tls::Tls;
 pub use self::ws::WsSession;
 
@@ -82,6 +82,10 @@ pub enum Step {
     /// The connection now speaks another protocol and joins the chat,
     /// once `answer` (the 101) is queued.
     Upgrade(Vec<u8>),
+    /// The protocol is known to be the chat's: the connection joins (a
+    /// line client whose first bytes are not another protocol's, see
+    /// conn/line.rs).
+    Join,
     /// The `/metrics` route: answer with the server's numbers, then close.
     Metrics(Request),
 }
@@ -144,6 +148,14 @@ impl Proto {
             Proto::Ws(s) => {
                 s.feed(bytes);
             }
+        }
+    }
+
+    /// A line client said nothing foreign within QUIET_WAIT of its start:
+    /// it joins without waiting for its first line.
+    pub fn quiet(&mut self) {
+        if let Proto::Line(s) = self {
+            s.quiet();
         }
     }
 
@@ -481,6 +493,12 @@ impl Conn {
     /// `Step::Read`) through the stages: the PROXY header first, then TLS.
     pub fn read_in(&mut self, buf: &mut [u8]) -> Input {
         self.layers.read_in(&self.sock, buf)
+    }
+
+    /// On a TLS port: what a client whose first bytes are plain text is
+    /// told before the close.
+    pub fn tell_plain(&mut self, answer: Rc<[u8]>) {
+        self.layers.tell_plain(answer);
     }
 
     /// Output waits beneath the queue (TLS handshake records, an alert):

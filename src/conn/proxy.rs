@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 pub const MAX_HEADER: usize = 1024;
 
 /// The v2 signature, and v1's start.
-const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+pub(super) const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V1_SIG: &[u8; 6] = b"PROXY ";
 /// The longest v1 header, CRLF included (the spec's 107).
 const V1_MAX: usize = 107;

@@ -302,6 +302,11 @@ impl Hub {
                 Since::Kept { from, evicted } => {
                     self.history_answer(room, from, ids, Ask::Resume(since, evicted))
                 }
+                // Epochs never repeat across rooms: one that another
+                // room's record has is a mix-up, not a restart.
+                Since::Lost if self.history.has_epoch(since.epoch) => {
+                    self.history_answer(room, 0, ids, Ask::Elsewhere(since))
+                }
                 Since::Lost => self.history_answer(room, 0, ids, Ask::Lost(since)),
             },
         };
@@ -534,6 +539,8 @@ pub(super) enum Ask {
     Resume(Id, u64),
     /// `/history since ID` from a record that is gone.
     Lost(Id),
+    /// `/history since ID` with an id another room gave out.
+    Elsewhere(Id),
 }
 
 /// Messages and actions, which history keeps; not notices (`*** `) nor
@@ -579,6 +586,14 @@ pub(super) fn render_answer(
         Ask::Lost(since) => text.push_str(&format!(
             "*** the history since {since} is gone (the server restarted, or the room was empty for too long); {}\r\n", if shown == 0 { "nothing was said since".to_string() } else { format!("showing the last {shown}") }
         )),
+        Ask::Elsewhere(since) => text.push_str(&format!(
+            "*** {since} is an id of another room, not of {name}; {}\r\n",
+            if shown == 0 {
+                "nothing to show".to_string()
+            } else {
+                format!("showing the last {shown}")
+            }
+        )),
         _ if left_out > 0 => text.push_str(&format!(
             "*** {} left out: too long to send at once\r\n",
             plural(left_out, "older line")
@@ -596,7 +611,7 @@ pub(super) fn render_answer(
     }
     let since = match ask {
         Ask::Resume(since, _) | Ask::Lost(since) => format!(" since {since}"),
-        Ask::Last => String::new(),
+        Ask::Last | Ask::Elsewhere(_) => String::new(),
     };
     text.push_str(&format!(
         "*** history of {name}{since} ({}, times UTC):",

@@ -1870,3 +1870,24 @@ fn saved(hub: &mut Hub, rec: &mut Rec) {
         hub.bans_saved(Ok(()), rec);
     }
 }
+
+#[test]
+fn since_an_id_of_another_room_says_so_not_that_the_server_restarted() {
+    let mut hub = history_hub(3, 20);
+    let mut rec = Rec::default();
+    hub.connect(c(0), LOCALHOST, &mut rec);
+    hub.connect(c(1), LOCALHOST, &mut rec);
+    hub.line(c(0), "in the lobby", &mut rec);
+    let lobby = hub.history.head(0).unwrap().epoch;
+    hub.line(c(1), "/join games", &mut rec);
+    rec.take();
+    hub.line(c(1), &format!("/history since {lobby}-1"), &mut rec);
+    let got = rec.to(1).join("\r\n");
+    assert!(
+        got.starts_with(&format!(
+            "*** {lobby}-1 is an id of another room, not of #games; nothing to show\r\n"
+        )),
+        "{got}"
+    );
+    assert!(!got.contains("restarted"), "{got}");
+}

@@ -7,7 +7,7 @@
 
 use super::Server;
 use crate::config::Config;
-use crate::conn::{self, Conn, HttpSession, LineSession, Proto};
+use crate::conn::{self, Conn, HttpSession, LineSession, Proto, Web};
 use crate::metrics::Metrics;
 use crate::timer::{Timer, Timers};
 use log::warn;
@@ -15,6 +15,7 @@ use mio::net::TcpListener;
 use mio::{Interest, Poll, Registry, Token};
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,12 @@ pub struct Listeners {
     open: Vec<Option<TcpListener>>,
     /// The TLS ports' certificate (--tls-cert, --tls-self-signed).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Indexed by `Port`: what a TLS port tells a client that speaks plain
+    /// text to it (the port to use instead), made once the ports are bound.
+    plain: Vec<Option<Rc<[u8]>>>,
+    /// Indexed by `Port`: the web page a line port names to a browser that
+    /// came to it (conn/line.rs).
+    web: Vec<Option<Web>>,
     /// Accepting failed for want of descriptors; a timer retries.
     stalled: bool,
     warned: Option<Instant>,
@@ -136,6 +143,8 @@ impl Listeners {
         let mut all = Listeners {
             open: Port::all().map(|_| None).collect(),
             tls: None,
+            plain: Port::all().map(|_| None).collect(),
+            web: Port::all().map(|_| None).collect(),
             stalled: false,
             warned: None,
         };
@@ -162,6 +171,40 @@ impl Listeners {
                 self.bind(poll, cfg, port, number)?;
             }
         }
+        let web = |port, scheme| {
+            self.addr(port).map(|a| Web {
+                scheme,
+                port: a.port(),
+            })
+        };
+        let (http, https) = (web(Port::Http, "http"), web(Port::Https, "https"));
+        self.web[Port::Line as usize] = http;
+        self.web[Port::TlsLine as usize] = https.or(http);
+        self.plain[Port::TlsLine as usize] = self.addr(Port::Line).map(|line| {
+            let text = format!(
+                "*** error: this is chatd's TLS port; use --tls (chat) or a TLS client, or the plain port {}\r\n",
+                line.port()
+            );
+            Rc::from(text.into_bytes())
+        });
+        self.plain[Port::Https as usize] = self.addr(Port::Https).map(|https| {
+            let mut text = format!(
+                "This is chatd's HTTPS port: use https://HOST:{}/",
+                https.port()
+            );
+            if let Some(web) = self.addr(Port::Http) {
+                text.push_str(&format!(", or http://HOST:{}/", web.port()));
+            }
+            text.push('\n');
+            let page = crate::http::response(
+                400,
+                "text/plain; charset=utf-8",
+                text.as_bytes(),
+                false,
+                &[],
+            );
+            Rc::from(page)
+        });
         Ok(())
     }
 
@@ -242,7 +285,10 @@ impl Listeners {
             };
             // The listener chooses the state machine the connection starts in.
             let now = Instant::now();
-            let proto = (port.row().first)(cfg, now);
+            let proto = match (port.row().first)(cfg, now) {
+                Proto::Line(s) => Proto::Line(s.with_web(self.web[port as usize])),
+                other => other,
+            };
             let max = cfg.max_clients;
             if clients >= max as usize {
                 warn!("{peer} refused: server full ({max} clients)");
@@ -256,7 +302,12 @@ impl Listeners {
             }
             let tls = self.tls.as_ref().filter(|_| port.row().tls);
             match Conn::accept(sock, peer, proto, tls, cfg, now) {
-                Ok(c) => return Some(c),
+                Ok(mut c) => {
+                    if let Some(answer) = tls.and(self.plain[port as usize].as_ref()) {
+                        c.tell_plain(answer.clone());
+                    }
+                    return Some(c);
+                }
                 Err(e) => warn!("{peer} dropped: {e}"),
             }
         }

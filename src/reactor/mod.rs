@@ -37,7 +37,7 @@ use self::listeners::{Listeners, PORTS, Port};
 use self::outbox::{Out, cut_off, mark_closing};
 use self::startup::unix_ms;
 use crate::cluster::{self, Inbound, Link};
-use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, READ_BUDGET_BYTES};
+use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, QUIET_WAIT, READ_BUDGET_BYTES};
 use crate::conn::{self, After, Conn, Expired, Input, Push, State, Step};
 use crate::http::Request;
 use crate::hub::{ClientId, ClusterOp, Hub, Outbox};
@@ -91,8 +91,9 @@ pub struct Server {
     metrics: Metrics,
     /// The serial the next accepted connection gets.
     next_serial: u64,
-    /// The self-signed certificate's SHA-256 fingerprint, for the operator.
-    fingerprint: Option<String>,
+    /// The self-signed certificate's SHA-256 fingerprint and path, for the
+    /// operator and clients that pin it.
+    fingerprint: Option<(String, std::path::PathBuf)>,
     /// --max-per-ip and --max-connects.
     per_addr: PerAddr,
     /// Writes the bans file off the loop (startup.rs).
@@ -471,7 +472,9 @@ impl Server {
     }
 
     /// The protocol starts, the stages beneath it passed (the address
-    /// known, a handshake finished): a line client joins the chat.
+    /// known, a handshake finished). A line client joins the chat by its
+    /// own `Step::Join`: at its first line of chat, or once it has been
+    /// quiet for QUIET_WAIT (the timer set here).
     fn start(&mut self, k: usize) {
         let Some(c) = self.conns.get_mut(k) else {
             return;
@@ -480,7 +483,12 @@ impl Server {
             return;
         }
         if c.proto.in_chat() {
-            self.join(k);
+            let me = ConnRef {
+                key: k,
+                serial: c.serial,
+            };
+            self.timers
+                .push(Instant::now() + QUIET_WAIT, Timer::Quiet(me));
         } else {
             debug!("{} web connection", c.peer);
         }
@@ -603,6 +611,7 @@ impl Server {
                     self.mark_pending(k);
                     self.join(k);
                 }
+                Step::Join => self.join(k),
                 Step::Metrics(request) => {
                     self.serve_metrics(k, &request);
                     break;
@@ -775,6 +784,9 @@ impl Server {
             }
             let (hub, mut out) = self.out();
             hub.disconnect(ClientId(k), reason.as_deref(), &mut out);
+        } else if let Some(r) = &reason {
+            // Closed before it joined: another protocol refused (conn/line.rs).
+            info!("{peer} closed: {r}");
         }
         let Some(c) = self.conns.get_mut(k) else {
             return;
@@ -922,6 +934,18 @@ impl Server {
                 Timer::Idle(me) => {
                     if let Some(limit) = limit {
                         acted |= self.idle_check(me, limit, now);
+                    }
+                }
+                Timer::Quiet(me) => {
+                    if let Some(c) = live(&mut self.conns, me)
+                        && c.state == State::Open
+                        && !c.joined
+                    {
+                        c.proto.quiet();
+                        if !c.in_readable {
+                            c.in_readable = true;
+                            self.readable.push(me);
+                        }
                     }
                 }
             }

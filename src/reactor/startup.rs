@@ -45,14 +45,19 @@ impl Server {
             .with_history(cfg.history_limits(), cfg.history_on_join as usize)
             .with_reply_max(cfg.sendq as usize / 4);
         hub.tick(unix_ms());
+        info!(
+            "state directory {} (--state-dir); bans in {}",
+            cfg.state_dir.display(),
+            cfg.bans_path().display()
+        );
         let (tls, fingerprint) = tls(&cfg)?;
         if let Some(tls) = tls {
             listeners.speak_tls(tls);
             listeners.open(&poll, &cfg, true)?;
         }
-        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt.clone());
+        let per_addr = PerAddr::new(cfg.max_per_ip, cfg.max_connects, cfg.limit_exempt());
         let bans_writer = BansWriter::start(
-            &cfg.bans_file,
+            cfg.bans_path(),
             mio::Waker::new(poll.registry(), super::BANS_WRITTEN)?,
         )?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -87,7 +92,12 @@ impl Server {
 
     /// The self-signed certificate's SHA-256 fingerprint (--tls-self-signed).
     pub fn tls_fingerprint(&self) -> Option<&str> {
-        self.fingerprint.as_deref()
+        self.fingerprint.as_ref().map(|(fp, _)| fp.as_str())
+    }
+
+    /// Where the self-signed certificate is kept, for clients to pin.
+    pub fn tls_cert_path(&self) -> Option<&std::path::Path> {
+        self.fingerprint.as_ref().map(|(_, path)| path.as_path())
     }
 
     /// Hands the bans file's new text to its writer if the bans changed
@@ -146,10 +156,9 @@ pub(super) struct BansWriter {
 }
 
 impl BansWriter {
-    pub(super) fn start(path: &str, waker: mio::Waker) -> io::Result<BansWriter> {
+    pub(super) fn start(path: std::path::PathBuf, waker: mio::Waker) -> io::Result<BansWriter> {
         let (texts, todo) = mpsc::channel::<BansFile>();
         let (done, results) = mpsc::channel();
-        let path = std::path::PathBuf::from(path);
         let thread = std::thread::Builder::new()
             .name("bans-file".into())
             .spawn(move || {
@@ -231,6 +240,10 @@ fn write_durably(path: &std::path::Path, text: &str) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let written = (|| {
+        // The state directory, made on the first save.
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::config::make_state_dir(d)?;
+        }
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
@@ -272,16 +285,27 @@ fn hub_and_link(cfg: &Config) -> io::Result<(Hub, Option<Link>)> {
 
 /// The TLS ports' certificate (--tls-cert and --tls-key, or
 /// --tls-self-signed), and a self-signed one's fingerprint.
-type TlsSetup = (Option<Arc<rustls::ServerConfig>>, Option<String>);
+type TlsSetup = (
+    Option<Arc<rustls::ServerConfig>>,
+    Option<(String, std::path::PathBuf)>,
+);
 
 fn tls(cfg: &Config) -> io::Result<TlsSetup> {
     if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
         let tls = crate::tls::load(cert, key).map_err(invalid)?;
         Ok((Some(tls), None))
     } else if cfg.tls_self_signed {
-        let (tls, fp, _) = crate::tls::self_signed().map_err(io::Error::other)?;
-        info!("TLS with a self-signed certificate, SHA-256 fingerprint {fp}");
-        Ok((Some(tls), Some(fp)))
+        let names = crate::tls::names_for(&cfg.host);
+        let (tls, fp, path) =
+            crate::tls::pinned(&cfg.state_dir, &names).map_err(io::Error::other)?;
+        // Absolute, so `chat --tls-ca PATH` works from anywhere.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        info!(
+            "TLS with the self-signed certificate {} for {}, SHA-256 fingerprint {fp}",
+            path.display(),
+            names.join(", ")
+        );
+        Ok((Some(tls), Some((fp, path))))
     } else {
         Ok((None, None))
     }
@@ -293,7 +317,16 @@ fn tls(cfg: &Config) -> io::Result<TlsSetup> {
 fn access(cfg: &Config) -> io::Result<Access> {
     let password = cfg.password().map_err(invalid)?;
     let oper = cfg.oper_password().map_err(invalid)?;
-    let bans = match std::fs::read(&cfg.bans_file) {
+    let path = cfg.bans_to_read(std::path::Path::exists);
+    if path != cfg.bans_path() {
+        warn!(
+            "bans read from {} (where an older chatd kept them); from their next change on they are kept in {}",
+            path.display(),
+            cfg.bans_path().display()
+        );
+    }
+    let bans_file = path.display();
+    let bans = match std::fs::read(&path) {
         Ok(bytes) => {
             let (bans, bad) = Bans::from_file(&bytes, unix_ms());
             if bad.count > 0 {
@@ -304,23 +337,19 @@ fn access(cfg: &Config) -> io::Result<Access> {
                     ""
                 };
                 warn!(
-                    "{}: {} line(s) that are not bans left out (line {}{more})",
-                    cfg.bans_file,
+                    "{bans_file}: {} line(s) that are not bans left out (line {}{more})",
                     bad.count,
                     lines.join(", ")
                 );
             }
-            info!("{} ban(s) from {}", bans.len(), cfg.bans_file);
+            info!("{} ban(s) from {bans_file}", bans.len());
             bans
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Bans::default(),
         Err(e) => {
             return Err(io::Error::new(
                 e.kind(),
-                format!(
-                    "cannot read the bans file {}: {e} (--bans-file)",
-                    cfg.bans_file
-                ),
+                format!("cannot read the bans file {bans_file}: {e} (--bans-file, --state-dir)"),
             ));
         }
     };

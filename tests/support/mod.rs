@@ -24,6 +24,8 @@ pub struct Server {
     /// The TLS ports, when started with --tls-cert or --tls-self-signed.
     pub tls_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
+    /// What it printed on stdout at start, up to `ready`.
+    pub banner: Vec<String>,
 }
 
 impl Server {
@@ -61,15 +63,26 @@ impl Server {
         if tls && !args.contains(&"--https-port") && !args.contains(&"--no-http") {
             cmd.args(["--https-port", "0"]);
         }
-        // Every test client comes from loopback: the per-address limits
-        // apply only where a test asks for them.
-        let limits = ["--max-per-ip", "--max-connects", "--limit-exempt"];
-        if !args.iter().any(|a| limits.contains(a)) {
-            cmd.args(["--limit-exempt", "127.0.0.0/8"]);
+        // Every test client comes from loopback, which the per-address
+        // limits exempt by default: a test that sets a limit means it for
+        // its loopback clients.
+        let limits = ["--max-per-ip", "--max-connects"];
+        if args.iter().any(|a| limits.contains(a)) && !args.contains(&"--limit-loopback") {
+            cmd.arg("--limit-loopback");
         }
         // chatd reads its bans from the working directory by default: a
         // chatd-bans.txt left there by a server run by hand (banning
         // 127.0.0.1, say) must not reach the tests. One file per server.
+        // Nor may a server's state (a self-signed certificate) land in the
+        // working directory or be shared: one state directory per server.
+        if !args.contains(&"--state-dir") {
+            static STATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = STATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("state-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            cmd.arg("--state-dir").arg(path);
+        }
         if !args.contains(&"--bans-file") {
             static BANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = BANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -104,8 +117,10 @@ impl Server {
         let mut addr = None;
         let mut http_addr = None;
         let (mut tls_addr, mut https_addr) = (None, None);
-        for _ in 0..8 {
+        let mut banner = Vec::new();
+        for _ in 0..10 {
             let Some(Ok(line)) = lines.next() else { break };
+            banner.push(line.clone());
             if let Some(a) = line.strip_prefix("listening on ") {
                 addr = Some(a.trim().parse().expect("listen address"));
             } else if let Some(a) = line.strip_prefix("http on ") {
@@ -128,6 +143,7 @@ impl Server {
             http_addr,
             tls_addr,
             https_addr,
+            banner,
         }
     }
 
@@ -483,4 +499,23 @@ pub fn stderr_of(child: &mut Child) -> String {
         let _ = e.read_to_string(&mut err);
     }
     err
+}
+
+/// Runs the real `chat --tls` against `port` with `extra` flags, sends
+/// `line` and ends its input: how it exited, and its stderr.
+pub fn chat_tls_line(port: u16, extra: &[&str], line: &str) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--tls"])
+        .args(extra)
+        .args(["--no-reconnect", "--wait", "0.2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let status = wait_exit(&mut child, TIMEOUT).expect("chat did not finish");
+    (status, stderr_of(&mut child))
 }

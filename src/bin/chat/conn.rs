@@ -172,8 +172,9 @@ pub fn tls_failure(e: &io::Error) -> Option<End> {
     }
     let text = e.to_string();
     let hint = if text.contains("certificate") {
-        "the server's certificate does not verify: --tls-ca PEM trusts a given \
-         certificate, --insecure any (a --tls-self-signed server)"
+        "the server's certificate does not verify: --tls-ca PATH trusts a given \
+         certificate (a --tls-self-signed chatd prints its path: `tls certificate PATH`), \
+         --insecure any"
     } else {
         "no TLS there: --tls goes to chatd's TLS port (--tls-port, 3443); \
          the line port (3000) is plain, without --tls"
@@ -620,8 +621,19 @@ fn read_until_closed(
                 return "TLS port".into();
             }
             Ok(_) => {
-                first = false;
                 let text = sanitize(&line);
+                // chatd's TLS port tells plain text where to go (once we
+                // have sent a line), then closes: not a reason to retry.
+                if first && text.starts_with("*** error: this is chatd's TLS port") {
+                    out.server(&text);
+                    shared.lock().end = Some(End::Tls(
+                        "the server speaks TLS: add --tls (and --insecure or --tls-ca PEM \
+                         for a self-signed certificate)"
+                            .into(),
+                    ));
+                    return "TLS port".into();
+                }
+                first = false;
                 shared.track(&text);
                 if let Some(shown) = tracker.receive(&text) {
                     out.server(&shown);

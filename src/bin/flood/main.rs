@@ -35,7 +35,7 @@ use report::Report;
 
 const EXAMPLES: &str = "\
 Examples:
-  chatd --port 3000 --limit-exempt 127.0.0.0/8 & chatd=$!   a server to test, its pid
+  chatd --port 3000 & chatd=$!                        a server to test, its pid
   flood --port 3000                                   100 clients, 10 senders, 1000 lines of 64 B
   flood --port 3000 -n 1000 -s 1 -m 2000 --pid \"$chatd\"
   flood --port 3000 --rate 2000 -m 600 --json         open loop: 2 000 lines/s in total
