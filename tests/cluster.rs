@@ -1594,3 +1594,37 @@ fn forged_bans_on_redis_are_dropped() {
         "nothing was banned"
     );
 }
+
+// --- issue 21: one chat in one order -----------------------------------------
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_redis_cluster_node_is_refused_clearly_and_never_linked() {
+    let redis = Redis::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "{dir}/nodes.conf",
+    ]);
+    let dir = TempDir::new("redis-cluster");
+    let log = dir.path().join("chatd.log");
+    let url = redis.url();
+    let mut args = vec!["--redis", &url, "--node-id", "n1"];
+    args.extend_from_slice(FAST);
+    let node = start_logged(&log, &args);
+    let line = wait_log(&log, &["Redis Cluster", "issue 24"], RELINK);
+    assert!(line.contains("cluster_enabled:1"), "{line}");
+    // It keeps trying (a node restarted without cluster mode is used at
+    // once), and every attempt is refused the same way.
+    wait_metric(&node, "connect_failures_total", RELINK, |v| v >= 3.0);
+    assert_eq!(metric(&node, "link_up"), 0.0);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("cluster link up"), "{text}");
+    // Local chat works (names wait for a link); nobody is told it is up.
+    let mut a = node.client();
+    let mut b = node.client();
+    a.send("still local");
+    let want = format!("<{}> still local", a.name);
+    let before = expect_within(&mut b, TIMEOUT, "the line", |l| l == want);
+    assert!(!before.iter().any(|l| l == LINK_RESTORED), "{before:?}");
+}

@@ -250,6 +250,9 @@ impl Link {
             let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
             self.send_cmd(&args, Expect::Check("AUTH"), Kind::Force);
         }
+        // Before SELECT, which a Redis Cluster node refuses for any
+        // database but 0: the clearer reason comes first.
+        self.send_cmd(&[b"INFO", b"cluster"], Expect::Info, Kind::Force);
         self.send_cmd(
             &[b"SELECT", db.as_bytes()],
             Expect::Check("SELECT"),
@@ -630,6 +633,7 @@ impl Link {
         let (_, expect) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
         match expect {
             Expect::Check(what) => return self.must_be_ok(what, &frame),
+            Expect::Info => return self.info_reply(&frame),
             Expect::Pong => {
                 self.must_be_ok("PING", &frame)?;
                 if let State::Connecting { cmd_ready, .. } = &mut self.state {

@@ -7,7 +7,7 @@ use super::LOG;
 use super::events::Inbound;
 use super::redis::frame_bytes;
 use super::timing::BACKOFF_MIN;
-use super::wire::claim_wins;
+use super::wire::{self, claim_wins};
 use super::{Link, State, now_ms};
 use crate::access::MAX_BANS;
 use crate::history::Id;
@@ -46,6 +46,9 @@ pub enum Expect {
     Script(usize),
     /// HGETALL of the bans hash.
     Bans,
+    /// `INFO cluster`, first thing on a new connection: a Redis Cluster
+    /// node is refused.
+    Info,
 }
 
 /// What a command costs --cluster-queue beyond its RESP bytes: its entry
@@ -81,6 +84,23 @@ impl Link {
             return Err(format!("Redis refused {what}: {}", e.escape_debug()));
         }
         Ok(())
+    }
+
+    /// `INFO cluster`: on a Redis Cluster node a room's keys hash to
+    /// different slots and half of what the link sends would be refused
+    /// (CROSSSLOT, MOVED) while it looked up; so the link never comes up
+    /// there. An ACL without INFO cannot tell: the link goes on, and says so.
+    pub(super) fn info_reply(&mut self, frame: &OwnedFrame) -> Result<(), String> {
+        match frame {
+            OwnedFrame::Error(e) => {
+                self.refused("INFO (is it a Redis Cluster node?)", e);
+                Ok(())
+            }
+            f => match frame_bytes(f) {
+                Some(info) if wire::redis_cluster(info) => Err(wire::REDIS_CLUSTER.to_string()),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// The answer to a renewal: who holds the name now.

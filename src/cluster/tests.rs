@@ -328,6 +328,7 @@ impl FakeRedis {
         match verb.as_str() {
             "SELECT" | "AUTH" | "SET" => "+OK\r\n".into(),
             "PING" => "+PONG\r\n".into(),
+            "INFO" => bulk("# Cluster\r\ncluster_enabled:0\r\n"),
             "SCRIPT" => bulk(&format!("sha{}", args[2].len())),
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
@@ -475,12 +476,13 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
     s.until("up", |s| s.inbound.contains(&Inbound::Up));
     assert!(s.link.is_up() && s.link.stats().link_up);
     let verbs: Vec<&str> = s.redis.cmds.iter().map(|c| c[0].as_str()).collect();
+    // Issue 21: INFO first, to refuse a Redis Cluster node.
     assert_eq!(
-        verbs[..4],
-        ["SELECT", "SCRIPT", "SCRIPT", "PING"],
+        verbs[..5],
+        ["INFO", "SELECT", "SCRIPT", "SCRIPT", "PING"],
         "{verbs:?}"
     );
-    assert_eq!(s.redis.cmds[0][1], "3", "the URL's database");
+    assert_eq!(s.redis.cmds[1][1], "3", "the URL's database");
     assert_eq!(
         s.redis.subs[0],
         ["SUBSCRIBE", "chatd:3:p", "chatd:3:b", "chatd:3:n:me~1"]
@@ -559,6 +561,21 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
         }]
     );
     assert_eq!(s.link.stats().received, 2);
+}
+
+#[test]
+fn a_redis_cluster_node_is_a_failed_connect_with_the_reason_not_a_link() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.redis.answer =
+        Box::new(|args| (args[0] == "INFO").then(|| bulk("# Cluster\r\ncluster_enabled:1\r\n")));
+    s.until("down", |s| !s.inbound.is_empty());
+    assert!(
+        matches!(&s.inbound[..], [Inbound::Down(why)] if why.contains("Redis Cluster") && why.contains("issue 24")),
+        "{:?}",
+        s.inbound
+    );
+    assert!(!s.link.stats().link_up);
+    assert_eq!(s.link.stats().connect_failures, 1);
 }
 
 #[test]

@@ -130,6 +130,18 @@ impl Keys {
     }
 }
 
+/// Why a Redis Cluster node is not used (yet).
+pub const REDIS_CLUSTER: &str = "Redis is a Redis Cluster node (cluster_enabled:1), which chatd does not support yet: \
+a room's keys would hash to different slots (CROSSSLOT) and names and bans be MOVED. Sharding over a Redis Cluster \
+comes with issue 24; until then point --redis at a standalone Redis (or a primary with replicas)";
+
+/// Whether an `INFO` (or `INFO cluster`) answer is a Redis Cluster node's.
+pub fn redis_cluster(info: &[u8]) -> bool {
+    info.split(|&c| c == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .any(|l| l == b"cluster_enabled:1")
+}
+
 /// A claim on a name, as stored in its key: `MS NODE ID`, the time of the
 /// claim in ms since the Unix epoch, the node and the user's id there.
 pub fn claim_value(since: u64, node: &str, id: ClientId) -> String {
@@ -613,6 +625,15 @@ mod tests {
             assert!(claim_wins(&a, junk), "{junk:?}");
             assert!(!claim_wins(junk, &a), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_redis_cluster_node_is_told_apart_by_its_info() {
+        assert!(redis_cluster(b"# Cluster\r\ncluster_enabled:1\r\n"));
+        assert!(!redis_cluster(b"# Cluster\r\ncluster_enabled:0\r\n"));
+        assert!(!redis_cluster(b""));
+        assert!(!redis_cluster(b"x_cluster_enabled:1"));
+        assert!(REDIS_CLUSTER.contains("issue 24"));
     }
 
     fn wire() -> Wire {

@@ -102,15 +102,28 @@ pub struct Redis {
     pub child: Option<Child>,
     pub port: u16,
     pub dir: TempDir,
+    /// More arguments for redis-server (a Redis Cluster node's).
+    pub extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With more arguments for redis-server; `{dir}` in them is replaced
+    /// by its scratch directory.
+    pub fn start_with(extra: &[&str]) -> Redis {
         let dir = TempDir::new("redis");
+        let extra = extra
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
         let mut redis = Redis {
             child: None,
             port: 0,
             dir,
+            extra,
         };
         // A port picked by free_port can be taken before redis binds it:
         // try a few.
@@ -144,6 +157,7 @@ impl Redis {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
