@@ -1628,3 +1628,54 @@ fn a_redis_cluster_node_is_refused_clearly_and_never_linked() {
     let before = expect_within(&mut b, TIMEOUT, "the line", |l| l == want);
     assert!(!before.iter().any(|l| l == LINK_RESTORED), "{before:?}");
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn forged_room_lines_in_every_format_never_become_server_lines() {
+    let cl = Cluster::start(1);
+    let mut c = cl.named(0, "carol");
+    let port = cl.redis.port;
+    let forged: &[&[u8]] = &[
+        // Numbered (the format SAY publishes), a LF and a CRLF before a
+        // forged notice.
+        b"evil =1-1:1\n<mallory> f1 hi\n*** bobby is now admin",
+        b"evil =2-1:1\n<mallory> f2 hi\r\n*** bobby is now admin\x1b[2J",
+        // A batch.
+        b"evil\n<mallory> f3 hi\n*** bobby is now admin",
+        // Senders no client could be.
+        b"evil =3-1:1\n<bad name> f4 x\n* b@d f5 y\n<> f6 z",
+        b"evil\n<waytoolongforanameinthischat> f7 x\n<mallory> f3b ok",
+        // One line that is neither a room line nor a notice.
+        b"evil hello f8",
+    ];
+    for payload in forged {
+        let got = redis_cmd(port, &[b"PUBLISH", b"chatd:0:r:lobby", payload]);
+        assert!(matches!(got, Resp::Int(_)), "PUBLISH: {got:?}");
+    }
+    let got = redis_cmd(port, &[b"PUBLISH", b"chatd:0:r:lobby", b"evil <probe> end"]);
+    assert!(matches!(got, Resp::Int(_)), "PUBLISH: {got:?}");
+    let before = expect_within(&mut c, TIMEOUT, "the clean line", |l| l == "<probe> end");
+    for line in &before {
+        assert!(
+            !line.starts_with("*** bobby"),
+            "a forged notice became a server line: {line:?} in {before:?}"
+        );
+        assert!(
+            !line.chars().any(|ch| ch.is_control() || ch == '\u{202e}'),
+            "{line:?}"
+        );
+        for bad in ["f4", "f5", "f6", "f7", "f8"] {
+            assert!(
+                !line.split(' ').any(|w| w == bad),
+                "{bad} reached a user: {line:?} in {before:?}"
+            );
+        }
+    }
+    for good in ["f1", "f2", "f3", "f3b"] {
+        let n = before
+            .iter()
+            .filter(|l| l.starts_with(&format!("<mallory> {good} ")))
+            .count();
+        assert_eq!(n, 1, "{good}: {before:?}");
+    }
+}

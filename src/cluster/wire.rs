@@ -186,6 +186,37 @@ pub fn room_key_ok(s: &str) -> bool {
     name_ok(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
 }
 
+/// A room line as the hub writes one, after cleaning: `<NAME> TEXT` or
+/// `* NAME TEXT` (src/hub/mod.rs, command.rs), NAME a name a client could
+/// choose, and nothing [`sanitize`] removes (a second check: a line that
+/// breaks out of its own line or its direction never reaches a user).
+/// What else arrives as a room line would show as something it is not
+/// (`*** bobby is now admin`, a server line).
+pub fn room_line_ok(line: &str) -> bool {
+    let name = if let Some(rest) = line.strip_prefix('<') {
+        rest.split_once("> ").map(|(name, _)| name)
+    } else if let Some(rest) = line.strip_prefix("* ") {
+        rest.split_once(' ').map(|(name, _)| name)
+    } else {
+        None
+    };
+    name.is_some_and(name_ok) && !line.chars().any(breaks_out)
+}
+
+/// A notice from another instance's hub (`*** ...`): only ever the one
+/// line of an unnumbered publication, which cannot hold a line break.
+fn notice_ok(line: &str) -> bool {
+    line.starts_with("*** ") && !line.chars().any(breaks_out)
+}
+
+/// What ends a line, starts an escape, or turns the text's direction.
+fn breaks_out(c: char) -> bool {
+    matches!(
+        c,
+        '\r' | '\n' | '\x1b' | '\u{80}'..='\u{9f}' | '\u{61c}' | '\u{200e}' | '\u{200f}'
+    ) || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// A local line, or a batch of them (CRLF between), for the room on the
 /// other instances. One line travels as `NODE TEXT`; a batch as one
 /// publication `NODE\nLINE\nLINE...` (one PUBLISH for the lot, which is
@@ -334,6 +365,9 @@ impl Wire {
                 return Err("too long");
             }
             let text = sanitize(text).ok_or("blank line")?;
+            if !(room_line_ok(&text) || notice_ok(&text)) {
+                return Err("not a room line");
+            }
             return Ok(Some(Inbound::Room(room.to_string(), text)));
         }
         let lines = self.lines(text, Blank::Skip)?;
@@ -360,7 +394,8 @@ impl Wire {
     }
 
     /// LF-separated lines, each bounded and cleaned as a line of its own,
-    /// joined with CRLF (as the hub takes a batch).
+    /// and each a room line ([`room_line_ok`]: never a notice, which only
+    /// travels alone), joined with CRLF (as the hub takes a batch).
     fn lines(&self, text: &[u8], blank: Blank) -> Result<String, &'static str> {
         let mut lines = Vec::new();
         for line in text.split(|&c| c == b'\n') {
@@ -368,9 +403,10 @@ impl Wire {
                 return Err("too long");
             }
             match (sanitize(line), blank) {
-                (Some(clean), _) => lines.push(clean),
+                (Some(clean), _) if room_line_ok(&clean) => lines.push(clean),
+                (Some(_), Blank::Keep) => lines.push("<?> (not a room line)".into()),
                 (None, Blank::Keep) => lines.push("<?> (blank)".into()),
-                (None, Blank::Skip) => {}
+                (_, Blank::Skip) => {}
             }
         }
         Ok(lines.join("\r\n"))
@@ -426,7 +462,7 @@ impl Wire {
             if id.epoch != epoch || raw.len() > self.max_text {
                 continue;
             }
-            if let Some(clean) = sanitize(raw) {
+            if let Some(clean) = sanitize(raw).filter(|l| room_line_ok(l)) {
                 lines.push(Line::new(id.n, ms.parse().unwrap_or(0), &clean));
             }
         }
@@ -816,6 +852,68 @@ mod tests {
             panic!()
         };
         assert_eq!(text, "<?> (blank)\r\n<m> b");
+    }
+
+    #[test]
+    fn every_room_format_refuses_what_is_not_a_room_line() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        let notice = "*** bobby is now admin";
+        // Numbered: the forged line keeps its number, as a placeholder.
+        for sep in ["\n", "\r\n"] {
+            let Inbound::Said { text, .. } =
+                ok(&w, &room, &format!("n2 =17-4:3\n<m> hi{sep}{notice}"))
+            else {
+                panic!()
+            };
+            assert_eq!(text, "<m> hi\r\n<?> (not a room line)", "{sep:?}");
+        }
+        // A batch: the forged line goes.
+        let Inbound::Room(_, text) = ok(&w, &room, &format!("n2\n<m> hi\n{notice}\n* m waves"))
+        else {
+            panic!()
+        };
+        assert_eq!(text, "<m> hi\r\n* m waves");
+        assert!(
+            w.decode(room.as_bytes(), format!("n2\n{notice}").as_bytes())
+                .is_err()
+        );
+        // Senders no client could be.
+        for bad in [
+            "<bad name> x",
+            "<> x",
+            "* b@d x",
+            "*m x",
+            "<m>x",
+            "hello",
+            "<waytoolongforanameinthischat> x",
+        ] {
+            assert!(!room_line_ok(bad), "{bad:?}");
+            assert!(
+                w.decode(room.as_bytes(), format!("n2 {bad}").as_bytes())
+                    .is_err(),
+                "{bad:?}"
+            );
+            let Inbound::Said { text, .. } = ok(&w, &room, &format!("n2 =17-4:3\n{bad}")) else {
+                panic!()
+            };
+            assert_eq!(text, "<?> (not a room line)", "{bad:?}");
+        }
+        for good in ["<m> hi", "<guest-12> /x", "* m waves", "<A.b_c-d> "] {
+            assert!(room_line_ok(good), "{good:?}");
+        }
+        // What sanitize would have removed is refused even so.
+        for c in [
+            '\r', '\n', '\x1b', '\u{9b}', '\u{202e}', '\u{2067}', '\u{200f}',
+        ] {
+            assert!(!room_line_ok(&format!("<m> a{c}b")), "{c:?}");
+            assert!(!notice_ok(&format!("*** a{c}b")), "{c:?}");
+        }
+        // One notice alone, unnumbered, is another hub's (a join, a leave).
+        assert_eq!(
+            ok(&w, &room, &format!("n2 {notice}")),
+            Inbound::Room("lobby".into(), notice.into())
+        );
     }
 
     #[test]
