@@ -1679,3 +1679,152 @@ fn forged_room_lines_in_every_format_never_become_server_lines() {
         assert_eq!(n, 1, "{good}: {before:?}");
     }
 }
+
+/// Each as bytes, for `redis_pipe`.
+fn cmd(args: &[&str]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+/// The room's epoch as SAY set it (a line was said there).
+fn room_epoch(port: u16, room: &str) -> String {
+    match redis_cmd(
+        port,
+        &[b"HGET", format!("chatd:0:h:{room}").as_bytes(), b"e"],
+    ) {
+        Resp::Bulk(Some(e)) => String::from_utf8(e).expect("an epoch"),
+        other => panic!("HGET e: {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn history_of_a_thousand_long_lines_leaves_the_link_up() {
+    let cl = Cluster::start_with(2, &["--history", "1000", "--max-line", "8000"]);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    alice.send("first");
+    assert_eq!(next_said(&mut bob), "<alice> first");
+    // 1000 more lines of 8000 bytes, as instances would have kept them.
+    let epoch = room_epoch(port, "lobby");
+    let text = format!("<alice> {}", "x".repeat(8000 - 8));
+    let mut cmds: Vec<Vec<Vec<u8>>> = (2..=1001)
+        .map(|n| {
+            let id = format!("{epoch}-{n}");
+            cmd(&["XADD", "chatd:0:s:lobby", &id, "t", &text, "ms", "0"])
+        })
+        .collect();
+    cmds.push(cmd(&["HSET", "chatd:0:h:lobby", "n", "1001"]));
+    for r in redis_pipe(port, &cmds) {
+        assert!(!matches!(r, Resp::Error(_)), "{r:?}");
+    }
+    alice.send("/history 1000");
+    let (header, before) = read_until(&mut alice, TIMEOUT, "the history", |l| {
+        l.starts_with("*** history of #lobby (")
+    });
+    assert!(
+        before
+            .iter()
+            .any(|l| l.ends_with("older lines left out: too long to send at once")),
+        "{before:?} {header}"
+    );
+    // The link stayed up: a line still crosses, both ways, and nobody was
+    // told the link went down.
+    bob.send("after");
+    let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| l == "<bob> after");
+    assert!(
+        !seen.iter().chain(&before).any(|l| l == LINK_DOWN),
+        "{before:?}"
+    );
+    alice.send("back");
+    let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| l == "<alice> back");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    assert_eq!(metric(&cl.nodes[0], "reconnects_total"), 0.0);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn six_thousand_long_bans_in_redis_leave_the_link_up() {
+    let dir = TempDir::new("many-bans");
+    let redis = Redis::start();
+    let reason = "r".repeat(760);
+    let cmds: Vec<Vec<Vec<u8>>> = (0..60)
+        .map(|k| {
+            let mut c = cmd(&["HSET", "chatd:0:bans"]);
+            for i in k * 100..(k + 1) * 100 {
+                let net = format!("10.{}.{}.1/32", i / 256, i % 256);
+                c.push(net.clone().into_bytes());
+                c.push(format!("{net}\tpermanent\top\t{reason}").into_bytes());
+            }
+            c
+        })
+        .collect();
+    for r in redis_pipe(redis.port, &cmds) {
+        assert!(!matches!(r, Resp::Error(_)), "{r:?}");
+    }
+    let file = dir.path().join("bans.txt");
+    let (url, file) = (redis.url(), file.to_str().unwrap().to_string());
+    let mut args = vec!["--redis", &url, "--node-id", "n1", "--bans-file", &file];
+    args.extend_from_slice(FAST);
+    let node = Server::start(&args);
+    wait_metric(&node, "link_up", RELINK, |v| v == 1.0);
+    let mut alice = named(&node, "alice");
+    // Several ticks (400 ms each) with the link up throughout.
+    quiet_for(
+        &mut alice,
+        Duration::from_secs(3),
+        "the link went down",
+        |l| l == LINK_DOWN,
+    );
+    assert_eq!(metric(&node, "reconnects_total"), 0.0);
+    assert_eq!(metric(&node, "link_up"), 1.0);
+    // And it took the bans: every one of them reaches its file.
+    let deadline = Instant::now() + RELINK;
+    let saved = || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.lines().filter(|l| l.starts_with("10.")).count()
+    };
+    while saved() < 6000 && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    assert_eq!(saved(), 6000);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_five_mib_stream_entry_leaves_the_link_up_at_join() {
+    let cl = Cluster::start(2);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    let big = format!("<mallory> {}", "x".repeat(5 << 20));
+    let got = redis_cmd(
+        port,
+        &[
+            b"XADD",
+            b"chatd:0:s:games",
+            b"*",
+            b"t",
+            big.as_bytes(),
+            b"ms",
+            b"0",
+        ],
+    );
+    assert!(matches!(got, Resp::Bulk(Some(_))), "XADD: {got:?}");
+    bob.send("/join games");
+    bob.expect("the join", |l| l.starts_with("*** you joined #games"));
+    alice.send("/join games");
+    alice.expect("the join", |l| l.starts_with("*** you joined #games"));
+    alice.send("in games");
+    let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| {
+        l == "<alice> in games"
+    });
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    bob.send("hello");
+    let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| l == "<bob> hello");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    for node in &cl.nodes {
+        assert_eq!(metric(node, "reconnects_total"), 0.0);
+    }
+}

@@ -441,7 +441,7 @@ impl Link {
         if !self.state.is_up() {
             return false;
         }
-        let tail = scripts::read_args(self.keys(), room, after, count);
+        let tail = scripts::read_args(self.keys(), room, after, count, self.wire.max_text);
         let (verb, script) = self.shas.call(scripts::READ_I);
         let mut args: Vec<&[u8]> = vec![verb, &script, b"2"];
         args.extend(tail.iter().map(|a| a.as_bytes()));
@@ -622,9 +622,34 @@ impl Link {
             self.wire.node, self.url.addr
         );
         inbound.push(Inbound::Up);
-        // Bans set while we were away (or before we started).
+        // Bans set while we were away (or before we started), a page at a
+        // time: the hash has no bound of its own.
+        self.bans_from("0", 0);
+    }
+
+    /// Asks for the page of the bans hash at `cursor`; `taken`: bans taken
+    /// from the pages before.
+    pub(super) fn bans_from(&mut self, cursor: &str, taken: usize) {
         let key = self.keys().bans();
-        self.send_cmd(&[b"HGETALL", key.as_bytes()], Expect::Bans, Kind::Book);
+        let (page, longest) = (
+            scripts::BANS_PAGE.to_string(),
+            self.wire.max_text.to_string(),
+        );
+        let budget = scripts::BUDGET.to_string();
+        self.send_cmd(
+            &[
+                b"EVAL",
+                scripts::BANS.as_bytes(),
+                b"1",
+                key.as_bytes(),
+                cursor.as_bytes(),
+                page.as_bytes(),
+                longest.as_bytes(),
+                budget.as_bytes(),
+            ],
+            Expect::Bans(taken),
+            Kind::Book,
+        );
     }
 
     /// A reply on `cmd`: what it answers is the oldest entry of `pending`,
@@ -667,6 +692,7 @@ impl Link {
             },
             Expect::Say(id, room, text) => self.said_reply(id, room, text, frame, inbound),
             Expect::Read(id, room, asked) => {
+                let omitted = wire::left_out(&frame);
                 let answer = match frame {
                     OwnedFrame::Error(e) => {
                         self.forgot(&e);
@@ -683,12 +709,12 @@ impl Link {
                     epoch,
                     last,
                     lines,
+                    omitted,
                 });
             }
-            Expect::Bans => match frame {
-                OwnedFrame::Array(parts) => self.bans_read(&parts, inbound),
-                OwnedFrame::Error(e) => self.refused("HGETALL (the bans)", &e),
-                _ => {}
+            Expect::Bans(taken) => match frame {
+                OwnedFrame::Error(e) => self.refused("EVAL (a page of the bans)", &e),
+                f => self.bans_read(&f, taken, inbound),
             },
             Expect::Ignore(what) => {
                 if let OwnedFrame::Error(e) = frame {

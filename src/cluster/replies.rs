@@ -44,8 +44,9 @@ pub enum Expect {
     Read(ClientId, String, Asked),
     /// The SHA1 of a script in [`super::scripts::LOADED`], by index.
     Script(usize),
-    /// HGETALL of the bans hash.
-    Bans,
+    /// A page of the bans hash ([`super::scripts::BANS`]), with how many
+    /// bans the pages before it gave.
+    Bans(usize),
     /// `INFO cluster`, first thing on a new connection: a Redis Cluster
     /// node is refused.
     Info,
@@ -209,22 +210,27 @@ impl Link {
         }
     }
 
-    /// The bans hash: field NET, value the ban's line. Checked like any
-    /// publication (anyone who can reach Redis can write it): what does
-    /// not parse, or whose value names another net, is dropped and
-    /// counted; at most MAX_BANS are taken; the ones that ran out are
-    /// deleted from the hash.
-    pub(super) fn bans_read(&mut self, parts: &[OwnedFrame], inbound: &mut Vec<Inbound>) {
+    /// A page of the bans hash: field NET, value the ban's line. Checked
+    /// like any publication (anyone who can reach Redis can write it): what
+    /// does not parse, or whose value names another net, or that Redis left
+    /// out as too long, is dropped and counted; at most MAX_BANS are taken
+    /// over all pages; the ones that ran out are deleted from the hash.
+    /// Then the next page, if any.
+    pub(super) fn bans_read(
+        &mut self,
+        frame: &OwnedFrame,
+        mut taken: usize,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        let Some((next, left_out, pairs)) = wire::bans_page(frame) else {
+            return self.malformed(b"bans", "not a page of the bans hash");
+        };
+        if left_out > 0 {
+            self.malformed(b"bans", "a ban too long in the bans hash");
+        }
         let now = now_ms();
         let mut expired: Vec<Vec<u8>> = Vec::new();
-        let mut taken = 0;
-        for pair in parts.chunks(2) {
-            let (Some(field), Some(value)) = (
-                pair.first().and_then(frame_bytes),
-                pair.get(1).and_then(frame_bytes),
-            ) else {
-                continue;
-            };
+        for (field, value) in pairs {
             let Some(ban) = self.wire.ban_entry(field, value) else {
                 self.malformed(b"bans", "bad ban in the bans hash");
                 continue;
@@ -245,6 +251,11 @@ impl Link {
                 Expect::Ignore("HDEL (bans that ran out)"),
                 Kind::Book,
             );
+        }
+        if let Some(cursor) = next
+            && taken < MAX_BANS
+        {
+            self.bans_from(&cursor, taken);
         }
     }
 

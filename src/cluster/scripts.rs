@@ -62,28 +62,78 @@ pub fn say_args(
 }
 
 /// Reads a room's history: KEYS meta hash, stream; ARGV the oldest id to
-/// leave out (`(EPOCH-N`, or `-` for none) and how many lines at most.
+/// leave out (`(EPOCH-N`, or `-` for none), how many lines at most, the
+/// most bytes the answer may take ([`BUDGET`]) and the longest line taken.
 /// Returns the epoch, the last N, then id, ms, text of each line, newest
-/// first (read by [`super::wire::read_answer`]).
+/// first, then how many lines were left out (read by
+/// [`super::wire::Wire::read_answer`] and [`super::wire::left_out`]). A
+/// line longer than the longest taken is left out, and once the budget is
+/// spent so is every older one: no `/history`, `--history` or line in the
+/// stream (anyone who can reach Redis can XADD one of 5 MiB) makes the
+/// answer larger than the link reads (`MAX_REPLY`), which would drop the
+/// link for every user.
 pub const READ: &str = "local r = {redis.call('hget', KEYS[1], 'e') or '', \
      redis.call('hget', KEYS[1], 'n') or '0'} \
      if tonumber(ARGV[2]) > 0 then \
-       for _, x in ipairs(redis.call('xrevrange', KEYS[2], '+', ARGV[1], 'COUNT', ARGV[2])) do \
+       local budget, most, used, out = tonumber(ARGV[3]), tonumber(ARGV[4]), 0, 0 \
+       local xs = redis.call('xrevrange', KEYS[2], '+', ARGV[1], 'COUNT', ARGV[2]) \
+       for k, x in ipairs(xs) do \
          local t, ms = '', '0' \
          for i = 1, #x[2], 2 do \
            if x[2][i] == 't' then t = x[2][i + 1] elseif x[2][i] == 'ms' then ms = x[2][i + 1] end \
          end \
-         r[#r + 1] = x[1] r[#r + 1] = ms r[#r + 1] = t \
+         if #t > most then out = out + 1 \
+         elseif used + #t + 64 > budget then out = out + #xs - k + 1 break \
+         else used = used + #t + 64 r[#r + 1] = x[1] r[#r + 1] = ms r[#r + 1] = t end \
        end \
+       r[#r + 1] = tostring(out) \
      end \
      return r";
 
-/// READ's KEYS and ARGV: [meta, stream, `(AFTER` or `-`, count].
-pub fn read_args(keys: &Keys, room: &str, after: Option<Id>, count: usize) -> [String; 4] {
+/// The most bytes a READ or BANS answer may take, counting 64 for each
+/// entry's id, time and framing: half what the link reads of one reply.
+pub const BUDGET: usize = super::redis::MAX_REPLY / 2;
+
+/// READ's KEYS and ARGV: [meta, stream, `(AFTER` or `-`, count, budget,
+/// longest line].
+pub fn read_args(
+    keys: &Keys,
+    room: &str,
+    after: Option<Id>,
+    count: usize,
+    longest: usize,
+) -> [String; 6] {
     let (meta, stream) = keys.history(room);
     let after = after.map_or("-".to_string(), |a| format!("({a}"));
-    [meta, stream, after, count.to_string()]
+    [
+        meta,
+        stream,
+        after,
+        count.to_string(),
+        BUDGET.to_string(),
+        longest.to_string(),
+    ]
 }
+
+/// One page of the bans hash: KEYS[1] the hash; ARGV the HSCAN cursor, the
+/// page's size, the longest value taken, [`BUDGET`]. Returns the next cursor (`0`: the
+/// last page), how many entries were left out, then field, value of each.
+/// A value longer than a ban's line can be, or past [`BUDGET`], is left
+/// out, so no size of the hash makes an answer the link cannot read (it
+/// once read the hash whole, and 5 000 long bans made every instance that
+/// linked up flap for good).
+pub const BANS: &str = "local page = redis.call('hscan', KEYS[1], ARGV[1], 'COUNT', ARGV[2]) \
+     local r, used, out, most = {page[1], '0'}, 0, 0, tonumber(ARGV[3]) \
+     for i = 1, #page[2], 2 do \
+       local f, v = page[2][i], page[2][i + 1] \
+       if #v > most or #f > most or used + #f + #v + 64 > tonumber(ARGV[4]) then out = out + 1 \
+       else used = used + #f + #v + 64 r[#r + 1] = f r[#r + 1] = v end \
+     end \
+     r[2] = tostring(out) \
+     return r";
+
+/// How many entries of the bans hash are asked for in one page.
+pub const BANS_PAGE: usize = 100;
 
 /// The scripts loaded once per connection (SCRIPT LOAD) and then called
 /// by SHA1, by index: the ones sent often enough for their size to matter.

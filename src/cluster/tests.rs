@@ -333,6 +333,7 @@ impl FakeRedis {
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
             "EVAL" | "EVALSHA" if args[1].contains("incrby") => ":100\r\n".into(),
+            "EVAL" if args[1].contains("hscan") => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
             "EVAL" | "EVALSHA" => ":0\r\n".into(),
             _ => "-ERR unknown command\r\n".into(),
         }
@@ -495,7 +496,7 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
         s.redis
             .cmds
             .iter()
-            .any(|c| c[0] == "HGETALL" && c[1] == "chatd:3:bans")
+            .any(|c| c[0] == "EVAL" && c[1].contains("hscan") && c[3] == "chatd:3:bans")
     );
     s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
     assert_eq!(s.link.stats().connect_failures, 0);
@@ -576,6 +577,47 @@ fn a_redis_cluster_node_is_a_failed_connect_with_the_reason_not_a_link() {
     );
     assert!(!s.link.stats().link_up);
     assert_eq!(s.link.stats().connect_failures, 1);
+}
+
+#[test]
+fn the_bans_are_read_a_page_at_a_time_until_the_last() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.redis.answer = Box::new(|args| {
+        if !(args[0] == "EVAL" && args[1].contains("hscan")) {
+            return None;
+        }
+        // Page "0" leads to page "7", the last; one ban on each, and Redis
+        // says it left one out of the second.
+        let (next, out, net) = if args[4] == "0" {
+            ("7", "0", "10.0.0.1/32")
+        } else {
+            ("0", "1", "10.0.0.2/32")
+        };
+        let line = format!("{net}\tpermanent\top\tspam");
+        Some(format!(
+            "*4\r\n{}{}{}{}",
+            bulk(next),
+            bulk(out),
+            bulk(net),
+            bulk(&line)
+        ))
+    });
+    s.until("both pages", |s| {
+        s.inbound
+            .iter()
+            .filter(|e| matches!(e, Inbound::Ban(_)))
+            .count()
+            == 2
+    });
+    let cursors: Vec<&str> = s
+        .redis
+        .cmds
+        .iter()
+        .filter(|c| c[0] == "EVAL" && c[1].contains("hscan"))
+        .map(|c| c[4].as_str())
+        .collect();
+    assert_eq!(cursors, ["0", "7"]);
+    assert_eq!(s.link.stats().malformed, 1, "the one left out");
 }
 
 #[test]

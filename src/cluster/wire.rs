@@ -482,6 +482,48 @@ impl Wire {
     }
 }
 
+/// How many lines a READ answer says it left out (its last element, after
+/// the epoch, the last N and the triples of its lines).
+pub fn left_out(f: &OwnedFrame) -> u64 {
+    match f {
+        OwnedFrame::Array(parts) if parts.len() >= 3 && (parts.len() - 2) % 3 == 1 => parts
+            .last()
+            .and_then(frame_bytes)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A field and its value.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
+/// A page of the bans hash from [`super::scripts::BANS`]: the next cursor
+/// (None: it was the last page, or the answer is not one), how many
+/// entries Redis left out, and the (field, value) pairs.
+pub fn bans_page(f: &OwnedFrame) -> Option<(Option<String>, u64, Vec<Pair<'_>>)> {
+    let OwnedFrame::Array(parts) = f else {
+        return None;
+    };
+    let text = |i: usize| {
+        parts
+            .get(i)
+            .and_then(frame_bytes)
+            .and_then(|b| std::str::from_utf8(b).ok())
+    };
+    let cursor = text(0)?;
+    // A cursor is a number: anything else would be sent back to Redis.
+    cursor.parse::<u64>().ok()?;
+    let out = text(1)?.parse().ok()?;
+    let pairs = parts[2..]
+        .chunks(2)
+        .filter_map(|p| Some((frame_bytes(p.first()?)?, frame_bytes(p.get(1)?)?)))
+        .collect();
+    let next = (cursor != "0").then(|| cursor.to_string());
+    Some((next, out, pairs))
+}
+
 /// `WORD REST` at the first space.
 fn split(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let i = b.iter().position(|&c| c == b' ')?;
@@ -953,5 +995,32 @@ mod tests {
             "another net"
         );
         assert_eq!(w.ban_entry(b"10.0.0.0/8", b"junk"), None);
+    }
+
+    #[test]
+    fn what_redis_left_out_is_read_from_its_answers() {
+        let bulk = |s: &str| OwnedFrame::BulkString(s.as_bytes().to_vec());
+        let line = [bulk("17-9"), bulk("1000"), bulk("<a> x")];
+        let with = |tail: &[OwnedFrame]| {
+            let mut v = vec![bulk("17"), bulk("9")];
+            v.extend(line.iter().cloned());
+            v.extend(tail.iter().cloned());
+            OwnedFrame::Array(v)
+        };
+        assert_eq!(left_out(&with(&[bulk("998")])), 998);
+        assert_eq!(left_out(&with(&[])), 0, "an answer without the count");
+        let w = wire();
+        let (_, _, lines) = w.read_answer(with(&[bulk("998")])).unwrap();
+        assert_eq!(lines.len(), 1, "the count is not a line");
+        // A page of the bans: its cursor, what was left out, the pairs.
+        let page = OwnedFrame::Array(vec![bulk("42"), bulk("3"), bulk("f"), bulk("v")]);
+        let (next, out, pairs) = bans_page(&page).unwrap();
+        assert_eq!((next.as_deref(), out), (Some("42"), 3));
+        assert_eq!(pairs, [(&b"f"[..], &b"v"[..])]);
+        let last = OwnedFrame::Array(vec![bulk("0"), bulk("0")]);
+        assert_eq!(bans_page(&last).map(|p| p.0), Some(None));
+        let bad = OwnedFrame::Array(vec![bulk("1 2"), bulk("0")]);
+        assert!(bans_page(&bad).is_none(), "a cursor is a number");
+        assert!(bans_page(&OwnedFrame::Integer(0)).is_none());
     }
 }

@@ -1425,7 +1425,7 @@ mod cluster {
         let lines = (1..=3)
             .map(|n| history::Line::new(n, NOON, &format!("<b> {n}")))
             .collect();
-        hub.answer(c(0), "lobby", Asked::Enter, 9, 3, lines, &mut out);
+        hub.answer(c(0), "lobby", Asked::Enter, 9, 3, lines, 0, &mut out);
         assert_eq!(
             out.got,
             pairs(&[
@@ -1446,7 +1446,7 @@ mod cluster {
             (0, "lobby".into(), Asked::Since(since), Some(since), 100)
         );
         let lines = vec![history::Line::new(4, NOON, "<b> four")];
-        hub.answer(c(0), "lobby", Asked::Since(since), 9, 4, lines, &mut out);
+        hub.answer(c(0), "lobby", Asked::Since(since), 9, 4, lines, 0, &mut out);
         assert!(
             out.got[0]
                 .1
@@ -1459,14 +1459,14 @@ mod cluster {
         // are held and come after the mark, which stands before them.
         hub.connect(c(1), LOCALHOST, &mut out);
         hub.line(c(1), "/ids on", &mut out);
-        hub.answer(c(1), "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
+        hub.answer(c(1), "lobby", Asked::Enter, 9, 4, Vec::new(), 0, &mut out);
         assert_eq!(out.got.pop(), Some((1, "*** ids on: #lobby at 9-4".into())));
         out.got.clear();
         hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
         hub.said("lobby", Id { epoch: 9, n: 6 }, None, "<b> six", &mut out);
         out.got.retain(|(to, _)| *to == 1);
         assert_eq!(out.got, vec![], "held");
-        hub.answer(c(1), "lobby", Asked::Mark, 9, 6, Vec::new(), &mut out);
+        hub.answer(c(1), "lobby", Asked::Mark, 9, 6, Vec::new(), 0, &mut out);
         assert_eq!(
             out.got,
             pairs(&[

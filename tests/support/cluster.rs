@@ -264,6 +264,30 @@ pub fn redis_cmd(port: u16, args: &[&[u8]]) -> Resp {
     read_resp(&mut std::io::BufReader::new(s))
 }
 
+/// Many commands to the redis-server on `port`, written at once on one
+/// connection (state written straight into Redis, as anyone who can reach
+/// it could); their replies, in order.
+pub fn redis_pipe(port: u16, cmds: &[Vec<Vec<u8>>]) -> Vec<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
+    s.set_read_timeout(Some(TIMEOUT)).expect("set_read_timeout");
+    let mut req = Vec::new();
+    for args in cmds {
+        req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+    }
+    let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+    // Written from another thread: replies to a long pipeline must be read
+    // while it is written, or both sides' buffers fill.
+    let writer = std::thread::spawn(move || s.write_all(&req).expect("write to redis-server"));
+    let replies = cmds.iter().map(|_| read_resp(&mut r)).collect();
+    writer.join().expect("the writer");
+    replies
+}
+
 /// Who Redis says holds `name` (the value of its key), if anyone.
 pub fn name_owner(port: u16, name: &str) -> Option<String> {
     match redis_cmd(port, &[b"GET", format!("chatd:name:{name}").as_bytes()]) {
