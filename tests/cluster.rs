@@ -1828,3 +1828,45 @@ fn a_five_mib_stream_entry_leaves_the_link_up_at_join() {
         assert_eq!(metric(node, "reconnects_total"), 0.0);
     }
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_far_future_stream_id_starts_a_new_epoch_and_the_room_goes_on() {
+    let cl = Cluster::start(2);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    alice.send("before");
+    assert_eq!(next_said(&mut bob), "<alice> before");
+    let epoch = room_epoch(port, "lobby");
+    let got = redis_cmd(
+        port,
+        &[
+            b"XADD",
+            b"chatd:0:s:lobby",
+            b"99999999999999-0",
+            b"t",
+            b"<m> x",
+            b"ms",
+            b"0",
+        ],
+    );
+    assert!(matches!(got, Resp::Bulk(Some(_))), "XADD: {got:?}");
+    // Lines still go through, from either side, in a new record.
+    for round in 0..3 {
+        let line = format!("from alice {round}");
+        alice.send(&line);
+        let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| {
+            l == format!("<alice> {line}")
+        });
+        assert!(said(&seen).is_empty(), "{seen:?}");
+        let line = format!("from bob {round}");
+        bob.send(&line);
+        let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| {
+            l == format!("<bob> {line}")
+        });
+        assert!(said(&seen).is_empty(), "{seen:?}");
+    }
+    assert_ne!(room_epoch(port, "lobby"), epoch, "a new epoch");
+}

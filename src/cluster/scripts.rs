@@ -23,15 +23,33 @@ pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
 /// and the sender (`NODE =EPOCH-N:SENDER\nLINE\nLINE...`), so every
 /// instance, the sender's too, delivers it as it comes back: one order for
 /// all. Returns the first id.
+///
+/// A stream whose last id is at or past the counter's (an entry written
+/// there by anyone who can reach Redis, or a counter Redis lost while the
+/// stream lived on) would refuse every XADD, and with it every line of the
+/// room until the stream expired, which nothing would renew: then the room
+/// begins a new record (a new epoch from now, its stream emptied, N from
+/// 1), as after a restarted Redis. Resuming clients are told the history
+/// since their id is gone; no id is given twice.
 pub const SAY: &str = "local t = redis.call('time') \
      local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+     local count = #ARGV - 4 \
      local e = redis.call('hget', KEYS[1], 'e') \
      if not e then e = ms redis.call('hset', KEYS[1], 'e', e) end \
-     local first = redis.call('hincrby', KEYS[1], 'n', #ARGV - 4) - (#ARGV - 4) + 1 \
-     if ARGV[1] ~= '0' then \
+     local first = redis.call('hincrby', KEYS[1], 'n', count) - count + 1 \
+     local function keep(call) \
        for i = 5, #ARGV do \
-         redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
+         local r = call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
+         if type(r) == 'table' and r.err then return false end \
        end \
+       return true \
+     end \
+     if ARGV[1] ~= '0' and not keep(redis.pcall) then \
+       redis.call('del', KEYS[2]) \
+       if e == ms then e = string.format('%.0f', tonumber(ms) + 1) else e = ms end \
+       first = 1 \
+       redis.call('hset', KEYS[1], 'e', e, 'n', count) \
+       keep(redis.call) \
      end \
      redis.call('pexpire', KEYS[1], ARGV[2]) \
      if ARGV[1] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[2]) end \
