@@ -1870,3 +1870,31 @@ fn a_far_future_stream_id_starts_a_new_epoch_and_the_room_goes_on() {
     }
     assert_ne!(room_epoch(port, "lobby"), epoch, "a new epoch");
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_graceful_stop_gives_its_names_back_at_once() {
+    // The default timers: a name lives 15 s in Redis, so getting it back
+    // within 2 s is the release, not the expiry.
+    let mut cl = Cluster::start(2);
+    let mut zed = cl.named(0, "zed");
+    let mut bob = cl.client(1);
+    wait_who(&mut bob, TIMEOUT, "zed", |n| has_all(n, &["zed"]));
+    let status = cl.nodes[0].signal_and_wait("TERM");
+    assert!(status.success(), "node 1 after SIGTERM: {status}");
+    let _ = zed.read_to_eof();
+    read_until(&mut bob, TIMEOUT, "zed's leave", |l| l.starts_with("*** zed left"));
+    assert_eq!(name_owner(cl.redis.port, "zed"), None, "released at the stop");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        bob.send("/nick zed");
+        let got = bob.expect("the /nick answer", |l| {
+            l.starts_with("*** you are now ") || l.starts_with("*** error")
+        });
+        if got == "*** you are now zed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zed still taken: {got}");
+        std::thread::sleep(POLL);
+    }
+}

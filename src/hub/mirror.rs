@@ -315,12 +315,25 @@ impl Hub {
             .collect()
     }
 
-    /// This instance is shutting down: the others drop its users at once
-    /// instead of waiting for its heartbeat to expire.
+    /// This instance is shutting down: its users' names are given back
+    /// (each only if Redis still holds it for them), so one who reconnects
+    /// to another instance gets it at once rather than after the claim's
+    /// lifetime; then the others drop its users at once instead of
+    /// waiting for its heartbeat to expire. The goodbye goes after the
+    /// releases on the same connection, so an instance that hears it
+    /// finds the names free.
     pub fn shutdown(&mut self, out: &mut impl Outbox) {
         if let Some(c) = &self.cluster
             && c.up
         {
+            let names: Vec<(ClientId, String, u64)> = self
+                .claimed_names()
+                .into_iter()
+                .map(|(id, name, since)| (id, name.to_string(), since))
+                .collect();
+            for (id, name, since) in names {
+                out.release(&name, id, since);
+            }
             out.presence(Presence::Bye {
                 node: c.node.clone(),
             });

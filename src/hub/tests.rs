@@ -1147,6 +1147,24 @@ mod cluster {
     }
 
     #[test]
+    fn a_stopping_node_gives_its_names_back_before_its_goodbye() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        net.line(1, 3, "/nick zed");
+        net.pump();
+        net.take(0);
+        net.hubs[1].shutdown(&mut net.bus[1]);
+        assert_eq!(net.bus[1].released, [("zed".to_string(), c(3))]);
+        net.pump();
+        net.take(0);
+        net.line(0, 0, "/nick zed");
+        net.pump();
+        assert_eq!(net.take(0), pairs(&[(0, "*** you are now zed")]));
+    }
+
+    #[test]
     fn link_down_and_up_tell_local_users_once_and_rebuild_the_mirror() {
         let mut net = Net::new();
         net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
