@@ -1883,8 +1883,14 @@ fn a_graceful_stop_gives_its_names_back_at_once() {
     let status = cl.nodes[0].signal_and_wait("TERM");
     assert!(status.success(), "node 1 after SIGTERM: {status}");
     let _ = zed.read_to_eof();
-    read_until(&mut bob, TIMEOUT, "zed's leave", |l| l.starts_with("*** zed left"));
-    assert_eq!(name_owner(cl.redis.port, "zed"), None, "released at the stop");
+    read_until(&mut bob, TIMEOUT, "zed's leave", |l| {
+        l.starts_with("*** zed left")
+    });
+    assert_eq!(
+        name_owner(cl.redis.port, "zed"),
+        None,
+        "released at the stop"
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         bob.send("/nick zed");
@@ -1897,4 +1903,65 @@ fn a_graceful_stop_gives_its_names_back_at_once() {
         assert!(Instant::now() < deadline, "zed still taken: {got}");
         std::thread::sleep(POLL);
     }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn chat_gets_its_name_back_after_a_reconnect_once_the_old_claim_is_gone() {
+    use std::io::BufRead;
+    let mut cl = Cluster::start_with(2, FAST);
+    let proxy = support::Proxy::start(cl.nodes[0].addr);
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(proxy.addr.port().to_string())
+        .args(["--reconnect-base-ms", "50"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn chat");
+    let stdout = chat.stdout.take().expect("chat stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let mut upto = |what: &str, bound: Duration| {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!("chat: expected {what} within {bound:?}, saw {seen:?}");
+            };
+            let done = line.ends_with(what);
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+    };
+    upto("lines up to 8192 bytes", TIMEOUT);
+    let stdin = chat.stdin.as_mut().expect("chat stdin");
+    std::io::Write::write_all(stdin, b"/nick zed\n").expect("write to chat");
+    upto("*** you are now zed", TIMEOUT);
+    // Its server dies: the name stays claimed in Redis (and zed in the
+    // other instance's mirror) until the claim runs out and the instance
+    // is declared lost. chat reconnects to the other one at once, is
+    // refused the name, and asks again until it is free.
+    proxy.retarget(cl.nodes[1].addr);
+    cl.nodes[0].signal_and_wait("KILL");
+    upto("lines up to 8192 bytes", TIMEOUT);
+    upto("*** error: the name zed is taken", TIMEOUT);
+    upto("*** you are now zed", SERVER_LOST_BOUND + SLACK);
+    let mut bob = cl.client(1);
+    bob.send("/nick zed");
+    bob.expect_line("*** error: the name zed is taken");
+    drop(chat.stdin.take());
+    let _ = chat.kill();
+    let _ = chat.wait();
 }
