@@ -1965,3 +1965,22 @@ fn chat_gets_its_name_back_after_a_reconnect_once_the_old_claim_is_gone() {
     let _ = chat.kill();
     let _ = chat.wait();
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn the_names_of_a_lost_instance_are_given_back_by_the_others() {
+    let mut cl = Cluster::start_with(2, FAST);
+    let port = cl.redis.port;
+    let _zed = cl.named(0, "zed");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "zed", |n| has_all(n, &["zed"]));
+    cl.nodes[0].signal_and_wait("KILL");
+    // The claim would otherwise run out on its own: made to last, it is
+    // the survivors' release alone that frees it.
+    let got = redis_cmd(port, &[b"PERSIST", b"chatd:name:zed"]);
+    assert_eq!(got, Resp::Int(1), "zed's claim, still there");
+    read_until(&mut bob, SERVER_LOST_BOUND + SLACK, "zed's loss", |l| {
+        l == "*** zed left (server lost)"
+    });
+    nick_eventually(&mut bob, "zed");
+}

@@ -541,6 +541,26 @@ impl Link {
         }
     }
 
+    /// Gives back `name` of user `id` on `node`, declared lost, if the key
+    /// still holds that user's claim (whenever it was made).
+    pub fn release_lost(&mut self, node: &str, id: u64, name: &str) {
+        if self.state.is_up() {
+            let key = Keys::name(name);
+            let tail = wire::claim_tail(node, id);
+            self.send_cmd(
+                &[
+                    b"EVAL",
+                    scripts::RELEASE_LOST.as_bytes(),
+                    b"1",
+                    key.as_bytes(),
+                    tail.as_bytes(),
+                ],
+                Expect::Ignore("EVAL (release a lost instance's name)"),
+                Kind::Book,
+            );
+        }
+    }
+
     /// Renews (or re-creates, or takes over from `beat`) our claim on a
     /// local user's name.
     fn renew(&mut self, id: ClientId, name: &str, mine: String, beat: &str, heal: bool) -> bool {

@@ -199,6 +199,18 @@ pub const RENEW: &str = "local v = redis.call('get', KEYS[1]) \
      redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
      return v";
 
+/// Gives back a name held by a user of an instance declared lost (which
+/// cannot give it back itself), so it is free at once rather than when the
+/// claim runs out. KEYS[1] the name's key; ARGV[1] the end of that user's
+/// claims ([`super::wire::claim_tail`]: ` NODE ID`). Deletes only a claim
+/// `MS NODE ID` of that user: one another user made since is left alone.
+/// Returns 1 if deleted. Should the instance come back, its renewal
+/// re-creates the claim, or takes it over as the earlier one.
+pub const RELEASE_LOST: &str = "local v = redis.call('get', KEYS[1]) \
+     if v and #v > #ARGV[1] and string.sub(v, -#ARGV[1]) == ARGV[1] \
+       and string.match(string.sub(v, 1, #v - #ARGV[1]), '^%d+$') then \
+     return redis.call('del', KEYS[1]) end return 0";
+
 /// Gives a name back only if it is still ours: after a collision the key
 /// belongs to the winner, and a plain DEL would free it for a third user.
 /// KEYS[1] the name's key; ARGV[1] our claim. Returns 1 if deleted.

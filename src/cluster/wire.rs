@@ -148,6 +148,12 @@ pub fn claim_value(since: u64, node: &str, id: ClientId) -> String {
     format!("{since} {node} {}", id.0)
 }
 
+/// The end of every claim user `id` on `node` makes, whenever it made it:
+/// ` NODE ID` ([`claim_value`] without its time).
+pub fn claim_tail(node: &str, id: u64) -> String {
+    format!(" {node} {id}")
+}
+
 /// Which of two claims on one name keeps it: the earlier, ties broken by
 /// node id then user id. Every instance compares the same two strings, so
 /// all decide alike without asking each other. A value that is not a claim
@@ -694,6 +700,10 @@ mod tests {
         assert!(claim_wins(&c, &a) && !claim_wins(&a, &c));
         let d = claim_value(1000, "n1~a", ClientId(4));
         assert!(claim_wins(&a, &d) && !claim_wins(&d, &a));
+        // A lost node's user is known by the end of its claims.
+        assert!(a.ends_with(&claim_tail("n1~a", 3)));
+        assert!(!a.ends_with(&claim_tail("1~a", 3)), "another node");
+        assert!(!a.ends_with(&claim_tail("n1~a", 13)), "another user");
         // Exactly one of any two different claims wins.
         for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &d)] {
             assert!(claim_wins(x, y) != claim_wins(y, x), "{x} vs {y}");

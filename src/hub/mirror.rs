@@ -149,6 +149,7 @@ impl Hub {
                 // A restart under the same name: the old one's users are gone.
                 for old in self.remote_nodes() {
                     if old != node && same_instance_name(&old, &node) {
+                        self.release_names_of(&old, out);
                         self.node_lost(&old, "server lost", out);
                     }
                 }
@@ -276,7 +277,21 @@ impl Hub {
             }
             c.lost.push_back(node.into());
         }
+        self.release_names_of(node, out);
         self.node_lost(node, "server lost", out);
+    }
+
+    /// An instance is lost (died, or replaced by a new incarnation): its
+    /// users' names, which it cannot give back itself, are released for
+    /// it, each only if Redis still holds that user's claim. Every
+    /// instance does it; the second to come finds nothing to delete.
+    fn release_names_of(&self, node: &str, out: &mut impl Outbox) {
+        for ((n, id), &i) in &self.remote {
+            let key = self.clients[i].who.key();
+            if &**n == node && !key.starts_with("guest-") {
+                out.release_lost(node, *id, key);
+            }
+        }
     }
 
     /// Instances declared lost (to notice when their heartbeat is back).

@@ -151,6 +151,9 @@ pub trait Outbox {
     }
     /// Give up `name`, reserved for `id` by a claim made at `since`.
     fn release(&mut self, _name: &str, _id: ClientId, _since: u64) {}
+    /// Give up `name` for user `id` of instance `node`, which was declared
+    /// lost, if Redis still holds that user's claim on it.
+    fn release_lost(&mut self, _node: &str, _id: u64, _name: &str) {}
     /// What `/stats` tells `id` about its own connection; None where the
     /// transport keeps no such figures (recorders in tests and benches).
     fn conn_stats(&self, _id: ClientId) -> Option<ConnStats> {

@@ -853,6 +853,8 @@ mod cluster {
         privates: Vec<(String, u64, String, String)>,
         claims: Vec<(ClientId, String)>,
         released: Vec<(String, ClientId)>,
+        /// Names of lost instances' users given back: (node, id, name).
+        released_lost: Vec<(String, u64, String)>,
         subscribed: HashSet<String>,
         /// Answer claims with "busy" (the queue toward Redis is full).
         busy: bool,
@@ -892,6 +894,9 @@ mod cluster {
         }
         fn release(&mut self, name: &str, id: ClientId, _since: u64) {
             self.released.push((name.into(), id));
+        }
+        fn release_lost(&mut self, node: &str, id: u64, name: &str) {
+            self.released_lost.push((node.into(), id, name.into()));
         }
     }
 
@@ -1162,6 +1167,24 @@ mod cluster {
         net.line(0, 0, "/nick zed");
         net.pump();
         assert_eq!(net.take(0), pairs(&[(0, "*** you are now zed")]));
+    }
+
+    #[test]
+    fn the_names_of_a_lost_node_are_given_back_for_it_but_not_its_guests() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
+        net.hubs[1].connect(c(4), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        net.line(1, 3, "/nick Zed");
+        net.pump();
+        net.take(0);
+        net.hubs[0].node_silent(NODES[1], &mut net.bus[0]);
+        assert_eq!(
+            net.bus[0].released_lost,
+            [(NODES[1].to_string(), 3, "zed".to_string())],
+            "the key's name, and not guest-N's"
+        );
     }
 
     #[test]

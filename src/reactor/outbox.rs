@@ -130,6 +130,12 @@ impl Outbox for Out<'_> {
         }
     }
 
+    fn release_lost(&mut self, node: &str, id: u64, name: &str) {
+        if let Some(link) = self.link.as_deref_mut() {
+            link.release_lost(node, id, name);
+        }
+    }
+
     fn conn_stats(&self, id: ClientId) -> Option<ConnStats> {
         let c = self.conns.get(id.0)?;
         Some(ConnStats {
