@@ -1984,3 +1984,80 @@ fn the_names_of_a_lost_instance_are_given_back_by_the_others() {
     });
     nick_eventually(&mut bob, "zed");
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn bans_converge_an_unban_made_while_away_and_bans_after_redis_restarts_empty() {
+    let dir = TempDir::new("bans-converge");
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let file = |i: usize| dir.path().join(format!("bans-{i}.txt"));
+    let start = |i: usize| {
+        let id = format!("n{i}");
+        let file = file(i).to_str().unwrap().to_string();
+        let mut args = vec!["--redis", &url, "--node-id", &id];
+        args.extend_from_slice(&["--oper-password", "sesame", "--bans-file", &file]);
+        args.extend_from_slice(FAST);
+        Server::start(&args)
+    };
+    let saved = |i: usize| std::fs::read_to_string(file(i)).unwrap_or_default();
+    let wait_file = |i: usize, what: &str, pred: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + RELINK;
+        while !pred(&saved(i)) {
+            assert!(
+                Instant::now() < deadline,
+                "n{i}'s bans file never {what}: {:?}",
+                saved(i)
+            );
+            std::thread::sleep(POLL);
+        }
+    };
+    let mut nodes = vec![start(1), start(2)];
+    wait_linked(&nodes);
+    let mut alice = named(&nodes[0], "alice");
+    alice.send("/oper sesame");
+    alice.expect_line("*** you are now an operator; /help lists your commands");
+    // Two bans, made while both instances are up: the second on the
+    // tests' own address (alice, who made it, stays).
+    alice.send("/ban 10.9.9.9/32 1h spam");
+    alice.expect("the answer", |l| l.starts_with("*** banned 10.9.9.9 "));
+    alice.send("/ban 127.0.0.0/8 1h flood");
+    alice.expect("the answer", |l| l.starts_with("*** banned 127.0.0.0/8 "));
+    wait_file(2, "had both bans", &|t| {
+        t.contains("10.9.9.9") && t.contains("127.0.0.0/8")
+    });
+    // n2 stops; one ban is lifted while it is away; it starts again with
+    // its own file, which still has both.
+    let status = nodes[1].signal_and_wait("TERM");
+    assert!(status.success(), "n2 after SIGTERM: {status}");
+    alice.send("/unban 10.9.9.9/32");
+    alice.expect("the answer", |l| l.starts_with("*** unbanned 10.9.9.9"));
+    nodes[1] = start(2);
+    wait_metric(&nodes[1], "link_up", RELINK, |v| v == 1.0);
+    wait_file(2, "learnt the unban", &|t| {
+        !t.contains("10.9.9.9") && t.contains("127.0.0.0/8")
+    });
+    connect_until(&nodes[1], "the ban kept on n2", |l| {
+        l.starts_with("*** error: your address is banned")
+    });
+    // Redis restarts empty: the instances write their bans back, and one
+    // started later refuses the address.
+    redis.stop();
+    redis.restart();
+    for node in &nodes {
+        wait_metric(node, "reconnects_total", RELINK, |v| v >= 1.0);
+        wait_metric(node, "link_up", RELINK, |v| v == 1.0);
+    }
+    let later = start(3);
+    wait_metric(&later, "link_up", RELINK, |v| v == 1.0);
+    connect_until(
+        &later,
+        "the ban on an instance started after Redis restarted",
+        |l| l.starts_with("*** error: your address is banned"),
+    );
+    wait_file(3, "had the ban, and not the lifted one", &|t| {
+        t.contains("127.0.0.0/8") && !t.contains("10.9.9.9")
+    });
+    drop(later);
+    drop(nodes);
+}

@@ -522,6 +522,30 @@ impl Link {
         )
     }
 
+    /// One ban held here, re-asserted at link-up ([`scripts::REASSERT`]):
+    /// the answer says whether it was lifted meanwhile.
+    fn reassert(&mut self, ban: &Ban, now: u64) {
+        let (key, unbans) = (self.keys().bans(), self.keys().unbans());
+        let (net, line) = (ban.net.to_string(), ban.to_line());
+        let until = ban.until.map_or("permanent".to_string(), |t| t.to_string());
+        let now = now.to_string();
+        self.send_cmd(
+            &[
+                b"EVAL",
+                scripts::REASSERT.as_bytes(),
+                b"2",
+                key.as_bytes(),
+                unbans.as_bytes(),
+                net.as_bytes(),
+                line.as_bytes(),
+                until.as_bytes(),
+                now.as_bytes(),
+            ],
+            Expect::Reassert(ban.net),
+            Kind::Book,
+        );
+    }
+
     /// Gives `name` back, if the key still holds our claim on it.
     pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
         if self.state.is_up() {
@@ -732,6 +756,17 @@ impl Link {
                     omitted,
                 });
             }
+            Expect::Reassert(net) => match frame {
+                OwnedFrame::Error(e) => self.refused("EVAL (re-assert a ban)", &e),
+                f if frame_bytes(&f) == Some(b"lifted") => {
+                    info!(
+                        target: LOG,
+                        "cluster: the ban on {net} was lifted while this instance was away"
+                    );
+                    inbound.push(Inbound::Unban(net));
+                }
+                _ => {}
+            },
             Expect::Bans(taken) => match frame {
                 OwnedFrame::Error(e) => self.refused("EVAL (a page of the bans)", &e),
                 f => self.bans_read(&f, taken, inbound),
@@ -758,6 +793,13 @@ impl Link {
             Expect::Ignore("HSET (a ban)"),
             Kind::Book,
         );
+        // A new ban is not the one an older unban lifted.
+        let unbans = self.keys().unbans();
+        self.send_cmd(
+            &[b"HDEL", unbans.as_bytes(), net.as_bytes()],
+            Expect::Ignore("HDEL (a lifted ban's tombstone)"),
+            Kind::Book,
+        );
         let channel = self.keys().bans_channel();
         self.publish(&channel, wire::ban_payload(&self.wire.node, ban).as_bytes());
     }
@@ -767,10 +809,17 @@ impl Link {
         if !self.state.is_up() {
             return;
         }
-        let key = self.keys().bans();
+        let (key, unbans) = (self.keys().bans(), self.keys().unbans());
         self.send_cmd(
-            &[b"HDEL", key.as_bytes(), net.to_string().as_bytes()],
-            Expect::Ignore("HDEL (a ban)"),
+            &[
+                b"EVAL",
+                scripts::UNBAN.as_bytes(),
+                b"2",
+                key.as_bytes(),
+                unbans.as_bytes(),
+                net.to_string().as_bytes(),
+            ],
+            Expect::Ignore("EVAL (lift a ban)"),
             Kind::Book,
         );
         let channel = self.keys().bans_channel();
@@ -880,6 +929,12 @@ impl Link {
                 self.fail(&why, registry, inbound)
             }
             State::Healing { sent: false, .. } => {
+                // Bans first: Redis runs them before anyone hears the link
+                // is up, and before the bans are read back.
+                let now = now_ms();
+                for ban in hub.bans_held() {
+                    self.reassert(&ban, now);
+                }
                 let mut left = 0;
                 for (id, name, since) in hub.claimed_names() {
                     let mine = claim_value(since, &self.wire.node, id);

@@ -44,6 +44,8 @@ pub enum Expect {
     Read(ClientId, String, Asked),
     /// The SHA1 of a script in [`super::scripts::LOADED`], by index.
     Script(usize),
+    /// A ban held here, re-asserted at link-up: was it lifted meanwhile?
+    Reassert(ipnet::IpNet),
     /// A page of the bans hash ([`super::scripts::BANS`]), with how many
     /// bans the pages before it gave.
     Bans(usize),

@@ -199,6 +199,37 @@ pub const RENEW: &str = "local v = redis.call('get', KEYS[1]) \
      redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
      return v";
 
+/// A ban lifted: its record leaves the bans hash and a tombstone takes its
+/// place, naming the lifted ban by its end (UNTIL, `permanent`, or `*`
+/// when Redis had no record of it), so an instance that was away when it
+/// was lifted learns it when it re-asserts its bans ([`REASSERT`]).
+/// KEYS[1] the bans hash, KEYS[2] the tombstones hash; ARGV[1] the net.
+pub const UNBAN: &str = "local v = redis.call('hget', KEYS[1], ARGV[1]) \
+     local u = v and string.match(v, '^[^\t]*\t([^\t]*)') or '*' \
+     redis.call('hdel', KEYS[1], ARGV[1]) \
+     redis.call('hset', KEYS[2], ARGV[1], u) \
+     return u";
+
+/// At link-up, one ban this instance holds, re-asserted: if a tombstone
+/// says that very ban (same end, or `*`) was lifted and it has not run out,
+/// the answer is `lifted` and the instance lifts it too; otherwise the
+/// tombstone (of another ban, or run out) goes, and the ban is written
+/// unless Redis has a record for the net already (Redis's record is the
+/// latest `/ban` made while it was up: it wins over a memory). So after
+/// Redis lost its state the instances write their bans back, and an
+/// instance started later reads them.
+/// KEYS[1] the bans hash, KEYS[2] the tombstones hash; ARGV[1] the net,
+/// ARGV[2] the ban's line, ARGV[3] its end (UNTIL or `permanent`), ARGV[4]
+/// now in ms. Returns `lifted` or `kept`.
+pub const REASSERT: &str = "local t = redis.call('hget', KEYS[2], ARGV[1]) \
+     if t then \
+       local live = t == 'permanent' or t == '*' or (tonumber(t) or 0) > tonumber(ARGV[4]) \
+       if live and (t == ARGV[3] or t == '*') then return 'lifted' end \
+       redis.call('hdel', KEYS[2], ARGV[1]) \
+     end \
+     redis.call('hsetnx', KEYS[1], ARGV[1], ARGV[2]) \
+     return 'kept'";
+
 /// Gives back a name held by a user of an instance declared lost (which
 /// cannot give it back itself), so it is free at once rather than when the
 /// claim runs out. KEYS[1] the name's key; ARGV[1] the end of that user's

@@ -621,6 +621,55 @@ fn the_bans_are_read_a_page_at_a_time_until_the_last() {
 }
 
 #[test]
+fn the_bans_held_are_reasserted_at_link_up_and_one_lifted_meanwhile_is_lifted() {
+    struct Nobody;
+    impl crate::hub::Outbox for Nobody {
+        fn send(&mut self, _: ClientId, _: &Rc<crate::msg::Msg>) {}
+        fn close(&mut self, _: ClientId, _: String) {}
+    }
+    let mut s = Stand::new(Duration::from_secs(5));
+    for line in [
+        "10.0.0.1/32\tpermanent\top\tx",
+        "10.0.0.2/32\tpermanent\top\ty",
+    ] {
+        let ban = Ban::from_line(line).unwrap();
+        s.hub.ban_from_cluster(ban, &mut Nobody);
+    }
+    // Redis has a tombstone for the first.
+    s.redis.answer = Box::new(|args| {
+        (args[0] == "EVAL" && args[1].contains("hsetnx")).then(|| {
+            let lifted = args[5] == "10.0.0.1/32";
+            bulk(if lifted { "lifted" } else { "kept" })
+        })
+    });
+    let (one, two) = (
+        "10.0.0.1/32".parse().unwrap(),
+        "10.0.0.2/32".parse().unwrap(),
+    );
+    s.until("the unban", |s| s.inbound.contains(&Inbound::Unban(one)));
+    assert!(!s.inbound.contains(&Inbound::Unban(two)));
+    // Both went to Redis, with their line and end, before the bans were
+    // read back (which comes at link-up).
+    let reasserted: Vec<(&str, &str)> = s
+        .redis
+        .cmds
+        .iter()
+        .filter(|c| c[0] == "EVAL" && c[1].contains("hsetnx"))
+        .map(|c| (c[5].as_str(), c[7].as_str()))
+        .collect();
+    assert_eq!(
+        reasserted,
+        [("10.0.0.1/32", "permanent"), ("10.0.0.2/32", "permanent")]
+    );
+    s.until("up", |s| s.inbound.contains(&Inbound::Up));
+    let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
+    assert!(
+        at(&|c| c[0] == "EVAL" && c[1].contains("hsetnx"))
+            < at(&|c| c[0] == "EVAL" && c[1].contains("hscan"))
+    );
+}
+
+#[test]
 fn a_refused_select_is_a_failed_connect_not_a_link() {
     let mut s = Stand::new(Duration::from_secs(5));
     s.redis.answer =

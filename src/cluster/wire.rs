@@ -19,7 +19,9 @@
 //! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
 //! `chatd:guests` (the shared guest-number counter), `chatd:DB:bans` (a
 //! hash, NET -> the ban's line: read by every instance at link-up, so bans
-//! apply cluster-wide and to instances started later), `chatd:DB:h:ROOM`
+//! apply cluster-wide and to instances started later), `chatd:DB:unbans`
+//! (a hash, NET -> the end of a ban lifted: tombstones, so an instance
+//! that was away learns the unban when it re-asserts), `chatd:DB:h:ROOM`
 //! and `chatd:DB:s:ROOM` (a room's numbering and its kept lines).
 //!
 //! Anyone who can reach Redis can publish on these, so nothing that arrives
@@ -88,6 +90,12 @@ impl Keys {
     /// The hash of bans in force (NET -> the ban's line).
     pub fn bans(&self) -> String {
         format!("{}bans", self.prefix)
+    }
+
+    /// The hash of bans lifted (NET -> the lifted ban's end), see
+    /// [`super::scripts::UNBAN`].
+    pub fn unbans(&self) -> String {
+        format!("{}unbans", self.prefix)
     }
 
     /// A room's numbering (hash: e epoch, n last N) and its kept lines
@@ -743,6 +751,7 @@ mod tests {
         assert_eq!(k.node("n1~a"), "chatd:3:n:n1~a");
         assert_eq!(k.bans_channel(), "chatd:3:b");
         assert_eq!(k.bans(), "chatd:3:bans");
+        assert_eq!(k.unbans(), "chatd:3:unbans");
         let (meta, stream) = k.history("lobby");
         assert_eq!(
             (meta.as_str(), stream.as_str()),
