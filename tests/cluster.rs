@@ -1767,7 +1767,8 @@ fn six_thousand_long_bans_in_redis_leave_the_link_up() {
     let (url, file) = (redis.url(), file.to_str().unwrap().to_string());
     let mut args = vec!["--redis", &url, "--node-id", "n1", "--bans-file", &file];
     args.extend_from_slice(FAST);
-    let node = Server::start(&args);
+    // It logs each ban it learns: into a file kept only if the test fails.
+    let node = start_logged(&dir.path().join("chatd.log"), &args);
     wait_metric(&node, "link_up", RELINK, |v| v == 1.0);
     let mut alice = named(&node, "alice");
     // Several ticks (400 ms each) with the link up throughout.
