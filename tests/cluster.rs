@@ -1395,20 +1395,12 @@ fn a_late_and_a_restarted_instance_show_the_same_history() {
 /// talking, comes back through the "load balancer" to the other instance
 /// and shows every line exactly once: the ids are the cluster's, so the
 /// other instance knows exactly what it missed.
-#[test]
-#[ignore = "needs redis-server"]
-fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
+/// The `chat` client toward `port`, reconnecting fast; its stdout's lines.
+fn spawn_chat(port: u16) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let cl = Cluster::start(2);
-    let proxy = support::Proxy::start(cl.nodes[0].addr);
-    let mut tess = cl.named(0, "tess");
-    let mut chat = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &proxy.addr.port().to_string(),
-        ])
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(port.to_string())
         .args(["--reconnect-base-ms", "50"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1425,6 +1417,16 @@ fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
             }
         }
     });
+    (chat, rx)
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
+    let cl = Cluster::start(2);
+    let proxy = support::Proxy::start(cl.nodes[0].addr);
+    let mut tess = cl.named(0, "tess");
+    let (mut chat, rx) = spawn_chat(proxy.addr.port());
     let mut seen: Vec<String> = Vec::new();
     let mut upto = |what: &str| {
         let deadline = Instant::now() + TIMEOUT;
@@ -1909,28 +1911,9 @@ fn a_graceful_stop_gives_its_names_back_at_once() {
 #[test]
 #[ignore = "needs redis-server"]
 fn chat_gets_its_name_back_after_a_reconnect_once_the_old_claim_is_gone() {
-    use std::io::BufRead;
     let mut cl = Cluster::start_with(2, FAST);
     let proxy = support::Proxy::start(cl.nodes[0].addr);
-    let mut chat = Command::new(env!("CARGO_BIN_EXE_chat"))
-        .args(["--host", "127.0.0.1", "--port"])
-        .arg(proxy.addr.port().to_string())
-        .args(["--reconnect-base-ms", "50"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn chat");
-    let stdout = chat.stdout.take().expect("chat stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut chat, rx) = spawn_chat(proxy.addr.port());
     let mut seen: Vec<String> = Vec::new();
     let mut upto = |what: &str, bound: Duration| {
         let deadline = Instant::now() + bound;

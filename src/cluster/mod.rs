@@ -548,40 +548,30 @@ impl Link {
 
     /// Gives `name` back, if the key still holds our claim on it.
     pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
-        if self.state.is_up() {
-            let key = Keys::name(name);
-            let value = claim_value(since, &self.wire.node, id);
-            self.send_cmd(
-                &[
-                    b"EVAL",
-                    scripts::RELEASE.as_bytes(),
-                    b"1",
-                    key.as_bytes(),
-                    value.as_bytes(),
-                ],
-                Expect::Ignore("EVAL (release a name)"),
-                Kind::Book,
-            );
-        }
+        let value = claim_value(since, &self.wire.node, id);
+        self.release_with(scripts::RELEASE, name, &value, "EVAL (release a name)");
     }
 
     /// Gives back `name` of user `id` on `node`, declared lost, if the key
     /// still holds that user's claim (whenever it was made).
     pub fn release_lost(&mut self, node: &str, id: u64, name: &str) {
+        let tail = wire::claim_tail(node, id);
+        let what = "EVAL (release a lost instance's name)";
+        self.release_with(scripts::RELEASE_LOST, name, &tail, what);
+    }
+
+    /// A compare-and-delete `script` of `name`'s key, against `claim`.
+    fn release_with(&mut self, script: &str, name: &str, claim: &str, what: &'static str) {
         if self.state.is_up() {
             let key = Keys::name(name);
-            let tail = wire::claim_tail(node, id);
-            self.send_cmd(
-                &[
-                    b"EVAL",
-                    scripts::RELEASE_LOST.as_bytes(),
-                    b"1",
-                    key.as_bytes(),
-                    tail.as_bytes(),
-                ],
-                Expect::Ignore("EVAL (release a lost instance's name)"),
-                Kind::Book,
-            );
+            let args: [&[u8]; 5] = [
+                b"EVAL",
+                script.as_bytes(),
+                b"1",
+                key.as_bytes(),
+                claim.as_bytes(),
+            ];
+            self.send_cmd(&args, Expect::Ignore(what), Kind::Book);
         }
     }
 

@@ -448,12 +448,7 @@ impl Wire {
         let OwnedFrame::Array(parts) = f else {
             return None;
         };
-        let text = |i: usize| {
-            parts
-                .get(i)
-                .and_then(frame_bytes)
-                .and_then(|b| std::str::from_utf8(b).ok())
-        };
+        let text = |i: usize| text_at(&parts, i);
         let epoch = text(0)?;
         let epoch: u64 = if epoch.is_empty() {
             0
@@ -510,6 +505,14 @@ pub fn left_out(f: &OwnedFrame) -> u64 {
     }
 }
 
+/// The text of element `i` of an answer, if it is a UTF-8 string.
+fn text_at(parts: &[OwnedFrame], i: usize) -> Option<&str> {
+    parts
+        .get(i)
+        .and_then(frame_bytes)
+        .and_then(|b| std::str::from_utf8(b).ok())
+}
+
 /// A field and its value.
 pub type Pair<'a> = (&'a [u8], &'a [u8]);
 
@@ -520,12 +523,7 @@ pub fn bans_page(f: &OwnedFrame) -> Option<(Option<String>, u64, Vec<Pair<'_>>)>
     let OwnedFrame::Array(parts) = f else {
         return None;
     };
-    let text = |i: usize| {
-        parts
-            .get(i)
-            .and_then(frame_bytes)
-            .and_then(|b| std::str::from_utf8(b).ok())
-    };
+    let text = |i: usize| text_at(parts, i);
     let cursor = text(0)?;
     // A cursor is a number: anything else would be sent back to Redis.
     cursor.parse::<u64>().ok()?;
