@@ -529,10 +529,11 @@ impl Link {
         let (net, line) = (ban.net.to_string(), ban.to_line());
         let until = ban.until.map_or("permanent".to_string(), |t| t.to_string());
         let now = now.to_string();
+        let (verb, script) = self.shas.call(scripts::REASSERT_I);
         self.send_cmd(
             &[
-                b"EVAL",
-                scripts::REASSERT.as_bytes(),
+                verb,
+                &script,
                 b"2",
                 key.as_bytes(),
                 unbans.as_bytes(),
@@ -747,7 +748,10 @@ impl Link {
                 });
             }
             Expect::Reassert(net) => match frame {
-                OwnedFrame::Error(e) => self.refused("EVAL (re-assert a ban)", &e),
+                OwnedFrame::Error(e) => {
+                    self.forgot(&e);
+                    self.refused("EVAL (re-assert a ban)", &e);
+                }
                 f if frame_bytes(&f) == Some(b"lifted") => {
                     info!(
                         target: LOG,

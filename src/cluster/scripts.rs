@@ -154,17 +154,20 @@ pub const BANS: &str = "local page = redis.call('hscan', KEYS[1], ARGV[1], 'COUN
 pub const BANS_PAGE: usize = 100;
 
 /// The scripts loaded once per connection (SCRIPT LOAD) and then called
-/// by SHA1, by index: the ones sent often enough for their size to matter.
-pub const LOADED: [&str; 2] = [SAY, READ];
+/// by SHA1, by index: the ones sent often enough for their size to matter
+/// (REASSERT: once per ban held, up to MAX_BANS, at every link-up).
+pub const LOADED: [&str; 3] = [SAY, READ, REASSERT];
 /// Index of [`SAY`] in [`LOADED`].
 pub const SAY_I: usize = 0;
 /// Index of [`READ`] in [`LOADED`].
 pub const READ_I: usize = 1;
+/// Index of [`REASSERT`] in [`LOADED`].
+pub const REASSERT_I: usize = 2;
 
 /// SHA1s of [`LOADED`] as loaded on this connection; until known (or after
 /// Redis forgot them), the scripts are sent whole.
 #[derive(Debug, Default)]
-pub struct Loaded([Option<String>; 2]);
+pub struct Loaded([Option<String>; LOADED.len()]);
 
 impl Loaded {
     /// SCRIPT LOAD answered for script `i`.
@@ -176,7 +179,7 @@ impl Loaded {
     /// again (EVAL loads them as it runs them).
     pub fn forgot(&mut self, err: &str) {
         if err.starts_with("NOSCRIPT") {
-            self.0 = [None, None];
+            self.0 = Default::default();
         }
     }
 
