@@ -2045,3 +2045,26 @@ fn bans_converge_an_unban_made_while_away_and_bans_after_redis_restarts_empty() 
     drop(later);
     drop(nodes);
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_five_mib_publication_is_dropped_and_the_link_stays_up() {
+    let cl = Cluster::start(2);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    let big = format!("evil <mallory> {}", "x".repeat(5 << 20));
+    let got = redis_cmd(port, &[b"PUBLISH", b"chatd:0:r:lobby", big.as_bytes()]);
+    assert_eq!(got, Resp::Int(2), "both instances subscribed");
+    alice.send("after");
+    let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| l == "<alice> after");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    bob.send("back");
+    let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| l == "<bob> back");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    for node in &cl.nodes {
+        assert_eq!(metric(node, "reconnects_total"), 0.0);
+        assert!(metric(node, "malformed_total") >= 1.0);
+    }
+}

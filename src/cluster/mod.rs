@@ -231,7 +231,10 @@ impl Link {
             Redis::connect(self.url.addr, CMD, registry),
             Redis::connect(self.url.addr, SUB, registry),
         ) {
-            (Ok(c), Ok(s)) => (c, s),
+            (Ok(c), Ok(mut s)) => {
+                s.skip_publications = true;
+                (c, s)
+            }
             (Err(e), _) | (_, Err(e)) => return self.fail(&e.to_string(), registry, inbound),
         };
         debug!("cluster: connecting to Redis at {}", self.url.addr);
@@ -610,11 +613,15 @@ impl Link {
             self.sub.as_mut()
         };
         let Some(conn) = conn else { return };
-        if let Err(e) = conn
+        let read = conn
             .flush()
-            .and_then(|_| conn.read(&mut self.scratch, &mut frames))
-        {
+            .and_then(|_| conn.read(&mut self.scratch, &mut frames));
+        let skipped = std::mem::take(&mut conn.skipped);
+        if let Err(e) = read {
             return self.fail(&e.to_string(), registry, inbound);
+        }
+        for _ in 0..skipped {
+            self.malformed(b"a channel", "a publication too long to read (skipped)");
         }
         for frame in frames {
             let result = if token == CMD {
