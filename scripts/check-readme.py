@@ -13,7 +13,12 @@ changes, the check follows it:
   be welcomed and hear each other, then it is stopped with SIGTERM;
 - every `cargo run ... --bin chat` (the terminal client): pointed at a server
   started with the README's run command, in pipe mode, it must send a line
-  that a line client hears and end with `*** bye`.
+  that a line client hears and end with `*** bye`;
+- every ```sh block that runs `scripts/flood.sh` (README.md, docs/flood.md):
+  run as one bash script, line by line as written, but with port 3000
+  replaced by a free one (and the web port by another), and after a line
+  that starts a server in the background a wait until its port answers
+  (as a person typing the next line would); it must exit 0.
 
 Hosts other than loopback or 0.0.0.0 in an example are replaced with
 127.0.0.1: nothing here talks to another machine. On a failure it prints the
@@ -366,6 +371,67 @@ def check_client(command, run_command):
         raise Failed(f"{e}\n--- the server printed ---\n{server.output()}") from None
 
 
+def flood_blocks():
+    """(file, line number, text) of every ```sh block using scripts/flood.sh."""
+    found = []
+    for doc in DOCS:
+        fence, lines, start = None, [], 0
+        with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.startswith("```"):
+                    if fence is None:
+                        fence, lines, start = line.strip(), [], n
+                    else:
+                        if fence == "```sh" and any("scripts/flood.sh" in l for l in lines):
+                            found.append((doc, start, "".join(lines)))
+                        fence = None
+                elif fence is not None:
+                    lines.append(line)
+    return found
+
+
+def flood_script(text, port, http_port):
+    """The block as bash: ports swapped, a wait after a background server."""
+    out = ["set -euo pipefail"]
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        line = re.sub(r"--port 3000\b", f"--port {port}", line)
+        if "scripts/flood.sh" in line and "--port" not in line:
+            line = line.replace("scripts/flood.sh", f"scripts/flood.sh --port {port}", 1)
+        first = line.split()[0]
+        if (first == "chatd" or first.endswith("/chatd")) and "--http-port" not in line:
+            line = line.replace(f"--port {port}", f"--port {port} --http-port {http_port}", 1)
+        out.append(line)
+        code = re.sub(r"\s+#.*$", "", line)
+        if re.search(r"&(\s|$)", code) and "&&" not in code:
+            out.append(
+                f"for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.1; done"
+            )
+    return "\n".join(out) + "\n"
+
+
+def check_flood(doc, n, text):
+    script = flood_script(text, free_port(), free_port())
+    print(f"check-readme: {doc}:{n}: the flood block, as bash:\n{script}", flush=True)
+    proc = Process(["bash", "-c", script])
+    try:
+        status = proc.proc.wait(START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.stop()
+        raise Failed(f"{doc}:{n}: the flood block did not finish\n{proc.output()}")
+    # A server it started in the background must not outlive it (the
+    # block's own `kill` has stopped it when all went well).
+    try:
+        os.killpg(proc.proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    proc.reader.join(TIMEOUT)
+    if status != 0:
+        raise Failed(f"{doc}:{n}: the flood block exited {status}; it printed:\n{proc.output()}")
+    print(f"check-readme: ok: the flood block of {doc}:{n} ran as written", flush=True)
+
+
 def main():
     try:
         run_command, all_commands = commands()
@@ -373,6 +439,12 @@ def main():
             for doc, n, c in all_commands:
                 print(f"{doc}:{n}: {c}")
             return 0
+        # Every binary built first: a `cargo run --bin chat` that compiles
+        # for minutes would otherwise outlast the wait for its line.
+        print("check-readme: $ cargo build --release --bins", flush=True)
+        build = subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT)
+        if build.returncode != 0:
+            raise Failed("cargo build --release --bins failed")
         for doc, n, command in all_commands:
             what = binary(shlex.split(command))
             print(f"check-readme: {doc}:{n}: {command}", flush=True)
@@ -384,10 +456,15 @@ def main():
                 check_client(command, run_command[2])
             else:
                 raise Failed(f"{doc}:{n}: no check for `cargo run` of {what!r}; add one here")
+        blocks = flood_blocks()
+        if not any(doc == "README.md" for doc, _, _ in blocks):
+            raise Failed("README.md has no ```sh block running scripts/flood.sh")
+        for doc, n, text in blocks:
+            check_flood(doc, n, text)
     except Failed as e:
         print(f"check-readme: FAILED: {e}", file=sys.stderr, flush=True)
         return 1
-    print(f"check-readme: {len(all_commands)} commands passed", flush=True)
+    print(f"check-readme: {len(all_commands)} commands and {len(blocks)} flood blocks passed", flush=True)
     return 0
 
 

@@ -469,7 +469,13 @@ cmd_up() {
   say "chatd cluster up: $NODES instances behind HAProxy, Redis on 127.0.0.1:$REDIS_PORT"
   say "  chat:   telnet $(lb_host) $PORT     (or: nc $(lb_host) $PORT)"
   say "  web:    http://$(lb_host):$HTTP_PORT/"
-  say "  status: $0 status      stop: $0 down"
+  # `status` and `down` find the cluster by its run dir: when it is not
+  # the default one, the hint carries it, so it works when pasted.
+  local again=$0
+  if [ -n "${CHATD_CLUSTER_DIR:-}" ]; then
+    again="CHATD_CLUSTER_DIR=$(printf '%q' "$CHATD_CLUSTER_DIR") $0"
+  fi
+  say "  status: $again status      stop: $again down"
   say "  logs:   $RUN/*.log"
 }
 

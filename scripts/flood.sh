@@ -22,10 +22,12 @@ order, once. Exits non-zero if anything was missing, reordered or doubled.
                --idle 10000, --slow 1, --json (see: flood --help)
 
 Examples:
-  cargo run --release -- --port 3000 &      # start chatd
+  cargo build --release
+  ./target/release/chatd --port 3000 --limit-exempt 127.0.0.0/8 & chatd=$!
   scripts/flood.sh                          # 100 clients, 10 senders
   scripts/flood.sh 1000 1 2000              # fan-out to 1000 clients
-  scripts/flood.sh -- --rate 2000 --pid "$(pgrep -n chatd)"
+  scripts/flood.sh -- --rate 2000 --pid "$chatd"
+  kill "$chatd"
 EOF
 }
 

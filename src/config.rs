@@ -142,12 +142,12 @@ pub struct Config {
     #[arg(long, value_name = "LINES", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=MAX_HISTORY as i64))]
     pub history_on_join: u32,
 
-    /// Seconds an empty room keeps its history.
+    /// Seconds an empty room keeps its history (at most 604800, a week).
     #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=MAX_HISTORY_TTL))]
     pub history_ttl: u64,
 
     /// Cluster mode: share the chat with every instance using this Redis,
-    /// redis://[:PASSWORD@]HOST[:PORT][/DB] (password also from REDIS_PASSWORD).
+    /// redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (password also from REDIS_PASSWORD).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
 

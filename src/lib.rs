@@ -10,7 +10,8 @@
 //!   asking each connection and acting on what it says; it names no
 //!   listener, layer or codec. Beside the turn: `listeners` (one row per
 //!   listening socket: bind, accept, the first state machine), `outbox`
-//!   (hub output -> connection queues and link calls) and `startup`
+//!   (hub output -> connection queues and the list of cluster
+//!   operations, which `Server::exchange` hands to the link) and `startup`
 //!   (`Config` -> the long-lived parts, the bans file's save).
 //! - [`conn`]: one connection — socket, output queue of shared lines,
 //!   --sendq policy, rate-limit bucket, set up by [`conn::Conn::accept`] —
@@ -28,6 +29,8 @@
 //! - [`timer`]: every per-connection deadline and the accept retry in one
 //!   heap, named by slab key and serial; pure.
 //! - [`idle`]: the --idle-timeout rule (ping, close, or wait); pure.
+//! - [`logging`]: the log on stderr through a bounded queue and a writer
+//!   thread: dropped lines, never a panic or a stalled loop.
 //! - [`line`]: bytes -> lines (LF/CRLF, max length, discard mode, telnet
 //!   stripping) and sanitising; pure.
 //! - [`http`]: request heads, the one router (the page, `/healthz`,
@@ -35,7 +38,8 @@
 //! - [`ws`]: RFC 6455 frames — a bounded decoder and the encoders; pure.
 //! - [`hub`]: names, rooms and the fan-out, commands, room history,
 //!   moderation and the cluster mirror; a line in -> deliveries out; pure.
-//!   Each user is one part per concern, each in the file of its concern.
+//!   Each user is one part per concern, each in the file of its concern;
+//!   `hub/ops.rs` is what the hub asks of the cluster, as data.
 //! - [`history`]: each room's last lines, with ids and times, under line
 //!   and byte bounds; pure, given the time.
 //! - [`msg`]: one outgoing line, shared by all its recipients.
@@ -49,8 +53,11 @@
 //!   RESP connection, `wire.rs` every key, channel and payload (pure),
 //!   `scripts.rs` the Lua scripts and their contracts, `replies.rs` what
 //!   each reply expects and how it is handled, `events.rs` what arrives as
-//!   data and its one mapping onto the hub, `timing.rs` and `warn.rs` the
-//!   timers and the rate-limited log.
+//!   data and its one mapping onto the hub, `rounds.rs` the timed work
+//!   (healing, heartbeat, renewals), `timing.rs` and `warn.rs` the
+//!   durations and the rate-limited log. The hub and the link never call
+//!   each other: the hub lists [`hub::ClusterOp`]s, the link answers with
+//!   [`cluster::Inbound`] events (docs/architecture.md).
 
 pub mod access;
 pub mod cluster;
@@ -62,6 +69,7 @@ pub mod hub;
 pub mod idle;
 pub mod limits;
 pub mod line;
+pub mod logging;
 pub mod metrics;
 pub mod msg;
 pub mod reactor;

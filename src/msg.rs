@@ -17,6 +17,12 @@ pub struct Msg {
     ws: OnceCell<Box<[u8]>>,
 }
 
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Msg").field(&self.text()).finish()
+    }
+}
+
 impl Msg {
     pub fn new(text: &str) -> Rc<Msg> {
         let mut wire = Vec::with_capacity(text.len() + 2);

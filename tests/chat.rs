@@ -757,3 +757,204 @@ fn the_password_from_a_file_is_sent_first_on_every_connection() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------
+// Kicks, bans and refusals end the session with a status that says why
+// (docs/chat.md), instead of a reconnect that takes the nick again.
+
+/// A scripted chat named `name` in the lobby, stdin left open (so only the
+/// server can end it), reconnecting fast if it ever does reconnect.
+fn named_chat(server: &Server, name: &str) -> Chat {
+    let mut chat = Chat::spawn(server.addr, &["--reconnect-base-ms", "20"]);
+    chat.expect("welcome", is_welcome);
+    chat.send(&format!("/nick {name}"));
+    chat.expect("nick", |l| l == format!("*** you are now {name}"));
+    chat
+}
+
+fn operator(server: &Server) -> support::Client {
+    let mut op = server.client();
+    op.send("/oper sesame");
+    op.expect("operator", |l| l.starts_with("*** you are now an operator"));
+    op
+}
+
+#[test]
+fn a_kicked_chat_does_not_come_back_and_exits_7() {
+    let server = Server::start(&["--oper-password", "sesame"]);
+    let mut op = operator(&server);
+    let mut chat = named_chat(&server, "mallory");
+    op.expect("mallory", |l| l.contains("mallory"));
+    op.send("/kick mallory spam");
+    op.expect("the kick", |l| l.starts_with("*** mallory was kicked by"));
+    let status = chat.wait();
+    let err = chat.stderr();
+    assert_eq!(status.code(), Some(7), "stderr: {err}");
+    assert!(
+        err.contains("kicked") && !err.contains("reconnected"),
+        "{err}"
+    );
+    // No second welcome took the name again.
+    let who = op.sync();
+    assert!(!who.iter().any(|l| l.contains("mallory")), "{who:?}");
+    op.send("/who");
+    let list = op.expect("who", |l| l.starts_with("*** #"));
+    assert!(!list.contains("mallory"), "{list}");
+}
+
+#[test]
+fn a_banned_chat_stops_says_for_how_long_and_exits_4() {
+    let server = Server::start(&["--oper-password", "sesame"]);
+    let mut op = operator(&server);
+    let mut chat = named_chat(&server, "mallory");
+    op.send("/ban mallory 10m spam");
+    op.expect("the ban", |l| l.starts_with("*** banned "));
+    let status = chat.wait();
+    let err = chat.stderr();
+    assert_eq!(status.code(), Some(4), "stderr: {err}");
+    assert!(err.contains("banned") && err.contains("10m"), "{err}");
+    // Coming back is refused at once, with the time left, and no retries.
+    let mut again = Chat::spawn(server.addr, &["--reconnect-base-ms", "20"]);
+    let status = again.wait();
+    let err = again.stderr();
+    assert_eq!(status.code(), Some(4), "stderr: {err}");
+    assert!(err.contains("banned") && err.contains("9m"), "{err}");
+}
+
+#[test]
+fn no_password_exits_5_with_the_flag_that_gives_one() {
+    let server = Server::start(&["--password", "hunter2"]);
+    let mut chat = Chat::spawn(server.addr, &[]);
+    chat.send("hello");
+    chat.close_stdin();
+    let status = chat.wait();
+    let err = chat.stderr();
+    assert_eq!(status.code(), Some(5), "stderr: {err}");
+    assert!(err.contains("--password-file"), "{err}");
+}
+
+#[test]
+fn a_full_server_is_a_refusal_exit_3() {
+    let server = Server::start(&["--max-clients", "1"]);
+    let _first = server.client();
+    let mut chat = Chat::spawn(server.addr, &["--reconnect-base-ms", "20"]);
+    let status = chat.wait();
+    let err = chat.stderr();
+    assert_eq!(status.code(), Some(3), "stderr: {err}");
+    assert!(err.contains("server full"), "{err}");
+}
+
+#[test]
+fn tls_against_plain_and_plain_against_tls_exit_6_with_the_fix() {
+    let server = Server::start(&["--tls-self-signed", "--no-http"]);
+    let tls = server.tls_addr.expect("tls port");
+    let run = |port: u16, extra: &[&str]| {
+        support::exit_and_stderr(
+            Command::new(CHAT)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(extra),
+        )
+    };
+    let (code, err) = run(tls.port(), &[]);
+    assert_eq!(code, Some(6), "plain to the TLS port: {err}");
+    assert!(err.contains("--tls"), "{err}");
+    let (code, err) = run(server.addr.port(), &["--tls", "--insecure"]);
+    assert_eq!(code, Some(6), "TLS to the line port: {err}");
+    assert!(err.contains("without --tls"), "{err}");
+    let (code, err) = run(tls.port(), &["--tls"]);
+    assert_eq!(code, Some(6), "self-signed, not trusted: {err}");
+    assert!(
+        err.contains("--insecure") && err.contains("--tls-ca"),
+        "{err}"
+    );
+    let (code, err) = run(tls.port(), &["--tls", "--insecure"]);
+    assert_eq!(code, Some(0), "with --insecure: {err}");
+}
+
+#[test]
+fn tls_without_a_port_means_the_tls_port() {
+    let (_, err) = support::exit_and_stderr(Command::new(CHAT).args([
+        "--host",
+        "127.0.0.1",
+        "--tls",
+        "--insecure",
+    ]));
+    // Whatever answers there (most likely nothing), it is port 3443.
+    assert!(err.is_empty() || err.contains("127.0.0.1:3443"), "{err}");
+}
+
+#[test]
+#[ignore = "needs tmux"]
+fn interactive_kick_says_so_and_reconnects_only_when_asked() {
+    let server = Server::start(&["--oper-password", "sesame"]);
+    let mut op = operator(&server);
+    let tmux = Tmux::start(&chat_args(&server, "--reconnect-base-ms 20"), "");
+    tmux.wait_screen("welcome", |r| r.iter().any(|l| is_welcome(l)));
+    tmux.type_text("/nick mallory");
+    tmux.key("Enter");
+    tmux.wait_screen("the nick", |r| {
+        r.iter().any(|l| l == "*** you are now mallory")
+    });
+    op.expect("mallory", |l| l.contains("mallory"));
+    op.send("/kick mallory");
+    tmux.wait_screen("the kick and the way back", |r| {
+        r.iter()
+            .any(|l| l.contains("you were kicked") && l.contains("/reconnect"))
+    });
+    // Held: the op's /who shows no mallory until /reconnect.
+    op.send("/who");
+    let list = op.expect("who", |l| l.starts_with("*** #"));
+    assert!(!list.contains("mallory"), "came back on its own: {list}");
+    tmux.type_text("/reconnect");
+    tmux.key("Enter");
+    op.expect("mallory again", |l| {
+        l == "*** mallory joined" || l.contains("is now mallory")
+    });
+    tmux.key("C-d");
+    assert_sane_terminal(&tmux.wait_status(), 0);
+}
+
+/// The backoff resets on a welcome, not on a TCP connect: against a server
+/// that accepts and closes at once, the announced delays keep doubling.
+/// (The printed schedule is checked, not the time it took.)
+#[test]
+fn backoff_grows_against_a_server_that_accepts_and_closes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            if i == 0 {
+                // The first connection is welcomed, as chatd would.
+                let _ = s.write_all(b"*** welcome to chatd, guest-1! you are in #lobby\r\n");
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let mut chat = Chat::spawn(addr, &["--reconnect-base-ms", "200"]);
+    chat.expect("welcome", is_welcome);
+    let deadline = Instant::now() + TIMEOUT;
+    while accepted.load(Ordering::SeqCst) < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = chat.stderr();
+    let delays: Vec<f64> = err
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("reconnecting in ")?
+                .1
+                .strip_suffix(" s")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(delays.len() >= 4, "{err}");
+    // 200 ms doubling: the fourth is 1.6 s (±25 %), never the first again.
+    assert!(
+        delays[3] >= 1.0,
+        "the backoff restarted on a connect: {delays:?}"
+    );
+}

@@ -512,3 +512,53 @@ fn watched_processes_get_their_cpu_over_the_run_reported() {
         assert!(w["cpu_s"].as_f64().is_some_and(|c| c >= 0.0), "{v}");
     }
 }
+
+/// Issue 25, item 9: `--version`, plural forms, and a progress line on
+/// stderr (forced here; by default only when stderr is a terminal).
+#[test]
+fn version_plurals_and_progress() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flood"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("flood "));
+
+    let server = Server::start(&[]);
+    // Open loop at 200 lines/s for 300 lines: at least 1.5 s, so at least
+    // one progress line.
+    let out = Command::new(env!("CARGO_BIN_EXE_flood"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &server.addr.port().to_string(),
+        ])
+        .args([
+            "-n",
+            "2",
+            "-s",
+            "1",
+            "-m",
+            "300",
+            "--rate",
+            "200",
+            "--progress",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(": 2 clients, 1 sender x 300 lines x"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("flood: 1 s: ") && stderr.contains("deliveries/s"),
+        "no progress line: {stderr:?}"
+    );
+}

@@ -5,7 +5,7 @@
 use super::LOG;
 use crate::access::Ban;
 use crate::history::{Id, Line};
-use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Outbox, Presence};
+use crate::hub::{Asked, Claim, ClientId, Due, GUEST_BLOCK, Hub, Outbox, Presence, Refusal};
 use ipnet::IpNet;
 use log::info;
 use std::collections::HashMap;
@@ -55,6 +55,11 @@ pub enum Inbound {
     Ban(Ban),
     /// A ban lifted on another instance.
     Unban(IpNet),
+    /// An operation the link could not take now (see [`Refusal`]).
+    Refused(Refusal),
+    /// The link's bookkeeping is due: the hub answers with a
+    /// `ClusterOp::Roster` holding what is asked.
+    Due(Due),
 }
 
 impl Inbound {
@@ -95,6 +100,9 @@ impl Inbound {
             }
             Inbound::Ban(ban) => hub.ban_from_cluster(ban, out),
             Inbound::Unban(net) => hub.unban_from_cluster(&net),
+            Inbound::Refused(Refusal::Say(id)) => hub.say_refused(id, out),
+            Inbound::Refused(Refusal::Claim(id)) => hub.claim_refused(id, out),
+            Inbound::Due(due) => hub.give_roster(due, out),
         }
     }
 }

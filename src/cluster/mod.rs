@@ -14,6 +14,8 @@
 //! - [`replies`]: what each awaited reply means and what a command may cost
 //!   the queue toward Redis;
 //! - [`events`]: what arrives, as data, and its one mapping onto the hub;
+//! - [`rounds`]: the timers' work — reconnecting, the deadline on replies,
+//!   healing, and every tick's heartbeat, renewals and node checks;
 //! - here: the link's state machine (down, connecting, healing, up) and the
 //!   verbs the reactor calls on behalf of the hub.
 //!
@@ -23,6 +25,7 @@
 mod events;
 mod redis;
 mod replies;
+mod rounds;
 mod scripts;
 mod timing;
 mod warn;
@@ -35,7 +38,7 @@ pub use wire::{claim_value, claim_wins, valid_node};
 
 use crate::access::Ban;
 use crate::history::Id;
-use crate::hub::{Asked, Claim, ClientId, GUEST_BLOCK, Hub, Presence};
+use crate::hub::{Asked, Claim, ClientId, ClusterOp, Due, GUEST_BLOCK, Presence, Refusal, Roster};
 use crate::metrics::Cluster as ClusterStats;
 use ipnet::IpNet;
 use log::{debug, info};
@@ -133,6 +136,11 @@ pub struct Link {
     /// After a refused reservation of guest numbers: not asked again before.
     guests_retry: Option<Instant>,
     guests_backoff: Duration,
+    /// The hub runs low on guest numbers; the highest it handed out.
+    guests_wanted: Option<u64>,
+    /// What the bookkeeping round asked of the hub (`Inbound::Due`), until
+    /// its `ClusterOp::Roster` comes.
+    asked: Option<Due>,
     ever_up: bool,
     /// The subscriber's queue passed its bound: drop the link.
     stuck: Option<String>,
@@ -184,6 +192,8 @@ impl Link {
             warn: Warnings::default(),
             guests_retry: None,
             guests_backoff: BACKOFF_MIN,
+            guests_wanted: None,
+            asked: None,
             ever_up: false,
             stuck: None,
             missing: HashMap::new(),
@@ -317,6 +327,7 @@ impl Link {
         self.delivered.clear();
         self.missing.clear();
         self.stuck = None;
+        self.asked = None;
         if was.is_up() {
             self.warn.down(why);
         } else {
@@ -909,161 +920,52 @@ impl Link {
         self.wire.decode(channel, payload)
     }
 
-    /// Reconnects when due; drops a link whose oldest command has waited
-    /// too long for its reply; heals; when up, every tick: heartbeat, renew
-    /// names, check the instances we mirror and the ones we lost, top up
-    /// guest numbers.
-    pub fn tick(
-        &mut self,
-        now: Instant,
-        hub: &Hub,
-        registry: &Registry,
-        inbound: &mut Vec<Inbound>,
-    ) {
-        if let Some(why) = self.why_drop(now) {
-            return self.fail(&why, registry, inbound);
-        }
-        match self.state {
-            State::Down { retry_at } if retry_at <= now => self.connect(registry, inbound),
-            State::Connecting { by, .. } if by <= now => {
-                let why = format!("no answer from Redis within {:?}", self.timing.reply);
-                self.fail(&why, registry, inbound)
-            }
-            State::Healing { sent: false, .. } => {
-                // Bans first: Redis runs them before anyone hears the link
-                // is up, and before the bans are read back.
-                let now = now_ms();
-                for ban in hub.bans_held() {
-                    self.reassert(&ban, now);
-                }
-                let mut left = 0;
-                for (id, name, since) in hub.claimed_names() {
-                    let mine = claim_value(since, &self.wire.node, id);
-                    if self.renew(id, name, mine, "", true) {
-                        left += 1;
-                    }
-                }
-                self.state = State::Healing { sent: true, left };
-                if left == 0 {
-                    self.go_up(inbound);
-                }
-            }
-            State::Up {
-                round_left,
-                guests_asked,
+    /// One operation from the hub (see [`ClusterOp`]). What cannot be
+    /// taken now is refused back as an event, in the same turn.
+    pub fn apply(&mut self, op: ClusterOp, inbound: &mut Vec<Inbound>) {
+        match op {
+            ClusterOp::Publish { room, msg } => self.publish_room(&room, msg.text()),
+            ClusterOp::Say {
+                room,
+                from,
+                lines,
+                keep,
+                ttl_ms,
             } => {
-                self.top_up_guests(now, hub, guests_asked);
-                if self.next_tick <= now {
-                    self.next_tick = now + self.timing.tick;
-                    self.heartbeat(now, hub);
-                    if round_left == 0 {
-                        self.round(hub);
-                    }
+                if !self.say(&room, from, &lines, keep, ttl_ms) {
+                    inbound.push(Inbound::Refused(Refusal::Say(from)));
                 }
             }
-            _ => {}
-        }
-    }
-
-    /// Why a link that is not down must be dropped now, if it must: the
-    /// subscriber's queue overflowed, or Redis is too slow to answer.
-    fn why_drop(&mut self, now: Instant) -> Option<String> {
-        if self.state.is_down() {
-            return None;
-        }
-        if let Some(why) = self.stuck.take() {
-            return Some(why);
-        }
-        let (at, _) = self.pending.front()?;
-        if now < *at + self.timing.reply {
-            return None;
-        }
-        self.stats.timeouts += 1;
-        Some(format!(
-            "Redis did not answer within {:?} (--cluster-timeout)",
-            self.timing.reply
-        ))
-    }
-
-    /// Reserves a block of guest numbers when the hub runs low, one
-    /// request at a time, not again before `guests_retry` after a refusal.
-    fn top_up_guests(&mut self, now: Instant, hub: &Hub, asked: bool) {
-        if self.guests_retry.is_some_and(|t| t <= now) {
-            self.guests_retry = None;
-        }
-        if hub.guests_left() >= GUEST_BLOCK / 2 || asked || self.guests_retry.is_some() {
-            return;
-        }
-        let used = hub.guests_used().to_string();
-        let block = GUEST_BLOCK.to_string();
-        let asked = self.send_cmd(
-            &[
-                b"EVAL",
-                scripts::GUESTS.as_bytes(),
-                b"1",
-                Keys::GUESTS.as_bytes(),
-                used.as_bytes(),
-                block.as_bytes(),
-            ],
-            Expect::Guests,
-            Kind::Book,
-        );
-        if let State::Up { guests_asked, .. } = &mut self.state {
-            *guests_asked = asked;
-        }
-    }
-
-    /// Our heartbeat, every tick; after a reconnect, the nodes we knew get
-    /// their grace first.
-    fn heartbeat(&mut self, now: Instant, hub: &Hub) {
-        if std::mem::take(&mut self.carry) {
-            let until = now + self.timing.grace();
-            self.grace = hub
-                .remote_nodes()
-                .into_iter()
-                .take(MAX_NODES)
-                .map(|n| (n, until))
-                .collect();
-        }
-        let alive = Keys::alive(&self.wire.node);
-        let ms = self.timing.alive_ms();
-        self.send_cmd(
-            &[b"SET", alive.as_bytes(), b"1", b"PX", ms.as_bytes()],
-            Expect::Ignore("SET (our heartbeat)"),
-            Kind::Book,
-        );
-    }
-
-    /// One round of bookkeeping: renew every local name, check every node
-    /// we mirror and every one we lost (at most MAX_NODES).
-    fn round(&mut self, hub: &Hub) {
-        let mut started = 0;
-        for (id, name, since) in hub.claimed_names() {
-            let mine = claim_value(since, &self.wire.node, id);
-            if self.renew(id, name, mine, "", false) {
-                started += 1;
+            ClusterOp::History {
+                id,
+                room,
+                asked,
+                after,
+                count,
+            } => {
+                // Not asked only when the link is not up: its `Down`,
+                // already on the way, makes the hub give up waiting.
+                self.history(id, &room, asked, after, count);
             }
-        }
-        let lost = hub.lost_nodes();
-        let checks = hub
-            .remote_nodes()
-            .into_iter()
-            .map(|n| (n, true))
-            .chain(lost.into_iter().map(|n| (n, false)))
-            .take(MAX_NODES);
-        for (node, mirrored) in checks {
-            let key = Keys::alive(&node);
-            let expect = if mirrored {
-                Expect::Alive(node)
-            } else {
-                Expect::Back(node)
-            };
-            if self.send_cmd(&[b"EXISTS", key.as_bytes()], expect, Kind::Book) {
-                started += 1;
+            ClusterOp::Ban(ban) => self.ban(&ban),
+            ClusterOp::Unban(net) => self.unban(&net),
+            ClusterOp::Presence(event) => self.presence(&event),
+            ClusterOp::Private {
+                node,
+                to,
+                to_name,
+                msg,
+            } => self.private(&node, to, &to_name, msg.text()),
+            ClusterOp::Subscribe { room, on } => self.subscribe(&room, on),
+            ClusterOp::Claim { id, name } => {
+                if !self.claim(id, &name) {
+                    inbound.push(Inbound::Refused(Refusal::Claim(id)));
+                }
             }
-        }
-        if let State::Up { round_left, .. } = &mut self.state {
-            *round_left = started;
+            ClusterOp::Release { name, id, since } => self.release(&name, id, since),
+            ClusterOp::ReleaseLost { node, id, name } => self.release_lost(&node, id, &name),
+            ClusterOp::Guests { used } => self.guests_wanted = Some(used),
+            ClusterOp::Roster(roster) => self.on_roster(roster, inbound),
         }
     }
 

@@ -154,6 +154,7 @@ impl Link {
         let text = match frame {
             OwnedFrame::Integer(last) => {
                 self.guests_backoff = BACKOFF_MIN;
+                self.guests_wanted = None;
                 let start = (last as u64).saturating_sub(GUEST_BLOCK - 1);
                 return inbound.push(Inbound::Guests(start));
             }

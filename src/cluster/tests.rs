@@ -2,6 +2,8 @@
 //! and the state machine driven against stand-ins for Redis on loopback.
 
 use super::*;
+use crate::hub::{Hub, Outbox};
+use crate::msg::Msg;
 
 #[test]
 fn urls() {
@@ -203,10 +205,9 @@ fn mute_redis(queue: usize, reply: Duration) -> (std::net::TcpListener, Link) {
 fn a_redis_that_does_not_answer_in_time_is_a_lost_link() {
     let (_redis, mut link) = mute_redis(1 << 20, Duration::from_millis(500));
     let poll = mio::Poll::new().unwrap();
-    let hub = Hub::new(200).with_cluster("me~1");
     let mut inbound = Vec::new();
     let t0 = Instant::now();
-    link.tick(t0, &hub, poll.registry(), &mut inbound);
+    link.tick(t0, poll.registry(), &mut inbound);
     assert!(matches!(link.state, State::Connecting { .. }));
     assert!(
         link.deadline()
@@ -214,17 +215,11 @@ fn a_redis_that_does_not_answer_in_time_is_a_lost_link() {
     );
     link.tick(
         t0 + Duration::from_millis(100),
-        &hub,
         poll.registry(),
         &mut inbound,
     );
     assert!(inbound.is_empty(), "not yet");
-    link.tick(
-        t0 + Duration::from_secs(1),
-        &hub,
-        poll.registry(),
-        &mut inbound,
-    );
+    link.tick(t0 + Duration::from_secs(1), poll.registry(), &mut inbound);
     assert!(link.state.is_down());
     assert!(matches!(&inbound[..], [Inbound::Down(why)] if why.contains("Redis did not answer")));
     assert_eq!((link.stats.timeouts, link.stats.connect_failures), (1, 1));
@@ -235,9 +230,8 @@ fn a_redis_that_does_not_answer_in_time_is_a_lost_link() {
 fn the_queues_toward_redis_are_bounded_by_kind() {
     let (_redis, mut link) = mute_redis(4096, Duration::from_secs(60));
     let poll = mio::Poll::new().unwrap();
-    let hub = Hub::new(200).with_cluster("me~1");
     let mut inbound = Vec::new();
-    link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+    link.tick(Instant::now(), poll.registry(), &mut inbound);
     // Pretend the handshake is done (nothing answers here), and sent.
     link.state = State::UP;
     link.pending.clear();
@@ -269,7 +263,7 @@ fn the_queues_toward_redis_are_bounded_by_kind() {
     for i in 0..200 {
         link.subscribe(&format!("room{i}"), true);
     }
-    link.tick(Instant::now(), &hub, poll.registry(), &mut inbound);
+    link.tick(Instant::now(), poll.registry(), &mut inbound);
     assert!(link.state.is_down());
     assert!(
         matches!(&inbound[..], [Inbound::Down(why)] if why.contains("subscriber queue")),
@@ -405,13 +399,28 @@ impl FakeRedis {
     }
 }
 
-/// The link, its Poll and a hub to read from, driven against a FakeRedis.
+/// The link, its Poll and a hub to talk to, driven against a FakeRedis.
 struct Stand {
     redis: FakeRedis,
     link: Link,
     poll: mio::Poll,
     hub: Hub,
     inbound: Vec<Inbound>,
+    /// How many of `inbound` the hub has been told.
+    told: usize,
+}
+
+/// What the hub asks of the link, and nothing else (a stand-in for the
+/// reactor's Out).
+#[derive(Default)]
+struct Ops(Vec<ClusterOp>);
+
+impl Outbox for Ops {
+    fn send(&mut self, _: ClientId, _: &Rc<Msg>) {}
+    fn close(&mut self, _: ClientId, _: String) {}
+    fn cluster(&mut self, op: ClusterOp) {
+        self.0.push(op);
+    }
 }
 
 impl Stand {
@@ -424,31 +433,51 @@ impl Stand {
             poll: mio::Poll::new().unwrap(),
             hub: Hub::new(200).with_cluster("me~1"),
             inbound: Vec::new(),
+            told: 0,
         }
     }
 
     /// One turn of a reactor's loop, and of the fake Redis.
     fn step(&mut self) {
-        let seen = self.inbound.len();
         self.redis.serve();
         let mut events = mio::Events::with_capacity(16);
         self.poll
             .poll(&mut events, Some(Duration::from_millis(5)))
             .unwrap();
-        let registry = self.poll.registry();
         for e in events.iter() {
-            self.link.ready(e.token(), registry, &mut self.inbound);
+            self.link
+                .ready(e.token(), self.poll.registry(), &mut self.inbound);
         }
-        // The one event the hub must see before the next tick, or the
-        // link asks again.
-        for e in &self.inbound[seen..] {
-            if let Inbound::Guests(start) = e {
-                self.hub.add_guests(*start, GUEST_BLOCK);
+        self.exchange();
+        self.link
+            .tick(Instant::now(), self.poll.registry(), &mut self.inbound);
+        self.exchange();
+        self.link.flush(self.poll.registry(), &mut self.inbound);
+    }
+
+    /// What the reactor's exchange does, for the events the link's own
+    /// bookkeeping needs answered (link up, guest numbers, a roster due):
+    /// those to the hub, the hub's operations to the link, until quiet.
+    /// Every event stays in `inbound` for the tests to read.
+    fn exchange(&mut self) {
+        for _ in 0..8 {
+            let mut ops = Ops::default();
+            for e in &self.inbound[self.told..] {
+                match e {
+                    Inbound::Up => self.hub.link_up(&mut ops),
+                    Inbound::Guests(start) => self.hub.add_guests(*start, GUEST_BLOCK),
+                    Inbound::Due(due) => self.hub.give_roster(*due, &mut ops),
+                    _ => {}
+                }
+            }
+            self.told = self.inbound.len();
+            if ops.0.is_empty() {
+                return;
+            }
+            for op in ops.0 {
+                self.link.apply(op, &mut self.inbound);
             }
         }
-        self.link
-            .tick(Instant::now(), &self.hub, registry, &mut self.inbound);
-        self.link.flush(registry, &mut self.inbound);
     }
 
     /// Turns until `done`, at most 2000 of them (about 10 s).
@@ -467,6 +496,7 @@ impl Stand {
         s.until("up", |s| s.inbound.contains(&Inbound::Up));
         s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
         s.inbound.clear();
+        s.told = 0;
         s
     }
 }
@@ -707,6 +737,7 @@ fn a_redis_that_stops_answering_once_up_is_a_lost_link() {
     s.redis.mute = false;
     s.redis.close();
     s.inbound.clear();
+    s.told = 0;
     s.until("up again", |s| s.inbound.contains(&Inbound::Up));
     assert_eq!(s.link.stats().reconnects, 1);
     assert!(
@@ -766,6 +797,7 @@ fn what_other_instances_publish_arrives_cleaned_and_coalesced() {
     s.link.subscribe("lobby", true);
     s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
     s.inbound.clear();
+    s.told = 0;
     // Three publications in one read: two lines for the room, one forged.
     let msg = |channel: &str, payload: &str| {
         format!(

@@ -27,7 +27,7 @@ const OPER_HELP: &[&str] = &[
     "***   /ban NAME|ADDRESS[/prefix] [time] [why]   refuse an address (a user's, by name); time 30s, 10m, 2h, 7d or permanent (default)",
     "***   /unban ADDRESS[/prefix]                   lift a ban, as listed by /bans",
     "***   /bans                                     the bans in force",
-    "***   /mute NAME [time]                         refuse a user's messages, /me and /msg (default: until /unmute)",
+    "***   /mute NAME [time] [reason]                refuse a user's messages, /me and /msg (default: until /unmute)",
     "***   /unmute NAME                              let a muted user speak again",
 ];
 

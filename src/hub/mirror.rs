@@ -5,7 +5,7 @@
 
 use super::*;
 
-/// The shared store's answer to a name claim (`Outbox::claim`).
+/// The shared store's answer to a name claim ([`ClusterOp::Claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// Reserved for us, claimed at this time (ms since the Unix epoch).
@@ -75,14 +75,14 @@ impl Hub {
             return;
         };
         let r = &self.rooms[c.seat.room()];
-        out.presence(Presence::Here {
+        out.cluster(ClusterOp::Presence(Presence::Here {
             node: cl.node.clone(),
             id: id.0 as u64,
             name: c.who.name().to_string(),
             room: r.key.to_string(),
             shown: r.name[1..].to_string(),
             round: cl.round,
-        });
+        }));
     }
 
     /// Announces every local user to the other instances, as a new roster
@@ -96,7 +96,7 @@ impl Hub {
         for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
             self.here(i, out);
         }
-        out.presence(Presence::End { node, round });
+        out.cluster(ClusterOp::Presence(Presence::End { node, round }));
     }
 
     // ---- Cluster input: what the link heard from the other instances ----
@@ -289,7 +289,11 @@ impl Hub {
         for ((n, id), &i) in &self.remote {
             let key = self.clients[i].who.key();
             if &**n == node && !key.starts_with("guest-") {
-                out.release_lost(node, *id, key);
+                out.cluster(ClusterOp::ReleaseLost {
+                    node: n.clone(),
+                    id: *id,
+                    name: key.into(),
+                });
             }
         }
     }
@@ -306,7 +310,7 @@ impl Hub {
         if let Some(c) = &self.cluster
             && c.lost.iter().any(|n| &**n == node)
         {
-            out.presence(Presence::Who { node: node.into() });
+            out.cluster(ClusterOp::Presence(Presence::Who { node: node.into() }));
         }
     }
 
@@ -341,17 +345,17 @@ impl Hub {
         if let Some(c) = &self.cluster
             && c.up
         {
-            let names: Vec<(ClientId, String, u64)> = self
+            let names: Vec<(ClientId, Box<str>, u64)> = self
                 .claimed_names()
                 .into_iter()
-                .map(|(id, name, since)| (id, name.to_string(), since))
+                .map(|(id, name, since)| (id, name.into(), since))
                 .collect();
             for (id, name, since) in names {
-                out.release(&name, id, since);
+                out.cluster(ClusterOp::Release { name, id, since });
             }
-            out.presence(Presence::Bye {
+            out.cluster(ClusterOp::Presence(Presence::Bye {
                 node: c.node.clone(),
-            });
+            }));
         }
     }
 
@@ -368,8 +372,55 @@ impl Hub {
         for id in self.local_ids() {
             reply(out, id, LINK_UP);
         }
-        out.presence(Presence::Hello { node });
+        out.cluster(ClusterOp::Presence(Presence::Hello { node }));
         self.roster_all(out);
+        self.want_guests(out);
+    }
+
+    /// The link could not take local client `id`'s name claim (the queue
+    /// toward Redis is full).
+    pub fn claim_refused(&mut self, id: ClientId, out: &mut impl Outbox) {
+        if let Some(c) = self.cluster.as_mut()
+            && c.pending.remove(&id).is_some()
+        {
+            reply(
+                out,
+                id,
+                "*** error: the cluster is busy; try /nick again in a moment",
+            );
+        }
+    }
+
+    /// The link's bookkeeping is due: it gets what it asked for as data,
+    /// rather than reading the hub.
+    pub fn give_roster(&self, due: Due, out: &mut impl Outbox) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let names = if due.names {
+            let names = self.claimed_names().into_iter();
+            names
+                .map(|(id, name, since)| (id, name.into(), since))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (remote, lost) = if due.nodes {
+            (self.remote_nodes(), self.lost_nodes())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let bans = if due.bans {
+            self.bans_held()
+        } else {
+            Vec::new()
+        };
+        out.cluster(ClusterOp::Roster(Roster {
+            names,
+            remote,
+            lost,
+            bans,
+        }));
     }
 
     /// The link is down: the other instances' users are out of reach, not
@@ -432,7 +483,11 @@ impl<O: Outbox> Outbox for Silent<'_, O> {
     fn close(&mut self, id: ClientId, reason: String) {
         self.0.close(id, reason)
     }
-    fn subscribe(&mut self, room: &str, on: bool) {
-        self.0.subscribe(room, on)
+    fn cluster(&mut self, op: ClusterOp) {
+        // Only the link's subscriptions follow the change; nothing is
+        // announced to the other instances.
+        if let ClusterOp::Subscribe { .. } = op {
+            self.0.cluster(op)
+        }
     }
 }

@@ -43,6 +43,7 @@ mod command;
 mod mirror;
 mod moderation;
 mod names;
+mod ops;
 mod room_history;
 mod rooms;
 
@@ -50,6 +51,7 @@ pub use self::command::{Command, stats_line};
 pub use self::mirror::{Claim, LINK_DOWN, LINK_UP, MAX_LOST, MAX_REMOTE, same_instance_name};
 pub use self::moderation::{Access, Moderation, NEEDS_PASSWORD};
 pub use self::names::{MAX_NAME, check_name};
+pub use self::ops::{ClusterOp, Due, Refusal, Roster};
 pub use self::room_history::Asked;
 pub use self::rooms::{LIST_MAX, LOBBY};
 pub use crate::access::human_duration;
@@ -95,8 +97,7 @@ impl std::ops::IndexMut<Member> for Slab<Client> {
 }
 
 /// Where the hub's output goes. Implemented by the reactor over its
-/// connections, and by recorders in tests and benches. The cluster methods
-/// do nothing unless a cluster link is attached.
+/// connections, and by recorders in tests and benches.
 pub trait Outbox {
     /// Queue `msg` for `to`. Must not call back into the hub: a transport
     /// that needs to drop `to` marks it and tells the hub after the call.
@@ -104,56 +105,9 @@ pub trait Outbox {
     /// `id` asked to leave (`/quit`): flush what is queued for it, then
     /// close it and call [`Hub::disconnect`] with `reason`.
     fn close(&mut self, id: ClientId, reason: String);
-    /// A line for the members of `room` on the other instances.
-    fn publish(&mut self, _room: &str, _msg: &Rc<Msg>) {}
-    /// Cluster mode: room lines (CRLF between) from local client `from`, to
-    /// be numbered and kept by Redis (at most `keep` per room, for `ttl_ms`
-    /// after the last); they come back through [`Hub::said`]. False when
-    /// they cannot go now (link down, queue full).
-    fn say(
-        &mut self,
-        _room: &str,
-        _from: ClientId,
-        _lines: &str,
-        _keep: usize,
-        _ttl_ms: u64,
-    ) -> bool {
-        false
-    }
-    /// Cluster mode: a room's history for `id` from Redis, the lines after
-    /// `after` or the last ones, at most `count`; answered by
-    /// [`Hub::answer`]. False when it cannot be asked now.
-    fn history(
-        &mut self,
-        _id: ClientId,
-        _room: &str,
-        _asked: Asked,
-        _after: Option<Id>,
-        _count: usize,
-    ) -> bool {
-        false
-    }
-    /// Cluster mode: a ban set here, for the other instances (and Redis,
-    /// which keeps them for instances that start later).
-    fn ban(&mut self, _ban: &crate::access::Ban) {}
-    /// Cluster mode: a ban lifted here.
-    fn unban(&mut self, _net: &ipnet::IpNet) {}
-    /// A change to who is where, for the other instances' mirrors.
-    fn presence(&mut self, _event: Presence) {}
-    /// A line for one user on another instance.
-    fn private(&mut self, _node: &str, _to: u64, _to_name: &str, _msg: &Rc<Msg>) {}
-    /// This instance now has local members in `room` (true) or none (false).
-    fn subscribe(&mut self, _room: &str, _on: bool) {}
-    /// Reserve `name` cluster-wide for `id`; answered by [`Hub::claimed`].
-    /// False when it cannot be asked now (the queue toward Redis is full).
-    fn claim(&mut self, _id: ClientId, _name: &str) -> bool {
-        true
-    }
-    /// Give up `name`, reserved for `id` by a claim made at `since`.
-    fn release(&mut self, _name: &str, _id: ClientId, _since: u64) {}
-    /// Give up `name` for user `id` of instance `node`, which was declared
-    /// lost, if Redis still holds that user's claim on it.
-    fn release_lost(&mut self, _node: &str, _id: u64, _name: &str) {}
+    /// Cluster mode: an operation for the link (see [`ClusterOp`]). Not
+    /// called on a server without a cluster.
+    fn cluster(&mut self, _op: ClusterOp) {}
     /// What `/stats` tells `id` about its own connection; None where the
     /// transport keeps no such figures (recorders in tests and benches).
     fn conn_stats(&self, _id: ClientId) -> Option<ConnStats> {
@@ -392,7 +346,7 @@ impl Hub {
     /// In (past the password, if any): it gets a guest name, lands in the
     /// lobby and is welcomed; the lobby hears of it.
     fn let_in(&mut self, id: ClientId, addr: IpAddr, out: &mut impl Outbox) {
-        let name = self.guest_name();
+        let name = self.guest_name(out);
         let key: Box<str> = name.clone().into();
         let i = Member(self.clients.insert(Client {
             who: Identity::new(name.clone().into(), key.clone(), Home::Local(id), 0),
@@ -445,14 +399,11 @@ impl Hub {
         if let Some(c) = self.cluster.as_mut() {
             c.pending.remove(&id);
             let node = c.node.clone();
-            out.presence(Presence::Gone {
+            out.cluster(ClusterOp::Presence(Presence::Gone {
                 node,
                 id: id.0 as u64,
-            });
-            let c = &self.clients[i].who;
-            if !c.key().starts_with("guest-") {
-                out.release(c.key(), id, c.since());
-            }
+            }));
+            self.release_claim(id, i, out);
         }
         Some(i)
     }

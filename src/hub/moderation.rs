@@ -360,7 +360,10 @@ impl Hub {
         let msg = Msg::new(text);
         self.to_room(room, None, &msg, out);
         if self.cluster.is_some() {
-            out.publish(&self.rooms[room].key, &msg);
+            out.cluster(ClusterOp::Publish {
+                room: self.rooms[room].key.clone(),
+                msg,
+            });
         }
     }
 
@@ -456,7 +459,7 @@ impl Hub {
         self.access.changed = true;
         self.access.counts.bans += 1;
         if self.cluster.is_some() {
-            out.ban(&ban);
+            out.cluster(ClusterOp::Ban(ban.clone()));
         }
         let (shown, span) = (access::show_net(&net), span_words(span));
         warn!("{shown} banned {span} by {by}{}", because(&why));
@@ -549,7 +552,7 @@ impl Hub {
         }
         self.access.changed = true;
         if self.cluster.is_some() {
-            out.unban(&net);
+            out.cluster(ClusterOp::Unban(net));
         }
         warn!("{shown} unbanned by {}", self.clients[i].who.name());
         reply(out, id, &format!("*** unbanned {shown}"));

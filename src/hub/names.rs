@@ -106,6 +106,30 @@ impl Hub {
             .map_or(u64::MAX, |c| c.guests.iter().map(|(a, b)| b - a).sum())
     }
 
+    /// Cluster mode: gives back the name local user `i` (client `id`)
+    /// holds, unless it is a guest name (those are never claimed).
+    pub(super) fn release_claim(&self, id: ClientId, i: Member, out: &mut impl Outbox) {
+        let c = &self.clients[i].who;
+        if !c.key().starts_with("guest-") {
+            out.cluster(ClusterOp::Release {
+                name: c.key().into(),
+                id,
+                since: c.since(),
+            });
+        }
+    }
+
+    /// Cluster mode: asks the link for a block of guest numbers while
+    /// fewer than half a block are left (the link asks Redis once at a
+    /// time, however often it is told).
+    pub(super) fn want_guests(&self, out: &mut impl Outbox) {
+        if self.cluster.is_some() && self.guests_left() < GUEST_BLOCK / 2 {
+            out.cluster(ClusterOp::Guests {
+                used: self.guests_used(),
+            });
+        }
+    }
+
     /// The cluster link reserved guest numbers [start, start + len).
     pub fn add_guests(&mut self, start: u64, len: u64) {
         if let Some(c) = self.cluster.as_mut() {
@@ -113,7 +137,7 @@ impl Hub {
         }
     }
 
-    pub(super) fn guest_name(&mut self) -> String {
+    pub(super) fn guest_name(&mut self, out: &mut impl Outbox) -> String {
         let Some(c) = self.cluster.as_mut() else {
             let n = self.next_guest;
             self.next_guest += 1;
@@ -124,6 +148,7 @@ impl Hub {
                 let n = *next;
                 *next += 1;
                 self.next_guest = self.next_guest.max(n + 1);
+                self.want_guests(out);
                 return format!("guest-{n}");
             }
             c.guests.pop_front();
@@ -132,7 +157,9 @@ impl Hub {
         let n = c.fallback;
         c.fallback += 1;
         let id = c.node.split('~').next().unwrap_or_default();
-        format!("guest-{id}-{n}")
+        let name = format!("guest-{id}-{n}");
+        self.want_guests(out);
+        name
     }
 
     pub(super) fn nick(&mut self, id: ClientId, i: Member, wanted: &str, out: &mut impl Outbox) {
@@ -174,16 +201,13 @@ impl Hub {
             if c.pending.contains_key(&id) {
                 return reply(out, id, "*** error: a name change is already under way");
             }
+            // Answered by `claimed`, or by `claim_refused` if the queue
+            // toward Redis is full.
             c.pending.insert(id, wanted.into());
-            if !out.claim(id, &key) {
-                c.pending.remove(&id);
-                return reply(
-                    out,
-                    id,
-                    "*** error: the cluster is busy; try /nick again in a moment",
-                );
-            }
-            return;
+            return out.cluster(ClusterOp::Claim {
+                id,
+                name: key.into(),
+            });
         }
         // Only the casing changes (or there is no cluster): the claim, and
         // so its time, stay as they were.
@@ -191,12 +215,16 @@ impl Hub {
         self.rename(id, i, wanted, since, None, out);
     }
 
-    /// The cluster's answer to `Outbox::claim`.
+    /// The cluster's answer to [`ClusterOp::Claim`].
     pub fn claimed(&mut self, id: ClientId, name: &str, answer: Claim, out: &mut impl Outbox) {
         let Some(wanted) = self.cluster.as_mut().and_then(|c| c.pending.remove(&id)) else {
             // The client left meanwhile: give the name back.
             if let Claim::Granted(since) = answer {
-                out.release(name, id, since);
+                out.cluster(ClusterOp::Release {
+                    name: name.into(),
+                    id,
+                    since,
+                });
             }
             return;
         };
@@ -207,7 +235,11 @@ impl Hub {
             .is_some_and(|&o| o != i);
         let since = match answer {
             Claim::Granted(since) if taken => {
-                out.release(name, id, since);
+                out.cluster(ClusterOp::Release {
+                    name: name.into(),
+                    id,
+                    since,
+                });
                 return reply(out, id, &format!("*** error: the name {wanted} is taken"));
             }
             Claim::Granted(since) => since,
@@ -222,10 +254,7 @@ impl Hub {
                 );
             }
         };
-        let c = &self.clients[i].who;
-        if !c.key().starts_with("guest-") {
-            out.release(c.key(), id, c.since());
-        }
+        self.release_claim(id, i, out);
         self.rename(id, i, &wanted, since, None, out);
     }
 
@@ -237,7 +266,7 @@ impl Hub {
         if self.clients[i].who.key() != name {
             return;
         }
-        let guest = self.guest_name();
+        let guest = self.guest_name(out);
         let why = format!(
             "*** your name {} was also taken on another server while the cluster was split; you are now {guest}",
             self.clients[i].who.name()
@@ -264,11 +293,11 @@ impl Hub {
             None => reply(out, id, &format!("*** you are now {wanted}")),
         }
         if let Some(c) = &self.cluster {
-            out.presence(Presence::Renamed {
+            out.cluster(ClusterOp::Presence(Presence::Renamed {
                 node: c.node.clone(),
                 id: id.0 as u64,
                 name: wanted.to_string(),
-            });
+            }));
         }
         self.announce(room, i, &format!("*** {old} is now {wanted}"), out);
     }

@@ -6,7 +6,7 @@
 
 use super::*;
 
-/// What a client asked of the cluster's history (see [`Outbox::history`]).
+/// What a client asked of the cluster's history (see [`ClusterOp::History`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
     /// Entering a room: its last --history-on-join lines, then (with ids)
@@ -128,9 +128,9 @@ impl Hub {
 
     /// Cluster mode, link up: room lines from local user `i` go to Redis,
     /// which numbers them, keeps them, and hands them back to every
-    /// instance, this one included (see `said`). True if they went that
-    /// way (or were refused, and `i` told); false if this instance numbers
-    /// them itself.
+    /// instance, this one included (see `said`), or are refused (see
+    /// `say_refused`). True if they went that way; false if this instance
+    /// numbers them itself.
     pub(super) fn numbered_by_redis(
         &mut self,
         room: usize,
@@ -138,23 +138,33 @@ impl Hub {
         lines: &str,
         out: &mut impl Outbox,
     ) -> bool {
-        let Some(cid) = self.redis_for(i) else {
+        let Some(from) = self.redis_for(i) else {
             return false;
         };
         let limits = self.history.limits();
-        let key = &self.rooms[room].key;
-        let sent = out.say(key, cid, lines, limits.per_room, limits.ttl_ms);
-        // Told once per run of refused lines, not once per line.
+        out.cluster(ClusterOp::Say {
+            room: self.rooms[room].key.clone(),
+            from,
+            lines: lines.to_string(),
+            keep: limits.per_room,
+            ttl_ms: limits.ttl_ms,
+        });
+        true
+    }
+
+    /// The link could not take local client `id`'s lines (the queue
+    /// toward Redis is full): told once per run of refused lines, not once
+    /// per line; the run ends when a line of its comes back numbered.
+    pub fn say_refused(&mut self, id: ClientId, out: &mut impl Outbox) {
+        let Some(i) = self.idx(id) else { return };
         let c = &mut self.clients[i].resume;
-        if !sent && !c.refused {
+        if !std::mem::replace(&mut c.refused, true) {
             reply(
                 out,
-                cid,
+                id,
                 "*** error: the cluster is too busy; your lines are not sent until this error stops",
             );
         }
-        c.refused = !sent;
-        true
     }
 
     /// Room lines said here (`lines`: one, or several joined by CRLF),
@@ -323,9 +333,13 @@ impl Hub {
         let Some(cid) = self.redis_for(i) else {
             return false;
         };
-        if !out.history(cid, &self.rooms[room].key, asked, after, count) {
-            return false;
-        }
+        out.cluster(ClusterOp::History {
+            id: cid,
+            room: self.rooms[room].key.clone(),
+            asked,
+            after,
+            count,
+        });
         self.clients[i].resume.wait.get_or_insert_default().pending += 1;
         true
     }
@@ -346,6 +360,10 @@ impl Hub {
             return;
         };
         let sender = from.and_then(|c| self.idx(c));
+        if let Some(i) = sender {
+            // Its lines go through again: a later refusal is a new run.
+            self.clients[i].resume.refused = false;
+        }
         let count = text.split("\r\n").count() as u64;
         self.rooms[r].last_id = Some(Id {
             epoch: first.epoch,
@@ -354,7 +372,7 @@ impl Hub {
         self.fan_out(r, sender, text, Numbered { first, count }, true, out);
     }
 
-    /// Redis's answer to [`Outbox::history`] for local client `id`: the
+    /// Redis's answer to [`ClusterOp::History`] for local client `id`: the
     /// room's epoch and last N, and its lines (oldest first).
     #[allow(clippy::too_many_arguments)]
     pub fn answer(
@@ -566,7 +584,7 @@ pub(super) fn render_answer(
                 },
         )),
         Ask::Lost(since) => text.push_str(&format!(
-            "*** the history since {since} is gone (the server restarted, or the room was empty for too long); showing the last {shown}\r\n"
+            "*** the history since {since} is gone (the server restarted, or the room was empty for too long); {}\r\n", if shown == 0 { "nothing was said since".to_string() } else { format!("showing the last {shown}") }
         )),
         _ if left_out > 0 => text.push_str(&format!(
             "*** {} left out: too long to send at once\r\n",

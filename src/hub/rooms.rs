@@ -82,7 +82,12 @@ impl Hub {
         let msg = Msg::new(&format!("*{}* {text}", from.name()));
         match dest.home() {
             Home::Local(c) => out.send(*c, &msg),
-            Home::Remote(node, rid) => out.private(node, *rid, dest.key(), &msg),
+            Home::Remote(node, rid) => out.cluster(ClusterOp::Private {
+                node: node.clone(),
+                to: *rid,
+                to_name: dest.key().into(),
+                msg: msg.clone(),
+            }),
         }
         reply(out, id, &format!("-> *{}* {text}", dest.name()));
         self.relayed += 1;
@@ -109,12 +114,12 @@ impl Hub {
         let room = self.enter(i, &key, wanted, out);
         if let Some(c) = &self.cluster {
             let r = &self.rooms[room];
-            out.presence(Presence::Moved {
+            out.cluster(ClusterOp::Presence(Presence::Moved {
                 node: c.node.clone(),
                 id: id.0 as u64,
                 room: r.key.to_string(),
                 shown: r.name[1..].to_string(),
-            });
+            }));
         }
         let text = format!("*** {name} joined {}", self.rooms[room].name);
         self.announce(room, i, &text, out);
@@ -157,7 +162,10 @@ impl Hub {
         if c.who.local().is_some() {
             r.local += 1;
             if r.local == 1 && self.cluster.is_some() {
-                out.subscribe(&r.key, true);
+                out.cluster(ClusterOp::Subscribe {
+                    room: r.key.clone(),
+                    on: true,
+                });
             }
         }
         room
@@ -176,7 +184,10 @@ impl Hub {
         if local {
             r.local -= 1;
             if r.local == 0 && self.cluster.is_some() {
-                out.subscribe(&r.key, false);
+                out.cluster(ClusterOp::Subscribe {
+                    room: r.key.clone(),
+                    on: false,
+                });
             }
         }
         if r.members.is_empty() {
@@ -239,7 +250,10 @@ impl Hub {
         let at = self.number(room, &lines);
         let plain = self.fan_out(room, from, &lines, at, false, out);
         if from.is_some() && self.cluster.is_some() {
-            out.publish(&self.rooms[room].key, &plain);
+            out.cluster(ClusterOp::Publish {
+                room: self.rooms[room].key.clone(),
+                msg: plain.clone(),
+            });
         }
     }
 
@@ -288,7 +302,10 @@ impl Hub {
     ) {
         self.to_room(room, Some(from), msg, out);
         if self.cluster.is_some() {
-            out.publish(&self.rooms[room].key, msg);
+            out.cluster(ClusterOp::Publish {
+                room: self.rooms[room].key.clone(),
+                msg: msg.clone(),
+            });
         }
     }
 

@@ -856,8 +856,13 @@ mod cluster {
         /// Names of lost instances' users given back: (node, id, name).
         released_lost: Vec<(String, u64, String)>,
         subscribed: HashSet<String>,
-        /// Answer claims with "busy" (the queue toward Redis is full).
+        /// Answer claims with "busy" (the queue toward Redis is full), and
+        /// the claims so refused.
         busy: bool,
+        refused: Vec<(ClientId, String)>,
+        /// History asked of the store: answered with the room's last id
+        /// and no lines (the stand-in keeps numbers, not texts).
+        asked: Vec<(ClientId, String, Asked)>,
     }
 
     impl Outbox for Bus {
@@ -865,38 +870,40 @@ mod cluster {
             self.got.push((to.0, msg.text().to_string()));
         }
         fn close(&mut self, _: ClientId, _: String) {}
-        fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
-            self.room_lines.push((room.into(), msg.text().into()));
-        }
-        fn say(&mut self, room: &str, from: ClientId, lines: &str, _: usize, _: u64) -> bool {
-            self.said.push((room.into(), from, lines.into()));
-            true
-        }
-        fn presence(&mut self, event: Presence) {
-            self.presence.push(event);
-        }
-        fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
-            self.privates
-                .push((node.into(), to, to_name.into(), msg.text().into()));
-        }
-        fn subscribe(&mut self, room: &str, on: bool) {
-            if on {
-                self.subscribed.insert(room.into());
-            } else {
-                self.subscribed.remove(room);
+        fn cluster(&mut self, op: ClusterOp) {
+            match op {
+                ClusterOp::Publish { room, msg } => {
+                    self.room_lines.push((room.into(), msg.text().into()))
+                }
+                ClusterOp::Say {
+                    room, from, lines, ..
+                } => self.said.push((room.into(), from, lines)),
+                ClusterOp::Presence(event) => self.presence.push(event),
+                ClusterOp::Private {
+                    node,
+                    to,
+                    to_name,
+                    msg,
+                } => self
+                    .privates
+                    .push((node.to_string(), to, to_name.into(), msg.text().into())),
+                ClusterOp::Subscribe { room, on: true } => {
+                    self.subscribed.insert(room.into());
+                }
+                ClusterOp::Subscribe { room, on: false } => {
+                    self.subscribed.remove(&*room);
+                }
+                ClusterOp::Claim { id, name } if self.busy => self.refused.push((id, name.into())),
+                ClusterOp::Claim { id, name } => self.claims.push((id, name.into())),
+                ClusterOp::Release { name, id, .. } => self.released.push((name.into(), id)),
+                ClusterOp::ReleaseLost { node, id, name } => {
+                    self.released_lost.push((node.to_string(), id, name.into()))
+                }
+                ClusterOp::History {
+                    id, room, asked, ..
+                } => self.asked.push((id, room.into(), asked)),
+                _ => {}
             }
-        }
-        fn claim(&mut self, id: ClientId, name: &str) -> bool {
-            if !self.busy {
-                self.claims.push((id, name.into()));
-            }
-            !self.busy
-        }
-        fn release(&mut self, name: &str, id: ClientId, _since: u64) {
-            self.released.push((name.into(), id));
-        }
-        fn release_lost(&mut self, node: &str, id: u64, name: &str) {
-            self.released_lost.push((node.into(), id, name.into()));
         }
     }
 
@@ -947,6 +954,8 @@ mod cluster {
                     let presence = std::mem::take(&mut b.presence);
                     let privates = std::mem::take(&mut b.privates);
                     let claims = std::mem::take(&mut b.claims);
+                    let refused = std::mem::take(&mut b.refused);
+                    let asked = std::mem::take(&mut b.asked);
                     for (name, id) in std::mem::take(&mut b.released) {
                         // Only the holder's own claim is given back.
                         if self.names.get(&name) == Some(&(from, id)) {
@@ -957,7 +966,8 @@ mod cluster {
                         && lines.is_empty()
                         && presence.is_empty()
                         && privates.is_empty()
-                        && claims.is_empty();
+                        && claims.is_empty()
+                        && asked.is_empty();
                     for (room, cid, text) in said {
                         let n = self.numbers.entry(room.clone()).or_default();
                         let first = Id {
@@ -1006,6 +1016,26 @@ mod cluster {
                             Claim::Taken
                         };
                         self.hubs[from].claimed(id, &name, answer, &mut self.bus[from]);
+                    }
+                    for (id, room, what) in asked {
+                        let last = self.numbers.get(&room).copied().unwrap_or(0);
+                        let epoch = if last > 0 { 7 } else { 0 };
+                        let hub = &mut self.hubs[from];
+                        hub.answer(
+                            id,
+                            &room,
+                            what,
+                            epoch,
+                            last,
+                            Vec::new(),
+                            0,
+                            &mut self.bus[from],
+                        );
+                    }
+                    for (id, _) in refused {
+                        // As the link refuses an operation it cannot take.
+                        let event = Inbound::Refused(crate::hub::Refusal::Claim(id));
+                        event.apply(&mut self.hubs[from], &mut self.bus[from]);
                     }
                 }
                 if quiet {
@@ -1438,16 +1468,17 @@ mod cluster {
             self.got.push((to.0, msg.text().to_string()));
         }
         fn close(&mut self, _: ClientId, _: String) {}
-        fn history(
-            &mut self,
-            id: ClientId,
-            room: &str,
-            asked: Asked,
-            after: Option<Id>,
-            count: usize,
-        ) -> bool {
-            self.asked.push((id.0, room.into(), asked, after, count));
-            true
+        fn cluster(&mut self, op: ClusterOp) {
+            if let ClusterOp::History {
+                id,
+                room,
+                asked,
+                after,
+                count,
+            } = op
+            {
+                self.asked.push((id.0, room.into(), asked, after, count));
+            }
         }
     }
 

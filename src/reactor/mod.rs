@@ -40,7 +40,7 @@ use crate::cluster::{self, Inbound, Link};
 use crate::config::{Config, DRAIN_SECS, LINE_BUDGET, READ_BUDGET_BYTES};
 use crate::conn::{self, After, Conn, Expired, Input, Push, State, Step};
 use crate::http::Request;
-use crate::hub::{ClientId, Hub, Outbox};
+use crate::hub::{ClientId, ClusterOp, Hub, Outbox};
 use crate::idle::{self, Action};
 use crate::limits::{PerAddr, Refused};
 use crate::metrics::{self, Metrics, Scrape};
@@ -81,10 +81,11 @@ pub struct Server {
     /// Every per-connection deadline, and the accept retry.
     timers: Timers,
     shutdown: Option<Instant>,
-    /// Cluster mode: the link to Redis, and what it heard but the hub has
-    /// not been told yet.
+    /// Cluster mode: the link to Redis, what it heard but the hub has not
+    /// been told yet, and what the hub asked of it that it has not taken.
     link: Option<Link>,
     inbound: Vec<Inbound>,
+    ops: Vec<ClusterOp>,
     metrics: Metrics,
     /// The serial the next accepted connection gets.
     next_serial: u64,
@@ -98,6 +99,9 @@ pub struct Server {
 /// How often the per-address table is swept of entries with nothing left
 /// to count.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The most rounds of hub -> link -> hub in one exchange (see `exchange`).
+const EXCHANGE_ROUNDS: usize = 8;
 
 /// Whether connection `k` may take one more step (a line, a message)
 /// now: it is open, within its share of this turn, and under --rate has a
@@ -190,17 +194,28 @@ impl Server {
                 closing: &mut self.closing,
                 sendq: self.cfg.sendq as usize,
                 on_slow: self.cfg.on_slow,
-                link: self.link.as_mut(),
+                ops: self.link.is_some().then_some(&mut self.ops),
                 metrics: &mut self.metrics,
             },
         )
     }
 
-    /// Hands what the cluster link heard to the hub.
-    fn apply_inbound(&mut self) {
-        while !self.inbound.is_empty() {
-            let events = std::mem::take(&mut self.inbound);
-            for event in events {
+    /// The hub and the link talk in data, never calling each other: what
+    /// the hub asked goes to the link, and what the link answered or heard
+    /// goes to the hub, until neither has more. That takes a few rounds at
+    /// most (a roster asked and given, a refusal told); what is left after
+    /// the bound waits for the next turn.
+    fn exchange(&mut self) {
+        for _ in 0..EXCHANGE_ROUNDS {
+            if let Some(link) = self.link.as_mut() {
+                for op in self.ops.drain(..) {
+                    link.apply(op, &mut self.inbound);
+                }
+            }
+            if self.inbound.is_empty() {
+                return;
+            }
+            for event in std::mem::take(&mut self.inbound) {
                 let (hub, mut out) = self.out();
                 event.apply(hub, &mut out);
             }
@@ -208,20 +223,22 @@ impl Server {
         }
     }
 
-    /// Sends what the hub queued for Redis, and keeps the link's timers.
+    /// Hands the link what the hub asked this turn, in the order asked and
+    /// before the link's own bookkeeping; keeps the link's timers; sends.
     fn flush_link(&mut self) {
-        let Some(link) = self.link.as_mut() else {
+        if self.link.is_none() {
             return;
-        };
-        link.tick(
-            Instant::now(),
-            &self.hub,
-            self.poll.registry(),
-            &mut self.inbound,
-        );
-        link.flush(self.poll.registry(), &mut self.inbound);
+        }
+        self.exchange();
+        if let Some(link) = self.link.as_mut() {
+            link.tick(Instant::now(), self.poll.registry(), &mut self.inbound);
+        }
+        self.exchange();
+        if let Some(link) = self.link.as_mut() {
+            link.flush(self.poll.registry(), &mut self.inbound);
+        }
         if !self.inbound.is_empty() {
-            self.apply_inbound();
+            self.exchange();
             if let Some(link) = self.link.as_mut() {
                 link.flush(self.poll.registry(), &mut self.inbound);
             }
@@ -283,7 +300,7 @@ impl Server {
         if signalled {
             self.on_signals();
         }
-        self.apply_inbound();
+        self.exchange();
         for port in Port::all().filter(|&p| accept[p as usize]) {
             self.accept(port);
         }

@@ -1,15 +1,13 @@
-//! Hub output, turned into connection queues and cluster link calls: the
-//! only code that does either. [`Out`] is what the hub is handed as its
+//! Hub output, turned into connection queues and the list of operations
+//! for the cluster link: the only code that does either. [`Out`] is what the hub is handed as its
 //! [`Outbox`]: it queues a line on each recipient under the --sendq policy
 //! (`--on-slow drop` counts what it drops, `disconnect` cuts the client
 //! off), marks connections that must go (never frees them: the sweep
-//! does), and forwards what the cluster should hear to the Redis link.
+//! does), and lists what the cluster should hear for the Redis link.
 
-use crate::cluster::Link;
 use crate::config::OnSlow;
 use crate::conn::{Conn, Push, State};
-use crate::history::Id;
-use crate::hub::{Asked, ClientId, ConnStats, Outbox, Presence, ServerStats};
+use crate::hub::{ClientId, ClusterOp, ConnStats, Outbox, ServerStats};
 use crate::metrics::Metrics;
 use crate::msg::Msg;
 use log::warn;
@@ -25,7 +23,9 @@ pub struct Out<'a> {
     pub closing: &'a mut Vec<usize>,
     pub sendq: usize,
     pub on_slow: OnSlow,
-    pub link: Option<&'a mut Link>,
+    /// Cluster mode: what the hub asks of the link, handed to it after
+    /// the hub's call; None on a server without a cluster.
+    pub ops: Option<&'a mut Vec<ClusterOp>>,
     pub metrics: &'a mut Metrics,
 }
 
@@ -61,78 +61,10 @@ impl Outbox for Out<'_> {
         }
     }
 
-    fn publish(&mut self, room: &str, msg: &Rc<Msg>) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.publish_room(room, msg.text());
-        }
-    }
-
-    fn say(&mut self, room: &str, from: ClientId, lines: &str, keep: usize, ttl_ms: u64) -> bool {
-        self.link
-            .as_deref_mut()
-            .is_some_and(|link| link.say(room, from, lines, keep, ttl_ms))
-    }
-
-    fn history(
-        &mut self,
-        id: ClientId,
-        room: &str,
-        asked: Asked,
-        after: Option<Id>,
-        count: usize,
-    ) -> bool {
-        self.link
-            .as_deref_mut()
-            .is_some_and(|link| link.history(id, room, asked, after, count))
-    }
-
-    fn ban(&mut self, ban: &crate::access::Ban) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.ban(ban);
-        }
-    }
-
-    fn unban(&mut self, net: &ipnet::IpNet) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.unban(net);
-        }
-    }
-
-    fn presence(&mut self, event: Presence) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.presence(&event);
-        }
-    }
-
-    fn private(&mut self, node: &str, to: u64, to_name: &str, msg: &Rc<Msg>) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.private(node, to, to_name, msg.text());
-        }
-    }
-
-    fn subscribe(&mut self, room: &str, on: bool) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.subscribe(room, on);
-        }
-    }
-
-    fn claim(&mut self, id: ClientId, name: &str) -> bool {
-        // The hub only asks while the link is up; should the link fail
-        // before the answer, its Down event makes the hub give up waiting.
-        self.link
-            .as_deref_mut()
-            .is_some_and(|link| link.claim(id, name))
-    }
-
-    fn release(&mut self, name: &str, id: ClientId, since: u64) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.release(name, id, since);
-        }
-    }
-
-    fn release_lost(&mut self, node: &str, id: u64, name: &str) {
-        if let Some(link) = self.link.as_deref_mut() {
-            link.release_lost(node, id, name);
+    fn cluster(&mut self, op: ClusterOp) {
+        // The link takes them after the hub's call (`Server::exchange`).
+        if let Some(ops) = self.ops.as_deref_mut() {
+            ops.push(op);
         }
     }
 
@@ -217,7 +149,7 @@ mod tests {
             closing: &mut closing,
             sendq: SENDQ,
             on_slow,
-            link: None,
+            ops: None,
             metrics: &mut metrics,
         };
         let msg = Msg::new("*a* x");

@@ -71,6 +71,7 @@ impl Server {
             shutdown: None,
             link,
             inbound: Vec::new(),
+            ops: Vec::new(),
             metrics: Metrics::new(Instant::now()),
             next_serial: 0,
             fingerprint,

@@ -19,6 +19,17 @@
   const toggle = $('toggle');
   const passform = $('passform');
   const password = $('password');
+  const whereEl = $('where');
+
+  // The viewer's time zone, for the history headers: the page shows every
+  // time in it, not in the UTC the server's lines are written in.
+  const ZONE = (function () {
+    try {
+      return Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time';
+    } catch (e) {
+      return 'local time';
+    }
+  })();
 
   // A server with a password says this first, and answers anything but
   // /pass with the error.
@@ -59,6 +70,9 @@
     ticker: 0,
     // Set by /quit: the server said bye on purpose, so do not come back.
     stopped: false,
+    // Set when the server says we were kicked or banned: the close that
+    // follows is not a lost connection. {kind: 'kick'|'ban', text, untilMs}
+    ended: null,
     // The longest line the server takes: said in its welcome (and, from
     // older servers, learnt from a refusal or the reason of a 1009 close).
     maxBytes: Infinity,
@@ -207,6 +221,8 @@
   function askPassword() {
     passform.hidden = false;
     form.hidden = true;
+    // Not "chatd … in …" while nobody is in yet.
+    whereEl.hidden = true;
     password.value = '';
     password.focus();
   }
@@ -226,6 +242,10 @@
     }
     const wasOpen = state.wasOpen;
     state.wasOpen = false;
+    if (state.ended) {
+      endedBy(state.ended);
+      return;
+    }
     if (state.stopped) {
       if (wasOpen) note('disconnected' + why, 'net');
       setStatus('disconnected', true);
@@ -251,9 +271,77 @@
     retry.hidden = false;
   }
 
+  // A kick or a ban: no reconnect on our own. After a kick the person
+  // decides (the button); a ban with an end is waited out, counting down.
+  function endedBy(end) {
+    retry.hidden = false;
+    retry.textContent = 'reconnect';
+    if (end.kind === 'kick') {
+      note(end.text + '; not reconnecting on our own (the button reconnects)', 'net');
+      setStatus('kicked', true);
+      return;
+    }
+    if (!end.untilMs) {
+      note(end.text + '; not reconnecting', 'net');
+      setStatus('banned', true);
+      return;
+    }
+    note(end.text + '; reconnecting when the ban ends', 'net');
+    const show = function () {
+      const left = Math.max(0, Math.ceil((end.untilMs - Date.now()) / 1000));
+      setStatus('banned — ' + span(left) + ' left', true);
+    };
+    show();
+    state.ticker = setInterval(show, 1000);
+    state.timer = setTimeout(reconnectNow, Math.max(0, end.untilMs - Date.now()) + 1000);
+  }
+
+  // 3725 -> "1h 2m 5s"
+  function span(secs) {
+    const parts = [[Math.floor(secs / 86400), 'd'], [Math.floor(secs / 3600) % 24, 'h'],
+      [Math.floor(secs / 60) % 60, 'm'], [secs % 60, 's']];
+    const shown = parts.filter(function (p) { return p[0] > 0; }).map(function (p) { return p[0] + p[1]; });
+    return shown.length ? shown.join(' ') : '0s';
+  }
+
+  // "9m 59s", "1h 30m", "2d 3h" -> seconds; 0 if it is not one.
+  function parseSpan(text) {
+    let total = 0;
+    for (const w of text.trim().split(/\s+/)) {
+      const m = /^(\d+)([dhms])$/.exec(w);
+      if (!m) return 0;
+      total += Number(m[1]) * { d: 86400, h: 3600, m: 60, s: 1 }[m[2]];
+    }
+    return total;
+  }
+
+  // The server's words for ending us (src/hub/moderation.rs): the room
+  // notice naming us, or the refusal at connect while banned.
+  function endingLine(line) {
+    let m;
+    const me = state.name;
+    if (me && line.startsWith('*** ' + me + ' was kicked by ')) {
+      return { kind: 'kick', text: 'you were kicked by ' + line.slice(('*** ' + me + ' was kicked by ').length) };
+    }
+    if (me && line.startsWith('*** ' + me + ' was banned by ')) {
+      const rest = line.slice(('*** ' + me + ' was banned by ').length);
+      m = /^\S+ for ([^(]+?)(?: \(|$)/.exec(rest);
+      const secs = m ? parseSpan(m[1]) : 0;
+      return { kind: 'ban', text: 'you were banned by ' + rest, untilMs: secs ? Date.now() + secs * 1000 : 0 };
+    }
+    if ((m = /^\*\*\* error: your address is banned from this server \((.*)\)$/.exec(line))) {
+      const left = /^(.+?) more,/.exec(m[1]);
+      const secs = left ? parseSpan(left[1]) : 0;
+      return { kind: 'ban', text: 'banned (' + m[1] + ')', untilMs: secs ? Date.now() + secs * 1000 : 0 };
+    }
+    return null;
+  }
+
   function reconnectNow() {
     if (state.ws) return;
     state.stopped = false;
+    state.ended = null;
+    retry.textContent = 'reconnect now';
     state.attempt = 0;
     connect();
   }
@@ -389,7 +477,7 @@
           state.resuming = null;
           return;
         }
-        show(raw);
+        show(forPeople(raw));
         return;
       }
       const since = / since \S+ \(/.test(raw);
@@ -399,7 +487,7 @@
       if (state.resuming && (!state.ids || !since)) b = 'skip';
       else if (since) state.resuming = null;
       state.block = b;
-      if (b === 'show') show(raw, 'sys');
+      if (b === 'show') show(forPeople(raw), 'sys');
       return;
     }
     let m;
@@ -419,6 +507,16 @@
       return;
     }
     receive(t.line);
+  }
+
+  // The server's history lines are written for telnet: ids (which mean
+  // nothing to a person) and UTC (the page shows local times) are
+  // reworded.
+  function forPeople(line) {
+    if (!line.startsWith('*** ')) return line;
+    return line
+      .replace(/ since \d+-\d+/g, ' since you were last here')
+      .replace(/, times UTC\):$/, ', times ' + ZONE + '):');
   }
 
   // "[12:03] <alice> hi": said before, at `ms` (or, without ids, at 12:03
@@ -449,6 +547,8 @@
       askPassword();
     } else if ((m = /^\*\*\* welcome to chatd, (.+?)! you are in (\S+)/.exec(line))) {
       state.attempt = 0; // a real welcome: the connection is good
+      state.ended = null;
+      whereEl.hidden = false;
       if (state.gated) {
         state.gated = false;
         passwordTaken();
@@ -457,7 +557,11 @@
       setName(m[1]);
       setRoom(m[2]);
       const max = /; lines up to (\d+) bytes$/.exec(line);
-      if (max) state.maxBytes = Number(max[1]);
+      if (max) {
+        state.maxBytes = Number(max[1]);
+        // For the page, not the person: it warns before a long line.
+        line = line.slice(0, max.index);
+      }
     } else if (state.reclaim && refusedForNow(line, state.reclaim.name)) {
       reclaimLater();
     } else if ((m = /^\*\*\* you are now (\S+)$/.exec(line))) {
@@ -497,8 +601,10 @@
       // From now on, say so before sending rather than after.
       state.maxBytes = Number(m[1]);
     }
-    if (line.startsWith('*** error: ')) giveBack();
-    show(line);
+    const end = endingLine(line);
+    if (end) state.ended = end;
+    if (line.startsWith('*** error: ') && !end) giveBack();
+    show(forPeople(line));
   }
 
   // Whether the server refused `/nick name` for a reason that may pass: the
@@ -570,8 +676,14 @@
     for (const user of state.users) {
       const li = document.createElement('li');
       li.textContent = user;
+      if (user === state.name) {
+        // A /msg to oneself is no use: clicking your own name does nothing.
+        li.className = 'you';
+        li.title = 'you';
+        usersEl.appendChild(li);
+        continue;
+      }
       li.title = 'message ' + user;
-      if (user === state.name) li.className = 'you';
       li.addEventListener('click', function () {
         input.value = '/msg ' + user + ' ';
         closeSide();

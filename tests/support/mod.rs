@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 /// How long any single wait in a test may take before it fails.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running `chatd` child process, killed on drop.
+/// A running `chatd` child process, killed on drop. Its log (stderr) is
+/// kept in memory and printed only if the test fails, so a passing
+/// `cargo test` is not mostly server log.
 pub struct Server {
     pub child: Child,
+    /// Everything the server logged so far (when captured).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     pub addr: SocketAddr,
     /// The web port, when the server was started with one.
     pub http_addr: Option<SocketAddr>,
@@ -32,7 +36,17 @@ impl Server {
     /// Like `start`, from a prepared command (e.g. `sh -c "ulimit -n 64; exec chatd"`).
     /// Unless `args` say otherwise, both ports are 0 (picked by the kernel),
     /// so tests never collide.
-    pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
+    pub fn start_with(cmd: Command, args: &[&str]) -> Server {
+        Self::launch(cmd, args, true)
+    }
+
+    /// Like `start`, but leaves the server's stderr pipe in `child.stderr`
+    /// for the test (to read it, or to close it).
+    pub fn start_stderr_piped(args: &[&str]) -> Server {
+        Self::launch(Command::new(env!("CARGO_BIN_EXE_chatd")), args, false)
+    }
+
+    fn launch(mut cmd: Command, args: &[&str], capture: bool) -> Server {
         cmd.args(["--host", "127.0.0.1"]);
         if !args.contains(&"--port") {
             cmd.args(["--port", "0"]);
@@ -67,8 +81,23 @@ impl Server {
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn chatd");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if capture && let Some(mut err) = child.stderr.take() {
+            let sink = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut l) = sink.lock() {
+                        l.extend_from_slice(&buf[..n]);
+                    }
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("chatd stdout");
         let mut lines = BufReader::new(stdout).lines();
         // chatd prints "listening on ADDR" (and "http on ADDR") to stdout once bound.
@@ -94,6 +123,7 @@ impl Server {
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,
+            log,
             addr: addr.expect("chatd did not print its address"),
             http_addr,
             tls_addr,
@@ -119,6 +149,22 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            show_log("chatd", &self.log);
+        }
+    }
+}
+
+/// Prints a captured log after a failed test (the test harness shows a
+/// failing test's output; a passing one's is never printed).
+pub fn show_log(who: &str, log: &std::sync::Mutex<Vec<u8>>) {
+    // The reader thread may still be copying the last bytes.
+    std::thread::sleep(Duration::from_millis(50));
+    if let Ok(l) = log.lock() {
+        eprintln!(
+            "--- {who} log ---\n{}--- end of {who} log ---",
+            String::from_utf8_lossy(&l)
+        );
     }
 }
 
@@ -401,6 +447,19 @@ pub fn vm_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 pub mod cluster;
+
+/// Runs `cmd` with no input and stdout discarded until it exits (within
+/// TIMEOUT); its exit code and what it wrote on stderr.
+pub fn exit_and_stderr(cmd: &mut Command) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_exit(&mut child, TIMEOUT).expect("the program did not exit");
+    (status.code(), stderr_of(&mut child))
+}
 
 /// Everything an exited child wrote on its (piped) stderr.
 pub fn stderr_of(child: &mut Child) -> String {

@@ -30,6 +30,163 @@ const RECLAIM_FOR: Duration = Duration::from_secs(20);
 /// The first wait before asking again; later ones double up to 2 s.
 const RECLAIM_FIRST: Duration = Duration::from_millis(500);
 
+/// Why the server ended (or would not start) the session, read from what
+/// it said (its wording is in src/hub/moderation.rs and the reactor); each
+/// has its exit status and the hint that fixes it (docs/chat.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Closed before a welcome: server full, too many connections...
+    Refused(String),
+    /// Banned, for `left` more (None: permanently).
+    Banned {
+        text: String,
+        left: Option<Duration>,
+    },
+    /// A password is needed, was wrong, or too many were.
+    Password(String),
+    /// The two ends do not speak the same thing (TLS against plain).
+    Tls(String),
+    /// An operator kicked us: not a lost connection, so no reconnect.
+    Kicked(String),
+}
+
+/// Exit statuses (docs/chat.md): 1 is a lost connection or a line not sent,
+/// 2 a usage error (as clap's).
+pub const EXIT_REFUSED: i32 = 3;
+pub const EXIT_BANNED: i32 = 4;
+pub const EXIT_PASSWORD: i32 = 5;
+pub const EXIT_TLS: i32 = 6;
+pub const EXIT_KICKED: i32 = 7;
+
+impl End {
+    pub fn code(&self) -> i32 {
+        match self {
+            End::Refused(_) => EXIT_REFUSED,
+            End::Banned { .. } => EXIT_BANNED,
+            End::Password(_) => EXIT_PASSWORD,
+            End::Tls(_) => EXIT_TLS,
+            End::Kicked(_) => EXIT_KICKED,
+        }
+    }
+
+    /// What happened and what to do about it, in one line.
+    pub fn explain(&self) -> String {
+        match self {
+            End::Refused(t) => format!("the server refused the connection ({t})"),
+            End::Banned { text, left } => match left {
+                Some(d) => format!("banned ({text}); not reconnecting for {}", words(*d)),
+                None => format!("banned permanently ({text}); not reconnecting"),
+            },
+            End::Password(t) => format!(
+                "{t}: give the server password with --password-file PATH (or CHATD_PASSWORD)"
+            ),
+            End::Tls(t) => t.clone(),
+            End::Kicked(t) => format!("{t}; not reconnecting on our own"),
+        }
+    }
+
+    /// Reads the server's lines that end a session (already untagged).
+    /// `me` is our name, for the room notices that name us.
+    pub fn from_line(line: &str, me: Option<&str>) -> Option<End> {
+        let text = line.strip_prefix("*** ")?;
+        if let Some(me) = me
+            && let Some(rest) = text.strip_prefix(me)
+        {
+            if let Some(by) = rest.strip_prefix(" was kicked by ") {
+                return Some(End::Kicked(format!("you were kicked by {by}")));
+            }
+            if let Some(after) = rest.strip_prefix(" was banned by ") {
+                // "op for 10m (why)" or "op permanently (why)"
+                let span = after.split_once(' ').map_or("", |(_, s)| s);
+                let left = span
+                    .strip_prefix("for ")
+                    .map(|s| parse_span(s.split(" (").next().unwrap_or(s)));
+                return Some(End::Banned {
+                    text: format!("you were banned by {after}"),
+                    left: left.flatten(),
+                });
+            }
+        }
+        if text.starts_with("this server needs a password") {
+            return Some(End::Password("this server needs a password".into()));
+        }
+        let err = text.strip_prefix("error: ")?;
+        if let Some(why) = err.strip_prefix("your address is banned from this server (") {
+            let why = why.strip_suffix(')').unwrap_or(why);
+            let left = why
+                .split(',')
+                .next()
+                .and_then(|s| s.strip_suffix(" more"))
+                .and_then(parse_span);
+            return Some(End::Banned {
+                text: why.to_string(),
+                left,
+            });
+        }
+        if err.starts_with("this server needs a password")
+            || err.starts_with("wrong password")
+            || err.starts_with("too many wrong passwords")
+        {
+            return Some(End::Password(err.to_string()));
+        }
+        None
+    }
+}
+
+/// "9m 59s", "1h 30m", "2d 3h", "10m" -> its length; None if not one.
+pub fn parse_span(s: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    for word in s.split_whitespace() {
+        let (n, unit) = word.split_at(word.len().checked_sub(1)?);
+        let n: u64 = n.parse().ok()?;
+        total += n * match unit {
+            "d" => 86_400,
+            "h" => 3600,
+            "m" => 60,
+            "s" => 1,
+            _ => return None,
+        };
+    }
+    (total > 0).then(|| Duration::from_secs(total))
+}
+
+/// 3725 s -> "1h 2m 5s".
+fn words(d: Duration) -> String {
+    let s = d.as_secs();
+    let parts = [
+        (s / 86_400, 'd'),
+        (s / 3600 % 24, 'h'),
+        (s / 60 % 60, 'm'),
+        (s % 60, 's'),
+    ];
+    let shown: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, c)| format!("{n}{c}"))
+        .collect();
+    if shown.is_empty() {
+        "0s".into()
+    } else {
+        shown.join(" ")
+    }
+}
+
+/// A failed TLS handshake, with the flag that fixes it.
+pub fn tls_failure(e: &io::Error) -> Option<End> {
+    if e.kind() != io::ErrorKind::InvalidData {
+        return None;
+    }
+    let text = e.to_string();
+    let hint = if text.contains("certificate") {
+        "the server's certificate does not verify: --tls-ca PEM trusts a given \
+         certificate, --insecure any (a --tls-self-signed server)"
+    } else {
+        "no TLS there: --tls goes to chatd's TLS port (--tls-port, 3443); \
+         the line port (3000) is plain, without --tls"
+    };
+    Some(End::Tls(format!("TLS handshake failed: {text}; {hint}")))
+}
+
 #[derive(Clone, Debug)]
 pub struct Target {
     pub host: String,
@@ -40,6 +197,9 @@ pub struct Target {
     pub max_delay: Duration,
     /// The server password, sent first on every connection (`/pass`).
     pub password: Option<String>,
+    /// A person at a terminal: after a kick or a ban they decide; a script
+    /// is ended (with the status that says why).
+    pub interactive: bool,
 }
 
 impl Target {
@@ -108,6 +268,17 @@ pub struct State {
     input_done: bool,
     /// The reader thread has stopped for good.
     finished: bool,
+    /// Our name, from the welcome and `you are now`.
+    me: Option<String>,
+    /// The current connection was welcomed (the server took us in).
+    welcomed: bool,
+    /// Some connection was.
+    ever_welcomed: bool,
+    /// Why the server ended the session, if it said.
+    end: Option<End>,
+    /// After a kick, the reader waits for the user's `/reconnect`.
+    held: bool,
+    reconnect_asked: bool,
     /// After a reconnect, the name being asked for again, until when, and
     /// the next wait: the server may still hold it for the connection that
     /// was lost.
@@ -161,6 +332,8 @@ impl Shared {
         let mut st = self.lock();
         if is_quit(line) {
             st.quitting = true;
+            // A reader holding after a kick waits on this.
+            self.changed.notify_all();
         }
         if line.starts_with("/join ") {
             st.pending_join = Some(line.to_string());
@@ -193,10 +366,46 @@ impl Shared {
     /// instead of starting a reconnect.
     pub fn input_done(&self) {
         self.lock().input_done = true;
+        self.changed.notify_all();
     }
 
     pub fn quitting(&self) -> bool {
         self.lock().quitting
+    }
+
+    /// The exit status the session's end calls for: the server's reason,
+    /// else a refusal if no connection was ever welcomed, else `status`.
+    pub fn exit_code(&self, status: i32) -> i32 {
+        let st = self.lock();
+        match &st.end {
+            Some(end) => end.code(),
+            None if !st.ever_welcomed => EXIT_REFUSED,
+            None => status,
+        }
+    }
+
+    /// The reason behind `exit_code`, when there is one, for stderr.
+    pub fn end_text(&self) -> Option<String> {
+        let st = self.lock();
+        match &st.end {
+            Some(end) => Some(end.explain()),
+            None if !st.ever_welcomed => {
+                Some("the server closed the connection without welcoming us".into())
+            }
+            None => None,
+        }
+    }
+
+    /// `/reconnect` typed: true if the reader was holding after a kick or
+    /// a ban and now reconnects.
+    pub fn ask_reconnect(&self) -> bool {
+        let mut st = self.lock();
+        if !st.held {
+            return false;
+        }
+        st.reconnect_asked = true;
+        self.changed.notify_all();
+        true
     }
 
     /// Waits until the reader has stopped or `limit` has passed; true if it
@@ -254,13 +463,44 @@ impl Shared {
         }
     }
 
-    /// Remembers what the server confirmed, for re-sending after a reconnect.
+    /// Remembers what the server confirmed, for re-sending after a
+    /// reconnect, and what it said about ending the session.
     fn track(&self, line: &str) {
+        let line = crate::resume::untag(line).1;
+        if let Some(rest) = line.strip_prefix("*** welcome to chatd, ")
+            && let Some((name, _)) = rest.split_once('!')
+        {
+            let mut st = self.lock();
+            st.me = Some(name.to_string());
+            st.welcomed = true;
+            st.ever_welcomed = true;
+            // A /pass typed (or piped) after the first refusal worked.
+            if matches!(st.end, Some(End::Password(_) | End::Refused(_))) {
+                st.end = None;
+            }
+            return;
+        }
+        {
+            let mut st = self.lock();
+            if let Some(end) = End::from_line(line, st.me.as_deref()) {
+                st.end = Some(end);
+                return;
+            }
+            // An error before any welcome, then a close: a refusal.
+            if let Some(err) = line.strip_prefix("*** error: ")
+                && !st.welcomed
+                && st.end.is_none()
+            {
+                st.end = Some(End::Refused(err.to_string()));
+                return;
+            }
+        }
         if let Some(rest) = line.strip_prefix("*** you are now ")
             && let Some(name) = rest.split_whitespace().next()
         {
             let mut st = self.lock();
             st.nick_cmd = Some(format!("/nick {name}"));
+            st.me = Some(name.to_string());
             st.reclaim = None;
         } else if let Some(rest) = line.strip_prefix("*** you joined ")
             && let Some(room) = rest.split_whitespace().next()
@@ -304,15 +544,42 @@ fn reader(
     out: &Out,
     tracker: &mut Tracker,
 ) {
+    // Reset only by a welcome, not by a TCP connect: a server that accepts
+    // and closes at once (a ban, a full server) must see the delays grow.
+    let mut attempt = 0u32;
     loop {
         let reason = read_until_closed(shared, &stream, out, tracker);
         let mut st = shared.lock();
         st.writer = None;
+        if std::mem::take(&mut st.welcomed) {
+            attempt = 0;
+        }
         if st.quitting || st.input_done {
             shared.finish(&mut st);
             return;
         }
+        let end = st.end.clone();
         drop(st);
+        match &end {
+            Some(e @ (End::Kicked(_) | End::Banned { .. })) if target.interactive => {
+                if !hold(shared, out, e) {
+                    return;
+                }
+                attempt = 0;
+            }
+            None => {}
+            // A full server may have room in a while: the backoff grows.
+            Some(End::Refused(_)) if target.interactive => shared.lock().end = None,
+            Some(e) => {
+                let mut st = shared.lock();
+                shared.finish(&mut st);
+                if !st.input_done {
+                    drop(st);
+                    out.fatal(&e.explain(), e.code());
+                }
+                return;
+            }
+        }
         let lost = format!("connection to {} lost: {reason}", target.name());
         if !target.reconnect {
             let mut st = shared.lock();
@@ -321,17 +588,59 @@ fn reader(
             // or on stdin) and cannot notice; end the process from here.
             if !st.input_done {
                 drop(st);
-                out.fatal(&lost);
+                out.fatal(&lost, 1);
             }
             drop(st);
             out.local_error(&lost);
             return;
         }
-        match reconnect(shared, target, out, lost, tracker) {
+        match reconnect(shared, target, out, lost, tracker, &mut attempt) {
             Some(s) => stream = s,
             None => return,
         }
     }
+}
+
+/// After a kick or a ban, at a terminal: says so and waits for `/reconnect`
+/// (or, for a ban with an end, until it ends); false if the user left.
+fn hold(shared: &Shared, out: &Out, end: &End) -> bool {
+    let until = match end {
+        End::Banned { left: Some(d), .. } => Some(Instant::now() + *d + Duration::from_secs(1)),
+        _ => None,
+    };
+    let then = match until {
+        Some(_) => "; chat reconnects when the ban ends, /quit leaves",
+        None => "; /reconnect to come back, /quit to leave",
+    };
+    out.local_error(&format!("{}{then}", end.explain()));
+    let mut st = shared.lock();
+    st.held = true;
+    st.reconnect_asked = false;
+    loop {
+        if st.quitting || st.input_done {
+            st.held = false;
+            shared.finish(&mut st);
+            return false;
+        }
+        if st.reconnect_asked {
+            break;
+        }
+        let wait = match until {
+            Some(t) => match t.checked_duration_since(Instant::now()) {
+                Some(w) => w,
+                None => break,
+            },
+            None => Duration::from_secs(3600),
+        };
+        st = shared
+            .changed
+            .wait_timeout(st, wait)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    st.held = false;
+    st.end = None;
+    true
 }
 
 /// Prints server lines until the connection ends; returns why it ended.
@@ -343,11 +652,28 @@ fn read_until_closed(
 ) -> String {
     let mut reader = BufReader::with_capacity(8 * 1024, stream);
     let mut line = Vec::with_capacity(256);
+    let mut first = true;
     loop {
         line.clear();
         match read_line_bounded(&mut reader, &mut line, MAX_LINE) {
-            Ok(0) => return "the server closed the connection".into(),
+            Ok(0) => {
+                if first {
+                    closed_silently(shared);
+                }
+                return "the server closed the connection".into();
+            }
+            // A TLS record (an alert, a handshake) where chatd's first line
+            // should be: this is a TLS port and we speak plain text.
+            Ok(_) if first && matches!(line[..], [0x15 | 0x16, 0x03, ..]) => {
+                shared.lock().end = Some(End::Tls(
+                    "the server speaks TLS: add --tls (and --insecure or --tls-ca PEM \
+                     for a self-signed certificate)"
+                        .into(),
+                ));
+                return "TLS port".into();
+            }
             Ok(_) => {
+                first = false;
                 let text = sanitize(&line);
                 shared.track(&text);
                 match shared.reclaim(&text, Instant::now()) {
@@ -376,8 +702,29 @@ fn read_until_closed(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return e.to_string(),
+            Err(e) => {
+                // A reset (the server closed with our line unread) is the
+                // same silence.
+                if first {
+                    closed_silently(shared);
+                }
+                return e.to_string();
+            }
         }
+    }
+}
+
+/// chatd welcomes at once: a first connection that ends without a byte is
+/// most likely its TLS port (which drops a plain client without a word),
+/// so say what fixes that.
+fn closed_silently(shared: &Shared) {
+    let mut st = shared.lock();
+    if !st.ever_welcomed && st.end.is_none() {
+        st.end = Some(End::Tls(
+            "the server closed the connection without a word: if that is \
+             chatd's TLS port (--tls-port, 3443), add --tls"
+                .into(),
+        ));
     }
 }
 
@@ -420,10 +767,12 @@ fn reconnect(
     out: &Out,
     lost: String,
     tracker: &mut Tracker,
+    attempt: &mut u32,
 ) -> Option<TcpStream> {
     let mut why = lost;
-    for attempt in 0u32.. {
-        let delay = backoff(attempt, target.base_delay, target.max_delay);
+    loop {
+        let delay = backoff(*attempt, target.base_delay, target.max_delay);
+        *attempt = attempt.saturating_add(1);
         out.local_error(&format!(
             "{why}; reconnecting in {:.1} s",
             delay.as_secs_f64()
@@ -492,7 +841,6 @@ fn reconnect(
         out.local(&format!("reconnected to {}", target.name()));
         return Some(stream);
     }
-    None
 }
 
 #[cfg(test)]
@@ -571,6 +919,47 @@ mod tests {
         shared.lock().reclaim = Some(("zed".into(), t0 + RECLAIM_FOR, RECLAIM_FIRST));
         shared.track("*** you are now zed");
         assert_eq!(shared.reclaim(taken, t0), None);
+    }
+
+    #[test]
+    fn kicks_bans_and_passwords_are_read_from_the_servers_words() {
+        let me = Some("mallory");
+        let kick = End::from_line("*** mallory was kicked by op (spam)", me);
+        assert_eq!(
+            kick,
+            Some(End::Kicked("you were kicked by op (spam)".into()))
+        );
+        assert_eq!(End::from_line("*** bob was kicked by op", me), None);
+        let ban = End::from_line("*** mallory was banned by op for 1h 30m (spam)", me);
+        assert!(
+            matches!(ban, Some(End::Banned { left: Some(d), .. }) if d.as_secs() == 5400),
+            "{ban:?}"
+        );
+        let perm = End::from_line("*** mallory was banned by op permanently", me);
+        assert!(matches!(perm, Some(End::Banned { left: None, .. })));
+        let refused = End::from_line(
+            "*** error: your address is banned from this server (9m 59s more, by op: spam)",
+            None,
+        );
+        assert!(
+            matches!(refused, Some(End::Banned { left: Some(d), .. }) if d.as_secs() == 599),
+            "{refused:?}"
+        );
+        let never = End::from_line(
+            "*** error: your address is banned from this server (permanent, by op)",
+            None,
+        );
+        assert!(matches!(never, Some(End::Banned { left: None, .. })));
+        assert!(matches!(
+            End::from_line("*** error: wrong password", None),
+            Some(End::Password(_))
+        ));
+        assert_eq!(
+            parse_span("2d 3h"),
+            Some(Duration::from_secs(2 * 86_400 + 3 * 3600))
+        );
+        assert_eq!(parse_span("soon"), None);
+        assert_eq!(words(Duration::from_secs(3725)), "1h 2m 5s");
     }
 
     #[test]

@@ -35,6 +35,9 @@ use out::Out;
 /// How long to wait for the server to close after our `/quit` before exiting
 /// anyway (the server answers at once; this only bounds a hung server).
 const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// chatd's default ports (its --port and --tls-port).
+const LINE_PORT: u16 = 3000;
+const TLS_PORT: u16 = 3443;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,19 +49,24 @@ const QUIT_GRACE: Duration = Duration::from_secs(5);
         you are typing; arrows walk the history; /quit, Ctrl-D or Ctrl-C leave.\n\n\
         Scripted when stdin is not a terminal: sends each stdin line, prints every \
         line the server sends, and exits once the server has answered them all, \
-        e.g. printf '/nick bot\\nhello\\n' | chat"
+        e.g. printf '/nick bot\\nhello\\n' | chat",
+    after_help = "Exit status: 0 welcomed and every line sent; 1 connection failed or lost \
+        (--no-reconnect), or a line not sent; 2 usage; 3 refused (server full...); \
+        4 banned; 5 password needed or wrong (--password-file); 6 TLS mismatch \
+        (--tls, --insecure, --tls-ca); 7 kicked. See docs/chat.md."
 )]
 struct Args {
     /// Server host name or address.
     #[arg(long, default_value = "localhost")]
     host: String,
-    /// Server port.
-    #[arg(long, default_value_t = 3000)]
-    port: u16,
+    /// Server port [default: 3000, or 3443 (chatd's TLS port) with --tls].
+    #[arg(long)]
+    port: Option<u16>,
     /// Never colour the output (the NO_COLOR variable does the same).
     #[arg(long)]
     no_color: bool,
     /// Exit with status 1 when the connection is lost instead of reconnecting.
+    /// (A kick or a ban never reconnects on its own: see /reconnect.)
     #[arg(long)]
     no_reconnect: bool,
     /// Scripted mode: after stdin ends, keep printing what arrives for this
@@ -139,11 +147,14 @@ fn main() {
     let base = Duration::from_millis(args.reconnect_base_ms.max(1));
     let target = Target {
         host: args.host.clone(),
-        port: args.port,
+        port: args
+            .port
+            .unwrap_or(if args.tls { TLS_PORT } else { LINE_PORT }),
         reconnect: !args.no_reconnect,
         base_delay: base,
         max_delay: base.saturating_mul(30),
         password,
+        interactive,
     };
 
     if args.tls {
@@ -165,6 +176,10 @@ fn main() {
     let stream = match conn::connect(&target.host, target.port) {
         Ok(s) => s,
         Err(e) => {
+            if let Some(end) = conn::tls_failure(&e) {
+                eprintln!("chat: {}: {}", target.name(), end.explain());
+                std::process::exit(end.code());
+            }
             eprintln!("chat: cannot connect to {}: {e}", target.name());
             std::process::exit(1);
         }
@@ -183,6 +198,13 @@ fn main() {
         }
         None => scripted_session(&shared, stream, target, palette, args.wait),
     };
+    // 0 only if the server took us in and every line went (docs/chat.md).
+    let code = shared.exit_code(code);
+    if code != 0
+        && let Some(why) = shared.end_text()
+    {
+        eprintln!("chat: {why}");
+    }
     term::exit(code)
 }
 
@@ -297,6 +319,10 @@ fn interactive_session(
                         continue;
                     }
                     let _ = editor.add_history_entry(line);
+                    // Ours, not the server's: after a kick or a ban.
+                    if line.trim() == "/reconnect" && shared.ask_reconnect() {
+                        continue;
+                    }
                     match shared.send(line, false) {
                         Sent::Yes => {}
                         Sent::NotConnected if is_quit(line) => {}

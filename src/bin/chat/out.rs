@@ -69,7 +69,7 @@ impl Out {
     /// Says why the client stops, then ends the process from any thread. The
     /// editor's printer is bypassed: it draws asynchronously, on the main
     /// thread, which would not get to it before the exit.
-    pub fn fatal(&self, text: &str) -> ! {
+    pub fn fatal(&self, text: &str, code: i32) -> ! {
         self.detach_printer();
         term::restore();
         if self.interactive {
@@ -78,7 +78,7 @@ impl Out {
         } else {
             eprintln!("chat: {text}");
         }
-        term::exit(1)
+        term::exit(code)
     }
 
     /// After the editor's last `readline`, lines go straight to stdout: a

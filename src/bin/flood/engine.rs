@@ -75,6 +75,8 @@ pub struct Config {
     pub settle: Duration,
     pub quiet: Duration,
     pub src_addrs: usize,
+    /// A progress line on stderr about once a second while measuring.
+    pub progress: bool,
 }
 
 #[derive(Default)]
@@ -655,7 +657,13 @@ impl<'a> Engine<'a> {
         for s in 0..cfg.senders {
             self.pump_closed(s);
         }
+        let mut progress = cfg.progress.then(|| Progress::new(self.t0));
         loop {
+            if let Some(p) = &mut progress {
+                let sent = self.lines_sent();
+                let delivered = self.ledger.as_ref().map_or(0, |l| l.deliveries);
+                p.tick(sent, delivered);
+            }
             let next_due = self.pump_open();
             if let Some(l) = &mut self.ledger {
                 let mut woke = std::mem::take(&mut l.woke);
@@ -674,6 +682,9 @@ impl<'a> Engine<'a> {
                 break;
             }
             let mut timeout = cfg.timeout - idle;
+            if progress.is_some() {
+                timeout = timeout.min(PROGRESS_EVERY);
+            }
             if let Some(due) = next_due {
                 let d = Duration::from_micros(due.saturating_sub(self.now_us()));
                 match &self.timer {
@@ -682,6 +693,9 @@ impl<'a> Engine<'a> {
                 }
             }
             self.turn(Some(timeout));
+        }
+        if let Some(p) = progress {
+            p.done();
         }
         self.out.duration = self.last_delivery.saturating_duration_since(self.t0);
         let me_end = procstat::sample(std::process::id()).unwrap_or_default();
@@ -698,6 +712,12 @@ impl<'a> Engine<'a> {
         if let Some(st) = &mut self.out.server {
             st.at_end = cfg.pid.and_then(procstat::sample).unwrap_or_default();
         }
+    }
+
+    fn lines_sent(&self) -> u64 {
+        (0..self.cfg.senders.min(self.conns.len()))
+            .map(|s| u64::from(self.conns[s].lines_written))
+            .sum()
     }
 
     fn complete(&self) -> bool {
@@ -820,11 +840,58 @@ impl<'a> Engine<'a> {
             out.foreign = l.foreign;
             (out.missing, out.unsent) = l.missing();
         }
-        out.lines_sent = (0..self.cfg.senders.min(self.conns.len()))
-            .map(|s| u64::from(self.conns[s].lines_written))
-            .sum();
+        out.lines_sent = self.lines_sent();
         out.slow_closed = self.slow_closed.iter().filter(|&&c| c).count();
         out.slow_drained_bytes = self.slow_bytes;
         out
+    }
+}
+
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The progress line: one line on stderr, redrawn in place (`\r`) about
+/// once a second, so a long run is not silent; ended with a newline before
+/// the summary. Write errors are ignored (it is only a courtesy).
+struct Progress {
+    start: Instant,
+    last: Instant,
+    last_delivered: u64,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(start: Instant) -> Progress {
+        Progress {
+            start,
+            last: start,
+            last_delivered: 0,
+            drawn: false,
+        }
+    }
+
+    fn tick(&mut self, sent: u64, delivered: u64) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last);
+        if dt < PROGRESS_EVERY {
+            return;
+        }
+        let rate = (delivered - self.last_delivered.min(delivered)) as f64 / dt.as_secs_f64();
+        let line = format!(
+            "\rflood: {:.0} s: {} sent, {} delivered, {rate:.0} deliveries/s   ",
+            now.duration_since(self.start).as_secs_f64(),
+            crate::report::plural(sent, "line"),
+            delivered,
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+        self.last = now;
+        self.last_delivered = delivered;
+        self.drawn = true;
+    }
+
+    fn done(self) {
+        if self.drawn {
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), b"\n");
+        }
     }
 }

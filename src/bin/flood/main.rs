@@ -35,12 +35,14 @@ use report::Report;
 
 const EXAMPLES: &str = "\
 Examples:
+  chatd --port 3000 --limit-exempt 127.0.0.0/8 & chatd=$!   a server to test, its pid
   flood --port 3000                                   100 clients, 10 senders, 1000 lines of 64 B
-  flood --port 3000 -n 1000 -s 1 -m 2000 --pid $(pidof chatd)
+  flood --port 3000 -n 1000 -s 1 -m 2000 --pid \"$chatd\"
   flood --port 3000 --rate 2000 -m 600 --json         open loop: 2 000 lines/s in total
-  flood --port 3000 --idle 10000 --pid $(pidof chatd) RSS per idle connection
+  flood --port 3000 --idle 10000 --pid \"$chatd\"       RSS per idle connection
   flood --port 3000 -n 20 -s 5 -m 20000 --slow 1      one reader stops reading
-  flood --port 4000 --connect-batch 8 --hello '/nick u{i}'   e.g. ncat --chat
+  ncat --listen --chat 4000 &
+  flood --port 4000 --connect-batch 8 --hello '/nick u{i}'   ncat --chat on port 4000
   flood --ws --port 8080                               chatd's web port (or any WebSocket chat)
   flood --socketio --port 3000                         a socket.io v4 chat (event: chat)
 
@@ -50,6 +52,7 @@ missing, out of order, duplicated, cut off or stalled; 2 on a setup error.";
 #[derive(Parser)]
 #[command(
     name = "flood",
+    version,
     about = "Load-test a line chat server and verify every delivery",
     after_help = EXAMPLES
 )]
@@ -97,6 +100,13 @@ struct Cli {
     /// seconds over the measured run alone, connecting excluded, are reported.
     #[arg(long, value_name = "PID,...", value_delimiter = ',')]
     watch: Vec<u32>,
+    /// A progress line on stderr about once a second (lines sent,
+    /// deliveries, rate) [default: on when stderr is a terminal].
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// No progress line, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
@@ -235,6 +245,8 @@ fn config(cli: Cli) -> Result<(Config, bool), String> {
             settle: Duration::from_millis(cli.settle_ms),
             quiet: Duration::from_millis(cli.quiet_ms),
             src_addrs: cli.src_addrs,
+            progress: !cli.no_progress
+                && (cli.progress || std::io::IsTerminal::is_terminal(&std::io::stderr())),
         },
         cli.json,
     ))

@@ -11,6 +11,16 @@ pub struct Report<'a> {
     pub out: &'a Outcome,
 }
 
+/// "1 sender", "2 senders".
+pub fn plural(n: impl Into<u64>, word: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 fn per_s(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
@@ -186,19 +196,20 @@ impl Report<'_> {
         };
         if c.idle {
             s += &format!(
-                "flood -> {} ({transport}): {} idle connections, then one broadcast\n",
-                c.addr, c.clients
+                "flood -> {} ({transport}): {} idle, then one broadcast\n",
+                c.addr,
+                plural(c.clients as u64, "connection")
             );
         } else {
             s += &format!(
-                "flood -> {} ({transport}): {} clients, {} senders x {} lines x {} B, {pacing}{}\n",
+                "flood -> {} ({transport}): {}, {} x {} x {} B, {pacing}{}\n",
                 c.addr,
-                c.clients,
-                c.senders,
-                c.lines,
+                plural(c.clients as u64, "client"),
+                plural(c.senders as u64, "sender"),
+                plural(c.lines, "line"),
                 c.bytes,
                 if c.slow > 0 {
-                    format!(", {} slow readers", c.slow)
+                    format!(", {}", plural(c.slow as u64, "slow reader"))
                 } else {
                     String::new()
                 }
