@@ -418,6 +418,15 @@ impl Hub {
                     format!("*** history of {name}: nothing new since {since}"),
                     0,
                 )),
+                // As on one server: an epoch another room here was numbered
+                // in is a mix-up, not a restart.
+                Asked::Since(since)
+                    if self.rooms.iter().any(|(k, o)| {
+                        k != r && o.last_id.is_some_and(|l| l.epoch == since.epoch)
+                    }) =>
+                {
+                    Some(render(Ask::Elsewhere(since), 0))
+                }
                 Asked::Since(since) => Some(render(Ask::Lost(since), 0)),
             };
             // The ids shown: the newest `shown` of the lines.

@@ -1483,6 +1483,40 @@ mod cluster {
     }
 
     #[test]
+    fn through_redis_too_an_id_of_another_room_is_named_so_not_a_restart() {
+        let mut hub = Hub::new(200).with_cluster("a");
+        let mut out = Asking::default();
+        hub.link_up(&mut out);
+        hub.connect(c(0), LOCALHOST, &mut out);
+        hub.answer(c(0), "lobby", Asked::Enter, 9, 4, Vec::new(), 0, &mut out);
+        hub.connect(c(1), LOCALHOST, &mut out);
+        hub.answer(c(1), "lobby", Asked::Enter, 9, 4, Vec::new(), 0, &mut out);
+        hub.line(c(1), "/join games", &mut out);
+        hub.answer(c(1), "games", Asked::Enter, 5, 2, Vec::new(), 0, &mut out);
+        hub.said("games", Id { epoch: 5, n: 3 }, None, "<b> x", &mut out);
+        out.got.clear();
+        hub.line(c(0), "/history since 5-3", &mut out);
+        let since = Id { epoch: 5, n: 3 };
+        hub.answer(
+            c(0),
+            "lobby",
+            Asked::Since(since),
+            9,
+            4,
+            Vec::new(),
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            out.got,
+            pairs(&[(
+                0,
+                "*** 5-3 is an id of another room, not of #lobby; nothing to show\r\n*** history of #lobby: empty"
+            )])
+        );
+    }
+
+    #[test]
     fn a_client_waiting_for_history_gets_it_first_then_the_live_lines_it_did_not_have() {
         let mut hub = Hub::new(200).with_cluster("a");
         let mut out = Asking::default();
