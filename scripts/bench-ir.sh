@@ -56,11 +56,13 @@ run() { # build label, binary, case
         extra=(--redis "redis://127.0.0.1:$rport")
     fi
     valgrind --tool=callgrind --callgrind-out-file="$work/cg" \
-        "$bin" --port "$port" --no-http --bans-file "$work/bans" "${extra[@]}" >"$log" 2>&1 &
+        "$bin" --port "$port" --no-http --bans-file "$work/bans" --limit-exempt 127.0.0.0/8 \
+        "${extra[@]}" >"$log" 2>&1 &
     local pid=$!
     if [[ $case == linked ]]; then wait_for "$log" "cluster link up"; else wait_for "$log" "listening"; fi
     local result
-    result=$("$flood" -p "$port" -n 100 -s 10 -m 300 -b 64 2>&1 | grep -E '^(delivered|verify)' | tr '\n' ' ')
+    # A failed verify is printed, not fatal: the count still says what ran.
+    result=$("$flood" -p "$port" -n 100 -s 10 -m 300 -b 64 2>&1 | grep -E '^(delivered|verify)' | tr '\n' ' ') || true
     kill -INT "$pid"
     wait "$pid" || true
     local ir

@@ -1197,6 +1197,49 @@ fn notices_are_isolated_like_messages() {
     );
 }
 
+/// Issue 21: the page's server dies while its name is claimed; it
+/// reconnects (through a proxy) to another instance of the cluster, is
+/// refused the name while the old claim lasts, and asks again until it
+/// has it.
+#[test]
+#[ignore = "needs chromium and redis-server"]
+fn the_page_gets_its_name_back_after_a_reconnect_once_the_old_claim_is_gone() {
+    use support::cluster::{Cluster, FAST, SERVER_LOST_BOUND, SLACK};
+    let mut cl = Cluster::start_with(2, FAST);
+    let web = |i: usize| cl.nodes[i].http_addr.expect("a web port");
+    let proxy = support::Proxy::start(web(0));
+    let browser = Browser::start();
+    browser.goto(&format!("http://{}/", proxy.addr));
+    browser.wait(
+        "the welcome",
+        "document.body.dataset.state === 'open'",
+        Value::Null,
+    );
+    browser.say("/nick zed");
+    browser.wait(
+        "zed",
+        "document.getElementById('me').textContent === arg",
+        json!("zed"),
+    );
+    proxy.retarget(web(1));
+    cl.nodes[0].signal_and_wait("KILL");
+    browser.wait_up_to(
+        TIMEOUT * 2,
+        "the refusal after the reconnect",
+        "Array.from(document.querySelectorAll('#log li .text')).some(e => e.textContent === arg)",
+        json!("*** error: the name zed is taken"),
+    );
+    browser.wait_up_to(
+        SERVER_LOST_BOUND + SLACK,
+        "zed again",
+        "document.getElementById('me').textContent === arg",
+        json!("zed"),
+    );
+    let mut bob = cl.client(1);
+    bob.send("/nick zed");
+    bob.expect_line("*** error: the name zed is taken");
+}
+
 /// Issue 25 on the page: a kick and a ban hold (no reconnect on its own; a
 /// kick offers the button, a ban counts down), the welcome has no machine
 /// talk, your own name is not a /msg target, history headers name the

@@ -910,6 +910,12 @@ fn interactive_kick_says_so_and_reconnects_only_when_asked() {
     op.expect("mallory again", |l| {
         l == "*** mallory joined" || l.contains("is now mallory")
     });
+    // Ctrl-D only once the client shows it is back under its name: sent
+    // earlier, it can reach the editor between the reconnect and the
+    // prompt's redraw.
+    tmux.wait_screen("back as mallory", |r| {
+        r.iter().filter(|l| *l == "*** you are now mallory").count() >= 2
+    });
     tmux.key("C-d");
     assert_sane_terminal(&tmux.wait_status(), 0);
 }

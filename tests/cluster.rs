@@ -1395,20 +1395,12 @@ fn a_late_and_a_restarted_instance_show_the_same_history() {
 /// talking, comes back through the "load balancer" to the other instance
 /// and shows every line exactly once: the ids are the cluster's, so the
 /// other instance knows exactly what it missed.
-#[test]
-#[ignore = "needs redis-server"]
-fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
+/// The `chat` client toward `port`, reconnecting fast; its stdout's lines.
+fn spawn_chat(port: u16) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
-    let cl = Cluster::start(2);
-    let proxy = support::Proxy::start(cl.nodes[0].addr);
-    let mut tess = cl.named(0, "tess");
-    let mut chat = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &proxy.addr.port().to_string(),
-        ])
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(port.to_string())
         .args(["--reconnect-base-ms", "50"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1425,6 +1417,16 @@ fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
             }
         }
     });
+    (chat, rx)
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn chat_resumes_on_another_instance_without_loss_or_duplicates() {
+    let cl = Cluster::start(2);
+    let proxy = support::Proxy::start(cl.nodes[0].addr);
+    let mut tess = cl.named(0, "tess");
+    let (mut chat, rx) = spawn_chat(proxy.addr.port());
     let mut seen: Vec<String> = Vec::new();
     let mut upto = |what: &str| {
         let deadline = Instant::now() + TIMEOUT;
@@ -1593,4 +1595,476 @@ fn forged_bans_on_redis_are_dropped() {
         first_line(&node).starts_with("*** welcome"),
         "nothing was banned"
     );
+}
+
+// --- issue 21: one chat in one order -----------------------------------------
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_redis_cluster_node_is_refused_clearly_and_never_linked() {
+    let redis = Redis::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "{dir}/nodes.conf",
+    ]);
+    let dir = TempDir::new("redis-cluster");
+    let log = dir.path().join("chatd.log");
+    let url = redis.url();
+    let mut args = vec!["--redis", &url, "--node-id", "n1"];
+    args.extend_from_slice(FAST);
+    let node = start_logged(&log, &args);
+    let line = wait_log(&log, &["Redis Cluster", "issue 24"], RELINK);
+    assert!(line.contains("cluster_enabled:1"), "{line}");
+    // It keeps trying (a node restarted without cluster mode is used at
+    // once), and every attempt is refused the same way.
+    wait_metric(&node, "connect_failures_total", RELINK, |v| v >= 3.0);
+    assert_eq!(metric(&node, "link_up"), 0.0);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("cluster link up"), "{text}");
+    // Local chat works (names wait for a link); nobody is told it is up.
+    let mut a = node.client();
+    let mut b = node.client();
+    a.send("still local");
+    let want = format!("<{}> still local", a.name);
+    let before = expect_within(&mut b, TIMEOUT, "the line", |l| l == want);
+    assert!(!before.iter().any(|l| l == LINK_RESTORED), "{before:?}");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn forged_room_lines_in_every_format_never_become_server_lines() {
+    let cl = Cluster::start(1);
+    let mut c = cl.named(0, "carol");
+    let port = cl.redis.port;
+    let forged: &[&[u8]] = &[
+        // Numbered (the format SAY publishes), a LF and a CRLF before a
+        // forged notice.
+        b"evil =1-1:1\n<mallory> f1 hi\n*** bobby is now admin",
+        b"evil =2-1:1\n<mallory> f2 hi\r\n*** bobby is now admin\x1b[2J",
+        // A batch.
+        b"evil\n<mallory> f3 hi\n*** bobby is now admin",
+        // Senders no client could be.
+        b"evil =3-1:1\n<bad name> f4 x\n* b@d f5 y\n<> f6 z",
+        b"evil\n<waytoolongforanameinthischat> f7 x\n<mallory> f3b ok",
+        // One line that is neither a room line nor a notice.
+        b"evil hello f8",
+    ];
+    for payload in forged {
+        let got = redis_cmd(port, &[b"PUBLISH", b"chatd:0:r:lobby", payload]);
+        assert!(matches!(got, Resp::Int(_)), "PUBLISH: {got:?}");
+    }
+    let got = redis_cmd(port, &[b"PUBLISH", b"chatd:0:r:lobby", b"evil <probe> end"]);
+    assert!(matches!(got, Resp::Int(_)), "PUBLISH: {got:?}");
+    let before = expect_within(&mut c, TIMEOUT, "the clean line", |l| l == "<probe> end");
+    for line in &before {
+        assert!(
+            !line.starts_with("*** bobby"),
+            "a forged notice became a server line: {line:?} in {before:?}"
+        );
+        assert!(
+            !line.chars().any(|ch| ch.is_control() || ch == '\u{202e}'),
+            "{line:?}"
+        );
+        for bad in ["f4", "f5", "f6", "f7", "f8"] {
+            assert!(
+                !line.split(' ').any(|w| w == bad),
+                "{bad} reached a user: {line:?} in {before:?}"
+            );
+        }
+    }
+    for good in ["f1", "f2", "f3", "f3b"] {
+        let n = before
+            .iter()
+            .filter(|l| l.starts_with(&format!("<mallory> {good} ")))
+            .count();
+        assert_eq!(n, 1, "{good}: {before:?}");
+    }
+}
+
+/// Each as bytes, for `redis_pipe`.
+fn cmd(args: &[&str]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+/// The room's epoch as SAY set it (a line was said there).
+fn room_epoch(port: u16, room: &str) -> String {
+    match redis_cmd(
+        port,
+        &[b"HGET", format!("chatd:0:h:{room}").as_bytes(), b"e"],
+    ) {
+        Resp::Bulk(Some(e)) => String::from_utf8(e).expect("an epoch"),
+        other => panic!("HGET e: {other:?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn history_of_a_thousand_long_lines_leaves_the_link_up() {
+    let cl = Cluster::start_with(2, &["--history", "1000", "--max-line", "8000"]);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    alice.send("first");
+    assert_eq!(next_said(&mut bob), "<alice> first");
+    // 1000 more lines of 8000 bytes, as instances would have kept them.
+    let epoch = room_epoch(port, "lobby");
+    let text = format!("<alice> {}", "x".repeat(8000 - 8));
+    let mut cmds: Vec<Vec<Vec<u8>>> = (2..=1001)
+        .map(|n| {
+            let id = format!("{epoch}-{n}");
+            cmd(&["XADD", "chatd:0:s:lobby", &id, "t", &text, "ms", "0"])
+        })
+        .collect();
+    cmds.push(cmd(&["HSET", "chatd:0:h:lobby", "n", "1001"]));
+    for r in redis_pipe(port, &cmds) {
+        assert!(!matches!(r, Resp::Error(_)), "{r:?}");
+    }
+    alice.send("/history 1000");
+    let (header, before) = read_until(&mut alice, TIMEOUT, "the history", |l| {
+        l.starts_with("*** history of #lobby (")
+    });
+    assert!(
+        before
+            .iter()
+            .any(|l| l.ends_with("older lines left out: too long to send at once")),
+        "{before:?} {header}"
+    );
+    // The link stayed up: a line still crosses, both ways, and nobody was
+    // told the link went down.
+    bob.send("after");
+    let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| l == "<bob> after");
+    assert!(
+        !seen.iter().chain(&before).any(|l| l == LINK_DOWN),
+        "{before:?}"
+    );
+    alice.send("back");
+    let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| l == "<alice> back");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    assert_eq!(metric(&cl.nodes[0], "reconnects_total"), 0.0);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn six_thousand_long_bans_in_redis_leave_the_link_up() {
+    let dir = TempDir::new("many-bans");
+    let redis = Redis::start();
+    let reason = "r".repeat(760);
+    let cmds: Vec<Vec<Vec<u8>>> = (0..60)
+        .map(|k| {
+            let mut c = cmd(&["HSET", "chatd:0:bans"]);
+            for i in k * 100..(k + 1) * 100 {
+                let net = format!("10.{}.{}.1/32", i / 256, i % 256);
+                c.push(net.clone().into_bytes());
+                c.push(format!("{net}\tpermanent\top\t{reason}").into_bytes());
+            }
+            c
+        })
+        .collect();
+    for r in redis_pipe(redis.port, &cmds) {
+        assert!(!matches!(r, Resp::Error(_)), "{r:?}");
+    }
+    let file = dir.path().join("bans.txt");
+    let (url, file) = (redis.url(), file.to_str().unwrap().to_string());
+    let mut args = vec!["--redis", &url, "--node-id", "n1", "--bans-file", &file];
+    args.extend_from_slice(FAST);
+    // It logs each ban it learns: into a file kept only if the test fails.
+    let node = start_logged(&dir.path().join("chatd.log"), &args);
+    wait_metric(&node, "link_up", RELINK, |v| v == 1.0);
+    let mut alice = named(&node, "alice");
+    // Several ticks (400 ms each) with the link up throughout.
+    quiet_for(
+        &mut alice,
+        Duration::from_secs(3),
+        "the link went down",
+        |l| l == LINK_DOWN,
+    );
+    assert_eq!(metric(&node, "reconnects_total"), 0.0);
+    assert_eq!(metric(&node, "link_up"), 1.0);
+    // And it took the bans: every one of them reaches its file.
+    let deadline = Instant::now() + RELINK;
+    let saved = || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.lines().filter(|l| l.starts_with("10.")).count()
+    };
+    while saved() < 6000 && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    assert_eq!(saved(), 6000);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_five_mib_stream_entry_leaves_the_link_up_at_join() {
+    let cl = Cluster::start(2);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    let big = format!("<mallory> {}", "x".repeat(5 << 20));
+    let got = redis_cmd(
+        port,
+        &[
+            b"XADD",
+            b"chatd:0:s:games",
+            b"*",
+            b"t",
+            big.as_bytes(),
+            b"ms",
+            b"0",
+        ],
+    );
+    assert!(matches!(got, Resp::Bulk(Some(_))), "XADD: {got:?}");
+    bob.send("/join games");
+    bob.expect("the join", |l| l.starts_with("*** you joined #games"));
+    alice.send("/join games");
+    alice.expect("the join", |l| l.starts_with("*** you joined #games"));
+    alice.send("in games");
+    let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| {
+        l == "<alice> in games"
+    });
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    bob.send("hello");
+    let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| l == "<bob> hello");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    for node in &cl.nodes {
+        assert_eq!(metric(node, "reconnects_total"), 0.0);
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_far_future_stream_id_starts_a_new_epoch_and_the_room_goes_on() {
+    let cl = Cluster::start(2);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    alice.send("before");
+    assert_eq!(next_said(&mut bob), "<alice> before");
+    let epoch = room_epoch(port, "lobby");
+    let got = redis_cmd(
+        port,
+        &[
+            b"XADD",
+            b"chatd:0:s:lobby",
+            b"99999999999999-0",
+            b"t",
+            b"<m> x",
+            b"ms",
+            b"0",
+        ],
+    );
+    assert!(matches!(got, Resp::Bulk(Some(_))), "XADD: {got:?}");
+    // Lines still go through, from either side, in a new record.
+    for round in 0..3 {
+        let line = format!("from alice {round}");
+        alice.send(&line);
+        let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| {
+            l == format!("<alice> {line}")
+        });
+        assert!(said(&seen).is_empty(), "{seen:?}");
+        let line = format!("from bob {round}");
+        bob.send(&line);
+        let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| {
+            l == format!("<bob> {line}")
+        });
+        assert!(said(&seen).is_empty(), "{seen:?}");
+    }
+    assert_ne!(room_epoch(port, "lobby"), epoch, "a new epoch");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_graceful_stop_gives_its_names_back_at_once() {
+    // The default timers: a name lives 15 s in Redis, so getting it back
+    // within 2 s is the release, not the expiry.
+    let mut cl = Cluster::start(2);
+    let mut zed = cl.named(0, "zed");
+    let mut bob = cl.client(1);
+    wait_who(&mut bob, TIMEOUT, "zed", |n| has_all(n, &["zed"]));
+    let status = cl.nodes[0].signal_and_wait("TERM");
+    assert!(status.success(), "node 1 after SIGTERM: {status}");
+    let _ = zed.read_to_eof();
+    read_until(&mut bob, TIMEOUT, "zed's leave", |l| {
+        l.starts_with("*** zed left")
+    });
+    assert_eq!(
+        name_owner(cl.redis.port, "zed"),
+        None,
+        "released at the stop"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        bob.send("/nick zed");
+        let got = bob.expect("the /nick answer", |l| {
+            l.starts_with("*** you are now ") || l.starts_with("*** error")
+        });
+        if got == "*** you are now zed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zed still taken: {got}");
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn chat_gets_its_name_back_after_a_reconnect_once_the_old_claim_is_gone() {
+    let mut cl = Cluster::start_with(2, FAST);
+    let proxy = support::Proxy::start(cl.nodes[0].addr);
+    let (mut chat, rx) = spawn_chat(proxy.addr.port());
+    let mut seen: Vec<String> = Vec::new();
+    let mut upto = |what: &str, bound: Duration| {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!("chat: expected {what} within {bound:?}, saw {seen:?}");
+            };
+            let done = line.ends_with(what);
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+    };
+    upto("lines up to 8192 bytes", TIMEOUT);
+    let stdin = chat.stdin.as_mut().expect("chat stdin");
+    std::io::Write::write_all(stdin, b"/nick zed\n").expect("write to chat");
+    upto("*** you are now zed", TIMEOUT);
+    // Its server dies: the name stays claimed in Redis (and zed in the
+    // other instance's mirror) until the claim runs out and the instance
+    // is declared lost. chat reconnects to the other one at once, is
+    // refused the name, and asks again until it is free.
+    proxy.retarget(cl.nodes[1].addr);
+    cl.nodes[0].signal_and_wait("KILL");
+    upto("lines up to 8192 bytes", TIMEOUT);
+    upto("*** error: the name zed is taken", TIMEOUT);
+    upto("*** you are now zed", SERVER_LOST_BOUND + SLACK);
+    let mut bob = cl.client(1);
+    bob.send("/nick zed");
+    bob.expect_line("*** error: the name zed is taken");
+    drop(chat.stdin.take());
+    let _ = chat.kill();
+    let _ = chat.wait();
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn the_names_of_a_lost_instance_are_given_back_by_the_others() {
+    let mut cl = Cluster::start_with(2, FAST);
+    let port = cl.redis.port;
+    let _zed = cl.named(0, "zed");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "zed", |n| has_all(n, &["zed"]));
+    cl.nodes[0].signal_and_wait("KILL");
+    // The claim would otherwise run out on its own: made to last, it is
+    // the survivors' release alone that frees it.
+    let got = redis_cmd(port, &[b"PERSIST", b"chatd:name:zed"]);
+    assert_eq!(got, Resp::Int(1), "zed's claim, still there");
+    read_until(&mut bob, SERVER_LOST_BOUND + SLACK, "zed's loss", |l| {
+        l == "*** zed left (server lost)"
+    });
+    nick_eventually(&mut bob, "zed");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn bans_converge_an_unban_made_while_away_and_bans_after_redis_restarts_empty() {
+    let dir = TempDir::new("bans-converge");
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let file = |i: usize| dir.path().join(format!("bans-{i}.txt"));
+    let start = |i: usize| {
+        let id = format!("n{i}");
+        let file = file(i).to_str().unwrap().to_string();
+        let mut args = vec!["--redis", &url, "--node-id", &id];
+        args.extend_from_slice(&["--oper-password", "sesame", "--bans-file", &file]);
+        args.extend_from_slice(FAST);
+        Server::start(&args)
+    };
+    let saved = |i: usize| std::fs::read_to_string(file(i)).unwrap_or_default();
+    let wait_file = |i: usize, what: &str, pred: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + RELINK;
+        while !pred(&saved(i)) {
+            assert!(
+                Instant::now() < deadline,
+                "n{i}'s bans file never {what}: {:?}",
+                saved(i)
+            );
+            std::thread::sleep(POLL);
+        }
+    };
+    let mut nodes = vec![start(1), start(2)];
+    wait_linked(&nodes);
+    let mut alice = named(&nodes[0], "alice");
+    alice.send("/oper sesame");
+    alice.expect_line("*** you are now an operator; /help lists your commands");
+    // Two bans, made while both instances are up: the second on the
+    // tests' own address (alice, who made it, stays).
+    alice.send("/ban 10.9.9.9/32 1h spam");
+    alice.expect("the answer", |l| l.starts_with("*** banned 10.9.9.9 "));
+    alice.send("/ban 127.0.0.0/8 1h flood");
+    alice.expect("the answer", |l| l.starts_with("*** banned 127.0.0.0/8 "));
+    wait_file(2, "had both bans", &|t| {
+        t.contains("10.9.9.9") && t.contains("127.0.0.0/8")
+    });
+    // n2 stops; one ban is lifted while it is away; it starts again with
+    // its own file, which still has both.
+    let status = nodes[1].signal_and_wait("TERM");
+    assert!(status.success(), "n2 after SIGTERM: {status}");
+    alice.send("/unban 10.9.9.9/32");
+    alice.expect("the answer", |l| l.starts_with("*** unbanned 10.9.9.9"));
+    nodes[1] = start(2);
+    wait_metric(&nodes[1], "link_up", RELINK, |v| v == 1.0);
+    wait_file(2, "learnt the unban", &|t| {
+        !t.contains("10.9.9.9") && t.contains("127.0.0.0/8")
+    });
+    connect_until(&nodes[1], "the ban kept on n2", |l| {
+        l.starts_with("*** error: your address is banned")
+    });
+    // Redis restarts empty: the instances write their bans back, and one
+    // started later refuses the address.
+    redis.stop();
+    redis.restart();
+    for node in &nodes {
+        wait_metric(node, "reconnects_total", RELINK, |v| v >= 1.0);
+        wait_metric(node, "link_up", RELINK, |v| v == 1.0);
+    }
+    let later = start(3);
+    wait_metric(&later, "link_up", RELINK, |v| v == 1.0);
+    connect_until(
+        &later,
+        "the ban on an instance started after Redis restarted",
+        |l| l.starts_with("*** error: your address is banned"),
+    );
+    wait_file(3, "had the ban, and not the lifted one", &|t| {
+        t.contains("127.0.0.0/8") && !t.contains("10.9.9.9")
+    });
+    drop(later);
+    drop(nodes);
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_five_mib_publication_is_dropped_and_the_link_stays_up() {
+    let cl = Cluster::start(2);
+    let port = cl.redis.port;
+    let mut alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    let big = format!("evil <mallory> {}", "x".repeat(5 << 20));
+    let got = redis_cmd(port, &[b"PUBLISH", b"chatd:0:r:lobby", big.as_bytes()]);
+    assert_eq!(got, Resp::Int(2), "both instances subscribed");
+    alice.send("after");
+    let seen = expect_within(&mut bob, TIMEOUT, "alice's line", |l| l == "<alice> after");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    bob.send("back");
+    let seen = expect_within(&mut alice, TIMEOUT, "bob's line", |l| l == "<bob> back");
+    assert!(!seen.iter().any(|l| l == LINK_DOWN), "{seen:?}");
+    for node in &cl.nodes {
+        assert_eq!(metric(node, "reconnects_total"), 0.0);
+        assert!(metric(node, "malformed_total") >= 1.0);
+    }
 }

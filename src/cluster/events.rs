@@ -38,6 +38,8 @@ pub enum Inbound {
         epoch: u64,
         last: u64,
         lines: Vec<Line>,
+        /// Lines Redis left out to keep its answer readable.
+        omitted: u64,
     },
     Presence(Presence),
     Private(ClientId, String, String),
@@ -81,7 +83,8 @@ impl Inbound {
                 epoch,
                 last,
                 lines,
-            } => hub.answer(id, &room, asked, epoch, last, lines, out),
+                omitted,
+            } => hub.answer(id, &room, asked, epoch, last, lines, omitted, out),
             Inbound::Presence(p) => hub.remote_presence(p, out),
             Inbound::Private(to, name, text) => hub.remote_private(to, &name, &text, out),
             Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, out),

@@ -241,7 +241,10 @@ impl Link {
             Redis::connect(self.url.addr, CMD, registry),
             Redis::connect(self.url.addr, SUB, registry),
         ) {
-            (Ok(c), Ok(s)) => (c, s),
+            (Ok(c), Ok(mut s)) => {
+                s.skip_publications = true;
+                (c, s)
+            }
             (Err(e), _) | (_, Err(e)) => return self.fail(&e.to_string(), registry, inbound),
         };
         debug!("cluster: connecting to Redis at {}", self.url.addr);
@@ -260,6 +263,9 @@ impl Link {
             let args: Vec<&[u8]> = auth.iter().map(|a| a.as_bytes()).collect();
             self.send_cmd(&args, Expect::Check("AUTH"), Kind::Force);
         }
+        // Before SELECT, which a Redis Cluster node refuses for any
+        // database but 0: the clearer reason comes first.
+        self.send_cmd(&[b"INFO", b"cluster"], Expect::Info, Kind::Force);
         self.send_cmd(
             &[b"SELECT", db.as_bytes()],
             Expect::Check("SELECT"),
@@ -449,7 +455,7 @@ impl Link {
         if !self.state.is_up() {
             return false;
         }
-        let tail = scripts::read_args(self.keys(), room, after, count);
+        let tail = scripts::read_args(self.keys(), room, after, count, self.wire.max_text);
         let (verb, script) = self.shas.call(scripts::READ_I);
         let mut args: Vec<&[u8]> = vec![verb, &script, b"2"];
         args.extend(tail.iter().map(|a| a.as_bytes()));
@@ -530,22 +536,57 @@ impl Link {
         )
     }
 
+    /// One ban held here, re-asserted at link-up ([`scripts::REASSERT`]):
+    /// the answer says whether it was lifted meanwhile.
+    fn reassert(&mut self, ban: &Ban, now: u64) {
+        let (key, unbans) = (self.keys().bans(), self.keys().unbans());
+        let (net, line) = (ban.net.to_string(), ban.to_line());
+        let until = ban.until.map_or("permanent".to_string(), |t| t.to_string());
+        let now = now.to_string();
+        let (verb, script) = self.shas.call(scripts::REASSERT_I);
+        self.send_cmd(
+            &[
+                verb,
+                &script,
+                b"2",
+                key.as_bytes(),
+                unbans.as_bytes(),
+                net.as_bytes(),
+                line.as_bytes(),
+                until.as_bytes(),
+                now.as_bytes(),
+            ],
+            Expect::Reassert(ban.net),
+            Kind::Book,
+        );
+    }
+
     /// Gives `name` back, if the key still holds our claim on it.
     pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
+        let value = claim_value(since, &self.wire.node, id);
+        self.release_with(scripts::RELEASE, name, &value, "EVAL (release a name)");
+    }
+
+    /// Gives back `name` of user `id` on `node`, declared lost, if the key
+    /// still holds that user's claim (whenever it was made).
+    pub fn release_lost(&mut self, node: &str, id: u64, name: &str) {
+        let tail = wire::claim_tail(node, id);
+        let what = "EVAL (release a lost instance's name)";
+        self.release_with(scripts::RELEASE_LOST, name, &tail, what);
+    }
+
+    /// A compare-and-delete `script` of `name`'s key, against `claim`.
+    fn release_with(&mut self, script: &str, name: &str, claim: &str, what: &'static str) {
         if self.state.is_up() {
             let key = Keys::name(name);
-            let value = claim_value(since, &self.wire.node, id);
-            self.send_cmd(
-                &[
-                    b"EVAL",
-                    scripts::RELEASE.as_bytes(),
-                    b"1",
-                    key.as_bytes(),
-                    value.as_bytes(),
-                ],
-                Expect::Ignore("EVAL (release a name)"),
-                Kind::Book,
-            );
+            let args: [&[u8]; 5] = [
+                b"EVAL",
+                script.as_bytes(),
+                b"1",
+                key.as_bytes(),
+                claim.as_bytes(),
+            ];
+            self.send_cmd(&args, Expect::Ignore(what), Kind::Book);
         }
     }
 
@@ -583,11 +624,15 @@ impl Link {
             self.sub.as_mut()
         };
         let Some(conn) = conn else { return };
-        if let Err(e) = conn
+        let read = conn
             .flush()
-            .and_then(|_| conn.read(&mut self.scratch, &mut frames))
-        {
+            .and_then(|_| conn.read(&mut self.scratch, &mut frames));
+        let skipped = std::mem::take(&mut conn.skipped);
+        if let Err(e) = read {
             return self.fail(&e.to_string(), registry, inbound);
+        }
+        for _ in 0..skipped {
+            self.malformed(b"a channel", "a publication too long to read (skipped)");
         }
         for frame in frames {
             let result = if token == CMD {
@@ -630,9 +675,34 @@ impl Link {
             self.wire.node, self.url.addr
         );
         inbound.push(Inbound::Up);
-        // Bans set while we were away (or before we started).
+        // Bans set while we were away (or before we started), a page at a
+        // time: the hash has no bound of its own.
+        self.bans_from("0", 0);
+    }
+
+    /// Asks for the page of the bans hash at `cursor`; `taken`: bans taken
+    /// from the pages before.
+    pub(super) fn bans_from(&mut self, cursor: &str, taken: usize) {
         let key = self.keys().bans();
-        self.send_cmd(&[b"HGETALL", key.as_bytes()], Expect::Bans, Kind::Book);
+        let (page, longest) = (
+            scripts::BANS_PAGE.to_string(),
+            self.wire.max_text.to_string(),
+        );
+        let budget = scripts::BUDGET.to_string();
+        self.send_cmd(
+            &[
+                b"EVAL",
+                scripts::BANS.as_bytes(),
+                b"1",
+                key.as_bytes(),
+                cursor.as_bytes(),
+                page.as_bytes(),
+                longest.as_bytes(),
+                budget.as_bytes(),
+            ],
+            Expect::Bans(taken),
+            Kind::Book,
+        );
     }
 
     /// A reply on `cmd`: what it answers is the oldest entry of `pending`,
@@ -641,6 +711,7 @@ impl Link {
         let (_, expect) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
         match expect {
             Expect::Check(what) => return self.must_be_ok(what, &frame),
+            Expect::Info => return self.info_reply(&frame),
             Expect::Pong => {
                 self.must_be_ok("PING", &frame)?;
                 if let State::Connecting { cmd_ready, .. } = &mut self.state {
@@ -674,6 +745,7 @@ impl Link {
             },
             Expect::Say(id, room, text) => self.said_reply(id, room, text, frame, inbound),
             Expect::Read(id, room, asked) => {
+                let omitted = wire::left_out(&frame);
                 let answer = match frame {
                     OwnedFrame::Error(e) => {
                         self.forgot(&e);
@@ -690,12 +762,26 @@ impl Link {
                     epoch,
                     last,
                     lines,
+                    omitted,
                 });
             }
-            Expect::Bans => match frame {
-                OwnedFrame::Array(parts) => self.bans_read(&parts, inbound),
-                OwnedFrame::Error(e) => self.refused("HGETALL (the bans)", &e),
+            Expect::Reassert(net) => match frame {
+                OwnedFrame::Error(e) => {
+                    self.forgot(&e);
+                    self.refused("EVAL (re-assert a ban)", &e);
+                }
+                f if frame_bytes(&f) == Some(b"lifted") => {
+                    info!(
+                        target: LOG,
+                        "cluster: the ban on {net} was lifted while this instance was away"
+                    );
+                    inbound.push(Inbound::Unban(net));
+                }
                 _ => {}
+            },
+            Expect::Bans(taken) => match frame {
+                OwnedFrame::Error(e) => self.refused("EVAL (a page of the bans)", &e),
+                f => self.bans_read(&f, taken, inbound),
             },
             Expect::Ignore(what) => {
                 if let OwnedFrame::Error(e) = frame {
@@ -719,6 +805,13 @@ impl Link {
             Expect::Ignore("HSET (a ban)"),
             Kind::Book,
         );
+        // A new ban is not the one an older unban lifted.
+        let unbans = self.keys().unbans();
+        self.send_cmd(
+            &[b"HDEL", unbans.as_bytes(), net.as_bytes()],
+            Expect::Ignore("HDEL (a lifted ban's tombstone)"),
+            Kind::Book,
+        );
         let channel = self.keys().bans_channel();
         self.publish(&channel, wire::ban_payload(&self.wire.node, ban).as_bytes());
     }
@@ -728,10 +821,17 @@ impl Link {
         if !self.state.is_up() {
             return;
         }
-        let key = self.keys().bans();
+        let (key, unbans) = (self.keys().bans(), self.keys().unbans());
         self.send_cmd(
-            &[b"HDEL", key.as_bytes(), net.to_string().as_bytes()],
-            Expect::Ignore("HDEL (a ban)"),
+            &[
+                b"EVAL",
+                scripts::UNBAN.as_bytes(),
+                b"2",
+                key.as_bytes(),
+                unbans.as_bytes(),
+                net.to_string().as_bytes(),
+            ],
+            Expect::Ignore("EVAL (lift a ban)"),
             Kind::Book,
         );
         let channel = self.keys().bans_channel();
@@ -863,6 +963,7 @@ impl Link {
                 }
             }
             ClusterOp::Release { name, id, since } => self.release(&name, id, since),
+            ClusterOp::ReleaseLost { node, id, name } => self.release_lost(&node, id, &name),
             ClusterOp::Guests { used } => self.guests_wanted = Some(used),
             ClusterOp::Roster(roster) => self.on_roster(roster, inbound),
         }

@@ -88,6 +88,15 @@ pub struct Redis {
     rbuf: Vec<u8>,
     /// What is queued toward Redis, not yet written.
     pub wbuf: Vec<u8>,
+    /// The subscriber's: a publication larger than MAX_REPLY is skipped
+    /// rather than a reason to drop the link (anyone who can reach Redis
+    /// can PUBLISH one, as often as they like). Replies on the command
+    /// connection are never skipped: the link must read every one.
+    pub skip_publications: bool,
+    /// Bytes of a skipped publication still to come.
+    skip: usize,
+    /// Publications skipped since the link last looked.
+    pub skipped: u64,
 }
 
 impl Redis {
@@ -100,6 +109,9 @@ impl Redis {
             connected: false,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
+            skip_publications: false,
+            skip: 0,
+            skipped: 0,
         })
     }
 
@@ -147,7 +159,11 @@ impl Redis {
         }
         loop {
             match socket::read(&self.sock, scratch) {
-                SocketResult::Done(n) => self.rbuf.extend_from_slice(&scratch[..n]),
+                SocketResult::Done(n) => {
+                    let skip = self.skip.min(n);
+                    self.skip -= skip;
+                    self.rbuf.extend_from_slice(&scratch[skip..n]);
+                }
                 SocketResult::WouldBlock => break,
                 SocketResult::Closed => {
                     return Err(io::Error::new(
@@ -181,6 +197,15 @@ impl Redis {
         }
         self.rbuf.drain(..used);
         if self.rbuf.len() > MAX_REPLY {
+            if self.skip_publications
+                && let Some(total) = publication_len(&self.rbuf)
+                && total > self.rbuf.len()
+            {
+                self.skip = total - self.rbuf.len();
+                self.rbuf.clear();
+                self.skipped += 1;
+                return Ok(());
+            }
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "reply from Redis too large",
@@ -188,6 +213,37 @@ impl Redis {
         }
         Ok(())
     }
+}
+
+/// The whole length of the publication `buf` begins with (`*3`, `message`,
+/// the channel, then the payload's length), when its head is all there:
+/// what a reader must skip to be past it without holding it.
+pub fn publication_len(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let line = |at: &mut usize| -> Option<&[u8]> {
+        let rest = buf.get(*at..)?;
+        let end = rest.windows(2).take(32).position(|w| w == b"\r\n")?;
+        *at += end + 2;
+        Some(&rest[..end])
+    };
+    let len = |l: &[u8]| -> Option<usize> {
+        std::str::from_utf8(l.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()
+    };
+    if line(&mut at)? != b"*3" {
+        return None;
+    }
+    let n = len(line(&mut at)?)?;
+    if buf.get(at..at + n)? != b"message" {
+        return None;
+    }
+    at += n + 2;
+    let channel = len(line(&mut at)?)?;
+    at += channel + 2;
+    let payload = len(line(&mut at)?)?;
+    at.checked_add(payload)?.checked_add(2)
 }
 
 /// Appends one command to `buf`, RESP-encoded.
@@ -213,6 +269,17 @@ pub fn frame_bytes(f: &OwnedFrame) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publication_is_measured_from_its_head() {
+        let head = b"*3\r\n$7\r\nmessage\r\n$15\r\nchatd:0:r:lobby\r\n$9\r\n";
+        let whole = [&head[..], b"123456789\r\n"].concat();
+        assert_eq!(publication_len(head), Some(whole.len()));
+        assert_eq!(publication_len(&whole), Some(whole.len()));
+        assert_eq!(publication_len(&head[..20]), None, "the head cut short");
+        assert_eq!(publication_len(b"*3\r\n$9\r\nsubscribe\r\n"), None);
+        assert_eq!(publication_len(b"*2\r\n$1\r\n0\r\n"), None);
+    }
 
     #[test]
     fn commands_are_resp_arrays_of_bulk_strings() {

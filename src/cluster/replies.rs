@@ -7,7 +7,7 @@ use super::LOG;
 use super::events::Inbound;
 use super::redis::frame_bytes;
 use super::timing::BACKOFF_MIN;
-use super::wire::claim_wins;
+use super::wire::{self, claim_wins};
 use super::{Link, State, now_ms};
 use crate::access::MAX_BANS;
 use crate::history::Id;
@@ -44,8 +44,14 @@ pub enum Expect {
     Read(ClientId, String, Asked),
     /// The SHA1 of a script in [`super::scripts::LOADED`], by index.
     Script(usize),
-    /// HGETALL of the bans hash.
-    Bans,
+    /// A ban held here, re-asserted at link-up: was it lifted meanwhile?
+    Reassert(ipnet::IpNet),
+    /// A page of the bans hash ([`super::scripts::BANS`]), with how many
+    /// bans the pages before it gave.
+    Bans(usize),
+    /// `INFO cluster`, first thing on a new connection: a Redis Cluster
+    /// node is refused.
+    Info,
 }
 
 /// What a command costs --cluster-queue beyond its RESP bytes: its entry
@@ -81,6 +87,23 @@ impl Link {
             return Err(format!("Redis refused {what}: {}", e.escape_debug()));
         }
         Ok(())
+    }
+
+    /// `INFO cluster`: on a Redis Cluster node a room's keys hash to
+    /// different slots and half of what the link sends would be refused
+    /// (CROSSSLOT, MOVED) while it looked up; so the link never comes up
+    /// there. An ACL without INFO cannot tell: the link goes on, and says so.
+    pub(super) fn info_reply(&mut self, frame: &OwnedFrame) -> Result<(), String> {
+        match frame {
+            OwnedFrame::Error(e) => {
+                self.refused("INFO (is it a Redis Cluster node?)", e);
+                Ok(())
+            }
+            f => match frame_bytes(f) {
+                Some(info) if wire::redis_cluster(info) => Err(wire::REDIS_CLUSTER.to_string()),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// The answer to a renewal: who holds the name now.
@@ -190,22 +213,27 @@ impl Link {
         }
     }
 
-    /// The bans hash: field NET, value the ban's line. Checked like any
-    /// publication (anyone who can reach Redis can write it): what does
-    /// not parse, or whose value names another net, is dropped and
-    /// counted; at most MAX_BANS are taken; the ones that ran out are
-    /// deleted from the hash.
-    pub(super) fn bans_read(&mut self, parts: &[OwnedFrame], inbound: &mut Vec<Inbound>) {
+    /// A page of the bans hash: field NET, value the ban's line. Checked
+    /// like any publication (anyone who can reach Redis can write it): what
+    /// does not parse, or whose value names another net, or that Redis left
+    /// out as too long, is dropped and counted; at most MAX_BANS are taken
+    /// over all pages; the ones that ran out are deleted from the hash.
+    /// Then the next page, if any.
+    pub(super) fn bans_read(
+        &mut self,
+        frame: &OwnedFrame,
+        mut taken: usize,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        let Some((next, left_out, pairs)) = wire::bans_page(frame) else {
+            return self.malformed(b"bans", "not a page of the bans hash");
+        };
+        if left_out > 0 {
+            self.malformed(b"bans", "a ban too long in the bans hash");
+        }
         let now = now_ms();
         let mut expired: Vec<Vec<u8>> = Vec::new();
-        let mut taken = 0;
-        for pair in parts.chunks(2) {
-            let (Some(field), Some(value)) = (
-                pair.first().and_then(frame_bytes),
-                pair.get(1).and_then(frame_bytes),
-            ) else {
-                continue;
-            };
+        for (field, value) in pairs {
             let Some(ban) = self.wire.ban_entry(field, value) else {
                 self.malformed(b"bans", "bad ban in the bans hash");
                 continue;
@@ -226,6 +254,11 @@ impl Link {
                 Expect::Ignore("HDEL (bans that ran out)"),
                 Kind::Book,
             );
+        }
+        if let Some(cursor) = next
+            && taken < MAX_BANS
+        {
+            self.bans_from(&cursor, taken);
         }
     }
 

@@ -27,6 +27,7 @@ impl Link {
                 Due {
                     names: true,
                     nodes: false,
+                    bans: true,
                 },
                 inbound,
             ),
@@ -42,6 +43,7 @@ impl Link {
                         let due = Due {
                             names: round,
                             nodes: true,
+                            bans: false,
                         };
                         self.ask(due, inbound);
                     } else {
@@ -69,6 +71,12 @@ impl Link {
         };
         match self.state {
             State::Healing { sent: false, .. } => {
+                // Bans first: Redis runs them before anyone hears the link
+                // is up, and before the bans are read back.
+                let now = now_ms();
+                for ban in &roster.bans {
+                    self.reassert(ban, now);
+                }
                 let mut left = 0;
                 for (id, name, since) in &roster.names {
                     let mine = claim_value(*since, &self.wire.node, *id);

@@ -322,10 +322,12 @@ impl FakeRedis {
         match verb.as_str() {
             "SELECT" | "AUTH" | "SET" => "+OK\r\n".into(),
             "PING" => "+PONG\r\n".into(),
+            "INFO" => bulk("# Cluster\r\ncluster_enabled:0\r\n"),
             "SCRIPT" => bulk(&format!("sha{}", args[2].len())),
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
             "EVAL" | "EVALSHA" if args[1].contains("incrby") => ":100\r\n".into(),
+            "EVAL" if args[1].contains("hscan") => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
             "EVAL" | "EVALSHA" => ":0\r\n".into(),
             _ => "-ERR unknown command\r\n".into(),
         }
@@ -505,12 +507,13 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
     s.until("up", |s| s.inbound.contains(&Inbound::Up));
     assert!(s.link.is_up() && s.link.stats().link_up);
     let verbs: Vec<&str> = s.redis.cmds.iter().map(|c| c[0].as_str()).collect();
+    // Issue 21: INFO first, to refuse a Redis Cluster node.
     assert_eq!(
-        verbs[..4],
-        ["SELECT", "SCRIPT", "SCRIPT", "PING"],
+        verbs[..6],
+        ["INFO", "SELECT", "SCRIPT", "SCRIPT", "SCRIPT", "PING"],
         "{verbs:?}"
     );
-    assert_eq!(s.redis.cmds[0][1], "3", "the URL's database");
+    assert_eq!(s.redis.cmds[1][1], "3", "the URL's database");
     assert_eq!(
         s.redis.subs[0],
         ["SUBSCRIBE", "chatd:3:p", "chatd:3:b", "chatd:3:n:me~1"]
@@ -523,7 +526,7 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
         s.redis
             .cmds
             .iter()
-            .any(|c| c[0] == "HGETALL" && c[1] == "chatd:3:bans")
+            .any(|c| c[0] == "EVAL" && c[1].contains("hscan") && c[3] == "chatd:3:bans")
     );
     s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
     assert_eq!(s.link.stats().connect_failures, 0);
@@ -589,6 +592,115 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
         }]
     );
     assert_eq!(s.link.stats().received, 2);
+}
+
+#[test]
+fn a_redis_cluster_node_is_a_failed_connect_with_the_reason_not_a_link() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.redis.answer =
+        Box::new(|args| (args[0] == "INFO").then(|| bulk("# Cluster\r\ncluster_enabled:1\r\n")));
+    s.until("down", |s| !s.inbound.is_empty());
+    assert!(
+        matches!(&s.inbound[..], [Inbound::Down(why)] if why.contains("Redis Cluster") && why.contains("issue 24")),
+        "{:?}",
+        s.inbound
+    );
+    assert!(!s.link.stats().link_up);
+    assert_eq!(s.link.stats().connect_failures, 1);
+}
+
+#[test]
+fn the_bans_are_read_a_page_at_a_time_until_the_last() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    s.redis.answer = Box::new(|args| {
+        if !(args[0] == "EVAL" && args[1].contains("hscan")) {
+            return None;
+        }
+        // Page "0" leads to page "7", the last; one ban on each, and Redis
+        // says it left one out of the second.
+        let (next, out, net) = if args[4] == "0" {
+            ("7", "0", "10.0.0.1/32")
+        } else {
+            ("0", "1", "10.0.0.2/32")
+        };
+        let line = format!("{net}\tpermanent\top\tspam");
+        Some(format!(
+            "*4\r\n{}{}{}{}",
+            bulk(next),
+            bulk(out),
+            bulk(net),
+            bulk(&line)
+        ))
+    });
+    s.until("both pages", |s| {
+        s.inbound
+            .iter()
+            .filter(|e| matches!(e, Inbound::Ban(_)))
+            .count()
+            == 2
+    });
+    let cursors: Vec<&str> = s
+        .redis
+        .cmds
+        .iter()
+        .filter(|c| c[0] == "EVAL" && c[1].contains("hscan"))
+        .map(|c| c[4].as_str())
+        .collect();
+    assert_eq!(cursors, ["0", "7"]);
+    assert_eq!(s.link.stats().malformed, 1, "the one left out");
+}
+
+#[test]
+fn the_bans_held_are_reasserted_at_link_up_and_one_lifted_meanwhile_is_lifted() {
+    struct Nobody;
+    impl crate::hub::Outbox for Nobody {
+        fn send(&mut self, _: ClientId, _: &Rc<crate::msg::Msg>) {}
+        fn close(&mut self, _: ClientId, _: String) {}
+    }
+    let mut s = Stand::new(Duration::from_secs(5));
+    for line in [
+        "10.0.0.1/32\tpermanent\top\tx",
+        "10.0.0.2/32\tpermanent\top\ty",
+    ] {
+        let ban = Ban::from_line(line).unwrap();
+        s.hub.ban_from_cluster(ban, &mut Nobody);
+    }
+    // Redis has a tombstone for the first.
+    // Sent by SHA1 (the fake's: "sha" and the script's length) once loaded.
+    fn reassert(c: &[String]) -> bool {
+        (c[0] == "EVAL" && c[1].contains("hsetnx"))
+            || (c[0] == "EVALSHA" && c[1] == format!("sha{}", scripts::REASSERT.len()))
+    }
+    s.redis.answer = Box::new(|args| {
+        reassert(args).then(|| {
+            let lifted = args[5] == "10.0.0.1/32";
+            bulk(if lifted { "lifted" } else { "kept" })
+        })
+    });
+    let (one, two) = (
+        "10.0.0.1/32".parse().unwrap(),
+        "10.0.0.2/32".parse().unwrap(),
+    );
+    s.until("the unban", |s| s.inbound.contains(&Inbound::Unban(one)));
+    assert!(!s.inbound.contains(&Inbound::Unban(two)));
+    // Both went to Redis, with their line and end, before the bans were
+    // read back (which comes at link-up).
+    let reasserted: Vec<(&str, &str)> = s
+        .redis
+        .cmds
+        .iter()
+        .filter(|c| reassert(c))
+        .map(|c| (c[5].as_str(), c[7].as_str()))
+        .collect();
+    assert_eq!(
+        reasserted,
+        [("10.0.0.1/32", "permanent"), ("10.0.0.2/32", "permanent")]
+    );
+    let mut by_sha = s.redis.cmds.iter().filter(|c| reassert(c));
+    assert!(by_sha.all(|c| c[0] == "EVALSHA"), "loaded, not sent whole");
+    s.until("up", |s| s.inbound.contains(&Inbound::Up));
+    let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
+    assert!(at(&|c| reassert(c)) < at(&|c| c[0] == "EVAL" && c[1].contains("hscan")));
 }
 
 #[test]

@@ -19,7 +19,9 @@
 //! `chatd:alive:NODE` (a heartbeat that expires when the instance dies),
 //! `chatd:guests` (the shared guest-number counter), `chatd:DB:bans` (a
 //! hash, NET -> the ban's line: read by every instance at link-up, so bans
-//! apply cluster-wide and to instances started later), `chatd:DB:h:ROOM`
+//! apply cluster-wide and to instances started later), `chatd:DB:unbans`
+//! (a hash, NET -> the end of a ban lifted: tombstones, so an instance
+//! that was away learns the unban when it re-asserts), `chatd:DB:h:ROOM`
 //! and `chatd:DB:s:ROOM` (a room's numbering and its kept lines).
 //!
 //! Anyone who can reach Redis can publish on these, so nothing that arrives
@@ -90,6 +92,12 @@ impl Keys {
         format!("{}bans", self.prefix)
     }
 
+    /// The hash of bans lifted (NET -> the lifted ban's end), see
+    /// [`super::scripts::UNBAN`].
+    pub fn unbans(&self) -> String {
+        format!("{}unbans", self.prefix)
+    }
+
     /// A room's numbering (hash: e epoch, n last N) and its kept lines
     /// (stream), as [`super::scripts::SAY`] and `READ` use them.
     pub fn history(&self, room: &str) -> (String, String) {
@@ -130,10 +138,28 @@ impl Keys {
     }
 }
 
+/// Why a Redis Cluster node is not used (yet).
+pub const REDIS_CLUSTER: &str = "Redis is a Redis Cluster node (cluster_enabled:1), which chatd does not support yet: \
+a room's keys would hash to different slots (CROSSSLOT) and names and bans be MOVED. Sharding over a Redis Cluster \
+comes with issue 24; until then point --redis at a standalone Redis (or a primary with replicas)";
+
+/// Whether an `INFO` (or `INFO cluster`) answer is a Redis Cluster node's.
+pub fn redis_cluster(info: &[u8]) -> bool {
+    info.split(|&c| c == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .any(|l| l == b"cluster_enabled:1")
+}
+
 /// A claim on a name, as stored in its key: `MS NODE ID`, the time of the
 /// claim in ms since the Unix epoch, the node and the user's id there.
 pub fn claim_value(since: u64, node: &str, id: ClientId) -> String {
     format!("{since} {node} {}", id.0)
+}
+
+/// The end of every claim user `id` on `node` makes, whenever it made it:
+/// ` NODE ID` ([`claim_value`] without its time).
+pub fn claim_tail(node: &str, id: u64) -> String {
+    format!(" {node} {id}")
 }
 
 /// Which of two claims on one name keeps it: the earlier, ties broken by
@@ -172,6 +198,37 @@ pub fn name_ok(s: &str) -> bool {
 /// A room as the hub keys it: a valid name, lowercase.
 pub fn room_key_ok(s: &str) -> bool {
     name_ok(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// A room line as the hub writes one, after cleaning: `<NAME> TEXT` or
+/// `* NAME TEXT` (src/hub/mod.rs, command.rs), NAME a name a client could
+/// choose, and nothing [`sanitize`] removes (a second check: a line that
+/// breaks out of its own line or its direction never reaches a user).
+/// What else arrives as a room line would show as something it is not
+/// (`*** bobby is now admin`, a server line).
+pub fn room_line_ok(line: &str) -> bool {
+    let name = if let Some(rest) = line.strip_prefix('<') {
+        rest.split_once("> ").map(|(name, _)| name)
+    } else if let Some(rest) = line.strip_prefix("* ") {
+        rest.split_once(' ').map(|(name, _)| name)
+    } else {
+        None
+    };
+    name.is_some_and(name_ok) && !line.chars().any(breaks_out)
+}
+
+/// A notice from another instance's hub (`*** ...`): only ever the one
+/// line of an unnumbered publication, which cannot hold a line break.
+fn notice_ok(line: &str) -> bool {
+    line.starts_with("*** ") && !line.chars().any(breaks_out)
+}
+
+/// What ends a line, starts an escape, or turns the text's direction.
+fn breaks_out(c: char) -> bool {
+    matches!(
+        c,
+        '\r' | '\n' | '\x1b' | '\u{80}'..='\u{9f}' | '\u{61c}' | '\u{200e}' | '\u{200f}'
+    ) || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A local line, or a batch of them (CRLF between), for the room on the
@@ -322,6 +379,9 @@ impl Wire {
                 return Err("too long");
             }
             let text = sanitize(text).ok_or("blank line")?;
+            if !(room_line_ok(&text) || notice_ok(&text)) {
+                return Err("not a room line");
+            }
             return Ok(Some(Inbound::Room(room.to_string(), text)));
         }
         let lines = self.lines(text, Blank::Skip)?;
@@ -348,7 +408,8 @@ impl Wire {
     }
 
     /// LF-separated lines, each bounded and cleaned as a line of its own,
-    /// joined with CRLF (as the hub takes a batch).
+    /// and each a room line ([`room_line_ok`]: never a notice, which only
+    /// travels alone), joined with CRLF (as the hub takes a batch).
     fn lines(&self, text: &[u8], blank: Blank) -> Result<String, &'static str> {
         let mut lines = Vec::new();
         for line in text.split(|&c| c == b'\n') {
@@ -356,9 +417,10 @@ impl Wire {
                 return Err("too long");
             }
             match (sanitize(line), blank) {
-                (Some(clean), _) => lines.push(clean),
+                (Some(clean), _) if room_line_ok(&clean) => lines.push(clean),
+                (Some(_), Blank::Keep) => lines.push("<?> (not a room line)".into()),
                 (None, Blank::Keep) => lines.push("<?> (blank)".into()),
-                (None, Blank::Skip) => {}
+                (_, Blank::Skip) => {}
             }
         }
         Ok(lines.join("\r\n"))
@@ -386,12 +448,7 @@ impl Wire {
         let OwnedFrame::Array(parts) = f else {
             return None;
         };
-        let text = |i: usize| {
-            parts
-                .get(i)
-                .and_then(frame_bytes)
-                .and_then(|b| std::str::from_utf8(b).ok())
-        };
+        let text = |i: usize| text_at(&parts, i);
         let epoch = text(0)?;
         let epoch: u64 = if epoch.is_empty() {
             0
@@ -414,7 +471,7 @@ impl Wire {
             if id.epoch != epoch || raw.len() > self.max_text {
                 continue;
             }
-            if let Some(clean) = sanitize(raw) {
+            if let Some(clean) = sanitize(raw).filter(|l| room_line_ok(l)) {
                 lines.push(Line::new(id.n, ms.parse().unwrap_or(0), &clean));
             }
         }
@@ -432,6 +489,51 @@ impl Wire {
             .and_then(Ban::from_line)
             .filter(|b| field == b.net.to_string().as_bytes())
     }
+}
+
+/// How many lines a READ answer says it left out (its last element, after
+/// the epoch, the last N and the triples of its lines).
+pub fn left_out(f: &OwnedFrame) -> u64 {
+    match f {
+        OwnedFrame::Array(parts) if parts.len() >= 3 && (parts.len() - 2) % 3 == 1 => parts
+            .last()
+            .and_then(frame_bytes)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The text of element `i` of an answer, if it is a UTF-8 string.
+fn text_at(parts: &[OwnedFrame], i: usize) -> Option<&str> {
+    parts
+        .get(i)
+        .and_then(frame_bytes)
+        .and_then(|b| std::str::from_utf8(b).ok())
+}
+
+/// A field and its value.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
+/// A page of the bans hash from [`super::scripts::BANS`]: the next cursor
+/// (None: it was the last page, or the answer is not one), how many
+/// entries Redis left out, and the (field, value) pairs.
+pub fn bans_page(f: &OwnedFrame) -> Option<(Option<String>, u64, Vec<Pair<'_>>)> {
+    let OwnedFrame::Array(parts) = f else {
+        return None;
+    };
+    let text = |i: usize| text_at(parts, i);
+    let cursor = text(0)?;
+    // A cursor is a number: anything else would be sent back to Redis.
+    cursor.parse::<u64>().ok()?;
+    let out = text(1)?.parse().ok()?;
+    let pairs = parts[2..]
+        .chunks(2)
+        .filter_map(|p| Some((frame_bytes(p.first()?)?, frame_bytes(p.get(1)?)?)))
+        .collect();
+    let next = (cursor != "0").then(|| cursor.to_string());
+    Some((next, out, pairs))
 }
 
 /// `WORD REST` at the first space.
@@ -604,6 +706,10 @@ mod tests {
         assert!(claim_wins(&c, &a) && !claim_wins(&a, &c));
         let d = claim_value(1000, "n1~a", ClientId(4));
         assert!(claim_wins(&a, &d) && !claim_wins(&d, &a));
+        // A lost node's user is known by the end of its claims.
+        assert!(a.ends_with(&claim_tail("n1~a", 3)));
+        assert!(!a.ends_with(&claim_tail("1~a", 3)), "another node");
+        assert!(!a.ends_with(&claim_tail("n1~a", 13)), "another user");
         // Exactly one of any two different claims wins.
         for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &d)] {
             assert!(claim_wins(x, y) != claim_wins(y, x), "{x} vs {y}");
@@ -613,6 +719,15 @@ mod tests {
             assert!(claim_wins(&a, junk), "{junk:?}");
             assert!(!claim_wins(junk, &a), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_redis_cluster_node_is_told_apart_by_its_info() {
+        assert!(redis_cluster(b"# Cluster\r\ncluster_enabled:1\r\n"));
+        assert!(!redis_cluster(b"# Cluster\r\ncluster_enabled:0\r\n"));
+        assert!(!redis_cluster(b""));
+        assert!(!redis_cluster(b"x_cluster_enabled:1"));
+        assert!(REDIS_CLUSTER.contains("issue 24"));
     }
 
     fn wire() -> Wire {
@@ -634,6 +749,7 @@ mod tests {
         assert_eq!(k.node("n1~a"), "chatd:3:n:n1~a");
         assert_eq!(k.bans_channel(), "chatd:3:b");
         assert_eq!(k.bans(), "chatd:3:bans");
+        assert_eq!(k.unbans(), "chatd:3:unbans");
         let (meta, stream) = k.history("lobby");
         assert_eq!(
             (meta.as_str(), stream.as_str()),
@@ -798,6 +914,68 @@ mod tests {
     }
 
     #[test]
+    fn every_room_format_refuses_what_is_not_a_room_line() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        let notice = "*** bobby is now admin";
+        // Numbered: the forged line keeps its number, as a placeholder.
+        for sep in ["\n", "\r\n"] {
+            let Inbound::Said { text, .. } =
+                ok(&w, &room, &format!("n2 =17-4:3\n<m> hi{sep}{notice}"))
+            else {
+                panic!()
+            };
+            assert_eq!(text, "<m> hi\r\n<?> (not a room line)", "{sep:?}");
+        }
+        // A batch: the forged line goes.
+        let Inbound::Room(_, text) = ok(&w, &room, &format!("n2\n<m> hi\n{notice}\n* m waves"))
+        else {
+            panic!()
+        };
+        assert_eq!(text, "<m> hi\r\n* m waves");
+        assert!(
+            w.decode(room.as_bytes(), format!("n2\n{notice}").as_bytes())
+                .is_err()
+        );
+        // Senders no client could be.
+        for bad in [
+            "<bad name> x",
+            "<> x",
+            "* b@d x",
+            "*m x",
+            "<m>x",
+            "hello",
+            "<waytoolongforanameinthischat> x",
+        ] {
+            assert!(!room_line_ok(bad), "{bad:?}");
+            assert!(
+                w.decode(room.as_bytes(), format!("n2 {bad}").as_bytes())
+                    .is_err(),
+                "{bad:?}"
+            );
+            let Inbound::Said { text, .. } = ok(&w, &room, &format!("n2 =17-4:3\n{bad}")) else {
+                panic!()
+            };
+            assert_eq!(text, "<?> (not a room line)", "{bad:?}");
+        }
+        for good in ["<m> hi", "<guest-12> /x", "* m waves", "<A.b_c-d> "] {
+            assert!(room_line_ok(good), "{good:?}");
+        }
+        // What sanitize would have removed is refused even so.
+        for c in [
+            '\r', '\n', '\x1b', '\u{9b}', '\u{202e}', '\u{2067}', '\u{200f}',
+        ] {
+            assert!(!room_line_ok(&format!("<m> a{c}b")), "{c:?}");
+            assert!(!notice_ok(&format!("*** a{c}b")), "{c:?}");
+        }
+        // One notice alone, unnumbered, is another hub's (a join, a leave).
+        assert_eq!(
+            ok(&w, &room, &format!("n2 {notice}")),
+            Inbound::Room("lobby".into(), notice.into())
+        );
+    }
+
+    #[test]
     fn history_and_bans_from_redis_are_checked_like_publications() {
         let w = wire();
         let bulk = |s: &str| OwnedFrame::BulkString(s.as_bytes().to_vec());
@@ -834,5 +1012,32 @@ mod tests {
             "another net"
         );
         assert_eq!(w.ban_entry(b"10.0.0.0/8", b"junk"), None);
+    }
+
+    #[test]
+    fn what_redis_left_out_is_read_from_its_answers() {
+        let bulk = |s: &str| OwnedFrame::BulkString(s.as_bytes().to_vec());
+        let line = [bulk("17-9"), bulk("1000"), bulk("<a> x")];
+        let with = |tail: &[OwnedFrame]| {
+            let mut v = vec![bulk("17"), bulk("9")];
+            v.extend(line.iter().cloned());
+            v.extend(tail.iter().cloned());
+            OwnedFrame::Array(v)
+        };
+        assert_eq!(left_out(&with(&[bulk("998")])), 998);
+        assert_eq!(left_out(&with(&[])), 0, "an answer without the count");
+        let w = wire();
+        let (_, _, lines) = w.read_answer(with(&[bulk("998")])).unwrap();
+        assert_eq!(lines.len(), 1, "the count is not a line");
+        // A page of the bans: its cursor, what was left out, the pairs.
+        let page = OwnedFrame::Array(vec![bulk("42"), bulk("3"), bulk("f"), bulk("v")]);
+        let (next, out, pairs) = bans_page(&page).unwrap();
+        assert_eq!((next.as_deref(), out), (Some("42"), 3));
+        assert_eq!(pairs, [(&b"f"[..], &b"v"[..])]);
+        let last = OwnedFrame::Array(vec![bulk("0"), bulk("0")]);
+        assert_eq!(bans_page(&last).map(|p| p.0), Some(None));
+        let bad = OwnedFrame::Array(vec![bulk("1 2"), bulk("0")]);
+        assert!(bans_page(&bad).is_none(), "a cursor is a number");
+        assert!(bans_page(&OwnedFrame::Integer(0)).is_none());
     }
 }

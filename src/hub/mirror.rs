@@ -149,6 +149,7 @@ impl Hub {
                 // A restart under the same name: the old one's users are gone.
                 for old in self.remote_nodes() {
                     if old != node && same_instance_name(&old, &node) {
+                        self.release_names_of(&old, out);
                         self.node_lost(&old, "server lost", out);
                     }
                 }
@@ -276,7 +277,25 @@ impl Hub {
             }
             c.lost.push_back(node.into());
         }
+        self.release_names_of(node, out);
         self.node_lost(node, "server lost", out);
+    }
+
+    /// An instance is lost (died, or replaced by a new incarnation): its
+    /// users' names, which it cannot give back itself, are released for
+    /// it, each only if Redis still holds that user's claim. Every
+    /// instance does it; the second to come finds nothing to delete.
+    fn release_names_of(&self, node: &str, out: &mut impl Outbox) {
+        for ((n, id), &i) in &self.remote {
+            let key = self.clients[i].who.key();
+            if &**n == node && !key.starts_with("guest-") {
+                out.cluster(ClusterOp::ReleaseLost {
+                    node: n.clone(),
+                    id: *id,
+                    name: key.into(),
+                });
+            }
+        }
     }
 
     /// Instances declared lost (to notice when their heartbeat is back).
@@ -315,12 +334,25 @@ impl Hub {
             .collect()
     }
 
-    /// This instance is shutting down: the others drop its users at once
-    /// instead of waiting for its heartbeat to expire.
+    /// This instance is shutting down: its users' names are given back
+    /// (each only if Redis still holds it for them), so one who reconnects
+    /// to another instance gets it at once rather than after the claim's
+    /// lifetime; then the others drop its users at once instead of
+    /// waiting for its heartbeat to expire. The goodbye goes after the
+    /// releases on the same connection, so an instance that hears it
+    /// finds the names free.
     pub fn shutdown(&mut self, out: &mut impl Outbox) {
         if let Some(c) = &self.cluster
             && c.up
         {
+            let names: Vec<(ClientId, Box<str>, u64)> = self
+                .claimed_names()
+                .into_iter()
+                .map(|(id, name, since)| (id, name.into(), since))
+                .collect();
+            for (id, name, since) in names {
+                out.cluster(ClusterOp::Release { name, id, since });
+            }
             out.cluster(ClusterOp::Presence(Presence::Bye {
                 node: c.node.clone(),
             }));
@@ -378,10 +410,16 @@ impl Hub {
         } else {
             (Vec::new(), Vec::new())
         };
+        let bans = if due.bans {
+            self.bans_held()
+        } else {
+            Vec::new()
+        };
         out.cluster(ClusterOp::Roster(Roster {
             names,
             remote,
             lost,
+            bans,
         }));
     }
 

@@ -612,6 +612,12 @@ impl Hub {
         self.remove_banned(&net, &by, &span, &why, out);
     }
 
+    /// Cluster mode: the bans in force here, to re-assert in Redis at
+    /// link-up.
+    pub fn bans_held(&self) -> Vec<Ban> {
+        self.access.bans.active(self.now_ms).cloned().collect()
+    }
+
     /// Cluster mode: a ban lifted on another instance.
     pub fn unban_from_cluster(&mut self, net: &ipnet::IpNet) {
         if self.access.bans.remove(net) {

@@ -63,6 +63,14 @@ pub enum ClusterOp {
         id: ClientId,
         since: u64,
     },
+    /// Give up `name` for user `id` of instance `node`, which was declared
+    /// lost (it cannot give it back itself), if Redis still holds that
+    /// user's claim on it.
+    ReleaseLost {
+        node: Rc<str>,
+        id: u64,
+        name: Box<str>,
+    },
     /// The hub is running low on guest numbers: reserve a block past
     /// `used`, the highest it handed out.
     Guests { used: u64 },
@@ -80,6 +88,8 @@ pub struct Roster {
     pub remote: Vec<Rc<str>>,
     /// Nodes declared lost (to notice when their heartbeat is back).
     pub lost: Vec<Rc<str>>,
+    /// The bans in force here, to re-assert at link-up.
+    pub bans: Vec<Ban>,
 }
 
 /// What the link asks for in `Inbound::Due`.
@@ -87,6 +97,7 @@ pub struct Roster {
 pub struct Due {
     pub names: bool,
     pub nodes: bool,
+    pub bans: bool,
 }
 
 /// An operation the link could not take now: the queue toward Redis is

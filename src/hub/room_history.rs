@@ -320,7 +320,7 @@ impl Hub {
         let kept = self.history.kept(r.hist);
         let epoch = self.history.head(r.hist).map_or(0, |h| h.epoch);
         let lines: Vec<&history::Line> = kept.range(from.min(kept.len())..).collect();
-        render_answer(&r.name, epoch, &lines, ids, ask, self.reply_max).0
+        render_answer(&r.name, epoch, &lines, ids, ask, self.reply_max, 0).0
     }
 
     /// Cluster mode, link up: asks Redis for `room`'s history for client
@@ -388,6 +388,7 @@ impl Hub {
         epoch: u64,
         last: u64,
         lines: Vec<history::Line>,
+        omitted: u64,
         out: &mut impl Outbox,
     ) {
         let Some(i) = self.idx(id) else { return };
@@ -395,11 +396,15 @@ impl Hub {
         if let Some(r) = here.filter(|&r| r == self.clients[i].seat.room()) {
             let (name, ids) = (&self.rooms[r].name, self.clients[i].resume.ids);
             let refs: Vec<&history::Line> = lines.iter().collect();
-            let render = |ask| render_answer(name, epoch, &refs, ids, ask, self.reply_max);
+            let render =
+                |ask, omitted| render_answer(name, epoch, &refs, ids, ask, self.reply_max, omitted);
+            // Lines Redis left out (too long, or past its answer's budget)
+            // are older ones for a replay or `/history N`; for a resume they
+            // are counted as missed from `last` already.
             let answer = match asked {
-                Asked::Enter if !refs.is_empty() => Some(render(Ask::Last)),
+                Asked::Enter if !refs.is_empty() => Some(render(Ask::Last, omitted)),
                 Asked::Enter | Asked::Mark => None,
-                Asked::Last(_) => Some(render(Ask::Last)),
+                Asked::Last(_) => Some(render(Ask::Last, omitted)),
                 // 0-0: where a client stands in a room that had no lines yet.
                 Asked::Since(since)
                     if epoch != 0 && (since.epoch == epoch || since == Id { epoch: 0, n: 0 }) =>
@@ -407,13 +412,22 @@ impl Hub {
                     let after = if since.epoch == epoch { since.n } else { 0 };
                     let total = last.saturating_sub(after);
                     let evicted = total.saturating_sub(refs.len() as u64);
-                    Some(render(Ask::Resume(since, evicted)))
+                    Some(render(Ask::Resume(since, evicted), 0))
                 }
                 Asked::Since(since) if epoch == 0 && since.n == 0 => Some((
                     format!("*** history of {name}: nothing new since {since}"),
                     0,
                 )),
-                Asked::Since(since) => Some(render(Ask::Lost(since))),
+                // As on one server: an epoch another room here was numbered
+                // in is a mix-up, not a restart.
+                Asked::Since(since)
+                    if self.rooms.iter().any(|(k, o)| {
+                        k != r && o.last_id.is_some_and(|l| l.epoch == since.epoch)
+                    }) =>
+                {
+                    Some(render(Ask::Elsewhere(since), 0))
+                }
+                Asked::Since(since) => Some(render(Ask::Lost(since), 0)),
             };
             // The ids shown: the newest `shown` of the lines.
             let covered = match &answer {
@@ -551,7 +565,8 @@ pub(super) fn is_room_line(line: &str) -> bool {
 
 /// One history answer, as one buffer: `lines` (oldest first), the newest
 /// of them as far as `reply_max` bytes allow, framed by a header and an end
-/// line, and preceded by what was missed.
+/// line, and preceded by what was missed; `omitted`: lines left out before
+/// they got here (by Redis), told with those left out here.
 pub(super) fn render_answer(
     name: &str,
     epoch: u64,
@@ -559,6 +574,7 @@ pub(super) fn render_answer(
     ids: bool,
     ask: Ask,
     reply_max: usize,
+    omitted: u64,
 ) -> (String, usize) {
     let mut lines = Vec::new();
     let mut bytes = 0;
@@ -570,7 +586,7 @@ pub(super) fn render_answer(
         }
         lines.push(line);
     }
-    let left_out = (kept.len() - lines.len()) as u64;
+    let left_out = (kept.len() - lines.len()) as u64 + omitted;
     let shown = lines.len();
     let mut text = String::new();
     match ask {

@@ -853,6 +853,8 @@ mod cluster {
         privates: Vec<(String, u64, String, String)>,
         claims: Vec<(ClientId, String)>,
         released: Vec<(String, ClientId)>,
+        /// Names of lost instances' users given back: (node, id, name).
+        released_lost: Vec<(String, u64, String)>,
         subscribed: HashSet<String>,
         /// Answer claims with "busy" (the queue toward Redis is full), and
         /// the claims so refused.
@@ -894,6 +896,9 @@ mod cluster {
                 ClusterOp::Claim { id, name } if self.busy => self.refused.push((id, name.into())),
                 ClusterOp::Claim { id, name } => self.claims.push((id, name.into())),
                 ClusterOp::Release { name, id, .. } => self.released.push((name.into(), id)),
+                ClusterOp::ReleaseLost { node, id, name } => {
+                    self.released_lost.push((node.to_string(), id, name.into()))
+                }
                 ClusterOp::History {
                     id, room, asked, ..
                 } => self.asked.push((id, room.into(), asked)),
@@ -1023,6 +1028,7 @@ mod cluster {
                             epoch,
                             last,
                             Vec::new(),
+                            0,
                             &mut self.bus[from],
                         );
                     }
@@ -1173,6 +1179,42 @@ mod cluster {
         // Neither a replaced incarnation nor one that said goodbye is
         // waited for to come back.
         assert!(net.hubs[0].lost_nodes().is_empty());
+    }
+
+    #[test]
+    fn a_stopping_node_gives_its_names_back_before_its_goodbye() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        net.line(1, 3, "/nick zed");
+        net.pump();
+        net.take(0);
+        net.hubs[1].shutdown(&mut net.bus[1]);
+        assert_eq!(net.bus[1].released, [("zed".to_string(), c(3))]);
+        net.pump();
+        net.take(0);
+        net.line(0, 0, "/nick zed");
+        net.pump();
+        assert_eq!(net.take(0), pairs(&[(0, "*** you are now zed")]));
+    }
+
+    #[test]
+    fn the_names_of_a_lost_node_are_given_back_for_it_but_not_its_guests() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(3), LOCALHOST, &mut net.bus[1]);
+        net.hubs[1].connect(c(4), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        net.line(1, 3, "/nick Zed");
+        net.pump();
+        net.take(0);
+        net.hubs[0].node_silent(NODES[1], &mut net.bus[0]);
+        assert_eq!(
+            net.bus[0].released_lost,
+            [(NODES[1].to_string(), 3, "zed".to_string())],
+            "the key's name, and not guest-N's"
+        );
     }
 
     #[test]
@@ -1441,6 +1483,40 @@ mod cluster {
     }
 
     #[test]
+    fn through_redis_too_an_id_of_another_room_is_named_so_not_a_restart() {
+        let mut hub = Hub::new(200).with_cluster("a");
+        let mut out = Asking::default();
+        hub.link_up(&mut out);
+        hub.connect(c(0), LOCALHOST, &mut out);
+        hub.answer(c(0), "lobby", Asked::Enter, 9, 4, Vec::new(), 0, &mut out);
+        hub.connect(c(1), LOCALHOST, &mut out);
+        hub.answer(c(1), "lobby", Asked::Enter, 9, 4, Vec::new(), 0, &mut out);
+        hub.line(c(1), "/join games", &mut out);
+        hub.answer(c(1), "games", Asked::Enter, 5, 2, Vec::new(), 0, &mut out);
+        hub.said("games", Id { epoch: 5, n: 3 }, None, "<b> x", &mut out);
+        out.got.clear();
+        hub.line(c(0), "/history since 5-3", &mut out);
+        let since = Id { epoch: 5, n: 3 };
+        hub.answer(
+            c(0),
+            "lobby",
+            Asked::Since(since),
+            9,
+            4,
+            Vec::new(),
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            out.got,
+            pairs(&[(
+                0,
+                "*** 5-3 is an id of another room, not of #lobby; nothing to show\r\n*** history of #lobby: empty"
+            )])
+        );
+    }
+
+    #[test]
     fn a_client_waiting_for_history_gets_it_first_then_the_live_lines_it_did_not_have() {
         let mut hub = Hub::new(200).with_cluster("a");
         let mut out = Asking::default();
@@ -1455,7 +1531,7 @@ mod cluster {
         let lines = (1..=3)
             .map(|n| history::Line::new(n, NOON, &format!("<b> {n}")))
             .collect();
-        hub.answer(c(0), "lobby", Asked::Enter, 9, 3, lines, &mut out);
+        hub.answer(c(0), "lobby", Asked::Enter, 9, 3, lines, 0, &mut out);
         assert_eq!(
             out.got,
             pairs(&[
@@ -1476,7 +1552,7 @@ mod cluster {
             (0, "lobby".into(), Asked::Since(since), Some(since), 100)
         );
         let lines = vec![history::Line::new(4, NOON, "<b> four")];
-        hub.answer(c(0), "lobby", Asked::Since(since), 9, 4, lines, &mut out);
+        hub.answer(c(0), "lobby", Asked::Since(since), 9, 4, lines, 0, &mut out);
         assert!(
             out.got[0]
                 .1
@@ -1489,14 +1565,14 @@ mod cluster {
         // are held and come after the mark, which stands before them.
         hub.connect(c(1), LOCALHOST, &mut out);
         hub.line(c(1), "/ids on", &mut out);
-        hub.answer(c(1), "lobby", Asked::Enter, 9, 4, Vec::new(), &mut out);
+        hub.answer(c(1), "lobby", Asked::Enter, 9, 4, Vec::new(), 0, &mut out);
         assert_eq!(out.got.pop(), Some((1, "*** ids on: #lobby at 9-4".into())));
         out.got.clear();
         hub.said("lobby", Id { epoch: 9, n: 5 }, None, "<b> five", &mut out);
         hub.said("lobby", Id { epoch: 9, n: 6 }, None, "<b> six", &mut out);
         out.got.retain(|(to, _)| *to == 1);
         assert_eq!(out.got, vec![], "held");
-        hub.answer(c(1), "lobby", Asked::Mark, 9, 6, Vec::new(), &mut out);
+        hub.answer(c(1), "lobby", Asked::Mark, 9, 6, Vec::new(), 0, &mut out);
         assert_eq!(
             out.got,
             pairs(&[

@@ -49,6 +49,11 @@
   // A server error this soon after a typed line is taken as its answer, and
   // the line goes back into an empty input to be fixed and sent again.
   const REJECT_WINDOW_MS = 5000;
+  // A name refused after a reconnect because it is still held (a cluster
+  // keeps a dead server's names 15 s; one stopped gracefully gives them
+  // back at once) is asked for again this long, the waits doubling to 2 s.
+  const RECLAIM_MS = 20000;
+  const RECLAIM_FIRST_MS = 500;
 
   const state = {
     ws: null,
@@ -74,6 +79,8 @@
     // The last line typed and sent, until an error sends it back to the
     // input or REJECT_WINDOW_MS passes.
     lastSent: null,
+    // After a reconnect: the name asked for again, until when, the next wait.
+    reclaim: null,
     roomsPoll: 0,
     // One entry per /who or /rooms in flight, oldest first: true when the
     // page asked (its answer only updates the side panel), false when the
@@ -178,7 +185,10 @@
     state.block = null;
     state.resuming = null;
     sendRaw('/ids on');
-    if (state.nick) sendRaw('/nick ' + state.nick);
+    if (state.nick) {
+      sendRaw('/nick ' + state.nick);
+      state.reclaim = { name: state.nick, until: Date.now() + RECLAIM_MS, wait: RECLAIM_FIRST_MS };
+    }
     if (state.joined) {
       sendRaw('/join ' + state.joined); // its answer lists the people
     } else {
@@ -552,7 +562,10 @@
         // For the page, not the person: it warns before a long line.
         line = line.slice(0, max.index);
       }
+    } else if (state.reclaim && refusedForNow(line, state.reclaim.name)) {
+      reclaimLater();
     } else if ((m = /^\*\*\* you are now (\S+)$/.exec(line))) {
+      state.reclaim = null;
       rename(state.name, m[1]);
       setName(m[1]);
       state.nick = m[1];
@@ -592,6 +605,33 @@
     if (end) state.ended = end;
     if (line.startsWith('*** error: ') && !end) giveBack();
     show(forPeople(line));
+  }
+
+  // Whether the server refused `/nick name` for a reason that may pass: the
+  // name still held, or the cluster not ready yet.
+  function refusedForNow(line, name) {
+    return line === '*** error: the name ' + name + ' is taken' ||
+      line === '*** error: names cannot change while the cluster link is down' ||
+      (line.startsWith('*** error: ') && line.includes('try /nick again'));
+  }
+
+  // The name re-sent after a reconnect was refused for now: ask again
+  // after a while, until RECLAIM_MS has passed; then say so.
+  function reclaimLater() {
+    const r = state.reclaim;
+    if (Date.now() + r.wait > r.until) {
+      state.reclaim = null;
+      note('could not get the name ' + r.name + ' back: still taken after ' + RECLAIM_MS / 1000 + ' s; try /nick ' + r.name + ' later', 'net');
+      return;
+    }
+    if (r.wait === RECLAIM_FIRST_MS) {
+      note('the name ' + r.name + ' is still held (by the connection that was lost); asking again for a few seconds', 'net');
+    }
+    const wait = r.wait;
+    r.wait = Math.min(wait * 2, 2000);
+    setTimeout(function () {
+      if (state.reclaim === r) sendRaw('/nick ' + r.name);
+    }, wait);
   }
 
   // The server refused the line just typed: put it back to be fixed, unless

@@ -102,15 +102,28 @@ pub struct Redis {
     pub child: Option<Child>,
     pub port: u16,
     pub dir: TempDir,
+    /// More arguments for redis-server (a Redis Cluster node's).
+    pub extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With more arguments for redis-server; `{dir}` in them is replaced
+    /// by its scratch directory.
+    pub fn start_with(extra: &[&str]) -> Redis {
         let dir = TempDir::new("redis");
+        let extra = extra
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
         let mut redis = Redis {
             child: None,
             port: 0,
             dir,
+            extra,
         };
         // A port picked by free_port can be taken before redis binds it:
         // try a few.
@@ -144,6 +157,7 @@ impl Redis {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -248,6 +262,30 @@ pub fn redis_cmd(port: u16, args: &[&[u8]]) -> Resp {
     }
     s.write_all(&req).expect("write to redis-server");
     read_resp(&mut std::io::BufReader::new(s))
+}
+
+/// Many commands to the redis-server on `port`, written at once on one
+/// connection (state written straight into Redis, as anyone who can reach
+/// it could); their replies, in order.
+pub fn redis_pipe(port: u16, cmds: &[Vec<Vec<u8>>]) -> Vec<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
+    s.set_read_timeout(Some(TIMEOUT)).expect("set_read_timeout");
+    let mut req = Vec::new();
+    for args in cmds {
+        req.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+    }
+    let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+    // Written from another thread: replies to a long pipeline must be read
+    // while it is written, or both sides' buffers fill.
+    let writer = std::thread::spawn(move || s.write_all(&req).expect("write to redis-server"));
+    let replies = cmds.iter().map(|_| read_resp(&mut r)).collect();
+    writer.join().expect("the writer");
+    replies
 }
 
 /// Who Redis says holds `name` (the value of its key), if anyone.

@@ -23,6 +23,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write that blocks this long means the server stopped reading; treat the
 /// connection as gone rather than freeze the editor.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a name refused after a reconnect is asked for again: past the
+/// 15 s a cluster keeps the name of a user whose server died (one that
+/// stops gracefully gives it back at once).
+const RECLAIM_FOR: Duration = Duration::from_secs(20);
+/// The first wait before asking again; later ones double up to 2 s.
+const RECLAIM_FIRST: Duration = Duration::from_millis(500);
 
 /// Why the server ended (or would not start) the session, read from what
 /// it said (its wording is in src/hub/moderation.rs and the reactor); each
@@ -274,6 +280,26 @@ pub struct State {
     /// After a kick, the reader waits for the user's `/reconnect`.
     held: bool,
     reconnect_asked: bool,
+    /// After a reconnect, the name being asked for again, until when, and
+    /// the next wait: the server may still hold it for the connection that
+    /// was lost.
+    reclaim: Option<(String, Instant, Duration)>,
+}
+
+/// What to do about an answer to a name asked for again.
+#[derive(Debug, PartialEq, Eq)]
+enum Reclaim {
+    /// Ask for it again after this long (told the user the first time).
+    Retry(String, Duration, bool),
+    GaveUp(String),
+}
+
+/// Whether `line` refuses `/nick name` for a reason that may pass: the name
+/// still held, or the cluster not ready yet.
+fn refused_for_now(line: &str, name: &str) -> bool {
+    line == format!("*** error: the name {name} is taken")
+        || line == "*** error: names cannot change while the cluster link is down"
+        || (line.starts_with("*** error: ") && line.contains("try /nick again"))
 }
 
 #[derive(Default)]
@@ -412,6 +438,32 @@ impl Shared {
         }
     }
 
+    /// After a reconnect's `/nick` is refused for now: ask again after a
+    /// while, for at most RECLAIM_FOR, then give up (and say so).
+    fn reclaim(&self, line: &str, now: Instant) -> Option<Reclaim> {
+        let mut st = self.lock();
+        let (name, until, wait) = st.reclaim.clone()?;
+        if !refused_for_now(line, &name) {
+            return None;
+        }
+        if now + wait > until {
+            st.reclaim = None;
+            return Some(Reclaim::GaveUp(name));
+        }
+        st.reclaim = Some((name.clone(), until, (wait * 2).min(Duration::from_secs(2))));
+        Some(Reclaim::Retry(name, wait, wait == RECLAIM_FIRST))
+    }
+
+    /// The retry of a reclaim, if it is still wanted and connected.
+    fn ask_again(&self, name: &str) {
+        let mut st = self.lock();
+        if st.reclaim.as_ref().is_some_and(|(n, ..)| n == name)
+            && let Some(w) = st.writer.as_mut()
+        {
+            let _ = w.write_all(format!("/nick {name}\n").as_bytes());
+        }
+    }
+
     /// Remembers what the server confirmed, for re-sending after a
     /// reconnect, and what it said about ending the session.
     fn track(&self, line: &str) {
@@ -450,6 +502,7 @@ impl Shared {
             let mut st = self.lock();
             st.nick_cmd = Some(format!("/nick {name}"));
             st.me = Some(name.to_string());
+            st.reclaim = None;
         } else if let Some(rest) = line.strip_prefix("*** you joined ")
             && let Some(room) = rest.split_whitespace().next()
         {
@@ -486,7 +539,7 @@ pub fn spawn_reader(
 }
 
 fn reader(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut stream: TcpStream,
     target: &Target,
     out: &Out,
@@ -593,7 +646,7 @@ fn hold(shared: &Shared, out: &Out, end: &End) -> bool {
 
 /// Prints server lines until the connection ends; returns why it ended.
 fn read_until_closed(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     stream: &TcpStream,
     out: &Out,
     tracker: &mut Tracker,
@@ -635,6 +688,27 @@ fn read_until_closed(
                 }
                 first = false;
                 shared.track(&text);
+                match shared.reclaim(&text, Instant::now()) {
+                    Some(Reclaim::Retry(name, wait, first)) => {
+                        if first {
+                            out.local(&format!(
+                                "the name {name} is still held (by the connection that was lost); asking again for a few seconds"
+                            ));
+                        }
+                        let shared = Arc::clone(shared);
+                        let _ = std::thread::Builder::new()
+                            .name("chat-reclaim".into())
+                            .spawn(move || {
+                                std::thread::sleep(wait);
+                                shared.ask_again(&name);
+                            });
+                    }
+                    Some(Reclaim::GaveUp(name)) => out.local_error(&format!(
+                        "could not get the name {name} back: still taken after {} s; try /nick {name} later",
+                        RECLAIM_FOR.as_secs()
+                    )),
+                    None => {}
+                }
                 if let Some(shown) = tracker.receive(&text) {
                     out.server(&shown);
                 }
@@ -765,6 +839,10 @@ fn reconnect(
             resend.push(b'\n');
         }
         st.pending_join = st.join_cmd.clone();
+        st.reclaim = st.nick_cmd.as_ref().and_then(|c| {
+            let name = c.strip_prefix("/nick ")?.to_string();
+            Some((name, Instant::now() + RECLAIM_FOR, RECLAIM_FIRST))
+        });
         if let Err(e) = writer.write_all(&resend) {
             why = format!("connection lost again at once: {e}");
             continue;
@@ -817,6 +895,42 @@ mod tests {
             got.push(String::from_utf8(buf.clone()).unwrap());
         }
         assert_eq!(got, ["ab\n", "abcd", "efg\n", "x"]);
+    }
+
+    #[test]
+    fn a_name_refused_after_a_reconnect_is_asked_again_then_given_up() {
+        let shared = Shared::default();
+        let t0 = Instant::now();
+        let taken = "*** error: the name zed is taken";
+        assert_eq!(shared.reclaim(taken, t0), None, "not reclaiming");
+        shared.lock().reclaim = Some(("zed".into(), t0 + RECLAIM_FOR, RECLAIM_FIRST));
+        assert_eq!(
+            shared.reclaim("*** error: the name other is taken", t0),
+            None
+        );
+        let ms = Duration::from_millis;
+        assert_eq!(
+            shared.reclaim(taken, t0),
+            Some(Reclaim::Retry("zed".into(), ms(500), true))
+        );
+        let down = "*** error: names cannot change while the cluster link is down";
+        assert_eq!(
+            shared.reclaim(down, t0),
+            Some(Reclaim::Retry("zed".into(), ms(1000), false))
+        );
+        assert_eq!(
+            shared.reclaim(taken, t0 + ms(1500)),
+            Some(Reclaim::Retry("zed".into(), ms(2000), false))
+        );
+        assert_eq!(
+            shared.reclaim(taken, t0 + RECLAIM_FOR),
+            Some(Reclaim::GaveUp("zed".into()))
+        );
+        assert_eq!(shared.reclaim(taken, t0 + RECLAIM_FOR), None, "once");
+        // Granted: no more retries.
+        shared.lock().reclaim = Some(("zed".into(), t0 + RECLAIM_FOR, RECLAIM_FIRST));
+        shared.track("*** you are now zed");
+        assert_eq!(shared.reclaim(taken, t0), None);
     }
 
     #[test]
