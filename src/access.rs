@@ -7,6 +7,7 @@
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The window wrong passwords (`/pass`, `/oper`) are counted over, per
@@ -34,9 +35,14 @@ pub fn same_secret(given: &str, secret: &str) -> bool {
 }
 
 /// A client's line as it may be logged: the secret of `/pass` and `/oper`
-/// replaced by `***` (with -v every line is logged).
+/// replaced by `***` (with -v every line is logged). White space before
+/// the command does not hide it: the hub takes ` /pass X` as `/pass X`.
 pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
-    let word = line.split(char::is_whitespace).next().unwrap_or("");
+    let word = line
+        .trim_start()
+        .split(char::is_whitespace)
+        .next()
+        .unwrap_or("");
     if word.eq_ignore_ascii_case("/pass") || word.eq_ignore_ascii_case("/oper") {
         format!("{word} ***").into()
     } else {
@@ -72,6 +78,27 @@ pub fn parse_duration(s: &str) -> Option<Span> {
     (ms > 0 && ms <= MAX_DURATION_MS).then_some(Some(ms))
 }
 
+/// The word after a `/ban` or `/mute` target: `Ok(Some(span))` for a
+/// duration, `Ok(None)` for none (the word begins the reason), and an
+/// error for a word that looks like a duration but is not one ("30min",
+/// "1.5h", "10" of "10 m", "0s"): taking it for the reason would make a
+/// mistyped short ban permanent.
+pub fn duration_arg(word: &str) -> Result<Option<Span>, String> {
+    if let Some(span) = parse_duration(word) {
+        return Ok(Some(span));
+    }
+    let b = word.as_bytes();
+    let numeric = b.first().is_some_and(u8::is_ascii_digit)
+        || (b.len() > 1 && b"+-.".contains(&b[0]) && b[1].is_ascii_digit());
+    if numeric {
+        Err(format!(
+            "{word} is not a duration: a whole number and one of s, m, h, d, w (30s, 10m, 2h, 7d, 1w; at most 3650d), or permanent"
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
 /// The two largest units: "42s", "5m 3s", "2h 10m", "3d 4h".
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -93,12 +120,52 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     addr.to_canonical()
 }
 
-/// "10.0.0.0/8", "2001:db8::/32" or a bare address (a /32 or /128).
+/// "10.0.0.0/8", "2001:db8::/32" or a bare address (a /32 or /128). An
+/// IPv4-mapped prefix (`::ffff:10.0.0.0/104`) is the IPv4 prefix, as
+/// addresses are matched in their canonical form: kept as IPv6 it would
+/// match nobody.
 pub fn parse_net(s: &str) -> Option<IpNet> {
     if let Ok(net) = s.parse::<IpNet>() {
-        return Some(net.trunc());
+        return Some(canonical_net(net.trunc()));
     }
     s.parse::<IpAddr>().ok().map(|a| IpNet::from(canonical(a)))
+}
+
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        net => net,
+    }
+}
+
+/// What a ban by name covers: what the per-address limits count as one
+/// address, the IPv4 address or the IPv6 /64 (a host usually has a whole
+/// /64 and would be back from its next address).
+pub fn host_net(addr: IpAddr) -> IpNet {
+    match canonical(addr) {
+        IpAddr::V6(a) => {
+            IpNet::V6(ipnet::Ipv6Net::new(a, 64).map_or_else(|_| a.into(), |n| n.trunc()))
+        }
+        v4 => IpNet::from(v4),
+    }
+}
+
+/// Why a ban on `net` is almost certainly a mistake, if it is: it covers
+/// the operator's own address (`own`; a ban outlives the session and
+/// would lock the operator out at the next connection), or more than a
+/// /8 of IPv4 or a /32 of IPv6 (`0.0.0.0/0` locks everyone out).
+pub fn risky(net: &IpNet, own: Option<IpAddr>) -> Option<String> {
+    if let Some(own) = own.map(canonical).filter(|a| net.contains(a)) {
+        return Some(format!("it covers your own address ({own})"));
+    }
+    let (widest, family) = match net {
+        IpNet::V4(_) => (8, "IPv4"),
+        IpNet::V6(_) => (32, "IPv6"),
+    };
+    (net.prefix_len() < widest).then(|| format!("it is wider than /{widest} of {family}"))
 }
 
 /// A net shown as typed for one address ("1.2.3.4"), with its prefix
@@ -111,12 +178,20 @@ pub fn show_net(net: &IpNet) -> String {
     }
 }
 
-/// Text from a user or the bans file made safe to show and to store on
-/// one line of the file: no control characters (tabs and newlines are the
-/// file's separators), at most MAX_REASON characters.
+/// Text from a user, the bans file or Redis made safe to show and to
+/// store on one line of the file: cleaned as every line users see is
+/// ([`crate::line::sanitize`]: no bidi controls, nothing invisible, no
+/// line separators), except that a control character (tabs and newlines
+/// are the file's separators) is a space, not removed, so that words it
+/// stood between stay apart; at most MAX_REASON characters.
 pub fn clean_reason(s: &str) -> String {
-    s.chars()
+    let spaced: String = s
+        .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    crate::line::sanitize(spaced.as_bytes())
+        .unwrap_or_default()
+        .chars()
         .take(MAX_REASON)
         .collect::<String>()
         .trim()
@@ -142,15 +217,32 @@ impl Ban {
     /// One line of the bans file, and the form a ban travels in through
     /// Redis: `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`.
     pub fn to_line(&self) -> String {
-        let until = self
-            .until
-            .map_or("permanent".to_string(), |t| t.to_string());
-        format!(
-            "{}\t{until}\t{}\t{}",
-            self.net,
-            clean_reason(&self.by),
-            clean_reason(&self.reason)
-        )
+        let mut line = String::with_capacity(64 + self.by.len() + self.reason.len());
+        self.write_line(&mut line);
+        line
+    }
+
+    /// `to_line`, appended to `out`. The name and reason were cleaned
+    /// when the ban was made (by the hub, or by `from_line`): cleaning
+    /// them again for each of 10 000 bans at every save cost 100 ms;
+    /// only the separators are guarded against here.
+    fn write_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(out, "{}\t", self.net);
+        match self.until {
+            Some(t) => {
+                let _ = write!(out, "{t}\t");
+            }
+            None => out.push_str("permanent\t"),
+        }
+        for (field, end) in [(&self.by, "\t"), (&self.reason, "")] {
+            if memchr::memchr3(b'\t', b'\n', b'\r', field.as_bytes()).is_some() {
+                out.push_str(&clean_reason(field));
+            } else {
+                out.push_str(field);
+            }
+            out.push_str(end);
+        }
     }
 
     /// The reverse of `to_line`, for text nobody vouches for (a file
@@ -186,24 +278,51 @@ impl Ban {
 /// Bans, by address prefix. A linear scan per check: checks happen once per
 /// connection, bans are few (at most MAX_BANS), and prefixes of any length
 /// can overlap, which a hash of addresses could not match.
+///
+/// The list is shared, copied on write, so that the bans file's writer
+/// gets it for nothing ([`Bans::snapshot`]) and formats it on its own
+/// thread: formatting 10 000 bans (4.3 MB) took the loop 5-10 ms.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Bans {
-    list: Vec<Ban>,
+    list: Arc<Vec<Ban>>,
+}
+
+/// The bans as they were at one moment, for the bans file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BansFile {
+    bans: Arc<Vec<Ban>>,
+    now_ms: u64,
+}
+
+impl BansFile {
+    /// The file's text: one ban a line,
+    /// `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`, expired bans left
+    /// out.
+    pub fn text(&self) -> String {
+        let mut out =
+            String::from("# chatd bans: net, until (ms since 1970) or permanent, by, reason\n");
+        for b in self.bans.iter().filter(|b| b.active(self.now_ms)) {
+            b.write_line(&mut out);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 impl Bans {
     /// Adds or replaces the ban on exactly `ban.net`. Err when full.
     pub fn add(&mut self, ban: Ban) -> Result<(), String> {
-        if let Some(old) = self.list.iter_mut().find(|b| b.net == ban.net) {
+        let list = Arc::make_mut(&mut self.list);
+        if let Some(old) = list.iter_mut().find(|b| b.net == ban.net) {
             *old = ban;
             return Ok(());
         }
-        if self.list.len() >= MAX_BANS {
+        if list.len() >= MAX_BANS {
             return Err(format!(
                 "the ban list is full ({MAX_BANS} bans); /unban some"
             ));
         }
-        self.list.push(ban);
+        list.push(ban);
         Ok(())
     }
 
@@ -215,9 +334,11 @@ impl Bans {
 
     /// Lifts the ban on exactly `net`; false if there was none.
     pub fn remove(&mut self, net: &IpNet) -> bool {
-        let before = self.list.len();
-        self.list.retain(|b| b.net != *net);
-        self.list.len() != before
+        if !self.list.iter().any(|b| b.net == *net) {
+            return false;
+        }
+        Arc::make_mut(&mut self.list).retain(|b| b.net != *net);
+        true
     }
 
     /// The ban in force on `addr`, if any.
@@ -230,9 +351,11 @@ impl Bans {
 
     /// Drops bans that have run out; true if any did.
     pub fn prune(&mut self, now_ms: u64) -> bool {
-        let before = self.list.len();
-        self.list.retain(|b| b.active(now_ms));
-        self.list.len() != before
+        if self.list.iter().all(|b| b.active(now_ms)) {
+            return false;
+        }
+        Arc::make_mut(&mut self.list).retain(|b| b.active(now_ms));
+        true
     }
 
     /// The bans in force, in the order they were set.
@@ -248,37 +371,65 @@ impl Bans {
         self.list.is_empty()
     }
 
-    /// The bans file: one ban a line, `NET<TAB>UNTIL-MS|permanent<TAB>BY<TAB>REASON`,
-    /// expired bans left out.
+    /// The bans file's text ([`BansFile::text`]).
     pub fn to_file(&self, now_ms: u64) -> String {
-        let mut out =
-            String::from("# chatd bans: net, until (ms since 1970) or permanent, by, reason\n");
-        for b in self.active(now_ms) {
-            out.push_str(&b.to_line());
-            out.push('\n');
+        self.snapshot(now_ms).text()
+    }
+
+    /// The bans as they are now, for the bans file, without a copy.
+    pub fn snapshot(&self, now_ms: u64) -> BansFile {
+        BansFile {
+            bans: Arc::clone(&self.list),
+            now_ms,
         }
-        out
     }
 
     /// Reads a bans file (which anyone with access to the disk may have
-    /// edited): expired bans and lines that do not parse are left out;
-    /// the second value counts the lines that did not parse.
-    pub fn from_file(text: &str, now_ms: u64) -> (Bans, usize) {
+    /// edited), line by line as bytes: expired bans are left out, and so
+    /// is every line that is not a ban (not UTF-8, a net or time that does
+    /// not parse, past MAX_BANS), counted in the answer with the numbers
+    /// of the first of them for the log. One bad byte costs its line, not
+    /// the file.
+    pub fn from_file(bytes: &[u8], now_ms: u64) -> (Bans, Skipped) {
         let mut bans = Bans::default();
-        let mut bad = 0;
-        for line in text.lines() {
+        let mut bad = Skipped::default();
+        for (n, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let Ok(line) = std::str::from_utf8(raw) else {
+                bad.add(n + 1);
+                continue;
+            };
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
             let Some(ban) = Ban::from_line(line) else {
-                bad += 1;
+                bad.add(n + 1);
                 continue;
             };
             if ban.active(now_ms) && bans.add(ban).is_err() {
-                bad += 1;
+                bad.add(n + 1);
             }
         }
         (bans, bad)
+    }
+}
+
+/// The lines of a bans file that were left out: how many, and the
+/// numbers of the first [`Skipped::SHOWN`] (a file of garbage is not
+/// logged whole).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub count: usize,
+    pub first: Vec<usize>,
+}
+
+impl Skipped {
+    pub const SHOWN: usize = 10;
+
+    fn add(&mut self, line: usize) {
+        self.count += 1;
+        if self.first.len() < Self::SHOWN {
+            self.first.push(line);
+        }
     }
 }
 
@@ -368,7 +519,94 @@ mod tests {
     }
 
     #[test]
+    fn a_word_that_looks_like_a_duration_must_be_one() {
+        assert_eq!(duration_arg("10m"), Ok(Some(Some(600_000))));
+        assert_eq!(duration_arg("perm"), Ok(Some(None)));
+        assert_eq!(duration_arg("spam"), Ok(None), "a reason");
+        assert_eq!(duration_arg(""), Ok(None));
+        for typo in ["30min", "1hour", "1.5h", "10", "0s", "-1m", ".5h", "3651d"] {
+            let e = duration_arg(typo).unwrap_err();
+            assert!(e.starts_with(&format!("{typo} is not a duration")), "{e}");
+        }
+    }
+
+    #[test]
+    fn ban_text_gets_the_same_cleaning_as_every_line() {
+        let forged = "x\u{2028}<alice> I am the admin\u{202e}\u{200b}\u{2066}\u{2029}!\tz";
+        assert_eq!(clean_reason(forged), "x <alice> I am the admin ! z");
+        let ban = Ban::from_line(&format!("1.2.3.4\tpermanent\tev\u{202e}il\t{forged}")).unwrap();
+        assert_eq!(ban.by, "evil");
+        assert_eq!(ban.reason, "x <alice> I am the admin ! z");
+    }
+
+    #[test]
+    fn mapped_prefixes_are_ipv4_and_names_cover_the_v6_64() {
+        let net = parse_net("::ffff:127.0.0.0/120").unwrap();
+        assert_eq!(net.to_string(), "127.0.0.0/24");
+        assert_eq!(
+            parse_net("::ffff:10.1.2.3").unwrap().to_string(),
+            "10.1.2.3/32"
+        );
+        assert_eq!(
+            parse_net("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        let mut bans = Bans::default();
+        bans.add(ban("::ffff:127.0.0.0/120", None)).unwrap();
+        assert!(bans.find("127.0.0.9".parse().unwrap(), 0).is_some());
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            host_net(a("2001:db8:1:2:3:4:5:6")).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(host_net(a("::ffff:1.2.3.4")).to_string(), "1.2.3.4/32");
+    }
+
+    #[test]
+    fn wide_bans_and_bans_on_oneself_are_risky() {
+        let n = |s: &str| parse_net(s).unwrap();
+        let me: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
+        assert_eq!(
+            risky(&n("10.0.0.0/8"), me).unwrap(),
+            "it covers your own address (10.1.2.3)"
+        );
+        assert_eq!(
+            risky(&n("0.0.0.0/0"), None).unwrap(),
+            "it is wider than /8 of IPv4"
+        );
+        assert_eq!(
+            risky(&n("2000::/3"), me).unwrap(),
+            "it is wider than /32 of IPv6"
+        );
+        assert_eq!(risky(&n("11.0.0.0/8"), me), None);
+        assert_eq!(risky(&n("2001:db8::/32"), me), None);
+        let mapped = Some("::ffff:10.1.2.3".parse().unwrap());
+        assert!(risky(&n("10.1.2.3"), mapped).is_some());
+    }
+
+    #[test]
+    fn a_bans_file_with_bytes_that_are_not_utf8_loses_those_lines_only() {
+        let mut file = b"# comment\n1.2.3.4\tpermanent\ta\tok\n".to_vec();
+        file.extend_from_slice(b"5.6.7.8\tpermanent\ta\tbad \xff byte\n\xfe\n");
+        file.extend_from_slice(b"9.9.9.9\tpermanent\ta\tok too\r\n");
+        let (bans, bad) = Bans::from_file(&file, 0);
+        assert_eq!(bans.len(), 2);
+        assert_eq!(
+            bad,
+            Skipped {
+                count: 2,
+                first: vec![3, 4]
+            }
+        );
+        let junk = b"junk\n".repeat(100);
+        let (_, bad) = Bans::from_file(&junk, 0);
+        assert_eq!((bad.count, bad.first.len()), (100, Skipped::SHOWN));
+    }
+
+    #[test]
     fn secrets_are_not_logged() {
+        assert_eq!(redact("  /pass hunter2"), "/pass ***");
+        assert_eq!(redact("\t/oper sesame"), "/oper ***");
         assert_eq!(redact("/pass hunter2"), "/pass ***");
         assert_eq!(redact("/OPER  s3same"), "/OPER ***");
         assert_eq!(redact("/passage x"), "/passage x");
@@ -435,16 +673,16 @@ mod tests {
         bans.add(ban("5.6.7.8", Some(10))).unwrap();
         let text = bans.to_file(100);
         assert!(!text.contains("5.6.7.8"), "expired bans are dropped");
-        let (back, bad) = Bans::from_file(&text, 100);
-        assert_eq!(bad, 0);
+        let (back, bad) = Bans::from_file(text.as_bytes(), 100);
+        assert_eq!(bad.count, 0);
         assert_eq!(back.len(), 2);
         assert_eq!(
             back.find("10.9.9.9".parse().unwrap(), 100).unwrap().reason,
             "spam"
         );
         let edited = "junk\n300.1.1.1\tpermanent\ta\tb\n9.9.9.9\tsoon\ta\tb\n9.9.9.9\tpermanent\tx\x1b[31m\tbad\x07reason\n";
-        let (back, bad) = Bans::from_file(edited, 0);
-        assert_eq!(bad, 3);
+        let (back, bad) = Bans::from_file(edited.as_bytes(), 0);
+        assert_eq!(bad.count, 3);
         let b = back.find("9.9.9.9".parse().unwrap(), 0).unwrap();
         assert_eq!((b.by.as_str(), b.reason.as_str()), ("x [31m", "bad reason"));
     }

@@ -154,7 +154,8 @@ pub struct Config {
     pub history: u32,
 
     /// Most bytes of history kept over all rooms, each line charged its
-    /// length plus 128 bytes; over it, the oldest lines of any room go first.
+    /// length plus 176 bytes and each room's record its name twice plus
+    /// 457; over it, the oldest lines of any room go first.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(0..=MAX_HISTORY_BYTES))]
     pub history_bytes: u64,
 
@@ -250,7 +251,8 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub max_per_ip: u32,
 
-    /// Most new connections from one address per 10 minutes (a bucket that
+    /// Most new chat sessions (line clients, WebSocket upgrades; not the
+    /// page's files) from one address per 10 minutes (a bucket that
     /// refills evenly); 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub max_connects: u32,

@@ -24,17 +24,51 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 /// What one kept line costs beyond its text, charged against the byte
-/// bound so that the bound is what the process really holds. Measured on
-/// x86_64 glibc with `mallinfo2` (heap in use before and after pushing
-/// 200 000 lines of 40 bytes into 2000 rooms of 100): 99.5 bytes per line,
-/// so 60 beyond the text: 40 of `Line` in the room's ring (plus the ring's
-/// slack: 100 lines sit in room for 128), 16 of (seq, room) in the eviction
-/// queue, and the allocator's header and rounding of the text. The worst
-/// case is higher: a ring just past a power of two is half empty (up to 40
-/// more), the eviction queue may hold stale entries up to twice the live
-/// ones before it is compacted (16 more), and rounding up to 15: 128 covers
-/// that.
-pub const ENTRY_OVERHEAD: usize = 128;
+/// bound so that the bound is what the process really holds, whatever the
+/// mix of rooms and lines. From the layout (the unit test below pins the
+/// sizes; a type that grows grows the charge):
+/// - its `Line` in the room's ring, which holds at most two slots per line
+///   (it doubles when full, and is halved when evictions leave it more
+///   than half empty): 2 × 40;
+/// - its `(seq, room)` in the eviction queue, which holds stale entries up
+///   to twice the live ones before it is compacted and at most doubles its
+///   capacity: 4 × 16;
+/// - the allocator's header and rounding of its text: at most 32.
+///
+/// Together 176 (measured with `mallinfo2`, 200 000 lines of 40 bytes in
+/// 2000 rooms hold about 60 beyond their text: the worst case is rare).
+pub const ENTRY_OVERHEAD: usize =
+    SLOTS_PER_LINE * size_of::<Line>() + 4 * size_of::<(u64, usize)>() + 32;
+
+/// Ring slots per kept line at most (see `evict_oldest`).
+const SLOTS_PER_LINE: usize = 2;
+
+/// What a room's record costs beyond its lines and its name, charged
+/// while the record lives (a room that emptied keeps it for
+/// --history-ttl): without it 40 000 rooms of one line each held 13.6 MiB
+/// under a 4 MiB bound. From the layout:
+/// - its slot in the slab of records, which may be half empty after it
+///   doubled: 2 × (the record + the slab's tag);
+/// - its entry in the map by name, at most 8/7 full and half empty after
+///   it doubled: 16/7 × (the entry + its control byte);
+/// - its entry in the expiry queue (one at most), doubled: 2 × 24;
+/// - its ring's first allocation, four slots whatever it holds.
+///
+/// The name itself is charged as allocated, twice (record and map key).
+pub const ROOM_OVERHEAD: usize = 2 * (size_of::<Room>() + 8)
+    + (size_of::<(Box<str>, usize)>() + 1) * 16 / 7
+    + 2 * size_of::<(u64, usize, u64)>()
+    + malloc_chunk(4 * size_of::<Line>());
+
+/// glibc's malloc chunk for an `n`-byte request on a 64-bit machine.
+const fn malloc_chunk(n: usize) -> usize {
+    let chunk = (n + 8 + 15) & !15;
+    if chunk < 32 { 32 } else { chunk }
+}
+
+fn room_cost(key: &str) -> usize {
+    ROOM_OVERHEAD + 2 * malloc_chunk(key.len())
+}
 
 /// A line's id: see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,7 +104,8 @@ pub struct Limits {
     /// Lines kept per room (--history); 0 keeps none, but ids still count.
     pub per_room: usize,
     /// Bytes kept over all rooms (--history-bytes), each line charged its
-    /// text plus [`ENTRY_OVERHEAD`].
+    /// text plus [`ENTRY_OVERHEAD`], each room's record its name twice
+    /// plus [`ROOM_OVERHEAD`].
     pub bytes: usize,
     /// How long an empty room keeps its lines (--history-ttl), in ms.
     pub ttl_ms: u64,
@@ -179,7 +214,8 @@ impl History {
         self.lines
     }
 
-    /// Bytes charged over all rooms (text plus overhead per line).
+    /// Bytes charged over all rooms (text plus overhead per line, name
+    /// plus overhead per room's record).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -205,7 +241,16 @@ impl History {
             in_expiry: false,
         });
         self.keys.insert(key.into(), slot);
+        self.bytes += room_cost(key);
+        self.trim();
         slot
+    }
+
+    /// Evicts the oldest lines until the charge is within the bound (or
+    /// nothing is left to evict: the records of rooms with members stay,
+    /// and those are bounded by the users).
+    fn trim(&mut self) {
+        while self.bytes > self.limits.bytes && self.evict_oldest() {}
     }
 
     /// The room behind `slot` has no members any more: its lines stay for
@@ -254,7 +299,7 @@ impl History {
             self.lines -= 1;
             self.bytes -= cost(&old.text);
         }
-        while self.bytes > self.limits.bytes && self.evict_oldest() {}
+        self.trim();
         // Stale entries come from the per-room bound and expiry; keep them
         // from outgrowing the live ones.
         if self.order.len() > 2 * self.lines + 1024 {
@@ -281,6 +326,14 @@ impl History {
                 self.lines -= 1;
                 self.bytes -= cost(&old.text);
             }
+            // A ring never gives back what it grew to by itself: keep it
+            // within SLOTS_PER_LINE slots per line. Shrunk to 1.5 slots, it
+            // takes half as many pushes to grow again as it holds, so the
+            // copies cost O(1) per line.
+            let len = r.lines.len();
+            if r.lines.capacity() > 4 && r.lines.capacity() > SLOTS_PER_LINE * len {
+                r.lines.shrink_to((len + len / 2).max(4));
+            }
             if r.lines.is_empty() && !r.occupied {
                 self.remove(slot);
             }
@@ -292,6 +345,7 @@ impl History {
     fn remove(&mut self, slot: usize) {
         if let Some(r) = self.rooms.try_remove(slot) {
             self.keys.remove(&r.key);
+            self.bytes -= room_cost(&r.key);
             self.lines -= r.lines.len();
             self.bytes -= r.lines.iter().map(|l| cost(&l.text)).sum::<usize>();
         }
@@ -444,7 +498,7 @@ mod tests {
         }
         assert_eq!(texts(&h, a), ["<x> 2", "<x> 3", "<x> 4"]);
         assert_eq!(h.lines(), 3);
-        assert_eq!(h.bytes(), 3 * (5 + ENTRY_OVERHEAD));
+        assert_eq!(h.bytes(), room_cost("a") + 3 * (5 + ENTRY_OVERHEAD));
     }
 
     #[test]
@@ -453,28 +507,79 @@ mod tests {
         let a = h.open("a", 9);
         h.push(a, 10, "<x> 1");
         assert_eq!(h.push(a, 10, "<x> 2").n, 2);
-        assert_eq!((h.lines(), h.bytes()), (0, 0));
+        assert_eq!((h.lines(), h.bytes()), (0, room_cost("a")));
     }
 
     #[test]
     fn the_byte_bound_evicts_the_oldest_lines_of_all_rooms_first() {
         let line = 10 + ENTRY_OVERHEAD;
-        let mut h = store(100, 4 * line, 1000);
+        let rooms = room_cost("a") + room_cost("b");
+        let mut h = store(100, rooms + 4 * line, 1000);
         let a = h.open("a", 0);
         let b = h.open("b", 0);
         h.push(a, 1, "<x> a1 ...");
         h.push(b, 2, "<x> b1 ...");
         h.push(a, 3, "<x> a2 ...");
         h.push(b, 4, "<x> b2 ...");
-        assert_eq!(h.bytes(), 4 * line);
+        assert_eq!(h.bytes(), rooms + 4 * line);
         h.push(b, 5, "<x> b3 ...");
         assert_eq!(texts(&h, a), ["<x> a2 ..."], "a1 was the oldest");
         h.push(b, 6, "<x> b4 ...");
         assert_eq!(texts(&h, b), ["<x> b2 ...", "<x> b3 ...", "<x> b4 ..."]);
-        assert!(h.bytes() <= 4 * line);
+        assert!(h.bytes() <= rooms + 4 * line);
         // A line larger than the whole bound does not stay either.
         h.push(a, 7, &"y".repeat(5 * line));
-        assert_eq!((h.lines(), h.bytes()), (0, 0));
+        assert_eq!((h.lines(), h.bytes()), (0, rooms));
+    }
+
+    #[test]
+    fn the_charges_match_the_layout_they_were_derived_from() {
+        // If a type grows, the charges grow with it; these pin the figures
+        // the comments give.
+        assert_eq!(size_of::<Line>(), 40);
+        assert_eq!(size_of::<(u64, usize)>(), 16);
+        assert_eq!(ENTRY_OVERHEAD, 176);
+        assert_eq!(size_of::<Room>(), 80);
+        assert_eq!(ROOM_OVERHEAD, 176 + 57 + 48 + 176);
+        assert_eq!(room_cost("lobby"), ROOM_OVERHEAD + 64);
+    }
+
+    #[test]
+    fn rooms_are_charged_and_empty_ones_are_forgotten_to_stay_in_the_bound() {
+        // 1000 rooms of one line each, emptied, under room for about 100.
+        let one = room_cost("r000") + 10 + ENTRY_OVERHEAD;
+        let mut h = store(100, 100 * one, 60_000);
+        for i in 0..1000 {
+            let r = h.open(&format!("r{i:03}"), i);
+            h.push(r, i, "<x> hello");
+            h.close(r, i);
+            assert!(h.bytes() <= 100 * one, "{} over the bound", h.bytes());
+        }
+        assert_eq!(h.rooms(), 100, "the oldest rooms went with their lines");
+        assert_eq!(h.lines(), 100);
+        assert!(h.keys.contains_key("r999") && !h.keys.contains_key("r899"));
+    }
+
+    #[test]
+    fn a_ring_emptied_by_the_bound_gives_back_its_slots() {
+        let mut h = store(1000, 1 << 20, 1000);
+        let a = h.open("a", 0);
+        let b = h.open("b", 0);
+        for i in 0..1000 {
+            h.push(a, i, "<x> hi");
+        }
+        let big = h.kept(a).capacity();
+        assert!(big >= 1000);
+        // b's lines push a's out: a's ring shrinks as it empties.
+        for i in 0..1000 {
+            h.push(b, 1000 + i, &"x".repeat(1000));
+        }
+        let left = h.kept(a).len();
+        assert!(
+            h.kept(a).capacity() <= (2 * left).max(4),
+            "{left} lines in {}",
+            h.kept(a).capacity()
+        );
     }
 
     #[test]

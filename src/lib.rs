@@ -12,7 +12,8 @@
 //!   listening socket: bind, accept, the first state machine), `outbox`
 //!   (hub output -> connection queues and the list of cluster
 //!   operations, which `Server::exchange` hands to the link) and `startup`
-//!   (`Config` -> the long-lived parts, the bans file's save).
+//!   (`Config` -> the long-lived parts; the bans file written by a thread
+//!   of its own, durably).
 //! - [`conn`]: one connection — socket, output queue of shared lines,
 //!   --sendq policy, rate-limit bucket, set up by [`conn::Conn::accept`] —
 //!   and its protocol as a state machine fed bytes and returning

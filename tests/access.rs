@@ -248,7 +248,7 @@ fn ban_by_name_closes_the_user_refuses_the_address_and_expires() {
     let bans = dir.file("bans.txt");
     let server = Server::start(&["--oper-password", "sesame", "--bans-file", &bans]);
     let (mut a, mut b) = oper_and_user(&server);
-    a.send("/ban bob 2s spam");
+    a.send("/ban bob confirm 2s spam");
     b.expect_line("*** bob was banned by alice for 2s (spam)");
     assert_eq!(b.read_to_eof(), "", "closed after the notice");
     a.expect_line("*** bob was banned by alice for 2s (spam)");
@@ -286,7 +286,7 @@ fn ban_by_address_prefix_and_unban() {
     let bans = dir.file("bans.txt");
     let server = Server::start(&["--oper-password", "sesame", "--bans-file", &bans]);
     let (mut a, mut b) = oper_and_user(&server);
-    a.send("/ban 127.0.0.0/8 permanent flood from loopback");
+    a.send("/ban 127.0.0.0/8 confirm permanent flood from loopback");
     b.expect_line("*** bob was banned by alice permanently (flood from loopback)");
     assert_eq!(b.read_to_eof(), "");
     a.expect_line("*** bob was banned by alice permanently (flood from loopback)");
@@ -400,6 +400,167 @@ fn passwords_never_reach_the_log_even_with_v() {
         "the line is logged, redacted:\n{text}"
     );
     for secret in ["hunter2", "sesame", "wrong-one"] {
+        assert!(!text.contains(secret), "{secret} in the log:\n{text}");
+    }
+}
+
+// Issue 26: access control that holds under attack and operators'
+// mistakes.
+
+/// Item 1: a connection waiting at the password prompt is closed by a new
+/// ban on its address; it never gets in with the right password after.
+#[test]
+fn a_new_ban_reaches_a_connection_waiting_for_the_password() {
+    let server = Server::start(&["--password", "hunter2", "--oper-password", "sesame"]);
+    let mut spare = Client::connect_from("127.0.0.5", server.addr);
+    spare.next_is(NEEDS);
+    let mut op = enter(&server, "hunter2");
+    op.send("/oper sesame");
+    op.next_is("*** you are now an operator; /help lists your commands");
+    op.send("/ban 127.0.0.5 1h");
+    let banned = op.read_line().unwrap_or_default();
+    // It may be closed already: what it was told is still there to read.
+    let _ = std::io::Write::write_all(&mut spare.stream, b"/pass hunter2\n");
+    let first = spare.read_line().unwrap_or_default();
+    assert!(
+        first.starts_with("*** error: your address is banned from this server (1h"),
+        "{first}"
+    );
+    let rest = spare.read_to_eof();
+    assert!(!rest.contains("welcome"), "{rest}");
+    assert_eq!(
+        banned,
+        "*** banned 127.0.0.5 for 1h; 0 users disconnected (and 1 connection waiting for the password)"
+    );
+}
+
+/// Item 2: a ban's reason and name from the bans file (or Redis) get the
+/// cleaning every line gets: no line separator, no bidi override, nothing
+/// invisible reaches `/bans` or the refusal.
+#[test]
+fn ban_text_from_the_file_is_cleaned_like_any_line() {
+    let dir = Dir::new("ban-text");
+    let bans = dir.file("bans.txt");
+    std::fs::write(
+        &bans,
+        "127.0.0.9\tpermanent\tev\u{202e}il\tx\u{2028}<alice> I am the admin\u{200b}\u{2066}\u{2029}!\n",
+    )
+    .unwrap();
+    let server = Server::start(&["--oper-password", "sesame", "--bans-file", &bans]);
+    let mut a = named(server.client(), "alice");
+    a.send("/oper sesame");
+    a.next_is("*** you are now an operator; /help lists your commands");
+    a.send("/bans");
+    a.next_is("*** bans (1):");
+    a.next_is("***   127.0.0.9 (permanent) by evil: x <alice> I am the admin !");
+    let mut c = Client::connect_from("127.0.0.9", server.addr);
+    c.next_is(
+        "*** error: your address is banned from this server (permanent, by evil: x <alice> I am the admin !)",
+    );
+}
+
+/// Item 5: what is almost certainly a mistake is refused, with what to
+/// type if it was meant; mapped prefixes match the IPv4 addresses.
+#[test]
+fn operators_mistakes_are_refused_not_kept() {
+    let server = Server::start(&["--oper-password", "sesame"]);
+    let (mut a, mut b) = oper_and_user(&server);
+    for typo in ["30min", "1hour", "1.5h", "10 m", "0s"] {
+        a.send(&format!("/ban 10.0.0.1 {typo} spam"));
+        let word = typo.split(' ').next().unwrap();
+        a.next_is(&format!("*** error: {word} is not a duration: a whole number and one of s, m, h, d, w (30s, 10m, 2h, 7d, 1w; at most 3650d), or permanent"));
+    }
+    a.send("/ban 0.0.0.0/0");
+    a.next_is("*** error: not banned: 0.0.0.0/0: it covers your own address (127.0.0.1); to ban it anyway: /ban 0.0.0.0/0 confirm");
+    a.send("/ban 2000::/3 1h");
+    a.next_is("*** error: not banned: 2000::/3: it is wider than /32 of IPv6; to ban it anyway: /ban 2000::/3 confirm 1h");
+    a.send("/ban bob 1h");
+    a.next_is("*** error: not banned: 127.0.0.1: it covers your own address (127.0.0.1); to ban it anyway: /ban bob confirm 1h");
+    a.send("/bans");
+    a.next_is("*** no bans");
+    a.send("/ban ::ffff:127.0.0.0/120 1h mapped");
+    a.next_is("*** error: not banned: 127.0.0.0/24: it covers your own address (127.0.0.1); to ban it anyway: /ban ::ffff:127.0.0.0/120 confirm 1h mapped");
+    a.send("/ban ::ffff:127.0.9.0/120 1h mapped");
+    a.next_is("*** banned 127.0.9.0/24 for 1h; 0 users disconnected");
+    let mut c = Client::connect_from("127.0.9.9", server.addr);
+    let refused = c.read_line().unwrap_or_default();
+    assert!(
+        refused.starts_with("*** error: your address is banned"),
+        "{refused}"
+    );
+    assert_eq!(b.sync(), Vec::<String>::new(), "bob was never banned");
+}
+
+/// Item 5: a ban that could not be written to the bans file says so.
+#[test]
+fn a_ban_that_could_not_be_saved_says_so() {
+    let dir = Dir::new("ban-unsaved");
+    let bans = dir.file("bans.txt");
+    let server = Server::start(&["--oper-password", "sesame", "--bans-file", &bans]);
+    let (mut a, _b) = oper_and_user(&server);
+    // A directory (not empty) where the file should go: no rename over it.
+    std::fs::create_dir_all(std::path::Path::new(&bans).join("in-the-way")).unwrap();
+    a.send("/ban 10.0.0.1 1h");
+    a.next_is("*** banned 10.0.0.1 for 1h; 0 users disconnected");
+    let told = a.read_line().unwrap_or_default();
+    assert!(
+        told.starts_with("*** error: the bans file could not be written (")
+            && told.ends_with("); the change holds only until the server restarts"),
+        "{told}"
+    );
+}
+
+/// Item 6: a byte that is not UTF-8 in the bans file costs its line, not
+/// the start; the line is counted and logged.
+#[test]
+fn a_bans_file_with_bytes_that_are_not_utf8_still_starts() {
+    let dir = Dir::new("ban-bytes");
+    let bans = dir.file("bans.txt");
+    let log = std::path::PathBuf::from(dir.file("chatd.log"));
+    let mut file = b"127.0.0.9\tpermanent\talice\tok\n".to_vec();
+    file.extend_from_slice(b"127.0.0.10\tpermanent\talice\tbad \xff byte\n");
+    std::fs::write(&bans, file).unwrap();
+    let server = support::cluster::start_logged(&log, &["--bans-file", &bans]);
+    let mut c = Client::connect_from("127.0.0.9", server.addr);
+    let refused = c.read_line().unwrap_or_default();
+    assert!(
+        refused.starts_with("*** error: your address is banned"),
+        "{refused}"
+    );
+    support::cluster::wait_log(
+        &log,
+        &["1 line(s) that are not bans left out (line 2)"],
+        TIMEOUT,
+    );
+    let mut d = Client::connect_from("127.0.0.10", server.addr);
+    let first = d.read_line().unwrap_or_default();
+    assert!(first.starts_with("*** welcome"), "{first}");
+}
+
+/// Item 7: white space before `/pass` or `/oper` neither leaks the secret
+/// into the -v log nor sends it to the room.
+#[test]
+fn a_leading_space_hides_no_secret() {
+    let dir = Dir::new("pw-space");
+    let log = std::path::PathBuf::from(dir.file("chatd.log"));
+    let server = support::cluster::start_logged(
+        &log,
+        &["-v", "--password", "hunter2", "--oper-password", "sesame"],
+    );
+    let mut watcher = enter(&server, "hunter2");
+    let mut c = Client::connect_raw(server.addr);
+    c.next_is(NEEDS);
+    c.send(" /pass hunter2");
+    let welcome = c.expect("welcome", |l| l.starts_with("*** welcome"));
+    c.name = support::parse_welcome_name(&welcome).unwrap();
+    watcher.expect("the join", |l| l.ends_with(" joined"));
+    c.send("\t /oper sesame");
+    c.next_is("*** you are now an operator; /help lists your commands");
+    let seen = watcher.sync();
+    assert!(seen.iter().all(|l| !l.contains("sesame")), "{seen:?}");
+    let _ = c.sync();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in ["hunter2", "sesame"] {
         assert!(!text.contains(secret), "{secret} in the log:\n{text}");
     }
 }

@@ -1157,6 +1157,46 @@ fn page_asks_for_the_server_password_and_keeps_it_for_reconnects() {
     );
 }
 
+/// Issue 26, item 8: under the default limits (16 connections, 32 new
+/// chat sessions per 10 minutes), a person reloading the page 20 times
+/// within a minute is served every time: each load's five connections
+/// (page, script, style, icon, WebSocket) cost one session, not five.
+#[test]
+#[ignore = "needs chromium"]
+fn a_page_reloaded_20_times_within_a_minute_stays_served() {
+    let server = support::Server::start(&["--max-per-ip", "16", "--max-connects", "32"]);
+    let http = server.http_addr.expect("web port");
+    let browser = Browser::start();
+    browser.goto(&format!("http://{http}/"));
+    let joined = "!window.before && document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)";
+    browser.wait("the first load", joined, Value::Null);
+    for i in 0..20 {
+        browser.run(
+            "window.before = true; location.reload(); return null;",
+            json!([]),
+        );
+        browser.wait(&format!("reload {}", i + 1), joined, Value::Null);
+    }
+}
+
+/// Issue 26, item 2: a `***` notice (which carries names and reasons from
+/// users) is isolated in a <bdi> on the page, as messages are.
+#[test]
+#[ignore = "needs chromium"]
+fn notices_are_isolated_like_messages() {
+    let server = support::Server::start(&[]);
+    let http = server.http_addr.expect("web port");
+    let (browser, mut telnet, _) = page_with_tess(&server, http);
+    telnet.send("/nick tessa");
+    telnet.expect_line("*** you are now tessa");
+    let notice = "tess is now tessa";
+    browser.wait(
+        "the notice, in a <bdi>",
+        "Array.from(document.querySelectorAll('#log li.sys .text')).some(t => t.firstChild && t.firstChild.textContent === '*** ' && t.querySelector('bdi') && t.querySelector('bdi').textContent === arg)",
+        json!(notice),
+    );
+}
+
 /// Issue 21: the page's server dies while its name is claimed; it
 /// reconnects (through a proxy) to another instance of the cluster, is
 /// refused the name while the old claim lasts, and asks again until it
@@ -1282,7 +1322,7 @@ fn page_holds_after_a_kick_and_a_ban_and_speaks_to_people() {
     op.expect_line(&format!("*** {again} joined"));
 
     // A ban: a countdown, no reconnect until it ends.
-    op.send(&format!("/ban {again} 10m"));
+    op.send(&format!("/ban {again} confirm 10m"));
     browser.wait(
         "the ban's countdown",
         "/^banned — (10m|9m \\d+s) left$/.test(document.getElementById('status').textContent)",

@@ -807,7 +807,7 @@ fn a_banned_chat_stops_says_for_how_long_and_exits_4() {
     let server = Server::start(&["--oper-password", "sesame"]);
     let mut op = operator(&server);
     let mut chat = named_chat(&server, "mallory");
-    op.send("/ban mallory 10m spam");
+    op.send("/ban mallory confirm 10m spam");
     op.expect("the ban", |l| l.starts_with("*** banned "));
     let status = chat.wait();
     let err = chat.stderr();

@@ -1526,7 +1526,7 @@ fn a_ban_applies_on_every_instance_and_to_one_started_later() {
     let mut bob = named(&nodes[1], "bob");
     wait_who(&mut alice, TIMEOUT, "bob", |n| has_all(n, &["bob"]));
 
-    alice.send("/ban 127.0.0.0/8 1h flood");
+    alice.send("/ban 127.0.0.0/8 confirm 1h flood");
     alice.expect("the answer", |l| {
         l.starts_with("*** banned 127.0.0.0/8 for 1h; ")
     });
@@ -2005,7 +2005,7 @@ fn bans_converge_an_unban_made_while_away_and_bans_after_redis_restarts_empty() 
     // tests' own address (alice, who made it, stays).
     alice.send("/ban 10.9.9.9/32 1h spam");
     alice.expect("the answer", |l| l.starts_with("*** banned 10.9.9.9 "));
-    alice.send("/ban 127.0.0.0/8 1h flood");
+    alice.send("/ban 127.0.0.0/8 confirm 1h flood");
     alice.expect("the answer", |l| l.starts_with("*** banned 127.0.0.0/8 "));
     wait_file(2, "had both bans", &|t| {
         t.contains("10.9.9.9") && t.contains("127.0.0.0/8")

@@ -201,3 +201,37 @@ fn the_byte_bound_evicts_the_oldest_first_and_holds_the_memory() {
     a.next_is("*** you joined #r0 (1): guest-1");
     assert_eq!(a.sync(), Vec::<String>::new(), "r0's lines were the oldest");
 }
+
+/// Issue 26, item 3: 40 000 rooms of one line each, emptied (so each keeps
+/// its record for --history-ttl), under a 4 MiB bound: every record is
+/// charged, the oldest go, and the server's memory grows by the bound and
+/// little more (it held 13.6 MiB when only lines were charged).
+#[test]
+fn many_one_line_rooms_stay_within_the_byte_bound() {
+    const BOUND: u64 = 4 << 20;
+    let server = Server::start(&["--history-bytes", &BOUND.to_string()]);
+    let http = server.http_addr.expect("web port");
+    let mut a = server.client();
+    a.sync();
+    let before = vm_kib(server.child.id(), "VmRSS");
+    for chunk in 0..80 {
+        let mut batch = String::new();
+        for i in 0..500 {
+            batch.push_str(&format!("/join r{}\nx\n", chunk * 500 + i));
+        }
+        a.send_raw(batch.as_bytes());
+        a.sync();
+    }
+    a.send("/join lobby");
+    a.sync();
+    let held = metric(http, "chatd_history_bytes");
+    let lines = metric(http, "chatd_history_lines");
+    assert!(held <= BOUND, "{held} bytes charged");
+    assert!(lines < 40_000, "{lines} lines held: some rooms had to go");
+    let grown = vm_kib(server.child.id(), "VmRSS").saturating_sub(before);
+    assert!(
+        grown < (BOUND >> 10) + 4 * 1024,
+        "RSS grew by {grown} KiB for a history bound of {} KiB",
+        BOUND >> 10
+    );
+}

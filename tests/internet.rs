@@ -447,3 +447,71 @@ fn behind_haproxy_send_proxy_v2_the_log_shows_the_real_client() {
     let health = http_get(hp.http, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 }
+
+/// Issue 26, item 4: the per-address table full (of addresses whose
+/// buckets are refilling: 66 000 loopback addresses, more than it holds)
+/// does not turn the limits off: one address still gets --max-per-ip.
+#[test]
+fn the_per_address_table_never_fails_open_when_full() {
+    let server = Server::start(&["--max-per-ip", "2", "--max-connects", "3"]);
+    let mut n = 0u32;
+    let mut filled = 0;
+    while filled < 66_000 {
+        let (b, c, d) = (1 + (n >> 16) as u8, (n >> 8) as u8, n as u8);
+        n += 1;
+        if d == 0 || d == 255 {
+            continue;
+        }
+        let mut one = Client::connect_from(&format!("127.{b}.{c}.{d}"), server.addr);
+        // A first line: welcomed now, not after the quiet wait.
+        one.send("/who");
+        let first = one.read_line().unwrap_or_default();
+        assert!(first.starts_with("*** welcome"), "127.{b}.{c}.{d}: {first}");
+        filled += 1;
+    }
+    let held: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect_from("127.0.0.1", server.addr);
+            c.send("/who");
+            let first = c.read_line().unwrap_or_default();
+            assert!(first.starts_with("*** welcome"), "{first}");
+            c
+        })
+        .collect();
+    let mut third = Client::connect_from("127.0.0.1", server.addr);
+    assert_eq!(
+        third.read_line().as_deref(),
+        Some("*** error: too many connections from your address")
+    );
+    drop(held);
+}
+
+/// Issue 26, item 9: a complete PROXY v1 line that lacks fields is refused
+/// at once, not held until --http-timeout (a minute here, longer than the
+/// client waits).
+#[test]
+fn a_complete_proxy_line_that_does_not_parse_is_refused_at_once() {
+    let server = Server::start(&[
+        "--proxy-protocol",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--http-timeout",
+        "60",
+    ]);
+    for header in [
+        &b"PROXY TCP4 203.0.113.7\r\n"[..],
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 51234\r\n",
+    ] {
+        let mut c = Client::connect_raw(server.addr);
+        c.send_raw(header);
+        let mut rest = Vec::new();
+        let closed = c.stream.read_to_end(&mut rest);
+        assert!(
+            closed.is_ok(),
+            "{}: still open after {TIMEOUT:?}: {closed:?}",
+            String::from_utf8_lossy(header)
+        );
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(!rest.contains("welcome"), "{rest}");
+    }
+}

@@ -1022,3 +1022,30 @@ fn on_sigterm_a_browser_is_told_and_closed_with_1001() {
     assert_eq!(w.expect_close(), (1001, "server shutting down".to_string()));
     w.expect_tcp_close();
 }
+
+/// Issue 26, item 8: the connect rate counts chat sessions, not the page's
+/// files: a page load is five connections (page, script, style, icon,
+/// WebSocket) and costs one session. 40 files are served under
+/// --max-connects 3; the fourth upgrade is refused with a 503.
+#[test]
+fn the_connect_rate_counts_sessions_not_the_pages_files() {
+    let server = Server::start(&["--max-per-ip", "16", "--max-connects", "3"]);
+    for i in 0..10 {
+        for path in ["/", "/app.js", "/app.css", "/favicon.svg"] {
+            let a = get(&server, path);
+            assert_eq!(a.status, 200, "load {i}: {path}");
+        }
+    }
+    let sessions: Vec<Web> = (0..3).map(|_| Web::connect(&server)).collect();
+    let addr = web_addr(&server);
+    match tungstenite::client::client(format!("ws://{addr}/ws"), stream(addr)) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            assert_eq!(r.status(), 503);
+        }
+        Err(e) => panic!("not refused with a 503: {e}"),
+        Ok((_, r)) => panic!("upgraded: {}", r.status()),
+    }
+    // The page itself is still served.
+    assert_eq!(get(&server, "/").status, 200);
+    drop(sessions);
+}

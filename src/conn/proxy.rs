@@ -75,12 +75,22 @@ pub fn parse(buf: &[u8]) -> Header {
     // A v1 header is one line of at most 107 bytes: ppp takes a part of
     // it cut inside a field ("… 51234 3") for a broken header, so it only
     // sees whole lines.
-    if buf.starts_with(V1_SIG) && memchr::memchr(b'\n', buf).is_none() {
-        return if buf.len() < V1_MAX {
-            Header::Incomplete
-        } else {
-            Header::Invalid(format!("no end of line in {V1_MAX} bytes"))
+    let mut buf = buf;
+    if buf.starts_with(V1_SIG) {
+        let Some(end) = memchr::memchr(b'\n', buf) else {
+            return if buf.len() < V1_MAX {
+                Header::Incomplete
+            } else {
+                Header::Invalid(format!("no end of line in {V1_MAX} bytes"))
+            };
         };
+        // The whole line is there: what ppp would call incomplete in it
+        // (a field missing, LF without its CR) is broken, and more bytes
+        // cannot mend it: refused now, not at --http-timeout.
+        buf = &buf[..=end];
+        if HeaderResult::parse(buf).is_incomplete() {
+            return Header::Invalid("bad v1 header: fields missing or no CRLF".into());
+        }
     }
     let parsed = HeaderResult::parse(buf);
     if parsed.is_incomplete() {
@@ -241,6 +251,15 @@ mod tests {
     fn not_a_header_is_refused_at_once_and_a_long_one_is_bounded() {
         assert!(matches!(parse(b"hello\r\n"), Header::Invalid(_)));
         assert!(matches!(parse(b"PROXY TCP9 x\r\n"), Header::Invalid(_)));
+        // A whole line that lacks fields, or its CR, is refused at once.
+        for line in [
+            &b"PROXY TCP4 203.0.113.7\r\n"[..],
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 51234\r\nhello\r\n",
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 3000\n",
+        ] {
+            let h = parse(line);
+            assert!(matches!(h, Header::Invalid(_)), "{line:?}: {h:?}");
+        }
         let mut w = ProxyWait::default();
         let mut long = b"PROXY TCP4 ".to_vec();
         long.resize(MAX_HEADER, b'1');

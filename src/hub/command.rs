@@ -24,7 +24,7 @@ const HELP: &[&str] = &[
 const OPER_HELP: &[&str] = &[
     "*** operator commands:",
     "***   /kick NAME [reason]                       disconnect a user; the room is told why",
-    "***   /ban NAME|ADDRESS[/prefix] [time] [why]   refuse an address (a user's, by name); time 30s, 10m, 2h, 7d or permanent (default)",
+    "***   /ban NAME|ADDRESS[/prefix] [confirm] [time] [why]   refuse an address (a user's, by name); time 30s, 10m, 2h, 7d or permanent (default); confirm: one covering your own address or wider than /8 (IPv6 /32)",
     "***   /unban ADDRESS[/prefix]                   lift a ban, as listed by /bans",
     "***   /bans                                     the bans in force",
     "***   /mute NAME [time] [reason]                refuse a user's messages, /me and /msg (default: until /unmute)",
@@ -66,7 +66,7 @@ pub enum Command<'a> {
         name: &'a str,
         reason: &'a str,
     },
-    /// `/ban NAME|ADDRESS[/prefix] [duration] [reason]`: the arguments,
+    /// `/ban NAME|ADDRESS[/prefix] [confirm] [duration] [reason]`: the arguments,
     /// read by moderation.rs.
     Ban(&'a str),
     /// `/unban ADDRESS[/prefix]`.

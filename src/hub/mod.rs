@@ -440,6 +440,7 @@ impl Hub {
 
     /// One line from `id`, already sanitised and known to be non-blank.
     pub fn line(&mut self, id: ClientId, text: &str, out: &mut impl Outbox) {
+        let text = command_form(text);
         if self.waiting.contains_key(&id) {
             return self.gate(id, text, out);
         }
@@ -469,6 +470,7 @@ impl Hub {
     pub fn lines(&mut self, id: ClientId, texts: &[String], out: &mut impl Outbox) {
         let mut run = String::new();
         for text in texts {
+            let text = command_form(text);
             if self.waiting.contains_key(&id) {
                 self.gate(id, text, out);
                 if text.starts_with('/') && matches!(Command::parse(&text[1..]), Command::Quit(_)) {
@@ -514,6 +516,18 @@ impl Hub {
             let room = self.clients[i].seat.room();
             self.say(room, Some(i), std::mem::take(run), out);
         }
+    }
+}
+
+/// A line as the hub reads it: one that begins with white space and then
+/// `/` is that command (` /oper SECRET` is not a message to the room, and
+/// is redacted in the log as `/oper` is); any other line as it came.
+fn command_form(text: &str) -> &str {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('/') {
+        trimmed
+    } else {
+        text
     }
 }
 

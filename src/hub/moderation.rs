@@ -35,6 +35,12 @@ pub struct Access {
     attempts: Attempts,
     /// The bans changed since the file was last written.
     changed: bool,
+    /// The answers to `/ban` and `/unban` not yet handed to the file's
+    /// writer, and those whose change is being written now: an operator
+    /// told "banned" can count on the ban being on disk, or is told it
+    /// is not.
+    answers: Vec<(ClientId, String)>,
+    saving: Vec<(ClientId, String)>,
     counts: Moderation,
 }
 
@@ -65,6 +71,8 @@ impl Access {
             bans,
             attempts: Attempts::new(attempts),
             changed: false,
+            answers: Vec::new(),
+            saving: Vec::new(),
             counts: Moderation::default(),
         }
     }
@@ -125,6 +133,21 @@ fn span_words(span: Span) -> String {
     }
 }
 
+/// `[duration] [reason]` of `/ban` and `/mute`: the span (None:
+/// permanent) and the cleaned reason, or None with `id` told that a word
+/// that looks like a duration is not one.
+fn span_and_reason(id: ClientId, rest: &str, out: &mut impl Outbox) -> Option<(Span, String)> {
+    let (word, after) = split_word(rest);
+    match access::duration_arg(word) {
+        Ok(Some(span)) => Some((span, access::clean_reason(after.trim()))),
+        Ok(None) => Some((None, access::clean_reason(rest))),
+        Err(e) => {
+            reply(out, id, &format!("*** error: {e}"));
+            None
+        }
+    }
+}
+
 /// " (why)", or nothing.
 fn because(why: &str) -> String {
     if why.is_empty() {
@@ -144,14 +167,48 @@ impl Hub {
         self.access.counts
     }
 
-    /// The bans file's new text, if the bans changed since it was last
-    /// asked for (expired bans are left out).
-    pub fn bans_to_save(&mut self) -> Option<String> {
+    /// The bans for the file (its text: [`access::BansFile::text`]), if
+    /// they changed since last asked for (expired bans are left out).
+    /// Answer with
+    /// [`Hub::bans_saved`] once it is written, or not; ask again only
+    /// after that (one write at a time, each with the latest bans).
+    pub fn bans_to_save(&mut self) -> Option<access::BansFile> {
         if !std::mem::take(&mut self.access.changed) {
             return None;
         }
+        let answers = std::mem::take(&mut self.access.answers);
+        self.access.saving.extend(answers);
         self.access.bans.prune(self.now_ms);
-        Some(self.access.bans.to_file(self.now_ms))
+        Some(self.access.bans.snapshot(self.now_ms))
+    }
+
+    /// The text [`Hub::bans_to_save`] gave was written, or (Err) not: the
+    /// operators who changed the bans get their answers now, with the
+    /// failure if it failed (a ban they were told was set would otherwise
+    /// vanish unsaid at the next restart).
+    pub fn bans_saved(&mut self, written: Result<(), String>, out: &mut impl Outbox) {
+        let saving = std::mem::take(&mut self.access.saving);
+        let failed = written.err().map(|e| {
+            format!(
+                "*** error: the bans file could not be written ({e}); the change holds only until the server restarts"
+            )
+        });
+        for (i, (id, text)) in saving.iter().enumerate() {
+            if self.idx(*id).is_none() {
+                continue;
+            }
+            reply(out, *id, text);
+            let last_for_id = saving[i + 1..].iter().all(|(other, _)| other != id);
+            if let Some(failed) = failed.as_deref().filter(|_| last_for_id) {
+                reply(out, *id, failed);
+            }
+        }
+    }
+
+    /// The bans changed at `id`'s command: `answer` once they are saved.
+    fn bans_changed(&mut self, id: ClientId, answer: String) {
+        self.access.changed = true;
+        self.access.answers.push((id, answer));
     }
 
     /// A banned address is told why and closed; true if it was.
@@ -186,6 +243,12 @@ impl Hub {
         let Some(&addr) = self.waiting.get(&id) else {
             return;
         };
+        // A ban set since it connected closes it (remove_banned); this
+        // holds whatever set the ban: nobody banned is let in.
+        if self.refuse_banned(id, addr, out) {
+            self.waiting.remove(&id);
+            return;
+        }
         let cmd = text
             .strip_prefix('/')
             .filter(|t| !t.starts_with('/'))
@@ -413,16 +476,18 @@ impl Hub {
             return reply(
                 out,
                 id,
-                "*** error: usage: /ban NAME|ADDRESS[/prefix] [duration] [reason]",
+                "*** error: usage: /ban NAME|ADDRESS[/prefix] [confirm] [duration] [reason]",
             );
         }
-        let rest = rest.trim();
-        let (word, after) = split_word(rest);
-        let (span, why) = match access::parse_duration(word) {
-            Some(span) => (span, after.trim()),
-            None => (None, rest),
+        let (word, after) = split_word(rest.trim());
+        let (confirmed, rest) = if word.eq_ignore_ascii_case("confirm") {
+            (true, after.trim())
+        } else {
+            (false, rest.trim())
         };
-        let why = access::clean_reason(why);
+        let Some((span, why)) = span_and_reason(id, rest, out) else {
+            return;
+        };
         let (net, reason) = match access::parse_net(target) {
             Some(net) => (net, why.clone()),
             None => {
@@ -443,9 +508,16 @@ impl Hub {
                 } else {
                     format!("{name}: {why}")
                 };
-                (ipnet::IpNet::from(addr), reason)
+                (access::host_net(addr), reason)
             }
         };
+        let shown = access::show_net(&net);
+        if !confirmed && let Some(risk) = access::risky(&net, self.clients[i].standing.addr) {
+            let text = format!(
+                "*** error: not banned: {shown}: {risk}; to ban it anyway: /ban {target} confirm {rest}"
+            );
+            return reply(out, id, text.trim_end());
+        }
         let by = self.clients[i].who.name().to_string();
         let ban = Ban {
             net,
@@ -456,24 +528,29 @@ impl Hub {
         if let Err(e) = self.access.bans.add(ban.clone()) {
             return reply(out, id, &format!("*** error: {e}"));
         }
-        self.access.changed = true;
         self.access.counts.bans += 1;
         if self.cluster.is_some() {
             out.cluster(ClusterOp::Ban(ban.clone()));
         }
-        let (shown, span) = (access::show_net(&net), span_words(span));
+        let span = span_words(span);
         warn!("{shown} banned {span} by {by}{}", because(&why));
-        let caught = self.remove_banned(&net, &by, &span, &why, out);
-        let text = format!(
+        let (caught, waiting) = self.remove_banned(&net, &by, &span, &why, out);
+        let mut text = format!(
             "*** banned {shown} {span}; {} disconnected",
             plural(caught as u64, "user")
         );
-        reply(out, id, &text);
+        if waiting > 0 {
+            let more = plural(waiting as u64, "connection");
+            text.push_str(&format!(" (and {more} waiting for the password)"));
+        }
+        self.bans_changed(id, text);
     }
 
     /// Closes every local user `net` covers, but operators (one on the same
     /// address or behind the same NAT is not cut off by a ban it set or
-    /// that catches it), each with a notice to its room; returns how many.
+    /// that catches it), each with a notice to its room, and every
+    /// connection it covers still waiting for the password (which would
+    /// otherwise be let in by the right one); returns how many of each.
     fn remove_banned(
         &mut self,
         net: &ipnet::IpNet,
@@ -481,7 +558,7 @@ impl Hub {
         span: &str,
         why: &str,
         out: &mut impl Outbox,
-    ) -> usize {
+    ) -> (usize, usize) {
         let caught: Vec<(ClientId, Member)> = self
             .local
             .iter()
@@ -500,7 +577,18 @@ impl Hub {
             );
             self.remove_with_notice(tid, t, &text, format!("banned by {by}"), out);
         }
-        caught.len()
+        let mut waiting: Vec<(ClientId, IpAddr)> = self
+            .waiting
+            .iter()
+            .filter(|(_, a)| net.contains(*a))
+            .map(|(&id, &a)| (id, a))
+            .collect();
+        waiting.sort();
+        for &(id, addr) in &waiting {
+            self.waiting.remove(&id);
+            self.refuse_banned(id, addr, out);
+        }
+        (caught.len(), waiting.len())
     }
 
     /// Cluster mode: a ban set on another instance (heard on the link, or
@@ -550,12 +638,11 @@ impl Hub {
                 &format!("*** error: no ban on {shown} (see /bans)"),
             );
         }
-        self.access.changed = true;
         if self.cluster.is_some() {
             out.cluster(ClusterOp::Unban(net));
         }
         warn!("{shown} unbanned by {}", self.clients[i].who.name());
-        reply(out, id, &format!("*** unbanned {shown}"));
+        self.bans_changed(id, format!("*** unbanned {shown}"));
     }
 
     pub(super) fn list_bans(&mut self, id: ClientId, out: &mut impl Outbox) {
@@ -593,13 +680,9 @@ impl Hub {
         let Some((_, t)) = self.local_user(id, name, usage, "mute", out) else {
             return;
         };
-        let rest = rest.trim();
-        let (word, after) = split_word(rest);
-        let (span, why) = match access::parse_duration(word) {
-            Some(span) => (span, after.trim()),
-            None => (None, rest),
+        let Some((span, why)) = span_and_reason(id, rest.trim(), out) else {
+            return;
         };
-        let why = access::clean_reason(why);
         self.clients[t].standing.muted = span.map_or(u64::MAX, |ms| self.now_ms.saturating_add(ms));
         self.access.counts.mutes += 1;
         let (by, whom) = (self.clients[i].who.name(), self.clients[t].who.name());

@@ -1710,24 +1710,23 @@ fn oper_and_user() -> (Hub, Rec) {
 #[test]
 fn a_ban_by_name_refuses_the_address_until_it_runs_out() {
     let (mut hub, mut rec) = oper_and_user();
-    hub.line(c(0), "/ban bob 10m spam", &mut rec);
+    hub.line(c(0), "/ban bob confirm 10m spam", &mut rec);
     let notice = "*** bob was banned by alice for 10m (spam)";
-    assert_eq!(
-        rec.take(),
-        pairs(&[
-            (0, notice),
-            (1, notice),
-            (0, "*** banned 127.0.0.1 for 10m; 1 user disconnected"),
-        ])
-    );
+    assert_eq!(rec.take(), pairs(&[(0, notice), (1, notice)]));
     assert_eq!(rec.closed, vec![(1, "banned by alice".to_string())]);
     assert_eq!(hub.online(), 1);
-    let saved = hub.bans_to_save().expect("the bans changed");
+    let saved = hub.bans_to_save().expect("the bans changed").text();
     assert!(
         saved.contains("127.0.0.1/32\t1600000\talice\tbob: spam"),
         "{saved}"
     );
     assert_eq!(hub.bans_to_save(), None, "once per change");
+    // The operator's answer once the file is written.
+    hub.bans_saved(Ok(()), &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(0, "*** banned 127.0.0.1 for 10m; 1 user disconnected")])
+    );
     hub.connect(c(5), "127.0.0.1".parse().unwrap(), &mut rec);
     assert_eq!(
         rec.take(),
@@ -1810,6 +1809,142 @@ fn the_list_of_bans_is_bounded_like_who() {
     );
     assert_eq!(got[0], format!("*** bans ({}):", LIST_MAX + 1));
     assert_eq!(got[LIST_MAX + 1], "***   … and 1 more");
+}
+
+#[test]
+fn a_new_ban_closes_connections_waiting_for_the_password_and_the_gate_checks_bans() {
+    let (mut hub, mut rec) = oper_and_user();
+    let spare: IpAddr = "10.0.0.7".parse().unwrap();
+    hub.connect(c(5), spare, &mut rec);
+    hub.connect(c(6), "10.0.0.8".parse().unwrap(), &mut rec);
+    rec.take();
+    hub.line(c(0), "/ban 10.0.0.7 1h", &mut rec);
+    saved(&mut hub, &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (
+                5,
+                "*** error: your address is banned from this server (1h 0m more, by alice)"
+            ),
+            (
+                0,
+                "*** banned 10.0.0.7 for 1h; 0 users disconnected (and 1 connection waiting for the password)"
+            ),
+        ])
+    );
+    assert_eq!(rec.closed, vec![(5, "banned".to_string())]);
+    // Whatever it sends before the reactor closes it, it is not let in.
+    hub.line(c(5), "/pass hunter2", &mut rec);
+    assert_eq!(rec.take(), vec![]);
+    hub.line(c(6), "/pass hunter2", &mut rec);
+    assert!(rec.to(6)[0].starts_with("*** welcome"), "not covered");
+}
+
+#[test]
+fn operators_are_asked_to_confirm_what_is_almost_certainly_a_mistake() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.line(c(0), "/ban 0.0.0.0/0 1h oops", &mut rec);
+    assert_eq!(
+        rec.to(0),
+        vec![
+            "*** error: not banned: 0.0.0.0/0: it covers your own address (127.0.0.1); to ban it anyway: /ban 0.0.0.0/0 confirm 1h oops"
+        ]
+    );
+    hub.line(c(0), "/ban 8.0.0.0/7", &mut rec);
+    assert_eq!(
+        rec.to(0),
+        vec![
+            "*** error: not banned: 8.0.0.0/7: it is wider than /8 of IPv4; to ban it anyway: /ban 8.0.0.0/7 confirm"
+        ]
+    );
+    for typo in ["30min", "1hour", "1.5h", "10 m", "0s"] {
+        hub.line(c(0), &format!("/ban 10.0.0.1 {typo} spam"), &mut rec);
+        let got = rec.to(0);
+        assert!(
+            got[0].starts_with("*** error: ") && got[0].contains(" is not a duration"),
+            "{typo}: {got:?}"
+        );
+        hub.line(c(0), &format!("/mute bob {typo}"), &mut rec);
+        let got = rec.to(0);
+        assert!(got[0].contains(" is not a duration"), "{typo}: {got:?}");
+    }
+    assert_eq!(hub.bans_to_save(), None, "nothing was banned");
+    hub.line(c(0), "/ban 8.0.0.0/7 confirm 1h", &mut rec);
+    saved(&mut hub, &mut rec);
+    assert_eq!(
+        rec.to(0),
+        vec!["*** banned 8.0.0.0/7 for 1h; 0 users disconnected"]
+    );
+}
+
+#[test]
+fn a_ban_by_name_covers_the_ipv6_64_the_limits_count() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.connect(c(5), "2001:db8:1:2::5".parse().unwrap(), &mut rec);
+    hub.lines(
+        c(5),
+        &["/pass hunter2".into(), "/nick carol".into()],
+        &mut rec,
+    );
+    rec.take();
+    hub.line(c(0), "/ban carol 1h", &mut rec);
+    saved(&mut hub, &mut rec);
+    let got = rec.to(0);
+    assert_eq!(
+        got.last().unwrap(),
+        "*** banned 2001:db8:1:2::/64 for 1h; 1 user disconnected"
+    );
+    hub.connect(c(6), "2001:db8:1:2:ffff::1".parse().unwrap(), &mut rec);
+    assert!(rec.to(6)[0].starts_with("*** error: your address is banned"));
+}
+
+#[test]
+fn a_line_beginning_with_white_space_then_a_slash_is_that_command() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.line(c(1), "  /oper sesame", &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[(1, "*** you are now an operator; /help lists your commands")]),
+        "not relayed to the room"
+    );
+    hub.lines(c(1), &["\t/me waves".into(), " //x".into()], &mut rec);
+    assert_eq!(rec.to(0), vec!["* bob waves", "<bob> /x"]);
+    let mut guarded = guarded_hub();
+    guarded.connect(c(3), LOCALHOST, &mut rec);
+    guarded.line(c(3), " /pass hunter2", &mut rec);
+    assert!(rec.to(3)[1].starts_with("*** welcome"), "the gate too");
+}
+
+#[test]
+fn an_operator_is_told_when_the_bans_could_not_be_saved() {
+    let (mut hub, mut rec) = oper_and_user();
+    hub.line(c(0), "/ban 10.0.0.1 1h", &mut rec);
+    rec.take();
+    assert!(hub.bans_to_save().is_some());
+    hub.bans_saved(Err("bans.txt: Is a directory".into()), &mut rec);
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (0, "*** banned 10.0.0.1 for 1h; 0 users disconnected"),
+            (
+                0,
+                "*** error: the bans file could not be written (bans.txt: Is a directory); the change holds only until the server restarts"
+            )
+        ])
+    );
+    hub.line(c(0), "/unban 10.0.0.1", &mut rec);
+    assert_eq!(rec.take(), vec![], "not before it is written");
+    assert!(hub.bans_to_save().is_some());
+    hub.bans_saved(Ok(()), &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "*** unbanned 10.0.0.1")]));
+}
+
+/// The bans file written: the answers to /ban and /unban go out.
+fn saved(hub: &mut Hub, rec: &mut Rec) {
+    if hub.bans_to_save().is_some() {
+        hub.bans_saved(Ok(()), rec);
+    }
 }
 
 #[test]

@@ -56,6 +56,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The bans file's writer has finished a write (startup.rs).
+const BANS_WRITTEN: Token = Token(usize::MAX - 6);
 
 pub struct Server {
     poll: Poll,
@@ -94,6 +96,8 @@ pub struct Server {
     fingerprint: Option<(String, std::path::PathBuf)>,
     /// --max-per-ip and --max-connects.
     per_addr: PerAddr,
+    /// Writes the bans file off the loop (startup.rs).
+    bans_writer: startup::BansWriter,
     next_prune: Instant,
 }
 
@@ -142,6 +146,26 @@ fn admit(
     true
 }
 
+/// Counts and logs a refusal by the per-address limits.
+fn refused(metrics: &mut Metrics, cfg: &Config, peer: SocketAddr, why: Refused) {
+    match why {
+        Refused::TooMany => {
+            metrics.refused_per_ip += 1;
+            warn!(
+                "{peer} refused: --max-per-ip ({} connections from one address)",
+                cfg.max_per_ip
+            );
+        }
+        Refused::TooFast => {
+            metrics.refused_rate += 1;
+            warn!(
+                "{peer} refused: --max-connects ({} new chat sessions per 10 minutes from one address)",
+                cfg.max_connects
+            );
+        }
+    }
+}
+
 /// The connection a timer or a list names, if it is still there.
 fn live(conns: &mut Slab<Conn>, me: ConnRef) -> Option<&mut Conn> {
     conns
@@ -166,8 +190,8 @@ impl Server {
             self.hub.tick(unix_ms());
             self.dispatch();
             self.read_ready();
-            // Before the answers go out: an operator told "banned" can
-            // count on the ban being on disk.
+            // The operators' answers to /ban and /unban go out once the
+            // change is on disk (or with why it is not).
             self.save_bans();
             self.settle();
             self.timers();
@@ -177,6 +201,7 @@ impl Server {
             if let Some(deadline) = self.shutdown
                 && (self.conns.is_empty() || Instant::now() >= deadline)
             {
+                self.finish_bans();
                 info!(
                     "shut down; {} connection(s) left unflushed",
                     self.conns.len()
@@ -276,6 +301,8 @@ impl Server {
                     }
                 }
                 SIGNALS => signalled = true,
+                // save_bans, every turn, takes the result.
+                BANS_WRITTEN => {}
                 Token(k) => {
                     let Some(c) = self.conns.get_mut(k) else {
                         continue;
@@ -389,25 +416,12 @@ impl Server {
         let Some(c) = self.conns.get_mut(k) else {
             return false;
         };
-        match self.per_addr.try_count(c.peer.ip(), now) {
+        // A line client is a chat session from the start; a web
+        // connection becomes one at its upgrade (see `upgraded`).
+        match self.per_addr.try_count(c.peer.ip(), now, c.proto.in_chat()) {
             Ok(counted) => c.admitted = counted,
             Err(why) => {
-                match why {
-                    Refused::TooMany => {
-                        self.metrics.refused_per_ip += 1;
-                        warn!(
-                            "{} refused: --max-per-ip ({} connections from one address)",
-                            c.peer, self.cfg.max_per_ip
-                        );
-                    }
-                    Refused::TooFast => {
-                        self.metrics.refused_rate += 1;
-                        warn!(
-                            "{} refused: --max-connects ({} new connections per 10 minutes from one address)",
-                            c.peer, self.cfg.max_connects
-                        );
-                    }
-                }
+                refused(&mut self.metrics, &self.cfg, c.peer, why);
                 if then == After::Handshake {
                     // Nothing can be said before a handshake, and doing
                     // one for a refused address would spend what the
@@ -425,6 +439,36 @@ impl Server {
             self.start(k);
         }
         true
+    }
+
+    /// A browser asked to upgrade to WebSocket: a chat session begins, and
+    /// takes its token from the connect rate (the page's files took none),
+    /// or is refused with a 503 in place of the upgrade. False if refused.
+    fn upgraded(&mut self, k: usize, now: Instant) -> bool {
+        let Some(c) = self.conns.get_mut(k) else {
+            return false;
+        };
+        let Err(why) = self.per_addr.try_session(c.peer.ip(), now) else {
+            return true;
+        };
+        refused(&mut self.metrics, &self.cfg, c.peer, why);
+        let answer = crate::http::response(
+            503,
+            "text/plain; charset=utf-8",
+            why.text().as_bytes(),
+            false,
+            &[],
+        );
+        c.push_raw(answer);
+        mark_closing(
+            c,
+            k,
+            &mut self.closing,
+            Some("refused: --max-connects".into()),
+            true,
+        );
+        self.mark_pending(k);
+        false
     }
 
     /// The protocol starts, the stages beneath it passed (the address
@@ -556,6 +600,12 @@ impl Server {
                     break;
                 }
                 Step::Upgrade(answer) => {
+                    if !self.upgraded(k, now) {
+                        break;
+                    }
+                    let Some(c) = self.conns.get_mut(k) else {
+                        break;
+                    };
                     c.push_raw(answer);
                     c.touch(now);
                     self.mark_pending(k);

@@ -755,6 +755,10 @@
       text.append(nick, ' ', said(m[2]));
     } else if ((m = /^(\* [^ ]+ |\*[^* ]+\* |-> \*[^* ]+\* )([\s\S]*)$/.exec(line))) {
       text.append(m[1], said(m[2]));
+    } else if (line.startsWith('*** ')) {
+      // A notice carries names and reasons from users too (a ban's, a
+      // kick's): isolated like a message, after the server's own mark.
+      text.append('*** ', said(line.slice(4)));
     } else {
       text.textContent = line;
     }

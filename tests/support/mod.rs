@@ -215,7 +215,11 @@ impl Client {
 
     /// Connects without reading anything.
     pub fn connect_raw(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client over a connected stream, with the tests' read timeout.
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
@@ -223,6 +227,17 @@ impl Client {
             stream,
             name: String::new(),
         }
+    }
+
+    /// Connects from a given loopback address (all of 127.0.0.0/8 is
+    /// ours), without reading anything.
+    pub fn connect_from(local: &str, addr: SocketAddr) -> Client {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let from: SocketAddr = format!("{local}:0").parse().expect("a loopback address");
+        sock.bind(&from.into()).expect("bind");
+        sock.connect(&addr.into()).expect("connect");
+        Client::over(sock.into())
     }
 
     pub fn send(&mut self, line: &str) {
