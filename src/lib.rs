@@ -9,7 +9,8 @@
 //!   settle (tell the hub who left, flush with writev), timers, sweep —
 //!   asking each connection and acting on what it says; it names no
 //!   listener, layer or codec. Beside the turn: `listeners` (one row per
-//!   listening socket: bind, accept, the first state machine), `outbox`
+//!   listening socket: bind, accept, the first state machine), `admission`
+//!   (the per-address limits at the address and at a browser's upgrade), `outbox`
 //!   (hub output -> connection queues and the list of cluster
 //!   operations, which `Server::exchange` hands to the link) and `startup`
 //!   (`Config` -> the long-lived parts; the bans file written by a thread
