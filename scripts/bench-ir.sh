@@ -24,17 +24,11 @@ old=$1 new=$2
 flood=${3:-target/release/flood}
 cases=${CASES:-single linked}
 command -v valgrind >/dev/null || { echo "bench-ir.sh: needs valgrind" >&2; exit 2; }
-work=$(mktemp -d)
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
+bench_workdir
 redis_pid=
-cleanup() {
-    [[ -n $redis_pid ]] && kill "$redis_pid" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+trap '[[ -n $redis_pid ]] && kill "$redis_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 # Waits (at most 60 s) until the log says `$2`.
 wait_for() {
@@ -52,8 +46,8 @@ run() { # build label, binary, case
     port=$(free_port)
     log=$work/$label.$case.log
     if [[ $case == linked ]]; then
-        redis-cli -p "$rport" flushall >/dev/null
-        extra=(--redis "redis://127.0.0.1:$rport")
+        redis-cli -p "$redis_port" flushall >/dev/null
+        extra=(--redis "redis://127.0.0.1:$redis_port")
     fi
     valgrind --tool=callgrind --callgrind-out-file="$work/cg" \
         "$bin" --port "$port" --no-http --bans-file "$work/bans" --limit-exempt 127.0.0.0/8 \
@@ -72,10 +66,7 @@ run() { # build label, binary, case
 
 if [[ $cases == *linked* ]]; then
     command -v redis-server >/dev/null || { echo "bench-ir.sh: needs redis-server" >&2; exit 2; }
-    rport=$(free_port)
-    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
-    redis_pid=$!
-    for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    start_redis
 fi
 for case in $cases; do
     for round in 1 2; do
