@@ -311,6 +311,13 @@ pub struct Config {
     /// Only warnings and errors.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Log lines waiting to be written to stderr (at most 1048576); past
+    /// it, lines are dropped and counted, so a slow or stuck log reader
+    /// never holds up the chat.
+    #[arg(long, value_name = "LINES", default_value_t = crate::logging::QUEUE_LINES as u32,
+          value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub log_queue: u32,
 }
 
 /// A CIDR prefix, or a single address (its /32 or /128).
@@ -492,6 +499,16 @@ mod tests {
         assert!(parse(&["--password", "a", "--password-file", path]).is_err());
         assert!(parse(&["--pass-attempts", "0"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_log_queue_is_bounded_and_its_default_is_the_loggers() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.log_queue as usize, crate::logging::QUEUE_LINES);
+        assert_eq!(parse(&["--log-queue", "16"]).unwrap().log_queue, 16);
+        assert!(parse(&["--log-queue", "15"]).is_err());
+        assert!(parse(&["--log-queue", "1048577"]).is_err());
     }
 
     #[test]

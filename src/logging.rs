@@ -11,7 +11,8 @@
 //! open file description, which chatd shares with whoever else holds it (the
 //! shell's terminal, the `tee` of a pipeline, a supervisor) and which
 //! would then see EAGAIN on its own writes. So the loop only formats a line
-//! and offers it to a bounded queue ([`QUEUE_LINES`]); one thread does the
+//! and offers it to a bounded queue (`--log-queue`, [`QUEUE_LINES`] by
+//! default); one thread does the
 //! blocking writes. When the queue is full the line is dropped and counted,
 //! and the writer says how many it lost once it catches up. Write errors
 //! (EPIPE, EIO) are ignored: a log that cannot be written is not a reason to
@@ -23,9 +24,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Lines waiting for the writer thread before new ones are dropped: enough
-/// for a burst of connects and leaves while the reader is slow, small
-/// enough (a few hundred KiB at most) to bound what a stuck log holds.
+/// The default of --log-queue: lines waiting for the writer thread before
+/// new ones are dropped; enough for a burst of connects and leaves while
+/// the reader is slow, small enough (a few hundred KiB at most) to bound
+/// what a stuck log holds.
 pub const QUEUE_LINES: usize = 4096;
 
 enum Item {
@@ -43,9 +45,10 @@ struct Logger {
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
-/// Installs the logger at `level` (once; later calls change nothing).
-pub fn init(level: log::LevelFilter) {
-    let (tx, rx) = sync_channel(QUEUE_LINES);
+/// Installs the logger at `level`, with at most `queue` lines waiting
+/// (once; later calls change nothing).
+pub fn init(level: log::LevelFilter, queue: usize) {
+    let (tx, rx) = sync_channel(queue);
     let logger = Logger {
         level,
         queue: Mutex::new(tx),

@@ -28,7 +28,7 @@ fn serve() -> ExitCode {
         complain(format_args!("{e}"));
         return ExitCode::from(2);
     }
-    chatd::logging::init(config.log_level());
+    chatd::logging::init(config.log_level(), config.log_queue as usize);
     let listener = match TcpListener::bind((config.host.as_str(), config.port)) {
         Ok(l) => l,
         Err(e) => {
