@@ -17,7 +17,8 @@
 //! - [`rounds`]: the timers' work — reconnecting, the deadline on replies,
 //!   healing, and every tick's heartbeat, renewals and node checks;
 //! - here: the link's state machine (down, connecting, healing, up) and the
-//!   verbs the reactor calls on behalf of the hub.
+//!   verbs, private behind [`Link::apply`]: the hub reaches the link only
+//!   through the operations it lists.
 //!
 //! What arrives that does not pass [`wire`]'s checks is logged
 //! (rate-limited), counted and dropped.
@@ -417,14 +418,7 @@ impl Link {
     /// Room lines (CRLF between) from local client `from`, to be numbered
     /// and kept by Redis and delivered when they come back (see `scripts::SAY`).
     /// False when the link is not up or the queue toward Redis is full.
-    pub fn say(
-        &mut self,
-        room: &str,
-        from: ClientId,
-        lines: &str,
-        keep: usize,
-        ttl_ms: u64,
-    ) -> bool {
+    fn say(&mut self, room: &str, from: ClientId, lines: &str, keep: usize, ttl_ms: u64) -> bool {
         if !self.state.is_up() {
             return false;
         }
@@ -444,7 +438,7 @@ impl Link {
     /// Asks Redis for a room's history for local client `id`: the lines
     /// after `after` (or the last ones), at most `count`. The answer comes
     /// back as `Inbound::History`. False when the link is not up.
-    pub fn history(
+    fn history(
         &mut self,
         id: ClientId,
         room: &str,
@@ -464,18 +458,18 @@ impl Link {
 
     /// A local line, or a batch of them (CRLF between), for the room on the
     /// other instances ([`wire::room_payload`]).
-    pub fn publish_room(&mut self, room: &str, text: &str) {
+    fn publish_room(&mut self, room: &str, text: &str) {
         let channel = self.keys().room(room);
         let payload = wire::room_payload(&self.wire.node, text);
         self.publish(&channel, payload.as_bytes());
     }
 
-    pub fn presence(&mut self, event: &Presence) {
+    fn presence(&mut self, event: &Presence) {
         let channel = self.keys().presence();
         self.publish(&channel, wire::encode_presence(event).as_bytes());
     }
 
-    pub fn private(&mut self, node: &str, to: u64, to_name: &str, text: &str) {
+    fn private(&mut self, node: &str, to: u64, to_name: &str, text: &str) {
         let channel = self.keys().node(node);
         self.publish(
             &channel,
@@ -483,7 +477,7 @@ impl Link {
         );
     }
 
-    pub fn subscribe(&mut self, room: &str, on: bool) {
+    fn subscribe(&mut self, room: &str, on: bool) {
         let changed = if on {
             self.rooms.insert(room.to_string())
         } else {
@@ -513,7 +507,7 @@ impl Link {
 
     /// Reserves `name` for `id`; the answer comes back as `Inbound::Claimed`.
     /// False when it cannot be asked now (link not up, queue full).
-    pub fn claim(&mut self, id: ClientId, name: &str) -> bool {
+    fn claim(&mut self, id: ClientId, name: &str) -> bool {
         if !self.state.is_up() {
             return false;
         }
@@ -562,14 +556,14 @@ impl Link {
     }
 
     /// Gives `name` back, if the key still holds our claim on it.
-    pub fn release(&mut self, name: &str, id: ClientId, since: u64) {
+    fn release(&mut self, name: &str, id: ClientId, since: u64) {
         let value = claim_value(since, &self.wire.node, id);
         self.release_with(scripts::RELEASE, name, &value, "EVAL (release a name)");
     }
 
     /// Gives back `name` of user `id` on `node`, declared lost, if the key
     /// still holds that user's claim (whenever it was made).
-    pub fn release_lost(&mut self, node: &str, id: u64, name: &str) {
+    fn release_lost(&mut self, node: &str, id: u64, name: &str) {
         let tail = wire::claim_tail(node, id);
         let what = "EVAL (release a lost instance's name)";
         self.release_with(scripts::RELEASE_LOST, name, &tail, what);
@@ -795,7 +789,7 @@ impl Link {
     /// A ban set here: kept in the hash for instances that start later, and
     /// published for those up now. While the link is down it stays this
     /// instance's (and its bans file's) only.
-    pub fn ban(&mut self, ban: &Ban) {
+    fn ban(&mut self, ban: &Ban) {
         if !self.state.is_up() {
             return;
         }
@@ -817,7 +811,7 @@ impl Link {
     }
 
     /// A ban lifted here.
-    pub fn unban(&mut self, net: &IpNet) {
+    fn unban(&mut self, net: &IpNet) {
         if !self.state.is_up() {
             return;
         }
