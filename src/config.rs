@@ -47,6 +47,9 @@ pub const MAX_HTTP_TIMEOUT: u64 = 24 * 3600;
 pub const MAX_MAX_LINE: u32 = 16 << 20;
 /// 1 GiB, for --sendq and --cluster-queue.
 pub const MAX_QUEUE: u32 = 1 << 30;
+/// The highest --max-rooms-per-user: each room a user is in costs it a
+/// few dozen bytes and a line in its `/whois`.
+pub const MAX_ROOMS_PER_USER: u32 = 10_000;
 
 /// --pass-attempts' default: wrong passwords (`/pass`, `/oper`) per address
 /// per minute before that address's attempts are refused unchecked.
@@ -147,6 +150,10 @@ pub struct Config {
     /// Rooms with more members than this do not announce joins, leaves and nick changes.
     #[arg(long, default_value_t = 200)]
     pub announce_max: usize,
+
+    /// The most rooms one user may be in at once (as IRC's CHANLIMIT).
+    #[arg(long, value_name = "ROOMS", default_value_t = crate::hub::DEFAULT_MAX_ROOMS as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_ROOMS_PER_USER as i64))]
+    pub max_rooms_per_user: u32,
 
     /// Lines of history kept per room (messages and /me, not private
     /// messages or notices); 0 turns history off.

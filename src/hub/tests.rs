@@ -45,6 +45,15 @@ fn c(n: usize) -> ClientId {
     ClientId(n)
 }
 
+/// A remote user's rooms in a presence event: the lobby alone.
+fn in_lobby() -> Vec<InRoom> {
+    vec![InRoom {
+        key: LOBBY.into(),
+        shown: LOBBY.into(),
+        op: false,
+    }]
+}
+
 fn pairs(v: &[(usize, &str)]) -> Vec<(usize, String)> {
     v.iter().map(|(i, s)| (*i, s.to_string())).collect()
 }
@@ -239,36 +248,39 @@ fn me_is_an_action_for_the_room() {
 }
 
 #[test]
-fn join_moves_between_rooms_and_rooms_are_isolated() {
+fn join_adds_a_room_and_lines_go_to_the_current_one_only() {
     let (mut hub, mut rec) = hub_with(3);
     hub.line(c(0), "/nick alice", &mut rec);
     rec.take();
     hub.line(c(0), "/join Games", &mut rec);
     assert_eq!(
         rec.take(),
-        pairs(&[
-            (1, "*** alice left #lobby"),
-            (2, "*** alice left #lobby"),
-            (0, "*** you joined #Games (1): alice"),
-        ])
+        pairs(&[(0, "*** you joined #Games (1): @alice")]),
+        "the lobby hears nothing: alice is still in it"
     );
     hub.line(c(1), "/join #games", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
-            (2, "*** guest-2 left #lobby"),
             (0, "*** guest-2 joined #Games"),
-            (1, "*** you joined #Games (2): alice, guest-2"),
+            (1, "*** you joined #Games (2): @alice, guest-2"),
         ])
     );
     hub.line(c(0), "in games", &mut rec);
     assert_eq!(rec.take(), pairs(&[(1, "<alice> in games")]));
     hub.line(c(2), "in lobby", &mut rec);
-    assert_eq!(rec.take(), vec![], "nobody else is in the lobby");
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (0, "[#lobby] <guest-3> in lobby"),
+            (1, "[#lobby] <guest-3> in lobby")
+        ]),
+        "the lobby is not their current room any more"
+    );
     hub.line(c(1), "/rooms", &mut rec);
     assert_eq!(
         rec.take(),
-        pairs(&[(1, "*** rooms (2): #Games (2), #lobby (1)")])
+        pairs(&[(1, "*** rooms (2): #Games (2), #lobby (3)")])
     );
 }
 
@@ -286,6 +298,7 @@ fn who_and_rooms_name_at_most_list_max_entries() {
     assert!(who[want.len()..].starts_with("guest-1, guest-10, guest-100, "));
     for i in 0..n {
         hub.line(c(i), &format!("/join r{i:03}"), &mut rec);
+        hub.line(c(i), "/part lobby", &mut rec);
     }
     rec.take();
     hub.line(c(1), "/rooms", &mut rec);
@@ -302,7 +315,7 @@ fn who_and_rooms_name_at_most_list_max_entries() {
 fn join_errors() {
     let (mut hub, mut rec) = hub_with(1);
     hub.line(c(0), "/join #LOBBY", &mut rec);
-    assert_eq!(rec.to(0), vec!["*** error: you are already in #lobby"]);
+    assert_eq!(rec.to(0), vec!["*** now talking in #lobby"]);
     hub.line(c(0), "/join", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: usage: /join ROOM"]);
     hub.line(c(0), "/join #", &mut rec);
@@ -324,8 +337,8 @@ fn an_empty_room_disappears_and_its_name_can_be_reused() {
     hub.disconnect(c(0), None, &mut rec);
     assert_eq!(hub.rooms(), 1);
     hub.line(c(1), "/join A", &mut rec);
-    assert_eq!(rec.to(1).last().unwrap(), "*** you joined #A (1): guest-2");
-    hub.line(c(1), "/join lobby", &mut rec);
+    assert_eq!(rec.to(1).last().unwrap(), "*** you joined #A (1): @guest-2");
+    hub.line(c(1), "/part A", &mut rec);
     assert_eq!(hub.rooms(), 1);
 }
 
@@ -582,7 +595,7 @@ fn joining_shows_the_last_lines_with_their_time_between_markers() {
     rec.take();
     hub.line(c(1), "/join games", &mut rec);
     let got = rec.to(1);
-    assert_eq!(got[0], "*** you joined #games (2): alice, guest-2");
+    assert_eq!(got[0], "*** you joined #games (2): @alice, guest-2");
     assert_eq!(
         got[1],
         "*** history of #games (1 line, times UTC):\r\n[12:04] <alice> in games\r\n*** end of history"
@@ -693,7 +706,8 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
     p.0.clear();
     let texts = vec!["a".to_string(), "b".to_string()];
     hub.lines(c(0), &texts, &mut p);
-    let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
+    let tagged =
+        format!("@id={epoch}-1;room=lobby <guest-1> a\r\n@id={epoch}-2;room=lobby <guest-1> b");
     let got: Vec<(usize, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
     assert_eq!(
         got,
@@ -717,8 +731,8 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
     assert_eq!(
         got,
         pairs(&[
-            (0, &format!("@id={epoch}-3 * guest-2 x")),
-            (2, &format!("@id={epoch}-3 * guest-2 x")),
+            (0, &format!("@id={epoch}-3;room=lobby * guest-2 x")),
+            (2, &format!("@id={epoch}-3;room=lobby * guest-2 x")),
             (3, "* guest-2 x"),
             (2, "*** ids off"),
             (1, "*** you are now bob"),
@@ -752,12 +766,21 @@ fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_st
     let mark = format!("*** ids on: #games at {epoch}-1");
     assert_eq!(
         rec.to(1),
-        ["*** you joined #games (2): guest-1, guest-2", &block, &mark]
+        [
+            "*** you joined #games (2): @guest-1, guest-2",
+            &block,
+            &mark
+        ]
     );
     hub.line(c(1), "/history", &mut rec);
     assert_eq!(rec.to(1), [block]);
     hub.line(c(1), "/ids", &mut rec);
-    assert_eq!(rec.to(1), [mark]);
+    let lobby = hub.history.head(0).unwrap().epoch;
+    assert_eq!(
+        rec.to(1),
+        [format!("*** ids on: #lobby at {lobby}-0"), mark],
+        "where it stands in each of its rooms"
+    );
     hub.line(c(1), "/ids maybe", &mut rec);
     assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
 }
@@ -1101,6 +1124,12 @@ mod cluster {
 
         net.line(1, 0, "/join games");
         net.take(1);
+        assert_eq!(net.take(0), vec![], "bob is in #lobby still");
+        net.line(1, 0, "/part lobby");
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** you left #lobby; now talking in #games")])
+        );
         assert_eq!(net.take(0), pairs(&[(0, "*** bob left #lobby")]));
         net.line(0, 0, "lobby only");
         assert_eq!(net.take(1), vec![], "rooms stay apart across instances");
@@ -1360,8 +1389,7 @@ mod cluster {
             node: c.clone(),
             id: 9,
             name: "alice".into(),
-            room: "lobby".into(),
-            shown: "lobby".into(),
+            rooms: in_lobby(),
             round: 1,
         };
         net.hubs[0].remote_presence(here, &mut net.bus[0]);
@@ -1414,8 +1442,7 @@ mod cluster {
                 node: "z".into(),
                 id,
                 name: format!("z{id}"),
-                room: "lobby".into(),
-                shown: "lobby".into(),
+                rooms: in_lobby(),
                 round: 1,
             };
             hub.remote_presence(here, &mut bus);
@@ -1436,17 +1463,26 @@ mod cluster {
         net.take(1);
         net.line(0, 0, "one");
         // Back from the store to both, the sender's (with ids) included.
-        assert_eq!(net.take(0), pairs(&[(0, "@id=7-1 <guest-1> one")]));
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "@id=7-1;room=lobby <guest-1> one")])
+        );
         assert_eq!(net.take(1), pairs(&[(0, "<guest-1> one")]));
         net.line(1, 0, "two");
-        assert_eq!(net.take(0), pairs(&[(0, "@id=7-2 <guest-101> two")]));
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "@id=7-2;room=lobby <guest-101> two")])
+        );
         assert_eq!(net.take(1), vec![], "no echo without ids");
         net.hubs[0].link_down(&mut net.bus[0]);
         net.take(0);
         net.line(0, 0, "alone");
         net.line(0, 0, "/history");
         let got = net.take(0);
-        assert_eq!(got[0].1, "@id=1-1 <guest-1> alone", "numbered here now");
+        assert_eq!(
+            got[0].1, "@id=1-1;room=lobby <guest-1> alone",
+            "numbered here now"
+        );
         assert_eq!(
             got[1].1,
             "*** the cluster link is down: this is only what was said on this server meanwhile"
@@ -1577,8 +1613,8 @@ mod cluster {
             out.got,
             pairs(&[
                 (1, "*** ids on: #lobby at 9-4"),
-                (1, "@id=9-5 <b> five"),
-                (1, "@id=9-6 <b> six"),
+                (1, "@id=9-5;room=lobby <b> five"),
+                (1, "@id=9-6;room=lobby <b> six"),
             ])
         );
         hub.disconnect(c(1), None, &mut out);
