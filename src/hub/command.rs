@@ -15,9 +15,6 @@ const HELP: &[&str] = &[
     "***   /list             the rooms with how many are in each and their topics",
     "***   /names [ROOM]     list the people in a room you are in",
     "***   /topic [text]     show or set the topic of your current room",
-    "***   /topic lock|unlock  only the room's operators may set it (room operators)",
-    "***   /op NAME, /deop NAME  make someone an operator of your room, or not (room operators)",
-    "***   /kick NAME [why]  take someone out of your current room (room operators)",
     "***   /whois NAME       the rooms you share, idle time, connected since, away message",
     "***   /away [message]   say you are away (/msg to you answers it); alone: back",
     "***   /stats            your queue, drops and time online; the server's load",
@@ -27,6 +24,16 @@ const HELP: &[&str] = &[
     "***   /quit [reason]    leave the chat",
     "***   /help             this list",
     "***   //text            send a message that begins with /",
+];
+
+/// What /help adds for an operator of a room (its creator, or one made
+/// so with /op), or of the server.
+const ROOM_OPER_HELP: &[&str] = &[
+    "*** room operator commands (in your current room):",
+    "***   /topic lock|unlock  only the room's operators may set its topic, or anyone in it",
+    "***   /op NAME          make NAME an operator of the room",
+    "***   /deop NAME        NAME is no longer an operator of the room",
+    "***   /kick NAME [why]  take NAME out of the room, not the server (server operators: /kick #ROOM NAME)",
 ];
 
 /// What /help adds for an operator.
@@ -266,6 +273,12 @@ impl Hub {
             Command::Help => {
                 for line in HELP {
                     reply(out, id, line);
+                }
+                let c = &self.clients[i];
+                if c.standing.oper() || c.seat.rooms().any(|r| c.seat.is_op(r)) {
+                    for line in ROOM_OPER_HELP {
+                        reply(out, id, line);
+                    }
                 }
                 if self.clients[i].standing.oper() {
                     for line in OPER_HELP {
