@@ -1018,6 +1018,10 @@ mod cluster {
                         }
                     }
                     for p in presence {
+                        // As the link carries it: through its wire form.
+                        let wire = crate::cluster::wire::encode_presence(&p);
+                        let back = crate::cluster::wire::decode_presence(&wire);
+                        assert_eq!(back.as_ref(), Some(&p), "{wire:?}");
                         self.hubs[to].remote_presence(p, &mut self.bus[to]);
                     }
                     for (_, id, name, text) in privates {
@@ -1652,6 +1656,115 @@ mod cluster {
         assert_eq!(hub.name(c(3)), Some("guest-n7-2"));
         assert_eq!(hub.guests_used(), 501);
     }
+
+    #[test]
+    fn presence_is_per_room_and_topics_ops_and_away_cross_instances() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        net.line(0, 0, "/nick alice");
+        net.line(1, 0, "/nick bob");
+        for room in ["games", "dev"] {
+            net.line(0, 0, &format!("/join {room}"));
+            net.line(1, 0, &format!("/join {room}"));
+        }
+        net.take(0);
+        net.take(1);
+        assert!(net.bus[1].subscribed.contains("games") && net.bus[1].subscribed.contains("lobby"));
+        net.line(1, 0, "/names games");
+        assert_eq!(net.take(1), pairs(&[(0, "*** #games (2): @alice, bob")]));
+        net.line(0, 0, "/whois bob");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(
+                0,
+                "*** whois bob: shares #dev, #games, #lobby with you; on another server"
+            )])
+        );
+        // A line of a room that is not bob's current one, from the other instance.
+        net.line(0, 0, "/join games");
+        net.take(0);
+        net.line(0, 0, "deal");
+        assert_eq!(net.take(1), pairs(&[(0, "[#games] <alice> deal")]));
+        // Parts are per room: bob stays in the others.
+        net.line(1, 0, "/part games");
+        assert_eq!(net.take(0), pairs(&[(0, "*** bob left #games")]));
+        net.take(1);
+        assert!(
+            !net.bus[1].subscribed.contains("games"),
+            "nobody of b's in #games"
+        );
+        net.line(0, 0, "/names dev");
+        assert_eq!(net.take(0), pairs(&[(0, "*** #dev (2): @alice, bob")]));
+        // Topics, ops and away messages reach the other instance.
+        net.line(0, 0, "/join dev");
+        net.line(0, 0, "/topic ship friday");
+        net.line(0, 0, "/op bob");
+        net.take(0);
+        assert_eq!(
+            net.take(1),
+            pairs(&[
+                (0, "*** alice set the topic of #dev: ship friday"),
+                (0, "*** alice made bob an operator of #dev")
+            ])
+        );
+        net.line(1, 0, "/topic");
+        assert!(
+            net.take(1)[0]
+                .1
+                .starts_with("*** topic of #dev: ship friday (set by alice, ")
+        );
+        net.line(1, 0, "/topic lock");
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** bob locked the topic of #dev")])
+        );
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** bob locked the topic of #dev")])
+        );
+        net.line(1, 0, "/away lunch");
+        net.line(0, 0, "/msg bob hi");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "-> *bob* hi"), (0, "*** bob is away: lunch")])
+        );
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** you are away: lunch"), (0, "*alice* hi")])
+        );
+        // A room operator's kick of a user on another instance: its own
+        // instance takes it out of the room, and everyone sees it go.
+        net.line(1, 0, "/kick alice");
+        assert_eq!(
+            net.take(0),
+            pairs(&[
+                (0, "*** alice was kicked from #dev by bob"),
+                (0, "*** now talking in #games")
+            ])
+        );
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** alice was kicked from #dev by bob")])
+        );
+        net.line(1, 0, "/names");
+        assert_eq!(net.take(1), pairs(&[(0, "*** #dev (1): @bob")]));
+        // A roster after a restart of the link carries every room.
+        net.hubs[0].link_down(&mut net.bus[0]);
+        net.hubs[0].link_up(&mut net.bus[0]);
+        net.pump();
+        net.take(0);
+        net.take(1);
+        net.line(1, 0, "/whois alice");
+        assert_eq!(
+            net.take(1),
+            pairs(&[(
+                0,
+                "*** whois alice: shares #lobby with you; on another server"
+            )])
+        );
+    }
 }
 
 fn guarded_hub() -> Hub {
@@ -2003,3 +2116,5 @@ fn since_an_id_of_another_room_says_so_not_that_the_server_restarted() {
     );
     assert!(!got.contains("restarted"), "{got}");
 }
+
+mod rooms;
