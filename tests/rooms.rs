@@ -190,8 +190,8 @@ fn list_and_whois_answer_within_the_bound_with_5000_rooms() {
 
     alice.send("/whois bob");
     let whois = alice.expect("the /whois answer", |l| l.starts_with("*** whois bob: "));
-    let want = format!("*** whois bob: shares #lobby, #r0000, #r0001, ");
-    assert!(whois.starts_with(&want), "{whois}");
+    let want = "*** whois bob: shares #lobby, #r0000, #r0001, ";
+    assert!(whois.starts_with(want), "{whois}");
     let more = format!(", … and {} more with you; idle ", rooms - LIST_MAX);
     assert!(whois.contains(&more), "{whois}");
     assert_eq!(whois.matches(", ").count(), LIST_MAX, "{whois}");
