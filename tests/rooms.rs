@@ -356,3 +356,67 @@ fn users_in_overlapping_rooms_on_two_instances_read_exactly_their_rooms_in_one_o
         );
     }
 }
+
+// --- the README's session -----------------------------------------------------
+
+/// The transcripts of the README's "A session": per user, its lines after
+/// the shell command (what it typed and what it read, in order).
+fn readme_session() -> Vec<(String, Vec<String>)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("## A session")
+        .expect("a session in the README");
+    let end = start + readme[start..].find("\n## ").expect("the next section");
+    let mut blocks = Vec::new();
+    let mut lines = readme[start..end].lines();
+    while let Some(line) = lines.next() {
+        if line != "```" {
+            continue;
+        }
+        let block: Vec<String> = lines
+            .by_ref()
+            .take_while(|l| *l != "```")
+            .map(str::to_string)
+            .collect();
+        let (who, _) = block[0].split_once("$ ").expect("`name$ command` first");
+        blocks.push((who.to_string(), block[1..].to_vec()));
+    }
+    assert_eq!(blocks.len(), 2, "two transcripts");
+    blocks
+}
+
+/// A line the user read rather than typed: the server's, a message, an
+/// action, a private message, another room's line, an echo of one's own.
+fn is_output(line: &str) -> bool {
+    ["*", "<", "[#", "-> "].iter().any(|p| line.starts_with(p))
+}
+
+#[test]
+fn the_readme_session_is_true_word_for_word() {
+    let server = Server::start(&[]);
+    let blocks = readme_session();
+    std::thread::scope(|s| {
+        let mut started = Vec::new();
+        for (who, script) in &blocks {
+            let mut c = Client::connect_raw(server.addr);
+            c.name = who.clone();
+            // The next user connects once this one was welcomed, as in the
+            // transcripts (the first line of each is its welcome).
+            c.next_is(&script[0]);
+            started.push(s.spawn(move || {
+                for line in &script[1..] {
+                    if is_output(line) {
+                        c.next_is(line);
+                    } else {
+                        c.send(line);
+                    }
+                }
+            }));
+        }
+        for t in started {
+            t.join()
+                .expect("a transcript differs from what the server said");
+        }
+    });
+}
