@@ -519,6 +519,19 @@ mod tests {
     }
 
     #[test]
+    fn rooms_per_user_are_bounded_and_default_to_irc_s_chanlimit() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        assert_eq!(parse(&[]).unwrap().max_rooms_per_user, 20);
+        let most = MAX_ROOMS_PER_USER.to_string();
+        assert_eq!(
+            parse(&["--max-rooms-per-user", &most]).unwrap().max_rooms_per_user,
+            MAX_ROOMS_PER_USER
+        );
+        assert!(parse(&["--max-rooms-per-user", "0"]).is_err());
+        assert!(parse(&["--max-rooms-per-user", "10001"]).is_err());
+    }
+
+    #[test]
     fn cluster_timers_are_bounded() {
         let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
         let c = parse(&[]).unwrap();

@@ -25,7 +25,7 @@ pub const NO_ROOM: &str = "*** error: you are in no room; /join ROOM";
 /// One room a user is in: the room, its place among the room's members
 /// (for O(1) removal), and whether it is one of the room's operators.
 #[derive(Clone, Copy)]
-struct Place {
+pub(super) struct Place {
     room: usize,
     slot: usize,
     op: bool,

@@ -512,3 +512,22 @@ fn list_shows_counts_and_topics_and_is_bounded() {
     assert_eq!(lines[LIST_MAX + 1], "***   … and 6 more");
     assert_eq!(lines[LIST_MAX + 2], "*** end of list");
 }
+
+#[test]
+fn a_room_and_a_place_in_one_cost_what_the_readme_says() {
+    use std::mem::size_of;
+    // A place: one entry in the user's set, one in the room's members;
+    // each vector may hold twice what it uses.
+    let place = size_of::<super::super::rooms::Place>() + size_of::<Member>();
+    assert!(2 * place <= 64, "a place costs {} bytes", 2 * place);
+    // A room: the struct, its name and key, its entry in the sorted index
+    // (about 64 bytes a node entry, with the key again), its topic.
+    let room = size_of::<Room>()
+        + 2 * (MAX_NAME + 1)
+        + 64
+        + MAX_NAME
+        + size_of::<Topic>()
+        + MAX_TOPIC
+        + MAX_NAME;
+    assert!(room + 2 * place <= 1100, "a room costs {room} bytes");
+}
