@@ -524,7 +524,9 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().max_rooms_per_user, 20);
         let most = MAX_ROOMS_PER_USER.to_string();
         assert_eq!(
-            parse(&["--max-rooms-per-user", &most]).unwrap().max_rooms_per_user,
+            parse(&["--max-rooms-per-user", &most])
+                .unwrap()
+                .max_rooms_per_user,
             MAX_ROOMS_PER_USER
         );
         assert!(parse(&["--max-rooms-per-user", "0"]).is_err());

@@ -126,11 +126,7 @@ impl Hub {
             return reply(out, id, NO_ROOM);
         };
         let shown = self.rooms[room].name.clone();
-        if !self.may_run(i, room) {
-            let text = format!("*** error: you are not an operator of {shown}");
-            return reply(out, id, &text);
-        }
-        let Some(t) = self.member_named(id, name, room, out) else {
+        let Some(t) = self.operated(id, i, room, name, out) else {
             return;
         };
         let whom = self.clients[t].who.name().to_string();
@@ -152,6 +148,27 @@ impl Hub {
         };
         reply(out, id, &text);
         self.broadcast(room, i, &Msg::new(&text), out);
+    }
+
+    /// The member of `room` called `name`, if `i` may act on it there (a
+    /// room or server operator); or None with `id` told why not.
+    fn operated(
+        &self,
+        id: ClientId,
+        i: Member,
+        room: usize,
+        name: &str,
+        out: &mut impl Outbox,
+    ) -> Option<Member> {
+        if !self.may_run(i, room) {
+            let text = format!(
+                "*** error: you are not an operator of {}",
+                self.rooms[room].name
+            );
+            reply(out, id, &text);
+            return None;
+        }
+        self.member_named(id, name, room, out)
     }
 
     /// The member of `room` called `name`, or None with `id` told why.
@@ -205,11 +222,7 @@ impl Hub {
             },
         };
         let shown = self.rooms[room].name.clone();
-        if !self.may_run(i, room) {
-            let text = format!("*** error: you are not an operator of {shown}");
-            return reply(out, id, &text);
-        }
-        let Some(t) = self.member_named(id, name, room, out) else {
+        let Some(t) = self.operated(id, i, room, name, out) else {
             return;
         };
         let why = clean_reason(why);

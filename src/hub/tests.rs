@@ -30,6 +30,16 @@ impl Rec {
     }
 }
 
+/// Records which buffer each recipient got, to count shared buffers.
+struct Ptrs(Vec<(usize, *const Msg, String)>);
+
+impl Outbox for Ptrs {
+    fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+        self.0.push((to.0, Rc::as_ptr(msg), msg.text().to_string()));
+    }
+    fn close(&mut self, _: ClientId, _: String) {}
+}
+
 fn hub_with(n: usize) -> (Hub, Rec) {
     let mut hub = Hub::new(200);
     let mut rec = Rec::default();
@@ -686,13 +696,6 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
 
 #[test]
 fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
-    struct Ptrs(Vec<(usize, *const Msg, String)>);
-    impl Outbox for Ptrs {
-        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-            self.0.push((to.0, Rc::as_ptr(msg), msg.text().to_string()));
-        }
-        fn close(&mut self, _: ClientId, _: String) {}
-    }
     let mut hub = history_hub(100, 20);
     let mut p = Ptrs(Vec::new());
     for id in 0..4 {
@@ -1841,7 +1844,16 @@ fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
 
 /// alice (0, an operator) and bob (1), inside a guarded hub.
 fn oper_and_user() -> (Hub, Rec) {
+    let (mut hub, mut rec) = alice_and_bob_past_the_password(1_000_000);
+    hub.line(c(0), "/oper sesame", &mut rec);
+    rec.take();
+    (hub, rec)
+}
+
+/// alice (0) and bob (1) on a server with a password, let in at `now`.
+fn alice_and_bob_past_the_password(now: u64) -> (Hub, Rec) {
     let mut hub = guarded_hub();
+    hub.tick(now);
     let mut rec = Rec::default();
     for (id, name) in [(0, "alice"), (1, "bob")] {
         hub.connect(c(id), LOCALHOST, &mut rec);
@@ -1851,8 +1863,6 @@ fn oper_and_user() -> (Hub, Rec) {
             &mut rec,
         );
     }
-    hub.line(c(0), "/oper sesame", &mut rec);
-    rec.take();
     (hub, rec)
 }
 

@@ -157,13 +157,6 @@ fn lines_and_notices_of_other_rooms_carry_the_room_in_front() {
 
 #[test]
 fn at_most_one_shared_buffer_per_variant_and_ids_carry_the_room() {
-    struct Ptrs(Vec<(usize, *const Msg, String)>);
-    impl Outbox for Ptrs {
-        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-            self.0.push((to.0, Rc::as_ptr(msg), msg.text().to_string()));
-        }
-        fn close(&mut self, _: ClientId, _: String) {}
-    }
     let mut hub = history_hub(100, 0);
     let mut p = Ptrs(Vec::new());
     // 0..8 in #games; the odd ones have ids on, 0..4 talk in #lobby.
@@ -328,17 +321,7 @@ fn a_message_to_an_away_user_is_answered_with_its_away_message() {
 
 #[test]
 fn whois_tells_shared_rooms_idle_time_and_since_and_the_address_only_to_operators() {
-    let mut hub = guarded_hub();
-    let mut rec = Rec::default();
-    hub.tick(NOON);
-    for (id, name) in [(0, "alice"), (1, "bob")] {
-        hub.connect(c(id), LOCALHOST, &mut rec);
-        hub.lines(
-            c(id),
-            &["/pass hunter2".into(), format!("/nick {name}")],
-            &mut rec,
-        );
-    }
+    let (mut hub, mut rec) = alice_and_bob_past_the_password(NOON);
     hub.line(c(1), "/join games", &mut rec);
     hub.line(c(1), "/join secret", &mut rec);
     hub.line(c(0), "/join games", &mut rec);
