@@ -118,10 +118,11 @@ impl Hub {
         }
     }
 
-    /// Local user `i` left `room` (no longer a room of its).
-    pub(super) fn presence_parted(&self, i: Member, room: usize, out: &mut impl Outbox) {
-        if let (Some((node, id)), Some(r)) = (self.home_of(i), self.rooms.get(room)) {
-            let room = r.key.to_string();
+    /// Local user `i` left the room `key` (by key: the room itself is gone
+    /// if `i` was its last member here).
+    pub(super) fn presence_parted(&self, i: Member, key: &str, out: &mut impl Outbox) {
+        if let Some((node, id)) = self.home_of(i) {
+            let room = key.to_string();
             out.cluster(ClusterOp::Presence(Presence::Parted { node, id, room }));
         }
     }

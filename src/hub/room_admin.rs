@@ -249,8 +249,9 @@ impl Hub {
         out: &mut impl Outbox,
     ) {
         let was_current = self.clients[t].seat.current() == Some(room);
+        let key = self.rooms[room].key.clone();
         self.leave_room(t, room, out);
-        self.presence_parted(t, room, out);
+        self.presence_parted(t, &key, out);
         if was_current {
             let text = match self.clients[t].seat.current() {
                 Some(r) => format!("*** now talking in {}", self.rooms[r].name),

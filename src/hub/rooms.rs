@@ -232,8 +232,9 @@ impl Hub {
         }
         self.announce(room, i, &text, out);
         let mut text = format!("*** you left {}", self.rooms[room].name);
+        let key = self.rooms[room].key.clone();
         self.leave_room(i, room, out);
-        self.presence_parted(i, room, out);
+        self.presence_parted(i, &key, out);
         match self.clients[i].seat.current {
             Some(r) => text.push_str(&format!("; now talking in {}", self.rooms[r].name)),
             None => text.push_str("; you are in no room now (/join ROOM)"),

@@ -1753,6 +1753,15 @@ mod cluster {
         );
         net.line(1, 0, "/names");
         assert_eq!(net.take(1), pairs(&[(0, "*** #dev (1): @bob")]));
+        // The last member of a room parts: the room goes everywhere.
+        net.line(1, 0, "/join solo");
+        net.line(1, 0, "/part solo");
+        net.take(1);
+        net.line(0, 0, "/rooms");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** rooms (3): #dev (1), #games (1), #lobby (2)")])
+        );
         // A roster after a restart of the link carries every room.
         net.hubs[0].link_down(&mut net.bus[0]);
         net.hubs[0].link_up(&mut net.bus[0]);
