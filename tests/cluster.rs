@@ -2113,3 +2113,24 @@ fn a_newcomer_does_not_make_every_instance_announce_everyone_to_everyone() {
     }
     panic!("no end marker");
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_full_mirror_is_counted_and_logged_not_silent() {
+    let cl = Cluster::start_with(2, &["--max-remote-users", "2"]);
+    let _users: Vec<Client> = (0..4).map(|_| cl.client(1)).collect();
+    // n2's probe left; its 4 users (and n1's) are more than n1 keeps.
+    wait_metric(&cl.nodes[0], "remote_refused_total", RELINK, |v| v >= 2.0);
+    wait_metric(&cl.nodes[0], "remote_users", RELINK, |v| v == 2.0);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let log = String::from_utf8_lossy(&cl.nodes[0].log.lock().expect("log")).into_owned();
+        if log.contains("left out of /who, /msg and name checks")
+            && log.contains("at most 2 (--max-remote-users)")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -16,8 +16,9 @@ pub enum Claim {
 }
 
 pub const LINK_DOWN: &str = "*** cluster link down: messages reach this server only";
-/// The most users of other instances the mirror holds (forged presence
-/// messages must not grow it without end); past it, new ones are ignored.
+/// The most users of other instances the mirror holds by default
+/// (`--max-remote-users`): forged presence messages must not grow it without
+/// end. Past it, new ones are left out, counted and logged.
 pub const MAX_REMOTE: usize = 1 << 20;
 /// The most instances remembered as lost (to notice when they are back).
 pub const MAX_LOST: usize = 64;
@@ -186,6 +187,7 @@ impl Hub {
                 if let Some(i) = known {
                     self.drop_client(i, None, false, &mut Silent(out));
                 } else if self.remote.len() >= self.max_remote {
+                    self.remote_refused += 1;
                     return;
                 }
                 let key: Box<str> = name.to_ascii_lowercase().into();

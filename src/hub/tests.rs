@@ -1473,6 +1473,9 @@ mod cluster {
         bus.got.clear();
         hub.line(c(0), "/who", &mut bus);
         assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
+        // Not silently: the three left out are counted (for /metrics and
+        // the log).
+        assert_eq!(hub.mirrored(), (2, 3));
     }
 
     #[test]
