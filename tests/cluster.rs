@@ -2068,3 +2068,69 @@ fn a_five_mib_publication_is_dropped_and_the_link_stays_up() {
         assert!(metric(node, "malformed_total") >= 1.0);
     }
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_newcomer_does_not_make_every_instance_announce_everyone_to_everyone() {
+    let cl = Cluster::start(2);
+    let users: Vec<Client> = (0..20).map(|k| cl.client(k % 2)).collect();
+    // Everyone presence says, from now on, on the channel every instance
+    // hears.
+    let mut sub = TcpStream::connect(("127.0.0.1", cl.redis.port)).expect("connect to redis");
+    sub.set_read_timeout(Some(TIMEOUT))
+        .expect("set_read_timeout");
+    std::io::Write::write_all(&mut sub, b"*2\r\n$9\r\nSUBSCRIBE\r\n$9\r\nchatd:0:p\r\n")
+        .expect("SUBSCRIBE");
+    let mut sub = std::io::BufReader::new(sub);
+    assert!(matches!(read_resp(&mut sub), Resp::Array(_)), "subscribed");
+    let url = cl.redis.url();
+    let third = Server::start(&["--redis", &url, "--node-id", "n3"]);
+    // The newcomer has learned everyone (the rosters reached it) ...
+    let mut probe = third.client();
+    wait_who(&mut probe, RELINK, "all 20 users and the probe", |n| {
+        n.len() >= 21
+    });
+    let got = redis_cmd(cl.redis.port, &[b"PUBLISH", b"chatd:0:p", b"Z the end"]);
+    assert!(matches!(got, Resp::Int(_)), "PUBLISH: {got:?}");
+    // ... and the others heard none of it again: only n3's own news.
+    let mut theirs = Vec::new();
+    for _ in 0..10_000 {
+        let Resp::Array(m) = read_resp(&mut sub) else {
+            panic!("not a message")
+        };
+        let Some(Resp::Bulk(Some(text))) = m.get(2) else {
+            panic!("{m:?}")
+        };
+        let text = String::from_utf8_lossy(text).into_owned();
+        if text == "Z the end" {
+            assert!(theirs.is_empty(), "re-announced to everyone: {theirs:?}");
+            drop(users);
+            return;
+        }
+        if !text.split(' ').nth(1).is_some_and(|n| n.starts_with("n3~")) {
+            theirs.push(text);
+        }
+    }
+    panic!("no end marker");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_full_mirror_is_counted_and_logged_not_silent() {
+    let cl = Cluster::start_with(2, &["--max-remote-users", "2"]);
+    let _users: Vec<Client> = (0..4).map(|_| cl.client(1)).collect();
+    // n2's probe left; its 4 users (and n1's) are more than n1 keeps.
+    wait_metric(&cl.nodes[0], "remote_refused_total", RELINK, |v| v >= 2.0);
+    wait_metric(&cl.nodes[0], "remote_users", RELINK, |v| v == 2.0);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let log = String::from_utf8_lossy(&cl.nodes[0].log.lock().expect("log")).into_owned();
+        if log.contains("left out of /who, /msg and name checks")
+            && log.contains("at most 2 (--max-remote-users)")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -284,6 +284,7 @@ impl Link {
         self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
         let mut channels = vec![
             self.keys().presence(),
+            self.keys().presence_to(&self.wire.node),
             self.keys().bans_channel(),
             self.keys().node(&self.wire.node),
         ];
@@ -464,8 +465,11 @@ impl Link {
         self.publish(&channel, payload.as_bytes());
     }
 
-    fn presence(&mut self, event: &Presence) {
-        let channel = self.keys().presence();
+    fn presence(&mut self, to: Option<&str>, event: &Presence) {
+        let channel = match to {
+            None => self.keys().presence(),
+            Some(node) => self.keys().presence_to(node),
+        };
         self.publish(&channel, wire::encode_presence(event).as_bytes());
     }
 
@@ -943,7 +947,8 @@ impl Link {
             }
             ClusterOp::Ban(ban) => self.ban(&ban),
             ClusterOp::Unban(net) => self.unban(&net),
-            ClusterOp::Presence(event) => self.presence(&event),
+            ClusterOp::Presence(event) => self.presence(None, &event),
+            ClusterOp::PresenceTo { node, event } => self.presence(Some(&node), &event),
             ClusterOp::Private {
                 node,
                 to,

@@ -516,7 +516,14 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
     assert_eq!(s.redis.cmds[1][1], "3", "the URL's database");
     assert_eq!(
         s.redis.subs[0],
-        ["SUBSCRIBE", "chatd:3:p", "chatd:3:b", "chatd:3:n:me~1"]
+        // Issue 21: rosters meant for us alone come on chatd:3:p:NODE.
+        [
+            "SUBSCRIBE",
+            "chatd:3:p",
+            "chatd:3:p:me~1",
+            "chatd:3:b",
+            "chatd:3:n:me~1"
+        ]
     );
     // Once up: the bans are read, then heartbeat and guest numbers.
     s.until("a heartbeat", |s| {

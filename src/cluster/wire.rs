@@ -57,6 +57,8 @@ pub struct Keys {
 pub enum Channel<'a> {
     Room(&'a str),
     Presence,
+    /// Presence for one node.
+    PresenceTo(&'a str),
     Node(&'a str),
     Bans,
     /// Under our prefix, but nothing we subscribe to.
@@ -76,6 +78,11 @@ impl Keys {
 
     pub fn presence(&self) -> String {
         format!("{}p", self.prefix)
+    }
+
+    /// Presence for `node` alone (the roster answering its `Hello`).
+    pub fn presence_to(&self, node: &str) -> String {
+        format!("{}p:{node}", self.prefix)
     }
 
     /// Private lines for users on `node`.
@@ -127,6 +134,8 @@ impl Keys {
             _ => {
                 if let Some(room) = rest.strip_prefix("r:") {
                     Some(Channel::Room(room))
+                } else if let Some(node) = rest.strip_prefix("p:") {
+                    Some(Channel::PresenceTo(node))
                 } else {
                     Some(
                         rest.strip_prefix("n:")
@@ -318,7 +327,8 @@ impl Wire {
         }
         match kind {
             Channel::Bans => self.decode_ban(payload),
-            Channel::Presence => {
+            Channel::PresenceTo(node) if node != &*self.node => Ok(None),
+            Channel::Presence | Channel::PresenceTo(_) => {
                 let text = std::str::from_utf8(payload).map_err(|_| "presence not UTF-8")?;
                 decode_presence(text)
                     .map(|p| Some(Inbound::Presence(p)))
@@ -761,6 +771,7 @@ mod tests {
         for (channel, kind) in [
             (k.room("lobby"), Some(Channel::Room("lobby"))),
             (k.presence(), Some(Channel::Presence)),
+            (k.presence_to("n1~a"), Some(Channel::PresenceTo("n1~a"))),
             (k.node("n1~a"), Some(Channel::Node("n1~a"))),
             (k.bans_channel(), Some(Channel::Bans)),
             (k.bans(), Some(Channel::Other)),
@@ -826,8 +837,18 @@ mod tests {
         };
         assert_eq!(
             ok(&me, &me.keys.presence(), &encode_presence(&hello)),
-            Inbound::Presence(hello)
+            Inbound::Presence(hello.clone())
         );
+        // A roster for us alone is read as any presence; one for another
+        // node is not ours.
+        let mine = me.keys.presence_to(&me.node);
+        assert_eq!(
+            ok(&me, &mine, &encode_presence(&hello)),
+            Inbound::Presence(hello.clone())
+        );
+        let theirs = me.keys.presence_to("n2~5");
+        let text = encode_presence(&hello);
+        assert_eq!(me.decode(theirs.as_bytes(), text.as_bytes()), Ok(None));
     }
 
     #[test]

@@ -16,8 +16,9 @@ pub enum Claim {
 }
 
 pub const LINK_DOWN: &str = "*** cluster link down: messages reach this server only";
-/// The most users of other instances the mirror holds (forged presence
-/// messages must not grow it without end); past it, new ones are ignored.
+/// The most users of other instances the mirror holds by default
+/// (`--max-remote-users`): forged presence messages must not grow it without
+/// end. Past it, new ones are left out, counted and logged.
 pub const MAX_REMOTE: usize = 1 << 20;
 /// The most instances remembered as lost (to notice when they are back).
 pub const MAX_LOST: usize = 64;
@@ -70,33 +71,49 @@ impl Hub {
 
     /// Tells the other instances that local client `i` is here.
     pub(super) fn here(&self, i: Member, out: &mut impl Outbox) {
+        if let Some(event) = self.here_event(i) {
+            out.cluster(ClusterOp::Presence(event));
+        }
+    }
+
+    fn here_event(&self, i: Member) -> Option<Presence> {
         let c = &self.clients[i];
         let (Some(cl), Some(id)) = (&self.cluster, c.who.local()) else {
-            return;
+            return None;
         };
         let r = &self.rooms[c.seat.room()];
-        out.cluster(ClusterOp::Presence(Presence::Here {
+        Some(Presence::Here {
             node: cl.node.clone(),
             id: id.0 as u64,
             name: c.who.name().to_string(),
             room: r.key.to_string(),
             shown: r.name[1..].to_string(),
             round: cl.round,
-        }));
+        })
     }
 
-    /// Announces every local user to the other instances, as a new roster
-    /// round closed by `End`: whoever is not in it has left.
-    pub(super) fn roster_all(&mut self, out: &mut impl Outbox) {
+    /// Announces every local user, as a new roster round closed by `End`
+    /// (whoever is not in it has left): to every instance (`to` None: we
+    /// are new, or back), or to the one instance that said `Hello`.
+    pub(super) fn roster_all(&mut self, to: Option<&Rc<str>>, out: &mut impl Outbox) {
         let Some(cl) = self.cluster.as_mut() else {
             return;
         };
         cl.round += 1;
         let (node, round) = (cl.node.clone(), cl.round);
-        for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
-            self.here(i, out);
+        let op = |event| match to {
+            None => ClusterOp::Presence(event),
+            Some(to) => ClusterOp::PresenceTo {
+                node: to.clone(),
+                event,
+            },
+        };
+        for i in self.local.iter().flatten().copied() {
+            if let Some(event) = self.here_event(i) {
+                out.cluster(op(event));
+            }
         }
-        out.cluster(ClusterOp::Presence(Presence::End { node, round }));
+        out.cluster(op(Presence::End { node, round }));
     }
 
     // ---- Cluster input: what the link heard from the other instances ----
@@ -153,7 +170,8 @@ impl Hub {
                         self.node_lost(&old, "server lost", out);
                     }
                 }
-                self.roster_all(out);
+                // Only the newcomer needs our users: the others have them.
+                self.roster_all(Some(&node), out);
             }
             Presence::Hello { .. } => {}
             Presence::Bye { node } => self.node_lost(&node, "server shutting down", out),
@@ -169,6 +187,7 @@ impl Hub {
                 if let Some(i) = known {
                     self.drop_client(i, None, false, &mut Silent(out));
                 } else if self.remote.len() >= self.max_remote {
+                    self.remote_refused += 1;
                     return;
                 }
                 let key: Box<str> = name.to_ascii_lowercase().into();
@@ -222,7 +241,7 @@ impl Hub {
             }
             Presence::Who { node } => {
                 if node == me {
-                    self.roster_all(out);
+                    self.roster_all(None, out);
                 }
             }
             Presence::End { .. } => {}
@@ -373,7 +392,7 @@ impl Hub {
             reply(out, id, LINK_UP);
         }
         out.cluster(ClusterOp::Presence(Presence::Hello { node }));
-        self.roster_all(out);
+        self.roster_all(None, out);
         self.want_guests(out);
     }
 
