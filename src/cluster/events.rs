@@ -8,7 +8,7 @@ use crate::history::{Id, Line};
 use crate::hub::{Asked, Claim, ClientId, Due, GUEST_BLOCK, Hub, Outbox, Presence, Refusal};
 use ipnet::IpNet;
 use log::info;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 /// What the link heard, for the reactor to hand to the hub. Every text in
@@ -107,15 +107,24 @@ impl Inbound {
     }
 }
 
-/// The last id delivered per subscribed room: a line that comes both as
-/// the reply to our SAY and on the subscription is delivered once.
+/// How many of our own numbered publications [`Delivered`] remembers per
+/// room: the copy that comes second (the SAY's reply and the subscription
+/// both carry them) comes within one round trip to Redis, in which this
+/// instance publishes to a room at most once per loop turn.
+pub const OWN_WINDOW: usize = 32;
+
+/// Our own numbered publications lately delivered, per subscribed room, by
+/// their first id and length: the only lines that can come twice (from our
+/// SAY's reply, and again on the subscription). Nothing else is compared:
+/// an id that jumps ahead or goes back (a forged one, a failover, a new
+/// epoch) is delivered like any other, and never keeps a later line out.
 #[derive(Debug, Default)]
-pub struct Delivered(HashMap<String, Id>);
+pub struct Delivered(HashMap<String, VecDeque<(Id, u64)>>);
 
 impl Delivered {
-    /// Numbered lines, for the hub once: not again if they came already
-    /// (from our SAY's reply or the subscription, whichever was first), and
-    /// not if they are older than what was delivered.
+    /// Numbered lines, for the hub once: not again if they are ours and
+    /// came already (from our SAY's reply or the subscription, whichever
+    /// was first). `from` is Some for ours.
     pub fn said(
         &mut self,
         room: String,
@@ -123,18 +132,17 @@ impl Delivered {
         from: Option<ClientId>,
         text: String,
     ) -> Option<Inbound> {
-        let count = text.split("\r\n").count() as u64;
-        let last = Id {
-            epoch: first.epoch,
-            n: first.n + count.saturating_sub(1),
-        };
-        if let Some(done) = self.0.get(&room)
-            && done.epoch == first.epoch
-            && done.n >= last.n
-        {
-            return None;
+        if from.is_some() {
+            let count = text.split("\r\n").count() as u64;
+            let seen = self.0.entry(room.clone()).or_default();
+            if seen.contains(&(first, count)) {
+                return None;
+            }
+            if seen.len() >= OWN_WINDOW {
+                seen.pop_front();
+            }
+            seen.push_back((first, count));
         }
-        self.0.insert(room.clone(), last);
         Some(Inbound::Said {
             room,
             first,

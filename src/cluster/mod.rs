@@ -154,8 +154,9 @@ pub struct Link {
     scratch: Vec<u8>,
     /// Rooms whose SUBSCRIBE Redis has confirmed on this connection.
     confirmed: BTreeSet<String>,
-    /// The last id delivered per subscribed room: a line that comes both
-    /// as the reply to our SAY and on the subscription is delivered once.
+    /// Our own numbered lines lately delivered per subscribed room: a line
+    /// that comes both as the reply to our SAY and on the subscription is
+    /// delivered once (and no other line is ever held back by its id).
     delivered: Delivered,
     /// SHA1s of `scripts::LOADED` as loaded on this connection; until
     /// known (or after Redis forgot them), the scripts are sent whole.
@@ -398,7 +399,7 @@ impl Link {
 
     /// Hands numbered lines to the hub once: not again if they came
     /// already (from our SAY's reply or the subscription, whichever was
-    /// first), and not if they are older than what was delivered.
+    /// first). Other lines are delivered whatever their id.
     fn deliver(
         &mut self,
         room: String,

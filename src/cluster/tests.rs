@@ -108,19 +108,63 @@ fn numbered_lines_are_decoded_ours_too_cleaned_and_delivered_once() {
     }
     link.deliver(
         "lobby".into(),
-        Id { epoch: 17, n: 5 },
-        None,
-        "<b> old".into(),
-        &mut inbound,
-    );
-    link.deliver(
-        "lobby".into(),
         Id { epoch: 17, n: 6 },
         None,
         "<b> new".into(),
         &mut inbound,
     );
     assert_eq!(inbound.len(), 2, "{inbound:?}");
+}
+
+/// Issue 21: an id is never a reason to drop a line but a true duplicate
+/// of our own (the SAY's reply and the subscription both carry it). Once,
+/// one forged line 1000 ids ahead made every real line after it "old".
+#[test]
+fn only_true_duplicates_of_our_own_lines_are_dropped() {
+    let mut link = link();
+    let mut inbound = Vec::new();
+    let id = |epoch, n| Id { epoch, n };
+    let mut deliver = |link: &mut Link, first, from: Option<usize>, text: &str| {
+        let before = inbound.len();
+        link.deliver(
+            "lobby".into(),
+            first,
+            from.map(ClientId),
+            text.into(),
+            &mut inbound,
+        );
+        inbound.len() > before
+    };
+    assert!(deliver(&mut link, id(17, 4), None, "<b> real"));
+    // A forgery far ahead, with the live epoch: delivered (cleaned, as
+    // any publication), and the room goes on.
+    assert!(deliver(&mut link, id(17, 1004), None, "<m> forged"));
+    assert!(deliver(&mut link, id(17, 5), None, "<b> next"));
+    assert!(deliver(&mut link, id(17, 6), Some(9), "<a> mine"));
+    // Backwards: a new record (a failover, a flush), or an older epoch.
+    assert!(deliver(&mut link, id(17, 1), None, "<b> after a reset"));
+    assert!(deliver(&mut link, id(16, 90), None, "<b> older epoch"));
+    // Another instance's line with an id seen before is not ours: kept.
+    assert!(deliver(&mut link, id(17, 5), None, "<c> same id"));
+    // Ours, a second time (reply then subscription): dropped, once.
+    assert!(!deliver(&mut link, id(17, 6), Some(9), "<a> mine"));
+    // Ours with the same first id but another length is another batch.
+    assert!(deliver(&mut link, id(17, 6), Some(9), "<a> x\r\n<a> y"));
+    // The window is bounded: past OWN_WINDOW batches the oldest is
+    // forgotten (its copy came long before).
+    for n in 0..events::OWN_WINDOW as u64 {
+        assert!(deliver(&mut link, id(18, 100 + n), Some(1), "<a> w"));
+    }
+    assert!(!deliver(&mut link, id(18, 100), Some(1), "<a> w"));
+    assert!(!deliver(&mut link, id(18, 101), Some(1), "<a> w"));
+    assert!(
+        deliver(&mut link, id(17, 6), Some(9), "<a> mine"),
+        "forgotten"
+    );
+    // A room left and joined again starts afresh.
+    link.subscribe("lobby", true);
+    link.subscribe("lobby", false);
+    assert!(deliver(&mut link, id(18, 100), Some(1), "<a> w"));
 }
 
 #[test]
