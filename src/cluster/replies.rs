@@ -42,8 +42,8 @@ pub enum Expect {
     /// Local client `id`'s lines for `room` (CRLF between).
     Say(ClientId, String, String),
     Read(ClientId, String, Asked),
-    /// The SHA1 of a script in [`super::scripts::LOADED`], by index.
-    Script(usize),
+    /// `FUNCTION LOAD` of [`super::scripts::LIBRARY`].
+    Library,
     /// A ban held here, re-asserted at link-up: was it lifted meanwhile?
     Reassert(ipnet::IpNet),
     /// A page of the bans hash ([`super::scripts::BANS`]), with how many
@@ -87,6 +87,27 @@ impl Link {
             return Err(format!("Redis refused {what}: {}", e.escape_debug()));
         }
         Ok(())
+    }
+
+    /// `FUNCTION LOAD`: a Redis that does not know functions (before 7.0)
+    /// cannot number room lines, so the link does not come up there and
+    /// says why; any other refusal (an ACL without `function|load`) is
+    /// told and the link goes on (another instance may have loaded it).
+    pub(super) fn library_loaded(&mut self, frame: &OwnedFrame) -> Result<(), String> {
+        match frame {
+            OwnedFrame::Error(e) if e.to_ascii_lowercase().contains("unknown command") => {
+                self.stats.refused += 1;
+                Err(format!(
+                    "Redis refused FUNCTION LOAD: {}: chatd needs Redis 7.0 or later",
+                    e.escape_debug()
+                ))
+            }
+            OwnedFrame::Error(e) => {
+                self.refused("FUNCTION LOAD", e);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `INFO cluster`: on a Redis Cluster node a room's keys hash to
@@ -134,7 +155,7 @@ impl Link {
                     inbound.push(Inbound::NameLost(id, name));
                 }
             }
-            OwnedFrame::Error(e) => self.refused("EVAL (renew a name)", &e),
+            OwnedFrame::Error(e) => self.refused("FCALL (renew a name)", &e),
             _ => {}
         }
         if heal {
@@ -161,7 +182,7 @@ impl Link {
             OwnedFrame::Error(e) => e,
             other => format!("unexpected reply {other:?}"),
         };
-        self.refused("EVAL (reserve guest numbers)", &text);
+        self.refused("FCALL (reserve guest numbers)", &text);
         // Asked again after a backoff, not at once in a loop.
         self.guests_retry = Some(Instant::now() + self.guests_backoff);
         self.guests_backoff = (self.guests_backoff * 2).min(self.timing.backoff_max());
@@ -195,8 +216,7 @@ impl Link {
         inbound: &mut Vec<Inbound>,
     ) {
         if let OwnedFrame::Error(e) = &frame {
-            self.forgot(e);
-            self.refused("EVAL (a room line)", e);
+            self.refused("FCALL (a room line)", e);
             return inbound.push(Inbound::NotSaid(id, true));
         }
         // Our own lines come back on the subscription, unless it is not in

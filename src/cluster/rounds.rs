@@ -133,15 +133,10 @@ impl Link {
         };
         let used = used.to_string();
         let block = GUEST_BLOCK.to_string();
-        let asked = self.send_cmd(
-            &[
-                b"EVAL",
-                scripts::GUESTS.as_bytes(),
-                b"1",
-                Keys::GUESTS.as_bytes(),
-                used.as_bytes(),
-                block.as_bytes(),
-            ],
+        let asked = self.fcall(
+            Func::Guests,
+            &[Keys::GUESTS.as_bytes()],
+            &[used.as_bytes(), block.as_bytes()],
             Expect::Guests,
             Kind::Book,
         );

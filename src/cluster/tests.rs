@@ -367,12 +367,12 @@ impl FakeRedis {
             "SELECT" | "AUTH" | "SET" => "+OK\r\n".into(),
             "PING" => "+PONG\r\n".into(),
             "INFO" => bulk("# Cluster\r\ncluster_enabled:0\r\n"),
-            "SCRIPT" => bulk(&format!("sha{}", args[2].len())),
+            "FUNCTION" => bulk("chatd"),
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
-            "EVAL" | "EVALSHA" if args[1].contains("incrby") => ":100\r\n".into(),
-            "EVAL" if args[1].contains("hscan") => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
-            "EVAL" | "EVALSHA" => ":0\r\n".into(),
+            "FCALL" if args[1] == Func::Guests.name() => ":100\r\n".into(),
+            "FCALL" if args[1] == Func::Bans.name() => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
+            "FCALL" => ":0\r\n".into(),
             _ => "-ERR unknown command\r\n".into(),
         }
     }
@@ -553,8 +553,8 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
     let verbs: Vec<&str> = s.redis.cmds.iter().map(|c| c[0].as_str()).collect();
     // Issue 21: INFO first, to refuse a Redis Cluster node.
     assert_eq!(
-        verbs[..6],
-        ["INFO", "SELECT", "SCRIPT", "SCRIPT", "SCRIPT", "PING"],
+        verbs[..4],
+        ["INFO", "SELECT", "FUNCTION", "PING"],
         "{verbs:?}"
     );
     assert_eq!(s.redis.cmds[1][1], "3", "the URL's database");
@@ -570,7 +570,7 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
         s.redis
             .cmds
             .iter()
-            .any(|c| c[0] == "EVAL" && c[1].contains("hscan") && c[3] == "chatd:3:bans")
+            .any(|c| c[0] == "FCALL" && c[1] == Func::Bans.name() && c[3] == "chatd:3:bans")
     );
     s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
     assert_eq!(s.link.stats().connect_failures, 0);
@@ -581,21 +581,14 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
     let mut s = Stand::up(Duration::from_secs(5));
     s.link.subscribe("lobby", true);
     s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
-    s.redis.answer = Box::new(|args| (args[0] == "EVALSHA").then(|| bulk("17-4")));
+    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    s.redis.answer = Box::new(move |args| say(args).then(|| bulk("17-4")));
     assert!(
         s.link
             .say("lobby", ClientId(9), "<a> hi\r\n<a> yo", 50, 60_000)
     );
-    s.until("the SAY", |s| {
-        s.redis.cmds.iter().any(|c| c[0] == "EVALSHA")
-    });
-    let say = s
-        .redis
-        .cmds
-        .iter()
-        .find(|c| c[0] == "EVALSHA")
-        .unwrap()
-        .clone();
+    s.until("the SAY", |s| s.redis.cmds.iter().any(|c| say(c)));
+    let say = s.redis.cmds.iter().find(|c| say(c)).unwrap().clone();
     assert_eq!(
         say[2..],
         [
@@ -657,7 +650,7 @@ fn a_redis_cluster_node_is_a_failed_connect_with_the_reason_not_a_link() {
 fn the_bans_are_read_a_page_at_a_time_until_the_last() {
     let mut s = Stand::new(Duration::from_secs(5));
     s.redis.answer = Box::new(|args| {
-        if !(args[0] == "EVAL" && args[1].contains("hscan")) {
+        if !(args[0] == "FCALL" && args[1] == Func::Bans.name()) {
             return None;
         }
         // Page "0" leads to page "7", the last; one ban on each, and Redis
@@ -687,7 +680,7 @@ fn the_bans_are_read_a_page_at_a_time_until_the_last() {
         .redis
         .cmds
         .iter()
-        .filter(|c| c[0] == "EVAL" && c[1].contains("hscan"))
+        .filter(|c| c[0] == "FCALL" && c[1] == Func::Bans.name())
         .map(|c| c[4].as_str())
         .collect();
     assert_eq!(cursors, ["0", "7"]);
@@ -710,10 +703,8 @@ fn the_bans_held_are_reasserted_at_link_up_and_one_lifted_meanwhile_is_lifted() 
         s.hub.ban_from_cluster(ban, &mut Nobody);
     }
     // Redis has a tombstone for the first.
-    // Sent by SHA1 (the fake's: "sha" and the script's length) once loaded.
     fn reassert(c: &[String]) -> bool {
-        (c[0] == "EVAL" && c[1].contains("hsetnx"))
-            || (c[0] == "EVALSHA" && c[1] == format!("sha{}", scripts::REASSERT.len()))
+        c[0] == "FCALL" && c[1] == Func::Reassert.name()
     }
     s.redis.answer = Box::new(|args| {
         reassert(args).then(|| {
@@ -740,11 +731,9 @@ fn the_bans_held_are_reasserted_at_link_up_and_one_lifted_meanwhile_is_lifted() 
         reasserted,
         [("10.0.0.1/32", "permanent"), ("10.0.0.2/32", "permanent")]
     );
-    let mut by_sha = s.redis.cmds.iter().filter(|c| reassert(c));
-    assert!(by_sha.all(|c| c[0] == "EVALSHA"), "loaded, not sent whole");
     s.until("up", |s| s.inbound.contains(&Inbound::Up));
     let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
-    assert!(at(&|c| reassert(c)) < at(&|c| c[0] == "EVAL" && c[1].contains("hscan")));
+    assert!(at(&|c| reassert(c)) < at(&|c| c[0] == "FCALL" && c[1] == Func::Bans.name()));
 }
 
 #[test]
@@ -867,4 +856,77 @@ fn what_other_instances_publish_arrives_cleaned_and_coalesced() {
         )]
     );
     assert_eq!(s.link.stats().malformed, 1);
+}
+
+/// Issue 21: the scripts are functions, loaded once per connection; after
+/// a `FUNCTION FLUSH` a call is answered "Function not found": the library
+/// is loaded again and the call sent once more, not the line refused. A
+/// second refusal of the same call is told as any refusal.
+#[test]
+fn a_call_redis_lost_the_library_for_is_loaded_and_sent_once_more() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    // The first two SAYs find no function; the third one does.
+    let mut calls = 0;
+    s.redis.answer = Box::new(move |args| {
+        say(args).then(|| {
+            calls += 1;
+            if calls <= 2 {
+                "-ERR Function not found\r\n".into()
+            } else {
+                bulk("17-4")
+            }
+        })
+    });
+    let loads = |s: &Stand| s.redis.cmds.iter().filter(|c| c[0] == "FUNCTION").count();
+    assert_eq!(loads(&s), 1, "loaded once, at the handshake");
+    assert!(s.link.say("lobby", ClientId(9), "<a> hi", 50, 60_000));
+    s.until("sent again", |s| {
+        s.redis.cmds.iter().filter(|c| say(c)).count() == 2
+    });
+    assert_eq!(loads(&s), 2, "loaded again first");
+    let sent: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| say(c)).collect();
+    assert_eq!(sent[0], sent[1], "the same call");
+    let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().rposition(pred).unwrap();
+    assert!(at(&|c| c[0] == "FUNCTION") < at(&|c| say(c)));
+    assert!(
+        s.redis
+            .cmds
+            .iter()
+            .filter(|c| c[0] == "FUNCTION")
+            .all(|c| c[1..3] == ["LOAD", "REPLACE"] && c[3] == scripts::LIBRARY.code)
+    );
+    // Refused twice: told, as any refusal.
+    s.until("refused", |s| {
+        s.inbound.contains(&Inbound::NotSaid(ClientId(9), true))
+    });
+    assert_eq!(s.link.stats().refused, 1);
+    // Redis has it now: the next line goes through, and nothing was left
+    // kept for a resend.
+    assert!(s.link.say("lobby", ClientId(9), "<a> yo", 50, 60_000));
+    s.until("answered", |s| s.link.pending.is_empty());
+    assert_eq!(s.redis.cmds.iter().filter(|c| say(c)).count(), 3);
+    assert!(
+        !s.inbound
+            .iter()
+            .any(|e| matches!(e, Inbound::NotSaid(_, _))
+                && *e != Inbound::NotSaid(ClientId(9), true))
+    );
+    assert_eq!((s.link.retained, s.link.kept.len()), (0, 0));
+}
+
+#[test]
+fn the_library_registers_every_script_under_names_of_its_own() {
+    let lib = &scripts::LIBRARY;
+    let head = lib.code.lines().next().unwrap();
+    assert!(head.starts_with("#!lua name=chatd_"), "{head}");
+    let name = head.trim_start_matches("#!lua name=");
+    for f in Func::ALL {
+        assert!(f.name().starts_with(&format!("{name}_")), "{}", f.name());
+        assert_eq!(lib.code.matches(&format!("'{}'", f.name())).count(), 1);
+    }
+    // Only reads may run when Redis refuses writes.
+    assert_eq!(lib.code.matches("no-writes").count(), 2);
 }
