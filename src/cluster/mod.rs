@@ -10,7 +10,8 @@
 //!   bounded by `MAX_REPLY`, command encoding);
 //! - [`wire`]: every channel and key name, every payload encoded, decoded
 //!   and checked like a client's line (pure);
-//! - [`scripts`]: the Lua scripts Redis runs for us, with their contracts;
+//! - [`scripts`]: the Lua scripts Redis runs for us, with their contracts,
+//!   as one library of Redis functions;
 //! - [`replies`]: what each awaited reply means and what a command may cost
 //!   the queue toward Redis;
 //! - [`events`]: what arrives, as data, and its one mapping onto the hub;

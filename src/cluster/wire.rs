@@ -98,7 +98,8 @@ impl Keys {
         format!("{}unbans", self.prefix)
     }
 
-    /// A room's numbering (hash: e epoch, n last N) and its kept lines
+    /// A room's numbering (hash: e epoch, n last N, r the replication id
+    /// that numbered the epoch) and its kept lines
     /// (stream), as [`super::scripts::SAY`] and `READ` use them.
     pub fn history(&self, room: &str) -> (String, String) {
         (
