@@ -26,6 +26,15 @@ pub enum Inbound {
         from: Option<ClientId>,
         text: String,
     },
+    /// Our own room lines numbered by Redis in one batch, said by several
+    /// local clients: `runs` says who said how many, in order (see
+    /// [`super::wire::senders`]); to the hub as one `Said` per run.
+    Numbered {
+        room: String,
+        first: Id,
+        runs: Box<[(ClientId, u64)]>,
+        text: String,
+    },
     /// Redis refused local client `id`'s line (true), or the link failed
     /// before Redis confirmed it (false).
     NotSaid(ClientId, bool),
@@ -63,6 +72,25 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// Our own lines numbered from `first`, said as `runs` says: a `Said`
+    /// when one client said them all, `Numbered` otherwise.
+    pub fn numbered(room: String, first: Id, runs: Vec<(ClientId, u64)>, text: String) -> Inbound {
+        match runs[..] {
+            [(one, _)] => Inbound::Said {
+                room,
+                first,
+                from: Some(one),
+                text,
+            },
+            _ => Inbound::Numbered {
+                room,
+                first,
+                runs: runs.into(),
+                text,
+            },
+        }
+    }
+
     /// Tells the hub what the link heard.
     pub fn apply(self, hub: &mut Hub, out: &mut impl Outbox) {
         match self {
@@ -75,6 +103,16 @@ impl Inbound {
                 from,
                 text,
             } => hub.said(&room, first, from, &text, out),
+            Inbound::Numbered {
+                room,
+                first,
+                runs,
+                text,
+            } => {
+                for (at, from, run) in split_runs(first, &runs, &text) {
+                    hub.said(&room, at, Some(from), &run, out);
+                }
+            }
             Inbound::NotSaid(id, sure) => hub.not_said(id, sure, out),
             Inbound::History {
                 id,
@@ -107,6 +145,27 @@ impl Inbound {
     }
 }
 
+/// A batch's lines numbered from `first`, split by who said them: each
+/// run's first id, sender and lines (CRLF between).
+pub fn split_runs(first: Id, runs: &[(ClientId, u64)], text: &str) -> Vec<(Id, ClientId, String)> {
+    let mut lines = text.split("\r\n");
+    let mut n = first.n;
+    let mut out = Vec::with_capacity(runs.len());
+    for &(from, count) in runs {
+        let run: Vec<&str> = lines.by_ref().take(count as usize).collect();
+        out.push((
+            Id {
+                epoch: first.epoch,
+                n,
+            },
+            from,
+            run.join("\r\n"),
+        ));
+        n += count;
+    }
+    out
+}
+
 /// How many of our own numbered publications [`Delivered`] remembers per
 /// room: the copy that comes second (the SAY's reply and the subscription
 /// both carry them) comes within one round trip to Redis, in which this
@@ -132,23 +191,31 @@ impl Delivered {
         from: Option<ClientId>,
         text: String,
     ) -> Option<Inbound> {
-        if from.is_some() {
-            let count = text.split("\r\n").count() as u64;
-            let seen = self.0.entry(room.clone()).or_default();
-            if seen.contains(&(first, count)) {
-                return None;
-            }
-            if seen.len() >= OWN_WINDOW {
-                seen.pop_front();
-            }
-            seen.push_back((first, count));
+        let count = text.split("\r\n").count() as u64;
+        self.fresh(&room, first, count, from.is_some())
+            .then_some(Inbound::Said {
+                room,
+                first,
+                from,
+                text,
+            })
+    }
+
+    /// Whether `count` numbered lines from `first` in `room` are to be
+    /// delivered: not if they are ours (`own`) and came already.
+    pub fn fresh(&mut self, room: &str, first: Id, count: u64, own: bool) -> bool {
+        if !own {
+            return true;
         }
-        Some(Inbound::Said {
-            room,
-            first,
-            from,
-            text,
-        })
+        let seen = self.0.entry(room.to_string()).or_default();
+        if seen.contains(&(first, count)) {
+            return false;
+        }
+        if seen.len() >= OWN_WINDOW {
+            seen.pop_front();
+        }
+        seen.push_back((first, count));
+        true
     }
 
     /// Not subscribed to `room` any more.

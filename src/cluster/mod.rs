@@ -24,6 +24,7 @@
 //! What arrives that does not pass [`wire`]'s checks is logged
 //! (rate-limited), counted and dropped.
 
+mod batch;
 mod events;
 mod redis;
 mod replies;
@@ -165,6 +166,8 @@ pub struct Link {
     scratch: Vec<u8>,
     /// Rooms whose SUBSCRIBE Redis has confirmed on this connection.
     confirmed: BTreeSet<String>,
+    /// Room lines gathered this turn, a batch per room (see [`batch`]).
+    batches: Vec<batch::Batch>,
     /// Our own numbered lines lately delivered per subscribed room: a line
     /// that comes both as the reply to our SAY and on the subscription is
     /// delivered once (and no other line is ever held back by its id).
@@ -216,6 +219,7 @@ impl Link {
             retained: 0,
             confirmed: BTreeSet::new(),
             delivered: Delivered::default(),
+            batches: Vec::new(),
         }
     }
 
@@ -318,13 +322,15 @@ impl Link {
         self.backoff = (self.backoff * 2).min(self.timing.backoff_max());
         // Lines sent but not confirmed: Redis may or may not have run them
         // (a frozen Redis can still read what was sent before the close).
+        self.drop_batches(inbound);
         let mut unsure: Vec<ClientId> = self
             .pending
             .iter()
             .filter_map(|(_, e)| match e {
-                Expect::Say(id, ..) => Some(*id),
+                Expect::Say(sent) => Some(sent.runs.iter().map(|r| r.0)),
                 _ => None,
             })
+            .flatten()
             .collect();
         unsure.sort_unstable();
         unsure.dedup();
@@ -486,23 +492,19 @@ impl Link {
         inbound.extend(self.delivered.said(room, first, from, text));
     }
 
-    /// Room lines (CRLF between) from local client `from`, to be numbered
-    /// and kept by Redis and delivered when they come back (see `scripts::SAY`).
-    /// False when the link is not up or the queue toward Redis is full.
-    fn say(&mut self, room: &str, from: ClientId, lines: &str, keep: usize, ttl_ms: u64) -> bool {
-        if !self.state.is_up() {
-            return false;
+    /// The same for our own lines of several senders (`runs`).
+    fn deliver_runs(
+        &mut self,
+        room: String,
+        first: Id,
+        runs: Box<[(ClientId, u64)]>,
+        text: String,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        let count = runs.iter().map(|r| r.1).sum();
+        if self.delivered.fresh(&room, first, count, true) {
+            inbound.push(Inbound::numbered(room, first, runs.into(), text));
         }
-        let head = scripts::say_args(self.keys(), room, keep, ttl_ms, &self.wire.node, from);
-        let head: Vec<&[u8]> = head.iter().map(|a| a.as_bytes()).collect();
-        let mut args: Vec<&[u8]> = head[3..].to_vec();
-        args.extend(lines.split("\r\n").map(str::as_bytes));
-        let expect = Expect::Say(from, room.to_string(), lines.to_string());
-        let ok = self.fcall(Func::Say, &head[..3], &args, expect, Kind::Publish);
-        if ok {
-            self.stats.published += 1;
-        }
-        ok
     }
 
     /// Asks Redis for a room's history for local client `id`: the lines
@@ -797,7 +799,7 @@ impl Link {
             Expect::Alive(node) => self.node_checked(node, true, frame, inbound),
             Expect::Back(node) => self.node_checked(node, false, frame, inbound),
             Expect::Library => return self.library_loaded(&frame),
-            Expect::Say(id, room, text) => self.said_reply(id, room, text, frame, inbound),
+            Expect::Say(sent) => self.said_reply(*sent, frame, inbound),
             Expect::Read(id, room, asked) => {
                 let omitted = wire::left_out(&frame);
                 let answer = match frame {
@@ -949,6 +951,12 @@ impl Link {
                 from,
                 text,
             })) => self.deliver(room, first, from, text, inbound),
+            Ok(Some(Inbound::Numbered {
+                room,
+                first,
+                runs,
+                text,
+            })) => self.deliver_runs(room, first, runs, text, inbound),
             Ok(Some(event)) => inbound.push(event),
             Ok(None) => {}
             Err(why) => self.malformed(channel, why),
@@ -968,6 +976,10 @@ impl Link {
     /// One operation from the hub (see [`ClusterOp`]). What cannot be
     /// taken now is refused back as an event, in the same turn.
     pub fn apply(&mut self, op: ClusterOp, inbound: &mut Vec<Inbound>) {
+        // Whatever else the hub asks goes after the lines it said before.
+        if !matches!(op, ClusterOp::Say { .. }) {
+            self.send_batches(inbound);
+        }
         match op {
             ClusterOp::Publish { room, msg } => self.publish_room(&room, msg.text()),
             ClusterOp::Say {
@@ -977,7 +989,7 @@ impl Link {
                 keep,
                 ttl_ms,
             } => {
-                if !self.say(&room, from, &lines, keep, ttl_ms) {
+                if !self.say(&room, from, &lines, keep, ttl_ms, inbound) {
                     inbound.push(Inbound::Refused(Refusal::Say(from)));
                 }
             }
@@ -1018,6 +1030,7 @@ impl Link {
     /// first: a user who just joined a room announces it on `cmd`, and the
     /// SUBSCRIBE for the room's lines should reach Redis no later.
     pub fn flush(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        self.send_batches(inbound);
         for token in [SUB, CMD] {
             let conn = if token == CMD {
                 self.cmd.as_mut()

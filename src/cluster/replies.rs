@@ -39,8 +39,9 @@ pub enum Expect {
     Guests,
     Alive(Rc<str>),
     Back(Rc<str>),
-    /// Local client `id`'s lines for `room` (CRLF between).
-    Say(ClientId, String, String),
+    /// A batch of local clients' lines (boxed: the queue's every entry is
+    /// as large as its largest kind).
+    Say(Box<Sent>),
     Read(ClientId, String, Asked),
     /// `FUNCTION LOAD` of [`super::scripts::LIBRARY`].
     Library,
@@ -52,6 +53,15 @@ pub enum Expect {
     /// `INFO cluster`, first thing on a new connection: a Redis Cluster
     /// node is refused.
     Info,
+}
+
+/// A batch of lines SAY was sent: `text` (CRLF between) for `room`, and
+/// who said how many, in order.
+#[derive(Debug)]
+pub struct Sent {
+    pub runs: Box<[(ClientId, u64)]>,
+    pub room: String,
+    pub text: String,
 }
 
 /// What a command costs --cluster-queue beyond its RESP bytes: its entry
@@ -207,17 +217,14 @@ impl Link {
     }
 
     /// The answer to our SAY: the first id of our lines, or a refusal.
-    pub(super) fn said_reply(
-        &mut self,
-        id: ClientId,
-        room: String,
-        text: String,
-        frame: OwnedFrame,
-        inbound: &mut Vec<Inbound>,
-    ) {
+    pub(super) fn said_reply(&mut self, sent: Sent, frame: OwnedFrame, inbound: &mut Vec<Inbound>) {
+        let Sent { runs, room, text } = sent;
         if let OwnedFrame::Error(e) = &frame {
             self.refused("FCALL (a room line)", e);
-            return inbound.push(Inbound::NotSaid(id, true));
+            let mut ids: Vec<ClientId> = runs.iter().map(|r| r.0).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            return inbound.extend(ids.into_iter().map(|id| Inbound::NotSaid(id, true)));
         }
         // Our own lines come back on the subscription, unless it is not in
         // place yet (the room is new here, and Redis may run the SUBSCRIBE
@@ -229,7 +236,7 @@ impl Link {
         if let Some(first) = first
             && !self.confirmed.contains(&room)
         {
-            self.deliver(room, first, Some(id), text, inbound);
+            self.deliver_runs(room, first, runs, text, inbound);
         }
     }
 

@@ -14,6 +14,8 @@ impl Link {
     /// guest numbers. What the hub must tell for that is asked as data
     /// (`Inbound::Due`), and the work done when it comes (`on_roster`).
     pub fn tick(&mut self, now: Instant, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        // The turn's lines before the link's own work, in the turn's order.
+        self.send_batches(inbound);
         if let Some(why) = self.why_drop(now) {
             return self.fail(&why, registry, inbound);
         }

@@ -14,7 +14,6 @@
 
 use super::wire::Keys;
 use crate::history::Id;
-use crate::hub::ClientId;
 
 /// Moves the shared guest counter past what this instance already handed
 /// out (a restarted Redis forgets it), then reserves a block.
@@ -79,14 +78,14 @@ pub const SAY: &str = "local t = redis.call('time') \
 
 /// SAY's KEYS and its ARGV but the lines, which follow them one per
 /// argument: [meta, stream, channel, maxlen, ttl ms (at least 1), node,
-/// sender].
+/// senders ([`super::wire::senders`]: who said which lines)].
 pub fn say_args(
     keys: &Keys,
     room: &str,
     keep: usize,
     ttl_ms: u64,
     node: &str,
-    from: ClientId,
+    senders: &str,
 ) -> [String; 7] {
     let (meta, stream) = keys.history(room);
     [
@@ -96,7 +95,7 @@ pub fn say_args(
         keep.to_string(),
         ttl_ms.max(1).to_string(),
         node.to_string(),
-        from.0.to_string(),
+        senders.to_string(),
     ]
 }
 

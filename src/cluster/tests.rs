@@ -583,10 +583,14 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
     s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
     let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
     s.redis.answer = Box::new(move |args| say(args).then(|| bulk("17-4")));
-    assert!(
-        s.link
-            .say("lobby", ClientId(9), "<a> hi\r\n<a> yo", 50, 60_000)
-    );
+    assert!(s.link.say(
+        "lobby",
+        ClientId(9),
+        "<a> hi\r\n<a> yo",
+        50,
+        60_000,
+        &mut s.inbound
+    ));
     s.until("the SAY", |s| s.redis.cmds.iter().any(|c| say(c)));
     let say = s.redis.cmds.iter().find(|c| say(c)).unwrap().clone();
     assert_eq!(
@@ -757,7 +761,10 @@ fn a_redis_that_stops_answering_once_up_is_a_lost_link() {
     let mut s = Stand::up(Duration::from_millis(300));
     s.link.subscribe("lobby", true);
     s.redis.mute = true;
-    assert!(s.link.say("lobby", ClientId(5), "<e> hi", 0, 1000));
+    assert!(
+        s.link
+            .say("lobby", ClientId(5), "<e> hi", 0, 1000, &mut s.inbound)
+    );
     s.until("down", |s| {
         s.inbound.iter().any(|e| matches!(e, Inbound::Down(_)))
     });
@@ -882,7 +889,10 @@ fn a_call_redis_lost_the_library_for_is_loaded_and_sent_once_more() {
     });
     let loads = |s: &Stand| s.redis.cmds.iter().filter(|c| c[0] == "FUNCTION").count();
     assert_eq!(loads(&s), 1, "loaded once, at the handshake");
-    assert!(s.link.say("lobby", ClientId(9), "<a> hi", 50, 60_000));
+    assert!(
+        s.link
+            .say("lobby", ClientId(9), "<a> hi", 50, 60_000, &mut s.inbound)
+    );
     s.until("sent again", |s| {
         s.redis.cmds.iter().filter(|c| say(c)).count() == 2
     });
@@ -905,9 +915,14 @@ fn a_call_redis_lost_the_library_for_is_loaded_and_sent_once_more() {
     assert_eq!(s.link.stats().refused, 1);
     // Redis has it now: the next line goes through, and nothing was left
     // kept for a resend.
-    assert!(s.link.say("lobby", ClientId(9), "<a> yo", 50, 60_000));
+    assert!(
+        s.link
+            .say("lobby", ClientId(9), "<a> yo", 50, 60_000, &mut s.inbound)
+    );
+    s.until("sent", |s| {
+        s.redis.cmds.iter().filter(|c| say(c)).count() == 3
+    });
     s.until("answered", |s| s.link.pending.is_empty());
-    assert_eq!(s.redis.cmds.iter().filter(|c| say(c)).count(), 3);
     assert!(
         !s.inbound
             .iter()
@@ -929,4 +944,174 @@ fn the_library_registers_every_script_under_names_of_its_own() {
     }
     // Only reads may run when Redis refuses writes.
     assert_eq!(lib.code.matches("no-writes").count(), 2);
+}
+
+/// Issue 21: the lines said in one room during a turn, by several local
+/// clients, are numbered by one SAY call, each line's sender with it; and
+/// nothing else the hub asks overtakes them.
+#[test]
+fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.link.subscribe("games", true);
+    s.until("subscribed", |s| {
+        s.link.confirmed.contains("lobby") && s.link.confirmed.contains("games")
+    });
+    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    let says = |s: &Stand| -> Vec<Vec<String>> {
+        s.redis.cmds.iter().filter(|c| say(c)).cloned().collect()
+    };
+    let op = |room: &str, from, lines: &str| ClusterOp::Say {
+        room: room.into(),
+        from: ClientId(from),
+        lines: lines.into(),
+        keep: 50,
+        ttl_ms: 60_000,
+    };
+    let mut inbound = Vec::new();
+    for (room, from, lines) in [
+        ("lobby", 9, "<a> one"),
+        ("lobby", 9, "<a> two"),
+        ("games", 9, "<a> elsewhere"),
+        ("lobby", 4, "<b> three\r\n<b> four"),
+        ("lobby", 9, "<a> five"),
+    ] {
+        s.link.apply(op(room, from, lines), &mut inbound);
+    }
+    assert!(
+        says(&s).is_empty() && inbound.is_empty(),
+        "held for the turn"
+    );
+    // Something else on the room's channel: the lines go first.
+    let notice = crate::msg::Msg::new("*** carol joined #lobby");
+    s.link.apply(
+        ClusterOp::Publish {
+            room: "lobby".into(),
+            msg: notice,
+        },
+        &mut inbound,
+    );
+    s.link
+        .apply(op("lobby", 7, "<c> after the notice"), &mut inbound);
+    s.step();
+    s.until("three SAYs", |s| says(s).len() == 3);
+    let sent = says(&s);
+    let tail = |c: &Vec<String>| c[3..].to_vec();
+    assert_eq!(
+        tail(&sent[0]),
+        [
+            "chatd:3:h:lobby",
+            "chatd:3:s:lobby",
+            "chatd:3:r:lobby",
+            "50",
+            "60000",
+            "me~1",
+            "9*2,4*2,9*1",
+            "<a> one",
+            "<a> two",
+            "<b> three",
+            "<b> four",
+            "<a> five"
+        ]
+    );
+    assert_eq!(tail(&sent[1])[6..], ["9", "<a> elsewhere"]);
+    assert_eq!(tail(&sent[2])[6..], ["7", "<c> after the notice"]);
+    let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
+    let publish = at(&|c| c[0] == "PUBLISH" && c[1] == "chatd:3:r:lobby");
+    assert!(at(&|c| *c == sent[1]) < publish, "the turn's lines first");
+    assert!(publish < at(&|c| *c == sent[2]), "then what followed it");
+    assert!(inbound.is_empty(), "{inbound:?}");
+}
+
+/// A batch holds at most COALESCE bytes of lines (what a receiver takes in
+/// one publication); more in one turn goes in more calls, in order.
+#[test]
+fn a_batch_past_its_bound_goes_out_in_several_calls() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    let line = format!("<a> {}", "x".repeat(96));
+    let mut inbound = Vec::new();
+    for i in 0..400 {
+        s.link
+            .say("lobby", ClientId(i % 3), &line, 50, 60_000, &mut inbound);
+    }
+    s.step();
+    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    s.until("sent", |s| {
+        s.redis
+            .cmds
+            .iter()
+            .filter(|c| say(c))
+            .map(|c| c.len() - 10)
+            .sum::<usize>()
+            == 400
+    });
+    let sent: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| say(c)).collect();
+    assert!(sent.len() >= 3, "{}", sent.len());
+    for c in &sent {
+        let bytes: usize = c[10..].iter().map(|l| l.len() + 2).sum();
+        assert!(bytes <= wire::COALESCE + 2, "{bytes}");
+        let runs = wire::parse_senders(&c[9], (c.len() - 10) as u64);
+        assert!(runs.is_some(), "{}", c[9]);
+    }
+}
+
+/// Our own batch of several senders, from SAY's reply (the room just
+/// subscribed) and again on the subscription: delivered once, each run
+/// with its sender and ids.
+#[test]
+fn our_batch_of_several_senders_is_delivered_once_split_by_sender() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    s.redis.answer = Box::new(move |args| say(args).then(|| bulk("17-4")));
+    // Not subscribed yet: delivered from the reply.
+    let mut inbound = Vec::new();
+    s.link
+        .say("lobby", ClientId(9), "<a> one", 50, 1000, &mut inbound);
+    s.link.say(
+        "lobby",
+        ClientId(4),
+        "<b> two\r\n<b> three",
+        50,
+        1000,
+        &mut inbound,
+    );
+    s.until("delivered", |s| {
+        s.inbound
+            .iter()
+            .any(|e| matches!(e, Inbound::Numbered { .. }))
+    });
+    let payload = wire::batch_payload(
+        "me~1",
+        Id { epoch: 17, n: 4 },
+        &[(ClientId(9), 1), (ClientId(4), 2)],
+        "<a> one\r\n<b> two\r\n<b> three",
+    );
+    assert_eq!(payload, "me~1 =17-4:9*1,4*2\n<a> one\n<b> two\n<b> three");
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s.redis.publish("chatd:3:r:lobby", &payload);
+    s.until("received", |s| s.link.stats().received == 1);
+    let got: Vec<&Inbound> = s
+        .inbound
+        .iter()
+        .filter(|e| matches!(e, Inbound::Numbered { .. } | Inbound::Said { .. }))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let Inbound::Numbered {
+        first, runs, text, ..
+    } = got[0]
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        events::split_runs(*first, runs, text),
+        [
+            (Id { epoch: 17, n: 4 }, ClientId(9), "<a> one".to_string()),
+            (
+                Id { epoch: 17, n: 5 },
+                ClientId(4),
+                "<b> two\r\n<b> three".to_string()
+            ),
+        ]
+    );
 }
