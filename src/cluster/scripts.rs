@@ -26,10 +26,11 @@ pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
 /// Redis numbers and keeps room lines (docs/cluster.md, "Room history"):
 /// KEYS meta hash (e: epoch, n: last N, r: the replication id the epoch
 /// was numbered under), stream, channel; ARGV maxlen (0: keep none), ttl
-/// ms, node, sender, lines. Every line gets the id EPOCH-N (EPOCH: the ms
-/// when Redis began this room's history), goes into the stream under that
-/// id, and the batch is published with the first id and the sender (`NODE
-/// =EPOCH-N:SENDER\nLINE\nLINE...`), so every instance, the sender's too,
+/// ms, node, senders (who said which lines, [`super::wire::senders`]),
+/// lines. Every line gets the id EPOCH-N (EPOCH: the ms when Redis began
+/// this room's history), goes into the stream under that id, and the batch
+/// is published with the first id and the senders (`NODE
+/// =EPOCH-N:SENDERS\nLINE\nLINE...`), so every instance, the senders' too,
 /// delivers it as it comes back: one order for all. Returns the first id.
 ///
 /// The room begins a new record (a new epoch from now, its stream emptied,

@@ -6,7 +6,7 @@
 //! every name, and clusters on different databases stay apart):
 //! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
 //!   or LF in it removed), `NODE\nLINE\nLINE...` (a sender's batch, each
-//!   line cleaned on its own), or `NODE =EPOCH-N:SENDER\nLINE...` (lines
+//!   line cleaned on its own), or `NODE =EPOCH-N:SENDERS\nLINE...` (lines
 //!   numbered by Redis, [`super::scripts::SAY`]); our own unnumbered lines
 //!   come back and are skipped by NODE, so nothing is delivered twice;
 //! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
