@@ -2101,6 +2101,15 @@ fn expect_tagged(
     tagged(&line).map(|(id, _)| id).unwrap_or_default()
 }
 
+/// Two instances, alice on the first and bob on the second, who sees her.
+fn alice_and_bob() -> (Cluster, Client, Client) {
+    let cl = Cluster::start(2);
+    let alice = cl.named(0, "alice");
+    let mut bob = cl.named(1, "bob");
+    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
+    (cl, alice, bob)
+}
+
 fn epoch_of(id: &str) -> &str {
     id.split_once('-').map_or(id, |(e, _)| e)
 }
@@ -2212,11 +2221,8 @@ fn a_lossy_failover_starts_a_new_epoch_and_never_gives_an_id_twice() {
 #[test]
 #[ignore = "needs redis-server"]
 fn a_forged_future_id_does_not_silence_the_room() {
-    let cl = Cluster::start(2);
+    let (cl, mut alice, mut bob) = alice_and_bob();
     let port = cl.redis.port;
-    let mut alice = cl.named(0, "alice");
-    let mut bob = cl.named(1, "bob");
-    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
     alice.send("before");
     assert_eq!(next_said(&mut bob), "<alice> before");
     let epoch = room_epoch(port, "lobby");
@@ -2243,11 +2249,8 @@ fn a_forged_future_id_does_not_silence_the_room() {
 #[test]
 #[ignore = "needs redis-server"]
 fn lines_go_through_after_redis_forgets_the_functions() {
-    let cl = Cluster::start(2);
+    let (cl, mut alice, mut bob) = alice_and_bob();
     let port = cl.redis.port;
-    let mut alice = cl.named(0, "alice");
-    let mut bob = cl.named(1, "bob");
-    wait_who(&mut bob, TIMEOUT, "alice", |n| has_all(n, &["alice"]));
     alice.send("/ids on");
     alice.expect("ids on", |l| l.starts_with("*** ids on: #lobby at "));
     alice.send("one");

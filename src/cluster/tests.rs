@@ -545,6 +545,19 @@ impl Stand {
     }
 }
 
+/// Whether a command the fake Redis got is a SAY call.
+fn is_say(c: &[String]) -> bool {
+    c[0] == "FCALL" && c[1] == Func::Say.name()
+}
+
+/// A link up and subscribed to #lobby, confirmed.
+fn up_in_lobby() -> Stand {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s
+}
+
 #[test]
 fn the_link_is_up_after_its_handshake_and_not_before() {
     let mut s = Stand::new(Duration::from_secs(5));
@@ -871,10 +884,8 @@ fn what_other_instances_publish_arrives_cleaned_and_coalesced() {
 /// second refusal of the same call is told as any refusal.
 #[test]
 fn a_call_redis_lost_the_library_for_is_loaded_and_sent_once_more() {
-    let mut s = Stand::up(Duration::from_secs(5));
-    s.link.subscribe("lobby", true);
-    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
-    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    let mut s = up_in_lobby();
+    let say = is_say;
     // The first two SAYs find no function; the third one does.
     let mut calls = 0;
     s.redis.answer = Box::new(move |args| {
@@ -957,7 +968,7 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
     s.until("subscribed", |s| {
         s.link.confirmed.contains("lobby") && s.link.confirmed.contains("games")
     });
-    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    let say = is_say;
     let says = |s: &Stand| -> Vec<Vec<String>> {
         s.redis.cmds.iter().filter(|c| say(c)).cloned().collect()
     };
@@ -997,12 +1008,11 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
     s.until("three SAYs", |s| says(s).len() == 3);
     let sent = says(&s);
     let tail = |c: &Vec<String>| c[3..].to_vec();
+    let head = ["chatd:3:h:lobby", "chatd:3:s:lobby", "chatd:3:r:lobby"];
+    assert_eq!(tail(&sent[0])[..3], head);
     assert_eq!(
-        tail(&sent[0]),
+        tail(&sent[0])[3..],
         [
-            "chatd:3:h:lobby",
-            "chatd:3:s:lobby",
-            "chatd:3:r:lobby",
             "50",
             "60000",
             "me~1",
@@ -1035,7 +1045,7 @@ fn a_batch_past_its_bound_goes_out_in_several_calls() {
             .say("lobby", ClientId(i % 3), &line, 50, 60_000, &mut inbound);
     }
     s.step();
-    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    let say = is_say;
     s.until("sent", |s| {
         s.redis
             .cmds
@@ -1061,8 +1071,7 @@ fn a_batch_past_its_bound_goes_out_in_several_calls() {
 #[test]
 fn our_batch_of_several_senders_is_delivered_once_split_by_sender() {
     let mut s = Stand::up(Duration::from_secs(5));
-    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
-    s.redis.answer = Box::new(move |args| say(args).then(|| bulk("17-4")));
+    s.redis.answer = Box::new(|args| is_say(args).then(|| bulk("17-4")));
     // Not subscribed yet: delivered from the reply.
     let mut inbound = Vec::new();
     s.link
