@@ -43,7 +43,13 @@ one flood --ws run against the ws peer (CI); prints what ran and fails if
 either failed verification.
 
 Writes the markdown to OUT.md, or to stdout; progress goes to stderr.
-Environment: RUNS (default 3), SERVERS (default "chatd ws sio"),
+CHATD_BASE=PATH adds a server "base": that chatd binary (an older build,
+say), run exactly as chatd, alternating with the others run by run, so a
+change shows as "chatd ÷ chatd before" in the same run (single-instance
+cases too, when SERVERS or the default lists it).
+
+Environment: RUNS (default 3), SERVERS (default "chatd ws sio", plus
+"base" with CHATD_BASE),
 CASES (default: all single-instance cases; empty to skip), CLUSTER_CASES
 (default "clfanout clopen clopen500"; empty to skip), FLOOD_TIMEOUT (default 10 s).
 Needs node and npm, redis-server, haproxy, jq, python3. Loads both cores.
@@ -55,7 +61,12 @@ smoke=
 [[ ${1:-} == --smoke ]] && { smoke=1; shift; }
 out=${1:-}
 runs=${RUNS:-3}
-servers=${SERVERS:-chatd ws sio}
+base_bin=${CHATD_BASE:-}
+if [[ -n $base_bin ]]; then
+    [[ -x $base_bin ]] || { echo "bench-web.sh: CHATD_BASE=$base_bin is not an executable" >&2; exit 2; }
+    base_bin=$(cd "$(dirname "$base_bin")" && pwd)/$(basename "$base_bin")
+fi
+servers=${SERVERS:-chatd ${base_bin:+base }ws sio}
 cases=${CASES-fanout100 fanout100w fanout1000 open2000 open500 idle10000 slowbase slow}
 cluster_cases=${CLUSTER_CASES-clfanout clopen clopen500}
 flood_timeout=${FLOOD_TIMEOUT:-10}
@@ -108,12 +119,13 @@ start_one() {
     local server=$1 node_id=${2:-} f pid port
     f=$work/srv.$server.$RANDOM
     case $server in
-        chatd)
-            local extra=(-q)
+        chatd | base)
+            local bin=$tgt/chatd extra=(-q)
+            [[ $server == base ]] && bin=$base_bin
             # Cluster instances log (not -q): the link coming up is in stderr.
             [[ -n ${REDIS_URL:-} ]] && extra=(--redis "$REDIS_URL" --node-id "$node_id")
-            "$tgt/chatd" --host 127.0.0.1 --port 0 --http-port 0 --max-clients 20000 \
-                $(limit_exempt "$tgt/chatd") "${extra[@]}" </dev/null >"$f.out" 2>"$f.err" &
+            "$bin" --host 127.0.0.1 --port 0 --http-port 0 --max-clients 20000 \
+                $(limit_exempt "$bin") "${extra[@]}" </dev/null >"$f.out" 2>"$f.err" &
             pid=$!
             port=$(port_from_file "$f.out" "http on" "$pid") || true
             if [[ -n ${REDIS_URL:-} ]]; then
@@ -187,7 +199,7 @@ case_args() {
         slow) echo "-n 20 -s 5 -m 10000 -b 200 --slow 1" ;;
         # chatd's cluster gets 5 times the lines so that its run, too, lasts
         # long enough for /proc's 10 ms CPU ticks to measure Redis.
-        clfanout) echo "-n 100 -s 10 -m $([[ ${2:-} == chatd ]] && echo 10000 || echo 2000) -b 64" ;;
+        clfanout) echo "-n 100 -s 10 -m $([[ ${2:-} == chatd || ${2:-} == base ]] && echo 10000 || echo 2000) -b 64" ;;
         clopen) echo "-n 100 -s 10 -m 600 -b 64 --rate 2000" ;;
         clopen500) echo "-n 100 -s 10 -m 150 -b 64 --rate 500" ;;
         *) echo "bench-web.sh: unknown case $1" >&2; exit 2 ;;
@@ -300,7 +312,7 @@ if [[ -n $cluster_cases ]]; then
 fi
 for case in $cluster_cases; do
     for run in $(seq "$runs"); do
-        for server in chatd sio; do
+        for server in chatd base sio; do
             [[ " $servers " == *" $server "* ]] || continue
             f=$work/$server.$case.$run
             start_redis
@@ -346,6 +358,7 @@ for s in $servers; do [[ $s != chatd ]] && peers+=("$s"); done
 label() {
     case $1 in
         chatd) echo "chatd (web port)" ;;
+        base) echo "chatd before" ;;
         ws) echo "Node ws" ;;
         sio) echo "socket.io" ;;
     esac
@@ -389,12 +402,12 @@ row "" slow "server peak RSS (↓)" '.server.rss_peak_kib' mib
 row "" slow "slow reader cut off by server" '.slow_readers.closed_by_server' yesno noratio
 single_table=("${table[@]}")
 
-# The cluster table: chatd x2 against sio x2 only.
+# The cluster table: chatd x2 against sio x2 (and the base build) only.
 table=()
 servers_all=$servers cases_all=$cases
-servers=$(for s in chatd sio; do [[ " $servers_all " == *" $s "* ]] && echo -n "$s "; done)
+servers=$(for s in chatd base sio; do [[ " $servers_all " == *" $s "* ]] && echo -n "$s "; done)
 peers=()
-[[ " $servers " == *" sio "* ]] && peers=(sio)
+for s in base sio; do [[ " $servers " == *" $s "* ]] && peers+=("$s"); done
 cases=$cluster_cases
 header " ×2"
 row "fan-out N=100 S=10 64 B through HAProxy" clfanout "deliveries/s (↑)" '.deliveries_per_s' rate
@@ -422,8 +435,9 @@ row "" clopen500 "commands per Redis read (pipelining)" '.redis_publish / .redis
 cluster_table=("${table[@]}")
 spreads=$(cat "$work"/*.cl*.json 2>/dev/null | jq -rs '[.[] | .lb_sessions | map(tostring) | join("/")] | unique | join(", ")')
 servers=$servers_all cases=$cases_all
+# The targets are against the peers, never against chatd's own base build.
 peers=()
-for s in $servers; do [[ $s != chatd ]] && peers+=("$s"); done
+for s in $servers; do [[ $s != chatd && $s != base ]] && peers+=("$s"); done
 
 # ---- targets (issue 17), judged on this run -----------------------------------------
 targets=()

@@ -191,6 +191,13 @@ pub struct Config {
     #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..=MAX_QUEUE as i64))]
     pub cluster_queue: u32,
 
+    /// Cluster mode: the most users of other instances this one keeps track
+    /// of (for /who, /msg and name checks); past it, further ones are left
+    /// out, counted in /metrics and logged.
+    #[arg(long, value_name = "USERS", default_value_t = crate::hub::MAX_REMOTE as u32,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_remote_users: u32,
+
     /// Cluster mode: seconds Redis may take to answer the oldest command still
     /// waiting for a reply; past it the link counts as down and reconnects.
     #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=MAX_CLUSTER_TIMEOUT))]
@@ -531,6 +538,19 @@ mod tests {
         );
         assert!(parse(&["--max-rooms-per-user", "0"]).is_err());
         assert!(parse(&["--max-rooms-per-user", "10001"]).is_err());
+    }
+
+    #[test]
+    fn the_mirror_is_bounded_by_a_flag() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        assert_eq!(
+            parse(&[]).unwrap().max_remote_users as usize,
+            crate::hub::MAX_REMOTE
+        );
+        let c = parse(&["--max-remote-users", "16777216"]).unwrap();
+        assert_eq!(c.max_remote_users, 16_777_216);
+        assert!(parse(&["--max-remote-users", "0"]).is_err());
+        assert!(parse(&["--max-remote-users", "16777217"]).is_err());
     }
 
     #[test]

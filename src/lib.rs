@@ -55,7 +55,9 @@
 //! - [`cluster`]: the Redis link that makes several instances one chat:
 //!   `cluster/mod.rs` the link's state machine and verbs, `redis.rs` one
 //!   RESP connection, `wire.rs` every key, channel and payload (pure),
-//!   `scripts.rs` the Lua scripts and their contracts, `replies.rs` what
+//!   `scripts.rs` the Lua scripts (one library of Redis functions) and
+//!   their contracts, `batch.rs` room lines gathered per room over a turn
+//!   into one call, `replies.rs` what
 //!   each reply expects and how it is handled, `events.rs` what arrives as
 //!   data and its one mapping onto the hub, `rounds.rs` the timed work
 //!   (healing, heartbeat, renewals), `timing.rs` and `warn.rs` the

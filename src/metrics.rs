@@ -231,6 +231,12 @@ pub struct Cluster {
     pub malformed: u64,
     /// Times the link was dropped because Redis did not answer in time.
     pub timeouts: u64,
+    /// The other instances' users in this one's mirror (the hub's figure,
+    /// filled in by the reactor).
+    pub remote_users: u64,
+    /// Remote users left out of the mirror, which was full
+    /// (`--max-remote-users`).
+    pub remote_refused: u64,
 }
 
 /// Everything one scrape shows: the running totals plus what the reactor
@@ -434,6 +440,16 @@ pub fn encode(s: &Scrape) -> String {
             "Times the link was dropped because Redis did not answer within --cluster-timeout",
             ConstCounter::new(c.timeouts),
         );
+        cl.register(
+            "remote_users",
+            "Users of the other instances this one keeps track of",
+            gauge(c.remote_users),
+        );
+        cl.register(
+            "remote_refused",
+            "Users of other instances left out because the mirror was full (--max-remote-users)",
+            ConstCounter::new(c.remote_refused),
+        );
     }
     let mut out = String::with_capacity(4096);
     // Writing into a String cannot fail; an error would mean a bug in a
@@ -556,6 +572,8 @@ mod tests {
                 refused: 6,
                 malformed: 7,
                 timeouts: 8,
+                remote_users: 9,
+                remote_refused: 10,
             }),
         );
         for want in [
@@ -568,6 +586,8 @@ mod tests {
             "chatd_cluster_refused_total{node=\"n1\"} 6",
             "chatd_cluster_malformed_total{node=\"n1\"} 7",
             "chatd_cluster_timeouts_total{node=\"n1\"} 8",
+            "chatd_cluster_remote_users{node=\"n1\"} 9",
+            "chatd_cluster_remote_refused_total{node=\"n1\"} 10",
         ] {
             assert!(text.lines().any(|l| l == want), "{want} in\n{text}");
         }

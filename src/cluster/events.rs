@@ -8,7 +8,7 @@ use crate::history::{Id, Line};
 use crate::hub::{Asked, Claim, ClientId, Due, GUEST_BLOCK, Hub, Outbox, Presence, Refusal};
 use ipnet::IpNet;
 use log::info;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 /// What the link heard, for the reactor to hand to the hub. Every text in
@@ -24,6 +24,15 @@ pub enum Inbound {
         room: String,
         first: Id,
         from: Option<ClientId>,
+        text: String,
+    },
+    /// Our own room lines numbered by Redis in one batch, said by several
+    /// local clients: `runs` says who said how many, in order (see
+    /// [`super::wire::senders`]); to the hub as one `Said` per run.
+    Numbered {
+        room: String,
+        first: Id,
+        runs: Box<[(ClientId, u64)]>,
         text: String,
     },
     /// Redis refused local client `id`'s line (true), or the link failed
@@ -63,6 +72,25 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// Our own lines numbered from `first`, said as `runs` says: a `Said`
+    /// when one client said them all, `Numbered` otherwise.
+    pub fn numbered(room: String, first: Id, runs: Vec<(ClientId, u64)>, text: String) -> Inbound {
+        match runs[..] {
+            [(one, _)] => Inbound::Said {
+                room,
+                first,
+                from: Some(one),
+                text,
+            },
+            _ => Inbound::Numbered {
+                room,
+                first,
+                runs: runs.into(),
+                text,
+            },
+        }
+    }
+
     /// Tells the hub what the link heard.
     pub fn apply(self, hub: &mut Hub, out: &mut impl Outbox) {
         match self {
@@ -75,6 +103,16 @@ impl Inbound {
                 from,
                 text,
             } => hub.said(&room, first, from, &text, out),
+            Inbound::Numbered {
+                room,
+                first,
+                runs,
+                text,
+            } => {
+                for (at, from, run) in split_runs(first, &runs, &text) {
+                    hub.said(&room, at, Some(from), &run, out);
+                }
+            }
             Inbound::NotSaid(id, sure) => hub.not_said(id, sure, out),
             Inbound::History {
                 id,
@@ -107,15 +145,45 @@ impl Inbound {
     }
 }
 
-/// The last id delivered per subscribed room: a line that comes both as
-/// the reply to our SAY and on the subscription is delivered once.
+/// A batch's lines numbered from `first`, split by who said them: each
+/// run's first id, sender and lines (CRLF between).
+pub fn split_runs(first: Id, runs: &[(ClientId, u64)], text: &str) -> Vec<(Id, ClientId, String)> {
+    let mut lines = text.split("\r\n");
+    let mut n = first.n;
+    let mut out = Vec::with_capacity(runs.len());
+    for &(from, count) in runs {
+        let run: Vec<&str> = lines.by_ref().take(count as usize).collect();
+        out.push((
+            Id {
+                epoch: first.epoch,
+                n,
+            },
+            from,
+            run.join("\r\n"),
+        ));
+        n += count;
+    }
+    out
+}
+
+/// How many of our own numbered publications [`Delivered`] remembers per
+/// room: the copy that comes second (the SAY's reply and the subscription
+/// both carry them) comes within one round trip to Redis, in which this
+/// instance publishes to a room at most once per loop turn.
+pub const OWN_WINDOW: usize = 32;
+
+/// Our own numbered publications lately delivered, per subscribed room, by
+/// their first id and length: the only lines that can come twice (from our
+/// SAY's reply, and again on the subscription). Nothing else is compared:
+/// an id that jumps ahead or goes back (a forged one, a failover, a new
+/// epoch) is delivered like any other, and never keeps a later line out.
 #[derive(Debug, Default)]
-pub struct Delivered(HashMap<String, Id>);
+pub struct Delivered(HashMap<String, VecDeque<(Id, u64)>>);
 
 impl Delivered {
-    /// Numbered lines, for the hub once: not again if they came already
-    /// (from our SAY's reply or the subscription, whichever was first), and
-    /// not if they are older than what was delivered.
+    /// Numbered lines, for the hub once: not again if they are ours and
+    /// came already (from our SAY's reply or the subscription, whichever
+    /// was first). `from` is Some for ours.
     pub fn said(
         &mut self,
         room: String,
@@ -124,23 +192,30 @@ impl Delivered {
         text: String,
     ) -> Option<Inbound> {
         let count = text.split("\r\n").count() as u64;
-        let last = Id {
-            epoch: first.epoch,
-            n: first.n + count.saturating_sub(1),
-        };
-        if let Some(done) = self.0.get(&room)
-            && done.epoch == first.epoch
-            && done.n >= last.n
-        {
-            return None;
+        self.fresh(&room, first, count, from.is_some())
+            .then_some(Inbound::Said {
+                room,
+                first,
+                from,
+                text,
+            })
+    }
+
+    /// Whether `count` numbered lines from `first` in `room` are to be
+    /// delivered: not if they are ours (`own`) and came already.
+    pub fn fresh(&mut self, room: &str, first: Id, count: u64, own: bool) -> bool {
+        if !own {
+            return true;
         }
-        self.0.insert(room.clone(), last);
-        Some(Inbound::Said {
-            room,
-            first,
-            from,
-            text,
-        })
+        let seen = self.0.entry(room.to_string()).or_default();
+        if seen.contains(&(first, count)) {
+            return false;
+        }
+        if seen.len() >= OWN_WINDOW {
+            seen.pop_front();
+        }
+        seen.push_back((first, count));
+        true
     }
 
     /// Not subscribed to `room` any more.

@@ -10,7 +10,8 @@
 //!   bounded by `MAX_REPLY`, command encoding);
 //! - [`wire`]: every channel and key name, every payload encoded, decoded
 //!   and checked like a client's line (pure);
-//! - [`scripts`]: the Lua scripts Redis runs for us, with their contracts;
+//! - [`scripts`]: the Lua scripts Redis runs for us, with their contracts,
+//!   as one library of Redis functions;
 //! - [`replies`]: what each awaited reply means and what a command may cost
 //!   the queue toward Redis;
 //! - [`events`]: what arrives, as data, and its one mapping onto the hub;
@@ -23,6 +24,7 @@
 //! What arrives that does not pass [`wire`]'s checks is logged
 //! (rate-limited), counted and dropped.
 
+mod batch;
 mod events;
 mod redis;
 mod replies;
@@ -48,6 +50,7 @@ pub use redis::RedisUrl;
 use redis::{Redis, command, frame_bytes};
 use redis_protocol::resp2::types::OwnedFrame;
 use replies::{Expect, Kind, PENDING_OVERHEAD};
+use scripts::Func;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -122,6 +125,15 @@ pub struct Link {
     /// Commands on `cmd` awaiting their reply, in order, with when each was
     /// queued: the oldest one's age is the link's liveness.
     pending: VecDeque<(Instant, Expect)>,
+    /// The FCALLs among `pending`, by their place in the sequence of
+    /// commands sent on this connection (`sent`, `answered`), with their
+    /// bytes: sent once more should Redis answer that it lost the library.
+    kept: VecDeque<(u64, Vec<u8>)>,
+    /// Commands sent and replies read on this connection.
+    sent: u64,
+    answered: u64,
+    /// The bytes in `kept`, counted in the queue's bound.
+    retained: usize,
     /// Rooms with local members: subscribed while up, re-subscribed after
     /// a reconnect.
     rooms: BTreeSet<String>,
@@ -154,12 +166,12 @@ pub struct Link {
     scratch: Vec<u8>,
     /// Rooms whose SUBSCRIBE Redis has confirmed on this connection.
     confirmed: BTreeSet<String>,
-    /// The last id delivered per subscribed room: a line that comes both
-    /// as the reply to our SAY and on the subscription is delivered once.
+    /// Room lines gathered this turn, a batch per room (see [`batch`]).
+    batches: Vec<batch::Batch>,
+    /// Our own numbered lines lately delivered per subscribed room: a line
+    /// that comes both as the reply to our SAY and on the subscription is
+    /// delivered once (and no other line is ever held back by its id).
     delivered: Delivered,
-    /// SHA1s of `scripts::LOADED` as loaded on this connection; until
-    /// known (or after Redis forgot them), the scripts are sent whole.
-    shas: scripts::Loaded,
 }
 
 impl Link {
@@ -201,9 +213,13 @@ impl Link {
             grace: HashMap::new(),
             carry: false,
             scratch: vec![0; 64 * 1024],
-            shas: scripts::Loaded::default(),
+            kept: VecDeque::new(),
+            sent: 0,
+            answered: 0,
+            retained: 0,
             confirmed: BTreeSet::new(),
             delivered: Delivered::default(),
+            batches: Vec::new(),
         }
     }
 
@@ -251,7 +267,7 @@ impl Link {
         debug!("cluster: connecting to Redis at {}", self.url.addr);
         self.cmd = Some(cmd);
         self.sub = Some(sub);
-        self.pending.clear();
+        self.forget_pending();
         let db = self.url.db.to_string();
         let auth = self.url.auth_args();
         self.state = State::Connecting {
@@ -272,18 +288,13 @@ impl Link {
             Expect::Check("SELECT"),
             Kind::Force,
         );
-        // Room lines and history reads run a script each: loaded once per
-        // connection, then called by its SHA1 (a few bytes, not the script).
-        for (i, script) in scripts::LOADED.into_iter().enumerate() {
-            self.send_cmd(
-                &[b"SCRIPT", b"LOAD", script.as_bytes()],
-                Expect::Script(i),
-                Kind::Force,
-            );
-        }
+        // Every script is a function of one library: loaded once per
+        // connection, then called by name (a few bytes, not the script).
+        self.load_library();
         self.send_cmd(&[b"PING"], Expect::Pong, Kind::Force);
         let mut channels = vec![
             self.keys().presence(),
+            self.keys().presence_to(&self.wire.node),
             self.keys().bans_channel(),
             self.keys().node(&self.wire.node),
         ];
@@ -312,18 +323,20 @@ impl Link {
         self.backoff = (self.backoff * 2).min(self.timing.backoff_max());
         // Lines sent but not confirmed: Redis may or may not have run them
         // (a frozen Redis can still read what was sent before the close).
+        self.drop_batches(inbound);
         let mut unsure: Vec<ClientId> = self
             .pending
             .iter()
             .filter_map(|(_, e)| match e {
-                Expect::Say(id, ..) => Some(*id),
+                Expect::Say(sent) => Some(sent.runs.iter().map(|r| r.0)),
                 _ => None,
             })
+            .flatten()
             .collect();
         unsure.sort_unstable();
         unsure.dedup();
         inbound.extend(unsure.into_iter().map(|id| Inbound::NotSaid(id, false)));
-        self.pending.clear();
+        self.forget_pending();
         self.confirmed.clear();
         self.delivered.clear();
         self.missing.clear();
@@ -341,11 +354,46 @@ impl Link {
     /// Queues a command on `cmd` if the queue has room (bytes and replies
     /// awaited); what happens otherwise depends on `kind`.
     fn send_cmd(&mut self, args: &[&[u8]], expect: Expect, kind: Kind) -> bool {
+        self.queue(args, expect, kind, false)
+    }
+
+    /// `FCALL` of `f` with `keys` and `args`, queued as [`Link::send_cmd`]
+    /// does; the command is kept until answered, to be sent once more if
+    /// Redis lost the library meanwhile (see `on_reply`).
+    fn fcall(
+        &mut self,
+        f: Func,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        expect: Expect,
+        kind: Kind,
+    ) -> bool {
+        let nkeys = keys.len().to_string();
+        let mut all: Vec<&[u8]> = vec![b"FCALL", f.name().as_bytes(), nkeys.as_bytes()];
+        all.extend_from_slice(keys);
+        all.extend_from_slice(args);
+        self.queue(&all, expect, kind, true)
+    }
+
+    /// The library of every script, loaded (again) on `cmd`; what it
+    /// replaces is the same code. Called before anything that needs it is
+    /// sent: Redis runs a connection's commands in order.
+    fn load_library(&mut self) {
+        let code = scripts::LIBRARY.code.as_bytes();
+        self.send_cmd(
+            &[b"FUNCTION", b"LOAD", b"REPLACE", code],
+            Expect::Library,
+            Kind::Force,
+        );
+    }
+
+    fn queue(&mut self, args: &[&[u8]], expect: Expect, kind: Kind, retain: bool) -> bool {
         let Some(cmd) = self.cmd.as_mut() else {
             return false;
         };
-        // Each command waiting for its reply also holds a slot in `pending`.
-        let queued = cmd.wbuf.len() + self.pending.len() * PENDING_OVERHEAD;
+        // Each command waiting for its reply also holds a slot in `pending`,
+        // and one kept to be sent again holds its bytes.
+        let queued = cmd.wbuf.len() + self.pending.len() * PENDING_OVERHEAD + self.retained;
         let full = queued > self.max_queue || self.pending.len() >= self.max_pending;
         if full && matches!(kind, Kind::Publish | Kind::Claim) {
             let (bytes, replies) = (queued, self.pending.len());
@@ -358,9 +406,44 @@ impl Link {
             }
             return false;
         }
-        command(&mut cmd.wbuf, args);
+        if retain {
+            let mut bytes = Vec::new();
+            command(&mut bytes, args);
+            cmd.wbuf.extend_from_slice(&bytes);
+            self.retained += bytes.len();
+            self.kept.push_back((self.sent, bytes));
+        } else {
+            command(&mut cmd.wbuf, args);
+        }
+        self.sent += 1;
         self.pending.push_back((Instant::now(), expect));
         true
+    }
+
+    /// A new connection, or none: nothing is awaited any more.
+    fn forget_pending(&mut self) {
+        self.pending.clear();
+        self.kept.clear();
+        (self.sent, self.answered, self.retained) = (0, 0, 0);
+    }
+
+    /// A command Redis refused for want of the library, sent once more
+    /// after the library (loaded again unless a load is on its way, which
+    /// Redis runs first): not kept a second time, so a library Redis will
+    /// not load costs one retry per call, and its refusal is told.
+    fn resend(&mut self, bytes: Vec<u8>, expect: Expect) {
+        if !self
+            .pending
+            .iter()
+            .any(|(_, e)| matches!(e, Expect::Library))
+        {
+            info!(target: LOG, "cluster: Redis lost chatd's functions (FUNCTION FLUSH?); loading them again");
+            self.load_library();
+        }
+        let Some(cmd) = self.cmd.as_mut() else { return };
+        cmd.wbuf.extend_from_slice(&bytes);
+        self.sent += 1;
+        self.pending.push_back((Instant::now(), expect));
     }
 
     /// Publishes unless the link is down (local delivery has happened
@@ -398,7 +481,7 @@ impl Link {
 
     /// Hands numbered lines to the hub once: not again if they came
     /// already (from our SAY's reply or the subscription, whichever was
-    /// first), and not if they are older than what was delivered.
+    /// first). Other lines are delivered whatever their id.
     fn deliver(
         &mut self,
         room: String,
@@ -410,29 +493,19 @@ impl Link {
         inbound.extend(self.delivered.said(room, first, from, text));
     }
 
-    /// After SCRIPT FLUSH, Redis answers NOSCRIPT.
-    fn forgot(&mut self, err: &str) {
-        self.shas.forgot(err);
-    }
-
-    /// Room lines (CRLF between) from local client `from`, to be numbered
-    /// and kept by Redis and delivered when they come back (see `scripts::SAY`).
-    /// False when the link is not up or the queue toward Redis is full.
-    fn say(&mut self, room: &str, from: ClientId, lines: &str, keep: usize, ttl_ms: u64) -> bool {
-        if !self.state.is_up() {
-            return false;
+    /// The same for our own lines of several senders (`runs`).
+    fn deliver_runs(
+        &mut self,
+        room: String,
+        first: Id,
+        runs: Box<[(ClientId, u64)]>,
+        text: String,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        let count = runs.iter().map(|r| r.1).sum();
+        if self.delivered.fresh(&room, first, count, true) {
+            inbound.push(Inbound::numbered(room, first, runs.into(), text));
         }
-        let head = scripts::say_args(self.keys(), room, keep, ttl_ms, &self.wire.node, from);
-        let (verb, script) = self.shas.call(scripts::SAY_I);
-        let mut args: Vec<&[u8]> = vec![verb, &script, b"3"];
-        args.extend(head.iter().map(|a| a.as_bytes()));
-        args.extend(lines.split("\r\n").map(str::as_bytes));
-        let expect = Expect::Say(from, room.to_string(), lines.to_string());
-        let ok = self.send_cmd(&args, expect, Kind::Publish);
-        if ok {
-            self.stats.published += 1;
-        }
-        ok
     }
 
     /// Asks Redis for a room's history for local client `id`: the lines
@@ -449,11 +522,10 @@ impl Link {
         if !self.state.is_up() {
             return false;
         }
-        let tail = scripts::read_args(self.keys(), room, after, count, self.wire.max_text);
-        let (verb, script) = self.shas.call(scripts::READ_I);
-        let mut args: Vec<&[u8]> = vec![verb, &script, b"2"];
-        args.extend(tail.iter().map(|a| a.as_bytes()));
-        self.send_cmd(&args, Expect::Read(id, room.to_string(), asked), Kind::Book)
+        let all = scripts::read_args(self.keys(), room, after, count, self.wire.max_text);
+        let all: Vec<&[u8]> = all.iter().map(|a| a.as_bytes()).collect();
+        let expect = Expect::Read(id, room.to_string(), asked);
+        self.fcall(Func::Read, &all[..2], &all[2..], expect, Kind::Book)
     }
 
     /// A local line, or a batch of them (CRLF between), for the room on the
@@ -464,8 +536,11 @@ impl Link {
         self.publish(&channel, payload.as_bytes());
     }
 
-    fn presence(&mut self, event: &Presence) {
-        let channel = self.keys().presence();
+    fn presence(&mut self, to: Option<&str>, event: &Presence) {
+        let channel = match to {
+            None => self.keys().presence(),
+            Some(node) => self.keys().presence_to(node),
+        };
         self.publish(&channel, wire::encode_presence(event).as_bytes());
     }
 
@@ -537,14 +612,10 @@ impl Link {
         let (net, line) = (ban.net.to_string(), ban.to_line());
         let until = ban.until.map_or("permanent".to_string(), |t| t.to_string());
         let now = now.to_string();
-        let (verb, script) = self.shas.call(scripts::REASSERT_I);
-        self.send_cmd(
+        self.fcall(
+            Func::Reassert,
+            &[key.as_bytes(), unbans.as_bytes()],
             &[
-                verb,
-                &script,
-                b"2",
-                key.as_bytes(),
-                unbans.as_bytes(),
                 net.as_bytes(),
                 line.as_bytes(),
                 until.as_bytes(),
@@ -558,29 +629,23 @@ impl Link {
     /// Gives `name` back, if the key still holds our claim on it.
     fn release(&mut self, name: &str, id: ClientId, since: u64) {
         let value = claim_value(since, &self.wire.node, id);
-        self.release_with(scripts::RELEASE, name, &value, "EVAL (release a name)");
+        self.release_with(Func::Release, name, &value, "FCALL (release a name)");
     }
 
     /// Gives back `name` of user `id` on `node`, declared lost, if the key
     /// still holds that user's claim (whenever it was made).
     fn release_lost(&mut self, node: &str, id: u64, name: &str) {
         let tail = wire::claim_tail(node, id);
-        let what = "EVAL (release a lost instance's name)";
-        self.release_with(scripts::RELEASE_LOST, name, &tail, what);
+        let what = "FCALL (release a lost instance's name)";
+        self.release_with(Func::ReleaseLost, name, &tail, what);
     }
 
     /// A compare-and-delete `script` of `name`'s key, against `claim`.
-    fn release_with(&mut self, script: &str, name: &str, claim: &str, what: &'static str) {
+    fn release_with(&mut self, f: Func, name: &str, claim: &str, what: &'static str) {
         if self.state.is_up() {
             let key = Keys::name(name);
-            let args: [&[u8]; 5] = [
-                b"EVAL",
-                script.as_bytes(),
-                b"1",
-                key.as_bytes(),
-                claim.as_bytes(),
-            ];
-            self.send_cmd(&args, Expect::Ignore(what), Kind::Book);
+            let (keys, args) = ([key.as_bytes()], [claim.as_bytes()]);
+            self.fcall(f, &keys, &args, Expect::Ignore(what), Kind::Book);
         }
     }
 
@@ -589,22 +654,14 @@ impl Link {
     fn renew(&mut self, id: ClientId, name: &str, mine: String, beat: &str, heal: bool) -> bool {
         let key = Keys::name(name);
         let ms = self.timing.name_ms();
-        let args: [&[u8]; 7] = [
-            b"EVAL",
-            scripts::RENEW.as_bytes(),
-            b"1",
-            key.as_bytes(),
-            mine.as_bytes(),
-            ms.as_bytes(),
-            beat.as_bytes(),
-        ];
+        let args: [&[u8]; 3] = [mine.as_bytes(), ms.as_bytes(), beat.as_bytes()];
         let expect = Expect::Renew {
             id,
             name: name.to_string(),
             mine: mine.clone(),
             heal,
         };
-        self.send_cmd(&args, expect, Kind::Book)
+        self.fcall(Func::Renew, &[key.as_bytes()], &args, expect, Kind::Book)
     }
 
     // ---- From the loop ----
@@ -683,12 +740,10 @@ impl Link {
             self.wire.max_text.to_string(),
         );
         let budget = scripts::BUDGET.to_string();
-        self.send_cmd(
+        self.fcall(
+            Func::Bans,
+            &[key.as_bytes()],
             &[
-                b"EVAL",
-                scripts::BANS.as_bytes(),
-                b"1",
-                key.as_bytes(),
                 cursor.as_bytes(),
                 page.as_bytes(),
                 longest.as_bytes(),
@@ -703,6 +758,21 @@ impl Link {
     /// and that entry alone decides what is done with it.
     fn on_reply(&mut self, frame: OwnedFrame, inbound: &mut Vec<Inbound>) -> Result<(), String> {
         let (_, expect) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+        let this = self.answered;
+        self.answered += 1;
+        if self.kept.front().is_some_and(|(n, _)| *n == this)
+            && let Some((_, bytes)) = self.kept.pop_front()
+        {
+            self.retained -= bytes.len();
+            if let OwnedFrame::Error(e) = &frame
+                && scripts::not_loaded(e)
+            {
+                // Redis lost the library (FUNCTION FLUSH): load it again
+                // and send this once more, rather than refuse a line.
+                self.resend(bytes, expect);
+                return Ok(());
+            }
+        }
         match expect {
             Expect::Check(what) => return self.must_be_ok(what, &frame),
             Expect::Info => return self.info_reply(&frame),
@@ -732,18 +802,13 @@ impl Link {
             Expect::Guests => self.guests_reply(frame, inbound),
             Expect::Alive(node) => self.node_checked(node, true, frame, inbound),
             Expect::Back(node) => self.node_checked(node, false, frame, inbound),
-            Expect::Script(i) => match frame {
-                OwnedFrame::BulkString(sha) => self.shas.set(i, String::from_utf8(sha).ok()),
-                OwnedFrame::Error(e) => self.refused("SCRIPT LOAD", &e),
-                _ => {}
-            },
-            Expect::Say(id, room, text) => self.said_reply(id, room, text, frame, inbound),
+            Expect::Library => return self.library_loaded(&frame),
+            Expect::Say(sent) => self.said_reply(*sent, frame, inbound),
             Expect::Read(id, room, asked) => {
                 let omitted = wire::left_out(&frame);
                 let answer = match frame {
                     OwnedFrame::Error(e) => {
-                        self.forgot(&e);
-                        self.refused("EVAL (read a room's history)", &e);
+                        self.refused("FCALL (read a room's history)", &e);
                         None
                     }
                     f => self.wire.read_answer(f),
@@ -760,10 +825,7 @@ impl Link {
                 });
             }
             Expect::Reassert(net) => match frame {
-                OwnedFrame::Error(e) => {
-                    self.forgot(&e);
-                    self.refused("EVAL (re-assert a ban)", &e);
-                }
+                OwnedFrame::Error(e) => self.refused("FCALL (re-assert a ban)", &e),
                 f if frame_bytes(&f) == Some(b"lifted") => {
                     info!(
                         target: LOG,
@@ -774,7 +836,7 @@ impl Link {
                 _ => {}
             },
             Expect::Bans(taken) => match frame {
-                OwnedFrame::Error(e) => self.refused("EVAL (a page of the bans)", &e),
+                OwnedFrame::Error(e) => self.refused("FCALL (a page of the bans)", &e),
                 f => self.bans_read(&f, taken, inbound),
             },
             Expect::Ignore(what) => {
@@ -816,16 +878,11 @@ impl Link {
             return;
         }
         let (key, unbans) = (self.keys().bans(), self.keys().unbans());
-        self.send_cmd(
-            &[
-                b"EVAL",
-                scripts::UNBAN.as_bytes(),
-                b"2",
-                key.as_bytes(),
-                unbans.as_bytes(),
-                net.to_string().as_bytes(),
-            ],
-            Expect::Ignore("EVAL (lift a ban)"),
+        self.fcall(
+            Func::Unban,
+            &[key.as_bytes(), unbans.as_bytes()],
+            &[net.to_string().as_bytes()],
+            Expect::Ignore("FCALL (lift a ban)"),
             Kind::Book,
         );
         let channel = self.keys().bans_channel();
@@ -898,6 +955,12 @@ impl Link {
                 from,
                 text,
             })) => self.deliver(room, first, from, text, inbound),
+            Ok(Some(Inbound::Numbered {
+                room,
+                first,
+                runs,
+                text,
+            })) => self.deliver_runs(room, first, runs, text, inbound),
             Ok(Some(event)) => inbound.push(event),
             Ok(None) => {}
             Err(why) => self.malformed(channel, why),
@@ -917,6 +980,10 @@ impl Link {
     /// One operation from the hub (see [`ClusterOp`]). What cannot be
     /// taken now is refused back as an event, in the same turn.
     pub fn apply(&mut self, op: ClusterOp, inbound: &mut Vec<Inbound>) {
+        // Whatever else the hub asks goes after the lines it said before.
+        if !matches!(op, ClusterOp::Say { .. }) {
+            self.send_batches(inbound);
+        }
         match op {
             ClusterOp::Publish { room, msg } => self.publish_room(&room, msg.text()),
             ClusterOp::Say {
@@ -926,7 +993,7 @@ impl Link {
                 keep,
                 ttl_ms,
             } => {
-                if !self.say(&room, from, &lines, keep, ttl_ms) {
+                if !self.say(&room, from, &lines, keep, ttl_ms, inbound) {
                     inbound.push(Inbound::Refused(Refusal::Say(from)));
                 }
             }
@@ -943,7 +1010,8 @@ impl Link {
             }
             ClusterOp::Ban(ban) => self.ban(&ban),
             ClusterOp::Unban(net) => self.unban(&net),
-            ClusterOp::Presence(event) => self.presence(&event),
+            ClusterOp::Presence(event) => self.presence(None, &event),
+            ClusterOp::PresenceTo { node, event } => self.presence(Some(&node), &event),
             ClusterOp::Private {
                 node,
                 to,
@@ -967,6 +1035,7 @@ impl Link {
     /// first: a user who just joined a room announces it on `cmd`, and the
     /// SUBSCRIBE for the room's lines should reach Redis no later.
     pub fn flush(&mut self, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        self.send_batches(inbound);
         for token in [SUB, CMD] {
             let conn = if token == CMD {
                 self.cmd.as_mut()

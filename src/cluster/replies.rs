@@ -39,11 +39,12 @@ pub enum Expect {
     Guests,
     Alive(Rc<str>),
     Back(Rc<str>),
-    /// Local client `id`'s lines for `room` (CRLF between).
-    Say(ClientId, String, String),
+    /// A batch of local clients' lines (boxed: the queue's every entry is
+    /// as large as its largest kind).
+    Say(Box<Sent>),
     Read(ClientId, String, Asked),
-    /// The SHA1 of a script in [`super::scripts::LOADED`], by index.
-    Script(usize),
+    /// `FUNCTION LOAD` of [`super::scripts::LIBRARY`].
+    Library,
     /// A ban held here, re-asserted at link-up: was it lifted meanwhile?
     Reassert(ipnet::IpNet),
     /// A page of the bans hash ([`super::scripts::BANS`]), with how many
@@ -52,6 +53,15 @@ pub enum Expect {
     /// `INFO cluster`, first thing on a new connection: a Redis Cluster
     /// node is refused.
     Info,
+}
+
+/// A batch of lines SAY was sent: `text` (CRLF between) for `room`, and
+/// who said how many, in order.
+#[derive(Debug)]
+pub struct Sent {
+    pub runs: Box<[(ClientId, u64)]>,
+    pub room: String,
+    pub text: String,
 }
 
 /// What a command costs --cluster-queue beyond its RESP bytes: its entry
@@ -87,6 +97,27 @@ impl Link {
             return Err(format!("Redis refused {what}: {}", e.escape_debug()));
         }
         Ok(())
+    }
+
+    /// `FUNCTION LOAD`: a Redis that does not know functions (before 7.0)
+    /// cannot number room lines, so the link does not come up there and
+    /// says why; any other refusal (an ACL without `function|load`) is
+    /// told and the link goes on (another instance may have loaded it).
+    pub(super) fn library_loaded(&mut self, frame: &OwnedFrame) -> Result<(), String> {
+        match frame {
+            OwnedFrame::Error(e) if e.to_ascii_lowercase().contains("unknown command") => {
+                self.stats.refused += 1;
+                Err(format!(
+                    "Redis refused FUNCTION LOAD: {}: chatd needs Redis 7.0 or later",
+                    e.escape_debug()
+                ))
+            }
+            OwnedFrame::Error(e) => {
+                self.refused("FUNCTION LOAD", e);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `INFO cluster`: on a Redis Cluster node a room's keys hash to
@@ -134,7 +165,7 @@ impl Link {
                     inbound.push(Inbound::NameLost(id, name));
                 }
             }
-            OwnedFrame::Error(e) => self.refused("EVAL (renew a name)", &e),
+            OwnedFrame::Error(e) => self.refused("FCALL (renew a name)", &e),
             _ => {}
         }
         if heal {
@@ -161,7 +192,7 @@ impl Link {
             OwnedFrame::Error(e) => e,
             other => format!("unexpected reply {other:?}"),
         };
-        self.refused("EVAL (reserve guest numbers)", &text);
+        self.refused("FCALL (reserve guest numbers)", &text);
         // Asked again after a backoff, not at once in a loop.
         self.guests_retry = Some(Instant::now() + self.guests_backoff);
         self.guests_backoff = (self.guests_backoff * 2).min(self.timing.backoff_max());
@@ -186,18 +217,14 @@ impl Link {
     }
 
     /// The answer to our SAY: the first id of our lines, or a refusal.
-    pub(super) fn said_reply(
-        &mut self,
-        id: ClientId,
-        room: String,
-        text: String,
-        frame: OwnedFrame,
-        inbound: &mut Vec<Inbound>,
-    ) {
+    pub(super) fn said_reply(&mut self, sent: Sent, frame: OwnedFrame, inbound: &mut Vec<Inbound>) {
+        let Sent { runs, room, text } = sent;
         if let OwnedFrame::Error(e) = &frame {
-            self.forgot(e);
-            self.refused("EVAL (a room line)", e);
-            return inbound.push(Inbound::NotSaid(id, true));
+            self.refused("FCALL (a room line)", e);
+            let mut ids: Vec<ClientId> = runs.iter().map(|r| r.0).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            return inbound.extend(ids.into_iter().map(|id| Inbound::NotSaid(id, true)));
         }
         // Our own lines come back on the subscription, unless it is not in
         // place yet (the room is new here, and Redis may run the SUBSCRIBE
@@ -209,7 +236,7 @@ impl Link {
         if let Some(first) = first
             && !self.confirmed.contains(&room)
         {
-            self.deliver(room, first, Some(id), text, inbound);
+            self.deliver_runs(room, first, runs, text, inbound);
         }
     }
 

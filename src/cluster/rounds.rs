@@ -14,6 +14,8 @@ impl Link {
     /// guest numbers. What the hub must tell for that is asked as data
     /// (`Inbound::Due`), and the work done when it comes (`on_roster`).
     pub fn tick(&mut self, now: Instant, registry: &Registry, inbound: &mut Vec<Inbound>) {
+        // The turn's lines before the link's own work, in the turn's order.
+        self.send_batches(inbound);
         if let Some(why) = self.why_drop(now) {
             return self.fail(&why, registry, inbound);
         }
@@ -133,15 +135,10 @@ impl Link {
         };
         let used = used.to_string();
         let block = GUEST_BLOCK.to_string();
-        let asked = self.send_cmd(
-            &[
-                b"EVAL",
-                scripts::GUESTS.as_bytes(),
-                b"1",
-                Keys::GUESTS.as_bytes(),
-                used.as_bytes(),
-                block.as_bytes(),
-            ],
+        let asked = self.fcall(
+            Func::Guests,
+            &[Keys::GUESTS.as_bytes()],
+            &[used.as_bytes(), block.as_bytes()],
             Expect::Guests,
             Kind::Book,
         );

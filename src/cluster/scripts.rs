@@ -1,11 +1,19 @@
-//! The Lua scripts the link runs on Redis, each with its KEYS/ARGV contract
-//! next to it: one place to read what Redis does on the cluster's behalf.
-//! The payload SAY publishes is the one [`super::wire::said_payload`]
-//! builds and [`super::wire::Wire::decode`] reads back.
+//! The Lua code the link runs on Redis, each piece with its KEYS/ARGV
+//! contract next to it: one place to read what Redis does on the cluster's
+//! behalf. The payload SAY publishes is the one
+//! [`super::wire::said_payload`] builds and [`super::wire::Wire::decode`]
+//! reads back.
+//!
+//! They travel as one library of Redis functions ([`Library`]), loaded
+//! with `FUNCTION LOAD REPLACE` on every new connection and called with
+//! `FCALL` by name: a call is a few bytes, never the script. Functions are
+//! kept by Redis like data (persisted, and replicated to its replicas), so
+//! a promoted replica has them; after a `FUNCTION FLUSH` the link loads
+//! the library again and sends the refused call once more (see
+//! `Link::on_reply`). Redis 7.0 or later is needed.
 
 use super::wire::Keys;
 use crate::history::Id;
-use crate::hub::ClientId;
 
 /// Moves the shared guest counter past what this instance already handed
 /// out (a restarted Redis forgets it), then reserves a block.
@@ -16,27 +24,43 @@ pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
      return redis.call('incrby', KEYS[1], ARGV[2])";
 
 /// Redis numbers and keeps room lines (docs/cluster.md, "Room history"):
-/// KEYS meta hash (e: epoch, n: last N), stream, channel; ARGV maxlen (0:
-/// keep none), ttl ms, node, sender, lines. Every line gets the id
-/// EPOCH-N (EPOCH: the ms when Redis began this room's history), goes into
-/// the stream under that id, and the batch is published with the first id
-/// and the sender (`NODE =EPOCH-N:SENDER\nLINE\nLINE...`), so every
-/// instance, the sender's too, delivers it as it comes back: one order for
-/// all. Returns the first id.
+/// KEYS meta hash (e: epoch, n: last N, r: the replication id the epoch
+/// was numbered under), stream, channel; ARGV maxlen (0: keep none), ttl
+/// ms, node, senders (who said which lines, [`super::wire::senders`]),
+/// lines. Every line gets the id EPOCH-N (EPOCH: the ms when Redis began
+/// this room's history), goes into the stream under that id, and the batch
+/// is published with the first id and the senders (`NODE
+/// =EPOCH-N:SENDERS\nLINE\nLINE...`), so every instance, the senders' too,
+/// delivers it as it comes back: one order for all. Returns the first id.
 ///
-/// A stream whose last id is at or past the counter's (an entry written
-/// there by anyone who can reach Redis, or a counter Redis lost while the
-/// stream lived on) would refuse every XADD, and with it every line of the
-/// room until the stream expired, which nothing would renew: then the room
-/// begins a new record (a new epoch from now, its stream emptied, N from
-/// 1), as after a restarted Redis. Resuming clients are told the history
-/// since their id is gone; no id is given twice.
+/// The room begins a new record (a new epoch from now, its stream emptied,
+/// N from 1), as after a restarted Redis, so that no id is ever given to
+/// two lines; resuming clients are told the history since their id is
+/// gone:
+/// - when the Redis numbering it is not the one that numbered the epoch
+///   (`master_replid`, which a failover's promoted replica, a restart or a
+///   `REPLICAOF` changes): a replica may not have had the last lines, and
+///   its counter would give their ids again;
+/// - when the stream's last id is at or past the counter's (an entry
+///   written there by anyone who can reach Redis, or a counter Redis lost
+///   while the stream lived on): every XADD would be refused, and with it
+///   every line of the room until the stream expired, which nothing would
+///   renew.
 pub const SAY: &str = "local t = redis.call('time') \
      local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
+     local rid = string.match(redis.call('info', 'replication'), 'master_replid:(%w+)') or '' \
      local count = #ARGV - 4 \
-     local e = redis.call('hget', KEYS[1], 'e') \
-     if not e then e = ms redis.call('hset', KEYS[1], 'e', e) end \
-     local first = redis.call('hincrby', KEYS[1], 'n', count) - count + 1 \
+     local m = redis.call('hmget', KEYS[1], 'e', 'r') \
+     local e, first = m[1], 1 \
+     local function restart() \
+       redis.call('del', KEYS[2]) \
+       if e == ms then e = string.format('%.0f', tonumber(ms) + 1) else e = ms end \
+       first = 1 \
+       redis.call('hset', KEYS[1], 'e', e, 'n', count, 'r', rid) \
+     end \
+     if e and m[2] == rid then \
+       first = redis.call('hincrby', KEYS[1], 'n', count) - count + 1 \
+     else restart() end \
      local function keep(call) \
        for i = 5, #ARGV do \
          local r = call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
@@ -45,10 +69,7 @@ pub const SAY: &str = "local t = redis.call('time') \
        return true \
      end \
      if ARGV[1] ~= '0' and not keep(redis.pcall) then \
-       redis.call('del', KEYS[2]) \
-       if e == ms then e = string.format('%.0f', tonumber(ms) + 1) else e = ms end \
-       first = 1 \
-       redis.call('hset', KEYS[1], 'e', e, 'n', count) \
+       restart() \
        keep(redis.call) \
      end \
      redis.call('pexpire', KEYS[1], ARGV[2]) \
@@ -58,14 +79,14 @@ pub const SAY: &str = "local t = redis.call('time') \
 
 /// SAY's KEYS and its ARGV but the lines, which follow them one per
 /// argument: [meta, stream, channel, maxlen, ttl ms (at least 1), node,
-/// sender].
+/// senders ([`super::wire::senders`]: who said which lines)].
 pub fn say_args(
     keys: &Keys,
     room: &str,
     keep: usize,
     ttl_ms: u64,
     node: &str,
-    from: ClientId,
+    senders: &str,
 ) -> [String; 7] {
     let (meta, stream) = keys.history(room);
     [
@@ -75,7 +96,7 @@ pub fn say_args(
         keep.to_string(),
         ttl_ms.max(1).to_string(),
         node.to_string(),
-        from.0.to_string(),
+        senders.to_string(),
     ]
 }
 
@@ -153,45 +174,6 @@ pub const BANS: &str = "local page = redis.call('hscan', KEYS[1], ARGV[1], 'COUN
 /// How many entries of the bans hash are asked for in one page.
 pub const BANS_PAGE: usize = 100;
 
-/// The scripts loaded once per connection (SCRIPT LOAD) and then called
-/// by SHA1, by index: the ones sent often enough for their size to matter
-/// (REASSERT: once per ban held, up to MAX_BANS, at every link-up).
-pub const LOADED: [&str; 3] = [SAY, READ, REASSERT];
-/// Index of [`SAY`] in [`LOADED`].
-pub const SAY_I: usize = 0;
-/// Index of [`READ`] in [`LOADED`].
-pub const READ_I: usize = 1;
-/// Index of [`REASSERT`] in [`LOADED`].
-pub const REASSERT_I: usize = 2;
-
-/// SHA1s of [`LOADED`] as loaded on this connection; until known (or after
-/// Redis forgot them), the scripts are sent whole.
-#[derive(Debug, Default)]
-pub struct Loaded([Option<String>; LOADED.len()]);
-
-impl Loaded {
-    /// SCRIPT LOAD answered for script `i`.
-    pub fn set(&mut self, i: usize, sha: Option<String>) {
-        self.0[i] = sha;
-    }
-
-    /// After SCRIPT FLUSH, Redis answers NOSCRIPT: send the scripts whole
-    /// again (EVAL loads them as it runs them).
-    pub fn forgot(&mut self, err: &str) {
-        if err.starts_with("NOSCRIPT") {
-            self.0 = Default::default();
-        }
-    }
-
-    /// `EVALSHA SHA` when script `i` is loaded, `EVAL SCRIPT` otherwise.
-    pub fn call(&self, i: usize) -> (&'static [u8], Vec<u8>) {
-        match &self.0[i] {
-            Some(sha) => (b"EVALSHA", sha.as_bytes().to_vec()),
-            None => (b"EVAL", LOADED[i].as_bytes().to_vec()),
-        }
-    }
-}
-
 /// Renewal: re-creates the key if it is gone (a restarted or flushed Redis,
 /// or expired during a freeze), extends it if it is ours, and takes it over
 /// from a claim we beat. KEYS[1] the name's key; ARGV[1] our claim
@@ -250,3 +232,107 @@ pub const RELEASE_LOST: &str = "local v = redis.call('get', KEYS[1]) \
 /// KEYS[1] the name's key; ARGV[1] our claim. Returns 1 if deleted.
 pub const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
      return redis.call('del', KEYS[1]) end return 0";
+
+/// The functions of the [`Library`], each one of the scripts above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    Guests,
+    Say,
+    Read,
+    Bans,
+    Renew,
+    Unban,
+    Reassert,
+    ReleaseLost,
+    Release,
+}
+
+impl Func {
+    pub const ALL: [Func; 9] = [
+        Func::Guests,
+        Func::Say,
+        Func::Read,
+        Func::Bans,
+        Func::Renew,
+        Func::Unban,
+        Func::Reassert,
+        Func::ReleaseLost,
+        Func::Release,
+    ];
+
+    /// Its script, and whether it only reads (flagged `no-writes`: it then
+    /// runs even when Redis is out of memory and refuses writes).
+    fn script(self) -> (&'static str, bool) {
+        match self {
+            Func::Guests => (GUESTS, false),
+            Func::Say => (SAY, false),
+            Func::Read => (READ, true),
+            Func::Bans => (BANS, true),
+            Func::Renew => (RENEW, false),
+            Func::Unban => (UNBAN, false),
+            Func::Reassert => (REASSERT, false),
+            Func::ReleaseLost => (RELEASE_LOST, false),
+            Func::Release => (RELEASE, false),
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Func::Guests => "guests",
+            Func::Say => "say",
+            Func::Read => "read",
+            Func::Bans => "bans",
+            Func::Renew => "renew",
+            Func::Unban => "unban",
+            Func::Reassert => "reassert",
+            Func::ReleaseLost => "release_lost",
+            Func::Release => "release",
+        }
+    }
+
+    /// Its name in Redis: `chatd_HASH_SHORT`.
+    pub fn name(self) -> &'static str {
+        &LIBRARY.names[self as usize]
+    }
+}
+
+/// The library as Redis loads it. Its name, and so its functions' names,
+/// carry a hash of the code: instances of two versions on one Redis (a
+/// rolling restart) each call their own functions, and neither's `FUNCTION
+/// LOAD REPLACE` changes what the other runs.
+pub struct Library {
+    pub code: String,
+    names: Vec<String>,
+}
+
+/// Built once, from the scripts above.
+pub static LIBRARY: std::sync::LazyLock<Library> = std::sync::LazyLock::new(|| {
+    // FNV-1a: stable across builds and platforms, which `Hash` is not.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in Func::ALL {
+        let (script, ro) = f.script();
+        for b in script.bytes().chain([ro as u8]) {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    let lib = format!("chatd_{:012x}", h & 0xffff_ffff_ffff);
+    let names: Vec<String> = Func::ALL
+        .iter()
+        .map(|f| format!("{lib}_{}", f.short()))
+        .collect();
+    let mut code = format!("#!lua name={lib}\n");
+    for (f, name) in Func::ALL.iter().zip(&names) {
+        let (script, ro) = f.script();
+        let flags = if ro { ", flags = {'no-writes'}" } else { "" };
+        code.push_str(&format!(
+            "redis.register_function{{function_name = '{name}', callback = function(KEYS, ARGV) {script} end{flags}}}\n"
+        ));
+    }
+    Library { code, names }
+});
+
+/// Whether Redis refused a call because it does not have the function
+/// (a `FUNCTION FLUSH` or `DELETE` since the library was loaded).
+pub fn not_loaded(err: &str) -> bool {
+    err.contains("Function not found")
+}

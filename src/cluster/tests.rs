@@ -108,19 +108,63 @@ fn numbered_lines_are_decoded_ours_too_cleaned_and_delivered_once() {
     }
     link.deliver(
         "lobby".into(),
-        Id { epoch: 17, n: 5 },
-        None,
-        "<b> old".into(),
-        &mut inbound,
-    );
-    link.deliver(
-        "lobby".into(),
         Id { epoch: 17, n: 6 },
         None,
         "<b> new".into(),
         &mut inbound,
     );
     assert_eq!(inbound.len(), 2, "{inbound:?}");
+}
+
+/// Issue 21: an id is never a reason to drop a line but a true duplicate
+/// of our own (the SAY's reply and the subscription both carry it). Once,
+/// one forged line 1000 ids ahead made every real line after it "old".
+#[test]
+fn only_true_duplicates_of_our_own_lines_are_dropped() {
+    let mut link = link();
+    let mut inbound = Vec::new();
+    let id = |epoch, n| Id { epoch, n };
+    let mut deliver = |link: &mut Link, first, from: Option<usize>, text: &str| {
+        let before = inbound.len();
+        link.deliver(
+            "lobby".into(),
+            first,
+            from.map(ClientId),
+            text.into(),
+            &mut inbound,
+        );
+        inbound.len() > before
+    };
+    assert!(deliver(&mut link, id(17, 4), None, "<b> real"));
+    // A forgery far ahead, with the live epoch: delivered (cleaned, as
+    // any publication), and the room goes on.
+    assert!(deliver(&mut link, id(17, 1004), None, "<m> forged"));
+    assert!(deliver(&mut link, id(17, 5), None, "<b> next"));
+    assert!(deliver(&mut link, id(17, 6), Some(9), "<a> mine"));
+    // Backwards: a new record (a failover, a flush), or an older epoch.
+    assert!(deliver(&mut link, id(17, 1), None, "<b> after a reset"));
+    assert!(deliver(&mut link, id(16, 90), None, "<b> older epoch"));
+    // Another instance's line with an id seen before is not ours: kept.
+    assert!(deliver(&mut link, id(17, 5), None, "<c> same id"));
+    // Ours, a second time (reply then subscription): dropped, once.
+    assert!(!deliver(&mut link, id(17, 6), Some(9), "<a> mine"));
+    // Ours with the same first id but another length is another batch.
+    assert!(deliver(&mut link, id(17, 6), Some(9), "<a> x\r\n<a> y"));
+    // The window is bounded: past OWN_WINDOW batches the oldest is
+    // forgotten (its copy came long before).
+    for n in 0..events::OWN_WINDOW as u64 {
+        assert!(deliver(&mut link, id(18, 100 + n), Some(1), "<a> w"));
+    }
+    assert!(!deliver(&mut link, id(18, 100), Some(1), "<a> w"));
+    assert!(!deliver(&mut link, id(18, 101), Some(1), "<a> w"));
+    assert!(
+        deliver(&mut link, id(17, 6), Some(9), "<a> mine"),
+        "forgotten"
+    );
+    // A room left and joined again starts afresh.
+    link.subscribe("lobby", true);
+    link.subscribe("lobby", false);
+    assert!(deliver(&mut link, id(18, 100), Some(1), "<a> w"));
 }
 
 #[test]
@@ -323,12 +367,12 @@ impl FakeRedis {
             "SELECT" | "AUTH" | "SET" => "+OK\r\n".into(),
             "PING" => "+PONG\r\n".into(),
             "INFO" => bulk("# Cluster\r\ncluster_enabled:0\r\n"),
-            "SCRIPT" => bulk(&format!("sha{}", args[2].len())),
+            "FUNCTION" => bulk("chatd"),
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
-            "EVAL" | "EVALSHA" if args[1].contains("incrby") => ":100\r\n".into(),
-            "EVAL" if args[1].contains("hscan") => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
-            "EVAL" | "EVALSHA" => ":0\r\n".into(),
+            "FCALL" if args[1] == Func::Guests.name() => ":100\r\n".into(),
+            "FCALL" if args[1] == Func::Bans.name() => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
+            "FCALL" => ":0\r\n".into(),
             _ => "-ERR unknown command\r\n".into(),
         }
     }
@@ -501,6 +545,19 @@ impl Stand {
     }
 }
 
+/// Whether a command the fake Redis got is a SAY call.
+fn is_say(c: &[String]) -> bool {
+    c[0] == "FCALL" && c[1] == Func::Say.name()
+}
+
+/// A link up and subscribed to #lobby, confirmed.
+fn up_in_lobby() -> Stand {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s
+}
+
 #[test]
 fn the_link_is_up_after_its_handshake_and_not_before() {
     let mut s = Stand::new(Duration::from_secs(5));
@@ -509,14 +566,21 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
     let verbs: Vec<&str> = s.redis.cmds.iter().map(|c| c[0].as_str()).collect();
     // Issue 21: INFO first, to refuse a Redis Cluster node.
     assert_eq!(
-        verbs[..6],
-        ["INFO", "SELECT", "SCRIPT", "SCRIPT", "SCRIPT", "PING"],
+        verbs[..4],
+        ["INFO", "SELECT", "FUNCTION", "PING"],
         "{verbs:?}"
     );
     assert_eq!(s.redis.cmds[1][1], "3", "the URL's database");
     assert_eq!(
         s.redis.subs[0],
-        ["SUBSCRIBE", "chatd:3:p", "chatd:3:b", "chatd:3:n:me~1"]
+        // Issue 21: rosters meant for us alone come on chatd:3:p:NODE.
+        [
+            "SUBSCRIBE",
+            "chatd:3:p",
+            "chatd:3:p:me~1",
+            "chatd:3:b",
+            "chatd:3:n:me~1"
+        ]
     );
     // Once up: the bans are read, then heartbeat and guest numbers.
     s.until("a heartbeat", |s| {
@@ -526,7 +590,7 @@ fn the_link_is_up_after_its_handshake_and_not_before() {
         s.redis
             .cmds
             .iter()
-            .any(|c| c[0] == "EVAL" && c[1].contains("hscan") && c[3] == "chatd:3:bans")
+            .any(|c| c[0] == "FCALL" && c[1] == Func::Bans.name() && c[3] == "chatd:3:bans")
     );
     s.until("guest numbers", |s| s.inbound.contains(&Inbound::Guests(1)));
     assert_eq!(s.link.stats().connect_failures, 0);
@@ -537,21 +601,18 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
     let mut s = Stand::up(Duration::from_secs(5));
     s.link.subscribe("lobby", true);
     s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
-    s.redis.answer = Box::new(|args| (args[0] == "EVALSHA").then(|| bulk("17-4")));
-    assert!(
-        s.link
-            .say("lobby", ClientId(9), "<a> hi\r\n<a> yo", 50, 60_000)
-    );
-    s.until("the SAY", |s| {
-        s.redis.cmds.iter().any(|c| c[0] == "EVALSHA")
-    });
-    let say = s
-        .redis
-        .cmds
-        .iter()
-        .find(|c| c[0] == "EVALSHA")
-        .unwrap()
-        .clone();
+    let say = |c: &[String]| c[0] == "FCALL" && c[1] == Func::Say.name();
+    s.redis.answer = Box::new(move |args| say(args).then(|| bulk("17-4")));
+    assert!(s.link.say(
+        "lobby",
+        ClientId(9),
+        "<a> hi\r\n<a> yo",
+        50,
+        60_000,
+        &mut s.inbound
+    ));
+    s.until("the SAY", |s| s.redis.cmds.iter().any(|c| say(c)));
+    let say = s.redis.cmds.iter().find(|c| say(c)).unwrap().clone();
     assert_eq!(
         say[2..],
         [
@@ -613,7 +674,7 @@ fn a_redis_cluster_node_is_a_failed_connect_with_the_reason_not_a_link() {
 fn the_bans_are_read_a_page_at_a_time_until_the_last() {
     let mut s = Stand::new(Duration::from_secs(5));
     s.redis.answer = Box::new(|args| {
-        if !(args[0] == "EVAL" && args[1].contains("hscan")) {
+        if !(args[0] == "FCALL" && args[1] == Func::Bans.name()) {
             return None;
         }
         // Page "0" leads to page "7", the last; one ban on each, and Redis
@@ -643,7 +704,7 @@ fn the_bans_are_read_a_page_at_a_time_until_the_last() {
         .redis
         .cmds
         .iter()
-        .filter(|c| c[0] == "EVAL" && c[1].contains("hscan"))
+        .filter(|c| c[0] == "FCALL" && c[1] == Func::Bans.name())
         .map(|c| c[4].as_str())
         .collect();
     assert_eq!(cursors, ["0", "7"]);
@@ -666,10 +727,8 @@ fn the_bans_held_are_reasserted_at_link_up_and_one_lifted_meanwhile_is_lifted() 
         s.hub.ban_from_cluster(ban, &mut Nobody);
     }
     // Redis has a tombstone for the first.
-    // Sent by SHA1 (the fake's: "sha" and the script's length) once loaded.
     fn reassert(c: &[String]) -> bool {
-        (c[0] == "EVAL" && c[1].contains("hsetnx"))
-            || (c[0] == "EVALSHA" && c[1] == format!("sha{}", scripts::REASSERT.len()))
+        c[0] == "FCALL" && c[1] == Func::Reassert.name()
     }
     s.redis.answer = Box::new(|args| {
         reassert(args).then(|| {
@@ -696,11 +755,9 @@ fn the_bans_held_are_reasserted_at_link_up_and_one_lifted_meanwhile_is_lifted() 
         reasserted,
         [("10.0.0.1/32", "permanent"), ("10.0.0.2/32", "permanent")]
     );
-    let mut by_sha = s.redis.cmds.iter().filter(|c| reassert(c));
-    assert!(by_sha.all(|c| c[0] == "EVALSHA"), "loaded, not sent whole");
     s.until("up", |s| s.inbound.contains(&Inbound::Up));
     let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
-    assert!(at(&|c| reassert(c)) < at(&|c| c[0] == "EVAL" && c[1].contains("hscan")));
+    assert!(at(&|c| reassert(c)) < at(&|c| c[0] == "FCALL" && c[1] == Func::Bans.name()));
 }
 
 #[test]
@@ -724,7 +781,10 @@ fn a_redis_that_stops_answering_once_up_is_a_lost_link() {
     let mut s = Stand::up(Duration::from_millis(300));
     s.link.subscribe("lobby", true);
     s.redis.mute = true;
-    assert!(s.link.say("lobby", ClientId(5), "<e> hi", 0, 1000));
+    assert!(
+        s.link
+            .say("lobby", ClientId(5), "<e> hi", 0, 1000, &mut s.inbound)
+    );
     s.until("down", |s| {
         s.inbound.iter().any(|e| matches!(e, Inbound::Down(_)))
     });
@@ -823,4 +883,251 @@ fn what_other_instances_publish_arrives_cleaned_and_coalesced() {
         )]
     );
     assert_eq!(s.link.stats().malformed, 1);
+}
+
+/// Issue 21: the scripts are functions, loaded once per connection; after
+/// a `FUNCTION FLUSH` a call is answered "Function not found": the library
+/// is loaded again and the call sent once more, not the line refused. A
+/// second refusal of the same call is told as any refusal.
+#[test]
+fn a_call_redis_lost_the_library_for_is_loaded_and_sent_once_more() {
+    let mut s = up_in_lobby();
+    let say = is_say;
+    // The first two SAYs find no function; the third one does.
+    let mut calls = 0;
+    s.redis.answer = Box::new(move |args| {
+        say(args).then(|| {
+            calls += 1;
+            if calls <= 2 {
+                "-ERR Function not found\r\n".into()
+            } else {
+                bulk("17-4")
+            }
+        })
+    });
+    let loads = |s: &Stand| s.redis.cmds.iter().filter(|c| c[0] == "FUNCTION").count();
+    assert_eq!(loads(&s), 1, "loaded once, at the handshake");
+    assert!(
+        s.link
+            .say("lobby", ClientId(9), "<a> hi", 50, 60_000, &mut s.inbound)
+    );
+    s.until("sent again", |s| {
+        s.redis.cmds.iter().filter(|c| say(c)).count() == 2
+    });
+    assert_eq!(loads(&s), 2, "loaded again first");
+    let sent: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| say(c)).collect();
+    assert_eq!(sent[0], sent[1], "the same call");
+    let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().rposition(pred).unwrap();
+    assert!(at(&|c| c[0] == "FUNCTION") < at(&|c| say(c)));
+    assert!(
+        s.redis
+            .cmds
+            .iter()
+            .filter(|c| c[0] == "FUNCTION")
+            .all(|c| c[1..3] == ["LOAD", "REPLACE"] && c[3] == scripts::LIBRARY.code)
+    );
+    // Refused twice: told, as any refusal.
+    s.until("refused", |s| {
+        s.inbound.contains(&Inbound::NotSaid(ClientId(9), true))
+    });
+    assert_eq!(s.link.stats().refused, 1);
+    // Redis has it now: the next line goes through, and nothing was left
+    // kept for a resend.
+    assert!(
+        s.link
+            .say("lobby", ClientId(9), "<a> yo", 50, 60_000, &mut s.inbound)
+    );
+    s.until("sent", |s| {
+        s.redis.cmds.iter().filter(|c| say(c)).count() == 3
+    });
+    s.until("answered", |s| s.link.pending.is_empty());
+    assert!(
+        !s.inbound
+            .iter()
+            .any(|e| matches!(e, Inbound::NotSaid(_, _))
+                && *e != Inbound::NotSaid(ClientId(9), true))
+    );
+    assert_eq!((s.link.retained, s.link.kept.len()), (0, 0));
+}
+
+#[test]
+fn the_library_registers_every_script_under_names_of_its_own() {
+    let lib = &scripts::LIBRARY;
+    let head = lib.code.lines().next().unwrap();
+    assert!(head.starts_with("#!lua name=chatd_"), "{head}");
+    let name = head.trim_start_matches("#!lua name=");
+    for f in Func::ALL {
+        assert!(f.name().starts_with(&format!("{name}_")), "{}", f.name());
+        assert_eq!(lib.code.matches(&format!("'{}'", f.name())).count(), 1);
+    }
+    // Only reads may run when Redis refuses writes.
+    assert_eq!(lib.code.matches("no-writes").count(), 2);
+}
+
+/// Issue 21: the lines said in one room during a turn, by several local
+/// clients, are numbered by one SAY call, each line's sender with it; and
+/// nothing else the hub asks overtakes them.
+#[test]
+fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.link.subscribe("games", true);
+    s.until("subscribed", |s| {
+        s.link.confirmed.contains("lobby") && s.link.confirmed.contains("games")
+    });
+    let say = is_say;
+    let says = |s: &Stand| -> Vec<Vec<String>> {
+        s.redis.cmds.iter().filter(|c| say(c)).cloned().collect()
+    };
+    let op = |room: &str, from, lines: &str| ClusterOp::Say {
+        room: room.into(),
+        from: ClientId(from),
+        lines: lines.into(),
+        keep: 50,
+        ttl_ms: 60_000,
+    };
+    let mut inbound = Vec::new();
+    for (room, from, lines) in [
+        ("lobby", 9, "<a> one"),
+        ("lobby", 9, "<a> two"),
+        ("games", 9, "<a> elsewhere"),
+        ("lobby", 4, "<b> three\r\n<b> four"),
+        ("lobby", 9, "<a> five"),
+    ] {
+        s.link.apply(op(room, from, lines), &mut inbound);
+    }
+    assert!(
+        says(&s).is_empty() && inbound.is_empty(),
+        "held for the turn"
+    );
+    // Something else on the room's channel: the lines go first.
+    let notice = crate::msg::Msg::new("*** carol joined #lobby");
+    s.link.apply(
+        ClusterOp::Publish {
+            room: "lobby".into(),
+            msg: notice,
+        },
+        &mut inbound,
+    );
+    s.link
+        .apply(op("lobby", 7, "<c> after the notice"), &mut inbound);
+    s.step();
+    s.until("three SAYs", |s| says(s).len() == 3);
+    let sent = says(&s);
+    let tail = |c: &Vec<String>| c[3..].to_vec();
+    let head = ["chatd:3:h:lobby", "chatd:3:s:lobby", "chatd:3:r:lobby"];
+    assert_eq!(tail(&sent[0])[..3], head);
+    assert_eq!(
+        tail(&sent[0])[3..],
+        [
+            "50",
+            "60000",
+            "me~1",
+            "9*2,4*2,9*1",
+            "<a> one",
+            "<a> two",
+            "<b> three",
+            "<b> four",
+            "<a> five"
+        ]
+    );
+    assert_eq!(tail(&sent[1])[6..], ["9", "<a> elsewhere"]);
+    assert_eq!(tail(&sent[2])[6..], ["7", "<c> after the notice"]);
+    let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
+    let publish = at(&|c| c[0] == "PUBLISH" && c[1] == "chatd:3:r:lobby");
+    assert!(at(&|c| *c == sent[1]) < publish, "the turn's lines first");
+    assert!(publish < at(&|c| *c == sent[2]), "then what followed it");
+    assert!(inbound.is_empty(), "{inbound:?}");
+}
+
+/// A batch holds at most COALESCE bytes of lines (what a receiver takes in
+/// one publication); more in one turn goes in more calls, in order.
+#[test]
+fn a_batch_past_its_bound_goes_out_in_several_calls() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    let line = format!("<a> {}", "x".repeat(96));
+    let mut inbound = Vec::new();
+    for i in 0..400 {
+        s.link
+            .say("lobby", ClientId(i % 3), &line, 50, 60_000, &mut inbound);
+    }
+    s.step();
+    let say = is_say;
+    s.until("sent", |s| {
+        s.redis
+            .cmds
+            .iter()
+            .filter(|c| say(c))
+            .map(|c| c.len() - 10)
+            .sum::<usize>()
+            == 400
+    });
+    let sent: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| say(c)).collect();
+    assert!(sent.len() >= 3, "{}", sent.len());
+    for c in &sent {
+        let bytes: usize = c[10..].iter().map(|l| l.len() + 2).sum();
+        assert!(bytes <= wire::COALESCE + 2, "{bytes}");
+        let runs = wire::parse_senders(&c[9], (c.len() - 10) as u64);
+        assert!(runs.is_some(), "{}", c[9]);
+    }
+}
+
+/// Our own batch of several senders, from SAY's reply (the room just
+/// subscribed) and again on the subscription: delivered once, each run
+/// with its sender and ids.
+#[test]
+fn our_batch_of_several_senders_is_delivered_once_split_by_sender() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.redis.answer = Box::new(|args| is_say(args).then(|| bulk("17-4")));
+    // Not subscribed yet: delivered from the reply.
+    let mut inbound = Vec::new();
+    s.link
+        .say("lobby", ClientId(9), "<a> one", 50, 1000, &mut inbound);
+    s.link.say(
+        "lobby",
+        ClientId(4),
+        "<b> two\r\n<b> three",
+        50,
+        1000,
+        &mut inbound,
+    );
+    s.until("delivered", |s| {
+        s.inbound
+            .iter()
+            .any(|e| matches!(e, Inbound::Numbered { .. }))
+    });
+    let payload = wire::batch_payload(
+        "me~1",
+        Id { epoch: 17, n: 4 },
+        &[(ClientId(9), 1), (ClientId(4), 2)],
+        "<a> one\r\n<b> two\r\n<b> three",
+    );
+    assert_eq!(payload, "me~1 =17-4:9*1,4*2\n<a> one\n<b> two\n<b> three");
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    s.redis.publish("chatd:3:r:lobby", &payload);
+    s.until("received", |s| s.link.stats().received == 1);
+    let got: Vec<&Inbound> = s
+        .inbound
+        .iter()
+        .filter(|e| matches!(e, Inbound::Numbered { .. } | Inbound::Said { .. }))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let Inbound::Numbered {
+        first, runs, text, ..
+    } = got[0]
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        events::split_runs(*first, runs, text),
+        [
+            (Id { epoch: 17, n: 4 }, ClientId(9), "<a> one".to_string()),
+            (
+                Id { epoch: 17, n: 5 },
+                ClientId(4),
+                "<b> two\r\n<b> three".to_string()
+            ),
+        ]
+    );
 }

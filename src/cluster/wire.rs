@@ -6,7 +6,7 @@
 //! every name, and clusters on different databases stay apart):
 //! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
 //!   or LF in it removed), `NODE\nLINE\nLINE...` (a sender's batch, each
-//!   line cleaned on its own), or `NODE =EPOCH-N:SENDER\nLINE...` (lines
+//!   line cleaned on its own), or `NODE =EPOCH-N:SENDERS\nLINE...` (lines
 //!   numbered by Redis, [`super::scripts::SAY`]); our own unnumbered lines
 //!   come back and are skipped by NODE, so nothing is delivered twice;
 //! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
@@ -59,6 +59,8 @@ pub struct Keys {
 pub enum Channel<'a> {
     Room(&'a str),
     Presence,
+    /// Presence for one node.
+    PresenceTo(&'a str),
     Node(&'a str),
     Bans,
     /// Under our prefix, but nothing we subscribe to.
@@ -78,6 +80,11 @@ impl Keys {
 
     pub fn presence(&self) -> String {
         format!("{}p", self.prefix)
+    }
+
+    /// Presence for `node` alone (the roster answering its `Hello`).
+    pub fn presence_to(&self, node: &str) -> String {
+        format!("{}p:{node}", self.prefix)
     }
 
     /// Private lines for users on `node`.
@@ -100,7 +107,8 @@ impl Keys {
         format!("{}unbans", self.prefix)
     }
 
-    /// A room's numbering (hash: e epoch, n last N) and its kept lines
+    /// A room's numbering (hash: e epoch, n last N, r the replication id
+    /// that numbered the epoch) and its kept lines
     /// (stream), as [`super::scripts::SAY`] and `READ` use them.
     pub fn history(&self, room: &str) -> (String, String) {
         (
@@ -129,6 +137,8 @@ impl Keys {
             _ => {
                 if let Some(room) = rest.strip_prefix("r:") {
                     Some(Channel::Room(room))
+                } else if let Some(node) = rest.strip_prefix("p:") {
+                    Some(Channel::PresenceTo(node))
                 } else {
                     Some(
                         rest.strip_prefix("n:")
@@ -252,11 +262,62 @@ pub fn room_payload(node: &str, text: &str) -> String {
 /// these bytes in Lua; this is their definition on this side (the hub's
 /// tests stand in for Redis with it).
 pub fn said_payload(node: &str, first: Id, sender: ClientId, lines: &str) -> String {
+    batch_payload(node, first, &[(sender, 1)], lines)
+}
+
+/// The same for a batch of several local senders' lines (CRLF between),
+/// `runs` saying who said them in order: (sender, how many lines). The
+/// header carries them as [`senders`] writes them, which is one sender
+/// alone when there is one.
+pub fn batch_payload(node: &str, first: Id, runs: &[(ClientId, u64)], lines: &str) -> String {
     format!(
         "{node} ={first}:{}\n{}",
-        sender.0,
+        senders(runs),
         lines.replace("\r\n", "\n")
     )
+}
+
+/// Who said the lines of a numbered batch, as its header carries them:
+/// `SENDER` when one local client said them all, else `SENDER*COUNT` per
+/// run of lines by one sender, comma-separated (`9*2,4*1`: two lines by
+/// 9, then one by 4). A sender per line, in a few bytes per sender.
+pub fn senders(runs: &[(ClientId, u64)]) -> String {
+    match runs {
+        [(one, _)] => one.0.to_string(),
+        _ => runs
+            .iter()
+            .map(|(s, n)| format!("{}*{n}", s.0))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+/// The most runs a batch's header may name: one per line at most, and a
+/// batch holds at most [`COALESCE`] bytes of lines of at least `<x> `.
+const MAX_RUNS: usize = COALESCE / 4;
+
+/// Reads [`senders`] back for `lines` lines: every sender a number, every
+/// count at least 1, the counts adding up to the lines. None otherwise.
+pub fn parse_senders(head: &str, lines: u64) -> Option<Vec<(ClientId, u64)>> {
+    let num = |t: &str| {
+        (!t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse::<u64>().ok())
+            .flatten()
+    };
+    if !head.contains('*') {
+        let one = ClientId(usize::try_from(num(head)?).ok()?);
+        return Some(vec![(one, lines)]);
+    }
+    let mut runs = Vec::new();
+    for run in head.split(',') {
+        let (s, n) = run.split_once('*')?;
+        let (s, n) = (usize::try_from(num(s)?).ok()?, num(n)?);
+        if n == 0 || runs.len() >= MAX_RUNS {
+            return None;
+        }
+        runs.push((ClientId(s), n));
+    }
+    (runs.iter().map(|r| r.1).sum::<u64>() == lines).then_some(runs)
 }
 
 /// A private line for user `to` (named `to_name`) on another node.
@@ -320,7 +381,8 @@ impl Wire {
         }
         match kind {
             Channel::Bans => self.decode_ban(payload),
-            Channel::Presence => {
+            Channel::PresenceTo(node) if node != &*self.node => Ok(None),
+            Channel::Presence | Channel::PresenceTo(_) => {
                 let text = std::str::from_utf8(payload).map_err(|_| "presence not UTF-8")?;
                 decode_presence(text)
                     .map(|p| Some(Inbound::Presence(p)))
@@ -393,19 +455,29 @@ impl Wire {
         Ok(Some(Inbound::Room(room.to_string(), lines)))
     }
 
-    /// `EPOCH-N:SENDER\nLINE\nLINE...` from SAY: lines numbered by Redis,
-    /// delivered by every instance, the sender's own included.
+    /// `EPOCH-N:SENDERS\nLINE\nLINE...` from SAY: lines numbered by Redis,
+    /// delivered by every instance, the sender's own included. SENDERS
+    /// ([`senders`]) must account for every line, each of which is
+    /// cleaned and checked as one line of its own; a line that fails
+    /// keeps its number as a placeholder.
     fn decode_said(&self, room: &str, node: &str, rest: &[u8]) -> Result<Inbound, &'static str> {
         let nl = rest.iter().position(|&c| c == b'\n').ok_or("no lines")?;
         let head = std::str::from_utf8(&rest[..nl]).map_err(|_| "bad id")?;
-        let (id, sender) = head.split_once(':').ok_or("no sender")?;
+        let (id, senders) = head.split_once(':').ok_or("no sender")?;
         let first: Id = id.parse().map_err(|_| "bad id")?;
-        let sender = ClientId(sender.parse().map_err(|_| "bad sender")?);
-        Ok(Inbound::Said {
-            room: room.to_string(),
-            first,
-            from: (node == &*self.node).then_some(sender),
-            text: self.lines(&rest[nl + 1..], Blank::Keep)?,
+        let text = self.lines(&rest[nl + 1..], Blank::Keep)?;
+        let count = text.split("\r\n").count() as u64;
+        let runs = parse_senders(senders, count).ok_or("bad sender")?;
+        let room = room.to_string();
+        Ok(if node != &*self.node {
+            Inbound::Said {
+                room,
+                first,
+                from: None,
+                text,
+            }
+        } else {
+            Inbound::numbered(room, first, runs, text)
         })
     }
 
@@ -919,6 +991,7 @@ mod tests {
         for (channel, kind) in [
             (k.room("lobby"), Some(Channel::Room("lobby"))),
             (k.presence(), Some(Channel::Presence)),
+            (k.presence_to("n1~a"), Some(Channel::PresenceTo("n1~a"))),
             (k.node("n1~a"), Some(Channel::Node("n1~a"))),
             (k.bans_channel(), Some(Channel::Bans)),
             (k.bans(), Some(Channel::Other)),
@@ -984,8 +1057,18 @@ mod tests {
         };
         assert_eq!(
             ok(&me, &me.keys.presence(), &encode_presence(&hello)),
-            Inbound::Presence(hello)
+            Inbound::Presence(hello.clone())
         );
+        // A roster for us alone is read as any presence; one for another
+        // node is not ours.
+        let mine = me.keys.presence_to(&me.node);
+        assert_eq!(
+            ok(&me, &mine, &encode_presence(&hello)),
+            Inbound::Presence(hello.clone())
+        );
+        let theirs = me.keys.presence_to("n2~5");
+        let text = encode_presence(&hello);
+        assert_eq!(me.decode(theirs.as_bytes(), text.as_bytes()), Ok(None));
     }
 
     #[test]
@@ -1197,5 +1280,88 @@ mod tests {
         let bad = OwnedFrame::Array(vec![bulk("1 2"), bulk("0")]);
         assert!(bans_page(&bad).is_none(), "a cursor is a number");
         assert!(bans_page(&OwnedFrame::Integer(0)).is_none());
+    }
+
+    /// Issue 21: a batch of several local senders' lines carries who said
+    /// which (`SENDER*COUNT,...`); read back only when every sender is a
+    /// number and the counts cover the lines exactly.
+    #[test]
+    fn a_batch_names_its_senders_and_forged_ones_are_refused() {
+        let (me, them) = (wire(), Wire::new(3, "n2~5", 100));
+        let room = me.keys.room("lobby");
+        let runs = [(ClientId(9), 2), (ClientId(4), 1)];
+        assert_eq!(senders(&runs), "9*2,4*1");
+        assert_eq!(senders(&[(ClientId(9), 3)]), "9", "one sender: as before");
+        assert_eq!(parse_senders("9*2,4*1", 3), Some(runs.to_vec()));
+        assert_eq!(parse_senders("9", 3), Some(vec![(ClientId(9), 3)]));
+        let first = Id { epoch: 17, n: 4 };
+        let payload = batch_payload("me~1", first, &runs, "<a> x\r\n<a> y\r\n<b> z");
+        assert_eq!(payload, "me~1 =17-4:9*2,4*1\n<a> x\n<a> y\n<b> z");
+        assert_eq!(
+            ok(&me, &room, &payload),
+            Inbound::Numbered {
+                room: "lobby".into(),
+                first,
+                runs: runs.into(),
+                text: "<a> x\r\n<a> y\r\n<b> z".into(),
+            }
+        );
+        // Another instance's: one event, nobody of ours said them.
+        assert_eq!(
+            ok(&them, &room, &payload),
+            Inbound::Said {
+                room: "lobby".into(),
+                first,
+                from: None,
+                text: "<a> x\r\n<a> y\r\n<b> z".into(),
+            }
+        );
+        let huge = format!("{}*1", "9".repeat(21));
+        let many = vec!["1*1"; MAX_RUNS + 1].join(",");
+        for bad in [
+            "9*2,4*2", // more lines named than there are
+            "9*1,4*1", // fewer
+            "9*0,4*3", // an empty run
+            "9*3,",    // a run with nothing in it
+            "*3",      // no sender
+            "9*",      // no count
+            "x*3",     // not a number
+            "-9*3",
+            "9 *3",
+            "9\r*3",
+            "9\x1b*3",
+            "9\u{9b}*3",
+            "9\u{202e}*3",
+            "99999999999999999999999*3",
+            &huge,
+            &many,
+        ] {
+            assert_eq!(parse_senders(bad, 3), None, "{bad:?}");
+            let forged = format!("n2 =17-4:{bad}\n<a> x\n<a> y\n<b> z");
+            assert!(
+                me.decode(room.as_bytes(), forged.as_bytes()).is_err()
+                    && them.decode(room.as_bytes(), forged.as_bytes()).is_err(),
+                "{bad:?}"
+            );
+        }
+        // A LF ends the header: what follows it is a line, and not one a
+        // client could say.
+        let Inbound::Said { text, .. } = ok(&them, &room, "n2 =17-4:9\n*3\n<a> x") else {
+            panic!()
+        };
+        assert_eq!(text, "<?> (not a room line)\r\n<a> x");
+        // The lines of a batch are cleaned one by one and must be room
+        // lines; one that fails keeps its number, as a placeholder.
+        let forged = format!("n2 =17-4:9*1,4*2\n{FORGED}\n*** bobby is now admin\n<b> ok\r");
+        let Inbound::Said { text, .. } = ok(&them, &room, &forged) else {
+            panic!()
+        };
+        let clean = sanitize(FORGED.as_bytes()).unwrap();
+        assert_eq!(text, format!("{clean}\r\n<?> (not a room line)\r\n<b> ok"));
+        let long = format!("n2 =17-4:9*1,4*1\n<a> x\n<b> {}", "y".repeat(100));
+        assert_eq!(
+            them.decode(room.as_bytes(), long.as_bytes()),
+            Err("too long")
+        );
     }
 }

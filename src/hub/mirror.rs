@@ -16,8 +16,9 @@ pub enum Claim {
 }
 
 pub const LINK_DOWN: &str = "*** cluster link down: messages reach this server only";
-/// The most users of other instances the mirror holds (forged presence
-/// messages must not grow it without end); past it, new ones are ignored.
+/// The most users of other instances the mirror holds by default
+/// (`--max-remote-users`): forged presence messages must not grow it without
+/// end. Past it, new ones are left out, counted and logged.
 pub const MAX_REMOTE: usize = 1 << 20;
 /// The most instances remembered as lost (to notice when they are back).
 pub const MAX_LOST: usize = 64;
@@ -74,21 +75,33 @@ impl Hub {
     /// Tells the other instances that local client `i` is here, in the
     /// rooms it is in (and away, if it is).
     pub(super) fn here(&self, i: Member, out: &mut impl Outbox) {
+        for event in self.here_events(i) {
+            out.cluster(ClusterOp::Presence(event));
+        }
+    }
+
+    /// What tells another instance about local user `i`: `Here`, with its
+    /// rooms, and `Away` if it is away.
+    fn here_events(&self, i: Member) -> Vec<Presence> {
         let c = &self.clients[i];
         let (Some(cl), Some(id)) = (&self.cluster, c.who.local()) else {
-            return;
+            return Vec::new();
         };
-        let rooms = c.seat.rooms().map(|r| self.in_room(i, r)).collect();
-        out.cluster(ClusterOp::Presence(Presence::Here {
+        let mut events = vec![Presence::Here {
             node: cl.node.clone(),
             id: id.0 as u64,
             name: c.who.name().to_string(),
-            rooms,
+            rooms: c.seat.rooms().map(|r| self.in_room(i, r)).collect(),
             round: cl.round,
-        }));
-        if c.status.away().is_some() {
-            self.presence_away(i, out);
+        }];
+        if let Some(text) = c.status.away() {
+            events.push(Presence::Away {
+                node: cl.node.clone(),
+                id: id.0 as u64,
+                text: Some(text.to_string()),
+            });
         }
+        events
     }
 
     /// `room` as presence events carry it, for member `i`.
@@ -152,35 +165,51 @@ impl Hub {
         }
     }
 
-    /// `room`'s topic changed here (or is re-announced in a roster).
+    /// `room`'s topic changed here.
     pub(super) fn presence_topic(&self, room: usize, out: &mut impl Outbox) {
-        let (Some(cl), Some(topic)) = (&self.cluster, &self.rooms[room].topic) else {
-            return;
-        };
-        out.cluster(ClusterOp::Presence(Presence::Topic {
+        if let Some(event) = self.topic_event(room) {
+            out.cluster(ClusterOp::Presence(event));
+        }
+    }
+
+    fn topic_event(&self, room: usize) -> Option<Presence> {
+        let (cl, topic) = (self.cluster.as_ref()?, self.rooms[room].topic.as_ref()?);
+        Some(Presence::Topic {
             node: cl.node.clone(),
             room: self.rooms[room].key.to_string(),
             topic: (**topic).clone(),
-        }));
+        })
     }
 
-    /// Announces every local user to the other instances, as a new roster
-    /// round closed by `End`: whoever is not in it has left.
-    pub(super) fn roster_all(&mut self, out: &mut impl Outbox) {
+    /// Announces every local user, as a new roster round closed by `End`
+    /// (whoever is not in it has left): to every instance (`to` None: we
+    /// are new, or back), or to the one instance that said `Hello`.
+    pub(super) fn roster_all(&mut self, to: Option<&Rc<str>>, out: &mut impl Outbox) {
         let Some(cl) = self.cluster.as_mut() else {
             return;
         };
         cl.round += 1;
         let (node, round) = (cl.node.clone(), cl.round);
-        for i in self.local.iter().flatten().copied().collect::<Vec<_>>() {
-            self.here(i, out);
+        let op = |event| match to {
+            None => ClusterOp::Presence(event),
+            Some(to) => ClusterOp::PresenceTo {
+                node: to.clone(),
+                event,
+            },
+        };
+        for i in self.local.iter().flatten().copied() {
+            for event in self.here_events(i) {
+                out.cluster(op(event));
+            }
         }
         // A topic lives as long as its room has members somewhere: each
         // instance with members in it re-tells it, for one that just came.
         for (r, _) in self.rooms.iter().filter(|(_, r)| r.local > 0) {
-            self.presence_topic(r, out);
+            if let Some(event) = self.topic_event(r) {
+                out.cluster(op(event));
+            }
         }
-        out.cluster(ClusterOp::Presence(Presence::End { node, round }));
+        out.cluster(op(Presence::End { node, round }));
     }
 
     // ---- Cluster input: what the link heard from the other instances ----
@@ -237,7 +266,8 @@ impl Hub {
                         self.node_lost(&old, "server lost", out);
                     }
                 }
-                self.roster_all(out);
+                // Only the newcomer needs our users: the others have them.
+                self.roster_all(Some(&node), out);
             }
             Presence::Hello { .. } => {}
             Presence::Bye { node } => self.node_lost(&node, "server shutting down", out),
@@ -252,6 +282,7 @@ impl Hub {
                 if let Some(i) = known {
                     self.drop_client(i, None, false, &mut Silent(out));
                 } else if self.remote.len() >= self.max_remote {
+                    self.remote_refused += 1;
                     return;
                 }
                 let key: Box<str> = name.to_ascii_lowercase().into();
@@ -309,7 +340,7 @@ impl Hub {
             }
             Presence::Who { node } => {
                 if node == me {
-                    self.roster_all(out);
+                    self.roster_all(None, out);
                 }
             }
             Presence::End { .. } => {}
@@ -496,7 +527,7 @@ impl Hub {
             reply(out, id, LINK_UP);
         }
         out.cluster(ClusterOp::Presence(Presence::Hello { node }));
-        self.roster_all(out);
+        self.roster_all(None, out);
         self.want_guests(out);
     }
 

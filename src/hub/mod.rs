@@ -286,6 +286,8 @@ pub struct Hub {
     /// a remote user whose instance has not yet seen our claim).
     dups: HashMap<Box<str>, Vec<Member>>,
     max_remote: usize,
+    /// Remote users not mirrored: the mirror held `max_remote` already.
+    remote_refused: u64,
     rooms: Slab<Room>,
     /// Sorted, so `/rooms` names its first entries without sorting them all.
     room_keys: BTreeMap<Box<str>, usize>,
@@ -331,6 +333,7 @@ impl Hub {
             names: HashMap::new(),
             dups: HashMap::new(),
             max_remote: MAX_REMOTE,
+            remote_refused: 0,
             rooms: Slab::new(),
             room_keys: BTreeMap::new(),
             max_rooms: DEFAULT_MAX_ROOMS,
@@ -375,6 +378,12 @@ impl Hub {
     /// Chat lines relayed so far: messages, `/me` and `/msg`, not commands.
     pub fn relayed(&self) -> u64 {
         self.relayed
+    }
+
+    /// Cluster mode: the other instances' users in the mirror, and how many
+    /// more were not taken in because it was full (`--max-remote-users`).
+    pub fn mirrored(&self) -> (u64, u64) {
+        (self.remote.len() as u64, self.remote_refused)
     }
 
     pub fn name(&self, id: ClientId) -> Option<&str> {

@@ -45,6 +45,11 @@ pub enum ClusterOp {
     Unban(IpNet),
     /// A change to who is where, for the other instances' mirrors.
     Presence(Presence),
+    /// A presence event for instance `node` alone: the roster that answers
+    /// its `Hello`, which the others already have (sent to all, every
+    /// instance's answer would reach every instance: N² messages for one
+    /// newcomer).
+    PresenceTo { node: Rc<str>, event: Presence },
     /// A line for one user on another instance.
     Private {
         node: Rc<str>,

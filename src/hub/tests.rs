@@ -871,6 +871,8 @@ mod cluster {
     #[derive(Default)]
     struct Bus {
         got: Vec<(usize, String)>,
+        /// Presence for one instance (`ClusterOp::PresenceTo`).
+        directed: Vec<(String, Presence)>,
         room_lines: Vec<(String, String)>,
         /// Lines to be numbered, as Redis would (cluster::scripts::SAY),
         /// and published as that script does (`wire::said_payload`).
@@ -905,6 +907,9 @@ mod cluster {
                     room, from, lines, ..
                 } => self.said.push((room.into(), from, lines)),
                 ClusterOp::Presence(event) => self.presence.push(event),
+                ClusterOp::PresenceTo { node, event } => {
+                    self.directed.push((node.to_string(), event))
+                }
                 ClusterOp::Private {
                     node,
                     to,
@@ -977,7 +982,13 @@ mod cluster {
                     let b = &mut self.bus[from];
                     let said = std::mem::take(&mut b.said);
                     let lines = std::mem::take(&mut b.room_lines);
-                    let presence = std::mem::take(&mut b.presence);
+                    let mut presence = std::mem::take(&mut b.presence);
+                    for (to_node, p) in std::mem::take(&mut b.directed) {
+                        // For the other instance, or for one not in the net.
+                        if to_node == node(to) {
+                            presence.push(p);
+                        }
+                    }
                     let privates = std::mem::take(&mut b.privates);
                     let claims = std::mem::take(&mut b.claims);
                     let refused = std::mem::take(&mut b.refused);
@@ -1185,6 +1196,45 @@ mod cluster {
         );
         net.line(0, 0, "/who");
         assert_eq!(net.take(0), pairs(&[(0, "*** #lobby (1): guest-1")]));
+    }
+
+    #[test]
+    fn a_newcomer_gets_each_roster_alone_and_nobody_else_hears_it_again() {
+        let mut hub = Hub::new(200).with_cluster("a");
+        let mut out = Bus::default();
+        hub.add_guests(1, 100);
+        hub.link_up(&mut out);
+        for k in 0..3 {
+            hub.connect(c(k), LOCALHOST, &mut out);
+        }
+        out.presence.clear();
+        hub.remote_presence(Presence::Hello { node: "c~1".into() }, &mut out);
+        // Every other instance has our users already: a roster for all
+        // would make each of N instances send its users to all N.
+        assert!(out.presence.is_empty(), "{:?}", out.presence);
+        let here: Vec<&str> = out
+            .directed
+            .iter()
+            .map(|(to, p)| {
+                assert_eq!(to, "c~1");
+                match p {
+                    Presence::Here { name, .. } => name.as_str(),
+                    Presence::End { .. } => "end",
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(here, ["guest-1", "guest-2", "guest-3", "end"]);
+        // Our own arrival (or return) is still told to everyone.
+        out.directed.clear();
+        hub.link_down(&mut out);
+        hub.link_up(&mut out);
+        assert!(out.directed.is_empty());
+        let heres = out
+            .presence
+            .iter()
+            .filter(|p| matches!(p, Presence::Here { .. }));
+        assert_eq!(heres.count(), 3);
     }
 
     #[test]
@@ -1457,6 +1507,9 @@ mod cluster {
         bus.got.clear();
         hub.line(c(0), "/who", &mut bus);
         assert_eq!(bus.got, pairs(&[(0, "*** #lobby (3): guest-a-1, z0, z1")]));
+        // Not silently: the three left out are counted (for /metrics and
+        // the log).
+        assert_eq!(hub.mirrored(), (2, 3));
     }
 
     #[test]

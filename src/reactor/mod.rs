@@ -100,6 +100,9 @@ pub struct Server {
     /// Writes the bans file off the loop (startup.rs).
     bans_writer: startup::BansWriter,
     next_prune: Instant,
+    /// Remote users left out of the full mirror, as last logged, and when
+    /// the next log may be.
+    mirror_warned: (u64, Option<Instant>),
 }
 
 /// How often the per-address table is swept of entries with nothing left
@@ -861,6 +864,17 @@ impl Server {
             self.per_addr.prune(now);
             self.next_prune = now + PRUNE_EVERY;
         }
+        let (_, refused) = self.hub.mirrored();
+        if refused > self.mirror_warned.0 && self.mirror_warned.1.is_none_or(|t| now >= t) {
+            warn!(
+                "cluster: {} users of other instances left out of /who, /msg and name checks: \
+                 this instance keeps track of at most {} (--max-remote-users)",
+                refused - self.mirror_warned.0,
+                self.cfg.max_remote_users
+            );
+            // At once, then at most once a minute.
+            self.mirror_warned = (refused, Some(now + PRUNE_EVERY));
+        }
         if now >= self.metrics.next_tick() {
             self.metrics.tick(now);
         }
@@ -934,7 +948,14 @@ impl Server {
             history_lines: self.hub.history_lines() as u64,
             history_bytes: self.hub.history_bytes() as u64,
             moderation: self.hub.moderation(),
-            cluster: self.link.as_ref().map(Link::stats),
+            cluster: self.link.as_ref().map(|link| {
+                let (remote_users, remote_refused) = self.hub.mirrored();
+                metrics::Cluster {
+                    remote_users,
+                    remote_refused,
+                    ..link.stats()
+                }
+            }),
         };
         let answer = metrics::answer(request, &scrape);
         if let Some(c) = self.conns.get_mut(k) {

@@ -88,6 +88,7 @@ impl Server {
             per_addr,
             bans_writer,
             next_prune: Instant::now() + PRUNE_EVERY,
+            mirror_warned: (0, None),
         })
     }
 
@@ -272,7 +273,9 @@ fn hub_and_link(cfg: &Config) -> io::Result<(Hub, Option<Link>)> {
     // Each start is a new incarnation on the wire, so the others
     // can tell a restarted instance's old users are gone.
     let wire = format!("{}~{:x}", cfg.node_id, fastrand::u32(..));
-    let hub = Hub::new(cfg.announce_max).with_cluster(&wire);
+    let hub = Hub::new(cfg.announce_max)
+        .with_cluster(&wire)
+        .with_max_remote(cfg.max_remote_users as usize);
     let timing = cluster::Timing::new(
         Duration::from_millis(cfg.cluster_tick_ms),
         Duration::from_secs(cfg.cluster_timeout),
