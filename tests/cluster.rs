@@ -2149,11 +2149,12 @@ fn a_full_mirror_is_counted_and_logged_not_silent() {
 
 // --- issue 21: ids never silently drop lines ---------------------------------
 
-/// `@id=EPOCH-N <alice> text` as a client with ids reads a live line: the
-/// id and the rest.
+/// `@id=EPOCH-N;room=lobby <alice> text` as a client with ids reads a
+/// live line: the id and the rest (other tags left out).
 fn tagged(line: &str) -> Option<(String, String)> {
     let rest = line.strip_prefix("@id=")?;
-    let (id, text) = rest.split_once(' ')?;
+    let (tags, text) = rest.split_once(' ')?;
+    let id = tags.split(';').next()?;
     Some((id.to_string(), text.to_string()))
 }
 
