@@ -47,6 +47,9 @@ pub const MAX_HTTP_TIMEOUT: u64 = 24 * 3600;
 pub const MAX_MAX_LINE: u32 = 16 << 20;
 /// 1 GiB, for --sendq and --cluster-queue.
 pub const MAX_QUEUE: u32 = 1 << 30;
+/// The highest --max-rooms-per-user: each room a user is in costs it a
+/// few dozen bytes and a line in its `/whois`.
+pub const MAX_ROOMS_PER_USER: u32 = 10_000;
 
 /// --pass-attempts' default: wrong passwords (`/pass`, `/oper`) per address
 /// per minute before that address's attempts are refused unchecked.
@@ -147,6 +150,10 @@ pub struct Config {
     /// Rooms with more members than this do not announce joins, leaves and nick changes.
     #[arg(long, default_value_t = 200)]
     pub announce_max: usize,
+
+    /// The most rooms one user may be in at once (as IRC's CHANLIMIT).
+    #[arg(long, value_name = "ROOMS", default_value_t = crate::hub::DEFAULT_MAX_ROOMS as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_ROOMS_PER_USER as i64))]
+    pub max_rooms_per_user: u32,
 
     /// Lines of history kept per room (messages and /me, not private
     /// messages or notices); 0 turns history off.
@@ -516,6 +523,21 @@ mod tests {
         assert_eq!(parse(&["--log-queue", "16"]).unwrap().log_queue, 16);
         assert!(parse(&["--log-queue", "15"]).is_err());
         assert!(parse(&["--log-queue", "1048577"]).is_err());
+    }
+
+    #[test]
+    fn rooms_per_user_are_bounded_and_default_to_irc_s_chanlimit() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["chatd"], args].concat());
+        assert_eq!(parse(&[]).unwrap().max_rooms_per_user, 20);
+        let most = MAX_ROOMS_PER_USER.to_string();
+        assert_eq!(
+            parse(&["--max-rooms-per-user", &most])
+                .unwrap()
+                .max_rooms_per_user,
+            MAX_ROOMS_PER_USER
+        );
+        assert!(parse(&["--max-rooms-per-user", "0"]).is_err());
+        assert!(parse(&["--max-rooms-per-user", "10001"]).is_err());
     }
 
     #[test]

@@ -97,11 +97,13 @@ fn me_nick_join_and_leave_notices_cross_instances() {
     let g = guest.name.clone();
     alice.expect_line(&format!("*** {g} joined"));
     guest.send("/join games");
-    guest.expect_line(&format!("*** you joined #games (1): {g}"));
+    guest.expect_line(&format!("*** you joined #games (1): @{g}"));
+    guest.send("/part lobby");
     alice.expect_line(&format!("*** {g} left #lobby"));
     alice.send("/join games");
-    alice.expect_line(&format!("*** you joined #games (2): alice, {g}"));
+    alice.expect_line(&format!("*** you joined #games (2): alice, @{g}"));
     guest.expect_line("*** alice joined #games");
+    alice.send("/part lobby");
     bob.expect_line("*** alice left #lobby");
 
     // Leaves reach the leaver's room only, on every instance.
@@ -134,12 +136,14 @@ fn rooms_stay_isolated_across_instances() {
     });
 
     alice.send("/join games");
-    alice.expect_line("*** you joined #games (1): alice");
+    alice.expect_line("*** you joined #games (1): @alice");
+    alice.send("/part lobby");
     // Once bob's instance knows of alice's room, joining it shows her.
     wait_rooms(&mut bob, "*** rooms (2): #games (1), #lobby (3)");
     bob.send("/join games");
-    bob.expect_line("*** you joined #games (2): alice, bob");
+    bob.expect_line("*** you joined #games (2): @alice, bob");
     alice.expect_line("*** bob joined #games");
+    bob.send("/part lobby");
 
     alice.send("games only");
     assert_eq!(next_said(&mut bob), "<alice> games only");
@@ -187,7 +191,8 @@ fn private_messages_cross_instances() {
 
     // Rooms do not matter to /msg.
     bob.send("/join games");
-    bob.expect_line("*** you joined #games (1): bob");
+    bob.expect_line("*** you joined #games (1): @bob");
+    bob.send("/part lobby");
     alice.send("/msg bob still there?");
     alice.expect_line("-> *bob* still there?");
     bob.expect_line("*alice* still there?");
@@ -275,6 +280,7 @@ fn who_and_rooms_show_the_whole_cluster() {
         c.expect("the /join answer", |l| {
             l.starts_with("*** you joined #games")
         });
+        c.send("/part lobby");
     }
     let lobby = lines(&["alice", "bob"]);
     let games = lines(&["carol", "dave"]);
@@ -2143,11 +2149,12 @@ fn a_full_mirror_is_counted_and_logged_not_silent() {
 
 // --- issue 21: ids never silently drop lines ---------------------------------
 
-/// `@id=EPOCH-N <alice> text` as a client with ids reads a live line: the
-/// id and the rest.
+/// `@id=EPOCH-N;room=lobby <alice> text` as a client with ids reads a
+/// live line: the id and the rest (other tags left out).
 fn tagged(line: &str) -> Option<(String, String)> {
     let rest = line.strip_prefix("@id=")?;
-    let (id, text) = rest.split_once(' ')?;
+    let (tags, text) = rest.split_once(' ')?;
+    let id = tags.split(';').next()?;
     Some((id.to_string(), text.to_string()))
 }
 

@@ -74,7 +74,7 @@ fn every_error_is_a_clear_line() {
         ("/msg bob", "*** error: usage: /msg NAME text"),
         ("/me", "*** error: usage: /me text"),
         ("/join", "*** error: usage: /join ROOM"),
-        ("/join #lobby", "*** error: you are already in #lobby"),
+        ("/join #lobby", "*** now talking in #lobby"),
         (
             "/join bad!room",
             "*** error: invalid room name: '!' is not allowed; use letters, digits, '-', '_' and '.'",
@@ -122,12 +122,16 @@ fn rooms_are_isolated_even_under_load() {
     b.next_is(&format!("*** {} joined", c.name));
 
     a.send("/join games");
-    a.next_is("*** you joined #games (1): alice");
+    a.next_is("*** you joined #games (1): @alice");
+    a.send("/part lobby");
+    a.next_is("*** you left #lobby; now talking in #games");
     b.next_is("*** alice left #lobby");
     c.next_is("*** alice left #lobby");
     b.send("/join #GAMES");
-    b.next_is("*** you joined #games (2): alice, bob");
+    b.next_is("*** you joined #games (2): @alice, bob");
     a.next_is("*** bob joined #games");
+    b.send("/part lobby");
+    b.next_is("*** you left #lobby; now talking in #games");
     c.next_is("*** bob left #lobby");
 
     let mut batch = String::new();
@@ -159,7 +163,9 @@ fn a_room_goes_away_with_its_last_member_and_a_name_with_its_owner() {
     let server = Server::start(&[]);
     let (mut a, mut b) = alice_and_bob(&server);
     b.send("/join attic");
-    b.next_is("*** you joined #attic (1): bob");
+    b.next_is("*** you joined #attic (1): @bob");
+    b.send("/part lobby");
+    b.next_is("*** you left #lobby; now talking in #attic");
     a.next_is("*** bob left #lobby");
     a.send("/rooms");
     a.next_is("*** rooms (2): #attic (1), #lobby (1)");

@@ -311,7 +311,8 @@ fn rooms_and_who_answer_within_the_bound_with_5000_rooms() {
     for i in 0..rooms {
         let mut s = TcpStream::connect(server.addr).unwrap();
         // Never read: the welcome and the join answer wait in the buffers.
-        s.write_all(format!("/join r{i:04}\n").as_bytes()).unwrap();
+        s.write_all(format!("/join r{i:04}\n/part lobby\n").as_bytes())
+            .unwrap();
         conns.push(s);
     }
     let mut c = server.client();

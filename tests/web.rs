@@ -245,7 +245,9 @@ fn commands_work_over_websocket() {
 
     // Rooms keep transports apart exactly as they keep telnet users apart.
     w.send("/join games");
-    w.next_is("*** you joined #games (1): alice");
+    w.next_is("*** you joined #games (1): @alice");
+    w.send("/part lobby");
+    w.next_is("*** you left #lobby; now talking in #games");
     t.next_is("*** alice left #lobby");
     t.send("lobby only");
     w.send("games only");
@@ -260,7 +262,7 @@ fn commands_work_over_websocket() {
         "{rooms}"
     );
     t.send("/join games");
-    t.next_is(&format!("*** you joined #games (2): alice, {}", t.name));
+    t.next_is(&format!("*** you joined #games (2): @alice, {}", t.name));
     t.next_is("*** history of #games (1 line, times UTC):");
     t.expect_line("*** end of history");
     w.next_is(&format!("*** {} joined #games", t.name));

@@ -32,8 +32,10 @@
 use super::events::Inbound;
 use super::redis::frame_bytes;
 use crate::access::Ban;
+use crate::access::MAX_REASON;
+use crate::config::MAX_ROOMS_PER_USER;
 use crate::history::{Id, Line};
-use crate::hub::{ClientId, Presence, check_name};
+use crate::hub::{ClientId, InRoom, MAX_TOPIC, Presence, Topic, check_name};
 use crate::line::sanitize;
 use redis_protocol::resp2::types::OwnedFrame;
 use std::rc::Rc;
@@ -614,10 +616,16 @@ fn split(b: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&b[..i], &b[i + 1..]))
 }
 
-/// `H node` | `B node` | `J node id name room shown round` | `L node id` |
-/// `N node id name` | `M node id room shown` | `E node round` | `W node`.
-/// Names, rooms and node ids contain no spaces.
+/// `H node` | `B node` | `J node id name ROOMS round` | `L node id` |
+/// `N node id name` | `R node id [@]shown` | `P node id room` |
+/// `O node id room +|-` | `K node id room` | `A node id [TEXT]` |
+/// `T node room LOCKED AT BY [TEXT]` | `E node round` | `W node`.
+/// ROOMS: the rooms a user is in, `[@]shown` joined by commas (`@`: one of
+/// its operators; the key is `shown` lowercased), or `*` for none. Names,
+/// rooms and node ids contain no spaces; a TEXT (an away message, a topic)
+/// is the rest of the line.
 pub fn encode_presence(event: &Presence) -> String {
+    let at = |r: &InRoom| format!("{}{}", if r.op { "@" } else { "" }, r.shown);
     match event {
         Presence::Hello { node } => format!("H {node}"),
         Presence::Bye { node } => format!("B {node}"),
@@ -625,21 +633,61 @@ pub fn encode_presence(event: &Presence) -> String {
             node,
             id,
             name,
-            room,
-            shown,
+            rooms,
             round,
-        } => format!("J {node} {id} {name} {room} {shown} {round}"),
+        } => {
+            let list = if rooms.is_empty() {
+                "*".to_string()
+            } else {
+                rooms.iter().map(at).collect::<Vec<_>>().join(",")
+            };
+            format!("J {node} {id} {name} {list} {round}")
+        }
         Presence::Gone { node, id } => format!("L {node} {id}"),
         Presence::Renamed { node, id, name } => format!("N {node} {id} {name}"),
-        Presence::Moved {
-            node,
-            id,
-            room,
-            shown,
-        } => format!("M {node} {id} {room} {shown}"),
+        Presence::Joined { node, id, room } => format!("R {node} {id} {}", at(room)),
+        Presence::Parted { node, id, room } => format!("P {node} {id} {room}"),
+        Presence::Opped { node, id, room, op } => {
+            format!("O {node} {id} {room} {}", if *op { '+' } else { '-' })
+        }
+        Presence::Kicked { node, id, room } => format!("K {node} {id} {room}"),
+        Presence::Away { node, id, text } => {
+            format!("A {node} {id} {}", text.as_deref().unwrap_or_default())
+        }
+        Presence::Topic { node, room, topic } => format!(
+            "T {node} {room} {} {} {} {}",
+            u8::from(topic.locked),
+            topic.at_ms,
+            topic.by,
+            topic.text
+        ),
         Presence::End { node, round } => format!("E {node} {round}"),
         Presence::Who { node } => format!("W {node}"),
     }
+}
+
+/// `[@]shown` as a room a user is in.
+fn in_room(s: &str) -> Option<InRoom> {
+    let (op, shown) = match s.strip_prefix('@') {
+        Some(shown) => (true, shown),
+        None => (false, s),
+    };
+    name_ok(shown).then(|| InRoom {
+        key: shown.to_ascii_lowercase(),
+        shown: shown.to_string(),
+        op,
+    })
+}
+
+/// A text from another instance (an away message, a topic): cleaned as a
+/// client's line is, and bounded as the hub bounds its own.
+fn presence_text(s: &str, max: usize) -> Option<String> {
+    if s.trim().is_empty() {
+        return Some(String::new());
+    }
+    let text = sanitize(s.as_bytes())?;
+    let text = text.trim();
+    (text.len() <= max && !text.chars().any(char::is_control)).then(|| text.to_string())
 }
 
 /// Parses a presence message, accepting only what the hub's own rules
@@ -654,23 +702,25 @@ pub fn decode_presence(s: &str) -> Option<Presence> {
     let num = |i: usize| f.get(i)?.parse::<u64>().ok();
     let name = |i: usize| f.get(i).filter(|n| name_ok(n)).map(|n| n.to_string());
     let room = |i: usize| f.get(i).filter(|r| room_key_ok(r)).map(|r| r.to_string());
-    let shown = |i: usize, room: &str| {
-        f.get(i)
-            .filter(|s| name_ok(s) && s.eq_ignore_ascii_case(room))
-            .map(|s| s.to_string())
-    };
+    // The rest of the line from field `i` on (a text may hold spaces).
+    let rest = |i: usize| s.splitn(i + 1, ' ').nth(i).unwrap_or_default();
     Some(match (f[0], f.len()) {
         ("H", 2) => Presence::Hello { node },
         ("B", 2) => Presence::Bye { node },
-        ("J", 7) => {
-            let room = room(4)?;
+        ("J", 6) => {
+            let list = *f.get(4)?;
+            let rooms = if list == "*" {
+                Vec::new()
+            } else {
+                let rooms: Option<Vec<InRoom>> = list.split(',').map(in_room).collect();
+                rooms.filter(|r| r.len() <= MAX_ROOMS_PER_USER as usize)?
+            };
             Presence::Here {
                 node,
                 id: num(2)?,
                 name: name(3)?,
-                shown: shown(5, &room)?,
-                room,
-                round: num(6)?,
+                rooms,
+                round: num(5)?,
             }
         }
         ("L", 3) => Presence::Gone { node, id: num(2)? },
@@ -679,15 +729,53 @@ pub fn decode_presence(s: &str) -> Option<Presence> {
             id: num(2)?,
             name: name(3)?,
         },
-        ("M", 5) => {
-            let room = room(3)?;
-            Presence::Moved {
+        ("R", 4) => Presence::Joined {
+            node,
+            id: num(2)?,
+            room: in_room(f[3])?,
+        },
+        ("P", 4) => Presence::Parted {
+            node,
+            id: num(2)?,
+            room: room(3)?,
+        },
+        ("O", 5) => Presence::Opped {
+            node,
+            id: num(2)?,
+            room: room(3)?,
+            op: match f[4] {
+                "+" => true,
+                "-" => false,
+                _ => return None,
+            },
+        },
+        ("K", 4) => Presence::Kicked {
+            node,
+            id: num(2)?,
+            room: room(3)?,
+        },
+        ("A", n) if n >= 4 => {
+            let text = presence_text(rest(3), 4 * MAX_REASON)?;
+            Presence::Away {
                 node,
                 id: num(2)?,
-                shown: shown(4, &room)?,
-                room,
+                text: Some(text).filter(|t| !t.is_empty()),
             }
         }
+        ("T", n) if n >= 7 => Presence::Topic {
+            node,
+            room: room(2)?,
+            topic: Topic {
+                locked: match f[3] {
+                    "1" => true,
+                    "0" => false,
+                    _ => return None,
+                },
+                at_ms: num(4)?,
+                by: name(5)?.into(),
+                text: presence_text(rest(6), MAX_TOPIC)?.into(),
+            },
+        },
         ("E", 3) => Presence::End {
             node,
             round: num(2)?,
@@ -711,8 +799,25 @@ mod tests {
                 node: node.clone(),
                 id: 7,
                 name: "alice".into(),
-                room: "games".into(),
-                shown: "Games".into(),
+                rooms: vec![
+                    InRoom {
+                        key: "games".into(),
+                        shown: "Games".into(),
+                        op: true,
+                    },
+                    InRoom {
+                        key: "lobby".into(),
+                        shown: "lobby".into(),
+                        op: false,
+                    },
+                ],
+                round: 3,
+            },
+            Presence::Here {
+                node: node.clone(),
+                id: 8,
+                name: "bob".into(),
+                rooms: vec![],
                 round: 3,
             },
             Presence::Gone {
@@ -724,11 +829,50 @@ mod tests {
                 id: 7,
                 name: "al".into(),
             },
-            Presence::Moved {
+            Presence::Joined {
                 node: node.clone(),
                 id: 7,
-                room: "lobby".into(),
-                shown: "lobby".into(),
+                room: InRoom {
+                    key: "dev".into(),
+                    shown: "Dev".into(),
+                    op: false,
+                },
+            },
+            Presence::Parted {
+                node: node.clone(),
+                id: 7,
+                room: "dev".into(),
+            },
+            Presence::Opped {
+                node: node.clone(),
+                id: 7,
+                room: "dev".into(),
+                op: true,
+            },
+            Presence::Kicked {
+                node: node.clone(),
+                id: 7,
+                room: "dev".into(),
+            },
+            Presence::Away {
+                node: node.clone(),
+                id: 7,
+                text: Some("out to lunch".into()),
+            },
+            Presence::Away {
+                node: node.clone(),
+                id: 7,
+                text: None,
+            },
+            Presence::Topic {
+                node: node.clone(),
+                room: "dev".into(),
+                topic: Topic {
+                    text: "ship it: friday".into(),
+                    by: "alice".into(),
+                    at_ms: 1_796_683_266_123,
+                    locked: true,
+                },
             },
             Presence::End {
                 node: node.clone(),
@@ -738,25 +882,39 @@ mod tests {
         ] {
             assert_eq!(decode_presence(&encode_presence(&e)), Some(e));
         }
-        assert_eq!(decode_presence("J n1 x a b b 1"), None);
+        assert_eq!(decode_presence("J n1 x a b 1"), None);
+        // Texts are cleaned as a client's line is.
+        assert_eq!(
+            decode_presence("A n1 1 \x1b[2Jout"),
+            Some(Presence::Away {
+                node: "n1".into(),
+                id: 1,
+                text: Some("[2Jout".into())
+            })
+        );
         assert_eq!(decode_presence(""), None);
     }
 
     #[test]
     fn presence_with_what_a_client_could_not_choose_is_refused() {
         for bad in [
-            "J n1 1 bad\x1bname lobby lobby 1",
-            "J n1 1 ali\r\nce lobby lobby 1",
-            "J n1 1 waytoolongforanameinthischat lobby lobby 1",
-            "J n1 1 guest-1 lob\x07by lob\x07by 1",
-            "J n1 1 alice Lobby Lobby 1", // a room key is lowercase
-            "J n1 1 alice lobby games 1", // shown is the key, cased
-            "J n1 1  lobby lobby 1",      // empty name
-            "J n\x1b1 1 alice lobby lobby 1",
-            "J n1 1 alice lobby lobby",
+            "J n1 1 bad\x1bname lobby 1",
+            "J n1 1 ali\r\nce lobby 1",
+            "J n1 1 waytoolongforanameinthischat lobby 1",
+            "J n1 1 guest-1 lob\x07by 1",
+            "J n1 1 alice lobby,,games 1", // an empty room
+            "J n1 1 alice @@lobby 1",
+            "J n1 1  lobby 1", // empty name
+            "J n\x1b1 1 alice lobby 1",
+            "J n1 1 alice lobby",
+            "J n1 1 alice lobby lobby 1", // the old form: one room, twice
             "N n1 1 x\r\ny",
             "N n1 1 ",
-            "M n1 1 room\u{9b} room\u{9b}",
+            "R n1 1 room\u{9b}",
+            "P n1 1 Lobby", // a room key is lowercase
+            "O n1 1 lobby x",
+            "T n1 lobby 2 1 alice topic",
+            "T n1 lobby 1 1 bad\x1bname topic",
             "E n1 x",
             "W",
             "Z n1",

@@ -6,13 +6,19 @@ use super::*;
 const HELP: &[&str] = &[
     "*** commands:",
     "***   /nick NAME        change your name (1-24 letters, digits, - _ .)",
-    "***   /who              list the people in your room",
+    "***   /who              list the people in your current room (@: its operators)",
     "***   /msg NAME text    send a private message",
     "***   /me text          say what you are doing: * alice waves",
-    "***   /join ROOM        leave your room and enter ROOM (created if new)",
+    "***   /join ROOM        enter ROOM (created if new) and talk there; you stay in the others",
+    "***   /part [ROOM] [why] leave ROOM (default: your current room)",
     "***   /rooms            list the rooms and how many are in each",
+    "***   /list             the rooms with how many are in each and their topics",
+    "***   /names [ROOM]     list the people in a room you are in",
+    "***   /topic [text]     show or set the topic of your current room",
+    "***   /whois NAME       the rooms you share, idle time, connected since, away message",
+    "***   /away [message]   say you are away (/msg to you answers it); alone: back",
     "***   /stats            your queue, drops and time online; the server's load",
-    "***   /history [N]      the last N lines said in your room (times in UTC)",
+    "***   /history [N]      the last N lines said in your current room (times in UTC)",
     "***   /history since ID the lines said after the one with that id",
     "***   /ids on|off       room lines carry their id, yours echoed (for clients)",
     "***   /quit [reason]    leave the chat",
@@ -20,10 +26,21 @@ const HELP: &[&str] = &[
     "***   //text            send a message that begins with /",
 ];
 
+/// What /help adds for an operator of a room (its creator, or one made
+/// so with /op), or of the server.
+const ROOM_OPER_HELP: &[&str] = &[
+    "*** room operator commands (in your current room):",
+    "***   /topic lock|unlock  only the room's operators may set its topic, or anyone in it",
+    "***   /op NAME          make NAME an operator of the room",
+    "***   /deop NAME        NAME is no longer an operator of the room",
+    "***   /kick NAME [why]  take NAME out of the room, not the server (server operators: /kick #ROOM NAME)",
+];
+
 /// What /help adds for an operator.
 const OPER_HELP: &[&str] = &[
     "*** operator commands:",
-    "***   /kick NAME [reason]                       disconnect a user; the room is told why",
+    "***   /kick NAME [reason]                       disconnect a user; their rooms are told why",
+    "***   /kick #ROOM NAME [reason]                 take a user out of ROOM only",
     "***   /ban NAME|ADDRESS[/prefix] [confirm] [time] [why]   refuse an address (a user's, by name); time 30s, 10m, 2h, 7d or permanent (default); confirm: one covering your own address or wider than /8 (IPv6 /32)",
     "***   /unban ADDRESS[/prefix]                   lift a ban, as listed by /bans",
     "***   /bans                                     the bans in force",
@@ -52,7 +69,22 @@ pub enum Command<'a> {
     Ids(&'a str),
     /// `/join ROOM`, with or without its `#` (empty: usage error).
     Join(&'a str),
+    /// `/part [ROOM] [reason]`: the arguments, read by rooms.rs.
+    Part(&'a str),
     Rooms,
+    List,
+    /// `/names [ROOM]`.
+    Names(&'a str),
+    /// `/topic [text | lock | unlock]`.
+    Topic(&'a str),
+    /// `/op NAME`.
+    Op(&'a str),
+    /// `/deop NAME`.
+    Deop(&'a str),
+    /// `/whois NAME`.
+    Whois(&'a str),
+    /// `/away [message]`.
+    Away(&'a str),
     /// `/quit [reason]`.
     Quit(&'a str),
     Stats,
@@ -61,8 +93,9 @@ pub enum Command<'a> {
     Pass(&'a str),
     /// `/oper PASSWORD`.
     Oper(&'a str),
-    /// `/kick NAME [reason]`.
+    /// `/kick [#ROOM] NAME [reason]`.
     Kick {
+        room: Option<&'a str>,
         name: &'a str,
         reason: &'a str,
     },
@@ -84,7 +117,6 @@ impl<'a> Command<'a> {
     /// The command word, if only operators may use the command.
     pub fn for_operators(&self) -> Option<&'static str> {
         Some(match self {
-            Command::Kick { .. } => "kick",
             Command::Ban(_) => "ban",
             Command::Unban(_) => "unban",
             Command::Bans => "bans",
@@ -113,15 +145,29 @@ impl<'a> Command<'a> {
             "history" => Command::History(rest),
             "ids" => Command::Ids(rest),
             "join" => Command::Join(rest),
+            "part" | "leave" => Command::Part(rest),
             "rooms" => Command::Rooms,
+            "list" => Command::List,
+            "names" => Command::Names(rest),
+            "topic" => Command::Topic(rest),
+            "op" => Command::Op(rest),
+            "deop" => Command::Deop(rest),
+            "whois" => Command::Whois(rest),
+            "away" => Command::Away(rest),
             "quit" => Command::Quit(rest),
             "stats" => Command::Stats,
             "help" => Command::Help,
             "pass" => Command::Pass(rest),
             "oper" => Command::Oper(rest),
             "kick" => {
-                let (name, reason) = split_word(rest);
+                let (first, after) = split_word(rest);
+                // A name never begins with '#': a room does.
+                let (room, (name, reason)) = match first.strip_prefix('#') {
+                    Some(room) => (Some(room), split_word(after.trim())),
+                    None => (None, (first, after)),
+                };
                 Command::Kick {
+                    room,
                     name,
                     reason: reason.trim(),
                 }
@@ -148,28 +194,55 @@ impl Hub {
                 "*** error: you are already in; /pass is only asked first",
             ),
             Command::Oper(secret) => self.oper(id, i, secret, out),
-            Command::Kick { name, reason } => self.kick(id, i, name, reason, out),
+            Command::Kick {
+                room: None,
+                name,
+                reason,
+            } if self.clients[i].standing.oper() => self.kick(id, i, name, reason, out),
+            Command::Kick { room, name, reason } => {
+                let here = room.is_some()
+                    || self.clients[i]
+                        .seat
+                        .current()
+                        .is_some_and(|r| self.may_run(i, r));
+                if here {
+                    self.room_kick(id, i, room, name, reason, out);
+                } else {
+                    reply(
+                        out,
+                        id,
+                        "*** error: /kick is for operators (/oper PASSWORD)",
+                    );
+                }
+            }
             Command::Ban(args) => self.ban(id, i, args, out),
             Command::Unban(arg) => self.unban(id, i, arg, out),
             Command::Bans => self.list_bans(id, out),
             Command::Mute(args) => self.mute(id, i, args, out),
             Command::Unmute(name) => self.unmute(id, i, name, out),
             Command::Nick(name) => self.nick(id, i, name, out),
-            Command::Who => {
-                let room = self.clients[i].seat.room();
-                out.send(id, &Msg::new(&format!("*** {}", self.roster(room))));
-            }
+            Command::Who => self.names(id, i, "", out),
             Command::Msg { to, text } => self.private(id, i, to, text, out),
             Command::Me("") => reply(out, id, "*** error: usage: /me text"),
             Command::Me(text) => {
-                let c = &self.clients[i];
-                let line = format!("* {} {text}", c.who.name());
-                self.say(c.seat.room(), Some(i), line, out);
+                let Some(room) = self.talking_in(id, i, out) else {
+                    return;
+                };
+                let line = format!("* {} {text}", self.clients[i].who.name());
+                self.say(room, Some(i), line, out);
                 self.relayed += 1;
             }
             Command::History(args) => self.history_command(id, i, args, out),
             Command::Ids(arg) => self.ids_command(id, i, arg, out),
             Command::Join(room) => self.join(id, i, room, out),
+            Command::Part(args) => self.part(id, i, args, out),
+            Command::List => self.list(id, out),
+            Command::Names(room) => self.names(id, i, room, out),
+            Command::Topic(text) => self.topic(id, i, text, out),
+            Command::Op(name) => self.op(id, i, name, true, out),
+            Command::Deop(name) => self.op(id, i, name, false, out),
+            Command::Whois(name) => self.whois(id, i, name, out),
+            Command::Away(text) => self.away(id, i, text, out),
             Command::Rooms => {
                 let shown = self.room_keys.values().map(|&r| {
                     let r = &self.rooms[r];
@@ -200,6 +273,12 @@ impl Hub {
             Command::Help => {
                 for line in HELP {
                     reply(out, id, line);
+                }
+                let c = &self.clients[i];
+                if c.standing.oper() || c.seat.rooms().any(|r| c.seat.is_op(r)) {
+                    for line in ROOM_OPER_HELP {
+                        reply(out, id, line);
+                    }
                 }
                 if self.clients[i].standing.oper() {
                     for line in OPER_HELP {
@@ -294,17 +373,42 @@ mod tests {
         assert_eq!(
             Command::parse("kick bob  too much spam "),
             Command::Kick {
+                room: None,
                 name: "bob",
                 reason: "too much spam"
             }
         );
         assert_eq!(
+            Command::parse("kick #Games bob  spam "),
+            Command::Kick {
+                room: Some("Games"),
+                name: "bob",
+                reason: "spam"
+            }
+        );
+        assert_eq!(
             Command::parse("kick"),
             Command::Kick {
+                room: None,
                 name: "",
                 reason: ""
             }
         );
+        assert_eq!(
+            Command::parse("part #games bye"),
+            Command::Part("#games bye")
+        );
+        assert_eq!(Command::parse("LIST"), Command::List);
+        assert_eq!(Command::parse("names games"), Command::Names("games"));
+        assert_eq!(
+            Command::parse("topic  hi there "),
+            Command::Topic("hi there")
+        );
+        assert_eq!(Command::parse("op bob"), Command::Op("bob"));
+        assert_eq!(Command::parse("deop bob"), Command::Deop("bob"));
+        assert_eq!(Command::parse("whois bob"), Command::Whois("bob"));
+        assert_eq!(Command::parse("away lunch"), Command::Away("lunch"));
+        assert_eq!(Command::parse("kick x").for_operators(), None);
         assert_eq!(
             Command::parse("ban 10.0.0.0/8 2h spam"),
             Command::Ban("10.0.0.0/8 2h spam")

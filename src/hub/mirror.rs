@@ -22,6 +22,9 @@ pub const LINK_DOWN: &str = "*** cluster link down: messages reach this server o
 pub const MAX_REMOTE: usize = 1 << 20;
 /// The most instances remembered as lost (to notice when they are back).
 pub const MAX_LOST: usize = 64;
+/// The most rooms the mirror holds one remote user in (forged presence
+/// must not grow it without end): --max-rooms-per-user's own ceiling.
+pub const MAX_REMOTE_ROOMS: usize = crate::config::MAX_ROOMS_PER_USER as usize;
 pub const LINK_UP: &str = "*** cluster link restored";
 
 /// Cluster mode: who we are, whether the link is up, and name bookkeeping.
@@ -69,26 +72,112 @@ impl Hub {
         self
     }
 
-    /// Tells the other instances that local client `i` is here.
+    /// Tells the other instances that local client `i` is here, in the
+    /// rooms it is in (and away, if it is).
     pub(super) fn here(&self, i: Member, out: &mut impl Outbox) {
-        if let Some(event) = self.here_event(i) {
+        for event in self.here_events(i) {
             out.cluster(ClusterOp::Presence(event));
         }
     }
 
-    fn here_event(&self, i: Member) -> Option<Presence> {
+    /// What tells another instance about local user `i`: `Here`, with its
+    /// rooms, and `Away` if it is away.
+    fn here_events(&self, i: Member) -> Vec<Presence> {
         let c = &self.clients[i];
         let (Some(cl), Some(id)) = (&self.cluster, c.who.local()) else {
-            return None;
+            return Vec::new();
         };
-        let r = &self.rooms[c.seat.room()];
-        Some(Presence::Here {
+        let mut events = vec![Presence::Here {
             node: cl.node.clone(),
             id: id.0 as u64,
             name: c.who.name().to_string(),
-            room: r.key.to_string(),
-            shown: r.name[1..].to_string(),
+            rooms: c.seat.rooms().map(|r| self.in_room(i, r)).collect(),
             round: cl.round,
+        }];
+        if let Some(text) = c.status.away() {
+            events.push(Presence::Away {
+                node: cl.node.clone(),
+                id: id.0 as u64,
+                text: Some(text.to_string()),
+            });
+        }
+        events
+    }
+
+    /// `room` as presence events carry it, for member `i`.
+    fn in_room(&self, i: Member, room: usize) -> InRoom {
+        let r = &self.rooms[room];
+        InRoom {
+            key: r.key.to_string(),
+            shown: r.name[1..].to_string(),
+            op: self.clients[i].seat.is_op(room),
+        }
+    }
+
+    /// Where user `i` lives, as presence events name it: (node, id).
+    fn home_of(&self, i: Member) -> Option<(Rc<str>, u64)> {
+        let cl = self.cluster.as_ref()?;
+        Some(match self.clients[i].who.home() {
+            Home::Local(id) => (cl.node.clone(), id.0 as u64),
+            Home::Remote(node, id) => (node.clone(), *id),
+        })
+    }
+
+    /// Local user `i` entered `room`.
+    pub(super) fn presence_joined(&self, i: Member, room: usize, out: &mut impl Outbox) {
+        if let Some((node, id)) = self.home_of(i) {
+            let room = self.in_room(i, room);
+            out.cluster(ClusterOp::Presence(Presence::Joined { node, id, room }));
+        }
+    }
+
+    /// Local user `i` left the room `key` (by key: the room itself is gone
+    /// if `i` was its last member here).
+    pub(super) fn presence_parted(&self, i: Member, key: &str, out: &mut impl Outbox) {
+        if let Some((node, id)) = self.home_of(i) {
+            let room = key.to_string();
+            out.cluster(ClusterOp::Presence(Presence::Parted { node, id, room }));
+        }
+    }
+
+    /// User `t` (anywhere) became one of `room`'s operators, or stopped.
+    pub(super) fn presence_op(&self, t: Member, room: usize, out: &mut impl Outbox) {
+        if let Some((node, id)) = self.home_of(t) {
+            let op = self.clients[t].seat.is_op(room);
+            let room = self.rooms[room].key.to_string();
+            out.cluster(ClusterOp::Presence(Presence::Opped { node, id, room, op }));
+        }
+    }
+
+    /// Remote user `t` was kicked from `room` here: its instance takes it out.
+    pub(super) fn presence_kicked(&self, t: Member, room: usize, out: &mut impl Outbox) {
+        if let Some((node, id)) = self.home_of(t) {
+            let room = self.rooms[room].key.to_string();
+            out.cluster(ClusterOp::Presence(Presence::Kicked { node, id, room }));
+        }
+    }
+
+    /// Local user `i`'s away message changed.
+    pub(super) fn presence_away(&self, i: Member, out: &mut impl Outbox) {
+        if let Some((node, id)) = self.home_of(i) {
+            let text = self.clients[i].status.away().map(str::to_string);
+            out.cluster(ClusterOp::Presence(Presence::Away { node, id, text }));
+        }
+    }
+
+    /// `room`'s topic changed here.
+    pub(super) fn presence_topic(&self, room: usize, out: &mut impl Outbox) {
+        if let Some(event) = self.topic_event(room) {
+            out.cluster(ClusterOp::Presence(event));
+        }
+    }
+
+    fn topic_event(&self, room: usize) -> Option<Presence> {
+        let (cl, topic) = (self.cluster.as_ref()?, self.rooms[room].topic.as_ref()?);
+        Some(Presence::Topic {
+            node: cl.node.clone(),
+            room: self.rooms[room].key.to_string(),
+            topic: (**topic).clone(),
         })
     }
 
@@ -109,7 +198,14 @@ impl Hub {
             },
         };
         for i in self.local.iter().flatten().copied() {
-            if let Some(event) = self.here_event(i) {
+            for event in self.here_events(i) {
+                out.cluster(op(event));
+            }
+        }
+        // A topic lives as long as its room has members somewhere: each
+        // instance with members in it re-tells it, for one that just came.
+        for (r, _) in self.rooms.iter().filter(|(_, r)| r.local > 0) {
+            if let Some(event) = self.topic_event(r) {
                 out.cluster(op(event));
             }
         }
@@ -179,8 +275,7 @@ impl Hub {
                 node,
                 id,
                 name,
-                room,
-                shown,
+                rooms,
                 round,
             } if node != me => {
                 let known = self.remote.get(&(node.clone(), id)).copied();
@@ -195,6 +290,7 @@ impl Hub {
                 let i = Member(self.clients.insert(Client {
                     who: Identity::new(name.into(), key.clone(), home, round),
                     seat: Seat::NONE,
+                    status: Status::new(self.now_ms),
                     resume: Resume::default(),
                     standing: Standing::new(None),
                 }));
@@ -204,12 +300,15 @@ impl Hub {
                     .as_ref()
                     .is_some_and(|c| c.lost.contains(&node));
                 self.remote.insert((node, id), i);
-                let r = self.enter(i, &room, &shown, out);
-                if back && known.is_none() && self.announces(r) {
-                    // Declared lost, heard from again: its rooms saw it
-                    // leave, so they see it come back.
-                    let text = format!("*** {} is back", self.clients[i].who.name());
-                    self.to_room(r, Some(i), &Msg::new(&text), out);
+                for room in rooms.iter().take(MAX_REMOTE_ROOMS) {
+                    let r = self.enter(i, &room.key, &room.shown, out);
+                    self.set_op(i, r, room.op);
+                    if back && known.is_none() && self.announces(r) {
+                        // Declared lost, heard from again: its rooms saw it
+                        // leave, so they see it come back.
+                        let text = format!("*** {} is back", self.clients[i].who.name());
+                        self.to_room(r, Some(i), &Msg::new(&text), out);
+                    }
                 }
             }
             Presence::Gone { node, id } => {
@@ -245,15 +344,51 @@ impl Hub {
                 }
             }
             Presence::End { .. } => {}
-            Presence::Moved {
-                node,
-                id,
-                room,
-                shown,
-            } => {
+            Presence::Joined { node, id, room } => {
+                if let Some(&i) = self.remote.get(&(node, id))
+                    && self.clients[i].seat.count() < MAX_REMOTE_ROOMS
+                {
+                    let r = self.enter(i, &room.key, &room.shown, out);
+                    self.set_op(i, r, room.op);
+                }
+            }
+            Presence::Parted { node, id, room } => {
+                if let (Some(&i), Some(&r)) = (
+                    self.remote.get(&(node, id)),
+                    self.room_keys.get(room.as_str()),
+                ) {
+                    self.leave_room(i, r, out);
+                }
+            }
+            Presence::Opped { node, id, room, op } => {
+                let who = if node == me {
+                    self.idx(ClientId(id as usize))
+                } else {
+                    self.remote.get(&(node, id)).copied()
+                };
+                if let (Some(i), Some(&r)) = (who, self.room_keys.get(room.as_str())) {
+                    self.set_op(i, r, op);
+                }
+            }
+            Presence::Kicked { node, id, room } => {
+                let tid = ClientId(id as usize);
+                if node == me
+                    && let (Some(t), Some(&r)) = (self.idx(tid), self.room_keys.get(room.as_str()))
+                    && self.clients[t].seat.is_in(r)
+                {
+                    self.kicked_from(tid, t, r, out);
+                }
+            }
+            Presence::Away { node, id, text } => {
                 if let Some(&i) = self.remote.get(&(node, id)) {
-                    self.leave(i, out);
-                    self.enter(i, &room, &shown, out);
+                    self.clients[i].status.set_away(text.as_deref());
+                }
+            }
+            Presence::Topic { node, room, topic } => {
+                if node != me
+                    && let Some(&r) = self.room_keys.get(room.as_str())
+                {
+                    self.rooms[r].topic = Some(Box::new(topic));
                 }
             }
             Presence::Here { .. } => {}

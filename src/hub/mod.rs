@@ -24,9 +24,15 @@
 //! - this file: the hub, `Client`, arriving (`let_in`) and leaving, lines in;
 //! - names.rs: identity — `Identity` (name, where connected, claim), guest
 //!   numbers, `/nick`, name claims;
-//! - rooms.rs: rooms and routing — `Seat` (the room a user is in), who gets
-//!   a line (`say`, the fan-out: one shared buffer per broadcast, two with
-//!   `/ids on`), `/join`, `/msg`;
+//! - rooms.rs: rooms and routing — `Seat` (the rooms a user is in, and its
+//!   current one), who gets a line (`say`, the fan-out: one shared buffer
+//!   per variant of a broadcast — current room or not, ids or not),
+//!   `/join`, `/part`, `/msg`;
+//! - room_admin.rs: what a room has beyond its members — its topic and
+//!   operators (`/topic`, `/op`, `/deop`, a room's `/kick`), `/list`,
+//!   `/names`;
+//! - status.rs: `Status` (away, connected since, last active), `/away`,
+//!   `/whois`;
 //! - room_history.rs: `Resume` (ids on or off, history awaited from
 //!   Redis), room lines numbered, kept, replayed, `/history`, `/ids`;
 //! - command.rs: a `/` line parsed into a [`Command`], then carried out;
@@ -44,23 +50,27 @@ mod mirror;
 mod moderation;
 mod names;
 mod ops;
+mod room_admin;
 mod room_history;
 mod rooms;
+mod status;
 
 pub use self::command::{Command, stats_line};
 pub use self::mirror::{Claim, LINK_DOWN, LINK_UP, MAX_LOST, MAX_REMOTE, same_instance_name};
 pub use self::moderation::{Access, Moderation, NEEDS_PASSWORD};
 pub use self::names::{MAX_NAME, check_name};
 pub use self::ops::{ClusterOp, Due, Refusal, Roster};
+pub use self::room_admin::{MAX_TOPIC, Topic};
 pub use self::room_history::Asked;
-pub use self::rooms::{LIST_MAX, LOBBY};
+pub use self::rooms::{DEFAULT_MAX_ROOMS, LIST_MAX, LOBBY};
 pub use crate::access::human_duration;
 
 use self::mirror::Cluster;
 use self::moderation::Standing;
 use self::names::{Home, Identity};
 use self::room_history::{Numbered, Resume, is_room_line};
-use self::rooms::{Seat, listing};
+use self::rooms::{NO_ROOM, Seat, listing};
+use self::status::Status;
 use crate::history::{self, History, Id, Since};
 use crate::msg::Msg;
 use slab::Slab;
@@ -138,18 +148,27 @@ pub struct ServerStats {
     pub lines_per_sec: f64,
 }
 
+/// One room a user is in, as presence events carry it: the room's key
+/// (lowercase), the name it is shown by (without its `#`), and whether the
+/// user is one of its operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InRoom {
+    pub key: String,
+    pub shown: String,
+    pub op: bool,
+}
+
 /// Presence events exchanged by instances (room keys are lowercase).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Presence {
-    /// A user is on `node` as `id`, named `name`, in room `room` (shown as
-    /// `shown`). Sent when a user arrives and, for everyone, in a roster
-    /// (answering `Hello` or `Who`); `round` is the sender's roster count.
+    /// A user is on `node` as `id`, named `name`, in `rooms`. Sent when a
+    /// user arrives and, for everyone, in a roster (answering `Hello` or
+    /// `Who`); `round` is the sender's roster count.
     Here {
         node: Rc<str>,
         id: u64,
         name: String,
-        room: String,
-        shown: String,
+        rooms: Vec<InRoom>,
         round: u64,
     },
     Gone {
@@ -161,11 +180,45 @@ pub enum Presence {
         id: u64,
         name: String,
     },
-    Moved {
+    /// The user entered one more room (it stays in the others).
+    Joined {
+        node: Rc<str>,
+        id: u64,
+        room: InRoom,
+    },
+    /// The user left the room `room` (a key).
+    Parted {
         node: Rc<str>,
         id: u64,
         room: String,
-        shown: String,
+    },
+    /// The user is (`op`) or is no longer one of `room`'s operators; sent
+    /// by whichever instance's user changed it, for every instance
+    /// (the user's own too).
+    Opped {
+        node: Rc<str>,
+        id: u64,
+        room: String,
+        op: bool,
+    },
+    /// A room operator elsewhere kicked the user from `room`: for the
+    /// user's own instance, which takes it out (and sends `Parted`).
+    Kicked {
+        node: Rc<str>,
+        id: u64,
+        room: String,
+    },
+    /// The user's away message (None: back).
+    Away {
+        node: Rc<str>,
+        id: u64,
+        text: Option<String>,
+    },
+    /// `room`'s topic, as set on `node` (or re-announced in its roster).
+    Topic {
+        node: Rc<str>,
+        room: String,
+        topic: Topic,
     },
     /// `node` (re)joined the cluster: everyone re-announces their users.
     Hello {
@@ -194,8 +247,10 @@ pub enum Presence {
 struct Client {
     /// Its name and where it is connected (names.rs).
     who: Identity,
-    /// The room it is in (rooms.rs).
+    /// The rooms it is in (rooms.rs).
     seat: Seat,
+    /// Away or not, since when it is here, when it last spoke (status.rs).
+    status: Status,
     /// What room history keeps track of for it (room_history.rs).
     resume: Resume,
     /// What it may do: its address, operator, muted (moderation.rs).
@@ -215,6 +270,8 @@ struct Room {
     hist: usize,
     /// Cluster mode: the last id delivered here (see `said`).
     last_id: Option<Id>,
+    /// Its topic, and whether only its operators may change it.
+    topic: Option<Box<Topic>>,
 }
 
 pub struct Hub {
@@ -234,6 +291,8 @@ pub struct Hub {
     rooms: Slab<Room>,
     /// Sorted, so `/rooms` names its first entries without sorting them all.
     room_keys: BTreeMap<Box<str>, usize>,
+    /// --max-rooms-per-user.
+    max_rooms: usize,
     next_guest: u64,
     online: usize,
     announce_max: usize,
@@ -277,6 +336,7 @@ impl Hub {
             remote_refused: 0,
             rooms: Slab::new(),
             room_keys: BTreeMap::new(),
+            max_rooms: DEFAULT_MAX_ROOMS,
             next_guest: 1,
             online: 0,
             announce_max,
@@ -360,6 +420,7 @@ impl Hub {
         let i = Member(self.clients.insert(Client {
             who: Identity::new(name.clone().into(), key.clone(), Home::Local(id), 0),
             seat: Seat::NONE,
+            status: Status::new(self.now_ms),
             resume: Resume::default(),
             standing: Standing::new(Some(addr)),
         }));
@@ -417,7 +478,7 @@ impl Hub {
         Some(i)
     }
 
-    /// Removes a client (local or remote) and tells its room, locally and,
+    /// Removes a client (local or remote) and tells its rooms, locally and,
     /// when `publish`, on the other instances too.
     fn drop_client(
         &mut self,
@@ -431,16 +492,18 @@ impl Hub {
             Some(r) => format!("*** {} left ({r})", c.who.name()),
             None => format!("*** {} left", c.who.name()),
         };
-        let room = c.seat.room();
         if publish {
-            self.announce(room, i, &text, out);
-        } else if self.announces(room) {
-            self.to_room(room, Some(i), &Msg::new(&text), out);
+            self.announce_everywhere(i, &text, out);
+        } else {
+            let msg = Msg::new(&text);
+            for room in c.seat.rooms().filter(|&r| self.announces(r)) {
+                self.to_room(room, Some(i), &msg, out);
+            }
         }
         self.forget(i, out);
     }
 
-    /// Removes a client from the hub, its name and its room, saying nothing.
+    /// Removes a client from the hub, its name and its rooms, saying nothing.
     fn forget(&mut self, i: Member, out: &mut impl Outbox) {
         self.leave(i, out);
         let c = self.clients.remove(i.0);
@@ -454,22 +517,20 @@ impl Hub {
             return self.gate(id, text, out);
         }
         let Some(i) = self.idx(id) else { return };
-        let client = &self.clients[i];
         let chat = !text.starts_with('/') || text.starts_with("//");
         if chat && self.silenced(id, i, out) {
             return;
         }
-        if let Some(rest) = text.strip_prefix("//") {
-            let line = format!("<{}> /{rest}", client.who.name());
-            self.say(client.seat.room(), Some(i), line, out);
-            self.relayed += 1;
-        } else if let Some(command) = text.strip_prefix('/') {
-            self.command(id, i, Command::parse(command), out);
-        } else {
-            let line = format!("<{}> {text}", client.who.name());
-            self.say(client.seat.room(), Some(i), line, out);
-            self.relayed += 1;
+        if let Some(command) = text.strip_prefix('/').filter(|t| !t.starts_with('/')) {
+            return self.command(id, i, Command::parse(command), out);
         }
+        let Some(room) = self.talking_in(id, i, out) else {
+            return;
+        };
+        let body = text.strip_prefix('/').unwrap_or(text);
+        let line = format!("<{}> {body}", self.clients[i].who.name());
+        self.say(room, Some(i), line, out);
+        self.relayed += 1;
     }
 
     /// Several lines from `id`, in the order they came. Consecutive plain
@@ -492,6 +553,10 @@ impl Hub {
                 if self.muted(i) {
                     self.flush_run(i, &mut run, out);
                     self.silenced(id, i, out);
+                    continue;
+                }
+                if self.clients[i].seat.current().is_none() {
+                    reply(out, id, NO_ROOM);
                     continue;
                 }
                 if !run.is_empty() && run.len() + text.len() + 32 > self.batch_max {
@@ -521,10 +586,28 @@ impl Hub {
     }
 
     fn flush_run(&mut self, i: Member, run: &mut String, out: &mut impl Outbox) {
-        if !run.is_empty() {
-            let room = self.clients[i].seat.room();
-            self.say(room, Some(i), std::mem::take(run), out);
+        if run.is_empty() {
+            return;
         }
+        let lines = std::mem::take(run);
+        let Some(id) = self.clients[i].who.local() else {
+            return;
+        };
+        if let Some(room) = self.talking_in(id, i, out) {
+            self.say(room, Some(i), lines, out);
+        }
+    }
+
+    /// The room `i`'s plain lines go to (and it was active now), or None
+    /// with `id` told that it is in none.
+    fn talking_in(&mut self, id: ClientId, i: Member, out: &mut impl Outbox) -> Option<usize> {
+        let c = &mut self.clients[i];
+        c.status.active(self.now_ms);
+        let room = c.seat.current();
+        if room.is_none() {
+            reply(out, id, NO_ROOM);
+        }
+        room
     }
 }
 

@@ -112,6 +112,10 @@ impl Standing {
     pub(super) fn oper(&self) -> bool {
         self.oper
     }
+
+    pub(super) fn addr(&self) -> Option<IpAddr> {
+        self.addr
+    }
 }
 
 /// "for 2s", "for 10m", "for 7d", "for 1h 30m", or "permanently".
@@ -419,7 +423,7 @@ impl Hub {
 
     /// A line for everyone in `room`, here and on the other instances,
     /// whatever its size (a moderation notice is rare, unlike joins).
-    fn tell_room(&self, room: usize, text: &str, out: &mut impl Outbox) {
+    pub(super) fn tell_room(&self, room: usize, text: &str, out: &mut impl Outbox) {
         let msg = Msg::new(text);
         self.to_room(room, None, &msg, out);
         if self.cluster.is_some() {
@@ -440,7 +444,7 @@ impl Hub {
         reason: String,
         out: &mut impl Outbox,
     ) {
-        self.tell_room(self.clients[t].seat.room(), text, out);
+        self.tell_rooms_of(t, text, out);
         out.close(tid, reason);
         if let Some(t) = self.unlink(tid, out) {
             self.forget(t, out);
@@ -689,7 +693,21 @@ impl Hub {
         let span = span_words(span);
         info!("{whom} muted {span} by {by}{}", because(&why));
         let text = format!("*** {whom} was muted by {by} {span}{}", because(&why));
-        self.tell_room(self.clients[t].seat.room(), &text, out);
+        self.tell_rooms_of(t, &text, out);
+    }
+
+    /// `text` in every room user `t` is in, or for `t` alone if it is in
+    /// none (so it always hears why).
+    fn tell_rooms_of(&self, t: Member, text: &str, out: &mut impl Outbox) {
+        let seat = &self.clients[t].seat;
+        for room in seat.rooms() {
+            self.tell_room(room, text, out);
+        }
+        if seat.count() == 0
+            && let Some(tid) = self.clients[t].who.local()
+        {
+            reply(out, tid, text);
+        }
     }
 
     pub(super) fn unmute(&mut self, id: ClientId, i: Member, name: &str, out: &mut impl Outbox) {
@@ -707,7 +725,7 @@ impl Hub {
             self.clients[t].who.name(),
             self.clients[i].who.name()
         );
-        self.tell_room(self.clients[t].seat.room(), &text, out);
+        self.tell_rooms_of(t, &text, out);
     }
 }
 

@@ -287,7 +287,6 @@ impl Hub {
     ) {
         let old = self.set_name(i, wanted);
         self.clients[i].who.since = since;
-        let room = self.clients[i].seat.room();
         match notice {
             Some(text) => reply(out, id, text),
             None => reply(out, id, &format!("*** you are now {wanted}")),
@@ -299,7 +298,7 @@ impl Hub {
                 name: wanted.to_string(),
             }));
         }
-        self.announce(room, i, &format!("*** {old} is now {wanted}"), out);
+        self.announce_everywhere(i, &format!("*** {old} is now {wanted}"), out);
     }
 
     /// User `i` (local or remote) is now called `name`, and holds it in

@@ -230,10 +230,16 @@ impl Hub {
             _ => return reply(out, id, "*** error: usage: /ids on|off"),
         };
         self.clients[i].resume.ids = on;
-        let room = self.clients[i].seat.room();
         if on {
-            if !self.ask(i, room, Asked::Mark, None, 0, out) {
-                self.mark(id, room, out);
+            // Where it stands in each of its rooms, so it can resume each.
+            let rooms: Vec<usize> = self.clients[i].seat.rooms().collect();
+            if rooms.is_empty() {
+                reply(out, id, "*** ids on");
+            }
+            for room in rooms {
+                if !self.ask(i, room, Asked::Mark, None, 0, out) {
+                    self.mark(id, room, out);
+                }
             }
         } else {
             reply(out, id, "*** ids off");
@@ -249,7 +255,10 @@ impl Hub {
         out: &mut impl Outbox,
     ) {
         const USAGE: &str = "*** error: usage: /history [N] or /history since ID";
-        let (room, ids) = (self.clients[i].seat.room(), self.clients[i].resume.ids);
+        let ids = self.clients[i].resume.ids;
+        let Some(room) = self.clients[i].seat.current() else {
+            return reply(out, id, NO_ROOM);
+        };
         let r = &self.rooms[room];
         let (word, arg) = split_word(rest);
         // Ok(n): the last n lines; Err(id): the lines after id.
@@ -393,7 +402,7 @@ impl Hub {
     ) {
         let Some(i) = self.idx(id) else { return };
         let here = self.room_keys.get(room).copied();
-        if let Some(r) = here.filter(|&r| r == self.clients[i].seat.room()) {
+        if let Some(r) = here.filter(|&r| self.clients[i].seat.is_in(r)) {
             let (name, ids) = (&self.rooms[r].name, self.clients[i].resume.ids);
             let refs: Vec<&history::Line> = lines.iter().collect();
             let render =
@@ -486,7 +495,7 @@ impl Hub {
     }
 
     /// Sends what was held for client `i` while its history was fetched:
-    /// only lines of the room it is in, and not those the answer had.
+    /// only lines of rooms it is still in, and not those the answer had.
     pub(super) fn release_held(&mut self, i: Member, out: &mut impl Outbox) {
         let c = &mut self.clients[i];
         let (Some(w), Some(id)) = (c.resume.wait.take(), c.who.local()) else {
@@ -499,14 +508,15 @@ impl Hub {
             );
             reply(out, id, &text);
         }
-        let room = &self.rooms[self.clients[i].seat.room()].key;
+        let seat = &self.clients[i].seat;
+        let rooms: Vec<&str> = seat.rooms().map(|r| &*self.rooms[r].key).collect();
         let shown = |key: &str, n: Id| {
             w.covered.iter().any(|(k, lo, hi)| {
                 **k == *key && lo.epoch == n.epoch && (lo.n..=hi.n).contains(&n.n)
             })
         };
         for (key, first, count, msg) in &w.held {
-            if key != room {
+            if !rooms.contains(&&**key) {
                 continue;
             }
             let id_of = |k: u64| Id {
@@ -641,9 +651,11 @@ pub(super) fn render_answer(
     (text, shown)
 }
 
-/// `@id=EPOCH-N <alice> hi` for each line of a batch numbered from `first`.
-pub(super) fn tag_lines(lines: &str, first: Id) -> String {
-    let mut out = String::with_capacity(lines.len() + 32);
+/// `@id=EPOCH-N;room=games <alice> hi` for each line of a batch of room
+/// `key` numbered from `first`, with `[#games] ` after the tag (`other`)
+/// for a recipient whose current room it is not.
+pub(super) fn tag_lines(lines: &str, first: Id, key: &str, other: Option<&str>) -> String {
+    let mut out = String::with_capacity(lines.len() + 48);
     for (k, line) in lines.split("\r\n").enumerate() {
         if k > 0 {
             out.push_str("\r\n");
@@ -652,7 +664,13 @@ pub(super) fn tag_lines(lines: &str, first: Id) -> String {
             epoch: first.epoch,
             n: first.n + k as u64,
         };
-        out.push_str(&format!("@id={id} {line}"));
+        out.push_str(&format!("@id={id};room={key} "));
+        if let Some(name) = other {
+            out.push('[');
+            out.push_str(name);
+            out.push_str("] ");
+        }
+        out.push_str(line);
     }
     out
 }

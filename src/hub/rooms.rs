@@ -1,7 +1,10 @@
-//! Rooms and routing: who is in which room, and who gets a line: the
-//! room's local members, the other instances, or one user (`/msg`). A room
-//! line goes out as one shared buffer to all its recipients, and one more
-//! (its lines tagged with their ids) for those with `/ids on`.
+//! Rooms and routing: which rooms a user is in (a set, one of them its
+//! current room), and who gets a line: the room's local members, the other
+//! instances, or one user (`/msg`). A room line goes out as one shared
+//! buffer per variant to all its recipients — as is for those whose current
+//! room it is, with `[#room] ` in front for the others, and each of those
+//! tagged with ids for clients with `/ids on`: at most four buffers per
+//! broadcast, never one per recipient.
 
 use super::room_history::tag_lines;
 use super::*;
@@ -14,25 +17,60 @@ pub const LOBBY: &str = "lobby";
 /// of text) however many rooms or members there are.
 pub const LIST_MAX: usize = 200;
 
-/// Where a user is: its room, and its place among the room's members (for
-/// O(1) removal). Only this file reads its fields or moves it, so that a
-/// user in several rooms at once changes this type and this file alone.
-pub(super) struct Seat {
+/// --max-rooms-per-user's default, as IRC's usual CHANLIMIT.
+pub const DEFAULT_MAX_ROOMS: usize = 20;
+
+pub const NO_ROOM: &str = "*** error: you are in no room; /join ROOM";
+
+/// One room a user is in: the room, its place among the room's members
+/// (for O(1) removal), and whether it is one of the room's operators.
+#[derive(Clone, Copy)]
+pub(super) struct Place {
     room: usize,
-    /// Index of the user in its room's `members`.
     slot: usize,
+    op: bool,
+}
+
+/// Where a user is: the rooms it is in, in the order it joined them (at
+/// most --max-rooms-per-user for a local user), and its current room, the
+/// one its plain lines go to. Only this file reads its fields or moves it.
+pub(super) struct Seat {
+    places: Vec<Place>,
+    current: Option<usize>,
 }
 
 impl Seat {
     /// In no room yet (until [`Hub::enter`]).
     pub(super) const NONE: Seat = Seat {
-        room: usize::MAX,
-        slot: 0,
+        places: Vec::new(),
+        current: None,
     };
 
-    /// The room the user is in.
-    pub(super) fn room(&self) -> usize {
-        self.room
+    /// The room plain lines go to, if the user is in any.
+    pub(super) fn current(&self) -> Option<usize> {
+        self.current
+    }
+
+    /// The rooms the user is in, in the order it joined them.
+    pub(super) fn rooms(&self) -> impl Iterator<Item = usize> + '_ {
+        self.places.iter().map(|p| p.room)
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.places.len()
+    }
+
+    pub(super) fn is_in(&self, room: usize) -> bool {
+        self.places.iter().any(|p| p.room == room)
+    }
+
+    /// One of `room`'s operators.
+    pub(super) fn is_op(&self, room: usize) -> bool {
+        self.places.iter().any(|p| p.room == room && p.op)
+    }
+
+    fn place_mut(&mut self, room: usize) -> Option<&mut Place> {
+        self.places.iter_mut().find(|p| p.room == room)
     }
 }
 
@@ -53,8 +91,31 @@ pub(super) fn listing(total: usize, shown: impl Iterator<Item = String>) -> Stri
     out
 }
 
+/// `[#games] ` in front of each line (CRLF between) of a room that is not
+/// the recipient's current room.
+pub(super) fn prefixed(room: &str, lines: &str) -> String {
+    let mut out = String::with_capacity(lines.len() + room.len() + 3);
+    for (k, line) in lines.split("\r\n").enumerate() {
+        if k > 0 {
+            out.push_str("\r\n");
+        }
+        out.push('[');
+        out.push_str(room);
+        out.push_str("] ");
+        out.push_str(line);
+    }
+    out
+}
+
 impl Hub {
-    /// `/msg`: one line for one user, here or on another instance.
+    /// --max-rooms-per-user: the most rooms a local user may be in at once.
+    pub fn with_max_rooms(mut self, n: usize) -> Hub {
+        self.max_rooms = n.max(1);
+        self
+    }
+
+    /// `/msg`: one line for one user, here or on another instance; an away
+    /// user's message comes with the answer.
     pub(super) fn private(
         &mut self,
         id: ClientId,
@@ -90,9 +151,14 @@ impl Hub {
             }),
         }
         reply(out, id, &format!("-> *{}* {text}", dest.name()));
+        if let Some(away) = self.clients[to].status.away() {
+            let text = format!("*** {} is away: {away}", self.clients[to].who.name());
+            reply(out, id, &text);
+        }
         self.relayed += 1;
     }
 
+    /// `/join ROOM`: enters ROOM if not in it yet, and makes it current.
     pub(super) fn join(&mut self, id: ClientId, i: Member, wanted: &str, out: &mut impl Outbox) {
         let wanted = wanted.strip_prefix('#').unwrap_or(wanted);
         if wanted.is_empty() {
@@ -101,34 +167,83 @@ impl Hub {
         if let Err(why) = check_name(wanted) {
             return reply(out, id, &format!("*** error: invalid room name: {why}"));
         }
-        let client = &self.clients[i];
-        let (old, name) = (client.seat.room, client.who.name().to_string());
         let key = wanted.to_ascii_lowercase();
-        if *self.rooms[old].key == *key {
-            let text = format!("*** error: you are already in {}", self.rooms[old].name);
+        if let Some(&r) = self.room_keys.get(key.as_str())
+            && self.clients[i].seat.is_in(r)
+        {
+            self.clients[i].seat.current = Some(r);
+            let text = format!("*** now talking in {}", self.rooms[r].name);
             return reply(out, id, &text);
         }
-        let text = format!("*** {name} left {}", self.rooms[old].name);
-        self.announce(old, i, &text, out);
-        self.leave(i, out);
-        let room = self.enter(i, &key, wanted, out);
-        if let Some(c) = &self.cluster {
-            let r = &self.rooms[room];
-            out.cluster(ClusterOp::Presence(Presence::Moved {
-                node: c.node.clone(),
-                id: id.0 as u64,
-                room: r.key.to_string(),
-                shown: r.name[1..].to_string(),
-            }));
+        let seat = &self.clients[i].seat;
+        if seat.count() >= self.max_rooms {
+            let text = format!(
+                "*** error: you are in {} rooms, the most allowed here; /part one first",
+                seat.count()
+            );
+            return reply(out, id, &text);
         }
+        // The lobby is the server's: nobody is its operator by arriving.
+        let creator = key != LOBBY && !self.room_keys.contains_key(key.as_str());
+        let room = self.enter(i, &key, wanted, out);
+        if creator {
+            self.set_op(i, room, true);
+        }
+        self.clients[i].seat.current = Some(room);
+        self.presence_joined(i, room, out);
+        let name = self.clients[i].who.name().to_string();
         let text = format!("*** {name} joined {}", self.rooms[room].name);
         self.announce(room, i, &text, out);
         reply(out, id, &format!("*** you joined {}", self.roster(room)));
+        if let Some(topic) = self.topic_line(room) {
+            reply(out, id, &topic);
+        }
         self.replay(id, i, room, out);
     }
 
+    /// `/part [ROOM] [reason]`: the first word is a room if it begins with
+    /// `#` or names a room the user is in; otherwise it all is the reason,
+    /// and the current room is left.
+    pub(super) fn part(&mut self, id: ClientId, i: Member, args: &str, out: &mut impl Outbox) {
+        let (word, rest) = split_word(args);
+        let named = word.strip_prefix('#');
+        let key = named.unwrap_or(word).to_ascii_lowercase();
+        let mine = self
+            .room_keys
+            .get(key.as_str())
+            .copied()
+            .filter(|&r| self.clients[i].seat.is_in(r));
+        let (room, why) = match (named, mine) {
+            (_, Some(r)) => (r, rest.trim()),
+            (Some(shown), None) => {
+                let text = format!("*** error: you are not in #{shown}");
+                return reply(out, id, &text);
+            }
+            (None, None) => match self.clients[i].seat.current {
+                Some(r) => (r, args),
+                None => return reply(out, id, NO_ROOM),
+            },
+        };
+        let why = crate::access::clean_reason(why);
+        let name = self.clients[i].who.name();
+        let mut text = format!("*** {name} left {}", self.rooms[room].name);
+        if !why.is_empty() {
+            text.push_str(&format!(" ({why})"));
+        }
+        self.announce(room, i, &text, out);
+        let mut text = format!("*** you left {}", self.rooms[room].name);
+        let key = self.rooms[room].key.clone();
+        self.leave_room(i, room, out);
+        self.presence_parted(i, &key, out);
+        match self.clients[i].seat.current {
+            Some(r) => text.push_str(&format!("; now talking in {}", self.rooms[r].name)),
+            None => text.push_str("; you are in no room now (/join ROOM)"),
+        }
+        reply(out, id, &text);
+    }
+
     /// Adds client `i` to the room `key` (created, shown as `#shown`, if
-    /// new); returns the room.
+    /// new) and makes it current if it had none; returns the room.
     pub(super) fn enter(
         &mut self,
         i: Member,
@@ -147,6 +262,7 @@ impl Hub {
                     local: 0,
                     hist,
                     last_id: None,
+                    topic: None,
                 });
                 self.room_keys.insert(key.into(), r);
                 r
@@ -154,10 +270,15 @@ impl Hub {
         };
         let r = &mut self.rooms[room];
         let c = &mut self.clients[i];
-        c.seat = Seat {
+        if c.seat.is_in(room) {
+            return room;
+        }
+        c.seat.places.push(Place {
             room,
             slot: r.members.len(),
-        };
+            op: false,
+        });
+        c.seat.current.get_or_insert(room);
         r.members.push(i);
         if c.who.local().is_some() {
             r.local += 1;
@@ -171,15 +292,40 @@ impl Hub {
         room
     }
 
-    /// Takes user `i` out of its room, which goes (with its history
-    /// closed) if `i` was the last in it.
+    /// Makes `i` one of `room`'s operators, or not (if it is in the room).
+    pub(super) fn set_op(&mut self, i: Member, room: usize, op: bool) {
+        if let Some(p) = self.clients[i].seat.place_mut(room) {
+            p.op = op;
+        }
+    }
+
+    /// Takes user `i` out of every room it is in.
     pub(super) fn leave(&mut self, i: Member, out: &mut impl Outbox) {
-        let c = &self.clients[i];
-        let (room, slot, local) = (c.seat.room, c.seat.slot, c.who.local().is_some());
+        while let Some(p) = self.clients[i].seat.places.last() {
+            let room = p.room;
+            self.leave_room(i, room, out);
+        }
+    }
+
+    /// Takes user `i` out of `room`, which goes (with its history closed)
+    /// if `i` was the last in it. If it was `i`'s current room, the one it
+    /// joined most recently of those left becomes current.
+    pub(super) fn leave_room(&mut self, i: Member, room: usize, out: &mut impl Outbox) {
+        let c = &mut self.clients[i];
+        let Some(k) = c.seat.places.iter().position(|p| p.room == room) else {
+            return;
+        };
+        let slot = c.seat.places.remove(k).slot;
+        if c.seat.current == Some(room) {
+            c.seat.current = c.seat.places.last().map(|p| p.room);
+        }
+        let local = c.who.local().is_some();
         let r = &mut self.rooms[room];
         r.members.swap_remove(slot);
-        if let Some(&moved) = r.members.get(slot) {
-            self.clients[moved].seat.slot = slot;
+        if let Some(&moved) = r.members.get(slot)
+            && let Some(p) = self.clients[moved].seat.place_mut(room)
+        {
+            p.slot = slot;
         }
         if local {
             r.local -= 1;
@@ -197,23 +343,30 @@ impl Hub {
         }
     }
 
-    /// "#lobby (3): alice, bob, guest-7"
+    /// "#lobby (3): @alice, bob, guest-7" (`@`: the room's operators).
     pub(super) fn roster(&self, room: usize) -> String {
         let r = &self.rooms[room];
-        let mut names: Vec<&Identity> = r.members.iter().map(|&m| &self.clients[m].who).collect();
+        let mut names: Vec<Member> = r.members.clone();
         let total = names.len();
-        let by_key = |a: &&Identity, b: &&Identity| a.key().cmp(b.key());
+        let key = |m: &Member| self.clients[*m].who.key();
+        let by_key = |a: &Member, b: &Member| key(a).cmp(key(b));
         if total > LIST_MAX {
             // Only the first LIST_MAX get sorted: linear, not n log n.
             names.select_nth_unstable_by(LIST_MAX - 1, by_key);
             names.truncate(LIST_MAX);
         }
         names.sort_by(by_key);
-        let shown = names.iter().map(|c| c.name().to_string());
+        let shown = names.iter().map(|&m| {
+            let c = &self.clients[m];
+            let op = if c.seat.is_op(room) { "@" } else { "" };
+            format!("{op}{}", c.who.name())
+        });
         format!("{} ({total}): {}", r.name, listing(total, shown))
     }
 
-    /// Every local member of `room` but `from` gets `msg`.
+    /// Every local member of `room` but `from` gets `msg`: as it is if
+    /// `room` is its current room, else with the room in front (one more
+    /// shared buffer, built only if someone needs it).
     pub(super) fn to_room(
         &self,
         room: usize,
@@ -221,11 +374,19 @@ impl Hub {
         msg: &Rc<Msg>,
         out: &mut impl Outbox,
     ) {
-        for &member in &self.rooms[room].members {
-            if Some(member) != from
-                && let Some(c) = self.clients[member].who.local()
-            {
-                out.send(c, msg);
+        let r = &self.rooms[room];
+        let mut other: Option<Rc<Msg>> = None;
+        for &member in &r.members {
+            let c = &self.clients[member];
+            if Some(member) == from {
+                continue;
+            }
+            let Some(to) = c.who.local() else { continue };
+            if c.seat.current == Some(room) {
+                out.send(to, msg);
+            } else {
+                let other = other.get_or_insert_with(|| Msg::new(&prefixed(&r.name, msg.text())));
+                out.send(to, other);
             }
         }
     }
@@ -258,11 +419,13 @@ impl Hub {
     }
 
     /// Room lines numbered `at`, for the local members of `room`: one
-    /// shared buffer for those without ids (but `from`, who said them), and
-    /// one more, built only if someone needs it, with every line tagged,
-    /// for those with ids (`from` included) — never a copy per recipient.
-    /// With `hold`, a member awaiting its history from Redis gets them
-    /// after it (see `Resume::hold`). Returns the plain buffer.
+    /// shared buffer per variant, built only if someone needs it — as they
+    /// are or with the room in front (see `to_room`), and each of those
+    /// with every line tagged with its id and room for those with ids
+    /// (`from`, who said them, gets them back only then) — never a copy
+    /// per recipient. With `hold`, a member awaiting its history from
+    /// Redis gets them after it (see `Resume::hold`). Returns the plain
+    /// buffer.
     pub(super) fn fan_out(
         &mut self,
         room: usize,
@@ -273,17 +436,27 @@ impl Hub {
         out: &mut impl Outbox,
     ) -> Rc<Msg> {
         let plain = Msg::new(text);
-        let mut tagged: Option<Rc<Msg>> = None;
+        // [current, other] × [plain, tagged]; plain current is `plain`.
+        let mut built: [Option<Rc<Msg>>; 3] = [None, None, None];
         let r = &self.rooms[room];
         for &member in &r.members {
             let c = &mut self.clients[member];
             let Some(to) = c.who.local() else { continue };
-            let msg = if c.resume.ids() {
-                tagged.get_or_insert_with(|| Msg::new(&tag_lines(text, at.first)))
-            } else if Some(member) != from {
-                &plain
-            } else {
+            let here = c.seat.current == Some(room);
+            let ids = c.resume.ids();
+            if !ids && Some(member) == from {
                 continue;
+            }
+            let msg = match (here, ids) {
+                (true, false) => &plain,
+                (false, false) => {
+                    built[0].get_or_insert_with(|| Msg::new(&prefixed(&r.name, text)))
+                }
+                (true, true) => built[1]
+                    .get_or_insert_with(|| Msg::new(&tag_lines(text, at.first, &r.key, None))),
+                (false, true) => built[2].get_or_insert_with(|| {
+                    Msg::new(&tag_lines(text, at.first, &r.key, Some(&r.name)))
+                }),
             };
             if !(hold && c.resume.hold(&r.key, at, msg)) {
                 out.send(to, msg);
@@ -319,6 +492,13 @@ impl Hub {
     pub(super) fn announce(&self, room: usize, from: Member, text: &str, out: &mut impl Outbox) {
         if self.announces(room) {
             self.broadcast(room, from, &Msg::new(text), out);
+        }
+    }
+
+    /// The same notice in every room `i` is in (leaving, a new name).
+    pub(super) fn announce_everywhere(&self, i: Member, text: &str, out: &mut impl Outbox) {
+        for room in self.clients[i].seat.rooms() {
+            self.announce(room, i, text, out);
         }
     }
 }

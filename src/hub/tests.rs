@@ -30,6 +30,16 @@ impl Rec {
     }
 }
 
+/// Records which buffer each recipient got, to count shared buffers.
+struct Ptrs(Vec<(usize, *const Msg, String)>);
+
+impl Outbox for Ptrs {
+    fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+        self.0.push((to.0, Rc::as_ptr(msg), msg.text().to_string()));
+    }
+    fn close(&mut self, _: ClientId, _: String) {}
+}
+
 fn hub_with(n: usize) -> (Hub, Rec) {
     let mut hub = Hub::new(200);
     let mut rec = Rec::default();
@@ -43,6 +53,15 @@ fn hub_with(n: usize) -> (Hub, Rec) {
 /// The hub's name for local connection `n`: tests number them by hand.
 fn c(n: usize) -> ClientId {
     ClientId(n)
+}
+
+/// A remote user's rooms in a presence event: the lobby alone.
+fn in_lobby() -> Vec<InRoom> {
+    vec![InRoom {
+        key: LOBBY.into(),
+        shown: LOBBY.into(),
+        op: false,
+    }]
 }
 
 fn pairs(v: &[(usize, &str)]) -> Vec<(usize, String)> {
@@ -239,36 +258,39 @@ fn me_is_an_action_for_the_room() {
 }
 
 #[test]
-fn join_moves_between_rooms_and_rooms_are_isolated() {
+fn join_adds_a_room_and_lines_go_to_the_current_one_only() {
     let (mut hub, mut rec) = hub_with(3);
     hub.line(c(0), "/nick alice", &mut rec);
     rec.take();
     hub.line(c(0), "/join Games", &mut rec);
     assert_eq!(
         rec.take(),
-        pairs(&[
-            (1, "*** alice left #lobby"),
-            (2, "*** alice left #lobby"),
-            (0, "*** you joined #Games (1): alice"),
-        ])
+        pairs(&[(0, "*** you joined #Games (1): @alice")]),
+        "the lobby hears nothing: alice is still in it"
     );
     hub.line(c(1), "/join #games", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
-            (2, "*** guest-2 left #lobby"),
             (0, "*** guest-2 joined #Games"),
-            (1, "*** you joined #Games (2): alice, guest-2"),
+            (1, "*** you joined #Games (2): @alice, guest-2"),
         ])
     );
     hub.line(c(0), "in games", &mut rec);
     assert_eq!(rec.take(), pairs(&[(1, "<alice> in games")]));
     hub.line(c(2), "in lobby", &mut rec);
-    assert_eq!(rec.take(), vec![], "nobody else is in the lobby");
+    assert_eq!(
+        rec.take(),
+        pairs(&[
+            (0, "[#lobby] <guest-3> in lobby"),
+            (1, "[#lobby] <guest-3> in lobby")
+        ]),
+        "the lobby is not their current room any more"
+    );
     hub.line(c(1), "/rooms", &mut rec);
     assert_eq!(
         rec.take(),
-        pairs(&[(1, "*** rooms (2): #Games (2), #lobby (1)")])
+        pairs(&[(1, "*** rooms (2): #Games (2), #lobby (3)")])
     );
 }
 
@@ -286,6 +308,7 @@ fn who_and_rooms_name_at_most_list_max_entries() {
     assert!(who[want.len()..].starts_with("guest-1, guest-10, guest-100, "));
     for i in 0..n {
         hub.line(c(i), &format!("/join r{i:03}"), &mut rec);
+        hub.line(c(i), "/part lobby", &mut rec);
     }
     rec.take();
     hub.line(c(1), "/rooms", &mut rec);
@@ -302,7 +325,7 @@ fn who_and_rooms_name_at_most_list_max_entries() {
 fn join_errors() {
     let (mut hub, mut rec) = hub_with(1);
     hub.line(c(0), "/join #LOBBY", &mut rec);
-    assert_eq!(rec.to(0), vec!["*** error: you are already in #lobby"]);
+    assert_eq!(rec.to(0), vec!["*** now talking in #lobby"]);
     hub.line(c(0), "/join", &mut rec);
     assert_eq!(rec.to(0), vec!["*** error: usage: /join ROOM"]);
     hub.line(c(0), "/join #", &mut rec);
@@ -324,8 +347,8 @@ fn an_empty_room_disappears_and_its_name_can_be_reused() {
     hub.disconnect(c(0), None, &mut rec);
     assert_eq!(hub.rooms(), 1);
     hub.line(c(1), "/join A", &mut rec);
-    assert_eq!(rec.to(1).last().unwrap(), "*** you joined #A (1): guest-2");
-    hub.line(c(1), "/join lobby", &mut rec);
+    assert_eq!(rec.to(1).last().unwrap(), "*** you joined #A (1): @guest-2");
+    hub.line(c(1), "/part A", &mut rec);
     assert_eq!(hub.rooms(), 1);
 }
 
@@ -582,7 +605,7 @@ fn joining_shows_the_last_lines_with_their_time_between_markers() {
     rec.take();
     hub.line(c(1), "/join games", &mut rec);
     let got = rec.to(1);
-    assert_eq!(got[0], "*** you joined #games (2): alice, guest-2");
+    assert_eq!(got[0], "*** you joined #games (2): @alice, guest-2");
     assert_eq!(
         got[1],
         "*** history of #games (1 line, times UTC):\r\n[12:04] <alice> in games\r\n*** end of history"
@@ -673,13 +696,6 @@ fn history_n_shows_at_most_n_and_at_most_what_is_kept() {
 
 #[test]
 fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
-    struct Ptrs(Vec<(usize, *const Msg, String)>);
-    impl Outbox for Ptrs {
-        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
-            self.0.push((to.0, Rc::as_ptr(msg), msg.text().to_string()));
-        }
-        fn close(&mut self, _: ClientId, _: String) {}
-    }
     let mut hub = history_hub(100, 20);
     let mut p = Ptrs(Vec::new());
     for id in 0..4 {
@@ -693,7 +709,8 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
     p.0.clear();
     let texts = vec!["a".to_string(), "b".to_string()];
     hub.lines(c(0), &texts, &mut p);
-    let tagged = format!("@id={epoch}-1 <guest-1> a\r\n@id={epoch}-2 <guest-1> b");
+    let tagged =
+        format!("@id={epoch}-1;room=lobby <guest-1> a\r\n@id={epoch}-2;room=lobby <guest-1> b");
     let got: Vec<(usize, &str)> = p.0.iter().map(|(t, _, s)| (*t, s.as_str())).collect();
     assert_eq!(
         got,
@@ -717,8 +734,8 @@ fn with_ids_lines_carry_them_and_ones_own_come_back_one_buffer_per_variant() {
     assert_eq!(
         got,
         pairs(&[
-            (0, &format!("@id={epoch}-3 * guest-2 x")),
-            (2, &format!("@id={epoch}-3 * guest-2 x")),
+            (0, &format!("@id={epoch}-3;room=lobby * guest-2 x")),
+            (2, &format!("@id={epoch}-3;room=lobby * guest-2 x")),
             (3, "* guest-2 x"),
             (2, "*** ids off"),
             (1, "*** you are now bob"),
@@ -752,12 +769,21 @@ fn with_ids_history_is_tagged_with_its_time_and_entering_a_room_says_where_it_st
     let mark = format!("*** ids on: #games at {epoch}-1");
     assert_eq!(
         rec.to(1),
-        ["*** you joined #games (2): guest-1, guest-2", &block, &mark]
+        [
+            "*** you joined #games (2): @guest-1, guest-2",
+            &block,
+            &mark
+        ]
     );
     hub.line(c(1), "/history", &mut rec);
     assert_eq!(rec.to(1), [block]);
     hub.line(c(1), "/ids", &mut rec);
-    assert_eq!(rec.to(1), [mark]);
+    let lobby = hub.history.head(0).unwrap().epoch;
+    assert_eq!(
+        rec.to(1),
+        [format!("*** ids on: #lobby at {lobby}-0"), mark],
+        "where it stands in each of its rooms"
+    );
     hub.line(c(1), "/ids maybe", &mut rec);
     assert_eq!(rec.to(1), ["*** error: usage: /ids on|off"]);
 }
@@ -1006,6 +1032,10 @@ mod cluster {
                         }
                     }
                     for p in presence {
+                        // As the link carries it: through its wire form.
+                        let wire = crate::cluster::wire::encode_presence(&p);
+                        let back = crate::cluster::wire::decode_presence(&wire);
+                        assert_eq!(back.as_ref(), Some(&p), "{wire:?}");
                         self.hubs[to].remote_presence(p, &mut self.bus[to]);
                     }
                     for (_, id, name, text) in privates {
@@ -1112,6 +1142,12 @@ mod cluster {
 
         net.line(1, 0, "/join games");
         net.take(1);
+        assert_eq!(net.take(0), vec![], "bob is in #lobby still");
+        net.line(1, 0, "/part lobby");
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** you left #lobby; now talking in #games")])
+        );
         assert_eq!(net.take(0), pairs(&[(0, "*** bob left #lobby")]));
         net.line(0, 0, "lobby only");
         assert_eq!(net.take(1), vec![], "rooms stay apart across instances");
@@ -1410,8 +1446,7 @@ mod cluster {
             node: c.clone(),
             id: 9,
             name: "alice".into(),
-            room: "lobby".into(),
-            shown: "lobby".into(),
+            rooms: in_lobby(),
             round: 1,
         };
         net.hubs[0].remote_presence(here, &mut net.bus[0]);
@@ -1464,8 +1499,7 @@ mod cluster {
                 node: "z".into(),
                 id,
                 name: format!("z{id}"),
-                room: "lobby".into(),
-                shown: "lobby".into(),
+                rooms: in_lobby(),
                 round: 1,
             };
             hub.remote_presence(here, &mut bus);
@@ -1489,17 +1523,26 @@ mod cluster {
         net.take(1);
         net.line(0, 0, "one");
         // Back from the store to both, the sender's (with ids) included.
-        assert_eq!(net.take(0), pairs(&[(0, "@id=7-1 <guest-1> one")]));
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "@id=7-1;room=lobby <guest-1> one")])
+        );
         assert_eq!(net.take(1), pairs(&[(0, "<guest-1> one")]));
         net.line(1, 0, "two");
-        assert_eq!(net.take(0), pairs(&[(0, "@id=7-2 <guest-101> two")]));
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "@id=7-2;room=lobby <guest-101> two")])
+        );
         assert_eq!(net.take(1), vec![], "no echo without ids");
         net.hubs[0].link_down(&mut net.bus[0]);
         net.take(0);
         net.line(0, 0, "alone");
         net.line(0, 0, "/history");
         let got = net.take(0);
-        assert_eq!(got[0].1, "@id=1-1 <guest-1> alone", "numbered here now");
+        assert_eq!(
+            got[0].1, "@id=1-1;room=lobby <guest-1> alone",
+            "numbered here now"
+        );
         assert_eq!(
             got[1].1,
             "*** the cluster link is down: this is only what was said on this server meanwhile"
@@ -1630,8 +1673,8 @@ mod cluster {
             out.got,
             pairs(&[
                 (1, "*** ids on: #lobby at 9-4"),
-                (1, "@id=9-5 <b> five"),
-                (1, "@id=9-6 <b> six"),
+                (1, "@id=9-5;room=lobby <b> five"),
+                (1, "@id=9-6;room=lobby <b> six"),
             ])
         );
         hub.disconnect(c(1), None, &mut out);
@@ -1668,6 +1711,124 @@ mod cluster {
         assert_eq!(hub.name(c(2)), Some("guest-501"));
         assert_eq!(hub.name(c(3)), Some("guest-n7-2"));
         assert_eq!(hub.guests_used(), 501);
+    }
+
+    #[test]
+    fn presence_is_per_room_and_topics_ops_and_away_cross_instances() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        net.line(0, 0, "/nick alice");
+        net.line(1, 0, "/nick bob");
+        for room in ["games", "dev"] {
+            net.line(0, 0, &format!("/join {room}"));
+            net.line(1, 0, &format!("/join {room}"));
+        }
+        net.take(0);
+        net.take(1);
+        assert!(net.bus[1].subscribed.contains("games") && net.bus[1].subscribed.contains("lobby"));
+        net.line(1, 0, "/names games");
+        assert_eq!(net.take(1), pairs(&[(0, "*** #games (2): @alice, bob")]));
+        net.line(0, 0, "/whois bob");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(
+                0,
+                "*** whois bob: shares #dev, #games, #lobby with you; on another server"
+            )])
+        );
+        // A line of a room that is not bob's current one, from the other instance.
+        net.line(0, 0, "/join games");
+        net.take(0);
+        net.line(0, 0, "deal");
+        assert_eq!(net.take(1), pairs(&[(0, "[#games] <alice> deal")]));
+        // Parts are per room: bob stays in the others.
+        net.line(1, 0, "/part games");
+        assert_eq!(net.take(0), pairs(&[(0, "*** bob left #games")]));
+        net.take(1);
+        assert!(
+            !net.bus[1].subscribed.contains("games"),
+            "nobody of b's in #games"
+        );
+        net.line(0, 0, "/names dev");
+        assert_eq!(net.take(0), pairs(&[(0, "*** #dev (2): @alice, bob")]));
+        // Topics, ops and away messages reach the other instance.
+        net.line(0, 0, "/join dev");
+        net.line(0, 0, "/topic ship friday");
+        net.line(0, 0, "/op bob");
+        net.take(0);
+        assert_eq!(
+            net.take(1),
+            pairs(&[
+                (0, "*** alice set the topic of #dev: ship friday"),
+                (0, "*** alice made bob an operator of #dev")
+            ])
+        );
+        net.line(1, 0, "/topic");
+        assert!(
+            net.take(1)[0]
+                .1
+                .starts_with("*** topic of #dev: ship friday (set by alice, ")
+        );
+        net.line(1, 0, "/topic lock");
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** bob locked the topic of #dev")])
+        );
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** bob locked the topic of #dev")])
+        );
+        net.line(1, 0, "/away lunch");
+        net.line(0, 0, "/msg bob hi");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "-> *bob* hi"), (0, "*** bob is away: lunch")])
+        );
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** you are away: lunch"), (0, "*alice* hi")])
+        );
+        // A room operator's kick of a user on another instance: its own
+        // instance takes it out of the room, and everyone sees it go.
+        net.line(1, 0, "/kick alice");
+        assert_eq!(
+            net.take(0),
+            pairs(&[
+                (0, "*** alice was kicked from #dev by bob"),
+                (0, "*** now talking in #games")
+            ])
+        );
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** alice was kicked from #dev by bob")])
+        );
+        net.line(1, 0, "/names");
+        assert_eq!(net.take(1), pairs(&[(0, "*** #dev (1): @bob")]));
+        // The last member of a room parts: the room goes everywhere.
+        net.line(1, 0, "/join solo");
+        net.line(1, 0, "/part solo");
+        net.take(1);
+        net.line(0, 0, "/rooms");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(0, "*** rooms (3): #dev (1), #games (1), #lobby (2)")])
+        );
+        // A roster after a restart of the link carries every room.
+        net.hubs[0].link_down(&mut net.bus[0]);
+        net.hubs[0].link_up(&mut net.bus[0]);
+        net.pump();
+        net.take(0);
+        net.take(1);
+        net.line(1, 0, "/whois alice");
+        assert_eq!(
+            net.take(1),
+            pairs(&[(
+                0,
+                "*** whois alice: shares #lobby with you; on another server"
+            )])
+        );
     }
 }
 
@@ -1745,7 +1906,16 @@ fn before_the_password_a_connection_is_nowhere_and_hears_nothing() {
 
 /// alice (0, an operator) and bob (1), inside a guarded hub.
 fn oper_and_user() -> (Hub, Rec) {
+    let (mut hub, mut rec) = alice_and_bob_past_the_password(1_000_000);
+    hub.line(c(0), "/oper sesame", &mut rec);
+    rec.take();
+    (hub, rec)
+}
+
+/// alice (0) and bob (1) on a server with a password, let in at `now`.
+fn alice_and_bob_past_the_password(now: u64) -> (Hub, Rec) {
     let mut hub = guarded_hub();
+    hub.tick(now);
     let mut rec = Rec::default();
     for (id, name) in [(0, "alice"), (1, "bob")] {
         hub.connect(c(id), LOCALHOST, &mut rec);
@@ -1755,8 +1925,6 @@ fn oper_and_user() -> (Hub, Rec) {
             &mut rec,
         );
     }
-    hub.line(c(0), "/oper sesame", &mut rec);
-    rec.take();
     (hub, rec)
 }
 
@@ -2020,3 +2188,5 @@ fn since_an_id_of_another_room_says_so_not_that_the_server_restarted() {
     );
     assert!(!got.contains("restarted"), "{got}");
 }
+
+mod rooms;

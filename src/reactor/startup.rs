@@ -42,6 +42,7 @@ impl Server {
             .with_access(access)
             .with_batch_max((cfg.sendq as usize / 8).min(16 * 1024))
             .with_max_line(cfg.max_line as usize)
+            .with_max_rooms(cfg.max_rooms_per_user as usize)
             .with_history(cfg.history_limits(), cfg.history_on_join as usize)
             .with_reply_max(cfg.sendq as usize / 4);
         hub.tick(unix_ms());

@@ -675,15 +675,18 @@ pub fn read_until(
     );
 }
 
-/// Sends /who; returns the names in the client's room, skipping what else
-/// arrives first.
+/// Sends /who; returns the names in the client's room (without the `@`
+/// of room operators), skipping what else arrives first.
 pub fn who(c: &mut Client) -> Vec<String> {
     c.send("/who");
     let line = c.expect("a /who answer", |l| {
         l.starts_with("*** #") && l.contains("): ")
     });
     let names = &line[line.find("): ").map_or(line.len(), |i| i + 3)..];
-    names.split(", ").map(str::to_string).collect()
+    names
+        .split(", ")
+        .map(|n| n.trim_start_matches('@').to_string())
+        .collect()
 }
 
 /// Polls /who until `pred` holds for the names, for up to `bound`.
