@@ -26,6 +26,16 @@ pub enum Inbound {
         from: Option<ClientId>,
         text: String,
     },
+    /// A notice about a member of `room`, in the room's order with its
+    /// lines (see [`super::wire::notice_payload`]). `seq`: ours, the
+    /// `seq`-th we sent (None: another instance's); `about`: our local
+    /// client it is about, who is skipped.
+    Notice {
+        room: String,
+        about: Option<ClientId>,
+        text: String,
+        seq: Option<u64>,
+    },
     /// Redis refused local client `id`'s line (true), or the link failed
     /// before Redis confirmed it (false).
     NotSaid(ClientId, bool),
@@ -75,6 +85,9 @@ impl Inbound {
                 from,
                 text,
             } => hub.said(&room, first, from, &text, out),
+            Inbound::Notice {
+                room, about, text, ..
+            } => hub.noticed(&room, about, &text, out),
             Inbound::NotSaid(id, sure) => hub.not_said(id, sure, out),
             Inbound::History {
                 id,
@@ -108,9 +121,10 @@ impl Inbound {
 }
 
 /// The last id delivered per subscribed room: a line that comes both as
-/// the reply to our SAY and on the subscription is delivered once.
+/// the reply to our SAY and on the subscription is delivered once; and the
+/// last of our own notices, by their number, for the same reason.
 #[derive(Debug, Default)]
-pub struct Delivered(HashMap<String, Id>);
+pub struct Delivered(HashMap<String, Id>, HashMap<String, u64>);
 
 impl Delivered {
     /// Numbered lines, for the hub once: not again if they came already
@@ -143,12 +157,36 @@ impl Delivered {
         })
     }
 
+    /// Our own notice number `seq` in `room` may be delivered: it was not
+    /// already (from the reply to its PUBLISH or the subscription, which
+    /// keep the order they were sent in: a lower number came first).
+    pub fn notice(&mut self, room: &str, seq: u64) -> bool {
+        match self.1.get_mut(room) {
+            Some(done) if *done >= seq => false,
+            Some(done) => {
+                *done = seq;
+                true
+            }
+            None => {
+                self.1.insert(room.to_string(), seq);
+                true
+            }
+        }
+    }
+
+    /// Whether our notice `seq` in `room` reached the hub.
+    pub fn noticed(&self, room: &str, seq: u64) -> bool {
+        self.1.get(room).is_some_and(|&done| done >= seq)
+    }
+
     /// Not subscribed to `room` any more.
     pub fn forget(&mut self, room: &str) {
         self.0.remove(room);
+        self.1.remove(room);
     }
 
     pub fn clear(&mut self) {
         self.0.clear();
+        self.1.clear();
     }
 }

@@ -157,6 +157,9 @@ pub struct Link {
     /// The last id delivered per subscribed room: a line that comes both
     /// as the reply to our SAY and on the subscription is delivered once.
     delivered: Delivered,
+    /// How many room notices we sent (each is numbered, see
+    /// [`wire::notice_payload`]).
+    notices: u64,
     /// SHA1s of `scripts::LOADED` as loaded on this connection; until
     /// known (or after Redis forgot them), the scripts are sent whole.
     shas: scripts::Loaded,
@@ -204,6 +207,7 @@ impl Link {
             shas: scripts::Loaded::default(),
             confirmed: BTreeSet::new(),
             delivered: Delivered::default(),
+            notices: 0,
         }
     }
 
@@ -323,7 +327,26 @@ impl Link {
         unsure.sort_unstable();
         unsure.dedup();
         inbound.extend(unsure.into_iter().map(|id| Inbound::NotSaid(id, false)));
-        self.pending.clear();
+        // Notices sent but not back: Redis may or may not have published
+        // them to the others, but here they are not lost — delivered now,
+        // as any notice is while the link is down, in the order sent.
+        for (_, e) in std::mem::take(&mut self.pending) {
+            if let Expect::Notice {
+                room,
+                seq,
+                about,
+                text,
+            } = e
+                && !self.delivered.noticed(&room, seq)
+            {
+                inbound.push(Inbound::Notice {
+                    room: room.into(),
+                    about,
+                    text: text.into(),
+                    seq: Some(seq),
+                });
+            }
+        }
         self.confirmed.clear();
         self.delivered.clear();
         self.missing.clear();
@@ -454,6 +477,46 @@ impl Link {
         let mut args: Vec<&[u8]> = vec![verb, &script, b"2"];
         args.extend(tail.iter().map(|a| a.as_bytes()));
         self.send_cmd(&args, Expect::Read(id, room.to_string(), asked), Kind::Book)
+    }
+
+    /// A notice about a member of `room` (about local client `about`), on
+    /// the room's channel in the order of its lines; it comes back to be
+    /// delivered here too. When it cannot go (the link not up, the queue
+    /// toward Redis full) it is delivered here at once, as while the link
+    /// is down.
+    fn notice(
+        &mut self,
+        room: &str,
+        about: Option<ClientId>,
+        text: &str,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        self.notices += 1;
+        let seq = self.notices;
+        let channel = self.keys().room(room);
+        let payload = wire::notice_payload(&self.wire.node, seq, about, text);
+        let expect = Expect::Notice {
+            room: room.into(),
+            seq,
+            about,
+            text: text.into(),
+        };
+        let sent = self.state.is_up()
+            && self.send_cmd(
+                &[b"PUBLISH", channel.as_bytes(), payload.as_bytes()],
+                expect,
+                Kind::Publish,
+            );
+        if sent {
+            self.stats.published += 1;
+        } else {
+            inbound.push(Inbound::Notice {
+                room: room.to_string(),
+                about,
+                text: text.to_string(),
+                seq: None,
+            });
+        }
     }
 
     /// A local line, or a batch of them (CRLF between), for the room on the
@@ -738,6 +801,12 @@ impl Link {
                 _ => {}
             },
             Expect::Say(id, room, text) => self.said_reply(id, room, text, frame, inbound),
+            Expect::Notice {
+                room,
+                seq,
+                about,
+                text,
+            } => self.noticed_reply(room, seq, about, text, &frame, inbound),
             Expect::Read(id, room, asked) => {
                 let omitted = wire::left_out(&frame);
                 let answer = match frame {
@@ -898,6 +967,12 @@ impl Link {
                 from,
                 text,
             })) => self.deliver(room, first, from, text, inbound),
+            Ok(Some(Inbound::Notice {
+                room,
+                about,
+                text,
+                seq: Some(seq),
+            })) => self.deliver_notice(room, seq, about, text, inbound),
             Ok(Some(event)) => inbound.push(event),
             Ok(None) => {}
             Err(why) => self.malformed(channel, why),
@@ -919,6 +994,9 @@ impl Link {
     pub fn apply(&mut self, op: ClusterOp, inbound: &mut Vec<Inbound>) {
         match op {
             ClusterOp::Publish { room, msg } => self.publish_room(&room, msg.text()),
+            ClusterOp::Notice { room, about, msg } => {
+                self.notice(&room, about, msg.text(), inbound)
+            }
             ClusterOp::Say {
                 room,
                 from,

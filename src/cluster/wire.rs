@@ -6,9 +6,11 @@
 //! every name, and clusters on different databases stay apart):
 //! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
 //!   or LF in it removed), `NODE\nLINE\nLINE...` (a sender's batch, each
-//!   line cleaned on its own), or `NODE =EPOCH-N:SENDER\nLINE...` (lines
-//!   numbered by Redis, [`super::scripts::SAY`]); our own unnumbered lines
-//!   come back and are skipped by NODE, so nothing is delivered twice;
+//!   line cleaned on its own), `NODE =EPOCH-N:SENDER\nLINE...` (lines
+//!   numbered by Redis, [`super::scripts::SAY`]), or `NODE !SEQ:ABOUT
+//!   TEXT` (a notice about a member, in the room's order with its lines:
+//!   [`notice_payload`]); our own unnumbered lines come back and are
+//!   skipped by NODE, so nothing is delivered twice;
 //! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
 //! - `chatd:DB:n:NODE` — private lines for users on NODE: `TO NAME TEXT`;
 //! - `chatd:DB:b` — bans: `B NODE NET<TAB>UNTIL<TAB>BY<TAB>REASON` (set)
@@ -223,6 +225,18 @@ fn notice_ok(line: &str) -> bool {
     line.starts_with("*** ") && !line.chars().any(breaks_out)
 }
 
+/// A notice about a room's member as a hub writes one (`*** NAME joined`,
+/// `left`, `is now`, `was kicked`, `was muted`...): a notice whose first
+/// word is a name a client could choose — never `*** error: ...` or one of
+/// the server's own (`*** cluster link down...`), which a forger could
+/// otherwise put in front of every member of a room.
+fn member_notice_ok(line: &str) -> bool {
+    notice_ok(line)
+        && line[4..]
+            .split_once(' ')
+            .is_some_and(|(name, rest)| name_ok(name) && !rest.is_empty())
+}
+
 /// What ends a line, starts an escape, or turns the text's direction.
 fn breaks_out(c: char) -> bool {
     matches!(
@@ -255,6 +269,21 @@ pub fn said_payload(node: &str, first: Id, sender: ClientId, lines: &str) -> Str
         sender.0,
         lines.replace("\r\n", "\n")
     )
+}
+
+/// A notice about a room's member (a join, a leave, a rename, a kick, a
+/// mute) from `node`'s hub, the `seq`-th it sent: `NODE !SEQ:ABOUT TEXT`,
+/// ABOUT the local client it is about on NODE (who was told otherwise, so
+/// NODE skips it), `-` for nobody. It travels on the room's channel on the
+/// same connection as the room's lines, so Redis's order of that channel
+/// is the one order of the room; every instance, NODE too, delivers it as
+/// it comes back, and NODE tells its own by SEQ (see `events::Delivered`).
+/// One line: a receiver refuses one with a CR or LF in it.
+pub fn notice_payload(node: &str, seq: u64, about: Option<ClientId>, text: &str) -> String {
+    match about {
+        Some(c) => format!("{node} !{seq}:{} {text}", c.0),
+        None => format!("{node} !{seq}:- {text}"),
+    }
 }
 
 /// A private line for user `to` (named `to_name`) on another node.
@@ -370,6 +399,9 @@ impl Wire {
         if one && text.first() == Some(&b'=') {
             return self.decode_said(room, node, &text[1..]).map(Some);
         }
+        if one && text.first() == Some(&b'!') {
+            return self.decode_notice(room, node, &text[1..]).map(Some);
+        }
         // Our own lines were delivered locally when they were sent.
         if node == &*self.node {
             return Ok(None);
@@ -404,6 +436,37 @@ impl Wire {
             first,
             from: (node == &*self.node).then_some(sender),
             text: self.lines(&rest[nl + 1..], Blank::Keep)?,
+        })
+    }
+
+    /// `SEQ:ABOUT TEXT` ([`notice_payload`]): one line, bounded, cleaned,
+    /// a notice about a member ([`member_notice_ok`]); `seq` and `about`
+    /// kept only when it is ours.
+    fn decode_notice(&self, room: &str, node: &str, rest: &[u8]) -> Result<Inbound, &'static str> {
+        if rest.iter().any(|&c| c == b'\r' || c == b'\n') {
+            return Err("a notice is one line");
+        }
+        let (head, text) = split(rest).ok_or("no notice")?;
+        let head = std::str::from_utf8(head).map_err(|_| "bad notice header")?;
+        let (seq, about) = head.split_once(':').ok_or("no member")?;
+        let seq: u64 = seq.parse().map_err(|_| "bad notice number")?;
+        let about = match about {
+            "-" => None,
+            n => Some(ClientId(n.parse().map_err(|_| "bad member")?)),
+        };
+        if text.len() > self.max_text {
+            return Err("too long");
+        }
+        let text = sanitize(text).ok_or("blank notice")?;
+        if !member_notice_ok(&text) {
+            return Err("not a notice about a member");
+        }
+        let ours = node == &*self.node;
+        Ok(Inbound::Notice {
+            room: room.to_string(),
+            about: about.filter(|_| ours),
+            text,
+            seq: ours.then_some(seq),
         })
     }
 

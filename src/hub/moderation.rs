@@ -418,16 +418,10 @@ impl Hub {
     }
 
     /// A line for everyone in `room`, here and on the other instances,
-    /// whatever its size (a moderation notice is rare, unlike joins).
+    /// whatever its size (a moderation notice is rare, unlike joins), in
+    /// the room's order (see `broadcast`).
     fn tell_room(&self, room: usize, text: &str, out: &mut impl Outbox) {
-        let msg = Msg::new(text);
-        self.to_room(room, None, &msg, out);
-        if self.cluster.is_some() {
-            out.cluster(ClusterOp::Publish {
-                room: self.rooms[room].key.clone(),
-                msg,
-            });
-        }
+        self.broadcast(room, None, &Msg::new(text), out);
     }
 
     /// Local user `t` is told (with its room) `text`, then closed; it
@@ -440,7 +434,14 @@ impl Hub {
         reason: String,
         out: &mut impl Outbox,
     ) {
-        self.tell_room(self.clients[t].seat.room(), text, out);
+        let room = self.clients[t].seat.room();
+        if self.cluster.as_ref().is_some_and(|c| c.up) {
+            // It is gone before the room's copy comes back: told here.
+            reply(out, tid, text);
+            self.broadcast(room, Some(t), &Msg::new(text), out);
+        } else {
+            self.tell_room(room, text, out);
+        }
         out.close(tid, reason);
         if let Some(t) = self.unlink(tid, out) {
             self.forget(t, out);

@@ -839,7 +839,7 @@ fn an_empty_room_keeps_its_history_for_the_ttl() {
 mod cluster {
     use super::*;
     use crate::cluster::Inbound;
-    use crate::cluster::wire::{Wire, said_payload};
+    use crate::cluster::wire::{Wire, notice_payload, said_payload};
     use std::collections::HashSet;
 
     #[derive(Default)]
@@ -847,8 +847,12 @@ mod cluster {
         got: Vec<(usize, String)>,
         room_lines: Vec<(String, String)>,
         /// Lines to be numbered, as Redis would (cluster::scripts::SAY),
-        /// and published as that script does (`wire::said_payload`).
-        said: Vec<(String, ClientId, String)>,
+        /// and published as that script does (`wire::said_payload`); and
+        /// room notices (`wire::notice_payload`), on the same channel in
+        /// the order sent: None for the member it is about.
+        said: Vec<(String, Option<ClientId>, String)>,
+        /// Notices sent (their numbers).
+        notices: u64,
         presence: Vec<Presence>,
         privates: Vec<(String, u64, String, String)>,
         claims: Vec<(ClientId, String)>,
@@ -877,7 +881,12 @@ mod cluster {
                 }
                 ClusterOp::Say {
                     room, from, lines, ..
-                } => self.said.push((room.into(), from, lines)),
+                } => self.said.push((room.into(), Some(from), lines)),
+                ClusterOp::Notice { room, about, msg } => {
+                    self.notices += 1;
+                    let payload = notice_payload("", self.notices, about, msg.text());
+                    self.said.push((room.into(), None, payload));
+                }
                 ClusterOp::Presence(event) => self.presence.push(event),
                 ClusterOp::Private {
                     node,
@@ -969,20 +978,29 @@ mod cluster {
                         && claims.is_empty()
                         && asked.is_empty();
                     for (room, cid, text) in said {
-                        let n = self.numbers.entry(room.clone()).or_default();
-                        let first = Id {
-                            epoch: 7,
-                            n: *n + 1,
+                        let payload = match cid {
+                            Some(cid) => {
+                                let n = self.numbers.entry(room.clone()).or_default();
+                                let first = Id {
+                                    epoch: 7,
+                                    n: *n + 1,
+                                };
+                                *n += text.split("\r\n").count() as u64;
+                                said_payload(node(from), first, cid, &text)
+                            }
+                            // `notice_payload` from an empty node: this one.
+                            None => format!("{}{text}", node(from)),
                         };
-                        *n += text.split("\r\n").count() as u64;
-                        let payload = said_payload(node(from), first, cid, &text);
                         for h in [from, to] {
                             if self.bus[h].subscribed.contains(&room) {
                                 // Read back as each instance's link would.
                                 let wire = Wire::new(0, node(h), 1 << 16);
                                 let channel = wire.keys.room(&room);
                                 let event = wire.decode(channel.as_bytes(), payload.as_bytes());
-                                let Ok(Some(event @ Inbound::Said { .. })) = event else {
+                                let Ok(Some(
+                                    event @ (Inbound::Said { .. } | Inbound::Notice { .. }),
+                                )) = event
+                                else {
                                     panic!("{payload:?} does not decode: {event:?}");
                                 };
                                 event.apply(&mut self.hubs[h], &mut self.bus[h]);
