@@ -225,16 +225,32 @@ fn notice_ok(line: &str) -> bool {
     line.starts_with("*** ") && !line.chars().any(breaks_out)
 }
 
-/// A notice about a room's member as a hub writes one (`*** NAME joined`,
-/// `left`, `is now`, `was kicked`, `was muted`...): a notice whose first
-/// word is a name a client could choose — never `*** error: ...` or one of
-/// the server's own (`*** cluster link down...`), which a forger could
-/// otherwise put in front of every member of a room.
+/// How the hub's notices about a member go on after its name
+/// (src/hub: mod.rs, rooms.rs, names.rs, moderation.rs, mirror.rs).
+const MEMBER_NOTICES: [&str; 8] = [
+    "joined",
+    "left",
+    "is back",
+    "is now ",
+    "was kicked by ",
+    "was banned by ",
+    "was muted by ",
+    "was unmuted by ",
+];
+
+/// A notice about a room's member as a hub writes one: `*** NAME ` and one
+/// of [`MEMBER_NOTICES`], NAME a name a client could choose — never
+/// `*** error: ...` or one of the server's own (`*** cluster link down:
+/// ...`), which a forger could otherwise show every member of a room.
 fn member_notice_ok(line: &str) -> bool {
     notice_ok(line)
-        && line[4..]
-            .split_once(' ')
-            .is_some_and(|(name, rest)| name_ok(name) && !rest.is_empty())
+        && line[4..].split_once(' ').is_some_and(|(name, rest)| {
+            name_ok(name)
+                && MEMBER_NOTICES.iter().any(|v| {
+                    rest.strip_prefix(v)
+                        .is_some_and(|t| t.is_empty() || t.starts_with(' ') || v.ends_with(' '))
+                })
+        })
 }
 
 /// What ends a line, starts an escape, or turns the text's direction.
@@ -1035,6 +1051,122 @@ mod tests {
         assert_eq!(
             ok(&w, &room, &format!("n2 {notice}")),
             Inbound::Room("lobby".into(), notice.into())
+        );
+    }
+
+    #[test]
+    fn a_room_notice_round_trips_and_is_ours_only_by_its_node() {
+        let (me, them) = (wire(), Wire::new(3, "n2~5", 100));
+        let room = me.keys.room("lobby");
+        let payload = notice_payload("n2~5", 3, Some(ClientId(4)), "*** bob left #lobby");
+        assert_eq!(payload, "n2~5 !3:4 *** bob left #lobby");
+        // Another instance's: nobody to skip here, no number to keep.
+        assert_eq!(
+            ok(&me, &room, &payload),
+            Inbound::Notice {
+                room: "lobby".into(),
+                about: None,
+                text: "*** bob left #lobby".into(),
+                seq: None,
+            }
+        );
+        // Ours: delivered too (the room's one order), skipping its member.
+        assert_eq!(
+            ok(&them, &room, &payload),
+            Inbound::Notice {
+                room: "lobby".into(),
+                about: Some(ClientId(4)),
+                text: "*** bob left #lobby".into(),
+                seq: Some(3),
+            }
+        );
+        let nobody = notice_payload("n2~5", 4, None, "*** bob was muted by op for 5m");
+        assert!(matches!(
+            ok(&them, &room, &nobody),
+            Inbound::Notice {
+                about: None,
+                seq: Some(4),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn forged_room_notices_are_cleaned_or_refused() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        // ESC and C1 controls are removed, as from a client's line.
+        let Inbound::Notice { text, .. } =
+            ok(&w, &room, "n2 !1:- *** bob joined #lobby\x1b[2J\u{9b}31m!")
+        else {
+            panic!()
+        };
+        assert_eq!(text, "*** bob joined #lobby[2J31m!");
+        // Bidi controls go, as from a client's line.
+        for (forged, clean) in [
+            (
+                "n2 !1:- *** bob joined \u{202e}nimda",
+                "*** bob joined nimda",
+            ),
+            ("n2 !1:- *** bob\u{2067} joined", "*** bob joined"),
+        ] {
+            let Inbound::Notice { text, .. } = ok(&w, &room, forged) else {
+                panic!()
+            };
+            assert_eq!(text, clean);
+        }
+        // Where it spoils the name, it is refused.
+        assert!(
+            w.decode(room.as_bytes(), "n2 !1:- *** bob\x1b[2J joined".as_bytes())
+                .is_err()
+        );
+        for bad in [
+            // One line only: a line break anywhere refuses it whole.
+            "n2 !1:- *** bob joined\r\n*** bobby is now admin".to_string(),
+            "n2 !1:- *** bob joined\n*** bobby is now admin".into(),
+            "n2 !1:- *** bob joined\r*** bobby is now admin".into(),
+            "n2 !1:- *** bob joined\r\n".into(),
+            // Too long for one line (max_text 100 here).
+            format!("n2 !1:- *** bob said {}", "x".repeat(100)),
+            // Not a notice about a member.
+            "n2 !1:- *** error: you are banned".into(),
+            "n2 !1:- *** cluster link down: messages reach this server only".into(),
+            "n2 !1:- *** bob".into(),
+            "n2 !1:- *** bob is admin now".into(),
+            "n2 !1:- *** bob joinedx".into(),
+            "n2 !1:- <bob> hi".into(),
+            "n2 !1:- hello".into(),
+            "n2 !1:- ***bob joined".into(),
+            "n2 !1:- *** b@d joined".into(),
+            "n2 !1:- \x1b".into(),
+            // A bad header or node.
+            "n2 !x:- *** bob joined".into(),
+            "n2 !1:x *** bob joined".into(),
+            "n2 !1:-1 *** bob joined".into(),
+            "n2 !1 *** bob joined".into(),
+            "n2 !:- *** bob joined".into(),
+            "n2 !1:-".into(),
+            "n\x1b2 !1:- *** bob joined".into(),
+            "n2\u{202e} !1:- *** bob joined".into(),
+        ] {
+            assert!(
+                w.decode(room.as_bytes(), bad.as_bytes()).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            w.decode(b"chatd:3:r:lob\xe2\x80\xaeby", b"n2 !1:- *** bob joined"),
+            Err("bad room name")
+        );
+        // Invalid UTF-8 is replaced, as from a client.
+        let Inbound::Notice { text, .. } = ok(&w, &room, "n2 !1:- *** bob joined") else {
+            panic!()
+        };
+        assert_eq!(text, "*** bob joined");
+        let raw = w.decode(room.as_bytes(), b"n2 !1:- *** bob joined \xff");
+        assert!(
+            matches!(&raw, Ok(Some(Inbound::Notice { text, .. })) if text == "*** bob joined \u{fffd}"),
+            "{raw:?}"
         );
     }
 
