@@ -2231,6 +2231,13 @@ fn join_then_a_line_in_one_write_shows_the_join_before_the_line_everywhere() {
     let mut ws = watchers(&cl);
     for node in 0..2 {
         one_write(&cl, &mut ws, node, &["/join games", "a line in games"]);
+        // And straight out again: the line before the leave.
+        one_write(
+            &cl,
+            &mut ws,
+            node,
+            &["/join games", "in games", "/join lobby"],
+        );
     }
 }
 
