@@ -2184,12 +2184,16 @@ fn every_watcher_sees_one_order(ws: &mut Watchers, first: &str, script: &[String
 /// instances must see the single server's order.
 fn one_write(cl: &Cluster, ws: &mut Watchers, node: usize, script: &[&str]) {
     let script: Vec<String> = script.iter().map(|s| s.to_string()).collect();
+    sent_at_once(cl, ws, node, &script, &format!("sent on instance {node}"));
+}
+
+/// `one_write` for a script of owned lines; `what` names the case.
+fn sent_at_once(cl: &Cluster, ws: &mut Watchers, node: usize, script: &[String], what: &str) {
     let mut mover = cl.client(node);
     let mut bytes = script.join("\r\n");
     bytes.push_str("\r\n");
     mover.send_raw(bytes.as_bytes());
-    let what = format!("sent on instance {node}");
-    every_watcher_sees_one_order(ws, &mover.name.clone(), &script, &what);
+    every_watcher_sees_one_order(ws, &mover.name.clone(), script, what);
 }
 
 #[test]
@@ -2259,12 +2263,8 @@ fn twenty_random_interleavings_are_one_order_on_every_instance() {
             });
         }
         let node = round % 2;
-        let mut mover = cl.client(node);
-        let mut bytes = script.join("\r\n");
-        bytes.push_str("\r\n");
-        mover.send_raw(bytes.as_bytes());
         let what = format!("round {round} of seed {seed}, sent on instance {node}");
-        every_watcher_sees_one_order(&mut ws, &mover.name.clone(), &script, &what);
+        sent_at_once(&cl, &mut ws, node, &script, &what);
     }
 }
 
