@@ -35,6 +35,16 @@ pub enum Inbound {
         runs: Box<[(ClientId, u64)]>,
         text: String,
     },
+    /// A notice about a member of `room`, in the room's order with its
+    /// lines (see [`super::wire::notice_payload`]). `seq`: ours, the
+    /// `seq`-th we sent (None: another instance's); `about`: our local
+    /// client it is about, who is skipped.
+    Notice {
+        room: String,
+        about: Option<ClientId>,
+        text: String,
+        seq: Option<u64>,
+    },
     /// Redis refused local client `id`'s line (true), or the link failed
     /// before Redis confirmed it (false).
     NotSaid(ClientId, bool),
@@ -113,6 +123,9 @@ impl Inbound {
                     hub.said(&room, at, Some(from), &run, out);
                 }
             }
+            Inbound::Notice {
+                room, about, text, ..
+            } => hub.noticed(&room, about, &text, out),
             Inbound::NotSaid(id, sure) => hub.not_said(id, sure, out),
             Inbound::History {
                 id,
@@ -177,8 +190,12 @@ pub const OWN_WINDOW: usize = 32;
 /// SAY's reply, and again on the subscription). Nothing else is compared:
 /// an id that jumps ahead or goes back (a forged one, a failover, a new
 /// epoch) is delivered like any other, and never keeps a later line out.
+///
+/// And the last of our own notices per room, by their number, for the same
+/// reason (the reply to their PUBLISH and the subscription both carry
+/// them).
 #[derive(Debug, Default)]
-pub struct Delivered(HashMap<String, VecDeque<(Id, u64)>>);
+pub struct Delivered(HashMap<String, VecDeque<(Id, u64)>>, HashMap<String, u64>);
 
 impl Delivered {
     /// Numbered lines, for the hub once: not again if they are ours and
@@ -218,12 +235,36 @@ impl Delivered {
         true
     }
 
+    /// Our own notice number `seq` in `room` may be delivered: it was not
+    /// already (from the reply to its PUBLISH or the subscription, which
+    /// keep the order they were sent in: a lower number came first).
+    pub fn notice(&mut self, room: &str, seq: u64) -> bool {
+        match self.1.get_mut(room) {
+            Some(done) if *done >= seq => false,
+            Some(done) => {
+                *done = seq;
+                true
+            }
+            None => {
+                self.1.insert(room.to_string(), seq);
+                true
+            }
+        }
+    }
+
+    /// Whether our notice `seq` in `room` reached the hub.
+    pub fn noticed(&self, room: &str, seq: u64) -> bool {
+        self.1.get(room).is_some_and(|&done| done >= seq)
+    }
+
     /// Not subscribed to `room` any more.
     pub fn forget(&mut self, room: &str) {
         self.0.remove(room);
+        self.1.remove(room);
     }
 
     pub fn clear(&mut self) {
         self.0.clear();
+        self.1.clear();
     }
 }

@@ -172,6 +172,9 @@ pub struct Link {
     /// that comes both as the reply to our SAY and on the subscription is
     /// delivered once (and no other line is ever held back by its id).
     delivered: Delivered,
+    /// How many room notices we sent (each is numbered, see
+    /// [`wire::notice_payload`]).
+    notices: u64,
 }
 
 impl Link {
@@ -220,6 +223,7 @@ impl Link {
             confirmed: BTreeSet::new(),
             delivered: Delivered::default(),
             batches: Vec::new(),
+            notices: 0,
         }
     }
 
@@ -336,6 +340,26 @@ impl Link {
         unsure.sort_unstable();
         unsure.dedup();
         inbound.extend(unsure.into_iter().map(|id| Inbound::NotSaid(id, false)));
+        // Notices sent but not back: Redis may or may not have published
+        // them to the others, but here they are not lost — delivered now,
+        // as any notice is while the link is down, in the order sent.
+        for (_, e) in std::mem::take(&mut self.pending) {
+            if let Expect::Notice {
+                room,
+                seq,
+                about,
+                text,
+            } = e
+                && !self.delivered.noticed(&room, seq)
+            {
+                inbound.push(Inbound::Notice {
+                    room: room.into(),
+                    about,
+                    text: text.into(),
+                    seq: Some(seq),
+                });
+            }
+        }
         self.forget_pending();
         self.confirmed.clear();
         self.delivered.clear();
@@ -526,6 +550,46 @@ impl Link {
         let all: Vec<&[u8]> = all.iter().map(|a| a.as_bytes()).collect();
         let expect = Expect::Read(id, room.to_string(), asked);
         self.fcall(Func::Read, &all[..2], &all[2..], expect, Kind::Book)
+    }
+
+    /// A notice about a member of `room` (about local client `about`), on
+    /// the room's channel in the order of its lines; it comes back to be
+    /// delivered here too. When it cannot go (the link not up, the queue
+    /// toward Redis full) it is delivered here at once, as while the link
+    /// is down.
+    fn notice(
+        &mut self,
+        room: &str,
+        about: Option<ClientId>,
+        text: &str,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        self.notices += 1;
+        let seq = self.notices;
+        let channel = self.keys().room(room);
+        let payload = wire::notice_payload(&self.wire.node, seq, about, text);
+        let expect = Expect::Notice {
+            room: room.into(),
+            seq,
+            about,
+            text: text.into(),
+        };
+        let sent = self.state.is_up()
+            && self.send_cmd(
+                &[b"PUBLISH", channel.as_bytes(), payload.as_bytes()],
+                expect,
+                Kind::Publish,
+            );
+        if sent {
+            self.stats.published += 1;
+        } else {
+            inbound.push(Inbound::Notice {
+                room: room.to_string(),
+                about,
+                text: text.to_string(),
+                seq: None,
+            });
+        }
     }
 
     /// A local line, or a batch of them (CRLF between), for the room on the
@@ -804,6 +868,12 @@ impl Link {
             Expect::Back(node) => self.node_checked(node, false, frame, inbound),
             Expect::Library => return self.library_loaded(&frame),
             Expect::Say(sent) => self.said_reply(*sent, frame, inbound),
+            Expect::Notice {
+                room,
+                seq,
+                about,
+                text,
+            } => self.noticed_reply(room, seq, about, text, &frame, inbound),
             Expect::Read(id, room, asked) => {
                 let omitted = wire::left_out(&frame);
                 let answer = match frame {
@@ -961,6 +1031,12 @@ impl Link {
                 runs,
                 text,
             })) => self.deliver_runs(room, first, runs, text, inbound),
+            Ok(Some(Inbound::Notice {
+                room,
+                about,
+                text,
+                seq: Some(seq),
+            })) => self.deliver_notice(room, seq, about, text, inbound),
             Ok(Some(event)) => inbound.push(event),
             Ok(None) => {}
             Err(why) => self.malformed(channel, why),
@@ -986,6 +1062,9 @@ impl Link {
         }
         match op {
             ClusterOp::Publish { room, msg } => self.publish_room(&room, msg.text()),
+            ClusterOp::Notice { room, about, msg } => {
+                self.notice(&room, about, msg.text(), inbound)
+            }
             ClusterOp::Say {
                 room,
                 from,

@@ -42,6 +42,17 @@ pub enum Expect {
     /// A batch of local clients' lines (boxed: the queue's every entry is
     /// as large as its largest kind).
     Say(Box<Sent>),
+    /// Our notice number `seq` for `room` (about local client `about`):
+    /// delivered here from this reply if the room's subscription is not in
+    /// place yet, or at once if the link fails first or Redis refuses it.
+    /// (Boxed strs: no larger than `Say`, so no command costs more of the
+    /// queue's bound than before.)
+    Notice {
+        room: Box<str>,
+        seq: u64,
+        about: Option<ClientId>,
+        text: Box<str>,
+    },
     Read(ClientId, String, Asked),
     /// `FUNCTION LOAD` of [`super::scripts::LIBRARY`].
     Library,
@@ -237,6 +248,45 @@ impl Link {
             && !self.confirmed.contains(&room)
         {
             self.deliver_runs(room, first, runs, text, inbound);
+        }
+    }
+
+    /// The answer to our notice's PUBLISH: as for a room line (above), it
+    /// comes back on the subscription unless that is not in place yet;
+    /// refused, it is delivered here all the same, as with the link down.
+    pub(super) fn noticed_reply(
+        &mut self,
+        room: Box<str>,
+        seq: u64,
+        about: Option<ClientId>,
+        text: Box<str>,
+        frame: &OwnedFrame,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        if let OwnedFrame::Error(e) = frame {
+            self.refused("PUBLISH (a room notice)", e);
+        } else if self.confirmed.contains(&*room) {
+            return;
+        }
+        self.deliver_notice(room.into(), seq, about, text.into(), inbound);
+    }
+
+    /// Our notice `seq`, for the hub once.
+    pub(super) fn deliver_notice(
+        &mut self,
+        room: String,
+        seq: u64,
+        about: Option<ClientId>,
+        text: String,
+        inbound: &mut Vec<Inbound>,
+    ) {
+        if self.delivered.notice(&room, seq) {
+            inbound.push(Inbound::Notice {
+                room,
+                about,
+                text,
+                seq: Some(seq),
+            });
         }
     }
 

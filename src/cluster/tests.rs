@@ -1131,3 +1131,89 @@ fn our_batch_of_several_senders_is_delivered_once_split_by_sender() {
         ]
     );
 }
+
+#[test]
+fn a_room_notice_goes_through_redis_in_order_and_is_never_lost_here() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    s.link.subscribe("lobby", true);
+    s.until("subscribed", |s| s.link.confirmed.contains("lobby"));
+    let notice = |about, text: &str| ClusterOp::Notice {
+        room: "lobby".into(),
+        about,
+        msg: Msg::new(text),
+    };
+    let mut inbound = Vec::new();
+    s.link
+        .apply(notice(Some(ClientId(9)), "*** a left #lobby"), &mut inbound);
+    assert!(inbound.is_empty(), "delivered when it comes back");
+    let in_lobby = |c: &&Vec<String>| c[0] == "PUBLISH" && c[1] == "chatd:3:r:lobby";
+    s.until("the PUBLISH", |s| s.redis.cmds.iter().any(|c| in_lobby(&c)));
+    let publish = s.redis.cmds.iter().find(in_lobby).unwrap();
+    assert_eq!(
+        publish[1..],
+        ["chatd:3:r:lobby", "me~1 !1:9 *** a left #lobby"]
+    );
+    // On the subscription, twice: delivered once, skipping its member.
+    s.redis
+        .publish("chatd:3:r:lobby", "me~1 !1:9 *** a left #lobby");
+    s.redis
+        .publish("chatd:3:r:lobby", "me~1 !1:9 *** a left #lobby");
+    s.until("delivered", |s| s.link.stats().received == 2);
+    fn notices(s: &Stand) -> Vec<&Inbound> {
+        s.inbound
+            .iter()
+            .filter(|e| matches!(e, Inbound::Notice { .. }))
+            .collect()
+    }
+    let one = Inbound::Notice {
+        room: "lobby".into(),
+        about: Some(ClientId(9)),
+        text: "*** a left #lobby".into(),
+        seq: Some(1),
+    };
+    assert_eq!(notices(&s), [&one]);
+    // A room whose SUBSCRIBE is not confirmed yet: from the reply, and
+    // not again from the subscription.
+    s.link.confirmed.remove("lobby");
+    s.link.apply(notice(None, "*** b is now c"), &mut s.inbound);
+    s.until("the reply", |s| notices(s).len() == 2);
+    s.redis
+        .publish("chatd:3:r:lobby", "me~1 !2:- *** b is now c");
+    s.until("read", |s| s.link.stats().received == 3);
+    for _ in 0..10 {
+        s.step();
+    }
+    assert_eq!(notices(&s).len(), 2, "{:?}", notices(&s));
+    // In flight when the link drops: delivered here, before the Down.
+    s.inbound.clear();
+    s.told = 0;
+    s.redis.mute = true;
+    s.link.apply(notice(None, "*** d joined"), &mut s.inbound);
+    s.until("sent", |s| {
+        s.redis.cmds.iter().filter(in_lobby).count() == 3
+    });
+    s.redis.close();
+    s.until("down", |s| {
+        s.inbound.iter().any(|e| matches!(e, Inbound::Down(_)))
+    });
+    let d = Inbound::Notice {
+        room: "lobby".into(),
+        about: None,
+        text: "*** d joined".into(),
+        seq: Some(3),
+    };
+    let at = s.inbound.iter().position(|e| *e == d).expect("delivered");
+    let down = s
+        .inbound
+        .iter()
+        .position(|e| matches!(e, Inbound::Down(_)))
+        .unwrap();
+    assert!(at < down, "{:?}", s.inbound);
+    // Link down: handed back at once.
+    let mut back = Vec::new();
+    s.link.apply(notice(None, "*** e joined"), &mut back);
+    assert!(
+        matches!(&back[..], [Inbound::Notice { seq: None, text, .. }] if text == "*** e joined"),
+        "{back:?}"
+    );
+}

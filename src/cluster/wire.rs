@@ -6,9 +6,11 @@
 //! every name, and clusters on different databases stay apart):
 //! - `chatd:DB:r:ROOM` — lines for a room: `NODE TEXT` (one line, any CR
 //!   or LF in it removed), `NODE\nLINE\nLINE...` (a sender's batch, each
-//!   line cleaned on its own), or `NODE =EPOCH-N:SENDERS\nLINE...` (lines
-//!   numbered by Redis, [`super::scripts::SAY`]); our own unnumbered lines
-//!   come back and are skipped by NODE, so nothing is delivered twice;
+//!   line cleaned on its own), `NODE =EPOCH-N:SENDERS\nLINE...` (lines
+//!   numbered by Redis, [`super::scripts::SAY`]), or `NODE !SEQ:ABOUT
+//!   TEXT` (a notice about a member, in the room's order with its lines:
+//!   [`notice_payload`]); our own unnumbered lines come back and are
+//!   skipped by NODE, so nothing is delivered twice;
 //! - `chatd:DB:p` — presence (who is where), for every instance's mirror;
 //! - `chatd:DB:n:NODE` — private lines for users on NODE: `TO NAME TEXT`;
 //! - `chatd:DB:b` — bans: `B NODE NET<TAB>UNTIL<TAB>BY<TAB>REASON` (set)
@@ -235,6 +237,40 @@ fn notice_ok(line: &str) -> bool {
     line.starts_with("*** ") && !line.chars().any(breaks_out)
 }
 
+/// How the hub's notices about a member go on after its name
+/// (src/hub: mod.rs, rooms.rs, names.rs, moderation.rs, mirror.rs).
+const MEMBER_NOTICES: [&str; 14] = [
+    "joined",
+    "left",
+    "is back",
+    "is now ",
+    "was kicked by ",
+    "was kicked from ",
+    "set the topic of ",
+    "locked the topic of ",
+    "unlocked the topic of ",
+    "made ",
+    "took ",
+    "was banned by ",
+    "was muted by ",
+    "was unmuted by ",
+];
+
+/// A notice about a room's member as a hub writes one: `*** NAME ` and one
+/// of [`MEMBER_NOTICES`], NAME a name a client could choose — never
+/// `*** error: ...` or one of the server's own (`*** cluster link down:
+/// ...`), which a forger could otherwise show every member of a room.
+fn member_notice_ok(line: &str) -> bool {
+    notice_ok(line)
+        && line[4..].split_once(' ').is_some_and(|(name, rest)| {
+            name_ok(name)
+                && MEMBER_NOTICES.iter().any(|v| {
+                    rest.strip_prefix(v)
+                        .is_some_and(|t| t.is_empty() || t.starts_with(' ') || v.ends_with(' '))
+                })
+        })
+}
+
 /// What ends a line, starts an escape, or turns the text's direction.
 fn breaks_out(c: char) -> bool {
     matches!(
@@ -318,6 +354,21 @@ pub fn parse_senders(head: &str, lines: u64) -> Option<Vec<(ClientId, u64)>> {
         runs.push((ClientId(s), n));
     }
     (runs.iter().map(|r| r.1).sum::<u64>() == lines).then_some(runs)
+}
+
+/// A notice about a room's member (a join, a leave, a rename, a kick, a
+/// mute) from `node`'s hub, the `seq`-th it sent: `NODE !SEQ:ABOUT TEXT`,
+/// ABOUT the local client it is about on NODE (who was told otherwise, so
+/// NODE skips it), `-` for nobody. It travels on the room's channel on the
+/// same connection as the room's lines, so Redis's order of that channel
+/// is the one order of the room; every instance, NODE too, delivers it as
+/// it comes back, and NODE tells its own by SEQ (see `events::Delivered`).
+/// One line: a receiver refuses one with a CR or LF in it.
+pub fn notice_payload(node: &str, seq: u64, about: Option<ClientId>, text: &str) -> String {
+    match about {
+        Some(c) => format!("{node} !{seq}:{} {text}", c.0),
+        None => format!("{node} !{seq}:- {text}"),
+    }
 }
 
 /// A private line for user `to` (named `to_name`) on another node.
@@ -434,6 +485,9 @@ impl Wire {
         if one && text.first() == Some(&b'=') {
             return self.decode_said(room, node, &text[1..]).map(Some);
         }
+        if one && text.first() == Some(&b'!') {
+            return self.decode_notice(room, node, &text[1..]).map(Some);
+        }
         // Our own lines were delivered locally when they were sent.
         if node == &*self.node {
             return Ok(None);
@@ -478,6 +532,37 @@ impl Wire {
             }
         } else {
             Inbound::numbered(room, first, runs, text)
+        })
+    }
+
+    /// `SEQ:ABOUT TEXT` ([`notice_payload`]): one line, bounded, cleaned,
+    /// a notice about a member ([`member_notice_ok`]); `seq` and `about`
+    /// kept only when it is ours.
+    fn decode_notice(&self, room: &str, node: &str, rest: &[u8]) -> Result<Inbound, &'static str> {
+        if rest.iter().any(|&c| c == b'\r' || c == b'\n') {
+            return Err("a notice is one line");
+        }
+        let (head, text) = split(rest).ok_or("no notice")?;
+        let head = std::str::from_utf8(head).map_err(|_| "bad notice header")?;
+        let (seq, about) = head.split_once(':').ok_or("no member")?;
+        let seq: u64 = seq.parse().map_err(|_| "bad notice number")?;
+        let about = match about {
+            "-" => None,
+            n => Some(ClientId(n.parse().map_err(|_| "bad member")?)),
+        };
+        if text.len() > self.max_text {
+            return Err("too long");
+        }
+        let text = sanitize(text).ok_or("blank notice")?;
+        if !member_notice_ok(&text) {
+            return Err("not a notice about a member");
+        }
+        let ours = node == &*self.node;
+        Ok(Inbound::Notice {
+            room: room.to_string(),
+            about: about.filter(|_| ours),
+            text,
+            seq: ours.then_some(seq),
         })
     }
 
@@ -1213,6 +1298,122 @@ mod tests {
         assert_eq!(
             ok(&w, &room, &format!("n2 {notice}")),
             Inbound::Room("lobby".into(), notice.into())
+        );
+    }
+
+    #[test]
+    fn a_room_notice_round_trips_and_is_ours_only_by_its_node() {
+        let (me, them) = (wire(), Wire::new(3, "n2~5", 100));
+        let room = me.keys.room("lobby");
+        let payload = notice_payload("n2~5", 3, Some(ClientId(4)), "*** bob left #lobby");
+        assert_eq!(payload, "n2~5 !3:4 *** bob left #lobby");
+        // Another instance's: nobody to skip here, no number to keep.
+        assert_eq!(
+            ok(&me, &room, &payload),
+            Inbound::Notice {
+                room: "lobby".into(),
+                about: None,
+                text: "*** bob left #lobby".into(),
+                seq: None,
+            }
+        );
+        // Ours: delivered too (the room's one order), skipping its member.
+        assert_eq!(
+            ok(&them, &room, &payload),
+            Inbound::Notice {
+                room: "lobby".into(),
+                about: Some(ClientId(4)),
+                text: "*** bob left #lobby".into(),
+                seq: Some(3),
+            }
+        );
+        let nobody = notice_payload("n2~5", 4, None, "*** bob was muted by op for 5m");
+        assert!(matches!(
+            ok(&them, &room, &nobody),
+            Inbound::Notice {
+                about: None,
+                seq: Some(4),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn forged_room_notices_are_cleaned_or_refused() {
+        let w = wire();
+        let room = w.keys.room("lobby");
+        // ESC and C1 controls are removed, as from a client's line.
+        let Inbound::Notice { text, .. } =
+            ok(&w, &room, "n2 !1:- *** bob joined #lobby\x1b[2J\u{9b}31m!")
+        else {
+            panic!()
+        };
+        assert_eq!(text, "*** bob joined #lobby[2J31m!");
+        // Bidi controls go, as from a client's line.
+        for (forged, clean) in [
+            (
+                "n2 !1:- *** bob joined \u{202e}nimda",
+                "*** bob joined nimda",
+            ),
+            ("n2 !1:- *** bob\u{2067} joined", "*** bob joined"),
+        ] {
+            let Inbound::Notice { text, .. } = ok(&w, &room, forged) else {
+                panic!()
+            };
+            assert_eq!(text, clean);
+        }
+        // Where it spoils the name, it is refused.
+        assert!(
+            w.decode(room.as_bytes(), "n2 !1:- *** bob\x1b[2J joined".as_bytes())
+                .is_err()
+        );
+        for bad in [
+            // One line only: a line break anywhere refuses it whole.
+            "n2 !1:- *** bob joined\r\n*** bobby is now admin".to_string(),
+            "n2 !1:- *** bob joined\n*** bobby is now admin".into(),
+            "n2 !1:- *** bob joined\r*** bobby is now admin".into(),
+            "n2 !1:- *** bob joined\r\n".into(),
+            // Too long for one line (max_text 100 here).
+            format!("n2 !1:- *** bob said {}", "x".repeat(100)),
+            // Not a notice about a member.
+            "n2 !1:- *** error: you are banned".into(),
+            "n2 !1:- *** cluster link down: messages reach this server only".into(),
+            "n2 !1:- *** bob".into(),
+            "n2 !1:- *** bob is admin now".into(),
+            "n2 !1:- *** bob joinedx".into(),
+            "n2 !1:- <bob> hi".into(),
+            "n2 !1:- hello".into(),
+            "n2 !1:- ***bob joined".into(),
+            "n2 !1:- *** b@d joined".into(),
+            "n2 !1:- \x1b".into(),
+            // A bad header or node.
+            "n2 !x:- *** bob joined".into(),
+            "n2 !1:x *** bob joined".into(),
+            "n2 !1:-1 *** bob joined".into(),
+            "n2 !1 *** bob joined".into(),
+            "n2 !:- *** bob joined".into(),
+            "n2 !1:-".into(),
+            "n\x1b2 !1:- *** bob joined".into(),
+            "n2\u{202e} !1:- *** bob joined".into(),
+        ] {
+            assert!(
+                w.decode(room.as_bytes(), bad.as_bytes()).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            w.decode(b"chatd:3:r:lob\xe2\x80\xaeby", b"n2 !1:- *** bob joined"),
+            Err("bad room name")
+        );
+        // Invalid UTF-8 is replaced, as from a client.
+        let Inbound::Notice { text, .. } = ok(&w, &room, "n2 !1:- *** bob joined") else {
+            panic!()
+        };
+        assert_eq!(text, "*** bob joined");
+        let raw = w.decode(room.as_bytes(), b"n2 !1:- *** bob joined \xff");
+        assert!(
+            matches!(&raw, Ok(Some(Inbound::Notice { text, .. })) if text == "*** bob joined \u{fffd}"),
+            "{raw:?}"
         );
     }
 

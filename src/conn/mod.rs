@@ -358,6 +358,12 @@ pub struct Conn {
     /// Out of budget, waiting for its timer: not read until woken (one
     /// timer per wait, however many readable events arrive meanwhile).
     pub throttled: bool,
+    /// Lines read but not yet taken by the hub, which waits for Redis for
+    /// this client (`Hub::busy`): bounded by one turn's read budget, since
+    /// nothing more is read from the connection until they are taken.
+    pub held: Vec<String>,
+    /// On the reactor's list of connections waiting for the hub.
+    pub stalled: bool,
     /// Registered for writable events: only while a flush left output
     /// behind.
     pub want_write: bool,
@@ -403,6 +409,8 @@ impl Conn {
             eof: false,
             bucket,
             throttled: false,
+            held: Vec::new(),
+            stalled: false,
             want_write: false,
             since: now,
             last_active: now,

@@ -533,22 +533,52 @@ impl Hub {
         self.relayed += 1;
     }
 
+    /// Cluster mode: local client `id` waits for Redis — a name claim or a
+    /// history read (a join replay, `/history`, a resume) is in flight.
+    /// Its later lines must wait too, or they would overtake it (a line
+    /// shown under the old name before the rename, a leave before the
+    /// line): [`Hub::lines`] takes none while this holds. Every such wait
+    /// ends by an event from the link — the answer, a refusal, or its
+    /// `Down` — never by time. Always false on a single server.
+    pub fn busy(&self, id: ClientId) -> bool {
+        let Some(c) = self.cluster.as_ref() else {
+            return false;
+        };
+        c.pending.contains_key(&id)
+            || self
+                .idx(id)
+                .is_some_and(|i| self.clients[i].resume.awaits())
+    }
+
     /// Several lines from `id`, in the order they came. Consecutive plain
     /// messages go out as one batch: one shared buffer, one queue entry and
     /// one iovec per recipient instead of one per line. A batch never
     /// passes `batch_max` bytes, so it always fits a recipient's queue.
-    pub fn lines(&mut self, id: ClientId, texts: &[String], out: &mut impl Outbox) {
+    ///
+    /// Returns how many lines were taken: all of them, unless the client
+    /// is [`Hub::busy`] (before the first, or after a command that asked
+    /// Redis); the caller keeps the rest and hands them in again, first,
+    /// once it no longer is.
+    pub fn lines(&mut self, id: ClientId, texts: &[String], out: &mut impl Outbox) -> usize {
         let mut run = String::new();
-        for text in texts {
+        for (taken, text) in texts.iter().enumerate() {
+            if self.busy(id) {
+                if let Some(i) = self.idx(id) {
+                    self.flush_run(i, &mut run, out);
+                }
+                return taken;
+            }
             let text = command_form(text);
             if self.waiting.contains_key(&id) {
                 self.gate(id, text, out);
                 if text.starts_with('/') && matches!(Command::parse(&text[1..]), Command::Quit(_)) {
-                    return;
+                    return texts.len();
                 }
                 continue;
             }
-            let Some(i) = self.idx(id) else { return };
+            let Some(i) = self.idx(id) else {
+                return texts.len();
+            };
             if !text.starts_with('/') || text.starts_with("//") {
                 if self.muted(i) {
                     self.flush_run(i, &mut run, out);
@@ -577,12 +607,13 @@ impl Hub {
             self.line(id, text, out);
             // After /quit nothing more from this client is taken.
             if matches!(Command::parse(&text[1..]), Command::Quit(_)) {
-                return;
+                return texts.len();
             }
         }
         if let Some(i) = self.idx(id) {
             self.flush_run(i, &mut run, out);
         }
+        texts.len()
     }
 
     fn flush_run(&mut self, i: Member, run: &mut String, out: &mut impl Outbox) {

@@ -422,16 +422,10 @@ impl Hub {
     }
 
     /// A line for everyone in `room`, here and on the other instances,
-    /// whatever its size (a moderation notice is rare, unlike joins).
+    /// whatever its size (a moderation notice is rare, unlike joins), in
+    /// the room's order (see `broadcast`).
     pub(super) fn tell_room(&self, room: usize, text: &str, out: &mut impl Outbox) {
-        let msg = Msg::new(text);
-        self.to_room(room, None, &msg, out);
-        if self.cluster.is_some() {
-            out.cluster(ClusterOp::Publish {
-                room: self.rooms[room].key.clone(),
-                msg,
-            });
-        }
+        self.broadcast(room, None, &Msg::new(text), out);
     }
 
     /// Local user `t` is told (with its room) `text`, then closed; it
@@ -444,7 +438,16 @@ impl Hub {
         reason: String,
         out: &mut impl Outbox,
     ) {
-        self.tell_rooms_of(t, text, out);
+        if self.cluster.as_ref().is_some_and(|c| c.up) {
+            // It is gone before the rooms' copies come back: told here.
+            reply(out, tid, text);
+            let msg = Msg::new(text);
+            for room in self.clients[t].seat.rooms() {
+                self.broadcast(room, Some(t), &msg, out);
+            }
+        } else {
+            self.tell_rooms_of(t, text, out);
+        }
         out.close(tid, reason);
         if let Some(t) = self.unlink(tid, out) {
             self.forget(t, out);

@@ -18,6 +18,16 @@ use std::rc::Rc;
 pub enum ClusterOp {
     /// A line for the members of `room` on the other instances.
     Publish { room: Box<str>, msg: Rc<Msg> },
+    /// A notice about a member of `room` (a join, a leave, a rename, a
+    /// kick, a mute), for every instance this one included, in the room's
+    /// one order with its lines: it comes back as `Inbound::Notice`
+    /// (skipping local client `about`, told otherwise), or, when the link
+    /// cannot take it, comes back at once for local delivery.
+    Notice {
+        room: Box<str>,
+        about: Option<ClientId>,
+        msg: Rc<Msg>,
+    },
     /// Room lines (CRLF between) from local client `from`, to be numbered
     /// and kept by Redis (at most `keep` per room, for `ttl_ms` after the
     /// last); they come back as `Inbound::Said`, or `Refused(Say)`.

@@ -106,7 +106,7 @@ impl Hub {
         };
         self.presence_topic(room, out);
         reply(out, id, &notice);
-        self.broadcast(room, i, &Msg::new(&notice), out);
+        self.broadcast(room, Some(i), &Msg::new(&notice), out);
     }
 
     /// `/op NAME` and `/deop NAME` in the current room.
@@ -147,7 +147,7 @@ impl Hub {
             format!("*** {by} took {whom}'s operator status in {shown}")
         };
         reply(out, id, &text);
-        self.broadcast(room, i, &Msg::new(&text), out);
+        self.broadcast(room, Some(i), &Msg::new(&text), out);
     }
 
     /// The member of `room` called `name`, if `i` may act on it there (a

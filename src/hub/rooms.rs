@@ -201,28 +201,31 @@ impl Hub {
         self.replay(id, i, room, out);
     }
 
-    /// `/part [ROOM] [reason]`: the first word is a room if it begins with
-    /// `#` or names a room the user is in; otherwise it all is the reason,
-    /// and the current room is left.
+    /// `/part [ROOM] [reason]`: the first word, if any, is the room (with or
+    /// without its `#`), as IRC's PART; alone, the current room is left. A
+    /// room one is not in is an error, never taken for a reason: `/part
+    /// games` outside #games must not leave #lobby.
     pub(super) fn part(&mut self, id: ClientId, i: Member, args: &str, out: &mut impl Outbox) {
         let (word, rest) = split_word(args);
-        let named = word.strip_prefix('#');
-        let key = named.unwrap_or(word).to_ascii_lowercase();
-        let mine = self
-            .room_keys
-            .get(key.as_str())
-            .copied()
-            .filter(|&r| self.clients[i].seat.is_in(r));
-        let (room, why) = match (named, mine) {
-            (_, Some(r)) => (r, rest.trim()),
-            (Some(shown), None) => {
-                let text = format!("*** error: you are not in #{shown}");
-                return reply(out, id, &text);
-            }
-            (None, None) => match self.clients[i].seat.current {
-                Some(r) => (r, args),
+        let (room, why) = if word.is_empty() {
+            match self.clients[i].seat.current {
+                Some(r) => (r, ""),
                 None => return reply(out, id, NO_ROOM),
-            },
+            }
+        } else {
+            let shown = word.strip_prefix('#').unwrap_or(word);
+            let mine = self
+                .room_keys
+                .get(shown.to_ascii_lowercase().as_str())
+                .copied()
+                .filter(|&r| self.clients[i].seat.is_in(r));
+            match mine {
+                Some(r) => (r, rest.trim()),
+                None => {
+                    let text = format!("*** error: you are not in #{shown}");
+                    return reply(out, id, &text);
+                }
+            }
         };
         let why = crate::access::clean_reason(why);
         let name = self.clients[i].who.name();
@@ -465,20 +468,79 @@ impl Hub {
         plain
     }
 
-    /// A line from a local user for the whole room, on every instance.
+    /// A notice about local member `about` (or nobody) for the whole
+    /// room, on every instance, but `about`. In cluster mode with the link
+    /// up it is ordered with the room's lines by the same sequencer: it
+    /// goes through Redis on the room's channel and is delivered here too
+    /// when it comes back (`noticed`), so no instance shows a line after
+    /// its sender's leave when it was said before it. Otherwise it is
+    /// delivered here at once (and, link down, reaches no other instance).
     pub(super) fn broadcast(
         &self,
         room: usize,
-        from: Member,
+        about: Option<Member>,
         msg: &Rc<Msg>,
         out: &mut impl Outbox,
     ) {
-        self.to_room(room, Some(from), msg, out);
-        if self.cluster.is_some() {
-            out.cluster(ClusterOp::Publish {
-                room: self.rooms[room].key.clone(),
+        let key = self.rooms[room].key.clone();
+        match &self.cluster {
+            Some(c) if c.up => out.cluster(ClusterOp::Notice {
+                room: key,
+                about: about.and_then(|i| self.clients[i].who.local()),
                 msg: msg.clone(),
-            });
+            }),
+            Some(_) => {
+                self.to_room(room, about, msg, out);
+                out.cluster(ClusterOp::Publish {
+                    room: key,
+                    msg: msg.clone(),
+                });
+            }
+            None => self.to_room(room, about, msg, out),
+        }
+    }
+
+    /// A notice about a member of `room` back from the sequencer (see
+    /// `broadcast`), or from the link at once when it could not take it:
+    /// for the local members but `about` (ours, told otherwise), held like
+    /// a room line for those awaiting their history, so that it comes
+    /// after the history and in its place among the lines.
+    pub fn noticed(
+        &mut self,
+        room: &str,
+        about: Option<ClientId>,
+        text: &str,
+        out: &mut impl Outbox,
+    ) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        let skip = about.and_then(|c| self.idx(c));
+        let msg = Msg::new(text);
+        // No id: held among the lines, never taken for one of them.
+        let at = Numbered {
+            first: Id { epoch: 0, n: 0 },
+            count: 0,
+        };
+        let room = r;
+        let r = &self.rooms[room];
+        // As `to_room`: one buffer for those whose current room it is, one
+        // with `[#room] ` in front for the others.
+        let mut other: Option<Rc<Msg>> = None;
+        for &member in &r.members {
+            let c = &mut self.clients[member];
+            if Some(member) == skip {
+                continue;
+            }
+            let Some(to) = c.who.local() else { continue };
+            let msg = if c.seat.current == Some(room) {
+                &msg
+            } else {
+                other.get_or_insert_with(|| Msg::new(&prefixed(&r.name, text)))
+            };
+            if !c.resume.hold(&r.key, at, msg) {
+                out.send(to, msg);
+            }
         }
     }
 
@@ -491,7 +553,7 @@ impl Hub {
     /// `from` is counted as a member whether or not it still is one.
     pub(super) fn announce(&self, room: usize, from: Member, text: &str, out: &mut impl Outbox) {
         if self.announces(room) {
-            self.broadcast(room, from, &Msg::new(text), out);
+            self.broadcast(room, Some(from), &Msg::new(text), out);
         }
     }
 

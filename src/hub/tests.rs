@@ -865,7 +865,7 @@ fn an_empty_room_keeps_its_history_for_the_ttl() {
 mod cluster {
     use super::*;
     use crate::cluster::Inbound;
-    use crate::cluster::wire::{Wire, said_payload};
+    use crate::cluster::wire::{Wire, notice_payload, said_payload};
     use std::collections::HashSet;
 
     #[derive(Default)]
@@ -875,8 +875,12 @@ mod cluster {
         directed: Vec<(String, Presence)>,
         room_lines: Vec<(String, String)>,
         /// Lines to be numbered, as Redis would (cluster::scripts::SAY),
-        /// and published as that script does (`wire::said_payload`).
-        said: Vec<(String, ClientId, String)>,
+        /// and published as that script does (`wire::said_payload`); and
+        /// room notices (`wire::notice_payload`), on the same channel in
+        /// the order sent: None for the member it is about.
+        said: Vec<(String, Option<ClientId>, String)>,
+        /// Notices sent (their numbers).
+        notices: u64,
         presence: Vec<Presence>,
         privates: Vec<(String, u64, String, String)>,
         claims: Vec<(ClientId, String)>,
@@ -905,7 +909,12 @@ mod cluster {
                 }
                 ClusterOp::Say {
                     room, from, lines, ..
-                } => self.said.push((room.into(), from, lines)),
+                } => self.said.push((room.into(), Some(from), lines)),
+                ClusterOp::Notice { room, about, msg } => {
+                    self.notices += 1;
+                    let payload = notice_payload("", self.notices, about, msg.text());
+                    self.said.push((room.into(), None, payload));
+                }
                 ClusterOp::Presence(event) => self.presence.push(event),
                 ClusterOp::PresenceTo { node, event } => {
                     self.directed.push((node.to_string(), event))
@@ -1006,20 +1015,29 @@ mod cluster {
                         && claims.is_empty()
                         && asked.is_empty();
                     for (room, cid, text) in said {
-                        let n = self.numbers.entry(room.clone()).or_default();
-                        let first = Id {
-                            epoch: 7,
-                            n: *n + 1,
+                        let payload = match cid {
+                            Some(cid) => {
+                                let n = self.numbers.entry(room.clone()).or_default();
+                                let first = Id {
+                                    epoch: 7,
+                                    n: *n + 1,
+                                };
+                                *n += text.split("\r\n").count() as u64;
+                                said_payload(node(from), first, cid, &text)
+                            }
+                            // `notice_payload` from an empty node: this one.
+                            None => format!("{}{text}", node(from)),
                         };
-                        *n += text.split("\r\n").count() as u64;
-                        let payload = said_payload(node(from), first, cid, &text);
                         for h in [from, to] {
                             if self.bus[h].subscribed.contains(&room) {
                                 // Read back as each instance's link would.
                                 let wire = Wire::new(0, node(h), 1 << 16);
                                 let channel = wire.keys.room(&room);
                                 let event = wire.decode(channel.as_bytes(), payload.as_bytes());
-                                let Ok(Some(event @ Inbound::Said { .. })) = event else {
+                                let Ok(Some(
+                                    event @ (Inbound::Said { .. } | Inbound::Notice { .. }),
+                                )) = event
+                                else {
                                     panic!("{payload:?} does not decode: {event:?}");
                                 };
                                 event.apply(&mut self.hubs[h], &mut self.bus[h]);
@@ -1829,6 +1847,150 @@ mod cluster {
                 "*** whois alice: shares #lobby with you; on another server"
             )])
         );
+    }
+
+    fn texts(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_client_waiting_for_redis_takes_no_more_lines_until_the_answer() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        // Its join replay is asked of Redis: nothing it says is taken yet.
+        assert!(net.hubs[0].busy(c(0)));
+        let batch = texts(&["/nick zed", "first line"]);
+        assert_eq!(net.hubs[0].lines(c(0), &batch, &mut net.bus[0]), 0);
+        net.pump();
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        assert!(!net.hubs[0].busy(c(0)));
+        net.take(0);
+        net.take(1);
+        // The claim is a round trip: the line after it waits for it.
+        assert_eq!(net.hubs[0].lines(c(0), &batch, &mut net.bus[0]), 1);
+        assert!(net.hubs[0].busy(c(0)));
+        assert_eq!(net.hubs[0].lines(c(0), &batch[1..], &mut net.bus[0]), 0);
+        // Nobody else waits for it.
+        assert!(!net.hubs[1].busy(c(0)));
+        let other = texts(&["hello"]);
+        assert_eq!(net.hubs[1].lines(c(0), &other, &mut net.bus[1]), 1);
+        net.pump();
+        assert!(!net.hubs[0].busy(c(0)), "answered");
+        assert_eq!(net.hubs[0].lines(c(0), &batch[1..], &mut net.bus[0]), 1);
+        net.pump();
+        assert_eq!(
+            net.take(1),
+            pairs(&[(0, "*** guest-1 is now zed"), (0, "<zed> first line")])
+        );
+        // A history read waits the same way; the link going down ends it.
+        let batch = texts(&["/history", "after"]);
+        assert_eq!(net.hubs[0].lines(c(0), &batch, &mut net.bus[0]), 1);
+        assert!(net.hubs[0].busy(c(0)));
+        net.bus[0].asked.clear();
+        net.hubs[0].link_down(&mut net.bus[0]);
+        assert!(!net.hubs[0].busy(c(0)));
+        // So does a refused claim.
+        net.hubs[0].link_up(&mut net.bus[0]);
+        net.pump();
+        net.bus[0].busy = true;
+        assert_eq!(
+            net.hubs[0].lines(c(0), &texts(&["/nick ann", "x"]), &mut net.bus[0]),
+            1
+        );
+        assert!(net.hubs[0].busy(c(0)));
+        net.pump();
+        assert!(!net.hubs[0].busy(c(0)));
+    }
+
+    #[test]
+    fn a_line_before_a_leave_is_shown_before_it_on_every_instance() {
+        let mut net = Net::new();
+        for (h, id) in [(0, 0), (0, 1), (1, 0)] {
+            net.hubs[h].connect(c(id), LOCALHOST, &mut net.bus[h]);
+            net.pump();
+        }
+        net.take(0);
+        net.take(1);
+        // (Issue 22: a /join no longer leaves the room; a /part does.)
+        let batch = texts(&["a line", "/part lobby", "/nick zed"]);
+        let mut taken = 0;
+        for _ in 0..4 {
+            taken += net.hubs[0].lines(c(0), &batch[taken..], &mut net.bus[0]);
+            net.pump();
+        }
+        assert_eq!(taken, 3);
+        // The observer on the sender's instance, and the one on the other.
+        let here: Vec<_> = net.take(0).into_iter().filter(|(to, _)| *to == 1).collect();
+        assert_eq!(
+            here,
+            pairs(&[(1, "<guest-1> a line"), (1, "*** guest-1 left #lobby")])
+        );
+        let b: Vec<_> = net.take(1);
+        assert_eq!(
+            b,
+            pairs(&[(0, "<guest-1> a line"), (0, "*** guest-1 left #lobby")])
+        );
+    }
+
+    #[test]
+    fn a_notice_the_link_cannot_send_is_shown_here_at_once() {
+        let mut net = Net::new();
+        for id in 0..2 {
+            net.hubs[0].connect(c(id), LOCALHOST, &mut net.bus[0]);
+            net.pump();
+        }
+        net.take(0);
+        // As the link hands a notice back when it cannot send it.
+        let back = Inbound::Notice {
+            room: "lobby".into(),
+            about: Some(c(0)),
+            text: "*** guest-1 left #lobby".into(),
+            seq: None,
+        };
+        back.apply(&mut net.hubs[0], &mut net.bus[0]);
+        assert_eq!(net.take(0), pairs(&[(1, "*** guest-1 left #lobby")]));
+        // Link down, the hub delivers it itself.
+        net.hubs[0].link_down(&mut net.bus[0]);
+        net.take(0);
+        net.line(0, 0, "/part lobby");
+        let got = net.take(0);
+        assert!(
+            got.contains(&(1, "*** guest-1 left #lobby".into())),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_notice_is_held_like_a_line_for_a_client_awaiting_its_history() {
+        let mut net = Net::new();
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.pump();
+        net.hubs[0].connect(c(1), LOCALHOST, &mut net.bus[0]);
+        // c(1)'s replay is not answered yet: what the room sees meanwhile
+        // comes after it, in the room's order.
+        net.bus[0].asked.clear();
+        net.take(0);
+        net.hubs[0].said(
+            "lobby",
+            Id { epoch: 7, n: 1 },
+            None,
+            "<x> one",
+            &mut net.bus[0],
+        );
+        net.hubs[0].noticed("lobby", None, "*** x is now y", &mut net.bus[0]);
+        assert_eq!(net.take(0), pairs(&[(0, "<x> one"), (0, "*** x is now y")]));
+        net.hubs[0].answer(
+            c(1),
+            "lobby",
+            Asked::Enter,
+            7,
+            1,
+            Vec::new(),
+            0,
+            &mut net.bus[0],
+        );
+        assert_eq!(net.take(0), pairs(&[(1, "<x> one"), (1, "*** x is now y")]));
     }
 }
 

@@ -75,6 +75,9 @@ pub struct Server {
     /// Connections that may have unread input; kept across turns, so
     /// named with their serial.
     readable: Vec<ConnRef>,
+    /// Connections whose lines wait for the hub (`Hub::busy`), not read
+    /// until it is done waiting (see `wake`); kept across turns.
+    stalled: Vec<ConnRef>,
     /// Connections with output queued since their last flush.
     pending: Vec<usize>,
     /// Connections marked to leave during this turn.
@@ -230,7 +233,34 @@ impl Server {
                 event.apply(hub, &mut out);
             }
             self.settle();
+            self.wake();
         }
+    }
+
+    /// Connections whose wait for the hub ended (an answer, a refusal, the
+    /// link down: every wait ends by an event, and events are applied in
+    /// `exchange`) are read again from where they stopped: their held
+    /// lines first, then the socket, which must be read even without a new
+    /// event since readiness is edge-triggered.
+    fn wake(&mut self) {
+        if self.stalled.is_empty() {
+            return;
+        }
+        let (conns, hub, readable) = (&mut self.conns, &self.hub, &mut self.readable);
+        self.stalled.retain(|&me| {
+            let Some(c) = live(conns, me) else {
+                return false;
+            };
+            if hub.busy(ClientId(me.key)) {
+                return true;
+            }
+            c.stalled = false;
+            if !c.in_readable {
+                c.in_readable = true;
+                readable.push(me);
+            }
+            false
+        });
     }
 
     /// Hands the link what the hub asked this turn, in the order asked and
@@ -416,9 +446,11 @@ impl Server {
     }
 
     /// The hub meets a connection: at accept, or once it has upgraded.
-    fn join(&mut self, k: usize) {
+    /// False if the hub then waits for Redis for it (its join replay):
+    /// nothing more is read from it until `wake`.
+    fn join(&mut self, k: usize) -> bool {
         let Some(c) = self.conns.get_mut(k) else {
-            return;
+            return false;
         };
         c.joined = true;
         let (peer, via) = (c.peer, c.proto.joined_via());
@@ -429,6 +461,7 @@ impl Server {
             "{peer} connected{via} as {}",
             self.hub.name(ClientId(k)).unwrap_or("?")
         );
+        self.deliver(k, &mut Vec::new())
     }
 
     fn read_ready(&mut self) {
@@ -452,7 +485,17 @@ impl Server {
     fn read(&mut self, k: usize) {
         let now = Instant::now();
         let (mut lines, mut bytes) = (0, 0);
-        let mut batch = Vec::new();
+        // What the hub did not take last time goes first; while it still
+        // waits, nothing more is read (backpressure: the peer's socket and
+        // our codec's bound hold the rest).
+        let mut batch = self
+            .conns
+            .get_mut(k)
+            .map(|c| std::mem::take(&mut c.held))
+            .unwrap_or_default();
+        if !self.deliver(k, &mut batch) {
+            return;
+        }
         while let Some(c) = self.conns.get_mut(k) {
             if !admit(
                 c,
@@ -475,7 +518,14 @@ impl Server {
             match step {
                 Step::Line(text) => {
                     lines += 1;
+                    // A command may make the hub wait for Redis: it is
+                    // handed over at once, so nothing after it is read
+                    // (a close, a line too long) before the wait ends.
+                    let command = text.iter().any(|t| t.trim_start().starts_with('/'));
                     batch.extend(text);
+                    if command && !self.deliver(k, &mut batch) {
+                        return;
+                    }
                 }
                 Step::TooLong => {
                     lines += 1;
@@ -530,9 +580,15 @@ impl Server {
                     c.push_raw(answer);
                     c.touch(now);
                     self.mark_pending(k);
-                    self.join(k);
+                    if !self.join(k) {
+                        return;
+                    }
                 }
-                Step::Join => self.join(k),
+                Step::Join => {
+                    if !self.join(k) {
+                        return;
+                    }
+                }
                 Step::Metrics(request) => {
                     self.serve_metrics(k, &request);
                     break;
@@ -595,15 +651,26 @@ impl Server {
         true
     }
 
-    /// Hands a connection's lines to the hub.
-    fn deliver(&mut self, k: usize, batch: &mut Vec<String>) {
-        if batch.is_empty() {
-            return;
+    /// Hands a connection's lines to the hub, as many as it takes now.
+    /// False when it waits for Redis for this client (`Hub::busy`): the
+    /// rest are held on the connection, which is not read again until
+    /// `wake` finds the wait over.
+    fn deliver(&mut self, k: usize, batch: &mut Vec<String>) -> bool {
+        if self.hub.busy(ClientId(k)) {
+            self.stall(k, batch);
+            return false;
         }
+        if batch.is_empty() {
+            return true;
+        }
+        let (hub, mut out) = self.out();
+        let taken = hub.lines(ClientId(k), batch, &mut out).min(batch.len());
+        self.metrics.lines_in += taken as u64;
+        // Logged as taken, so a line held for a while is logged once.
         if log::log_enabled!(log::Level::Debug)
             && let Some(c) = self.conns.get(k)
         {
-            for text in batch.iter() {
+            for text in &batch[..taken] {
                 let text = crate::access::redact(text);
                 debug!(
                     "{} {}: {text}",
@@ -612,10 +679,28 @@ impl Server {
                 );
             }
         }
-        self.metrics.lines_in += batch.len() as u64;
-        let (hub, mut out) = self.out();
-        hub.lines(ClientId(k), batch, &mut out);
-        batch.clear();
+        batch.drain(..taken);
+        if batch.is_empty() {
+            return true;
+        }
+        self.stall(k, batch);
+        false
+    }
+
+    /// Keeps `batch` (lines the hub has not taken) on connection `k`, and
+    /// lists it for `wake`.
+    fn stall(&mut self, k: usize, batch: &mut Vec<String>) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.held.append(batch);
+        if !c.stalled {
+            c.stalled = true;
+            self.stalled.push(ConnRef {
+                key: k,
+                serial: c.serial,
+            });
+        }
     }
 
     fn too_long(&mut self, k: usize) {

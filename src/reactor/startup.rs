@@ -74,6 +74,7 @@ impl Server {
             cfg,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             readable: Vec::new(),
+            stalled: Vec::new(),
             pending: Vec::new(),
             closing: Vec::new(),
             gone: Vec::new(),

@@ -52,8 +52,11 @@ fn parting_makes_the_most_recently_joined_of_those_left_current() {
             (0, "*** you left #a; now talking in #c"),
         ])
     );
-    // A first word that is no room of its is the reason.
+    // The first word is the room, as IRC's PART: a room it is not in is
+    // an error, never a reason that leaves the current one.
     hub.line(c(0), "/part gone fishing", &mut rec);
+    assert_eq!(rec.take(), pairs(&[(0, "*** error: you are not in #gone")]));
+    hub.line(c(0), "/part c gone fishing", &mut rec);
     assert_eq!(
         rec.take(),
         pairs(&[
