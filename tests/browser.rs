@@ -1421,7 +1421,7 @@ fn page_in_two_rooms_counts_unread_per_room_and_in_the_title_while_hidden() {
         hidden,
         json!([line, "#games"]),
     );
-    tess.send(&format!("/names games"));
+    tess.send("/names games");
     let names = tess.expect("#games' names", |l| l.starts_with("*** #games ("));
     assert!(names.contains(&me), "the page left #games: {names}");
 
