@@ -1495,3 +1495,88 @@ fn page_in_two_rooms_counts_unread_per_room_and_in_the_title_while_hidden() {
     });
     browser.wait("only #games listed", joined, json!("#games"));
 }
+
+/// Issue 22: the page in two rooms (#lobby on screen, #games behind)
+/// loses its WebSocket (the server stays up) while both rooms talk; once
+/// back it is in both again, #lobby still current, and every line of each
+/// room is in that room's view exactly once.
+#[test]
+#[ignore = "needs chromium"]
+fn page_in_two_rooms_resumes_both_after_a_cut_without_loss_or_duplicates() {
+    let server = support::Server::start(&[]);
+    let proxy = support::Proxy::start(server.http_addr.expect("web port"));
+    let mut lob = server.client();
+    lob.send("/nick lob");
+    lob.expect_line("*** you are now lob");
+    let mut gam = server.client();
+    gam.send("/nick gam");
+    gam.expect_line("*** you are now gam");
+    gam.send("/join games");
+    gam.expect("the join", |l| l.starts_with("*** you joined #games"));
+
+    let browser = Browser::start();
+    browser.goto(&format!("http://{}/", proxy.addr));
+    browser.wait(
+        "the welcome",
+        "document.body.dataset.state === 'open' && /^guest-/.test(document.getElementById('me').textContent)",
+        Value::Null,
+    );
+    browser.say("/nick webber");
+    browser.wait(
+        "webber",
+        "document.getElementById('me').textContent === 'webber'",
+        Value::Null,
+    );
+    browser.say("/join games");
+    gam.expect_line("*** webber joined #games");
+    browser.click("#joined li[data-view='#lobby']");
+    let on_screen = "document.getElementById('room').textContent === arg";
+    browser.wait("#lobby on screen", on_screen, json!("#lobby"));
+    let said = |lob: &mut support::Client,
+                gam: &mut support::Client,
+                range: std::ops::RangeInclusive<u32>| {
+        for i in range {
+            lob.send(&format!("lobby {i}"));
+            gam.send(&format!("games {i}"));
+        }
+        lob.sync();
+        gam.sync();
+    };
+    // In its view: the line, with the room's view key.
+    let in_view = "Array.from(document.querySelectorAll('#log li')).some(li => li.dataset.view === arg[1] && li.querySelector('.text').textContent === arg[0])";
+    said(&mut lob, &mut gam, 1..=3);
+    browser.wait("games 3", in_view, json!(["<gam> games 3", "#games"]));
+    browser.wait("lobby 3", in_view, json!(["<lob> lobby 3", "#lobby"]));
+
+    proxy.cut();
+    lob.expect("webber gone", |l| l.starts_with("*** webber left"));
+    said(&mut lob, &mut gam, 4..=6);
+    proxy.restore();
+    gam.expect_line("*** webber joined #games");
+    said(&mut lob, &mut gam, 7..=8);
+    browser.wait("games 8", in_view, json!(["<gam> games 8", "#games"]));
+    browser.wait("lobby 8", in_view, json!(["<lob> lobby 8", "#lobby"]));
+    let lines = browser.run(
+        "return Array.from(document.querySelectorAll('#log li'), li => [li.dataset.view, li.querySelector('.text').textContent]);",
+        json!([]),
+    );
+    let lines: Vec<(String, String)> = serde_json::from_value(lines).expect("the lines");
+    for i in 1..=8 {
+        for (who, room) in [("lob", "lobby"), ("gam", "games")] {
+            let line = format!("<{who}> {room} {i}");
+            let view = format!("#{room}");
+            let shown = lines.iter().filter(|(_, t)| t == &line).count();
+            assert_eq!(shown, 1, "{line:?} shown {shown} times: {lines:#?}");
+            assert!(
+                lines.iter().any(|(v, t)| t == &line && *v == view),
+                "{line:?} not in {view}: {lines:#?}"
+            );
+        }
+    }
+    browser.wait("#lobby still on screen", on_screen, json!("#lobby"));
+    lob.send("/who");
+    let who = lob.expect("who", |l| l.starts_with("*** #lobby ("));
+    assert!(who.contains("webber"), "not back in #lobby: {who}");
+    browser.say("still in the lobby");
+    lob.expect_line("<webber> still in the lobby");
+}
