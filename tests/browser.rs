@@ -1406,6 +1406,14 @@ fn page_in_two_rooms_counts_unread_per_room_and_in_the_title_while_hidden() {
     tess.expect_line(&format!("*** {me} joined #games"));
     let joined = "Array.from(document.querySelectorAll('#joined li'), li => li.dataset.view).join(' ') === arg";
     browser.wait("both rooms listed", joined, json!("#lobby #games"));
+    // tess made #games: its operator, marked, and the mark is not her name.
+    browser.wait(
+        "@tess in the people list",
+        "Array.from(document.querySelectorAll('#users li')).some(li => li.textContent === '@tess')",
+        Value::Null,
+    );
+    browser.click("#users li:not(.you)");
+    assert_eq!(input_value(&browser), json!("/msg tess "));
 
     // Back to the lobby with a click: #games goes on in the background.
     browser.click("#joined li[data-view='#lobby']");
@@ -1468,6 +1476,12 @@ fn page_in_two_rooms_counts_unread_per_room_and_in_the_title_while_hidden() {
     // A private conversation: its own view, with its count.
     tess.send(&format!("/msg {me} psst"));
     browser.wait("one unread from tess", "(document.querySelector(`#privates li[data-view='@tess'] .count`) || {}).textContent === '1'", Value::Null);
+    // How it looks with a count (under target/, for a person to see).
+    std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("page-rooms.png"),
+        browser.screenshot(),
+    )
+    .unwrap();
     browser.wait(
         "the line in tess's view",
         hidden,

@@ -68,8 +68,9 @@
     // come from), as shown and lowercased; '' in no room.
     room: '',
     roomKey: '',
-    // The people of the current room.
+    // The people of the current room, and which of them are its operators.
     users: [],
+    ops: new Set(),
     // The last /nick the server confirmed, and the rooms it says we are in
     // (in the order joined), sent again after a reconnect (and after a
     // reload, from sessionStorage); `want`: the room to make current again.
@@ -702,7 +703,7 @@
     } else if ((m = /^\*\*\* you joined (\S+) \(\d+\): (.*)$/.exec(line))) {
       addRoom(m[1]);
       setRoom(m[1]);
-      setUsers(names(m[2]));
+      setRoster(m[2]);
       view = m[1].toLowerCase();
       if (state.follow === view) {
         state.follow = '';
@@ -740,7 +741,7 @@
       view = state.active;
     } else if ((m = /^\*\*\* (#\S+) \(\d+\): (.*)$/.exec(line))) {
       const mine = state.wantWho.length > 0 && state.wantWho.shift();
-      if (m[1].toLowerCase() === state.roomKey) setUsers(names(m[2]));
+      if (m[1].toLowerCase() === state.roomKey) setRoster(m[2]);
       if (mine) return;
       view = state.active;
     } else if ((m = /^\*\*\* rooms \(\d+\): (.*)$/.exec(line))) {
@@ -765,6 +766,8 @@
         setUsers(state.users.filter(function (u) { return u !== m[1]; }));
       }
       refreshSoon();
+    } else if (!room && /^\*\*\* \S+ (made \S+ an operator|took \S+'s operator status) /.test(line)) {
+      refreshSoon(); // the @ in the people list
     } else if (!room && (m = /^\*\*\* (\S+) is now (\S+)$/.exec(line))) {
       rename(m[1], m[2]);
     } else if (line === '*** bye') {
@@ -816,10 +819,22 @@
     input.value = last.line;
   }
 
-  function names(list) {
-    // A long list ends with "… and 12 more", which is nobody's name.
-    return list.split(', ').map(function (s) { return s.trim(); })
-      .filter(function (s) { return s && !s.startsWith('… and '); });
+  // "@alice, bob, … and 12 more": the people of the current room; `@`
+  // marks its operators (it is not part of the name), and the end of a
+  // long list is nobody's name.
+  function setRoster(list) {
+    const users = [];
+    state.ops = new Set();
+    for (let s of list.split(', ')) {
+      s = s.trim();
+      if (!s || s.startsWith('… and ')) continue;
+      if (s[0] === '@') {
+        s = s.slice(1);
+        state.ops.add(s);
+      }
+      users.push(s);
+    }
+    setUsers(users);
   }
 
   function setName(name) {
@@ -997,7 +1012,7 @@
     usersEl.replaceChildren();
     for (const user of state.users) {
       const li = document.createElement('li');
-      li.textContent = user;
+      li.textContent = (state.ops.has(user) ? '@' : '') + user;
       if (user === state.name) {
         // A /msg to oneself is no use: clicking your own name does nothing.
         li.className = 'you';
@@ -1005,7 +1020,7 @@
         usersEl.appendChild(li);
         continue;
       }
-      li.title = 'message ' + user;
+      li.title = 'message ' + user + (state.ops.has(user) ? ' (an operator of the room)' : '');
       li.addEventListener('click', function () {
         input.value = '/msg ' + user + ' ';
         closeSide();
