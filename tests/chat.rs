@@ -511,14 +511,24 @@ impl Tmux {
 
     /// Polls the pane until `pred` holds (bounded by TIMEOUT).
     fn wait_screen(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        self.poll(what, Self::screen, pred)
+    }
+
+    /// Polls `rows` of the pane until `pred` holds (bounded by TIMEOUT).
+    fn poll(
+        &self,
+        what: &str,
+        rows: impl Fn(&Self) -> Vec<String>,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let rows = self.screen();
+            let rows = rows(self);
             if pred(&rows) {
                 return rows;
             }
             if Instant::now() > deadline {
-                panic!("screen never showed {what}:\n{}", rows.join("\n"));
+                panic!("the pane never showed {what}:\n{}", rows.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -533,17 +543,7 @@ impl Tmux {
 
     /// Polls the scrollback until `pred` holds (bounded by TIMEOUT).
     fn wait_scrollback(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let rows = self.scrollback();
-            if pred(&rows) {
-                return rows;
-            }
-            if Instant::now() > deadline {
-                panic!("the pane never showed {what}:\n{}", rows.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll(what, Self::scrollback, pred)
     }
 
     /// chat's exit status line and `stty -a` after it exited.
