@@ -84,9 +84,9 @@
     views: new Map(),
     // The view on screen.
     active: '',
-    // `now talking in` answers to hide: the page's own /join of a room it
-    // is in (a click on it, a rejoin).
-    quiet: 0,
+    // The rooms whose `now talking in` answer is not shown: the page's
+    // own /join of a room it is in (a click on it, a rejoin).
+    quiet: [],
     quietPart: false,
     // A room typed in /join: shown once the server confirms it.
     follow: '',
@@ -224,7 +224,7 @@
     state.ids = false;
     state.block = null;
     state.pending = [];
-    state.quiet = 0;
+    state.quiet = [];
     state.quietPart = false;
     sendRaw('/ids on');
     if (state.nick) {
@@ -245,7 +245,7 @@
     let current = '#lobby';
     for (const r of state.joined) {
       if (r.key !== current) {
-        if (r.key === '#lobby') state.quiet++;
+        if (r.key === '#lobby') state.quiet.push(r.key);
         sendRaw('/join ' + r.name);
         current = r.key;
       }
@@ -261,7 +261,7 @@
     }
     const want = state.joined.find(function (r) { return r.key === state.want; });
     if (want && want.key !== current) {
-      state.quiet++;
+      state.quiet.push(want.key);
       sendRaw('/join ' + want.name);
     }
   }
@@ -467,10 +467,15 @@
       state.lastSent = { line: line, at: Date.now() };
       return true;
     }
+    if (/^\/part\s*$/i.test(line) && view && view.kind === 'room') {
+      // `/part` alone leaves the room on screen, whatever the server's
+      // current room is.
+      line = '/part ' + view.name;
+    }
     if (said && view && view.kind === 'room' && view.key !== state.roomKey) {
       // Said in a room's view that is not (or no longer) the server's
       // current room: made current first, so it goes where it was typed.
-      state.quiet++;
+      state.quiet.push(view.key);
       sendRaw('/join ' + view.name);
     }
     sendRaw(line);
@@ -705,6 +710,7 @@
       setRoom(m[1]);
       setRoster(m[2]);
       view = m[1].toLowerCase();
+      state.quiet = state.quiet.filter(function (k) { return k !== view; });
       if (state.follow === view) {
         state.follow = '';
         activate(view);
@@ -718,8 +724,9 @@
         state.follow = '';
         activate(view);
       }
-      if (state.quiet > 0) {
-        state.quiet--;
+      const i = state.quiet.indexOf(view);
+      if (i >= 0) {
+        state.quiet.splice(i, 1);
         return; // the answer to the page's own /join
       }
     } else if ((m = /^\*\*\* you left (\S+?)(?:; now talking in (\S+)|; you are in no room now.*)?$/.exec(line))) {
@@ -933,7 +940,7 @@
     const v = state.views.get(key);
     if (!v) return;
     if (v.kind === 'room' && key !== state.roomKey && isOpen()) {
-      state.quiet++;
+      state.quiet.push(key);
       sendRaw('/join ' + v.name);
     }
     activate(key);
