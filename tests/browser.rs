@@ -1501,6 +1501,15 @@ fn page_in_two_rooms_counts_unread_per_room_and_in_the_title_while_hidden() {
         shown,
         json!(["-> *tess* hello privately", "@tess"]),
     );
+    // A new name: the conversation follows.
+    tess.send("/nick tessa");
+    tess.expect_line("*** you are now tessa");
+    browser.wait("tessa's view", on_screen, json!("tessa (private)"));
+    browser.wait(
+        "the old lines in it",
+        shown,
+        json!(["*tess* psst", "@tessa"]),
+    );
 
     // The × leaves a room; the page stays in the other.
     browser.click("#joined li[data-view='#lobby'] button.close");

@@ -667,6 +667,9 @@
         ? (state.roomKey || state.active) : state.active);
     // Lines someone said (not notices), which count as unread.
     let said = isRoomLine(line);
+    // Renamed (told in each room we share, marked or not): so is the
+    // conversation with them.
+    if ((m = /^\*\*\* (\S+) is now (\S+)$/.exec(line))) renamePrivate(m[1], m[2]);
     if (line === NEEDS_PASSWORD) {
       gate();
     } else if (state.gated && line === NEEDS_PASSWORD_ERROR) {
@@ -917,6 +920,20 @@
     state.views.get(key).name = name;
     renderViews();
     return key;
+  }
+
+  function renamePrivate(from, to) {
+    const old = '@' + from.toLowerCase();
+    const key = '@' + to.toLowerCase();
+    const v = state.views.get(old);
+    if (!v || state.views.has(key)) return;
+    state.views.delete(old);
+    v.key = key;
+    v.name = to;
+    state.views.set(key, v);
+    for (const li of v.lines) li.dataset.view = key;
+    if (state.active === old) activate(key);
+    renderViews();
   }
 
   // Puts view `key` on screen: its lines shown, the others' hidden, its
