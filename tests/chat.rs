@@ -511,17 +511,39 @@ impl Tmux {
 
     /// Polls the pane until `pred` holds (bounded by TIMEOUT).
     fn wait_screen(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        self.poll(what, Self::screen, pred)
+    }
+
+    /// Polls `rows` of the pane until `pred` holds (bounded by TIMEOUT).
+    fn poll(
+        &self,
+        what: &str,
+        rows: impl Fn(&Self) -> Vec<String>,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let rows = self.screen();
+            let rows = rows(self);
             if pred(&rows) {
                 return rows;
             }
             if Instant::now() > deadline {
-                panic!("screen never showed {what}:\n{}", rows.join("\n"));
+                panic!("the pane never showed {what}:\n{}", rows.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Everything the pane showed, scrollback included, wrapped rows
+    /// joined, trailing blanks trimmed.
+    fn scrollback(&self) -> Vec<String> {
+        let text = self.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", "t"]);
+        text.lines().map(|l| l.trim_end().to_string()).collect()
+    }
+
+    /// Polls the scrollback until `pred` holds (bounded by TIMEOUT).
+    fn wait_scrollback(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        self.poll(what, Self::scrollback, pred)
     }
 
     /// chat's exit status line and `stty -a` after it exited.
@@ -963,4 +985,95 @@ fn backoff_grows_against_a_server_that_accepts_and_closes() {
         delays[3] >= 1.0,
         "the backoff restarted on a connect: {delays:?}"
     );
+}
+
+/// Issue 22: chat in two rooms (#lobby current, #games in the background)
+/// loses its connection (the server stays up, with its history) while both
+/// rooms keep talking; once back it is in both rooms again, #lobby still
+/// current, and has shown every line of each room exactly once — the
+/// background room's with its `[#games] ` mark.
+#[test]
+#[ignore = "needs tmux"]
+fn interactive_chat_in_two_rooms_resumes_both_after_a_cut_without_loss_or_duplicates() {
+    let server = Server::start(&[]);
+    let proxy = support::Proxy::start(server.addr);
+    let mut lob = server.client();
+    lob.send("/nick lob");
+    lob.expect_line("*** you are now lob");
+    let mut gam = server.client();
+    gam.send("/nick gam");
+    gam.expect_line("*** you are now gam");
+    gam.send("/join games");
+    gam.expect("the join", |l| l.starts_with("*** you joined #games"));
+
+    let args = format!(
+        "--host 127.0.0.1 --port {} --reconnect-base-ms 50",
+        proxy.addr.port()
+    );
+    let tmux = Tmux::start(&args, "");
+    tmux.wait_screen("welcome", |r| r.iter().any(|l| is_welcome(l)));
+    for (typed, answer) in [
+        ("/nick watcher", "*** you are now watcher"),
+        ("/join games", "*** you joined #games"),
+        ("/join lobby", "*** now talking in #lobby"),
+    ] {
+        tmux.type_text(typed);
+        tmux.key("Enter");
+        tmux.wait_scrollback(answer, |r| r.iter().any(|l| l.starts_with(answer)));
+    }
+    gam.expect_line("*** watcher joined #games");
+    let said = |lob: &mut support::Client,
+                gam: &mut support::Client,
+                range: std::ops::RangeInclusive<u32>| {
+        for i in range {
+            lob.send(&format!("lobby {i}"));
+            gam.send(&format!("games {i}"));
+        }
+        lob.sync();
+        gam.sync();
+    };
+    said(&mut lob, &mut gam, 1..=3);
+    tmux.wait_scrollback("the third lines", |r| {
+        r.iter().any(|l| l == "[#games] <gam> games 3") && r.iter().any(|l| l == "<lob> lobby 3")
+    });
+
+    proxy.cut();
+    lob.expect("watcher gone", |l| l.starts_with("*** watcher left"));
+    // Said while chat is away: only the rooms' histories have them.
+    said(&mut lob, &mut gam, 4..=6);
+    proxy.restore();
+    gam.expect("watcher back in #games", |l| {
+        l == "*** watcher joined #games"
+    });
+    tmux.wait_scrollback("the lobby current again", |r| {
+        r.iter()
+            .filter(|l| *l == "*** now talking in #lobby")
+            .count()
+            >= 2
+    });
+    said(&mut lob, &mut gam, 7..=8);
+    let rows = tmux.wait_scrollback("the last lines", |r| {
+        r.iter().any(|l| l == "[#games] <gam> games 8") && r.iter().any(|l| l == "<lob> lobby 8")
+    });
+    for i in 1..=8 {
+        for (who, room) in [("lob", "lobby"), ("gam", "games")] {
+            let line = format!("<{who}> {room} {i}");
+            let shown = rows.iter().filter(|l| l.ends_with(&line)).count();
+            assert_eq!(
+                shown,
+                1,
+                "{line:?} shown {shown} times:\n{}",
+                rows.join("\n")
+            );
+        }
+    }
+    let me = "watcher";
+    lob.send("/who");
+    let who = lob.expect("who", |l| l.starts_with("*** #lobby ("));
+    assert!(who.contains(me), "not back in #lobby: {who}");
+    gam.send("/who");
+    let who = gam.expect("who", |l| l.starts_with("*** #games ("));
+    assert!(who.contains(me), "not back in #games: {who}");
+    tmux.key("C-d");
+    assert_sane_terminal(&tmux.wait_status(), 0);
 }

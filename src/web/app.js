@@ -15,6 +15,8 @@
   const usersEl = $('users');
   const countEl = $('count');
   const roomsEl = $('rooms');
+  const joinedEl = $('joined');
+  const privatesEl = $('privates');
   const side = $('side');
   const toggle = $('toggle');
   const passform = $('passform');
@@ -38,6 +40,9 @@
 
   // Bounds: the page may stay open for days.
   const MAX_LOG = 2000;
+  // Private conversations kept as views of their own; past it the oldest
+  // one not on screen goes.
+  const MAX_PRIVATE = 50;
   const MAX_HISTORY = 100;
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
@@ -59,12 +64,32 @@
     ws: null,
     wasOpen: false,
     name: '',
+    // The server's current room (where plain lines go and unmarked lines
+    // come from), as shown and lowercased; '' in no room.
     room: '',
+    roomKey: '',
+    // The people of the current room, and which of them are its operators.
     users: [],
-    // The last /nick and /join the server confirmed, sent again after a
-    // reconnect (and after a reload, from sessionStorage).
+    ops: new Set(),
+    // The last /nick the server confirmed, and the rooms it says we are in
+    // (in the order joined), sent again after a reconnect (and after a
+    // reload, from sessionStorage); `want`: the room to make current again.
     nick: stored('chatd.nick'),
-    joined: stored('chatd.room'),
+    joined: storedRooms(),
+    want: stored('chatd.current').toLowerCase(),
+    // What the message list can show: one view per room we are in
+    // ('#games') and per person we talk with privately ('@bob'), plus ''
+    // (while in no room) and '*' (the page's own notes, shown in every
+    // view). key -> {key, kind: 'room'|'private'|'misc', name, lines, unread}.
+    views: new Map(),
+    // The view on screen.
+    active: '',
+    // The rooms whose `now talking in` answer is not shown: the page's
+    // own /join of a room it is in (a click on it, a rejoin).
+    quiet: [],
+    quietPart: false,
+    // A room typed in /join: shown once the server confirms it.
+    follow: '',
     attempt: 0,
     timer: 0,
     ticker: 0,
@@ -93,12 +118,12 @@
     // Room history and resuming (the same scheme as the chat client's
     // resume.rs): ids are turned on first thing on every connection; the
     // last id shown per room (lowercased) is remembered, and after a
-    // reconnect `/history since ID` asks for what was said meanwhile.
-    roomKey: '',
+    // reconnect each room is joined again and asked `/history since ID`
+    // for what was said there meanwhile.
     ids: false, // the server confirmed /ids on for this connection
     last: {}, // room -> {e, n, s}: the last id shown there
-    resuming: null, // the room whose `/history since` answer is awaited
-    block: null, // inside a history block: 'show' or 'skip'
+    pending: [], // the rooms whose `/history since` answer is awaited
+    block: null, // inside a history block: {show, view}
     // The server password, once given: sent first on every reconnect (and
     // after a reload: sessionStorage lasts as long as the tab).
     pass: stored('chatd.pass'),
@@ -114,6 +139,21 @@
     } catch (e) {
       return ''; // storage disabled: just forget across reloads
     }
+  }
+
+  // [{key: '#games', name: '#Games'}] from sessionStorage.
+  function storedRooms() {
+    try {
+      const list = JSON.parse(stored('chatd.rooms') || '[]');
+      return Array.isArray(list) ? list.filter(function (n) { return typeof n === 'string' && /^#\S+$/.test(n); })
+        .map(function (n) { return { key: n.toLowerCase(), name: n }; }) : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  function storeRooms() {
+    store('chatd.rooms', JSON.stringify(state.joined.map(function (r) { return r.name; })));
   }
 
   function store(key, value) {
@@ -183,24 +223,47 @@
   function setUp() {
     state.ids = false;
     state.block = null;
-    state.resuming = null;
+    state.pending = [];
+    state.quiet = [];
+    state.quietPart = false;
     sendRaw('/ids on');
     if (state.nick) {
       sendRaw('/nick ' + state.nick);
       state.reclaim = { name: state.nick, until: Date.now() + RECLAIM_MS, wait: RECLAIM_FIRST_MS };
     }
-    if (state.joined) {
-      sendRaw('/join ' + state.joined); // its answer lists the people
-    } else {
-      ask('who');
-    }
-    // Back in the room we were in: ask for what we missed there.
-    const target = (state.joined || '#lobby').toLowerCase();
-    if (state.last[target]) {
-      state.resuming = target;
-      sendRaw('/history since ' + state.last[target].s);
-    }
+    rejoin();
+    ask('who');
     ask('rooms');
+  }
+
+  // Back in every room we were in, in the order we joined them: `/join`
+  // makes a room current, and `/history since` then asks it for what we
+  // missed (if we know where we stood); the lobby, where a connection
+  // starts, is left again if we had left it, and the room that was
+  // current is made current again.
+  function rejoin() {
+    let current = '#lobby';
+    for (const r of state.joined) {
+      if (r.key !== current) {
+        if (r.key === '#lobby') state.quiet.push(r.key);
+        sendRaw('/join ' + r.name);
+        current = r.key;
+      }
+      const last = state.last[r.key];
+      if (last) {
+        state.pending.push(r.key);
+        sendRaw('/history since ' + last.s);
+      }
+    }
+    if (state.joined.length && !isJoined('#lobby')) {
+      state.quietPart = true;
+      sendRaw('/part #lobby');
+    }
+    const want = state.joined.find(function (r) { return r.key === state.want; });
+    if (want && want.key !== current) {
+      state.quiet.push(want.key);
+      sendRaw('/join ' + want.name);
+    }
   }
 
   // The server wants the password: the stored one goes at once, else the
@@ -210,7 +273,7 @@
     // What setUp asked will never be answered.
     state.wantWho = [];
     state.wantRooms = [];
-    state.resuming = null;
+    state.pending = [];
     if (state.pass) {
       sendRaw('/pass ' + state.pass);
     } else {
@@ -235,6 +298,8 @@
 
   function closed(code, reason) {
     clearInterval(state.roomsPoll);
+    // The room to be current again after the reconnect.
+    if (state.roomKey) state.want = state.roomKey;
     const why = reason ? ' (' + reason + ')' : '';
     if (code === 1009) {
       const m = /longer than (\d+) bytes/.exec(reason);
@@ -390,9 +455,31 @@
     if (/^\/who(\s|$)/i.test(line)) state.wantWho.push(false);
     if (/^\/rooms(\s|$)/i.test(line)) state.wantRooms.push(false);
     if (/^\/quit(\s|$)/i.test(line)) state.stopped = true;
+    let m;
+    if ((m = /^\/join\s+#?(\S+)/i.exec(line))) state.follow = '#' + m[1].toLowerCase();
+    const view = state.views.get(state.active);
+    const plain = !line.startsWith('/') || line.startsWith('//');
+    const said = plain || /^\/me\s/i.test(line);
+    if (plain && view && view.kind === 'private') {
+      // Said in a person's view: to that person. The server's
+      // `-> *bob* …` shows it.
+      sendRaw('/msg ' + view.name + ' ' + (line.startsWith('//') ? line.slice(1) : line));
+      state.lastSent = { line: line, at: Date.now() };
+      return true;
+    }
+    if (/^\/part\s*$/i.test(line) && view && view.kind === 'room') {
+      // `/part` alone leaves the room on screen, whatever the server's
+      // current room is.
+      line = '/part ' + view.name;
+    }
+    if (said && view && view.kind === 'room' && view.key !== state.roomKey) {
+      // Said in a room's view that is not (or no longer) the server's
+      // current room: made current first, so it goes where it was typed.
+      state.quiet.push(view.key);
+      sendRaw('/join ' + view.name);
+    }
     sendRaw(line);
     state.lastSent = { line: line, at: Date.now() };
-    let m;
     if ((m = /^\/me\s+(\S[\s\S]*)$/i.exec(line))) {
       // As the others see it.
       show('* ' + state.name + ' ' + m[1].trim(), 'self');
@@ -418,8 +505,8 @@
     return a.e === b.e ? a.n > b.n : a.e > b.e;
   }
 
-  function newer(id) {
-    const last = state.last[state.roomKey];
+  function newer(room, id) {
+    const last = state.last[room];
     return !last || after(id, last);
   }
 
@@ -428,20 +515,33 @@
     if (!last || after(id, last)) state.last[room] = id;
   }
 
-  // "@id=1-2;ms=3 rest" -> {id, ms, line: "rest"}
+  // "@id=1-2;room=games;ms=3 rest" -> {id, room, ms, line: "rest"}
   function untag(raw) {
     const sp = raw.indexOf(' ');
-    if (raw[0] !== '@' || sp < 0) return { id: null, ms: 0, line: raw };
+    if (raw[0] !== '@' || sp < 0) return { id: null, room: '', ms: 0, line: raw };
     const tags = {};
     for (const t of raw.slice(1, sp).split(';')) {
       const i = t.indexOf('=');
       if (i > 0) tags[t.slice(0, i)] = t.slice(i + 1);
     }
-    return { id: parseId(tags.id), ms: Number(tags.ms) || 0, line: raw.slice(sp + 1) };
+    return { id: parseId(tags.id), room: tags.room || '', ms: Number(tags.ms) || 0, line: raw.slice(sp + 1) };
+  }
+
+  // "[#games] rest": the server's mark on a line of a room we are in that
+  // is not the current one -> {room: '#games', text: 'rest'}.
+  function roomMark(line) {
+    const m = /^\[(#[^\]\s]+)\] ([\s\S]*)$/.exec(line);
+    return m ? { room: m[1], text: m[2] } : { room: '', text: line };
   }
 
   function isRoomLine(line) {
     return line.startsWith('<') || (line.startsWith('* ') && !line.startsWith('*** '));
+  }
+
+  // A notice about the current room (someone came, left, was renamed or
+  // kicked, the topic, its history), not an answer to a command.
+  function isRoomNotice(line) {
+    return /^\*\*\* (\S+ (joined|left|is now|was kicked|set the topic|cleared the topic|locked the topic|unlocked the topic|made|took)\b|topic of |the history since |\d+ (lines? (was|were) missed|older lines? left out))/.test(line);
   }
 
   // Our own message or action, echoed back now that ids are on: it is
@@ -451,62 +551,81 @@
       (line.startsWith('<' + state.name + '> ') || line.startsWith('* ' + state.name + ' '));
   }
 
+  function isJoined(key) {
+    return state.joined.some(function (r) { return r.key === key; });
+  }
+
+  // A room's resume answer has come (or will not).
+  function answered(key) {
+    const i = state.pending.indexOf(key);
+    if (i < 0) return false;
+    state.pending.splice(i, 1);
+    return true;
+  }
+
   // Everything the server sends comes through here first: history blocks
-  // and ids are handled, the rest goes on to `receive`.
+  // and ids are handled, the rest goes on to `receive` with its room.
   function incoming(raw) {
     if (state.block) {
+      const b = state.block;
       if (raw === '*** end of history') {
-        const b = state.block;
         state.block = null;
-        if (b === 'show') show(raw, 'sys');
+        if (b.show) show(raw, 'sys', null, b.view);
         return;
       }
-      if (state.block === 'skip') return;
+      if (!b.show) return;
       const t = untag(raw);
       if (t.id) {
-        if (!newer(t.id)) return;
-        seen(state.roomKey, t.id);
+        if (!newer(b.view, t.id)) return;
+        seen(b.view, t.id);
       }
-      showHistory(t.line, t.ms);
+      showHistory(t.line, t.ms, b.view);
       return;
     }
     if (raw.startsWith('*** history of ')) {
+      const room = raw.slice('*** history of '.length).split(/[ :]/)[0].toLowerCase();
       if (!raw.endsWith('):')) {
         // "#room: empty", "...: nothing new since ID", "...: off on this server"
-        if (state.resuming) {
-          state.resuming = null;
-          return;
-        }
-        show(forPeople(raw));
+        if (answered(room)) return;
+        show(forPeople(raw), null, null, room);
         return;
       }
       const since = / since \S+ \(/.test(raw);
-      let b = 'show';
-      // While resuming, the replays on connect and on join are covered by
-      // the answer awaited.
-      if (state.resuming && (!state.ids || !since)) b = 'skip';
-      else if (since) state.resuming = null;
-      state.block = b;
-      if (b === 'show') show(forPeople(raw), 'sys');
+      let shown = true;
+      if (since && state.ids) {
+        answered(room);
+      } else if (state.pending.length > 0) {
+        // While resuming, the replays on connect and on join are covered
+        // by the answers awaited.
+        shown = false;
+      }
+      state.block = { show: shown, view: room };
+      if (shown) show(forPeople(raw), 'sys', null, room);
       return;
     }
     let m;
     if ((m = /^\*\*\* ids on: (\S+) at (\d+-\d+)$/.exec(raw))) {
       state.ids = true;
       const room = m[1].toLowerCase();
-      if (state.resuming !== room) seen(room, parseId(m[2]));
+      if (!state.pending.includes(room)) seen(room, parseId(m[2]));
       return;
     }
-    if (raw.startsWith('*** error: ') && raw.includes('/history')) state.resuming = null;
+    if (raw.startsWith('*** error: ') && (raw.includes('/history') || raw.includes('in no room'))) {
+      state.pending.shift(); // a resume that gets no answer of its own
+    }
     const t = untag(raw);
+    const mark = roomMark(t.line);
+    const room = t.room ? '#' + t.room : mark.room.toLowerCase();
     if (t.id) {
-      if (state.resuming || !newer(t.id)) return;
-      seen(state.roomKey, t.id);
-      if (isOwn(t.line)) return;
-    } else if (state.resuming && isRoomLine(raw)) {
+      const r = room || state.roomKey;
+      const rejoining = state.pending.length > 0;
+      if (state.pending.includes(r) || (rejoining && !isJoined(r)) || !newer(r, t.id)) return;
+      seen(r, t.id);
+      if (isOwn(mark.text)) return;
+    } else if (state.pending.length > 0 && isRoomLine(mark.text)) {
       return;
     }
-    receive(t.line);
+    receive(mark.text, room);
   }
 
   // The server's history lines are written for telnet: ids (which mean
@@ -521,7 +640,7 @@
 
   // "[12:03] <alice> hi": said before, at `ms` (or, without ids, at 12:03
   // UTC within the last day).
-  function showHistory(line, ms) {
+  function showHistory(line, ms, view) {
     let when = ms ? new Date(ms) : null;
     const m = /^\[(\d\d):(\d\d)\] ([\s\S]*)$/.exec(line);
     if (m) {
@@ -532,11 +651,25 @@
         if (when > now) when = new Date(when.getTime() - 86400000);
       }
     }
-    show(line, 'hist', when);
+    show(line, 'hist', when, view);
   }
 
-  function receive(line) {
+  // One line from the server, past its tags and its room's mark: `room` is
+  // the room it was marked with ('' for the current room or none).
+  function receive(line, room) {
     let m;
+    // Where it is shown: its room, else a person's view for a private
+    // line, else the current room for what happens there, else the view
+    // on screen (the answer to what was typed there).
+    const activeView = state.views.get(state.active);
+    let view = room ||
+      ((isRoomLine(line) || isRoomNotice(line) || !activeView || activeView.kind !== 'private')
+        ? (state.roomKey || state.active) : state.active);
+    // Lines someone said (not notices), which count as unread.
+    let said = isRoomLine(line);
+    // Renamed (told in each room we share, marked or not): so is the
+    // conversation with them.
+    if ((m = /^\*\*\* (\S+) is now (\S+)$/.exec(line))) renamePrivate(m[1], m[2]);
     if (line === NEEDS_PASSWORD) {
       gate();
     } else if (state.gated && line === NEEDS_PASSWORD_ERROR) {
@@ -555,7 +688,12 @@
         setUp();
       }
       setName(m[1]);
+      // A connection starts in the lobby; after a reconnect the rooms we
+      // were in are joined again by `rejoin`.
+      if (state.joined.length === 0) addRoom(m[2]);
       setRoom(m[2]);
+      if (!state.active) activate(m[2].toLowerCase());
+      view = state.active;
       const max = /; lines up to (\d+) bytes$/.exec(line);
       if (max) {
         state.maxBytes = Number(max[1]);
@@ -571,29 +709,76 @@
       state.nick = m[1];
       store('chatd.nick', m[1]);
     } else if ((m = /^\*\*\* you joined (\S+) \(\d+\): (.*)$/.exec(line))) {
+      addRoom(m[1]);
       setRoom(m[1]);
-      state.joined = m[1];
-      store('chatd.room', m[1]);
-      setUsers(names(m[2]));
+      setRoster(m[2]);
+      view = m[1].toLowerCase();
+      state.quiet = state.quiet.filter(function (k) { return k !== view; });
+      if (state.follow === view) {
+        state.follow = '';
+        activate(view);
+      }
       ask('rooms');
+    } else if ((m = /^\*\*\* now talking in (\S+)$/.exec(line))) {
+      setRoom(m[1]);
+      ask('who');
+      view = m[1].toLowerCase();
+      if (state.follow === view) {
+        state.follow = '';
+        activate(view);
+      }
+      const i = state.quiet.indexOf(view);
+      if (i >= 0) {
+        state.quiet.splice(i, 1);
+        return; // the answer to the page's own /join
+      }
+    } else if ((m = /^\*\*\* you left (\S+?)(?:; now talking in (\S+)|; you are in no room now.*)?$/.exec(line))) {
+      const gone = m[1].toLowerCase();
+      setRoom(m[2] || '');
+      removeRoom(gone);
+      view = state.active;
+      ask('who');
+      ask('rooms');
+      if (state.quietPart && gone === '#lobby') {
+        state.quietPart = false;
+        return; // the lobby left again after a reconnect
+      }
+    } else if (line.startsWith('*** you are in no room now')) {
+      setRoom('');
+    } else if (state.name && line.startsWith('*** ' + state.name + ' was kicked from ')) {
+      // A room operator's kick: out of that room only.
+      removeRoom(line.slice(('*** ' + state.name + ' was kicked from ').length).split(' ')[0].toLowerCase());
+      view = state.active;
     } else if ((m = /^\*\*\* (#\S+) \(\d+\): (.*)$/.exec(line))) {
       const mine = state.wantWho.length > 0 && state.wantWho.shift();
-      if (m[1] === state.room) setUsers(names(m[2]));
+      if (m[1].toLowerCase() === state.roomKey) setRoster(m[2]);
       if (mine) return;
+      view = state.active;
     } else if ((m = /^\*\*\* rooms \(\d+\): (.*)$/.exec(line))) {
       const mine = state.wantRooms.length > 0 && state.wantRooms.shift();
       setRooms(m[1]);
       if (mine) return;
-    } else if ((m = /^\*\*\* (\S+) (joined|left)(?: #\S+)?(?: \(.*\))?$/.exec(line))) {
-      // "alice joined", "alice left (too slow)", and when someone switches
-      // rooms "alice left #lobby" / "alice joined #games".
+    } else if ((m = /^(?:-> )?\*([^* ]+)\* /.exec(line))) {
+      // A private line, received (`*bob* hi`) or sent (`-> *bob* hi`):
+      // shown in the person's view, and where it always was too.
+      const key = privateView(m[1]);
+      show(line, null, null, key, !line.startsWith('-> '));
+      if (state.active === key) return;
+      said = false; // counted in the person's view
+    } else if ((m = /^\*\*\* (\S+) is away: /.exec(line)) && state.views.has('@' + m[1].toLowerCase())) {
+      view = '@' + m[1].toLowerCase();
+    } else if (!room && (m = /^\*\*\* (\S+) (joined|left)(?: #\S+)?(?: \(.*\))?$/.exec(line))) {
+      // In the current room: "alice joined", "alice left (too slow)",
+      // "alice joined #games".
       if (m[2] === 'joined') {
         if (!state.users.includes(m[1])) setUsers(state.users.concat([m[1]]));
       } else {
         setUsers(state.users.filter(function (u) { return u !== m[1]; }));
       }
       refreshSoon();
-    } else if ((m = /^\*\*\* (\S+) is now (\S+)$/.exec(line))) {
+    } else if (!room && /^\*\*\* \S+ (made \S+ an operator|took \S+'s operator status) /.test(line)) {
+      refreshSoon(); // the @ in the people list
+    } else if (!room && (m = /^\*\*\* (\S+) is now (\S+)$/.exec(line))) {
       rename(m[1], m[2]);
     } else if (line === '*** bye') {
       state.stopped = true;
@@ -604,7 +789,8 @@
     const end = endingLine(line);
     if (end) state.ended = end;
     if (line.startsWith('*** error: ') && !end) giveBack();
-    show(forPeople(line));
+    if (line.startsWith('*** ')) said = false;
+    show(forPeople(line), null, null, view, said);
   }
 
   // Whether the server refused `/nick name` for a reason that may pass: the
@@ -643,10 +829,22 @@
     input.value = last.line;
   }
 
-  function names(list) {
-    // A long list ends with "… and 12 more", which is nobody's name.
-    return list.split(', ').map(function (s) { return s.trim(); })
-      .filter(function (s) { return s && !s.startsWith('… and '); });
+  // "@alice, bob, … and 12 more": the people of the current room; `@`
+  // marks its operators (it is not part of the name), and the end of a
+  // long list is nobody's name.
+  function setRoster(list) {
+    const users = [];
+    state.ops = new Set();
+    for (let s of list.split(', ')) {
+      s = s.trim();
+      if (!s || s.startsWith('… and ')) continue;
+      if (s[0] === '@') {
+        s = s.slice(1);
+        state.ops.add(s);
+      }
+      users.push(s);
+    }
+    setUsers(users);
   }
 
   function setName(name) {
@@ -655,12 +853,175 @@
     setUsers(state.users); // to mark who "you" are
   }
 
+  // The server's current room ('' for none).
   function setRoom(room) {
     state.room = room;
     state.roomKey = room.toLowerCase();
-    roomEl.textContent = room;
-    document.title = 'chatd ' + room;
+    if (room) store('chatd.current', room);
     markRoom();
+  }
+
+  function view(key, kind, name) {
+    let v = state.views.get(key);
+    if (!v) {
+      v = { key: key, kind: kind, name: name, lines: [], unread: 0 };
+      state.views.set(key, v);
+    }
+    return v;
+  }
+
+  // A room we are now in (as the server says): a view of its own, and
+  // joined again after a reconnect.
+  function addRoom(name) {
+    const key = name.toLowerCase();
+    if (!isJoined(key)) {
+      state.joined.push({ key: key, name: name });
+      storeRooms();
+    }
+    view(key, 'room', name);
+    renderViews();
+  }
+
+  // A room we are no longer in: its view goes, and the current room (or
+  // another view) is shown if it was on screen.
+  function removeRoom(key) {
+    state.joined = state.joined.filter(function (r) { return r.key !== key; });
+    storeRooms();
+    state.pending = state.pending.filter(function (r) { return r !== key; });
+    dropView(key);
+  }
+
+  function dropView(key) {
+    const v = state.views.get(key);
+    if (v) {
+      for (const li of v.lines) li.remove();
+      state.views.delete(key);
+    }
+    if (state.active === key) {
+      const next = state.roomKey || (state.joined[0] && state.joined[0].key) ||
+        Array.from(state.views.keys()).find(function (k) { return k[0] === '@'; }) || '';
+      activate(next);
+    }
+    renderViews();
+  }
+
+  // The view of a private conversation with `name`, made if new (the
+  // oldest not on screen goes past MAX_PRIVATE).
+  function privateView(name) {
+    const key = '@' + name.toLowerCase();
+    if (!state.views.has(key)) {
+      const privates = Array.from(state.views.values()).filter(function (v) { return v.kind === 'private'; });
+      if (privates.length >= MAX_PRIVATE) {
+        const old = privates.find(function (v) { return v.key !== state.active; });
+        if (old) dropView(old.key);
+      }
+      view(key, 'private', name);
+    }
+    state.views.get(key).name = name;
+    renderViews();
+    return key;
+  }
+
+  function renamePrivate(from, to) {
+    const old = '@' + from.toLowerCase();
+    const key = '@' + to.toLowerCase();
+    const v = state.views.get(old);
+    if (!v || state.views.has(key)) return;
+    state.views.delete(old);
+    v.key = key;
+    v.name = to;
+    state.views.set(key, v);
+    for (const li of v.lines) li.dataset.view = key;
+    if (state.active === old) activate(key);
+    renderViews();
+  }
+
+  // Puts view `key` on screen: its lines shown, the others' hidden, its
+  // unread count cleared.
+  function activate(key) {
+    state.active = key;
+    for (const li of log.children) {
+      li.hidden = li.dataset.view !== key && li.dataset.view !== '*';
+    }
+    const v = state.views.get(key);
+    if (v) v.unread = 0;
+    roomEl.textContent = v ? (v.kind === 'private' ? v.name + ' (private)' : v.name) : 'no room';
+    input.placeholder = v && v.kind === 'private' ? 'message to ' + v.name + ', or /help' : 'message, or /help';
+    log.scrollTop = log.scrollHeight;
+    renderViews();
+  }
+
+  // A click on a view in the side panel: a room is made current on the
+  // server too (we stay in the others); a person's view just shows.
+  function switchTo(key) {
+    const v = state.views.get(key);
+    if (!v) return;
+    if (v.kind === 'room' && key !== state.roomKey && isOpen()) {
+      state.quiet.push(key);
+      sendRaw('/join ' + v.name);
+    }
+    activate(key);
+    closeSide();
+    input.focus();
+  }
+
+  // The rooms we are in and the private conversations, each with its
+  // unread count and a × (leave the room, close the conversation).
+  function renderViews() {
+    const item = function (v) {
+      const li = document.createElement('li');
+      li.dataset.view = v.key;
+      li.classList.toggle('here', v.key === state.active);
+      li.classList.toggle('unread', v.unread > 0);
+      const name = document.createElement('bdi');
+      name.className = 'name';
+      name.textContent = v.name;
+      const count = document.createElement('span');
+      count.className = 'count';
+      count.textContent = v.unread > 0 ? String(v.unread) : '';
+      count.hidden = v.unread === 0;
+      const x = document.createElement('button');
+      x.type = 'button';
+      x.className = 'close';
+      x.textContent = '×';
+      const what = v.kind === 'room' ? 'leave ' + v.name : 'close the conversation with ' + v.name;
+      x.title = what;
+      x.setAttribute('aria-label', what);
+      x.addEventListener('click', function (ev) {
+        ev.stopPropagation();
+        if (v.kind === 'room') {
+          if (isOpen()) sendRaw('/part ' + v.name);
+        } else {
+          dropView(v.key);
+        }
+      });
+      li.title = v.kind === 'room' ? 'talk in ' + v.name : 'talk with ' + v.name + ' privately';
+      li.append(name, count, x);
+      li.addEventListener('click', function () { switchTo(v.key); });
+      return li;
+    };
+    joinedEl.replaceChildren();
+    for (const r of state.joined) {
+      const v = state.views.get(r.key);
+      if (v) joinedEl.appendChild(item(v));
+    }
+    privatesEl.replaceChildren();
+    for (const v of state.views.values()) {
+      if (v.kind === 'private') privatesEl.appendChild(item(v));
+    }
+    $('privates-title').hidden = privatesEl.childElementCount === 0;
+    markRoom();
+    updateTitle();
+  }
+
+  // "chatd #games"; while the tab is hidden, what came meanwhile in front:
+  // "(3) chatd #games".
+  function updateTitle() {
+    let unread = 0;
+    for (const v of state.views.values()) unread += v.unread;
+    const v = state.views.get(state.active);
+    const title = 'chatd' + (v ? ' ' + (v.kind === 'private' ? v.name : v.name) : '');
+    document.title = (document.hidden && unread > 0 ? '(' + unread + ') ' : '') + title;
   }
 
   function rename(from, to) {
@@ -675,7 +1036,7 @@
     usersEl.replaceChildren();
     for (const user of state.users) {
       const li = document.createElement('li');
-      li.textContent = user;
+      li.textContent = (state.ops.has(user) ? '@' : '') + user;
       if (user === state.name) {
         // A /msg to oneself is no use: clicking your own name does nothing.
         li.className = 'you';
@@ -683,7 +1044,7 @@
         usersEl.appendChild(li);
         continue;
       }
-      li.title = 'message ' + user;
+      li.title = 'message ' + user + (state.ops.has(user) ? ' (an operator of the room)' : '');
       li.addEventListener('click', function () {
         input.value = '/msg ' + user + ' ';
         closeSide();
@@ -704,7 +1065,12 @@
       li.textContent = m[1] + ' (' + m[2] + ')';
       li.title = 'join ' + m[1];
       li.addEventListener('click', function () {
-        if (m[1] !== state.room) submit('/join ' + m[1]);
+        const key = m[1].toLowerCase();
+        if (isJoined(key)) {
+          switchTo(key);
+          return;
+        }
+        submit('/join ' + m[1]);
         closeSide();
         input.focus();
       });
@@ -715,14 +1081,23 @@
 
   function markRoom() {
     for (const li of roomsEl.children) {
-      li.classList.toggle('here', li.dataset.room === state.room);
+      li.classList.toggle('here', li.dataset.room.toLowerCase() === state.roomKey);
+      li.classList.toggle('joined', isJoined(li.dataset.room.toLowerCase()));
     }
   }
 
-  // One line in the message list; `kind` overrides the style worked out
-  // from the line's shape; `when` is when it was said (default: now).
-  function show(line, kind, when) {
+  // One line in the message list, in view `key` (default: the one on
+  // screen); `kind` overrides the style worked out from the line's shape;
+  // `when` is when it was said (default: now); `counts`: someone said it, so
+  // it counts as unread if its view is not on screen or the tab is hidden.
+  function show(line, kind, when, key, counts) {
+    if (key === undefined || key === null || (key !== '*' && !state.views.has(key))) key = state.active;
+    // Before the welcome, and in no room: shown whatever the view.
+    if (key === '') key = '*';
+    const v = view(key, 'misc', '');
     const li = document.createElement('li');
+    li.dataset.view = key;
+    li.hidden = key !== state.active && key !== '*';
     let m;
     if (kind) {
       li.className = kind;
@@ -765,13 +1140,28 @@
     li.append(time, text);
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 48;
     log.appendChild(li);
-    while (log.childElementCount > MAX_LOG) log.firstElementChild.remove();
+    v.lines.push(li);
+    if (log.childElementCount > MAX_LOG) evict();
     if (atBottom) log.scrollTop = log.scrollHeight;
+    if (counts && (key !== state.active || document.hidden)) {
+      v.unread++;
+      renderViews();
+    }
   }
 
-  // Something the page itself says (not from the server).
+  // Past MAX_LOG lines in all, the oldest line of the view with the most
+  // goes: a busy room does not push a quiet one's lines out.
+  function evict() {
+    let big = null;
+    for (const v of state.views.values()) {
+      if (!big || v.lines.length > big.lines.length) big = v;
+    }
+    if (big && big.lines.length > 0) big.lines.shift().remove();
+  }
+
+  // Something the page itself says (not from the server), in every view.
   function note(text, kind) {
-    show('— ' + text, kind);
+    show('— ' + text, kind, null, '*');
   }
 
   function openSide(open) {
@@ -827,8 +1217,16 @@
   });
   // Back to a tab that was hidden: the rooms may have changed meanwhile.
   document.addEventListener('visibilitychange', function () {
-    if (document.visibilityState === 'visible') ask('rooms');
+    if (document.visibilityState === 'visible') {
+      // What came while hidden in the view on screen is seen now.
+      const v = state.views.get(state.active);
+      if (v) v.unread = 0;
+      renderViews();
+      ask('rooms');
+    }
+    updateTitle();
   });
 
+  for (const r of state.joined) view(r.key, 'room', r.name);
   connect();
 })();

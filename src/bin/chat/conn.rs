@@ -4,8 +4,8 @@
 //! The main thread writes what the user types; the reader thread owns the
 //! reading half and, on reconnect, swaps in a new writing half under the
 //! same lock the main thread writes under, after re-sending the remembered
-//! `/nick` and `/join` and asking for what was said meanwhile (see
-//! resume.rs), so no typed line can overtake them.
+//! `/nick`, rejoining every room it was in and asking each for what was
+//! said meanwhile (see resume.rs), so no typed line can overtake them.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -255,13 +255,10 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 pub struct State {
     /// The writing half; None while disconnected.
     writer: Option<TcpStream>,
-    /// The `/nick` and `/join` to re-send after a reconnect: only ones the
-    /// server confirmed, so a refused name is not asked for again.
+    /// The `/nick` to re-send after a reconnect: only one the server
+    /// confirmed, so a refused name is not asked for again. (The rooms to
+    /// rejoin are the tracker's: resume.rs.)
     nick_cmd: Option<String>,
-    join_cmd: Option<String>,
-    /// The last `/join` typed, kept as typed (the room may be given with or
-    /// without `#`) until the server confirms it.
-    pending_join: Option<String>,
     /// A `/quit` was sent: the server closing is the expected end.
     quitting: bool,
     /// The user (or stdin) has nothing more to send; the main thread is only
@@ -335,9 +332,6 @@ impl Shared {
             st.quitting = true;
             // A reader holding after a kick waits on this.
             self.changed.notify_all();
-        }
-        if line.starts_with("/join ") {
-            st.pending_join = Some(line.to_string());
         }
         loop {
             if st.finished {
@@ -503,12 +497,6 @@ impl Shared {
             st.nick_cmd = Some(format!("/nick {name}"));
             st.me = Some(name.to_string());
             st.reclaim = None;
-        } else if let Some(rest) = line.strip_prefix("*** you joined ")
-            && let Some(room) = rest.split_whitespace().next()
-        {
-            let mut st = self.lock();
-            let typed = st.pending_join.take();
-            st.join_cmd = Some(typed.unwrap_or_else(|| format!("/join {room}")));
         }
     }
 
@@ -829,16 +817,13 @@ fn reconnect(
             return None;
         }
         let mut resend = target.pass_line().unwrap_or_default().into_bytes();
-        let ids = Some(tracker.connected().to_string());
-        let resume = tracker.resume();
-        for cmd in [&ids, &st.nick_cmd, &st.join_cmd, &resume]
-            .into_iter()
-            .flatten()
-        {
+        let ids = tracker.connected().to_string();
+        let rooms = tracker.resume();
+        let nick = st.nick_cmd.iter().cloned();
+        for cmd in std::iter::once(ids).chain(nick).chain(rooms) {
             resend.extend_from_slice(cmd.as_bytes());
             resend.push(b'\n');
         }
-        st.pending_join = st.join_cmd.clone();
         st.reclaim = st.nick_cmd.as_ref().and_then(|c| {
             let name = c.strip_prefix("/nick ")?.to_string();
             Some((name, Instant::now() + RECLAIM_FOR, RECLAIM_FIRST))

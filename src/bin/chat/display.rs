@@ -3,6 +3,8 @@
 
 use crossterm::style::Stylize;
 
+use crate::resume::room_prefix;
+
 /// Longest line, in bytes, taken from the server or from stdin in one piece.
 /// A longer line is handed on in pieces of this size, so a peer that never
 /// sends a newline cannot make the client buffer without limit.
@@ -39,7 +41,9 @@ pub enum Kind {
     Plain,
 }
 
+/// The kind of `line`, past the `[#room] ` of a room other than the current.
 pub fn classify(line: &str) -> Kind {
+    let line = room_prefix(line).1;
     if line.starts_with("*** error: ") {
         Kind::Error
     } else if line.starts_with("*** warning: ") {
@@ -85,11 +89,19 @@ pub struct Palette {
 }
 
 impl Palette {
-    /// A line from the server, coloured by its kind.
+    /// A line from the server, coloured by its kind; the room of a line of
+    /// another room than the current stands out in front of it.
     pub fn server(&self, line: &str) -> String {
         if !self.enabled {
             return line.to_string();
         }
+        match room_prefix(line) {
+            (Some(room), rest) => format!("{} {}", format!("[{room}]").blue(), self.kind(rest)),
+            (None, line) => self.kind(line),
+        }
+    }
+
+    fn kind(&self, line: &str) -> String {
         match classify(line) {
             Kind::Message => {
                 // Only the name is coloured: the text is what people read,
@@ -164,6 +176,9 @@ mod tests {
         assert_eq!(classify("<not a name> x"), Kind::Plain);
         assert_eq!(classify("*no close"), Kind::Plain);
         assert_eq!(classify("plain"), Kind::Plain);
+        assert_eq!(classify("[#games] <alice> hi"), Kind::Message);
+        assert_eq!(classify("[#games] * alice waves"), Kind::Action);
+        assert_eq!(classify("[#games] *** bob joined #games"), Kind::Notice);
     }
 
     #[test]
@@ -184,6 +199,11 @@ mod tests {
         let p = Palette { enabled: true };
         let error = p.server("*** error: x");
         assert!(error.contains("\x1b[") && error.contains("*** error: x"));
+        let other = p.server("[#games] <alice> hi");
+        assert!(
+            other.starts_with('\x1b') && other.contains("[#games]\x1b") && other.ends_with(" hi"),
+            "{other:?}"
+        );
         let msg = p.server("<alice> hi");
         assert!(
             msg.starts_with('\x1b') && msg.contains("<alice>") && msg.ends_with(" hi"),
