@@ -111,7 +111,7 @@ fn parting_the_current_room_makes_the_last_joined_current_and_none_is_possible()
     alice.send("/join games");
     alice.expect_line("*** you joined #games (2): alice, @bob");
     bob.expect_line("*** alice joined #games");
-    alice.send("/part see you");
+    alice.send("/part #games see you");
     alice.next_is("*** you left #games; now talking in #lobby");
     bob.next_is("*** alice left #games (see you)");
     alice.send("back in the lobby");
