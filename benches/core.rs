@@ -124,5 +124,56 @@ fn fanout_history(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, framing, fanout, fanout_history);
+/// Issue 22: users in several rooms. 1 000 clients each in 10 of 100 rooms
+/// (100 members a room), a line said in every room in turn by a member
+/// whose current room it is — so each line reaches 99 members, most of
+/// them with the room not current (the `[#room]` buffer) — next to 100
+/// clients in one room, the same 99 deliveries a line.
+fn fanout_rooms(c: &mut Criterion) {
+    let text = "a typical chat line of about sixty-four bytes, give or take";
+    let mut g = c.benchmark_group("fanout_rooms");
+    g.throughput(Throughput::Elements(99));
+    {
+        let mut hub = Hub::new(0);
+        let mut q = Queues(vec![Vec::new(); 100]);
+        for id in 0..100 {
+            hub.connect(ClientId(id), LOCALHOST, &mut q);
+        }
+        q.0.iter_mut().for_each(Vec::clear);
+        g.bench_function("one room of 100", |b| {
+            b.iter(|| {
+                hub.line(ClientId(0), black_box(text), &mut q);
+                q.0.iter_mut().for_each(Vec::clear);
+            })
+        });
+    }
+    {
+        let (n, rooms, each) = (1_000usize, 100usize, 10usize);
+        let mut hub = Hub::new(0);
+        let mut q = Queues(vec![Vec::new(); n]);
+        for id in 0..n {
+            hub.connect(ClientId(id), LOCALHOST, &mut q);
+            // Rooms id, id+10, ... id+90 (mod 100): the last one joined,
+            // (id + 90) % 100, is current.
+            for k in 0..each {
+                let room = (id + k * (rooms / each)) % rooms;
+                hub.line(ClientId(id), &format!("/join r{room}"), &mut q);
+            }
+        }
+        q.0.iter_mut().for_each(Vec::clear);
+        // A speaker per room: client r + 10 has r as its current room.
+        let speakers: Vec<ClientId> = (0..rooms).map(|r| ClientId((r + 10) % rooms)).collect();
+        let mut next = 0;
+        g.bench_function("100 rooms, 1000 users in 10 each", |b| {
+            b.iter(|| {
+                hub.line(speakers[next], black_box(text), &mut q);
+                next = (next + 1) % rooms;
+                q.0.iter_mut().for_each(Vec::clear);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, framing, fanout, fanout_history, fanout_rooms);
 criterion_main!(benches);
