@@ -2603,3 +2603,50 @@ fn a_web_clients_nick_then_line_keep_their_order_everywhere() {
     let first = mover.name.clone();
     every_watcher_sees_one_order(&mut ws, &first, &script, "from a WebSocket");
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_replica_is_refused_clearly_and_a_primary_that_turns_replica_drops_the_link() {
+    // The numbering fence is the replication id of the Redis the link
+    // writes to, read once per connection: so it never writes through a
+    // replica, and a primary demoted under it ends the connection.
+    let primary = Redis::start();
+    let port = primary.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let dir = TempDir::new("redis-replica");
+    let log = dir.path().join("chatd.log");
+    let url = replica.url();
+    let mut args = vec!["--redis", &url, "--node-id", "n1"];
+    args.extend_from_slice(FAST);
+    let node = start_logged(&log, &args);
+    let line = wait_log(
+        &log,
+        &["replica (role:slave)", "--redis at the primary"],
+        RELINK,
+    );
+    assert!(line.contains("cannot take chatd's writes"), "{line}");
+    wait_metric(&node, "connect_failures_total", RELINK, |v| v >= 2.0);
+    assert_eq!(metric(&node, "link_up"), 0.0);
+    // Linked to the primary, which is then made a replica of another
+    // Redis: the next line's write is refused READONLY, and the link goes.
+    let other = Redis::start();
+    let log2 = dir.path().join("chatd2.log");
+    let url = primary.url();
+    let mut args = vec!["--redis", &url, "--node-id", "n2"];
+    args.extend_from_slice(FAST);
+    let node2 = start_logged(&log2, &args);
+    wait_metric(&node2, "link_up", RELINK, |v| v == 1.0);
+    let got = redis_cmd(
+        primary.port,
+        &[
+            b"REPLICAOF",
+            b"127.0.0.1",
+            other.port.to_string().as_bytes(),
+        ],
+    );
+    assert!(matches!(got, Resp::Simple(_)), "REPLICAOF: {got:?}");
+    let mut c = node2.client();
+    c.send("a line for a demoted primary");
+    wait_log(&log2, &["Redis became a replica", "READONLY"], RELINK);
+    drop(replica);
+}

@@ -100,6 +100,7 @@ impl Link {
             b.ttl_ms,
             &self.wire.node,
             &head,
+            &self.replid,
         );
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let mut tail: Vec<&[u8]> = args[3..].to_vec();

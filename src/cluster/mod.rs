@@ -117,6 +117,10 @@ fn now_ms() -> u64 {
 pub const MAX_NODES: usize = 256;
 pub struct Link {
     url: RedisUrl,
+    /// The replication id (`master_replid`) of the Redis on this
+    /// connection, as its `INFO` said at connect: the fence SAY numbers
+    /// under (see `scripts::SAY`). Empty when INFO is refused.
+    replid: String,
     /// Our node id, channel and key names, and the payloads' bound.
     wire: Wire,
     cmd: Option<Redis>,
@@ -224,6 +228,7 @@ impl Link {
             delivered: Delivered::default(),
             batches: Vec::new(),
             notices: 0,
+            replid: String::new(),
         }
     }
 
@@ -285,8 +290,15 @@ impl Link {
             self.send_cmd(&args, Expect::Check("AUTH"), Kind::Force);
         }
         // Before SELECT, which a Redis Cluster node refuses for any
-        // database but 0: the clearer reason comes first.
-        self.send_cmd(&[b"INFO", b"cluster"], Expect::Info, Kind::Force);
+        // database but 0: the clearer reason comes first. Its replication
+        // section names the Redis whose numbering this connection writes
+        // under (the fence; a failover means a new connection).
+        self.replid.clear();
+        self.send_cmd(
+            &[b"INFO", b"cluster", b"replication"],
+            Expect::Info,
+            Kind::Force,
+        );
         self.send_cmd(
             &[b"SELECT", db.as_bytes()],
             Expect::Check("SELECT"),
@@ -836,6 +848,15 @@ impl Link {
                 self.resend(bytes, expect);
                 return Ok(());
             }
+        }
+        if let OwnedFrame::Error(e) = &frame
+            && e.starts_with("READONLY")
+        {
+            // Our Redis became a replica: the numbering fence is only as
+            // good as the connection, so find the primary anew (a replica
+            // is refused at connect). What this was, fails with the link.
+            self.pending.push_front((Instant::now(), expect));
+            return Err(format!("Redis became a replica ({})", e.escape_debug()));
         }
         match expect {
             Expect::Check(what) => return self.must_be_ok(what, &frame),

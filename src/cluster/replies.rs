@@ -143,7 +143,16 @@ impl Link {
             }
             f => match frame_bytes(f) {
                 Some(info) if wire::redis_cluster(info) => Err(wire::REDIS_CLUSTER.to_string()),
-                _ => Ok(()),
+                Some(info) if wire::info_field(info, "role") == Some("slave") => {
+                    Err(wire::REPLICA.to_string())
+                }
+                Some(info) => {
+                    self.replid = wire::info_field(info, "master_replid")
+                        .unwrap_or_default()
+                        .to_string();
+                    Ok(())
+                }
+                None => Ok(()),
             },
         }
     }

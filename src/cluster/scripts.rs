@@ -27,7 +27,7 @@ pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
 /// KEYS meta hash (e: epoch, n: last N, r: the replication id the epoch
 /// was numbered under), stream, channel; ARGV maxlen (0: keep none), ttl
 /// ms, node, senders (who said which lines, [`super::wire::senders`]),
-/// lines. Every line gets the id EPOCH-N (EPOCH: the ms when Redis began
+/// the replication id, lines. Every line gets the id EPOCH-N (EPOCH: the ms when Redis began
 /// this room's history), goes into the stream under that id, and the batch
 /// is published with the first id and the senders (`NODE
 /// =EPOCH-N:SENDERS\nLINE\nLINE...`), so every instance, the senders' too,
@@ -40,7 +40,12 @@ pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
 /// - when the Redis numbering it is not the one that numbered the epoch
 ///   (`master_replid`, which a failover's promoted replica, a restart or a
 ///   `REPLICAOF` changes): a replica may not have had the last lines, and
-///   its counter would give their ids again;
+///   its counter would give their ids again. The link reads it with `INFO`
+///   once per connection and passes it in (an `INFO` inside every call
+///   cost Redis about as much as the rest of the call): a failover, a
+///   restart or a demotion ends the connection (a replica is refused at
+///   connect, and a write refused with READONLY drops the link), so no
+///   connection writes under an id that is not its Redis's;
 /// - when the stream's last id is at or past the counter's (an entry
 ///   written there by anyone who can reach Redis, or a counter Redis lost
 ///   while the stream lived on): every XADD would be refused, and with it
@@ -48,8 +53,8 @@ pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
 ///   renew.
 pub const SAY: &str = "local t = redis.call('time') \
      local ms = string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) \
-     local rid = string.match(redis.call('info', 'replication'), 'master_replid:(%w+)') or '' \
-     local count = #ARGV - 4 \
+     local rid = ARGV[5] \
+     local count = #ARGV - 5 \
      local m = redis.call('hmget', KEYS[1], 'e', 'r') \
      local e, first = m[1], 1 \
      local function restart() \
@@ -62,8 +67,8 @@ pub const SAY: &str = "local t = redis.call('time') \
        first = redis.call('hincrby', KEYS[1], 'n', count) - count + 1 \
      else restart() end \
      local function keep(call) \
-       for i = 5, #ARGV do \
-         local r = call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 5), 't', ARGV[i], 'ms', ms) \
+       for i = 6, #ARGV do \
+         local r = call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], e .. '-' .. (first + i - 6), 't', ARGV[i], 'ms', ms) \
          if type(r) == 'table' and r.err then return false end \
        end \
        return true \
@@ -74,12 +79,13 @@ pub const SAY: &str = "local t = redis.call('time') \
      end \
      redis.call('pexpire', KEYS[1], ARGV[2]) \
      if ARGV[1] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[2]) end \
-     redis.call('publish', KEYS[3], ARGV[3] .. ' =' .. e .. '-' .. first .. ':' .. ARGV[4] .. '\\n' .. table.concat(ARGV, '\\n', 5)) \
+     redis.call('publish', KEYS[3], ARGV[3] .. ' =' .. e .. '-' .. first .. ':' .. ARGV[4] .. '\\n' .. table.concat(ARGV, '\\n', 6)) \
      return e .. '-' .. first";
 
 /// SAY's KEYS and its ARGV but the lines, which follow them one per
 /// argument: [meta, stream, channel, maxlen, ttl ms (at least 1), node,
-/// senders ([`super::wire::senders`]: who said which lines)].
+/// senders ([`super::wire::senders`]: who said which lines), the
+/// replication id of the Redis the connection writes to].
 pub fn say_args(
     keys: &Keys,
     room: &str,
@@ -87,7 +93,8 @@ pub fn say_args(
     ttl_ms: u64,
     node: &str,
     senders: &str,
-) -> [String; 7] {
+    replid: &str,
+) -> [String; 8] {
     let (meta, stream) = keys.history(room);
     [
         meta,
@@ -97,6 +104,7 @@ pub fn say_args(
         ttl_ms.max(1).to_string(),
         node.to_string(),
         senders.to_string(),
+        replid.to_string(),
     ]
 }
 

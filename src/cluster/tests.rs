@@ -366,7 +366,9 @@ impl FakeRedis {
         match verb.as_str() {
             "SELECT" | "AUTH" | "SET" => "+OK\r\n".into(),
             "PING" => "+PONG\r\n".into(),
-            "INFO" => bulk("# Cluster\r\ncluster_enabled:0\r\n"),
+            "INFO" => bulk(
+                "# Cluster\r\ncluster_enabled:0\r\n# Replication\r\nrole:master\r\nmaster_replid:f00d\r\n",
+            ),
             "FUNCTION" => bulk("chatd"),
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
@@ -624,6 +626,8 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
             "60000",
             "me~1",
             "9",
+            // The fence: the replication id INFO gave at connect.
+            "f00d",
             "<a> hi",
             "<a> yo"
         ]
@@ -1024,6 +1028,7 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
             "60000",
             "me~1",
             "9*2,4*2,9*1",
+            "f00d",
             "<a> one",
             "<a> two",
             "<b> three",
@@ -1031,8 +1036,8 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
             "<a> five"
         ]
     );
-    assert_eq!(tail(&sent[1])[6..], ["9", "<a> elsewhere"]);
-    assert_eq!(tail(&sent[2])[6..], ["7", "<c> after the notice"]);
+    assert_eq!(tail(&sent[1])[6..], ["9", "f00d", "<a> elsewhere"]);
+    assert_eq!(tail(&sent[2])[6..], ["7", "f00d", "<c> after the notice"]);
     let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
     let publish = at(&|c| c[0] == "PUBLISH" && c[1] == "chatd:3:r:lobby");
     assert!(at(&|c| *c == sent[1]) < publish, "the turn's lines first");
@@ -1058,16 +1063,18 @@ fn a_batch_past_its_bound_goes_out_in_several_calls() {
             .cmds
             .iter()
             .filter(|c| say(c))
-            .map(|c| c.len() - 10)
+            .map(|c| c.len() - 11)
             .sum::<usize>()
             == 400
     });
+    // FCALL, the function, 3, its keys, maxlen, ttl, node, senders, the
+    // replication id: then the lines.
     let sent: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| say(c)).collect();
     assert!(sent.len() >= 3, "{}", sent.len());
     for c in &sent {
-        let bytes: usize = c[10..].iter().map(|l| l.len() + 2).sum();
+        let bytes: usize = c[11..].iter().map(|l| l.len() + 2).sum();
         assert!(bytes <= wire::COALESCE + 2, "{bytes}");
-        let runs = wire::parse_senders(&c[9], (c.len() - 10) as u64);
+        let runs = wire::parse_senders(&c[9], (c.len() - 11) as u64);
         assert!(runs.is_some(), "{}", c[9]);
     }
 }

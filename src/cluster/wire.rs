@@ -157,6 +157,19 @@ pub const REDIS_CLUSTER: &str = "Redis is a Redis Cluster node (cluster_enabled:
 a room's keys would hash to different slots (CROSSSLOT) and names and bans be MOVED. Sharding over a Redis Cluster \
 comes with issue 24; until then point --redis at a standalone Redis (or a primary with replicas)";
 
+/// Why a replica is not used: every line is a write.
+pub const REPLICA: &str = "Redis is a replica (role:slave), which cannot take chatd's writes: point --redis at the primary \
+(or at a proxy or Sentinel-managed address that follows it)";
+
+/// The value of `field` in an `INFO` answer (`field:value` lines), if it
+/// is there and UTF-8.
+pub fn info_field<'a>(info: &'a [u8], field: &str) -> Option<&'a str> {
+    info.split(|&c| c == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find_map(|l| l.strip_prefix(field.as_bytes())?.strip_prefix(b":"))
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// Whether an `INFO` (or `INFO cluster`) answer is a Redis Cluster node's.
 pub fn redis_cluster(info: &[u8]) -> bool {
     info.split(|&c| c == b'\n')
@@ -1034,6 +1047,15 @@ mod tests {
             assert!(claim_wins(&a, junk), "{junk:?}");
             assert!(!claim_wins(junk, &a), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn the_replication_id_and_role_are_read_from_info() {
+        let info = b"# Cluster\r\ncluster_enabled:0\r\n# Replication\r\nrole:master\r\nmaster_replid:ab12\r\nmaster_replid2:00\r\n";
+        assert_eq!(info_field(info, "master_replid"), Some("ab12"));
+        assert_eq!(info_field(info, "role"), Some("master"));
+        assert_eq!(info_field(info, "master_repl"), None);
+        assert_eq!(info_field(b"", "role"), None);
     }
 
     #[test]
