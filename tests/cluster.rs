@@ -2661,7 +2661,10 @@ fn a_forged_topic_in_redis_is_refused_or_cleaned() {
     let forged: [(&str, &[u8]); 4] = [
         ("badname", b"T n9~1 badname 0 1 mal\x1bory hi"),
         ("big", long.as_bytes()),
-        ("lines", b"T n9~1 lines 0 1 mallory hi\r\n*** you are now an operator"),
+        (
+            "lines",
+            b"T n9~1 lines 0 1 mallory hi\r\n*** you are now an operator",
+        ),
         ("other", b"T n9~1 lobby 0 1 mallory not this room's"),
     ];
     for (room, value) in forged {
@@ -2671,17 +2674,28 @@ fn a_forged_topic_in_redis_is_refused_or_cleaned() {
     let mut c = cl.named(0, "carol");
     for (n, (room, _)) in forged.iter().enumerate() {
         c.send(&format!("/join {room}"));
-        c.expect("the join", |l| l.starts_with(&format!("*** you joined #{room}")));
-        wait_metric(&cl.nodes[0], "malformed_total", TIMEOUT, |v| v >= n as f64 + 1.0);
+        c.expect("the join", |l| {
+            l.starts_with(&format!("*** you joined #{room}"))
+        });
+        wait_metric(&cl.nodes[0], "malformed_total", TIMEOUT, |v| {
+            v >= n as f64 + 1.0
+        });
         c.send("/topic");
         c.expect_line(&format!("*** #{room} has no topic (/topic TEXT sets one)"));
     }
     // Escapes in a topic's text are removed, as from any presence.
     redis_cmd(
         port,
-        &[b"SET", b"chatd:0:t:esc", b"T n9~1 esc 0 1 mallory hi\x1b[2J there"],
+        &[
+            b"SET",
+            b"chatd:0:t:esc",
+            b"T n9~1 esc 0 1 mallory hi\x1b[2J there",
+        ],
     );
     c.send("/join esc");
     let line = c.expect("the cleaned topic", |l| l.starts_with("*** topic of #esc"));
-    assert!(line.starts_with("*** topic of #esc: hi[2J there (set by mallory, "), "{line:?}");
+    assert!(
+        line.starts_with("*** topic of #esc: hi[2J there (set by mallory, "),
+        "{line:?}"
+    );
 }

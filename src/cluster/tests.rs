@@ -370,6 +370,8 @@ impl FakeRedis {
             "FUNCTION" => bulk("chatd"),
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
+            // No topic kept for the room.
+            "GETRANGE" => bulk(""),
             "FCALL" if args[1] == Func::Guests.name() => ":100\r\n".into(),
             "FCALL" if args[1] == Func::Bans.name() => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
             "FCALL" => ":0\r\n".into(),
@@ -616,10 +618,11 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
     assert_eq!(
         say[2..],
         [
-            "3",
+            "4",
             "chatd:3:h:lobby",
             "chatd:3:s:lobby",
             "chatd:3:r:lobby",
+            "chatd:3:t:lobby",
             "50",
             "60000",
             "me~1",
@@ -1015,10 +1018,15 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
     s.until("three SAYs", |s| says(s).len() == 3);
     let sent = says(&s);
     let tail = |c: &Vec<String>| c[3..].to_vec();
-    let head = ["chatd:3:h:lobby", "chatd:3:s:lobby", "chatd:3:r:lobby"];
-    assert_eq!(tail(&sent[0])[..3], head);
+    let head = [
+        "chatd:3:h:lobby",
+        "chatd:3:s:lobby",
+        "chatd:3:r:lobby",
+        "chatd:3:t:lobby",
+    ];
+    assert_eq!(tail(&sent[0])[..4], head);
     assert_eq!(
-        tail(&sent[0])[3..],
+        tail(&sent[0])[4..],
         [
             "50",
             "60000",
@@ -1031,8 +1039,8 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
             "<a> five"
         ]
     );
-    assert_eq!(tail(&sent[1])[6..], ["9", "<a> elsewhere"]);
-    assert_eq!(tail(&sent[2])[6..], ["7", "<c> after the notice"]);
+    assert_eq!(tail(&sent[1])[7..], ["9", "<a> elsewhere"]);
+    assert_eq!(tail(&sent[2])[7..], ["7", "<c> after the notice"]);
     let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
     let publish = at(&|c| c[0] == "PUBLISH" && c[1] == "chatd:3:r:lobby");
     assert!(at(&|c| *c == sent[1]) < publish, "the turn's lines first");
@@ -1058,17 +1066,17 @@ fn a_batch_past_its_bound_goes_out_in_several_calls() {
             .cmds
             .iter()
             .filter(|c| say(c))
-            .map(|c| c.len() - 10)
+            .map(|c| c.len() - 11)
             .sum::<usize>()
             == 400
     });
     let sent: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| say(c)).collect();
     assert!(sent.len() >= 3, "{}", sent.len());
     for c in &sent {
-        let bytes: usize = c[10..].iter().map(|l| l.len() + 2).sum();
+        let bytes: usize = c[11..].iter().map(|l| l.len() + 2).sum();
         assert!(bytes <= wire::COALESCE + 2, "{bytes}");
-        let runs = wire::parse_senders(&c[9], (c.len() - 10) as u64);
-        assert!(runs.is_some(), "{}", c[9]);
+        let runs = wire::parse_senders(&c[10], (c.len() - 11) as u64);
+        assert!(runs.is_some(), "{}", c[10]);
     }
 }
 
