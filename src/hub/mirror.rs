@@ -232,8 +232,9 @@ impl Hub {
                 out.cluster(op(event));
             }
         }
-        // A topic lives as long as its room has members somewhere: each
-        // instance with members in it re-tells it, for one that just came.
+        // Each instance with members in a room re-tells its topic, for one
+        // that just came (Redis keeps it too, read only by an instance
+        // that gets its first member in the room).
         for (r, _) in self.rooms.iter().filter(|(_, r)| r.local > 0) {
             if let Some(event) = self.topic_event(r) {
                 out.cluster(op(event));
