@@ -2632,16 +2632,31 @@ fn a_topic_outlives_its_rooms_members_through_redis() {
         String::from_utf8_lossy(&kept).ends_with(" alice dice at nine"),
         "the key holds {kept:?}"
     );
+    alice.send("rolled a six");
+    alice.send("/history");
+    let kept = history_block(&mut alice);
+    assert!(
+        kept.iter().any(|l| l.ends_with("<alice> rolled a six")),
+        "{kept:?}"
+    );
     // The room empties everywhere: no instance keeps its topic in memory.
     alice.send("/part games");
     alice.expect("alice's part", |l| l.starts_with("*** you left #games"));
     // Created again on the other instance: Redis tells it the topic.
     let mut bob = cl.named(1, "bob");
     bob.send("/join games");
-    let line = bob.expect("the kept topic", |l| l.starts_with("*** topic of #games"));
+    bob.expect("bob's join", |l| l.starts_with("*** you joined #games"));
+    // As on one server: the topic, then the room's history (Redis answers
+    // the topic's read first: it was asked first).
+    let line = read_line_until(&mut bob, Instant::now() + TIMEOUT).expect("a line");
     assert!(
         line.starts_with("*** topic of #games: dice at nine (set by alice, "),
         "{line}"
+    );
+    let history = history_block(&mut bob);
+    assert!(
+        history.iter().any(|l| l.ends_with("<alice> rolled a six")),
+        "{history:?}"
     );
     // And on the instance where it was set, once its room was gone.
     alice.send("/join games");
