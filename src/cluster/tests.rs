@@ -1225,3 +1225,81 @@ fn a_room_notice_goes_through_redis_in_order_and_is_never_lost_here() {
         "{back:?}"
     );
 }
+
+/// Issue 22: a room's first local member has the link read the topic Redis
+/// kept for it, a bounded read; what is read is checked as a `T` presence.
+#[test]
+fn a_rooms_first_member_reads_its_kept_topic_and_a_forged_one_is_refused() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    let topic = Topic {
+        text: "dice at nine".into(),
+        by: "alice".into(),
+        at_ms: 1_796_683_266_123,
+        locked: false,
+    };
+    let good = wire::topic_value("n2~1", "games", &topic);
+    s.redis.answer = Box::new(move |args| match (args[0].as_str(), args.get(1)) {
+        ("GETRANGE", Some(k)) if k == "chatd:3:t:games" => Some(bulk(&good)),
+        ("GETRANGE", Some(k)) if k == "chatd:3:t:dev" => {
+            Some(bulk("T n2~1 dev 0 1 bad\x1bname hi"))
+        }
+        _ => None,
+    });
+    for room in ["games", "dev"] {
+        let op = ClusterOp::Subscribe {
+            room: room.into(),
+            on: true,
+        };
+        s.link.apply(op, &mut s.inbound);
+    }
+    s.until("the forged one refused", |s| s.link.stats().malformed == 1);
+    let reads: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| c[0] == "GETRANGE").collect();
+    assert_eq!(
+        reads,
+        [
+            &["GETRANGE", "chatd:3:t:games", "0", "100"]
+                .map(String::from)
+                .to_vec(),
+            &["GETRANGE", "chatd:3:t:dev", "0", "100"]
+                .map(String::from)
+                .to_vec(),
+        ]
+    );
+    let topics: Vec<&Inbound> = s
+        .inbound
+        .iter()
+        .filter(|e| matches!(e, Inbound::Topic(..)))
+        .collect();
+    let kept = Topic {
+        text: "ship friday".into(),
+        ..topic.clone()
+    };
+    assert_eq!(topics, [&Inbound::Topic("games".into(), topic)]);
+    // Kept when set here, with the history's TTL.
+    let op = ClusterOp::KeepTopic {
+        room: "games".into(),
+        topic: kept.clone(),
+        ttl_ms: 60_000,
+    };
+    s.link.apply(op, &mut s.inbound);
+    s.until("the SET", |s| {
+        s.redis
+            .cmds
+            .iter()
+            .any(|c| c[0] == "SET" && c[1] == "chatd:3:t:games")
+    });
+    let set = s
+        .redis
+        .cmds
+        .iter()
+        .find(|c| c[0] == "SET" && c[1] == "chatd:3:t:games")
+        .unwrap();
+    assert_eq!(
+        set[2..],
+        [
+            wire::topic_value("me~1", "games", &kept),
+            "PX".into(),
+            "60000".into()
+        ]
+    );
+}
