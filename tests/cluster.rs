@@ -2714,3 +2714,30 @@ fn a_forged_topic_in_redis_is_refused_or_cleaned() {
         "{line:?}"
     );
 }
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_topic_outlives_a_restart_of_every_instance() {
+    let mut cl = Cluster::start(2);
+    let mut alice = cl.named(0, "alice");
+    alice.send("/join games");
+    alice.expect("alice's join", |l| l.starts_with("*** you joined #games"));
+    alice.send("/topic dice at nine");
+    alice.expect_line("*** alice set the topic of #games: dice at nine");
+    wait_key(cl.redis.port, "chatd:0:t:games");
+    drop(alice);
+    // Every instance stops (killed), and others start on the same Redis.
+    let url = cl.redis.url();
+    cl.nodes.clear();
+    cl.nodes = (1..=2)
+        .map(|i| Server::start(&["--redis", &url, "--node-id", &format!("n{i}")]))
+        .collect();
+    wait_linked(&cl.nodes);
+    let mut bob = cl.named(1, "bob");
+    bob.send("/join games");
+    let line = bob.expect("the kept topic", |l| l.starts_with("*** topic of #games"));
+    assert!(
+        line.starts_with("*** topic of #games: dice at nine (set by alice, "),
+        "{line}"
+    );
+}
