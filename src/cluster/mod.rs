@@ -674,14 +674,17 @@ impl Link {
 
     /// Asks for the topic kept for `room`: at most one byte more than the
     /// longest value taken, so a forged one of any size costs a small
-    /// reply (and is refused as too long), never `MAX_REPLY`.
+    /// reply (and is refused as too long), never `MAX_REPLY`. One per room
+    /// a local user enters first, so a flood of /join is bounded as its
+    /// lines are: dropped and counted when the queue toward Redis is full
+    /// (the room then starts without its topic, as with the link down).
     fn read_topic(&mut self, room: &str) {
         let key = self.keys().topic(room);
-        let end = self.wire.max_text.to_string();
+        let end = wire::MAX_STORED_TOPIC.to_string();
         self.send_cmd(
             &[b"GETRANGE", key.as_bytes(), b"0", end.as_bytes()],
             Expect::Topic(room.into()),
-            Kind::Book,
+            Kind::Publish,
         );
     }
 

@@ -1257,10 +1257,10 @@ fn a_rooms_first_member_reads_its_kept_topic_and_a_forged_one_is_refused() {
     assert_eq!(
         reads,
         [
-            &["GETRANGE", "chatd:3:t:games", "0", "100"]
+            &["GETRANGE", "chatd:3:t:games", "0", "1024"]
                 .map(String::from)
                 .to_vec(),
-            &["GETRANGE", "chatd:3:t:dev", "0", "100"]
+            &["GETRANGE", "chatd:3:t:dev", "0", "1024"]
                 .map(String::from)
                 .to_vec(),
         ]

@@ -380,6 +380,11 @@ pub fn notice_payload(node: &str, seq: u64, about: Option<ClientId>, text: &str)
     }
 }
 
+/// The longest value of a room's topic key taken: a `T` line of the
+/// longest topic ([`MAX_TOPIC`]) with the longest node, room and name, and
+/// room to spare; independent of --max-line, which may be shorter.
+pub const MAX_STORED_TOPIC: usize = 1024;
+
 /// A room's topic as its key keeps it: the `T` presence line that
 /// announced it (`T NODE ROOM LOCKED AT BY [TEXT]`, [`encode_presence`]),
 /// so one decoder reads both.
@@ -659,14 +664,14 @@ impl Wire {
     }
 
     /// A room's topic as read back from its key (anyone who can reach
-    /// Redis can write it): one line, at most `max_text` bytes, and a `T`
+    /// Redis can write it): one line, at most [`MAX_STORED_TOPIC`] bytes, and a `T`
     /// presence line for this room, decoded as one from another instance
     /// is (names checked, the text cleaned and bounded). Empty: no topic.
     pub fn stored_topic(&self, room: &str, value: &[u8]) -> Result<Option<Topic>, &'static str> {
         if value.is_empty() {
             return Ok(None);
         }
-        if value.len() > self.max_text {
+        if value.len() > MAX_STORED_TOPIC {
             return Err("a stored topic too long");
         }
         if value.iter().any(|&c| c == b'\r' || c == b'\n') {
@@ -1217,7 +1222,9 @@ mod tests {
             got.map(|t| t.map(|t| t.text)),
             Ok(Some("hi[2J there".into()))
         );
-        let long = format!("T n1 games 0 1 bob {}", "x".repeat(100));
+        // Too long: more than MAX_STORED_TOPIC, or a text over MAX_TOPIC.
+        let long = format!("T n1 games 0 1 bob {}", "x".repeat(MAX_STORED_TOPIC));
+        let wordy = format!("T n1 games 0 1 bob {}", "x".repeat(MAX_TOPIC + 1));
         for bad in [
             &b"T n1 games 0 1 bad\x1bname hi"[..],
             b"T n1 games 0 1 bob hi\r\n*** you are now an operator",
@@ -1229,6 +1236,7 @@ mod tests {
             b"J n1 1 alice games 1",
             b"T n1 games 0 1 bob \xff\xfe",
             long.as_bytes(),
+            wordy.as_bytes(),
         ] {
             assert!(w.stored_topic("games", bad).is_err(), "{bad:?}");
         }
