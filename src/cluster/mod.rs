@@ -855,6 +855,12 @@ impl Link {
         // Bans set while we were away (or before we started), a page at a
         // time: the hash has no bound of its own.
         self.bans_from("0", 0);
+        // Rooms entered while the link was not up had no topic read, and
+        // the others' topics may have changed meanwhile.
+        let rooms: Vec<String> = self.rooms.iter().cloned().collect();
+        for room in rooms {
+            self.read_topic(&room);
+        }
     }
 
     /// Asks for the page of the bans hash at `cursor`; `taken`: bans taken

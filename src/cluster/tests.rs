@@ -1303,3 +1303,24 @@ fn a_rooms_first_member_reads_its_kept_topic_and_a_forged_one_is_refused() {
         ]
     );
 }
+
+/// A room entered while the link was not up has its kept topic read once
+/// the link is.
+#[test]
+fn rooms_entered_before_the_link_was_up_have_their_topic_read_when_it_is() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    let op = ClusterOp::Subscribe {
+        room: "games".into(),
+        on: true,
+    };
+    s.link.apply(op, &mut s.inbound);
+    s.until("up", |s| s.inbound.contains(&Inbound::Up));
+    s.until("the read", |s| {
+        s.redis
+            .cmds
+            .iter()
+            .any(|c| c[0] == "GETRANGE" && c[1] == "chatd:3:t:games")
+    });
+    let reads = s.redis.cmds.iter().filter(|c| c[0] == "GETRANGE").count();
+    assert_eq!(reads, 1, "once");
+}
