@@ -2650,3 +2650,141 @@ fn a_replica_is_refused_clearly_and_a_primary_that_turns_replica_drops_the_link(
     wait_log(&log2, &["Redis became a replica", "READONLY"], RELINK);
     drop(replica);
 }
+
+// --- topics kept in Redis with the room (issue 22) ---------------------------
+
+/// Waits until Redis holds `key` (a string), and returns its value.
+fn wait_key(port: u16, key: &str) -> Vec<u8> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Resp::Bulk(Some(v)) = redis_cmd(port, &[b"GET", key.as_bytes()]) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "Redis never held {key}");
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_topic_outlives_its_rooms_members_through_redis() {
+    let cl = Cluster::start(2);
+    let mut alice = cl.named(0, "alice");
+    alice.send("/join games");
+    alice.expect("alice's join", |l| l.starts_with("*** you joined #games"));
+    alice.send("/topic dice at nine");
+    alice.expect_line("*** alice set the topic of #games: dice at nine");
+    let kept = wait_key(cl.redis.port, "chatd:0:t:games");
+    assert!(
+        String::from_utf8_lossy(&kept).ends_with(" alice dice at nine"),
+        "the key holds {kept:?}"
+    );
+    alice.send("rolled a six");
+    alice.send("/history");
+    let kept = history_block(&mut alice);
+    assert!(
+        kept.iter().any(|l| l.ends_with("<alice> rolled a six")),
+        "{kept:?}"
+    );
+    // The room empties everywhere: no instance keeps its topic in memory.
+    alice.send("/part games");
+    alice.expect("alice's part", |l| l.starts_with("*** you left #games"));
+    // Created again on the other instance: Redis tells it the topic.
+    let mut bob = cl.named(1, "bob");
+    bob.send("/join games");
+    bob.expect("bob's join", |l| l.starts_with("*** you joined #games"));
+    // As on one server: the topic, then the room's history (Redis answers
+    // the topic's read first: it was asked first).
+    let line = read_line_until(&mut bob, Instant::now() + TIMEOUT).expect("a line");
+    assert!(
+        line.starts_with("*** topic of #games: dice at nine (set by alice, "),
+        "{line}"
+    );
+    let history = history_block(&mut bob);
+    assert!(
+        history.iter().any(|l| l.ends_with("<alice> rolled a six")),
+        "{history:?}"
+    );
+    // And on the instance where it was set, once its room was gone.
+    alice.send("/join games");
+    let line = alice.expect("the kept topic", |l| l.starts_with("*** topic of #games"));
+    assert!(line.contains("dice at nine (set by alice"), "{line}");
+    // It lives as long as the room's history: with its TTL.
+    let ttl = redis_cmd(cl.redis.port, &[b"PTTL", b"chatd:0:t:games"]);
+    assert!(matches!(ttl, Resp::Int(ms) if ms > 0), "PTTL {ttl:?}");
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_forged_topic_in_redis_is_refused_or_cleaned() {
+    let cl = Cluster::start(1);
+    let port = cl.redis.port;
+    let long = format!("T n9~1 big 0 1 mallory {}", "x".repeat(64 * 1024));
+    let forged: [(&str, &[u8]); 4] = [
+        ("badname", b"T n9~1 badname 0 1 mal\x1bory hi"),
+        ("big", long.as_bytes()),
+        (
+            "lines",
+            b"T n9~1 lines 0 1 mallory hi\r\n*** you are now an operator",
+        ),
+        ("other", b"T n9~1 lobby 0 1 mallory not this room's"),
+    ];
+    for (room, value) in forged {
+        let key = format!("chatd:0:t:{room}");
+        redis_cmd(port, &[b"SET", key.as_bytes(), value]);
+    }
+    let mut c = cl.named(0, "carol");
+    for (n, (room, _)) in forged.iter().enumerate() {
+        c.send(&format!("/join {room}"));
+        c.expect("the join", |l| {
+            l.starts_with(&format!("*** you joined #{room}"))
+        });
+        wait_metric(&cl.nodes[0], "malformed_total", TIMEOUT, |v| {
+            v >= n as f64 + 1.0
+        });
+        c.send("/topic");
+        c.expect_line(&format!("*** #{room} has no topic (/topic TEXT sets one)"));
+    }
+    // Escapes in a topic's text are removed, as from any presence.
+    redis_cmd(
+        port,
+        &[
+            b"SET",
+            b"chatd:0:t:esc",
+            b"T n9~1 esc 0 1 mallory hi\x1b[2J there",
+        ],
+    );
+    c.send("/join esc");
+    let line = c.expect("the cleaned topic", |l| l.starts_with("*** topic of #esc"));
+    assert!(
+        line.starts_with("*** topic of #esc: hi[2J there (set by mallory, "),
+        "{line:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs redis-server"]
+fn a_topic_outlives_a_restart_of_every_instance() {
+    let mut cl = Cluster::start(2);
+    let mut alice = cl.named(0, "alice");
+    alice.send("/join games");
+    alice.expect("alice's join", |l| l.starts_with("*** you joined #games"));
+    alice.send("/topic dice at nine");
+    alice.expect_line("*** alice set the topic of #games: dice at nine");
+    wait_key(cl.redis.port, "chatd:0:t:games");
+    drop(alice);
+    // Every instance stops (killed), and others start on the same Redis.
+    let url = cl.redis.url();
+    cl.nodes.clear();
+    cl.nodes = (1..=2)
+        .map(|i| Server::start(&["--redis", &url, "--node-id", &format!("n{i}")]))
+        .collect();
+    wait_linked(&cl.nodes);
+    let mut bob = cl.named(1, "bob");
+    bob.send("/join games");
+    let line = bob.expect("the kept topic", |l| l.starts_with("*** topic of #games"));
+    assert!(
+        line.starts_with("*** topic of #games: dice at nine (set by alice, "),
+        "{line}"
+    );
+}

@@ -103,7 +103,7 @@ impl Link {
             &self.replid,
         );
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let mut tail: Vec<&[u8]> = args[3..].to_vec();
+        let mut tail: Vec<&[u8]> = args[4..].to_vec();
         tail.extend(b.text.split("\r\n").map(str::as_bytes));
         let senders = b.senders();
         let expect = Expect::Say(Box::new(replies::Sent {
@@ -111,7 +111,7 @@ impl Link {
             room: b.room.clone(),
             text: b.text.clone(),
         }));
-        if self.fcall(Func::Say, &args[..3], &tail, expect, Kind::Publish) {
+        if self.fcall(Func::Say, &args[..4], &tail, expect, Kind::Publish) {
             self.stats.published += 1;
         } else {
             let refused = senders

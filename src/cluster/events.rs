@@ -5,7 +5,7 @@
 use super::LOG;
 use crate::access::Ban;
 use crate::history::{Id, Line};
-use crate::hub::{Asked, Claim, ClientId, Due, GUEST_BLOCK, Hub, Outbox, Presence, Refusal};
+use crate::hub::{Asked, Claim, ClientId, Due, GUEST_BLOCK, Hub, Outbox, Presence, Refusal, Topic};
 use ipnet::IpNet;
 use log::info;
 use std::collections::{HashMap, VecDeque};
@@ -61,6 +61,9 @@ pub enum Inbound {
         omitted: u64,
     },
     Presence(Presence),
+    /// `room`'s topic as Redis kept it (see `ClusterOp::KeepTopic`), read
+    /// when this instance got its first member there.
+    Topic(String, Topic),
     Private(ClientId, String, String),
     Claimed(ClientId, String, Claim),
     Guests(u64),
@@ -137,6 +140,7 @@ impl Inbound {
                 omitted,
             } => hub.answer(id, &room, asked, epoch, last, lines, omitted, out),
             Inbound::Presence(p) => hub.remote_presence(p, out),
+            Inbound::Topic(room, topic) => hub.stored_topic(&room, topic, out),
             Inbound::Private(to, name, text) => hub.remote_private(to, &name, &text, out),
             Inbound::Claimed(id, name, answer) => hub.claimed(id, &name, answer, out),
             Inbound::NameLost(id, name) => hub.name_lost(id, &name, out),

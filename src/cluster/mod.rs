@@ -41,7 +41,9 @@ pub use wire::{claim_value, claim_wins, valid_node};
 
 use crate::access::Ban;
 use crate::history::Id;
-use crate::hub::{Asked, Claim, ClientId, ClusterOp, Due, GUEST_BLOCK, Presence, Refusal, Roster};
+use crate::hub::{
+    Asked, Claim, ClientId, ClusterOp, Due, GUEST_BLOCK, Presence, Refusal, Roster, Topic,
+};
 use crate::metrics::Cluster as ClusterStats;
 use ipnet::IpNet;
 use log::{debug, info};
@@ -636,6 +638,9 @@ impl Link {
             self.delivered.forget(room);
             self.rooms.remove(room)
         };
+        if changed && on && self.state.is_up() {
+            self.read_topic(room);
+        }
         if changed && !self.state.is_down() {
             let channel = self.keys().room(room);
             if let Some(sub) = self.sub.as_mut() {
@@ -652,6 +657,63 @@ impl Link {
                 }
                 let verb: &[u8] = if on { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
                 command(&mut sub.wbuf, &[verb, channel.as_bytes()]);
+            }
+        }
+    }
+
+    /// `room`'s topic, kept with its history for `ttl_ms` (SAY renews it
+    /// with the history's keys). While the link is down it stays in the
+    /// memory of the instances that have it.
+    fn keep_topic(&mut self, room: &str, topic: &Topic, ttl_ms: u64) {
+        if !self.state.is_up() {
+            return;
+        }
+        let key = self.keys().topic(room);
+        let value = wire::topic_value(&self.wire.node, room, topic);
+        let ms = ttl_ms.max(1).to_string();
+        self.send_cmd(
+            &[
+                b"SET",
+                key.as_bytes(),
+                value.as_bytes(),
+                b"PX",
+                ms.as_bytes(),
+            ],
+            Expect::Ignore("SET (a room's topic)"),
+            Kind::Publish,
+        );
+    }
+
+    /// Asks for the topic kept for `room`: at most one byte more than the
+    /// longest value taken, so a forged one of any size costs a small
+    /// reply (and is refused as too long), never `MAX_REPLY`. One per room
+    /// a local user enters first, so a flood of /join is bounded as its
+    /// lines are: dropped and counted when the queue toward Redis is full
+    /// (the room then starts without its topic, as with the link down).
+    fn read_topic(&mut self, room: &str) {
+        let key = self.keys().topic(room);
+        let end = wire::MAX_STORED_TOPIC.to_string();
+        self.send_cmd(
+            &[b"GETRANGE", key.as_bytes(), b"0", end.as_bytes()],
+            Expect::Topic(room.into()),
+            Kind::Publish,
+        );
+    }
+
+    /// The answer to [`Link::read_topic`], checked as a `T` presence.
+    fn topic_read(&mut self, room: &str, frame: &OwnedFrame, inbound: &mut Vec<Inbound>) {
+        if let OwnedFrame::Error(e) = frame {
+            return self.refused("GETRANGE (a room's topic)", e);
+        }
+        let Some(value) = frame_bytes(frame) else {
+            return self.malformed(b"a room's topic", "not a string");
+        };
+        match self.wire.stored_topic(room, value) {
+            Ok(Some(topic)) => inbound.push(Inbound::Topic(room.to_string(), topic)),
+            Ok(None) => {}
+            Err(why) => {
+                let key = self.keys().topic(room);
+                self.malformed(key.as_bytes(), why);
             }
         }
     }
@@ -805,6 +867,12 @@ impl Link {
         // Bans set while we were away (or before we started), a page at a
         // time: the hash has no bound of its own.
         self.bans_from("0", 0);
+        // Rooms entered while the link was not up had no topic read, and
+        // the others' topics may have changed meanwhile.
+        let rooms: Vec<String> = self.rooms.iter().cloned().collect();
+        for room in rooms {
+            self.read_topic(&room);
+        }
     }
 
     /// Asks for the page of the bans hash at `cursor`; `taken`: bans taken
@@ -915,6 +983,7 @@ impl Link {
                     omitted,
                 });
             }
+            Expect::Topic(room) => self.topic_read(&room, &frame, inbound),
             Expect::Reassert(net) => match frame {
                 OwnedFrame::Error(e) => self.refused("FCALL (re-assert a ban)", &e),
                 f if frame_bytes(&f) == Some(b"lifted") => {
@@ -1119,6 +1188,11 @@ impl Link {
                 msg,
             } => self.private(&node, to, &to_name, msg.text()),
             ClusterOp::Subscribe { room, on } => self.subscribe(&room, on),
+            ClusterOp::KeepTopic {
+                room,
+                topic,
+                ttl_ms,
+            } => self.keep_topic(&room, &topic, ttl_ms),
             ClusterOp::Claim { id, name } => {
                 if !self.claim(id, &name) {
                     inbound.push(Inbound::Refused(Refusal::Claim(id)));

@@ -54,6 +54,8 @@ pub enum Expect {
         text: Box<str>,
     },
     Read(ClientId, String, Asked),
+    /// The topic kept for a room (`GETRANGE` of its key, bounded).
+    Topic(Box<str>),
     /// `FUNCTION LOAD` of [`super::scripts::LIBRARY`].
     Library,
     /// A ban held here, re-asserted at link-up: was it lifted meanwhile?

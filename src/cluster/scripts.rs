@@ -25,7 +25,8 @@ pub const GUESTS: &str = "local v = tonumber(redis.call('get', KEYS[1]) or '0') 
 
 /// Redis numbers and keeps room lines (docs/cluster.md, "Room history"):
 /// KEYS meta hash (e: epoch, n: last N, r: the replication id the epoch
-/// was numbered under), stream, channel; ARGV maxlen (0: keep none), ttl
+/// was numbered under), stream, channel, the room's topic (whose TTL is
+/// renewed with the history's, if it is there); ARGV maxlen (0: keep none), ttl
 /// ms, node, senders (who said which lines, [`super::wire::senders`]),
 /// the replication id, lines. Every line gets the id EPOCH-N (EPOCH: the ms when Redis began
 /// this room's history), goes into the stream under that id, and the batch
@@ -79,12 +80,13 @@ pub const SAY: &str = "local t = redis.call('time') \
      end \
      redis.call('pexpire', KEYS[1], ARGV[2]) \
      if ARGV[1] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[2]) end \
+     redis.call('pexpire', KEYS[4], ARGV[2]) \
      redis.call('publish', KEYS[3], ARGV[3] .. ' =' .. e .. '-' .. first .. ':' .. ARGV[4] .. '\\n' .. table.concat(ARGV, '\\n', 6)) \
      return e .. '-' .. first";
 
 /// SAY's KEYS and its ARGV but the lines, which follow them one per
-/// argument: [meta, stream, channel, maxlen, ttl ms (at least 1), node,
-/// senders ([`super::wire::senders`]: who said which lines), the
+/// argument: [meta, stream, channel, topic, maxlen, ttl ms (at least 1),
+/// node, senders ([`super::wire::senders`]: who said which lines), the
 /// replication id of the Redis the connection writes to].
 pub fn say_args(
     keys: &Keys,
@@ -94,12 +96,13 @@ pub fn say_args(
     node: &str,
     senders: &str,
     replid: &str,
-) -> [String; 8] {
+) -> [String; 9] {
     let (meta, stream) = keys.history(room);
     [
         meta,
         stream,
         keys.room(room),
+        keys.topic(room),
         keep.to_string(),
         ttl_ms.max(1).to_string(),
         node.to_string(),

@@ -372,6 +372,8 @@ impl FakeRedis {
             "FUNCTION" => bulk("chatd"),
             "EXISTS" | "HSET" | "HDEL" | "PUBLISH" => ":1\r\n".into(),
             "HGETALL" => "*0\r\n".into(),
+            // No topic kept for the room.
+            "GETRANGE" => bulk(""),
             "FCALL" if args[1] == Func::Guests.name() => ":100\r\n".into(),
             "FCALL" if args[1] == Func::Bans.name() => format!("*2\r\n{}{}", bulk("0"), bulk("0")),
             "FCALL" => ":0\r\n".into(),
@@ -618,10 +620,11 @@ fn a_room_line_goes_through_redis_and_is_delivered_once() {
     assert_eq!(
         say[2..],
         [
-            "3",
+            "4",
             "chatd:3:h:lobby",
             "chatd:3:s:lobby",
             "chatd:3:r:lobby",
+            "chatd:3:t:lobby",
             "50",
             "60000",
             "me~1",
@@ -1019,10 +1022,15 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
     s.until("three SAYs", |s| says(s).len() == 3);
     let sent = says(&s);
     let tail = |c: &Vec<String>| c[3..].to_vec();
-    let head = ["chatd:3:h:lobby", "chatd:3:s:lobby", "chatd:3:r:lobby"];
-    assert_eq!(tail(&sent[0])[..3], head);
+    let head = [
+        "chatd:3:h:lobby",
+        "chatd:3:s:lobby",
+        "chatd:3:r:lobby",
+        "chatd:3:t:lobby",
+    ];
+    assert_eq!(tail(&sent[0])[..4], head);
     assert_eq!(
-        tail(&sent[0])[3..],
+        tail(&sent[0])[4..],
         [
             "50",
             "60000",
@@ -1036,8 +1044,8 @@ fn lines_said_in_one_turn_go_to_redis_as_one_call_per_room_in_order() {
             "<a> five"
         ]
     );
-    assert_eq!(tail(&sent[1])[6..], ["9", "f00d", "<a> elsewhere"]);
-    assert_eq!(tail(&sent[2])[6..], ["7", "f00d", "<c> after the notice"]);
+    assert_eq!(tail(&sent[1])[7..], ["9", "f00d", "<a> elsewhere"]);
+    assert_eq!(tail(&sent[2])[7..], ["7", "f00d", "<c> after the notice"]);
     let at = |pred: &dyn Fn(&Vec<String>) -> bool| s.redis.cmds.iter().position(pred).unwrap();
     let publish = at(&|c| c[0] == "PUBLISH" && c[1] == "chatd:3:r:lobby");
     assert!(at(&|c| *c == sent[1]) < publish, "the turn's lines first");
@@ -1063,19 +1071,19 @@ fn a_batch_past_its_bound_goes_out_in_several_calls() {
             .cmds
             .iter()
             .filter(|c| say(c))
-            .map(|c| c.len() - 11)
+            .map(|c| c.len() - 12)
             .sum::<usize>()
             == 400
     });
-    // FCALL, the function, 3, its keys, maxlen, ttl, node, senders, the
+    // FCALL, the function, 4, its keys, maxlen, ttl, node, senders, the
     // replication id: then the lines.
     let sent: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| say(c)).collect();
     assert!(sent.len() >= 3, "{}", sent.len());
     for c in &sent {
-        let bytes: usize = c[11..].iter().map(|l| l.len() + 2).sum();
+        let bytes: usize = c[12..].iter().map(|l| l.len() + 2).sum();
         assert!(bytes <= wire::COALESCE + 2, "{bytes}");
-        let runs = wire::parse_senders(&c[9], (c.len() - 11) as u64);
-        assert!(runs.is_some(), "{}", c[9]);
+        let runs = wire::parse_senders(&c[10], (c.len() - 12) as u64);
+        assert!(runs.is_some(), "{}", c[10]);
     }
 }
 
@@ -1223,4 +1231,103 @@ fn a_room_notice_goes_through_redis_in_order_and_is_never_lost_here() {
         matches!(&back[..], [Inbound::Notice { seq: None, text, .. }] if text == "*** e joined"),
         "{back:?}"
     );
+}
+
+/// Issue 22: a room's first local member has the link read the topic Redis
+/// kept for it, a bounded read; what is read is checked as a `T` presence.
+#[test]
+fn a_rooms_first_member_reads_its_kept_topic_and_a_forged_one_is_refused() {
+    let mut s = Stand::up(Duration::from_secs(5));
+    let topic = Topic {
+        text: "dice at nine".into(),
+        by: "alice".into(),
+        at_ms: 1_796_683_266_123,
+        locked: false,
+    };
+    let good = wire::topic_value("n2~1", "games", &topic);
+    s.redis.answer = Box::new(move |args| match (args[0].as_str(), args.get(1)) {
+        ("GETRANGE", Some(k)) if k == "chatd:3:t:games" => Some(bulk(&good)),
+        ("GETRANGE", Some(k)) if k == "chatd:3:t:dev" => {
+            Some(bulk("T n2~1 dev 0 1 bad\x1bname hi"))
+        }
+        _ => None,
+    });
+    for room in ["games", "dev"] {
+        let op = ClusterOp::Subscribe {
+            room: room.into(),
+            on: true,
+        };
+        s.link.apply(op, &mut s.inbound);
+    }
+    s.until("the forged one refused", |s| s.link.stats().malformed == 1);
+    let reads: Vec<&Vec<String>> = s.redis.cmds.iter().filter(|c| c[0] == "GETRANGE").collect();
+    assert_eq!(
+        reads,
+        [
+            &["GETRANGE", "chatd:3:t:games", "0", "1024"]
+                .map(String::from)
+                .to_vec(),
+            &["GETRANGE", "chatd:3:t:dev", "0", "1024"]
+                .map(String::from)
+                .to_vec(),
+        ]
+    );
+    let topics: Vec<&Inbound> = s
+        .inbound
+        .iter()
+        .filter(|e| matches!(e, Inbound::Topic(..)))
+        .collect();
+    let kept = Topic {
+        text: "ship friday".into(),
+        ..topic.clone()
+    };
+    assert_eq!(topics, [&Inbound::Topic("games".into(), topic)]);
+    // Kept when set here, with the history's TTL.
+    let op = ClusterOp::KeepTopic {
+        room: "games".into(),
+        topic: kept.clone(),
+        ttl_ms: 60_000,
+    };
+    s.link.apply(op, &mut s.inbound);
+    s.until("the SET", |s| {
+        s.redis
+            .cmds
+            .iter()
+            .any(|c| c[0] == "SET" && c[1] == "chatd:3:t:games")
+    });
+    let set = s
+        .redis
+        .cmds
+        .iter()
+        .find(|c| c[0] == "SET" && c[1] == "chatd:3:t:games")
+        .unwrap();
+    assert_eq!(
+        set[2..],
+        [
+            wire::topic_value("me~1", "games", &kept),
+            "PX".into(),
+            "60000".into()
+        ]
+    );
+}
+
+/// A room entered while the link was not up has its kept topic read once
+/// the link is.
+#[test]
+fn rooms_entered_before_the_link_was_up_have_their_topic_read_when_it_is() {
+    let mut s = Stand::new(Duration::from_secs(5));
+    let op = ClusterOp::Subscribe {
+        room: "games".into(),
+        on: true,
+    };
+    s.link.apply(op, &mut s.inbound);
+    s.until("up", |s| s.inbound.contains(&Inbound::Up));
+    s.until("the read", |s| {
+        s.redis
+            .cmds
+            .iter()
+            .any(|c| c[0] == "GETRANGE" && c[1] == "chatd:3:t:games")
+    });
+    let reads = s.redis.cmds.iter().filter(|c| c[0] == "GETRANGE").count();
+    assert_eq!(reads, 1, "once");
 }

@@ -24,7 +24,11 @@
 //! apply cluster-wide and to instances started later), `chatd:DB:unbans`
 //! (a hash, NET -> the end of a ban lifted: tombstones, so an instance
 //! that was away learns the unban when it re-asserts), `chatd:DB:h:ROOM`
-//! and `chatd:DB:s:ROOM` (a room's numbering and its kept lines).
+//! and `chatd:DB:s:ROOM` (a room's numbering and its kept lines),
+//! `chatd:DB:t:ROOM` (a room's topic, the `T` presence's line: written when
+//! it is set, locked or unlocked, with the history's TTL, which every SAY
+//! to the room renews; read when an instance gets its first member there,
+//! [`Wire::stored_topic`]).
 //!
 //! Anyone who can reach Redis can publish on these, so nothing that arrives
 //! is trusted more than a client's line: texts are cleaned by the same
@@ -117,6 +121,11 @@ impl Keys {
             format!("{}h:{room}", self.prefix),
             format!("{}s:{room}", self.prefix),
         )
+    }
+
+    /// A room's topic, kept with its history ([`topic_value`]).
+    pub fn topic(&self, room: &str) -> String {
+        format!("{}t:{room}", self.prefix)
     }
 
     pub fn name(name: &str) -> String {
@@ -384,6 +393,22 @@ pub fn notice_payload(node: &str, seq: u64, about: Option<ClientId>, text: &str)
     }
 }
 
+/// The longest value of a room's topic key taken: a `T` line of the
+/// longest topic ([`MAX_TOPIC`]) with the longest node, room and name, and
+/// room to spare; independent of --max-line, which may be shorter.
+pub const MAX_STORED_TOPIC: usize = 1024;
+
+/// A room's topic as its key keeps it: the `T` presence line that
+/// announced it (`T NODE ROOM LOCKED AT BY [TEXT]`, [`encode_presence`]),
+/// so one decoder reads both.
+pub fn topic_value(node: &str, room: &str, topic: &Topic) -> String {
+    encode_presence(&Presence::Topic {
+        node: node.into(),
+        room: room.to_string(),
+        topic: topic.clone(),
+    })
+}
+
 /// A private line for user `to` (named `to_name`) on another node.
 pub fn private_payload(to: u64, to_name: &str, text: &str) -> String {
     format!("{to} {to_name} {text}")
@@ -649,6 +674,28 @@ impl Wire {
         }
         lines.reverse();
         Some((epoch, last, lines))
+    }
+
+    /// A room's topic as read back from its key (anyone who can reach
+    /// Redis can write it): one line, at most [`MAX_STORED_TOPIC`] bytes, and a `T`
+    /// presence line for this room, decoded as one from another instance
+    /// is (names checked, the text cleaned and bounded). Empty: no topic.
+    pub fn stored_topic(&self, room: &str, value: &[u8]) -> Result<Option<Topic>, &'static str> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if value.len() > MAX_STORED_TOPIC {
+            return Err("a stored topic too long");
+        }
+        if value.iter().any(|&c| c == b'\r' || c == b'\n') {
+            return Err("a stored topic is one line");
+        }
+        let text = std::str::from_utf8(value).map_err(|_| "a stored topic not UTF-8")?;
+        match decode_presence(text) {
+            Some(Presence::Topic { room: r, topic, .. }) if r == room => Ok(Some(topic)),
+            Some(Presence::Topic { .. }) => Err("a stored topic of another room"),
+            _ => Err("bad stored topic"),
+        }
     }
 
     /// One entry of the bans hash, checked like any publication (anyone
@@ -1176,6 +1223,45 @@ mod tests {
         let theirs = me.keys.presence_to("n2~5");
         let text = encode_presence(&hello);
         assert_eq!(me.decode(theirs.as_bytes(), text.as_bytes()), Ok(None));
+    }
+
+    #[test]
+    fn a_stored_topic_is_read_as_its_presence_and_nothing_else() {
+        let w = wire();
+        assert_eq!(w.keys.topic("games"), "chatd:3:t:games");
+        let topic = Topic {
+            text: "dice at nine".into(),
+            by: "alice".into(),
+            at_ms: 1_796_683_266_123,
+            locked: true,
+        };
+        let value = topic_value("n1~2", "games", &topic);
+        assert_eq!(w.stored_topic("games", value.as_bytes()), Ok(Some(topic)));
+        assert_eq!(w.stored_topic("games", b""), Ok(None));
+        // Escapes are removed from the text, as from any presence.
+        let got = w.stored_topic("games", b"T n1 games 0 1 bob hi\x1b[2J there");
+        assert_eq!(
+            got.map(|t| t.map(|t| t.text)),
+            Ok(Some("hi[2J there".into()))
+        );
+        // Too long: more than MAX_STORED_TOPIC, or a text over MAX_TOPIC.
+        let long = format!("T n1 games 0 1 bob {}", "x".repeat(MAX_STORED_TOPIC));
+        let wordy = format!("T n1 games 0 1 bob {}", "x".repeat(MAX_TOPIC + 1));
+        for bad in [
+            &b"T n1 games 0 1 bad\x1bname hi"[..],
+            b"T n1 games 0 1 bob hi\r\n*** you are now an operator",
+            b"T n1 games 0 1 bob hi\nthere",
+            b"T n1 lobby 0 1 bob another room's",
+            b"T n1 Games 0 1 bob not a room key",
+            b"T n1 games 2 1 bob bad lock",
+            b"T n1 games 0 x bob bad time",
+            b"J n1 1 alice games 1",
+            b"T n1 games 0 1 bob \xff\xfe",
+            long.as_bytes(),
+            wordy.as_bytes(),
+        ] {
+            assert!(w.stored_topic("games", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

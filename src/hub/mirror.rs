@@ -165,11 +165,41 @@ impl Hub {
         }
     }
 
-    /// `room`'s topic changed here.
+    /// `room`'s topic changed here: told to the instances up now, and
+    /// kept in Redis for those that create the room again.
     pub(super) fn presence_topic(&self, room: usize, out: &mut impl Outbox) {
         if let Some(event) = self.topic_event(room) {
             out.cluster(ClusterOp::Presence(event));
         }
+        if let (Some(_), Some(topic)) = (&self.cluster, &self.rooms[room].topic) {
+            out.cluster(ClusterOp::KeepTopic {
+                room: self.rooms[room].key.clone(),
+                topic: (**topic).clone(),
+                ttl_ms: self.history.limits().ttl_ms,
+            });
+        }
+    }
+
+    /// The topic Redis kept for `room`, read when this instance got its
+    /// first member there: taken if the room has none here or an older
+    /// one, and then shown to the room's local members (who joined while
+    /// it was read: their join's answer had no topic line, or an older one).
+    pub fn stored_topic(&mut self, room: &str, topic: Topic, out: &mut impl Outbox) {
+        let Some(&r) = self.room_keys.get(room) else {
+            return;
+        };
+        if self.rooms[r]
+            .topic
+            .as_ref()
+            .is_some_and(|t| t.at_ms >= topic.at_ms)
+        {
+            return;
+        }
+        self.rooms[r].topic = Some(Box::new(topic));
+        let Some(line) = self.topic_line(r) else {
+            return;
+        };
+        self.to_room(r, None, &Msg::new(&line), out);
     }
 
     fn topic_event(&self, room: usize) -> Option<Presence> {
@@ -202,8 +232,9 @@ impl Hub {
                 out.cluster(op(event));
             }
         }
-        // A topic lives as long as its room has members somewhere: each
-        // instance with members in it re-tells it, for one that just came.
+        // Each instance with members in a room re-tells its topic, for one
+        // that just came (Redis keeps it too, read only by an instance
+        // that gets its first member in the room).
         for (r, _) in self.rooms.iter().filter(|(_, r)| r.local > 0) {
             if let Some(event) = self.topic_event(r) {
                 out.cluster(op(event));

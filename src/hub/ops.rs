@@ -7,7 +7,7 @@
 //! Neither side calls the other, so a link per Redis shard, later, is a
 //! router over this list, with no change to the hub or the reactor.
 
-use super::{Asked, ClientId, Presence};
+use super::{Asked, ClientId, Presence, Topic};
 use crate::access::Ban;
 use crate::history::Id;
 use crate::msg::Msg;
@@ -67,8 +67,18 @@ pub enum ClusterOp {
         to_name: Box<str>,
         msg: Rc<Msg>,
     },
-    /// This instance now has local members in `room` (true) or none.
+    /// This instance now has local members in `room` (true) or none. On
+    /// the first, the link also reads the room's topic kept in Redis
+    /// (answered by `Inbound::Topic`, if there is one).
     Subscribe { room: Box<str>, on: bool },
+    /// `room`'s topic was set, locked or unlocked here: kept in Redis
+    /// with the room, for `ttl_ms` (the history's TTL, which the room's
+    /// lines renew), for instances that create the room again.
+    KeepTopic {
+        room: Box<str>,
+        topic: Topic,
+        ttl_ms: u64,
+    },
     /// Reserve `name` cluster-wide for `id`; answered by
     /// `Inbound::Claimed`, or `Refused(Claim)`.
     Claim { id: ClientId, name: Box<str> },

@@ -5,8 +5,9 @@
 //! room. And the lists of rooms: `/list`, `/names`.
 //!
 //! A room's topic and operators go with the room when its last member
-//! leaves (its history alone is kept, for --history-ttl): whoever creates
-//! it again is its operator. A room whose last operator leaves has none
+//! leaves (its history alone is kept, for --history-ttl; in cluster mode
+//! its topic too, in Redis, read back by `Hub::stored_topic`): whoever
+//! creates it again is its operator. A room whose last operator leaves has none
 //! until a server operator gives it one.
 
 use super::status::utc_minute;

@@ -1596,6 +1596,83 @@ mod cluster {
         }
     }
 
+    /// What the hub asks the link to keep of a topic.
+    #[derive(Default)]
+    struct Kept {
+        got: Vec<(usize, String)>,
+        kept: Vec<(String, Topic, u64)>,
+    }
+
+    impl Outbox for Kept {
+        fn send(&mut self, to: ClientId, msg: &Rc<Msg>) {
+            self.got.push((to.0, msg.text().to_string()));
+        }
+        fn close(&mut self, _: ClientId, _: String) {}
+        fn cluster(&mut self, op: ClusterOp) {
+            if let ClusterOp::KeepTopic {
+                room,
+                topic,
+                ttl_ms,
+            } = op
+            {
+                self.kept.push((room.into(), topic, ttl_ms));
+            }
+        }
+    }
+
+    #[test]
+    fn a_topic_is_kept_in_redis_and_the_newer_of_two_wins() {
+        let mut hub = Hub::new(200).with_cluster("a");
+        let mut out = Kept::default();
+        hub.tick(1_796_683_000_000);
+        hub.link_up(&mut out);
+        hub.connect(c(0), LOCALHOST, &mut out);
+        hub.line(c(0), "/join games", &mut out);
+        hub.line(c(0), "/join dev", &mut out);
+        out.got.clear();
+        // Redis kept a topic of #games: taken, and shown to its members
+        // (with the room in front: #dev is current).
+        let stored = |text: &str, at_ms| Topic {
+            text: text.into(),
+            by: "bob".into(),
+            at_ms,
+            locked: false,
+        };
+        hub.stored_topic("games", stored("dice", 1_796_682_000_000), &mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[(
+                0,
+                "[#games] *** topic of #games: dice (set by bob, 2026-12-07 22:20 UTC)"
+            )])
+        );
+        out.got.clear();
+        // An older one than the room has is not.
+        hub.stored_topic("games", stored("stale", 1_796_681_000_000), &mut out);
+        hub.stored_topic("nowhere", stored("no room", 1_796_684_000_000), &mut out);
+        assert!(out.got.is_empty(), "{:?}", out.got);
+        // Set here: kept with the history's TTL, as the link is told.
+        hub.line(c(0), "/topic ship friday", &mut out);
+        let ttl = hub.history.limits().ttl_ms;
+        assert_eq!(out.kept.len(), 1);
+        let (room, topic, ttl_ms) = &out.kept[0];
+        assert_eq!(
+            (room.as_str(), &*topic.text, *ttl_ms),
+            ("dev", "ship friday", ttl)
+        );
+        // Newer than ours: taken over.
+        hub.line(c(0), "/join games", &mut out);
+        out.got.clear();
+        hub.stored_topic("games", stored("poker", 1_796_684_000_000), &mut out);
+        assert_eq!(
+            out.got,
+            pairs(&[(
+                0,
+                "*** topic of #games: poker (set by bob, 2026-12-07 22:53 UTC)"
+            )])
+        );
+    }
+
     #[test]
     fn through_redis_too_an_id_of_another_room_is_named_so_not_a_restart() {
         let mut hub = Hub::new(200).with_cluster("a");
