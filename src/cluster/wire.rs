@@ -799,6 +799,12 @@ pub fn encode_presence(event: &Presence) -> String {
         Presence::Away { node, id, text } => {
             format!("A {node} {id} {}", text.as_deref().unwrap_or_default())
         }
+        Presence::Seen {
+            node,
+            id,
+            since_ms,
+            active_ms,
+        } => format!("S {node} {id} {since_ms} {active_ms}"),
         Presence::Topic { node, room, topic } => format!(
             "T {node} {room} {} {} {} {}",
             u8::from(topic.locked),
@@ -907,6 +913,12 @@ pub fn decode_presence(s: &str) -> Option<Presence> {
                 text: Some(text).filter(|t| !t.is_empty()),
             }
         }
+        ("S", 5) => Presence::Seen {
+            node,
+            id: num(2)?,
+            since_ms: num(3)?,
+            active_ms: num(4)?,
+        },
         ("T", n) if n >= 7 => Presence::Topic {
             node,
             room: room(2)?,
@@ -1008,6 +1020,12 @@ mod tests {
                 node: node.clone(),
                 id: 7,
                 text: None,
+            },
+            Presence::Seen {
+                node: node.clone(),
+                id: 7,
+                since_ms: 1_796_683_000_000,
+                active_ms: 1_796_683_266_123,
             },
             Presence::Topic {
                 node: node.clone(),

@@ -94,6 +94,13 @@ impl Hub {
             rooms: c.seat.rooms().map(|r| self.in_room(i, r)).collect(),
             round: cl.round,
         }];
+        let (since_ms, active_ms) = c.status.times();
+        events.push(Presence::Seen {
+            node: cl.node.clone(),
+            id: id.0 as u64,
+            since_ms,
+            active_ms,
+        });
         if let Some(text) = c.status.away() {
             events.push(Presence::Away {
                 node: cl.node.clone(),
@@ -154,6 +161,19 @@ impl Hub {
         if let Some((node, id)) = self.home_of(t) {
             let room = self.rooms[room].key.to_string();
             out.cluster(ClusterOp::Presence(Presence::Kicked { node, id, room }));
+        }
+    }
+
+    /// Local user `i` spoke after a silence: its idle time elsewhere.
+    pub(super) fn presence_seen(&self, i: Member, out: &mut impl Outbox) {
+        if let Some((node, id)) = self.home_of(i) {
+            let (since_ms, active_ms) = self.clients[i].status.times();
+            out.cluster(ClusterOp::Presence(Presence::Seen {
+                node,
+                id,
+                since_ms,
+                active_ms,
+            }));
         }
     }
 
@@ -413,6 +433,16 @@ impl Hub {
             Presence::Away { node, id, text } => {
                 if let Some(&i) = self.remote.get(&(node, id)) {
                     self.clients[i].status.set_away(text.as_deref());
+                }
+            }
+            Presence::Seen {
+                node,
+                id,
+                since_ms,
+                active_ms,
+            } => {
+                if let Some(&i) = self.remote.get(&(node, id)) {
+                    self.clients[i].status.seen(since_ms, active_ms);
                 }
             }
             Presence::Topic { node, room, topic } => {

@@ -214,6 +214,16 @@ pub enum Presence {
         id: u64,
         text: Option<String>,
     },
+    /// When the user came in and last spoke (ms since the Unix epoch), for
+    /// `/whois` elsewhere: in rosters, and when it speaks after a minute
+    /// or more of silence (so idle times elsewhere are right to the minute,
+    /// at one event a minute per active user at most).
+    Seen {
+        node: Rc<str>,
+        id: u64,
+        since_ms: u64,
+        active_ms: u64,
+    },
     /// `room`'s topic, as set on `node` (or re-announced in its roster).
     Topic {
         node: Rc<str>,
@@ -633,7 +643,10 @@ impl Hub {
     /// with `id` told that it is in none.
     fn talking_in(&mut self, id: ClientId, i: Member, out: &mut impl Outbox) -> Option<usize> {
         let c = &mut self.clients[i];
-        c.status.active(self.now_ms);
+        if c.status.active(self.now_ms) {
+            self.presence_seen(i, out);
+        }
+        let c = &self.clients[i];
         let room = c.seat.current();
         if room.is_none() {
             reply(out, id, NO_ROOM);

@@ -12,7 +12,15 @@ pub(super) struct Status {
     since_ms: u64,
     /// When it last sent a message or an action.
     active_ms: u64,
+    /// Local users: when the other instances were last told `active_ms`.
+    told_ms: u64,
+    /// Remote users: whether their instance told us since and active.
+    known: bool,
 }
+
+/// How stale another instance's idle time of one of ours may get: a user
+/// who speaks after this much silence is announced again.
+pub(super) const SEEN_EVERY_MS: u64 = 60_000;
 
 impl Status {
     pub(super) fn new(now_ms: u64) -> Status {
@@ -20,6 +28,8 @@ impl Status {
             away: None,
             since_ms: now_ms,
             active_ms: now_ms,
+            told_ms: now_ms,
+            known: false,
         }
     }
 
@@ -31,8 +41,24 @@ impl Status {
         self.away = away.map(Into::into);
     }
 
-    pub(super) fn active(&mut self, now_ms: u64) {
+    /// It spoke now; true when the other instances should hear of it
+    /// (a minute or more since they last did).
+    pub(super) fn active(&mut self, now_ms: u64) -> bool {
         self.active_ms = now_ms;
+        if now_ms.saturating_sub(self.told_ms) >= SEEN_EVERY_MS {
+            self.told_ms = now_ms;
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn times(&self) -> (u64, u64) {
+        (self.since_ms, self.active_ms)
+    }
+
+    /// A remote user's times, as its instance told them.
+    pub(super) fn seen(&mut self, since_ms: u64, active_ms: u64) {
+        (self.since_ms, self.active_ms, self.known) = (since_ms, active_ms, true);
     }
 }
 
@@ -92,16 +118,19 @@ impl Hub {
             let rooms = listing(total, shared.into_iter().map(str::to_string));
             text.push_str(&format!("shares {rooms} with you"));
         }
-        match them.who.local() {
-            Some(_) => {
-                let idle = self.now_ms.saturating_sub(them.status.active_ms);
-                text.push_str(&format!(
-                    "; idle {}; connected since {}",
-                    human_duration(Duration::from_millis(idle)),
-                    utc_minute(them.status.since_ms)
-                ));
-            }
-            None => text.push_str("; on another server"),
+        let local = them.who.local().is_some();
+        if local || them.status.known {
+            let idle = self.now_ms.saturating_sub(them.status.active_ms);
+            // Another instance tells a speaker's activity once a minute.
+            let about = if local { "" } else { ", to the minute" };
+            text.push_str(&format!(
+                "; idle {}{about}; connected since {}",
+                human_duration(Duration::from_millis(idle)),
+                utc_minute(them.status.since_ms)
+            ));
+        }
+        if !local {
+            text.push_str("; on another server");
         }
         if let Some(away) = them.status.away() {
             text.push_str(&format!("; away: {away}"));

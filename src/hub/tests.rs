@@ -1217,6 +1217,48 @@ mod cluster {
     }
 
     #[test]
+    fn whois_of_a_user_elsewhere_shows_its_idle_time_to_the_minute() {
+        let mut net = Net::new();
+        let t0 = 1_796_688_000_000; // 2026-12-08 00:00 UTC
+        for h in 0..2 {
+            net.hubs[h].tick(t0);
+        }
+        net.hubs[0].connect(c(0), LOCALHOST, &mut net.bus[0]);
+        net.hubs[1].connect(c(0), LOCALHOST, &mut net.bus[1]);
+        net.pump();
+        net.line(1, 0, "/nick bob");
+        net.take(0);
+        // Bob speaks at once (told nothing new: within the minute), then
+        // after five minutes of silence (told).
+        net.line(1, 0, "hi");
+        for h in 0..2 {
+            net.hubs[h].tick(t0 + 300_000);
+        }
+        net.line(1, 0, "back");
+        for h in 0..2 {
+            net.hubs[h].tick(t0 + 420_000);
+        }
+        net.take(0);
+        net.line(0, 0, "/whois bob");
+        assert_eq!(
+            net.take(0),
+            pairs(&[(
+                0,
+                "*** whois bob: shares #lobby with you; idle 2m 0s, to the minute; \
+                 connected since 2026-12-08 00:00 UTC; on another server"
+            )])
+        );
+        // As bob's own instance says it.
+        net.line(1, 0, "/whois bob");
+        let got = net.take(1);
+        let last = &got.last().expect("an answer").1;
+        assert!(
+            last.contains("; idle 2m 0s; connected since 2026-12-08 00:00 UTC"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn a_newcomer_gets_each_roster_alone_and_nobody_else_hears_it_again() {
         let mut hub = Hub::new(200).with_cluster("a");
         let mut out = Bus::default();
@@ -1238,11 +1280,18 @@ mod cluster {
                 match p {
                     Presence::Here { name, .. } => name.as_str(),
                     Presence::End { .. } => "end",
+                    // Each user's times, for /whois there (issue 22).
+                    Presence::Seen { .. } => "seen",
                     other => panic!("{other:?}"),
                 }
             })
             .collect();
-        assert_eq!(here, ["guest-1", "guest-2", "guest-3", "end"]);
+        assert_eq!(
+            here,
+            [
+                "guest-1", "seen", "guest-2", "seen", "guest-3", "seen", "end"
+            ]
+        );
         // Our own arrival (or return) is still told to everyone.
         out.directed.clear();
         hub.link_down(&mut out);
@@ -1830,7 +1879,7 @@ mod cluster {
             net.take(0),
             pairs(&[(
                 0,
-                "*** whois bob: shares #dev, #games, #lobby with you; on another server"
+                "*** whois bob: shares #dev, #games, #lobby with you; idle 0s, to the minute; connected since 1970-01-01 00:00 UTC; on another server"
             )])
         );
         // A line of a room that is not bob's current one, from the other instance.
@@ -1921,7 +1970,7 @@ mod cluster {
             net.take(1),
             pairs(&[(
                 0,
-                "*** whois alice: shares #lobby with you; on another server"
+                "*** whois alice: shares #lobby with you; idle 0s, to the minute; connected since 1970-01-01 00:00 UTC; on another server"
             )])
         );
     }
