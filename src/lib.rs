@@ -12,7 +12,8 @@
 //!   listening socket: bind, accept, the first state machine), `admission`
 //!   (the per-address limits at the address and at a browser's upgrade), `outbox`
 //!   (hub output -> connection queues and the list of cluster
-//!   operations, which `Server::exchange` hands to the link) and `startup`
+//!   operations, which `Server::exchange` hands to the link), `stalled`
+//!   (a client's lines held while its command waits for Redis) and `startup`
 //!   (`Config` -> the long-lived parts; the bans file written by a thread
 //!   of its own, durably).
 //! - [`conn`]: one connection — socket, output queue of shared lines,
@@ -53,7 +54,8 @@
 //! - [`access`]: bans by address prefix, durations, secrets compared,
 //!   wrong passwords counted per address; pure.
 //! - [`cluster`]: the Redis link that makes several instances one chat:
-//!   `cluster/mod.rs` the link's state machine and verbs, `redis.rs` one
+//!   `cluster/mod.rs` the link's state machine, `verbs.rs` what each
+//!   operation of the hub becomes on the wire, `redis.rs` one
 //!   RESP connection, `wire.rs` every key, channel and payload (pure),
 //!   `scripts.rs` the Lua scripts (one library of Redis functions) and
 //!   their contracts, `batch.rs` room lines gathered per room over a turn

@@ -32,6 +32,7 @@
 mod admission;
 mod listeners;
 mod outbox;
+mod stalled;
 mod startup;
 
 use self::listeners::{Listeners, PORTS, Port};
@@ -235,32 +236,6 @@ impl Server {
             self.settle();
             self.wake();
         }
-    }
-
-    /// Connections whose wait for the hub ended (an answer, a refusal, the
-    /// link down: every wait ends by an event, and events are applied in
-    /// `exchange`) are read again from where they stopped: their held
-    /// lines first, then the socket, which must be read even without a new
-    /// event since readiness is edge-triggered.
-    fn wake(&mut self) {
-        if self.stalled.is_empty() {
-            return;
-        }
-        let (conns, hub, readable) = (&mut self.conns, &self.hub, &mut self.readable);
-        self.stalled.retain(|&me| {
-            let Some(c) = live(conns, me) else {
-                return false;
-            };
-            if hub.busy(ClientId(me.key)) {
-                return true;
-            }
-            c.stalled = false;
-            if !c.in_readable {
-                c.in_readable = true;
-                readable.push(me);
-            }
-            false
-        });
     }
 
     /// Hands the link what the hub asked this turn, in the order asked and
@@ -649,58 +624,6 @@ impl Server {
             }
         }
         true
-    }
-
-    /// Hands a connection's lines to the hub, as many as it takes now.
-    /// False when it waits for Redis for this client (`Hub::busy`): the
-    /// rest are held on the connection, which is not read again until
-    /// `wake` finds the wait over.
-    fn deliver(&mut self, k: usize, batch: &mut Vec<String>) -> bool {
-        if self.hub.busy(ClientId(k)) {
-            self.stall(k, batch);
-            return false;
-        }
-        if batch.is_empty() {
-            return true;
-        }
-        let (hub, mut out) = self.out();
-        let taken = hub.lines(ClientId(k), batch, &mut out).min(batch.len());
-        self.metrics.lines_in += taken as u64;
-        // Logged as taken, so a line held for a while is logged once.
-        if log::log_enabled!(log::Level::Debug)
-            && let Some(c) = self.conns.get(k)
-        {
-            for text in &batch[..taken] {
-                let text = crate::access::redact(text);
-                debug!(
-                    "{} {}: {text}",
-                    c.peer,
-                    self.hub.name(ClientId(k)).unwrap_or("?")
-                );
-            }
-        }
-        batch.drain(..taken);
-        if batch.is_empty() {
-            return true;
-        }
-        self.stall(k, batch);
-        false
-    }
-
-    /// Keeps `batch` (lines the hub has not taken) on connection `k`, and
-    /// lists it for `wake`.
-    fn stall(&mut self, k: usize, batch: &mut Vec<String>) {
-        let Some(c) = self.conns.get_mut(k) else {
-            return;
-        };
-        c.held.append(batch);
-        if !c.stalled {
-            c.stalled = true;
-            self.stalled.push(ConnRef {
-                key: k,
-                serial: c.serial,
-            });
-        }
     }
 
     fn too_long(&mut self, k: usize) {
