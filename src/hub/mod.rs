@@ -280,6 +280,9 @@ struct Room {
     hist: usize,
     /// Cluster mode: the last id delivered here (see `said`).
     last_id: Option<Id>,
+    /// Cluster mode: the room's last id as of the latest join replay read
+    /// here: every line up to it was shown in that replay or is older.
+    replayed: Option<Id>,
     /// Its topic, and whether only its operators may change it.
     topic: Option<Box<Topic>>,
 }

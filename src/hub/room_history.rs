@@ -403,6 +403,13 @@ impl Hub {
         let Some(i) = self.idx(id) else { return };
         let here = self.room_keys.get(room).copied();
         if let Some(r) = here.filter(|&r| self.clients[i].seat.is_in(r)) {
+            if asked == Asked::Enter && epoch != 0 {
+                let to = Id { epoch, n: last };
+                let was = &mut self.rooms[r].replayed;
+                if was.is_none_or(|w| w.epoch != epoch || w.n < last) {
+                    *was = Some(to);
+                }
+            }
             let (name, ids) = (&self.rooms[r].name, self.clients[i].resume.ids);
             let refs: Vec<&history::Line> = lines.iter().collect();
             let render =
@@ -473,10 +480,23 @@ impl Hub {
                         if let Some(first) = held {
                             n = n.min(first.saturating_sub(1));
                         }
-                        if let Some(done) = self.rooms[r].last_id.filter(|l| l.epoch == epoch) {
-                            n = n.min(done.n);
+                        // Never past what reached this instance: the lines
+                        // it delivered, or a join replay covered. Redis
+                        // may have numbered lines still on their way here
+                        // (said just before); a mark past them would make
+                        // the client take them for lines it has seen.
+                        let room = &self.rooms[r];
+                        let known = [room.last_id, room.replayed]
+                            .into_iter()
+                            .flatten()
+                            .filter(|l| l.epoch == epoch)
+                            .map(|l| l.n)
+                            .max()
+                            .unwrap_or(0);
+                        Id {
+                            epoch,
+                            n: n.min(known),
                         }
-                        Id { epoch, n }
                     }
                 };
                 reply(out, id, &format!("*** ids on: {name} at {mark}"));

@@ -265,6 +265,7 @@ impl Hub {
                     local: 0,
                     hist,
                     last_id: None,
+                    replayed: None,
                     topic: None,
                 });
                 self.room_keys.insert(key.into(), r);

@@ -1757,6 +1757,35 @@ mod cluster {
     }
 
     #[test]
+    fn an_ids_mark_never_stands_past_lines_still_on_their_way_here() {
+        // Redis numbered lines 1 to 5 (said on another instance, or here
+        // a moment ago) that have not come back here yet when the answer
+        // to `/ids on` does: the mark must stand before them, or the
+        // client takes them for lines it has seen (it hid them all).
+        let mut hub = Hub::new(200).with_cluster("a");
+        let mut out = Asking::default();
+        hub.link_up(&mut out);
+        hub.connect(c(0), LOCALHOST, &mut out);
+        // Its join replay: the room had no lines yet.
+        hub.answer(c(0), "lobby", Asked::Enter, 0, 0, Vec::new(), 0, &mut out);
+        out.got.clear();
+        hub.line(c(0), "/ids on", &mut out);
+        hub.answer(c(0), "lobby", Asked::Mark, 9, 5, Vec::new(), 0, &mut out);
+        assert_eq!(out.got, pairs(&[(0, "*** ids on: #lobby at 9-0")]));
+        out.got.clear();
+        hub.said("lobby", Id { epoch: 9, n: 1 }, None, "<b> one", &mut out);
+        assert_eq!(out.got, pairs(&[(0, "@id=9-1;room=lobby <b> one")]));
+        // A join replay read here covers what it read: a later mark may
+        // stand at its end.
+        hub.connect(c(1), LOCALHOST, &mut out);
+        hub.answer(c(1), "lobby", Asked::Enter, 9, 5, Vec::new(), 0, &mut out);
+        out.got.clear();
+        hub.line(c(1), "/ids on", &mut out);
+        hub.answer(c(1), "lobby", Asked::Mark, 9, 7, Vec::new(), 0, &mut out);
+        assert_eq!(out.got, pairs(&[(1, "*** ids on: #lobby at 9-5")]));
+    }
+
+    #[test]
     fn a_client_waiting_for_history_gets_it_first_then_the_live_lines_it_did_not_have() {
         let mut hub = Hub::new(200).with_cluster("a");
         let mut out = Asking::default();
